@@ -1,0 +1,1 @@
+//! poold: an IPVS-fronted prefork container pool manager.
