@@ -50,3 +50,30 @@ fn ipvsadm_lists_the_empty_table() {
     );
     assert!(stdout.contains("IP Virtual Server"), "{stdout}");
 }
+
+/// The init switch_roots onto a tmpfs so that pivot_root works as on a real host (it fails on
+/// the initramfs rootfs). Uses busybox's unshare and pivot_root applets.
+#[test]
+#[ignore = "vm: needs the VM's tmpfs root"]
+fn pivot_root_works_in_a_new_mount_namespace() {
+    let script = r#"
+        set -e
+        mount --make-rprivate /
+        dir=$(mktemp -d /tmp/poold-pivot.XXXXXX)
+        mount -t tmpfs poold-pivot "$dir"
+        mkdir "$dir/old"
+        cd "$dir"
+        pivot_root . old
+        test -d /old/proc
+    "#;
+    let out = Command::new("/bin/busybox")
+        .args(["unshare", "--mount", "/bin/busybox", "sh", "-c", script])
+        .output()
+        .expect("run busybox unshare");
+    assert!(
+        out.status.success(),
+        "pivot_root failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -52,8 +52,10 @@ done
 hostname poold-vm
 ip link set lo up || error "cannot bring lo up"
 
-while read -r module; do
-    insmod "$module" || error "insmod $module failed"
+# "PATH [PARAMS]" per line, dependencies first (written by xtask from modules.txt).
+while read -r module params; do
+    # shellcheck disable=SC2086 # params are separate words
+    insmod "$module" $params || error "insmod $module $params failed"
 done </vmtest/modules
 
 cat >/etc/passwd <<'PASSWD'

@@ -34,6 +34,8 @@ pub struct Report {
     pub timed_out: bool,
     pub qemu_status: Option<std::process::ExitStatus>,
     current_binary: String,
+    /// The test whose `test NAME ... ` line has no outcome yet (names a crash's victim).
+    unfinished_test: Option<String>,
 }
 
 fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
@@ -57,8 +59,12 @@ impl Report {
                     .unwrap_or(bin)
                     .to_owned();
             } else if let Some(rest) = line.strip_prefix("VMTEST BINARY CRASHED: ") {
+                let during = match self.unfinished_test.take() {
+                    Some(test) => format!(", during {test}"),
+                    None => String::new(),
+                };
                 self.failures
-                    .push(format!("{rest} (no libtest summary or non-zero exit)"));
+                    .push(format!("{rest} (crashed or exited non-zero{during})"));
             } else if let Some(rest) = line.strip_prefix("VMTEST ERROR: ") {
                 self.errors.push(rest.to_owned());
             } else if line.starts_with("VMTEST RESULT:") {
@@ -68,12 +74,18 @@ impl Report {
             }
         } else if let Some(at) = line.find("VMRUN RESULT:") {
             self.run_exit = field(&line[at..], "exit");
-        } else if let Some(name) = line
+        } else if let Some((name, outcome)) = line
             .strip_prefix("test ")
-            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+            .and_then(|rest| rest.split_once(" ... "))
         {
-            self.failures
-                .push(format!("{}: {name}", self.current_binary));
+            self.unfinished_test = None;
+            match outcome.trim() {
+                "ok" | "ignored" => {}
+                "FAILED" => self
+                    .failures
+                    .push(format!("{}: {name}", self.current_binary)),
+                _ => self.unfinished_test = Some(name.to_owned()),
+            }
         }
     }
 }
@@ -161,6 +173,7 @@ mod tests {
             "VMTEST BINARY START: /w/target/debug/deps/vm_smoke-abc (dir /w/poold)",
             "test cgroup_v2_has_controllers ... ok",
             "test ipvs_loaded ... FAILED",
+            "test aborts ... Aborted",
             "VMTEST BINARY CRASHED: /w/target/debug/deps/other-1 exit=134",
             "VMTEST ERROR: insmod /lib/modules/x/ip_vs.ko failed",
             "VMTEST RESULT: passed=1 failed=2",
@@ -172,6 +185,11 @@ mod tests {
         assert_eq!(r.failures.len(), 2);
         assert_eq!(r.failures[0], "vm_smoke-abc: ipvs_loaded");
         assert!(r.failures[1].starts_with("/w/target/debug/deps/other-1"));
+        assert!(
+            r.failures[1].ends_with("during aborts)"),
+            "{}",
+            r.failures[1]
+        );
         assert_eq!(r.errors.len(), 1);
         assert_eq!(r.run_exit, None);
         r.feed("VMRUN RESULT: exit=3", t);

@@ -12,6 +12,7 @@ use crate::vm::{self, VmOptions};
 pub fn run_suite(opts: &VmOptions) -> Result<()> {
     let started = Instant::now();
     prereq::ensure_rust_components()?;
+    vm::ensure_host_prerequisites()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let stages: [(&str, &[&str]); 3] = [
         ("fmt", &["fmt", "--all", "--check"]),

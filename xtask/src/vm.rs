@@ -113,13 +113,7 @@ fn boot(opts: &VmOptions, payload: Payload<'_>) -> Result<Report> {
     let root = workspace_root();
     let build = build_dir();
     fs::create_dir_all(&build)?;
-    let host_tools = HostTool::read_list(&root.join("tests/vm/host-tools.txt"))?;
-    prereq::ensure_packages(
-        prereq::VM_PACKAGES
-            .iter()
-            .copied()
-            .chain(host_tools.iter().map(|t| t.package.as_str())),
-    )?;
+    let host_tools = ensure_prerequisites()?;
     let kernel = kernel::fetch(&build)?;
     let with_tests = matches!(payload, Payload::Tests { .. });
     let artifacts = artifacts::build(&root, with_tests, opts.release)?;
@@ -169,6 +163,23 @@ fn boot(opts: &VmOptions, payload: Payload<'_>) -> Result<Report> {
         timeout: Duration::from_secs(opts.timeout),
         console_log: &build.join("console.log"),
     })
+}
+
+/// Install the harness's packages and those of tests/vm/host-tools.txt where missing.
+fn ensure_prerequisites() -> Result<Vec<HostTool>> {
+    let host_tools = HostTool::read_list(&workspace_root().join("tests/vm/host-tools.txt"))?;
+    prereq::ensure_packages(
+        prereq::VM_PACKAGES
+            .iter()
+            .copied()
+            .chain(host_tools.iter().map(|t| t.package.as_str())),
+    )?;
+    Ok(host_tools)
+}
+
+/// For `cargo xtask test`: host tests use the same tools as the VM.
+pub fn ensure_host_prerequisites() -> Result<()> {
+    ensure_prerequisites().map(drop)
 }
 
 fn lines(items: &[String]) -> String {
@@ -291,15 +302,17 @@ fn workspace_binaries(image: &mut Image, artifacts: &Artifacts, build: &Path) ->
 fn kernel_modules(image: &mut Image, kernel: &Kernel, list: &Path, build: &Path) -> Result<()> {
     let text = fs::read_to_string(list).with_context(|| format!("{}", list.display()))?;
     let modules_dir = kernel.modules_dir();
-    let mut load_order: Vec<PathBuf> = Vec::new();
+    // (module file, insmod parameters) in load order.
+    let mut load_order: Vec<(PathBuf, String)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        let (name, optional) = match line.strip_suffix('?') {
-            Some(name) => (name.trim(), true),
-            None => (line, false),
+        let (name, params) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let (name, optional) = match name.strip_suffix('?') {
+            Some(name) => (name, true),
+            None => (name, false),
         };
         let shown = Command::new("modprobe")
             .arg("-d")
@@ -321,19 +334,30 @@ fn kernel_modules(image: &mut Image, kernel: &Kernel, list: &Path, build: &Path)
                 String::from_utf8_lossy(&shown.stderr).trim()
             );
         }
-        for dep in String::from_utf8_lossy(&shown.stdout).lines() {
-            // "insmod /path/mod.ko [params]"; "builtin name" needs nothing.
-            let Some(path) = dep.strip_prefix("insmod ") else {
-                continue;
+        // "insmod /path/mod.ko" per module, dependencies first, the named module last;
+        // "builtin name" needs nothing.
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        let paths: Vec<PathBuf> = shown
+            .lines()
+            .filter_map(|dep| dep.strip_prefix("insmod "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(PathBuf::from)
+            .collect();
+        for (i, path) in paths.iter().enumerate() {
+            let own_params = if i + 1 == paths.len() {
+                params.trim()
+            } else {
+                ""
             };
-            let path = PathBuf::from(path.split_whitespace().next().unwrap_or(""));
-            if !load_order.contains(&path) {
-                load_order.push(path);
+            match load_order.iter_mut().find(|(p, _)| p == path) {
+                Some((_, existing)) if !own_params.is_empty() => *existing = own_params.into(),
+                Some(_) => {}
+                None => load_order.push((path.clone(), own_params.to_owned())),
             }
         }
     }
     let mut listing = String::new();
-    for source in load_order {
+    for (source, params) in load_order {
         let rel = source.strip_prefix(&modules_dir).with_context(|| {
             format!("{} is outside {}", source.display(), modules_dir.display())
         })?;
@@ -362,8 +386,7 @@ fn kernel_modules(image: &mut Image, kernel: &Kernel, list: &Path, build: &Path)
             }
         };
         image.file_from(Path::new(&in_image), &file)?;
-        listing.push_str(&in_image);
-        listing.push('\n');
+        listing.push_str(&format!("{in_image} {params}\n"));
     }
     image.bytes("/vmtest/modules", listing, 0o644)
 }
