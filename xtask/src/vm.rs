@@ -390,3 +390,35 @@ fn kernel_modules(image: &mut Image, kernel: &Kernel, list: &Path, build: &Path)
     }
     image.bytes("/vmtest/modules", listing, 0o644)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_tool_list_errors_name_the_line() {
+        let file = std::env::temp_dir().join(format!("xtask-host-tools-{}", std::process::id()));
+        fs::write(
+            &file,
+            "# comment\n/usr/sbin/ipvsadm ipvsadm\n\nusr/bin/ip iproute2\n",
+        )
+        .unwrap();
+        let err = HostTool::read_list(&file).unwrap_err().to_string();
+        fs::write(&file, "/usr/bin/ip\n").unwrap();
+        let err2 = HostTool::read_list(&file).unwrap_err().to_string();
+        fs::write(&file, "/usr/sbin/ipvsadm ipvsadm # reference tool\n").unwrap();
+        let ok = HostTool::read_list(&file).unwrap();
+        fs::remove_file(&file).unwrap();
+        assert!(
+            err.contains(":4: `usr/bin/ip` is not an absolute path"),
+            "{err}"
+        );
+        assert!(
+            err2.contains(":1: expected `ABSOLUTE-PATH DEBIAN-PACKAGE`"),
+            "{err2}"
+        );
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].path, Path::new("/usr/sbin/ipvsadm"));
+        assert_eq!(ok[0].package, "ipvsadm");
+    }
+}
