@@ -39,8 +39,17 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
-mount -t tmpfs -o mode=1777 tmp /tmp
-mount -t tmpfs -o mode=0755 run /run
+# Own tmpfs mounts for /tmp and /run, unless the image put files there (a CARGO_TARGET_DIR
+# under /tmp): the root is a tmpfs already, so they only need the right modes then.
+for spec in /tmp:1777 /run:0755; do
+    dir=${spec%:*}
+    mode=${spec#*:}
+    if [ -z "$(ls -A "$dir")" ]; then
+        mount -t tmpfs -o "mode=$mode" "${dir#/}" "$dir"
+    else
+        chmod "$mode" "$dir"
+    fi
+done
 # As on a systemd host, mounts propagate by default (tests make their own private).
 mount --make-rshared /
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || error "cannot mount cgroup2"
