@@ -12,6 +12,7 @@
 //! # Ok::<(), ipvs::Error>(())
 //! ```
 
+pub mod cli;
 mod client;
 mod error;
 pub mod model;
