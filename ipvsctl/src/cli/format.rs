@@ -716,3 +716,241 @@ fn json_service(s: &ServiceEntry) -> JsonService<'_> {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{FWD_DROUTE, FWD_MASQ, FWD_TUNNEL};
+    use std::collections::HashMap;
+
+    fn dest(addr: &str, port: u16, fwd: u32, weight: u32) -> DestEntry {
+        let addr: IpAddr = addr.parse().unwrap();
+        DestEntry {
+            af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
+            addr,
+            port,
+            fwd,
+            weight,
+            u_threshold: 0,
+            l_threshold: 0,
+            active_conns: 0,
+            inact_conns: 0,
+            persist_conns: 0,
+            tun_type: TUN_IPIP,
+            tun_port: 0,
+            tun_flags: 0,
+            stats: StatsEntry::default(),
+        }
+    }
+
+    fn service(proto: u16, addr: &str, port: u16, sched: &str) -> ServiceEntry {
+        let addr: IpAddr = addr.parse().unwrap();
+        ServiceEntry {
+            af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
+            protocol: proto,
+            addr,
+            port,
+            fwmark: 0,
+            sched_name: sched.to_string(),
+            flags: 0x2, // HASHED, as the kernel reports
+            timeout: 0,
+            netmask: if addr.is_ipv4() { 0xffff_ffff } else { 128 },
+            pe_name: String::new(),
+            stats: StatsEntry::default(),
+            dests: Vec::new(),
+        }
+    }
+
+    /// The table of testdata/golden.py, in a scrambled kernel order.
+    fn table() -> Vec<ServiceEntry> {
+        let mut web = service(IPPROTO_TCP, "10.0.0.1", 80, "sh");
+        web.flags |= SVC_F_SCHED1 | SVC_F_SCHED2;
+        web.stats = StatsEntry {
+            conns: 123_456_789,
+            inpkts: 99_999_999,
+            outpkts: 1_000_000_000,
+            inbytes: 5_000_000_000,
+            outbytes: 123_456_789_012_345,
+            cps: 7,
+            inpps: 8,
+            outpps: 9,
+            inbps: 100_000_000,
+            outbps: 12,
+        };
+        let mut masq = dest("10.0.1.2", 8080, FWD_MASQ, 1);
+        masq.active_conns = 3;
+        masq.inact_conns = 12;
+        masq.stats.conns = 5;
+        masq.stats.inbps = 250_000_000;
+        web.dests = vec![masq, dest("10.0.1.1", 80, FWD_DROUTE, 0)];
+
+        let mut dns = service(IPPROTO_UDP, "10.0.0.2", 53, "rr");
+        dns.flags |= SVC_F_PERSISTENT | SVC_F_ONEPACKET;
+        dns.timeout = 600;
+        dns.netmask = 0xffff_ff00;
+        let mut d = dest("10.0.2.1", 53, FWD_MASQ, 2);
+        (
+            d.u_threshold,
+            d.l_threshold,
+            d.active_conns,
+            d.inact_conns,
+            d.persist_conns,
+        ) = (100, 50, 1, 2, 3);
+        dns.dests = vec![d];
+
+        let mut v6 = service(IPPROTO_TCP, "2001:db8::1", 443, "lc");
+        v6.dests = vec![dest("2001:db8::10", 443, FWD_MASQ, 1)];
+
+        let mut fwm = service(IPPROTO_TCP, "::", 0, "wrr");
+        fwm.fwmark = 7;
+        fwm.flags |= SVC_F_PERSISTENT;
+        fwm.timeout = 300;
+        fwm.netmask = 64;
+        fwm.dests = vec![dest("2001:db8::2", 0, FWD_TUNNEL, 5)];
+        vec![fwm, dns, v6, web]
+    }
+
+    fn golden() -> HashMap<String, String> {
+        serde_json::from_str(include_str!("testdata/golden.json")).unwrap()
+    }
+
+    fn check(mode: &str, format: Format) {
+        let info = InfoEntry {
+            version: 0x010201,
+            size: 4096,
+        };
+        let got = list_all(&info, &mut table(), &format);
+        let want = &golden()[mode];
+        assert_eq!(&got, want, "mode {mode}:\n--- got\n{got}--- want\n{want}");
+    }
+
+    fn numeric() -> Format {
+        Format {
+            numeric: true,
+            ..Format::default()
+        }
+    }
+
+    #[test]
+    fn listings_match_ipvsadm_formats() {
+        check("plain", numeric());
+        check(
+            "stats",
+            Format {
+                stats: true,
+                ..numeric()
+            },
+        );
+        check(
+            "exact",
+            Format {
+                stats: true,
+                exact: true,
+                ..numeric()
+            },
+        );
+        check(
+            "rate",
+            Format {
+                rate: true,
+                ..numeric()
+            },
+        );
+        check(
+            "thr",
+            Format {
+                thresholds: true,
+                ..numeric()
+            },
+        );
+        check(
+            "pc",
+            Format {
+                persistent_conn: true,
+                ..numeric()
+            },
+        );
+        check(
+            "rule",
+            Format {
+                rule: true,
+                ..numeric()
+            },
+        );
+    }
+
+    #[test]
+    fn largenum_abbreviates_like_ipvsadm() {
+        let cases: [(u64, bool, &str); 8] = [
+            (0, false, "        0"),
+            (99_999_999, false, " 99999999"),
+            (100_000_000, false, "  100000K"),
+            (999_999_999, false, "  999999K"),
+            (1_000_000_000, false, "    1000M"),
+            (100_000_000_000, false, "     100G"),
+            (100_000_000_000_000, false, "     100T"),
+            (123_456_789_012, true, " 123456789012"),
+        ];
+        for (n, exact, want) in cases {
+            let mut s = String::new();
+            largenum(&mut s, n, exact);
+            assert_eq!(s, want, "{n}");
+        }
+    }
+
+    #[test]
+    fn nosort_keeps_kernel_order_and_long_names_are_cut() {
+        let format = Format {
+            nosort: true,
+            ..numeric()
+        };
+        let info = InfoEntry {
+            version: 0x010201,
+            size: 4096,
+        };
+        let text = list_all(&info, &mut table(), &format);
+        let first = text.lines().nth(3).unwrap();
+        assert_eq!(first, "FWM  7 IPv6 wrr persistent 300 mask 64");
+        let mut s = service(IPPROTO_SCTP, "203.0.113.222", 65535, "rr");
+        s.dests = vec![dest("203.0.113.223", 65535, FWD_MASQ, 65535)];
+        let text = list_service(&s, &numeric());
+        assert!(text.contains("SCTP 203.0.113.222:65535 rr\n"), "{text}");
+        assert!(
+            text.contains("  -> 203.0.113.223:65535          Masq    65535  0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn sorting_uses_libipvs_comparators() {
+        let a = service(IPPROTO_TCP, "10.0.0.2", 80, "rr");
+        let b = service(IPPROTO_TCP, "10.0.0.10", 80, "rr");
+        assert!(cmp_services(&a, &b) < 0);
+        let c = service(IPPROTO_UDP, "10.0.0.1", 80, "rr");
+        assert!(
+            cmp_services(&b, &c) < 0,
+            "TCP sorts before UDP whatever the address"
+        );
+        let d4 = dest("10.0.0.1", 90, FWD_MASQ, 1);
+        let d4b = dest("10.0.0.1", 100, FWD_MASQ, 1);
+        assert!(cmp_dests(&d4, &d4b) < 0);
+    }
+
+    #[test]
+    fn json_listing_carries_the_table() {
+        let info = InfoEntry {
+            version: 0x010201,
+            size: 4096,
+        };
+        let text = json(&info, &mut table(), &numeric());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["version"], "1.2.1");
+        let services = v["services"].as_array().unwrap();
+        assert_eq!(services.len(), 4);
+        assert_eq!(services[0]["address"], "10.0.0.1");
+        assert_eq!(services[0]["sched_flags"][1], "sh-port");
+        assert_eq!(services[0]["destinations"][0]["address"], "10.0.1.1");
+        assert_eq!(services[1]["netmask"], "255.255.255.0");
+        assert_eq!(services[3]["fwmark"], 7);
+    }
+}
