@@ -177,14 +177,33 @@ pub fn inet_pton6(text: &str) -> Option<Ipv6Addr> {
 pub fn addrport_to_anyname(addr: IpAddr, port: u16, proto: u16, numeric: bool) -> String {
     let (open, close) = if addr.is_ipv4() { ("", "") } else { ("[", "]") };
     let mut text = if numeric {
-        format!("{open}{addr}{close}:{port}")
+        format!("{open}{}{close}:{port}", inet_ntop(addr))
     } else {
-        let host = addr_to_host(addr).map_or_else(|| addr.to_string(), str::to_string);
+        let host = addr_to_host(addr).map_or_else(|| inet_ntop(addr), str::to_string);
         let port = port_to_service(port, proto).map_or_else(|| port.to_string(), str::to_string);
         format!("{open}{host}{close}:{port}")
     };
     truncate_bytes(&mut text, 59);
     text
+}
+
+/// inet_ntop(3) as glibc writes it. It differs from Rust's `Display` in one case: an
+/// address whose first 96 bits are zero (and is not `::` or `::1`-like with a zero seventh
+/// group) is written with an embedded IPv4 address, `::1.2.3.4`.
+pub fn inet_ntop(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V6(a) => {
+            let w = a.segments();
+            if w[..6].iter().all(|x| *x == 0) && w[6] != 0 {
+                let v4 =
+                    Ipv4Addr::new((w[6] >> 8) as u8, w[6] as u8, (w[7] >> 8) as u8, w[7] as u8);
+                format!("::{v4}")
+            } else {
+                a.to_string()
+            }
+        }
+        IpAddr::V4(a) => a.to_string(),
+    }
 }
 
 /// Cut `text` to at most `max` bytes (on a char boundary), like writing a C string into a
