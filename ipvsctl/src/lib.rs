@@ -14,6 +14,7 @@
 
 pub mod cli;
 mod client;
+pub mod codec;
 mod error;
 pub mod model;
 
