@@ -147,9 +147,7 @@ impl Client {
                         })
                     }
                     Reply::Error(ENOENT) => return Err(Error::NotAvailable),
-                    Reply::Error(EPERM | EACCES) => {
-                        return Err(Error::PermissionDenied { op: OP })
-                    }
+                    Reply::Error(EPERM | EACCES) => return Err(Error::PermissionDenied { op: OP }),
                     Reply::Error(errno) => return Err(Error::Kernel { op: OP, errno }),
                     Reply::Skip => {}
                 }
@@ -197,9 +195,13 @@ impl Client {
         let op = cmd.name();
         let flags = if dump { NLM_F_DUMP } else { NLM_F_ACK };
         let seq = self.next_seq();
-        let bytes =
-            codec::encode_request(IpvsMessage::new(cmd, attrs), self.family_id, flags, seq);
-        tracing::debug!(ipvs.op = op, ipvs.seq = seq, ipvs.dump = dump, "ipvs request");
+        let bytes = codec::encode_request(IpvsMessage::new(cmd, attrs), self.family_id, flags, seq);
+        tracing::debug!(
+            ipvs.op = op,
+            ipvs.seq = seq,
+            ipvs.dump = dump,
+            "ipvs request"
+        );
         self.send(&bytes, op)?;
         let mut messages = Vec::new();
         loop {
@@ -247,7 +249,12 @@ impl Client {
     /// `pe_name`, no such persistence engine: the kernel answers both with ENOENT).
     pub fn add_service(&mut self, service: &Service) -> Result<()> {
         let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(Command::NewService, attrs, false, Target::NewService(service))?;
+        self.execute(
+            Command::NewService,
+            attrs,
+            false,
+            Target::NewService(service),
+        )?;
         Ok(())
     }
 
@@ -255,7 +262,12 @@ impl Client {
     /// found by `service.key`. [`Error::ServiceNotFound`], [`Error::UnknownScheduler`].
     pub fn edit_service(&mut self, service: &Service) -> Result<()> {
         let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(Command::SetService, attrs, false, Target::NewService(service))?;
+        self.execute(
+            Command::SetService,
+            attrs,
+            false,
+            Target::NewService(service),
+        )?;
         Ok(())
     }
 
@@ -281,12 +293,13 @@ impl Client {
         for msg in &replies {
             for attr in &msg.attrs {
                 if let Attr::Dest(dest_attrs) = attr {
-                    let dest = codec::destination_from_attrs(dest_attrs, family).map_err(
-                        |reason| Error::Decode {
-                            op: cmd.name(),
-                            reason,
-                        },
-                    )?;
+                    let dest =
+                        codec::destination_from_attrs(dest_attrs, family).map_err(|reason| {
+                            Error::Decode {
+                                op: cmd.name(),
+                                reason,
+                            }
+                        })?;
                     dests.push(dest);
                 }
             }
@@ -413,3 +426,67 @@ fn no_reply(cmd: Command) -> Error {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Destination;
+
+    #[test]
+    fn enoent_means_scheduler_for_services_and_destination_for_destinations() {
+        let key = ServiceKey::tcp("10.0.0.1".parse().unwrap(), 80);
+        let svc = Service::new(key, "nope");
+        let err = kernel_error(Command::NewService, ENOENT, Target::NewService(&svc));
+        assert!(
+            matches!(&err, Error::UnknownScheduler { name, op: "NEW_SERVICE" } if name == "nope"),
+            "{err:?}"
+        );
+        let dest = Destination::new("10.0.1.1".parse().unwrap(), 8080);
+        let target = Target::Destination(&key, dest.addr, dest.port);
+        let err = kernel_error(Command::DelDest, ENOENT, target);
+        assert!(
+            matches!(err, Error::DestinationNotFound { port: 8080, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "DEL_DEST: no such destination 10.0.1.1:8080 in service TCP 10.0.0.1:80"
+        );
+    }
+
+    #[test]
+    fn other_errnos_map_to_typed_errors() {
+        let key = ServiceKey::udp("2001:db8::1".parse().unwrap(), 53);
+        let svc = Service::new(key, "rr");
+        let err = kernel_error(Command::DelService, ESRCH, Target::Service(&key));
+        assert_eq!(
+            err.to_string(),
+            "DEL_SERVICE: no such service: UDP [2001:db8::1]:53"
+        );
+        let err = kernel_error(
+            Command::NewDest,
+            ESRCH,
+            Target::Destination(&key, key_addr(), 1),
+        );
+        assert!(matches!(err, Error::ServiceNotFound { .. }), "{err:?}");
+        let err = kernel_error(Command::NewService, EEXIST, Target::NewService(&svc));
+        assert_eq!(
+            err.to_string(),
+            "NEW_SERVICE: service UDP [2001:db8::1]:53 already exists"
+        );
+        let err = kernel_error(Command::GetService, EPERM, Target::None);
+        assert!(matches!(err, Error::PermissionDenied { op: "GET_SERVICE" }));
+        let err = kernel_error(Command::Flush, 22, Target::None);
+        assert!(matches!(
+            err,
+            Error::Kernel {
+                errno: 22,
+                op: "FLUSH"
+            }
+        ));
+        assert!(err.to_string().contains("Invalid argument"), "{err}");
+    }
+
+    fn key_addr() -> IpAddr {
+        "2001:db8::2".parse().unwrap()
+    }
+}

@@ -1135,3 +1135,7 @@ where
     }
     Ok(replies)
 }
+
+#[cfg(test)]
+#[path = "codec_tests.rs"]
+mod tests;
