@@ -197,7 +197,12 @@ fn conformance(tag: &str, rules: &str) {
         let args: Vec<&str> = mode.iter().map(String::as_str).collect();
         let want = reference.run(IPVSADM, &args, "");
         let got = reference.run(IPVSCTL, &args, "");
-        let what = format!("table {tag}, ipvsctl {}", args.join(" "));
+        let what = format!(
+            "table {tag}, ipvsctl {} (ipvsctl status {}, stderr {:?})",
+            args.join(" "),
+            got.status,
+            String::from_utf8_lossy(&got.stderr)
+        );
         assert_same(
             &what,
             &String::from_utf8_lossy(&want.stdout),

@@ -45,8 +45,8 @@ pub const TUN_GUE: u8 = 1;
 /// GRE.
 pub const TUN_GRE: u8 = 2;
 
-/// Default persistence timeout (IPVS_SVC_PERSISTENT_TIMEOUT).
-pub const DEFAULT_PERSISTENT_TIMEOUT: u32 = 300;
+/// Default persistence timeout (IPVS_SVC_PERSISTENT_TIMEOUT, 6 minutes).
+pub const DEFAULT_PERSISTENT_TIMEOUT: u32 = 360;
 /// Largest timeout ipvsadm accepts (31 days).
 pub const MAX_TIMEOUT: i64 = 86400 * 31;
 /// ipvsadm's default scheduler.
@@ -945,7 +945,7 @@ pub fn parse(argv: &[String]) -> Result<Parsed, ArgError> {
             }
             Tag::Weight => {
                 set_option(&mut options, opt::WEIGHT)?;
-                dest.weight = string_to_number(a, 0, 65535)
+                dest.weight = string_to_number(a, 0, i64::from(i32::MAX))
                     .ok_or_else(|| fail("illegal weight specified"))?
                     as u32;
             }
@@ -1216,7 +1216,7 @@ mod tests {
         assert_eq!(inv.svc.addr, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(inv.svc.port, 80);
         assert_eq!(inv.svc.protocol, IPPROTO_TCP);
-        assert_eq!(inv.svc.timeout, 300);
+        assert_eq!(inv.svc.timeout, 360);
         assert_eq!(inv.svc.flags, SVC_F_PERSISTENT);
         let inv = run("-A -u 10.0.0.1:53 -p 60 -M 255.255.255.0 -o");
         assert_eq!(inv.svc.timeout, 60);
@@ -1225,7 +1225,7 @@ mod tests {
         assert_eq!(inv.svc.flags, SVC_F_PERSISTENT | SVC_F_ONEPACKET);
         // -p followed by an option takes no argument.
         let inv = run("-A -t 10.0.0.1:80 -p -s sh -b sh-port,sh-fallback");
-        assert_eq!(inv.svc.timeout, 300);
+        assert_eq!(inv.svc.timeout, 360);
         assert_eq!(
             inv.svc.flags,
             SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
@@ -1317,7 +1317,7 @@ mod tests {
             "illegal virtual server address[:port] specified"
         );
         assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -w 70000").message,
+            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -w 2147483648").message,
             "illegal weight specified"
         );
         assert_eq!(

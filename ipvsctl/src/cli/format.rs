@@ -304,10 +304,11 @@ fn ipv4_mask_text(netmask: u32) -> String {
 pub fn service_entry(out: &mut String, se: &ServiceEntry, format: &Format) {
     let svc_name = if se.fwmark != 0 {
         match (format.rule, se.af == AF_INET6) {
-            (true, true) => format!("-f {} -6", se.fwmark),
-            (true, false) => format!("-f {}", se.fwmark),
-            (false, true) => format!("FWM  {} IPv6", se.fwmark),
-            (false, false) => format!("FWM  {}", se.fwmark),
+            // ipvsadm 1.31 prints the mark with %d.
+            (true, true) => format!("-f {} -6", se.fwmark as i32),
+            (true, false) => format!("-f {}", se.fwmark as i32),
+            (false, true) => format!("FWM  {} IPv6", se.fwmark as i32),
+            (false, false) => format!("FWM  {}", se.fwmark as i32),
         }
     } else {
         let vname = names::addrport_to_anyname(se.addr, se.port, se.protocol, format.numeric);
@@ -383,7 +384,7 @@ pub fn service_entry(out: &mut String, se: &ServiceEntry, format: &Format) {
         &se.dests
     } else {
         sorted = se.dests.clone();
-        sorted.sort_by(|a, b| cmp_dests(a, b).cmp(&0));
+        sort_dests(&mut sorted);
         &sorted
     };
     for e in dests {
@@ -544,7 +545,41 @@ pub fn cmp_dests(a: &DestEntry, b: &DestEntry) -> i32 {
 
 /// Sort services as `ipvsadm -L` does (unless --nosort).
 pub fn sort_services(services: &mut [ServiceEntry]) {
-    services.sort_by(|a, b| cmp_services(a, b).cmp(&0));
+    glibc_msort(services, cmp_services);
+}
+
+/// Sort real servers as ipvsadm does.
+pub fn sort_dests(dests: &mut [DestEntry]) {
+    glibc_msort(dests, cmp_dests);
+}
+
+/// glibc's qsort (msort.c, the merge sort glibc 2.36 uses): split at n/2, sort both halves,
+/// merge taking the left element while `cmp <= 0`. libipvs' comparators subtract unsigned
+/// addresses into an int, which is not a consistent order when addresses are more than 2^31
+/// apart; the result then depends on the exact algorithm, so we run the same one.
+fn glibc_msort<T: Clone>(items: &mut [T], cmp: fn(&T, &T) -> i32) {
+    let n = items.len();
+    if n <= 1 {
+        return;
+    }
+    let n1 = n / 2;
+    glibc_msort(&mut items[..n1], cmp);
+    glibc_msort(&mut items[n1..], cmp);
+    let (left, right) = items.split_at(n1);
+    let mut merged = Vec::with_capacity(n);
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() && j < right.len() {
+        if cmp(&left[i], &right[j]) <= 0 {
+            merged.push(left[i].clone());
+            i += 1;
+        } else {
+            merged.push(right[j].clone());
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&left[i..]);
+    merged.extend_from_slice(&right[j..]);
+    items.clone_from_slice(&merged);
 }
 
 /// list_all: the whole table (`-L` or `-S`).
@@ -656,7 +691,7 @@ pub fn json(info: &InfoEntry, services: &mut [ServiceEntry], format: &Format) ->
             .iter_mut()
             .map(|s| {
                 if !format.nosort {
-                    s.dests.sort_by(|a, b| cmp_dests(a, b).cmp(&0));
+                    sort_dests(&mut s.dests);
                 }
                 json_service(s)
             })
@@ -952,5 +987,51 @@ mod tests {
         assert_eq!(services[0]["destinations"][0]["address"], "10.0.1.1");
         assert_eq!(services[1]["netmask"], "255.255.255.0");
         assert_eq!(services[3]["fwmark"], 7);
+    }
+}
+
+#[cfg(test)]
+mod sort_tests {
+    use super::*;
+
+    /// The order ipvsadm 1.31 (glibc 2.36 qsort) printed in the VM for the
+    /// many_destinations conformance table: libipvs' int-subtraction comparator puts 250.x,
+    /// 1.x, ... in this non-monotonic order.
+    const IPVSADM_ORDER: &str = "250.2.0.18:8002 250.7.0.48:8002 1.1.0.11:8001 1.6.0.41:8001 100.1.0.9:8002 100.2.0.15:8002 100.3.0.21:8002 100.4.0.27:8002 100.6.0.39:8002 100.7.0.45:8002 100.8.0.51:8002 100.9.0.57:8002 172.0.0.4:8000 172.1.0.10:8000 172.2.0.16:8000 172.3.0.22:8000 172.4.0.28:8000 172.5.0.34:8000 172.6.0.40:8000 172.7.0.46:8000 172.8.0.52:8000 172.9.0.58:8000 200.0.0.2:8001 200.1.0.8:8001 200.2.0.14:8001 200.3.0.20:8001 200.5.0.32:8001 200.6.0.38:8001 200.7.0.44:8001 200.8.0.50:8001 250.0.0.6:8002 250.1.0.12:8002 250.3.0.24:8002 250.4.0.30:8002 250.5.0.36:8002 250.6.0.42:8002 250.8.0.54:8002 250.9.0.60:8002 1.0.0.5:8001 1.2.0.17:8001 1.3.0.23:8001 1.4.0.29:8001 1.5.0.35:8001 1.7.0.47:8001 1.8.0.53:8001 1.9.0.59:8001 10.0.0.1:8000 10.1.0.7:8000 10.2.0.13:8000 10.3.0.19:8000 10.4.0.25:8000 10.5.0.31:8000 10.6.0.37:8000 10.7.0.43:8000 10.8.0.49:8000 10.9.0.55:8000 100.0.0.3:8002 100.5.0.33:8002 200.4.0.26:8001 200.9.0.56:8001";
+
+    #[test]
+    fn wrapping_comparator_order_matches_ipvsadm() {
+        // The conformance test's insertion order; the kernel lists newest first.
+        let mut kernel: Vec<DestEntry> = (0..60u32)
+            .map(|i| {
+                let j = (i * 37) % 60;
+                let first = [10u8, 200, 100, 172, 1, 250][(j % 6) as usize];
+                let addr = IpAddr::from([first, (j / 6) as u8, 0, (j + 1) as u8]);
+                DestEntry {
+                    af: AF_INET,
+                    addr,
+                    port: 8000 + (j % 3) as u16,
+                    fwd: FWD_MASQ,
+                    weight: j % 5,
+                    u_threshold: 0,
+                    l_threshold: 0,
+                    active_conns: 0,
+                    inact_conns: 0,
+                    persist_conns: 0,
+                    tun_type: 0,
+                    tun_port: 0,
+                    tun_flags: 0,
+                    stats: StatsEntry::default(),
+                }
+            })
+            .collect();
+        kernel.reverse();
+        sort_dests(&mut kernel);
+        let got: Vec<String> = kernel
+            .iter()
+            .map(|d| format!("{}:{}", d.addr, d.port))
+            .collect();
+        let want: Vec<&str> = IPVSADM_ORDER.split_whitespace().collect();
+        assert_eq!(got, want);
     }
 }
