@@ -796,8 +796,14 @@ pub fn service_attrs(service: &Service) -> Vec<ServiceAttr> {
     if let Some(pe) = &service.pe_name {
         attrs.push(ServiceAttr::PeName(pe.clone()));
     }
+    // The kernel decides persistence by the flag alone; a timeout without it would be
+    // silently ignored, so a timeout implies the flag (ipvsadm's -p sets both).
+    let mut flags = service.flags;
+    if service.timeout != 0 {
+        flags.insert(ServiceFlags::PERSISTENT);
+    }
     attrs.push(ServiceAttr::Flags {
-        flags: service.flags.bits(),
+        flags: flags.bits(),
         mask: u32::MAX,
     });
     attrs.push(ServiceAttr::Timeout(service.timeout));

@@ -419,3 +419,18 @@ fn garbage_never_panics() {
     // Some mutated messages still decode: the mutation reached the attribute parsers.
     assert!(decoded_ok > 100, "only {decoded_ok} inputs decoded");
 }
+
+#[test]
+fn a_timeout_sends_the_persistent_flag() {
+    let mut svc = Service::new(ServiceKey::tcp(ip("10.0.0.1"), 80), "rr");
+    let flags = |svc: &Service| {
+        service_attrs(svc).into_iter().find_map(|a| match a {
+            ServiceAttr::Flags { flags, mask } => Some((flags, mask)),
+            _ => None,
+        })
+    };
+    assert_eq!(flags(&svc), Some((0, u32::MAX)));
+    svc.timeout = 300;
+    svc.flags = ServiceFlags::ONEPACKET;
+    assert_eq!(flags(&svc), Some((0x1 | 0x4, u32::MAX)));
+}

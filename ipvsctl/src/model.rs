@@ -197,7 +197,7 @@ impl fmt::Display for ServiceKey {
 pub struct ServiceFlags(pub u32);
 
 impl ServiceFlags {
-    /// Persistent service (`-p`); set by the kernel when the timeout is non-zero.
+    /// Persistent service (`-p`); sent by the client whenever the timeout is non-zero.
     pub const PERSISTENT: ServiceFlags = ServiceFlags(0x1);
     /// The service is in the kernel's hash table (read-only, always set in listings).
     pub const HASHED: ServiceFlags = ServiceFlags(0x2);
@@ -307,8 +307,9 @@ pub struct Stats {
 /// A virtual service.
 ///
 /// When adding or editing, `key`, `scheduler`, `flags`, `timeout`, `netmask` and `pe_name`
-/// are sent; `stats` is ignored. The kernel adds [`ServiceFlags::HASHED`] in listings and
-/// sets [`ServiceFlags::PERSISTENT`] itself when `timeout` is non-zero.
+/// are sent; `stats` is ignored. A non-zero `timeout` makes the service persistent: the
+/// client sends [`ServiceFlags::PERSISTENT`] with it (as ipvsadm's `-p` does), whatever
+/// `flags` says. The kernel adds [`ServiceFlags::HASHED`] in listings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     /// What identifies the service.

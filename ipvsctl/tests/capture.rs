@@ -29,6 +29,21 @@ mod ipvs_capture {
         s.parse().unwrap()
     }
 
+    /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
+    /// local routing table then, and IPVS refuses destinations (EINVAL) while
+    /// `inet_addr_type()` has no local table to classify their addresses with.
+    fn loopback_up() {
+        let ip = ["/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("iproute2 ip");
+        let status = std::process::Command::new(ip)
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip link set lo up");
+        assert!(status.success(), "ip link set lo up failed: {status}");
+    }
+
     /// The table the captured files describe (also spelled out in tests/captured.rs).
     fn build_table(ipvs: &mut Client) {
         let web = ServiceKey::tcp(ip("10.0.0.1"), 80);
@@ -90,6 +105,7 @@ mod ipvs_capture {
     fn print_kernel_replies() {
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            loopback_up();
             let mut ipvs = Client::new().unwrap();
             build_table(&mut ipvs);
             let mut socket = Socket::new(NETLINK_GENERIC).unwrap();

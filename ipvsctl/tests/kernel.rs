@@ -27,6 +27,21 @@ mod ipvs_kernel {
         s.parse().unwrap()
     }
 
+    /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
+    /// local routing table then, and IPVS refuses destinations (EINVAL) while
+    /// `inet_addr_type()` has no local table to classify their addresses with.
+    fn loopback_up() {
+        let ip = ["/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("iproute2 ip");
+        let status = std::process::Command::new(ip)
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip link set lo up");
+        assert!(status.success(), "ip link set lo up failed: {status}");
+    }
+
     /// A client whose table is flushed when the test ends, even on panic.
     struct Table(Client);
 
@@ -45,6 +60,7 @@ mod ipvs_kernel {
         let thread = std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("unshare(CLONE_NEWNET) (needs root)");
+            loopback_up();
             let mut table = Table(Client::new().expect("Client::new in a fresh namespace"));
             test(&mut table.0)
         });
@@ -325,9 +341,10 @@ mod ipvs_kernel {
             }
             let saved = ipvsadm_save().join("\n");
             for line in [
-                "-a -t 10.20.4.1:80 -r 10.20.4.10:8080 -m -w 3 -x 1000 -y 100",
+                "-a -t 10.20.4.1:80 -r 10.20.4.10:8080 -m -w 3\n",
                 "-a -t 10.20.4.1:80 -r 10.20.4.11:80 -g -w 65535",
-                "-a -t 10.20.4.1:80 -r 10.20.4.12:80 -i -w 1",
+                "-a -t 10.20.4.1:80 -r 10.20.4.12:80 -i -w 1 --tun-type ipip",
+                "-a -t 10.20.4.1:80 -r 10.20.4.13:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum",
             ] {
                 assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
             }
@@ -526,12 +543,12 @@ mod ipvs_kernel {
 
             let other = ServiceKey::tcp(ip("10.20.10.1"), 81);
             for result in [
-                ipvs.add_service(&Service::new(other, "no-such-scheduler")),
-                ipvs.edit_service(&Service::new(key, "no-such-scheduler")),
+                ipvs.add_service(&Service::new(other, "nosuchsched")),
+                ipvs.edit_service(&Service::new(key, "nosuchsched")),
             ] {
                 match result {
                     Err(Error::UnknownScheduler { name, .. }) => {
-                        assert_eq!(name, "no-such-scheduler")
+                        assert_eq!(name, "nosuchsched")
                     }
                     other => panic!("expected UnknownScheduler, got {other:?}"),
                 }
