@@ -105,4 +105,7 @@ ipvsctl=$(find_ipvsctl)
 ns="poold-bench-ipvs-$$"
 "$IP" netns add "$ns"
 trap '"$IP" netns del "$ns" 2>/dev/null || true' EXIT INT TERM
+# With lo down a fresh namespace has no local routing table, and the kernel then refuses
+# real servers as "not unicast" (EINVAL).
+"$IP" -n "$ns" link set lo up
 "$IP" netns exec "$ns" sh "$0" --inside "$ipvsctl"
