@@ -1,6 +1,8 @@
 //! The blocking IPVS client: one generic netlink socket, requests built and replies read
 //! by [`crate::codec`].
 
+#![warn(missing_docs)]
+
 use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
@@ -10,7 +12,7 @@ use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use crate::codec::{self, Attr, Command, IpvsMessage, Reply};
 use crate::error::{Error, Result};
-use crate::model::{Destination, Info, Service, ServiceKey, Timeouts};
+use crate::model::{DaemonState, Destination, Info, Service, ServiceKey, SyncDaemon, Timeouts};
 
 // Linux errno values the kernel's IPVS code returns (asm-generic/errno-base.h).
 const EPERM: i32 = 1;
@@ -29,6 +31,7 @@ enum Target<'a> {
     Service(&'a ServiceKey),
     NewService(&'a Service),
     Destination(&'a ServiceKey, IpAddr, u16),
+    Daemon(DaemonState),
 }
 
 /// Turn a kernel errno into the error for `cmd` on `target`. IPVS reuses ENOENT for an
@@ -65,6 +68,10 @@ fn kernel_error(cmd: Command, errno: i32, target: Target<'_>) -> Error {
                 "destination {} in service {key}",
                 std::net::SocketAddr::new(addr, port)
             ),
+        },
+        (EEXIST, Target::Daemon(state)) => Error::AlreadyExists {
+            op,
+            what: format!("{} sync daemon", state.name()),
         },
         (errno, _) => Error::Kernel { op, errno },
     }
@@ -391,6 +398,45 @@ impl Client {
                 self.execute(Command::Zero, vec![], false, Target::None)?;
             }
         }
+        Ok(())
+    }
+
+    /// The running connection sync daemons (`ipvsadm --list-daemon`).
+    pub fn daemons(&mut self) -> Result<Vec<SyncDaemon>> {
+        let cmd = Command::GetDaemon;
+        let mut daemons = Vec::new();
+        for msg in self.execute(cmd, vec![], true, Target::None)? {
+            for attr in &msg.attrs {
+                if let Attr::Daemon(attrs) = attr {
+                    daemons.push(codec::daemon_from_attrs(attrs).map_err(|reason| {
+                        Error::Decode {
+                            op: cmd.name(),
+                            reason,
+                        }
+                    })?);
+                }
+            }
+        }
+        Ok(daemons)
+    }
+
+    /// Start a connection sync daemon (`ipvsadm --start-daemon`).
+    /// [`Error::AlreadyExists`] if one of that state runs.
+    pub fn start_daemon(&mut self, daemon: &SyncDaemon) -> Result<()> {
+        let attrs = vec![Attr::Daemon(codec::daemon_attrs(daemon))];
+        self.execute(
+            Command::NewDaemon,
+            attrs,
+            false,
+            Target::Daemon(daemon.state),
+        )?;
+        Ok(())
+    }
+
+    /// Stop the sync daemon of that state (`ipvsadm --stop-daemon`).
+    pub fn stop_daemon(&mut self, state: DaemonState) -> Result<()> {
+        let attrs = vec![Attr::Daemon(vec![codec::DaemonAttr::State(state.number())])];
+        self.execute(Command::DelDaemon, attrs, false, Target::Daemon(state))?;
         Ok(())
     }
 

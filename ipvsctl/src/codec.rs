@@ -13,6 +13,8 @@
 //! Attributes this module does not know are kept as [`DefaultNla`] (`Other`), so a parsed
 //! message emits back to the same bytes and newer kernels never make parsing fail.
 
+#![warn(missing_docs)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use std::fmt::Debug;
@@ -26,8 +28,8 @@ use netlink_packet_core::{
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 
 use crate::model::{
-    AddressFamily, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags, ServiceKey,
-    Stats, Timeouts, TunnelType,
+    AddressFamily, DaemonState, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags,
+    ServiceKey, Stats, SyncDaemon, Timeouts, TunnelType,
 };
 
 /// The generic netlink family name.
@@ -190,6 +192,15 @@ const DEST_ATTR_TUN_TYPE: u16 = 13;
 const DEST_ATTR_TUN_PORT: u16 = 14;
 const DEST_ATTR_TUN_FLAGS: u16 = 15;
 
+const DAEMON_ATTR_STATE: u16 = 1;
+const DAEMON_ATTR_MCAST_IFN: u16 = 2;
+const DAEMON_ATTR_SYNC_ID: u16 = 3;
+const DAEMON_ATTR_SYNC_MAXLEN: u16 = 4;
+const DAEMON_ATTR_MCAST_GROUP: u16 = 5;
+const DAEMON_ATTR_MCAST_GROUP6: u16 = 6;
+const DAEMON_ATTR_MCAST_PORT: u16 = 7;
+const DAEMON_ATTR_MCAST_TTL: u16 = 8;
+
 const STATS_ATTR_CONNS: u16 = 1;
 const STATS_ATTR_OUTBPS: u16 = 10;
 
@@ -252,8 +263,8 @@ pub enum Attr {
     Service(Vec<ServiceAttr>),
     /// The destination (nested).
     Dest(Vec<DestAttr>),
-    /// A sync daemon (nested, kept raw).
-    Daemon(Vec<DefaultNla>),
+    /// A sync daemon (nested).
+    Daemon(Vec<DaemonAttr>),
     /// TCP established timeout, seconds.
     TimeoutTcp(u32),
     /// TCP FIN_WAIT timeout, seconds.
@@ -282,10 +293,9 @@ impl Attr {
             (false, CMD_ATTR_DEST) => {
                 Attr::Dest(parse_attrs(v, DestAttr::parse).map_err(ctx("dest"))?)
             }
-            (false, CMD_ATTR_DAEMON) => Attr::Daemon(
-                parse_attrs(v, |n| Ok(DefaultNla::new(n.kind(), n.value().to_vec())))
-                    .map_err(ctx("daemon"))?,
-            ),
+            (false, CMD_ATTR_DAEMON) => {
+                Attr::Daemon(parse_attrs(v, DaemonAttr::parse).map_err(ctx("daemon"))?)
+            }
             (false, CMD_ATTR_TIMEOUT_TCP) => {
                 Attr::TimeoutTcp(parse_u32(v).map_err(ctx("timeout_tcp"))?)
             }
@@ -597,6 +607,98 @@ impl Nla for DestAttr {
             | DestAttr::PersistConns(n) => put_u32(buf, *n),
             DestAttr::Stats(s) | DestAttr::Stats64(s) => s.as_slice().emit(buf),
             DestAttr::Other(nla) => nla.emit_value(buf),
+        }
+    }
+}
+
+/// A sync daemon attribute (`IPVS_DAEMON_ATTR_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonAttr {
+    /// `IP_VS_STATE_MASTER` (1) or `IP_VS_STATE_BACKUP` (2).
+    State(u32),
+    /// Multicast interface name.
+    McastIfn(String),
+    /// Sync id.
+    SyncId(u32),
+    /// Largest sync message.
+    SyncMaxlen(u16),
+    /// IPv4 multicast group, network order bytes.
+    McastGroup([u8; 4]),
+    /// IPv6 multicast group.
+    McastGroup6([u8; 16]),
+    /// Multicast port (host order on the wire, unlike service ports).
+    McastPort(u16),
+    /// Multicast TTL.
+    McastTtl(u8),
+    /// Anything else, kept as is.
+    Other(DefaultNla),
+}
+
+impl DaemonAttr {
+    fn parse(nla: &NlaBuffer<&[u8]>) -> Result<DaemonAttr, DecodeError> {
+        let v = nla.value();
+        Ok(match nla.kind() {
+            DAEMON_ATTR_STATE => DaemonAttr::State(parse_u32(v).map_err(ctx("state"))?),
+            DAEMON_ATTR_MCAST_IFN => {
+                DaemonAttr::McastIfn(parse_string(v).map_err(ctx("mcast_ifn"))?)
+            }
+            DAEMON_ATTR_SYNC_ID => DaemonAttr::SyncId(parse_u32(v).map_err(ctx("sync_id"))?),
+            DAEMON_ATTR_SYNC_MAXLEN => {
+                DaemonAttr::SyncMaxlen(parse_u16(v).map_err(ctx("sync_maxlen"))?)
+            }
+            DAEMON_ATTR_MCAST_GROUP => DaemonAttr::McastGroup(
+                v.try_into()
+                    .map_err(|_| format!("mcast_group: expected 4 bytes, got {}", v.len()))?,
+            ),
+            DAEMON_ATTR_MCAST_GROUP6 => DaemonAttr::McastGroup6(
+                v.try_into()
+                    .map_err(|_| format!("mcast_group6: expected 16 bytes, got {}", v.len()))?,
+            ),
+            DAEMON_ATTR_MCAST_PORT => {
+                DaemonAttr::McastPort(parse_u16(v).map_err(ctx("mcast_port"))?)
+            }
+            DAEMON_ATTR_MCAST_TTL => DaemonAttr::McastTtl(parse_u8(v).map_err(ctx("mcast_ttl"))?),
+            _ => DaemonAttr::Other(other(nla)),
+        })
+    }
+}
+
+impl Nla for DaemonAttr {
+    fn value_len(&self) -> usize {
+        match self {
+            DaemonAttr::State(_) | DaemonAttr::SyncId(_) => 4,
+            DaemonAttr::McastIfn(s) => s.len() + 1,
+            DaemonAttr::SyncMaxlen(_) | DaemonAttr::McastPort(_) => 2,
+            DaemonAttr::McastGroup(_) => 4,
+            DaemonAttr::McastGroup6(_) => 16,
+            DaemonAttr::McastTtl(_) => 1,
+            DaemonAttr::Other(nla) => nla.value_len(),
+        }
+    }
+
+    fn kind(&self) -> u16 {
+        match self {
+            DaemonAttr::State(_) => DAEMON_ATTR_STATE,
+            DaemonAttr::McastIfn(_) => DAEMON_ATTR_MCAST_IFN,
+            DaemonAttr::SyncId(_) => DAEMON_ATTR_SYNC_ID,
+            DaemonAttr::SyncMaxlen(_) => DAEMON_ATTR_SYNC_MAXLEN,
+            DaemonAttr::McastGroup(_) => DAEMON_ATTR_MCAST_GROUP,
+            DaemonAttr::McastGroup6(_) => DAEMON_ATTR_MCAST_GROUP6,
+            DaemonAttr::McastPort(_) => DAEMON_ATTR_MCAST_PORT,
+            DaemonAttr::McastTtl(_) => DAEMON_ATTR_MCAST_TTL,
+            DaemonAttr::Other(nla) => nla.kind(),
+        }
+    }
+
+    fn emit_value(&self, buf: &mut [u8]) {
+        match self {
+            DaemonAttr::State(n) | DaemonAttr::SyncId(n) => put_u32(buf, *n),
+            DaemonAttr::McastIfn(s) => put_string(buf, s),
+            DaemonAttr::SyncMaxlen(n) | DaemonAttr::McastPort(n) => put_u16(buf, *n),
+            DaemonAttr::McastGroup(b) => buf.copy_from_slice(b),
+            DaemonAttr::McastGroup6(b) => buf.copy_from_slice(b),
+            DaemonAttr::McastTtl(n) => buf[0] = *n,
+            DaemonAttr::Other(nla) => nla.emit_value(buf),
         }
     }
 }
@@ -1050,6 +1152,60 @@ pub fn timeouts_attrs(t: &Timeouts) -> Vec<Attr> {
         Attr::TimeoutTcpFin(t.tcp_fin),
         Attr::TimeoutUdp(t.udp),
     ]
+}
+
+/// NEW_DAEMON's attributes (`None` fields are left out, so the kernel uses its defaults).
+pub fn daemon_attrs(d: &SyncDaemon) -> Vec<DaemonAttr> {
+    let mut attrs = vec![
+        DaemonAttr::State(d.state.number()),
+        DaemonAttr::McastIfn(d.mcast_interface.clone()),
+        DaemonAttr::SyncId(d.syncid),
+    ];
+    if let Some(n) = d.sync_maxlen {
+        attrs.push(DaemonAttr::SyncMaxlen(n));
+    }
+    match d.mcast_group {
+        Some(IpAddr::V4(a)) => attrs.push(DaemonAttr::McastGroup(a.octets())),
+        Some(IpAddr::V6(a)) => attrs.push(DaemonAttr::McastGroup6(a.octets())),
+        None => {}
+    }
+    if let Some(n) = d.mcast_port {
+        attrs.push(DaemonAttr::McastPort(n));
+    }
+    if let Some(n) = d.mcast_ttl {
+        attrs.push(DaemonAttr::McastTtl(n));
+    }
+    attrs
+}
+
+/// Read a sync daemon from its attributes (a GET_DAEMON reply).
+pub fn daemon_from_attrs(attrs: &[DaemonAttr]) -> Result<SyncDaemon, String> {
+    let mut state = None;
+    let mut ifn = None;
+    let mut syncid = None;
+    let mut d = SyncDaemon::new(DaemonState::Master, "", 0);
+    for attr in attrs {
+        match attr {
+            DaemonAttr::State(n) => {
+                state = Some(
+                    DaemonState::from_number(*n)
+                        .ok_or_else(|| format!("sync daemon with state {n}"))?,
+                )
+            }
+            DaemonAttr::McastIfn(s) => ifn = Some(s.clone()),
+            DaemonAttr::SyncId(n) => syncid = Some(*n),
+            DaemonAttr::SyncMaxlen(n) => d.sync_maxlen = Some(*n),
+            DaemonAttr::McastGroup(b) => d.mcast_group = Some(IpAddr::from(*b)),
+            DaemonAttr::McastGroup6(b) => d.mcast_group = Some(IpAddr::from(*b)),
+            DaemonAttr::McastPort(n) => d.mcast_port = Some(*n),
+            DaemonAttr::McastTtl(n) => d.mcast_ttl = Some(*n),
+            DaemonAttr::Other(_) => {}
+        }
+    }
+    d.state = state.ok_or("sync daemon without state")?;
+    d.mcast_interface = ifn.ok_or("sync daemon without interface")?;
+    d.syncid = syncid.ok_or("sync daemon without sync id")?;
+    Ok(d)
 }
 
 /// Emit an IPVS message body (attributes only, no headers) to bytes.

@@ -434,3 +434,29 @@ fn a_timeout_sends_the_persistent_flag() {
     svc.flags = ServiceFlags::ONEPACKET;
     assert_eq!(flags(&svc), Some((0x1 | 0x4, u32::MAX)));
 }
+
+#[test]
+fn sync_daemon_round_trips_and_defaults_stay_unsent() {
+    let mut daemon = SyncDaemon::new(DaemonState::Backup, "eth1", 9);
+    assert_eq!(
+        daemon_attrs(&daemon).len(),
+        3,
+        "only the required attributes"
+    );
+    daemon.sync_maxlen = Some(1400);
+    daemon.mcast_group = Some(ip("ff02::81"));
+    daemon.mcast_port = Some(8849);
+    daemon.mcast_ttl = Some(2);
+    let msg = IpvsMessage::new(
+        Command::NewDaemon,
+        vec![Attr::Daemon(daemon_attrs(&daemon))],
+    );
+    let parsed = reparse(&msg);
+    assert_eq!(parsed, msg);
+    let Attr::Daemon(attrs) = &parsed.attrs[0] else {
+        panic!("{parsed:?}")
+    };
+    assert_eq!(daemon_from_attrs(attrs).unwrap(), daemon);
+    let err = daemon_from_attrs(&[DaemonAttr::State(3)]).unwrap_err();
+    assert!(err.contains("state 3"), "{err}");
+}

@@ -1,5 +1,7 @@
 //! The library's one error type.
 
+#![warn(missing_docs)]
+
 use std::net::IpAddr;
 
 use crate::model::ServiceKey;

@@ -2,6 +2,8 @@
 //! global settings. These types carry no kernel encoding; `codec` turns them into netlink
 //! attributes and back.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -544,4 +546,78 @@ pub struct Timeouts {
     pub tcp_fin: u32,
     /// UDP.
     pub udp: u32,
+}
+
+/// Role of a connection synchronisation daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// Sends connection state (`IP_VS_STATE_MASTER`, 1).
+    Master,
+    /// Receives connection state (`IP_VS_STATE_BACKUP`, 2).
+    Backup,
+}
+
+impl DaemonState {
+    /// The kernel's value.
+    pub fn number(self) -> u32 {
+        match self {
+            DaemonState::Master => 1,
+            DaemonState::Backup => 2,
+        }
+    }
+
+    /// The state for a kernel value.
+    pub fn from_number(n: u32) -> Option<DaemonState> {
+        match n {
+            1 => Some(DaemonState::Master),
+            2 => Some(DaemonState::Backup),
+            _ => None,
+        }
+    }
+
+    /// ipvsadm's word: `master`, `backup`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DaemonState::Master => "master",
+            DaemonState::Backup => "backup",
+        }
+    }
+}
+
+/// A connection synchronisation daemon (`ipvsadm --start-daemon`, `--list-daemon`).
+///
+/// When starting one, `None` fields leave the kernel's defaults (group 224.0.0.81,
+/// port 8848, TTL 1, the interface MTU); listings fill them all in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncDaemon {
+    /// Master or backup.
+    pub state: DaemonState,
+    /// The multicast interface (`--mcast-interface`).
+    pub mcast_interface: String,
+    /// Sync id (`--syncid`), 0-255.
+    pub syncid: u32,
+    /// Largest sync message payload (`--sync-maxlen`).
+    pub sync_maxlen: Option<u16>,
+    /// Multicast group (`--mcast-group`).
+    pub mcast_group: Option<IpAddr>,
+    /// Multicast UDP port (`--mcast-port`).
+    pub mcast_port: Option<u16>,
+    /// Multicast TTL (`--mcast-ttl`).
+    pub mcast_ttl: Option<u8>,
+}
+
+impl SyncDaemon {
+    /// A daemon with the kernel's defaults.
+    pub fn new(state: DaemonState, mcast_interface: impl Into<String>, syncid: u32) -> SyncDaemon {
+        SyncDaemon {
+            state,
+            mcast_interface: mcast_interface.into(),
+            syncid,
+            sync_maxlen: None,
+            mcast_group: None,
+            mcast_port: None,
+            mcast_ttl: None,
+        }
+    }
 }
