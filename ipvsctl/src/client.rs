@@ -401,7 +401,7 @@ impl Client {
         Ok(())
     }
 
-    /// The running connection sync daemons (`ipvsadm --list-daemon`).
+    /// The running connection sync daemons (`ipvsadm -L --daemon`).
     pub fn daemons(&mut self) -> Result<Vec<SyncDaemon>> {
         let cmd = Command::GetDaemon;
         let mut daemons = Vec::new();
@@ -532,7 +532,14 @@ mod tests {
         assert!(err.to_string().contains("Invalid argument"), "{err}");
     }
 
+    #[test]
+    fn client_can_move_to_a_blocking_thread() {
+        fn send<T: Send>() {}
+        send::<Client>();
+    }
+
     fn key_addr() -> IpAddr {
         "2001:db8::2".parse().unwrap()
     }
 }
+

@@ -1,5 +1,18 @@
 //! IPVS over generic netlink: a pure codec (no I/O) and a blocking client on top of it.
 //!
+//! - [`model`]: the table as plain data (services, destinations, counters, timeouts, sync
+//!   daemons); serde `Serialize` for JSON listings.
+//! - [`codec`]: IPVS messages and attributes on netlink-packet-core/-generic, and the
+//!   conversions to and from the model. No I/O: everything is testable with bytes, including
+//!   replies captured from the kernel (tests/captured/).
+//! - [`Client`]: one blocking `NETLINK_GENERIC` socket (netlink-sys); resolves the "IPVS"
+//!   family, sends requests with sequence numbers, reads ACKs and multi-part dumps, and
+//!   turns kernel errnos into typed [`Error`]s.
+//!
+//! A socket acts on the network namespace it was created in, and every command (listings
+//! included) needs CAP_NET_ADMIN there. `Client` is `Send`: a tokio program calls it from
+//! `spawn_blocking` or a dedicated thread.
+//!
 //! ```no_run
 //! use ipvs::{Client, Destination, Service, ServiceKey};
 //! let mut ipvs = Client::new()?;

@@ -585,7 +585,7 @@ impl DaemonState {
     }
 }
 
-/// A connection synchronisation daemon (`ipvsadm --start-daemon`, `--list-daemon`).
+/// A connection synchronisation daemon (`ipvsadm --start-daemon`, `-L --daemon`).
 ///
 /// When starting one, `None` fields leave the kernel's defaults (group 224.0.0.81,
 /// port 8848, TTL 1, the interface MTU); listings fill them all in.

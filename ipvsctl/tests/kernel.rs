@@ -17,8 +17,8 @@ mod ipvs_kernel {
     use std::process::Command;
 
     use ipvs::{
-        AddressFamily, Client, Destination, Error, ForwardMethod, Protocol, Service, ServiceFlags,
-        ServiceKey, Timeouts, Tunnel, TunnelType,
+        AddressFamily, Client, DaemonState, Destination, Error, ForwardMethod, Protocol, Service,
+        ServiceFlags, ServiceKey, SyncDaemon, Timeouts, Tunnel, TunnelType,
     };
 
     const IPVSADM: &str = "/usr/sbin/ipvsadm";
@@ -27,19 +27,24 @@ mod ipvs_kernel {
         s.parse().unwrap()
     }
 
-    /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
-    /// local routing table then, and IPVS refuses destinations (EINVAL) while
-    /// `inet_addr_type()` has no local table to classify their addresses with.
-    fn loopback_up() {
+    /// Run iproute2 `ip` in the calling thread's namespace (children inherit it).
+    fn ip_cmd(args: &[&str]) {
         let ip = ["/usr/bin/ip", "/sbin/ip", "/bin/ip"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("iproute2 ip");
-        let status = std::process::Command::new(ip)
-            .args(["link", "set", "lo", "up"])
+        let status = Command::new(ip)
+            .args(args)
             .status()
-            .expect("run ip link set lo up");
-        assert!(status.success(), "ip link set lo up failed: {status}");
+            .expect("run iproute2 ip");
+        assert!(status.success(), "ip {args:?} failed: {status}");
+    }
+
+    /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
+    /// local routing table then, and IPVS refuses destinations (EINVAL) while
+    /// `inet_addr_type()` has no local table to classify their addresses with.
+    fn loopback_up() {
+        ip_cmd(&["link", "set", "lo", "up"]);
     }
 
     /// A client whose table is flushed when the test ends, even on panic.
@@ -401,6 +406,227 @@ mod ipvs_kernel {
             let left = ipvs.destinations(&key).unwrap();
             assert_eq!(left.len(), 1);
             assert_eq!(left[0].addr, ip("10.20.6.3"));
+        });
+    }
+
+    /// A named network namespace for a real server, deleted on drop.
+    struct ServerNetns {
+        name: String,
+    }
+
+    impl ServerNetns {
+        fn new() -> ServerNetns {
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("poold-ipvs-{}-{n}", std::process::id());
+            ip_cmd(&["netns", "add", &name]);
+            ServerNetns { name }
+        }
+    }
+
+    impl Drop for ServerNetns {
+        fn drop(&mut self) {
+            ip_cmd(&["netns", "del", &self.name]);
+        }
+    }
+
+    #[test]
+    #[ignore = "vm: needs IPVS"]
+    fn counters_count_real_connections_and_zero_clears_them() {
+        use std::io::{Read, Write};
+        in_fresh_netns(|ipvs| {
+            // The shape DESIGN.md section 6 checked: VIP /32 on lo, the real server in its
+            // own namespace behind a veth, MASQ, a client in the director's namespace.
+            let server_ns = ServerNetns::new();
+            let ns = server_ns.name.as_str();
+            ip_cmd(&[
+                "link", "add", "pdipvs0", "type", "veth", "peer", "name", "pdipvs1", "netns", ns,
+            ]);
+            ip_cmd(&["addr", "add", "10.99.0.1/24", "dev", "pdipvs0"]);
+            ip_cmd(&["link", "set", "pdipvs0", "up"]);
+            ip_cmd(&["addr", "add", "10.98.0.1/32", "dev", "lo"]);
+            ip_cmd(&["-n", ns, "addr", "add", "10.99.0.2/24", "dev", "pdipvs1"]);
+            ip_cmd(&["-n", ns, "link", "set", "pdipvs1", "up"]);
+            ip_cmd(&["-n", ns, "link", "set", "lo", "up"]);
+            ip_cmd(&["-n", ns, "route", "add", "default", "via", "10.99.0.1"]);
+
+            const CONNECTIONS: usize = 3;
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+            let netns_path = format!("/run/netns/{ns}");
+            let server = std::thread::spawn(move || {
+                let netns = std::fs::File::open(&netns_path).unwrap();
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let listener = std::net::TcpListener::bind("10.99.0.2:8080").unwrap();
+                bound_tx.send(()).unwrap();
+                let mut open = Vec::new();
+                for _ in 0..CONNECTIONS {
+                    let (mut conn, _) = listener.accept().unwrap();
+                    let mut buf = [0u8; 4];
+                    conn.read_exact(&mut buf).unwrap();
+                    conn.write_all(b"pong").unwrap();
+                    open.push(conn);
+                }
+                // Hold the connections (ESTABLISHED) until the test has looked.
+                let _ = close_rx.recv();
+            });
+            bound_rx.recv().unwrap();
+
+            let key = ServiceKey::tcp(ip("10.98.0.1"), 80);
+            ipvs.add_service(&Service::new(key, "rr")).unwrap();
+            ipvs.add_destination(&key, &Destination::new(ip("10.99.0.2"), 8080))
+                .unwrap();
+            let mut clients = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let mut client = std::net::TcpStream::connect("10.98.0.1:80").unwrap();
+                client.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 4];
+                client.read_exact(&mut buf).unwrap();
+                assert_eq!(&buf, b"pong");
+                clients.push(client);
+            }
+
+            // The kernel folds its per-CPU counters into what it reports every 2 s (the rate
+            // estimator's tick): poll until they show up, bounded.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let svc = loop {
+                let svc = ipvs.service(&key).unwrap();
+                if svc.stats.conns >= CONNECTIONS as u64 || std::time::Instant::now() > deadline {
+                    break svc;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            };
+            assert_eq!(svc.stats.conns, CONNECTIONS as u64, "{:?}", svc.stats);
+            assert!(
+                svc.stats.inpkts >= 3 * CONNECTIONS as u64,
+                "{:?}",
+                svc.stats
+            );
+            assert!(
+                svc.stats.outpkts >= 2 * CONNECTIONS as u64,
+                "{:?}",
+                svc.stats
+            );
+            assert!(
+                svc.stats.inbytes > 0 && svc.stats.outbytes > 0,
+                "{:?}",
+                svc.stats
+            );
+            let dest = &ipvs.destinations(&key).unwrap()[0];
+            assert_eq!(dest.stats.conns, CONNECTIONS as u64, "{:?}", dest.stats);
+            // Both sides hold their sockets open: the kernel counts them as active.
+            assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
+
+            ipvs.zero(Some(&key)).unwrap();
+            let svc = ipvs.service(&key).unwrap();
+            assert_eq!(
+                (svc.stats.conns, svc.stats.inpkts),
+                (0, 0),
+                "{:?}",
+                svc.stats
+            );
+            let dest = &ipvs.destinations(&key).unwrap()[0];
+            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+            // Zeroing counters leaves the connection table alone.
+            assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
+
+            drop(clients);
+            close_tx.send(()).unwrap();
+            server.join().unwrap();
+        });
+    }
+
+    #[test]
+    #[ignore = "vm: needs IPVS"]
+    fn sync_daemons_start_list_and_stop() {
+        in_fresh_netns(|ipvs| {
+            // Sync daemons need a multicast-capable interface with an IPv4 address.
+            ip_cmd(&[
+                "link", "add", "pdsync0", "type", "veth", "peer", "name", "pdsync1",
+            ]);
+            ip_cmd(&["addr", "add", "10.97.0.1/24", "dev", "pdsync0"]);
+            ip_cmd(&["addr", "add", "10.97.0.2/24", "dev", "pdsync1"]);
+            ip_cmd(&["link", "set", "pdsync0", "up"]);
+            ip_cmd(&["link", "set", "pdsync1", "up"]);
+            assert_eq!(ipvs.daemons().unwrap(), vec![]);
+
+            let master = SyncDaemon::new(DaemonState::Master, "pdsync0", 7);
+            ipvs.start_daemon(&master).unwrap();
+            let mut backup = SyncDaemon::new(DaemonState::Backup, "pdsync1", 7);
+            backup.mcast_port = Some(8850);
+            ipvs.start_daemon(&backup).unwrap();
+            let err = ipvs.start_daemon(&master).unwrap_err();
+            assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+
+            let mut daemons = ipvs.daemons().unwrap();
+            daemons.sort_by_key(|d| d.state.number());
+            assert_eq!(daemons.len(), 2, "{daemons:?}");
+            assert_eq!(
+                (
+                    daemons[0].state,
+                    daemons[0].mcast_interface.as_str(),
+                    daemons[0].syncid
+                ),
+                (DaemonState::Master, "pdsync0", 7)
+            );
+            assert_eq!(daemons[0].mcast_port, Some(8848), "kernel default");
+            assert_eq!(
+                daemons[0].mcast_group,
+                Some(ip("224.0.0.81")),
+                "kernel default"
+            );
+            assert_eq!(
+                (
+                    daemons[1].state,
+                    daemons[1].mcast_interface.as_str(),
+                    daemons[1].mcast_port
+                ),
+                (DaemonState::Backup, "pdsync1", Some(8850))
+            );
+            let out = Command::new(IPVSADM)
+                .args(["-L", "--daemon"])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                listed.contains("master sync daemon (mcast=pdsync0, syncid=7"),
+                "ipvsadm -L --daemon: {listed}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+
+            ipvs.stop_daemon(DaemonState::Master).unwrap();
+            ipvs.stop_daemon(DaemonState::Backup).unwrap();
+            assert_eq!(ipvs.daemons().unwrap(), vec![]);
+        });
+    }
+
+    #[test]
+    #[ignore = "vm: needs IPVS"]
+    fn large_dumps_span_many_datagrams() {
+        in_fresh_netns(|ipvs| {
+            // ~330 bytes per service message: 1000 services need dozens of datagrams.
+            for i in 0..1000u16 {
+                let key = ServiceKey::tcp(ip("10.30.0.1"), 1000 + i);
+                ipvs.add_service(&Service::new(key, "rr")).unwrap();
+            }
+            let services = ipvs.services().unwrap();
+            let mut ports: Vec<u16> = services
+                .iter()
+                .map(|s| match s.key {
+                    ServiceKey::Inet { port, .. } => port,
+                    ServiceKey::Fwmark { .. } => panic!("{s:?}"),
+                })
+                .collect();
+            ports.sort();
+            assert_eq!(ports, (1000..2000).collect::<Vec<u16>>());
+
+            let key = ServiceKey::tcp(ip("10.30.0.1"), 1000);
+            for i in 0..500u32 {
+                let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a1f_0000 + i));
+                ipvs.add_destination(&key, &Destination::new(addr, 80))
+                    .unwrap();
+            }
+            assert_eq!(ipvs.destinations(&key).unwrap().len(), 500);
         });
     }
 
