@@ -168,11 +168,19 @@ impl Client {
     }
 
     fn send(&self, bytes: &[u8], op: &str) -> Result<()> {
-        self.socket.send(bytes, 0).map_err(|source| Error::Io {
-            op: format!("send {op}"),
-            source,
-        })?;
-        Ok(())
+        loop {
+            match self.socket.send(bytes, 0) {
+                Ok(_) => return Ok(()),
+                // A signal handler ran; nothing was sent.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: format!("send {op}"),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     fn recv<F>(&self, op: &'static str) -> Result<Vec<(u32, Reply<F>)>>
@@ -180,10 +188,18 @@ impl Client {
         F: netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
             + std::fmt::Debug,
     {
-        let (datagram, _) = self.socket.recv_from_full().map_err(|source| Error::Io {
-            op: format!("receive {op} reply"),
-            source,
-        })?;
+        let datagram = loop {
+            match self.socket.recv_from_full() {
+                Ok((datagram, _)) => break datagram,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: format!("receive {op} reply"),
+                        source,
+                    })
+                }
+            }
+        };
         codec::decode_replies::<F>(&datagram).map_err(|e| Error::Decode {
             op,
             reason: e.to_string(),
@@ -542,4 +558,3 @@ mod tests {
         "2001:db8::2".parse().unwrap()
     }
 }
-
