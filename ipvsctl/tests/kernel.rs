@@ -379,6 +379,28 @@ mod ipvs_kernel {
                 (dests[0].addr, dests[0].port, dests[0].forward),
                 (ip("10.20.5.2"), 0, ForwardMethod::DirectRoute)
             );
+
+            // Mixed families (tunnelling only): the destination's family comes from its
+            // own ADDR_FAMILY attribute, not from the service.
+            let v4 = ServiceKey::tcp(ip("10.20.5.1"), 80);
+            ipvs.add_service(&Service::new(v4, "rr")).unwrap();
+            let mut tun6 = Destination::new(ip("2001:db8::20"), 80);
+            tun6.forward = ForwardMethod::Tunnel;
+            ipvs.add_destination(&v4, &tun6).unwrap();
+            let mut masq6 = Destination::new(ip("2001:db8::21"), 80);
+            masq6.forward = ForwardMethod::Masquerade;
+            let err = ipvs.add_destination(&v4, &masq6).unwrap_err();
+            assert!(matches!(err, Error::Kernel { errno: 22, .. }), "{err:?}");
+            let dests = ipvs.destinations(&v4).unwrap();
+            assert_eq!(dests.len(), 1, "{dests:?}");
+            assert_eq!(
+                (dests[0].addr, dests[0].family(), dests[0].forward),
+                (
+                    ip("2001:db8::20"),
+                    AddressFamily::Inet6,
+                    ForwardMethod::Tunnel
+                )
+            );
         });
     }
 
