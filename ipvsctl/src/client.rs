@@ -357,6 +357,31 @@ impl Client {
         Ok(())
     }
 
+    /// Change only the weight of a destination (0 drains it: no new connections). The
+    /// kernel needs the whole destination with SET_DEST, so this reads it first; a
+    /// concurrent edit of its other fields between the two calls would be overwritten.
+    /// [`Error::ServiceNotFound`], [`Error::DestinationNotFound`].
+    pub fn set_weight(
+        &mut self,
+        service: &ServiceKey,
+        addr: IpAddr,
+        port: u16,
+        weight: i32,
+    ) -> Result<()> {
+        let mut dest = self
+            .destinations(service)?
+            .into_iter()
+            .find(|d| d.addr == addr && d.port == port)
+            .ok_or(Error::DestinationNotFound {
+                op: Command::GetDest.name(),
+                service: *service,
+                addr,
+                port,
+            })?;
+        dest.weight = weight;
+        self.edit_destination(service, &dest)
+    }
+
     /// Delete a destination (`ipvsadm -d`). [`Error::ServiceNotFound`],
     /// [`Error::DestinationNotFound`].
     pub fn delete_destination(

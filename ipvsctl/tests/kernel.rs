@@ -424,6 +424,17 @@ mod ipvs_kernel {
             let drained = got.iter().find(|d| d.addr == dest.addr).unwrap();
             assert_eq!((drained.weight, drained.upper_threshold), (0, 50));
 
+            // set_weight changes the weight and keeps the rest.
+            ipvs.set_weight(&key, dest.addr, dest.port, 9).unwrap();
+            let got = ipvs.destinations(&key).unwrap();
+            let undrained = got.iter().find(|d| d.addr == dest.addr).unwrap();
+            assert_eq!((undrained.weight, undrained.upper_threshold), (9, 50));
+            let err = ipvs.set_weight(&key, ip("10.20.6.99"), 80, 0).unwrap_err();
+            assert!(
+                matches!(err, Error::DestinationNotFound { port: 80, .. }),
+                "{err:?}"
+            );
+
             ipvs.delete_destination(&key, dest.addr, dest.port).unwrap();
             let left = ipvs.destinations(&key).unwrap();
             assert_eq!(left.len(), 1);
