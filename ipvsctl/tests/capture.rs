@@ -1,0 +1,173 @@
+//! Capture tool for `tests/captured/*.hex`: builds a known IPVS table in a fresh network
+//! namespace, sends raw requests and prints each reply datagram the kernel sends as
+//! `CAPTURE <name> <hex>` lines. `tests/captured.rs` parses the pasted bytes on any host.
+//!
+//! Capture (in the VM, Debian's 6.1 cloud kernel):
+//!
+//! ```text
+//! cargo xtask vm-test --filter ipvs_capture -- --nocapture 2>&1 | tee /tmp/capture.log
+//! grep -o 'CAPTURE .*' /tmp/capture.log | while read -r _ name hex; do
+//!     printf '%s\n' "$hex" >> ipvsctl/tests/captured/"$name".hex; done
+//! ```
+//!
+//! It runs (and checks that every reply decodes) in every VM run, so a kernel that changes
+//! its replies is noticed even before anyone recaptures.
+
+/// Named `ipvs_capture::*` for `--filter`.
+mod ipvs_capture {
+    use std::net::IpAddr;
+
+    use ipvs::codec::{self, Attr, Command, IpvsMessage, Reply};
+    use ipvs::{
+        AddressFamily, Client, Destination, ForwardMethod, Service, ServiceFlags, ServiceKey,
+        Tunnel, TunnelType,
+    };
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
+    use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
+    /// local routing table then, and IPVS refuses destinations (EINVAL) while
+    /// `inet_addr_type()` has no local table to classify their addresses with.
+    fn loopback_up() {
+        let ip = ["/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("iproute2 ip");
+        let status = std::process::Command::new(ip)
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip link set lo up");
+        assert!(status.success(), "ip link set lo up failed: {status}");
+    }
+
+    /// The table the captured files describe (also spelled out in tests/captured.rs).
+    fn build_table(ipvs: &mut Client) {
+        let web = ServiceKey::tcp(ip("10.0.0.1"), 80);
+        ipvs.add_service(&Service::new(web, "wlc")).unwrap();
+        let mut tls = Service::new(ServiceKey::tcp(ip("10.0.0.1"), 443), "rr");
+        tls.timeout = 600;
+        tls.netmask = 0xffff_ff00;
+        ipvs.add_service(&tls).unwrap();
+        let mut dns = Service::new(ServiceKey::udp(ip("2001:db8::1"), 53), "rr");
+        dns.timeout = 300;
+        dns.netmask = 64;
+        dns.flags = ServiceFlags::ONEPACKET;
+        ipvs.add_service(&dns).unwrap();
+        let mut fw = Service::new(ServiceKey::fwmark(AddressFamily::Inet, 7), "sh");
+        fw.flags = ServiceFlags::SH_FALLBACK | ServiceFlags::SH_PORT;
+        ipvs.add_service(&fw).unwrap();
+
+        let mut masq = Destination::new(ip("10.0.1.1"), 8080);
+        masq.weight = 3;
+        masq.upper_threshold = 100;
+        masq.lower_threshold = 10;
+        ipvs.add_destination(&web, &masq).unwrap();
+        let mut route = Destination::new(ip("10.0.1.2"), 80);
+        route.forward = ForwardMethod::DirectRoute;
+        route.weight = 0;
+        ipvs.add_destination(&web, &route).unwrap();
+        let mut gue = Destination::new(ip("10.0.1.3"), 80);
+        gue.forward = ForwardMethod::Tunnel;
+        gue.tunnel = Tunnel {
+            kind: TunnelType::Gue,
+            port: 6080,
+            flags: 1,
+        };
+        ipvs.add_destination(&web, &gue).unwrap();
+    }
+
+    /// Send one request on a raw socket and return every datagram up to the end.
+    fn raw(socket: &Socket, family: u16, seq: u32, msg: IpvsMessage, dump: bool) -> Vec<Vec<u8>> {
+        let flags = if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let bytes = codec::encode_request(msg, family, flags, seq);
+        socket.send(&bytes, 0).unwrap();
+        let mut datagrams = Vec::new();
+        loop {
+            let (datagram, _) = socket.recv_from_full().unwrap();
+            let replies = codec::decode_replies::<IpvsMessage>(&datagram)
+                .unwrap_or_else(|e| panic!("kernel reply does not decode: {e}"));
+            datagrams.push(datagram);
+            if replies
+                .iter()
+                .any(|(_, r)| matches!(r, Reply::Ack | Reply::Done | Reply::Error(_)))
+            {
+                return datagrams;
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "vm: needs IPVS (capture tool)"]
+    fn print_kernel_replies() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            loopback_up();
+            let mut ipvs = Client::new().unwrap();
+            build_table(&mut ipvs);
+            let mut socket = Socket::new(NETLINK_GENERIC).unwrap();
+            socket.bind_auto().unwrap();
+            socket.connect(&SocketAddr::new(0, 0)).unwrap();
+            let family = ipvs.family_id();
+            let web = Attr::Service(codec::service_key_attrs(&ServiceKey::tcp(
+                ip("10.0.0.1"),
+                80,
+            )));
+            let missing = Attr::Service(codec::service_key_attrs(&ServiceKey::tcp(
+                ip("10.9.9.9"),
+                9,
+            )));
+            let dest_key = |addr| Attr::Dest(codec::destination_key_attrs(&ip(addr), 80));
+            let requests: Vec<(&str, IpvsMessage, bool)> = vec![
+                (
+                    "services_dump",
+                    IpvsMessage::new(Command::GetService, vec![]),
+                    true,
+                ),
+                (
+                    "service_get",
+                    IpvsMessage::new(Command::GetService, vec![web.clone()]),
+                    false,
+                ),
+                (
+                    "dests_dump",
+                    IpvsMessage::new(Command::GetDest, vec![web.clone()]),
+                    true,
+                ),
+                (
+                    "dests_dump_missing_service",
+                    IpvsMessage::new(Command::GetDest, vec![missing.clone()]),
+                    true,
+                ),
+                ("info", IpvsMessage::new(Command::GetInfo, vec![]), false),
+                (
+                    "config",
+                    IpvsMessage::new(Command::GetConfig, vec![]),
+                    false,
+                ),
+                (
+                    "error_missing_service",
+                    IpvsMessage::new(Command::GetService, vec![missing]),
+                    false,
+                ),
+                (
+                    "error_missing_dest",
+                    IpvsMessage::new(Command::DelDest, vec![web, dest_key("10.0.1.99")]),
+                    false,
+                ),
+            ];
+            for (seq, (name, msg, dump)) in requests.into_iter().enumerate() {
+                for datagram in raw(&socket, family, 100 + seq as u32, msg, dump) {
+                    let hex: String = datagram.iter().map(|b| format!("{b:02x}")).collect();
+                    println!("CAPTURE {name} {hex}");
+                }
+            }
+            ipvs.flush().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+}
