@@ -501,7 +501,8 @@ fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid {}: {e}", u.gid))?;
     let uid = Uid::from_raw(u.uid);
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {}: {e}", u.uid))?;
-    for set in [caps::CapSet::Permitted, caps::CapSet::Effective, caps::CapSet::Inheritable] {
+    // Effective first: it must stay a subset of permitted at every step.
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
         caps::set(None, set, &keep).map_err(|e| format!("setting {set:?} caps: {e}"))?;
     }
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("ambient caps: {e}"))?;
