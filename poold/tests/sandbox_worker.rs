@@ -75,8 +75,16 @@ async fn the_inside_of_a_worker_is_isolated_and_unprivileged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_land_in_the_overlay_and_go_with_the_worker() {
-    let t = TestSandbox::new(2);
+async fn writes_land_in_the_tmpfs_overlay_and_go_with_the_worker() {
+    writes_land_in_the_overlay(TestSandbox::with_layer(2, Some(64))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_land_in_the_disk_overlay_and_go_with_the_worker() {
+    writes_land_in_the_overlay(TestSandbox::with_layer(12, None)).await;
+}
+
+async fn writes_land_in_the_overlay(t: TestSandbox) {
     let out = t.dir.path().join("out.txt");
     let mut spec = sh(
         &t,
@@ -85,20 +93,16 @@ async fn writes_land_in_the_overlay_and_go_with_the_worker() {
     );
     output_to(&mut spec, &out);
     let w = t.sandbox.spawn(spec).await.unwrap();
-    let upper = t
-        .config()
-        .state_dir
-        .join("workers")
-        .join(w.id())
-        .join("upper");
     eventually("worker wrote", || {
         std::fs::read_to_string(&out)
             .ok()
             .filter(|s| s.contains("done"))
     })
     .await;
+    // The worker's view (through its helper, which shares its mount namespace and root).
+    let inside = Path::new("/proc").join(w.pid().to_string()).join("root");
     assert_eq!(
-        std::fs::read_to_string(upper.join("written")).unwrap(),
+        std::fs::read_to_string(inside.join("written")).unwrap(),
         "data\n"
     );
     assert!(
@@ -107,6 +111,20 @@ async fn writes_land_in_the_overlay_and_go_with_the_worker() {
     );
     let passwd = std::fs::read_to_string(t.rootfs.join("etc/passwd")).unwrap();
     assert!(!passwd.ends_with("\n\n"));
+    let upper = t
+        .config()
+        .state_dir
+        .join("workers")
+        .join(w.id())
+        .join("upper");
+    if t.config().writable_tmpfs_mib.is_none() {
+        assert_eq!(
+            std::fs::read_to_string(upper.join("written")).unwrap(),
+            "data\n"
+        );
+    } else {
+        assert!(!upper.exists(), "the tmpfs layer is invisible on the host");
+    }
     w.destroy().await.unwrap();
     assert!(!upper.exists());
 
@@ -402,6 +420,9 @@ async fn cleanup_orphans_removes_what_a_crashed_run_left() {
     );
     assert!(report.links.iter().any(|l| l.ends_with(&id)), "{report:?}");
     assert_eq!(report.netns.len(), 1, "{report:?}");
-    assert_eq!(report.worker_dirs.len(), 1, "{report:?}");
+    assert!(
+        report.worker_dirs.is_empty(),
+        "tmpfs layers leave no directories: {report:?}"
+    );
     t.assert_nothing_left();
 }

@@ -328,6 +328,14 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
+    if let Some((base, mib)) = &plan.scratch_tmpfs {
+        let opts = format!("size={mib}m,mode=700");
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mnt(Some("tmpfs"), base, Some("tmpfs"), flags, Some(&opts))?;
+        for d in ["upper", "work", "merged"] {
+            mkdir_p(&base.join(d), 0o755)?;
+        }
+    }
     match &plan.root {
         RootPlan::Overlay { lower, upper, work } => {
             let opts = format!(

@@ -76,6 +76,12 @@ pub struct SandboxConfig {
     pub helper_exe: PathBuf,
     /// Needed for [`NetworkMode::Bridged`] workers.
     pub bridge: Option<BridgeConfig>,
+    /// `Some(MiB)`: each worker's writable layer (overlay upper) lives on a tmpfs of at most
+    /// this size that only the worker's mount namespace sees: RAM charged to the worker's
+    /// memory cgroup, gone with the worker even after a crash, and no per-worker host
+    /// directories to create or remove (the fast path). `None`: on disk, in
+    /// `<state_dir>/workers/<id>`, removed at teardown.
+    pub writable_tmpfs_mib: Option<u64>,
 }
 
 impl Default for SandboxConfig {
@@ -87,6 +93,7 @@ impl Default for SandboxConfig {
             link_prefix: "pd".into(),
             helper_exe: PathBuf::from("/proc/self/exe"),
             bridge: None,
+            writable_tmpfs_mib: Some(1024),
         }
     }
 }
@@ -334,11 +341,19 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         net: None,
         address: None,
     };
-    let dir = cfg.state_dir.join("workers").join(&id);
-    res.dir = Some(dir.clone());
-    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-    for d in [&upper, &work, &merged] {
-        std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
+    let base = match cfg.writable_tmpfs_mib {
+        // Shared mount point: each worker mounts its own tmpfs there, privately.
+        Some(_) => cfg.state_dir.join("scratch"),
+        None => cfg.state_dir.join("workers").join(&id),
+    };
+    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+    if cfg.writable_tmpfs_mib.is_some() {
+        std::fs::create_dir_all(&base).map_err(|e| SandboxError::io("create", &base, e))?;
+    } else {
+        res.dir = Some(base.clone());
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
+        }
     }
     res.cgroup = Some(Arc::new(WorkerCgroup::create(
         &cfg.cgroup_parent,
@@ -388,6 +403,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             _ => RootPlan::Overlay { lower, upper, work },
         },
         merged,
+        scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (base.clone(), mib)),
         read_only_root: spec.read_only_root,
         argv: std::iter::once(argv0)
             .chain(spec.args.iter().cloned())

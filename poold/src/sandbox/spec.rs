@@ -421,8 +421,11 @@ pub(crate) enum RootPlan {
 pub(crate) struct HelperPlan {
     pub worker: String,
     pub root: RootPlan,
-    /// Mount point of the new root (an empty host directory of the worker's state dir).
+    /// Mount point of the new root.
     pub merged: PathBuf,
+    /// Mount a tmpfs of this many MiB on this directory first (in the worker's private mount
+    /// namespace) and make the overlay's upper, work and merged directories inside it.
+    pub scratch_tmpfs: Option<(PathBuf, u64)>,
     pub read_only_root: bool,
     pub argv: Vec<String>,
     pub env: Vec<String>,

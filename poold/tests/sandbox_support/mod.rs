@@ -52,6 +52,11 @@ pub struct TestSandbox {
 impl TestSandbox {
     /// `tag` must be unique per test (it picks the subnet 10.213.<tag>.0/24).
     pub fn new(tag: u8) -> Self {
+        Self::with_layer(tag, Some(64))
+    }
+
+    /// `writable_tmpfs_mib` None puts the writable layers on disk.
+    pub fn with_layer(tag: u8, writable_tmpfs_mib: Option<u64>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("poold-sbtest")
             .tempdir()
@@ -69,6 +74,7 @@ impl TestSandbox {
                 subnet: format!("10.213.{tag}.0/24").parse().unwrap(),
                 quarantine: Duration::from_secs(150),
             }),
+            writable_tmpfs_mib,
         };
         TestSandbox {
             sandbox: Sandbox::new(config).unwrap(),
@@ -106,7 +112,7 @@ impl TestSandbox {
             .filter(|n| n.starts_with(&c.link_prefix))
             .collect();
         assert!(links.is_empty(), "links left: {links:?}");
-        for sub in ["netns", "workers"] {
+        for sub in ["netns", "workers", "scratch"] {
             let d = c.state_dir.join(sub);
             let left: Vec<_> = std::fs::read_dir(&d)
                 .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
