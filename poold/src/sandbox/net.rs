@@ -18,9 +18,15 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// The worker's side of its veth pair.
+const WORKER_IF: &str = "eth0";
 
 use super::error::{Result, SandboxError};
 
@@ -331,43 +337,34 @@ pub(crate) fn setup_worker_net(
     };
     let made = (|| {
         create_netns(netns)?;
-        let peer = format!("{}x", &host_link[..host_link.len().min(14)]);
         let (host, br, ns) = (
             host_link.to_string(),
             bridge.to_string(),
             netns.to_path_buf(),
         );
-        let peer2 = peer.clone();
         with_netlink(None, move |h| async move {
-            h.link()
-                .add(LinkVeth::new(&host, &peer).build())
-                .execute()
-                .await
-                .map_err(|e| SandboxError::net("create veth", &host, e))?;
-            let nsfile = std::fs::File::open(&ns).map_err(|e| SandboxError::io("open", &ns, e))?;
-            use std::os::fd::AsRawFd;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_name(&peer)
-                        .setns_by_fd(nsfile.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(|e| SandboxError::net("move veth peer", &peer, e))?;
             let bridge_index = link_index(&h, &br)
                 .await?
                 .ok_or_else(|| SandboxError::net("find bridge", &br, "missing"))?;
+            let nsfile = std::fs::File::open(&ns).map_err(|e| SandboxError::io("open", &ns, e))?;
+            use std::os::fd::AsRawFd;
+            // The peer is born in the worker's namespace as eth0 and the host end on the
+            // bridge and up: one request, no move between namespaces (which costs a
+            // synchronize_net) and no rename.
+            let peer = LinkUnspec::new_with_name(WORKER_IF)
+                .setns_by_fd(nsfile.as_raw_fd())
+                .build();
+            let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(host.clone())
+                .controller(bridge_index)
+                .up()
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build();
             h.link()
-                .set(
-                    LinkUnspec::new_with_name(&host)
-                        .controller(bridge_index)
-                        .up()
-                        .build(),
-                )
+                .add(veth)
                 .execute()
                 .await
-                .map_err(|e| SandboxError::net("attach veth to bridge", &host, e))
+                .map_err(|e| SandboxError::net("create veth", &host, e))
         })?;
         with_netlink(Some(netns), move |h| async move {
             let lo = link_index(&h, "lo")
@@ -378,14 +375,9 @@ pub(crate) fn setup_worker_net(
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("set up", "lo", e))?;
-            let idx = link_index(&h, &peer2)
+            let idx = link_index(&h, WORKER_IF)
                 .await?
-                .ok_or_else(|| SandboxError::net("find", &peer2, "missing in netns"))?;
-            h.link()
-                .set(LinkUnspec::new_with_index(idx).name("eth0").build())
-                .execute()
-                .await
-                .map_err(|e| SandboxError::net("rename", &peer2, e))?;
+                .ok_or_else(|| SandboxError::net("find", WORKER_IF, "missing in netns"))?;
             h.address()
                 .add(idx, IpAddr::V4(addr), subnet.prefix_len())
                 .execute()
