@@ -80,6 +80,30 @@ mod sandbox {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn listed_capabilities_are_kept_for_a_non_root_user() {
+        let t = TestSandbox::new(13);
+        let out = t.dir.path().join("out.txt");
+        let script = "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; echo uid=$(id -u)";
+        let mut spec = sh(&t, "caps", script);
+        spec.user = Some("www".into());
+        spec.capabilities = vec![caps::Capability::CAP_NET_BIND_SERVICE];
+        output_to(&mut spec, &out);
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        w.destroy().await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+            // CAP_NET_BIND_SERVICE is bit 10.
+            assert!(
+                text.contains(&format!("{set}:\t0000000000000400")),
+                "{set}: {text}"
+            );
+        }
+        assert!(text.contains("uid=33"), "{text}");
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn writes_land_in_the_tmpfs_overlay_and_go_with_the_worker() {
         writes_land_in_the_overlay(TestSandbox::with_layer(2, Some(64))).await;
     }

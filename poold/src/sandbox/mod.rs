@@ -43,6 +43,7 @@ use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tracing::Instrument;
 
 use cgroup::WorkerCgroup;
 use init::HelperMsg;
@@ -201,16 +202,20 @@ impl Sandbox {
         spec.validate()?;
         let id = new_worker_id();
         let span = tracing::info_span!("sandbox.spawn", worker.name = %spec.name, worker.id = %id);
-        let _enter = span.enter();
         let inner = self.inner.clone();
-        let (id2, spec2) = (id.clone(), spec.clone());
-        let (plan, resources) = tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
-            .await
-            .map_err(|e| SandboxError::Setup {
-                worker: id.clone(),
-                reason: e.to_string(),
-            })??;
-        start(resources, plan, &spec).await
+        async move {
+            let (id2, spec2) = (id.clone(), spec.clone());
+            let (plan, resources) =
+                tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
+                    .await
+                    .map_err(|e| SandboxError::Setup {
+                        worker: id.clone(),
+                        reason: e.to_string(),
+                    })??;
+            start(resources, plan, &spec).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Removes everything a previous run left under this config: kills and removes every
