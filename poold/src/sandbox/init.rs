@@ -96,6 +96,8 @@ fn run_helper() -> i32 {
             return 125;
         }
     };
+    // Keep no reference into the host tree: pivot_root then moves our root and cwd too.
+    let _ = nix::unistd::chdir("/");
     if let Ok(null) = fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdin(&null);
     }

@@ -19,6 +19,8 @@ pub enum RootFs {
     Tarball(PathBuf),
     /// No image: the host's /usr, /bin, /sbin, /lib, /lib64 and /etc bind-mounted read-only
     /// on an empty tmpfs root (jailing style), so a host program runs without an image.
+    /// The root is read-only apart from /tmp; /etc is the host's own (read-only), so
+    /// resolv.conf and hosts are not copied in this mode.
     Host,
 }
 
