@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Worker spawn latency: create + start + wait + delete of /bin/true in a busybox root, for
 # poold's sandbox, crun and runc, on the same root filesystem in the same run, with and
-# without a network namespace. Prints medians (hyperfine) and ratios.
+# without a network namespace. Prints medians and ratios.
 #
 #   sudo tests/bench/spawn.sh            # RUNS=50 WARMUP=5 by default
 #
-# Needs root, hyperfine (apt-get install hyperfine), jq, /bin/busybox, runc, crun.
+# Needs root, bash 5 (EPOCHREALTIME), jq, /bin/busybox, runc, crun.
 # crun refuses this host's hybrid cgroups, so everything runs in one private mount namespace
 # with /sys/fs/cgroup/unified unmounted (DESIGN 8); all three tools see the same mounts.
 # "net" = a new network namespace with only lo (runc/crun: the default `runc spec` set of
 # namespaces; poold: NetworkMode::Isolated); "nonet" = the host's network namespace.
-# Also reported, poold only: "bridged" (netns + veth on a bridge + address + route), and the
-# in-process median of a loop (what a long-running poold pays, without process start-up).
+# Rounds are interleaved (every command once per round, in turn) so load from other
+# processes hits all tools alike. Each measurement is one process per worker life, for all
+# three. Also reported, poold only: "bridged" (netns + veth on a bridge + address + route),
+# and the in-process median of a loop (what a long-running poold pays, no process start-up).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-50}
 WARMUP=${WARMUP:-5}
-for tool in hyperfine jq runc crun; do
+for tool in jq runc crun; do
     command -v "$tool" >/dev/null || { echo "spawn.sh: $tool not found" >&2; exit 1; }
 done
 
@@ -47,30 +49,47 @@ for variant in net nonet; do
     mv "$work/c.json" "$work/bundle-$variant/config.json"
 done
 
-inner=$work/inner.sh
-cat >"$inner" <<EOF
+export EX rootfs work RUNS WARMUP
+# shellcheck disable=SC2016
+unshare -m --propagation private bash -c '
 set -euo pipefail
 umount /sys/fs/cgroup/unified 2>/dev/null || true
-hyperfine -N --runs $RUNS --warmup $WARMUP --export-json $work/result.json \\
-  -n poold-net   "$EX --rootfs $rootfs --network isolated" \\
-  -n crun-net    "crun --root $work/crun run -b $work/bundle-net benchc" \\
-  -n runc-net    "runc --root $work/runc run -b $work/bundle-net benchr" \\
-  -n poold-nonet "$EX --rootfs $rootfs --network host" \\
-  -n crun-nonet  "crun --root $work/crun run -b $work/bundle-nonet benchc" \\
-  -n runc-nonet  "runc --root $work/runc run -b $work/bundle-nonet benchr" \\
-  -n poold-bridged "$EX --rootfs $rootfs --network bridged"
-echo
-for mode in isolated host bridged; do
-  echo "poold in-process loop (\$mode): \$($EX --rootfs $rootfs --network \$mode --loop $RUNS)"
+names=(poold-net crun-net runc-net poold-nonet crun-nonet runc-nonet poold-bridged)
+cmds=(
+  "$EX --rootfs $rootfs --network isolated"
+  "crun --root $work/crun run -b $work/bundle-net benchc"
+  "runc --root $work/runc run -b $work/bundle-net benchr"
+  "$EX --rootfs $rootfs --network host"
+  "crun --root $work/crun run -b $work/bundle-nonet benchc"
+  "runc --root $work/runc run -b $work/bundle-nonet benchr"
+  "$EX --rootfs $rootfs --network bridged"
+)
+for ((round = 0; round < WARMUP + RUNS; round++)); do
+  for i in "${!cmds[@]}"; do
+    t0=$EPOCHREALTIME
+    ${cmds[$i]} >/dev/null
+    t1=$EPOCHREALTIME
+    if ((round >= WARMUP)); then
+      echo "${names[$i]} $(( ${t1/./} - ${t0/./} ))" >>"$work/times.txt"
+    fi
+  done
 done
-EOF
-unshare -m --propagation private bash "$inner" | tee "$work/log.txt"
+for mode in isolated host bridged; do
+  echo "poold in-process loop ($mode): $($EX --rootfs "$rootfs" --network $mode --loop "$RUNS")"
+done
+'
 
+median() {
+    grep "^$1 " "$work/times.txt" | awk '{print $2}' | sort -n |
+        awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.2f", m / 1000}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
-echo "medians (ms) and ratios, same run:"
-jq -r '
-  (.results | map({key: .command, value: (.median * 1000)}) | from_entries) as $m
-  | ["net", "nonet"][] as $v
-  | "\($v): poold \($m["poold-\($v)"] | . * 100 | round / 100)  crun \($m["crun-\($v)"] | . * 100 | round / 100)  runc \($m["runc-\($v)"] | . * 100 | round / 100)  crun/poold \($m["crun-\($v)"] / $m["poold-\($v)"] | . * 100 | round / 100)x  runc/poold \($m["runc-\($v)"] / $m["poold-\($v)"] | . * 100 | round / 100)x"
-' "$work/result.json"
-jq -r '.results[] | select(.command == "poold-bridged") | "bridged: poold \(.median * 1000 | . * 100 | round / 100)"' "$work/result.json"
+echo "medians of $RUNS interleaved rounds (ms, one process per worker life), same run:"
+for v in net nonet; do
+    p=$(median "poold-$v")
+    c=$(median "crun-$v")
+    r=$(median "runc-$v")
+    echo "$v: poold $p  crun $c  runc $r  crun/poold $(ratio "$c" "$p")x  runc/poold $(ratio "$r" "$p")x"
+done
+echo "bridged (poold only: netns + veth on the bridge + address + route): $(median poold-bridged)"

@@ -219,7 +219,7 @@ impl Sandbox {
     }
 
     /// Removes everything a previous run left under this config: kills and removes every
-    /// cgroup under `cgroup_parent`, deletes `link_prefix` veths, unmounts and removes
+    /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
     /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
     /// images. Call once at start, before spawning: it does not spare live workers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
@@ -714,8 +714,12 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {
-            let bridge = cfg.bridge.as_ref().map(|b| b.name.as_str());
-            for l in links.into_iter().filter(|l| Some(l.as_str()) != bridge) {
+            // Only `<prefix><8 hex>`: a shorter prefix never matches a longer one's links.
+            let ours = |l: &String| {
+                l.strip_prefix(&cfg.link_prefix)
+                    .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            };
+            for l in links.into_iter().filter(ours) {
                 match net::delete_link(&l) {
                     Ok(()) => report.links.push(l),
                     Err(e) => failures.push(e.to_string()),

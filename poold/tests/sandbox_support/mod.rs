@@ -67,7 +67,7 @@ impl TestSandbox {
             state_dir: dir.path().join("state"),
             image_cache: dir.path().join("images"),
             cgroup_parent: format!("poold-test-{pid}-{tag}"),
-            link_prefix: format!("pd{tag:02x}"),
+            link_prefix: format!("pdt{tag:02x}"),
             helper_exe: PathBuf::from(env!("CARGO_BIN_EXE_poold")),
             bridge: Some(BridgeConfig {
                 name: format!("pdbr{pid}x{tag}"),
