@@ -384,9 +384,14 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             res.address = Some(addr);
             let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
             let link = format!("{}{id}", cfg.link_prefix);
-            res.net = Some(net::setup_worker_net(
-                &path, &link, &b.name, b.subnet, addr,
-            )?);
+            match net::setup_worker_net(&path, &link, &b.name, b.subnet, addr) {
+                Ok(n) => res.net = Some(n),
+                Err(e) => {
+                    // The bridge may have been removed behind our back: check it next time.
+                    *inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                    return Err(e);
+                }
+            }
             NetnsPlan::Join(path)
         }
     };
