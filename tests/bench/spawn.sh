@@ -12,8 +12,10 @@
 # namespaces; poold: NetworkMode::Isolated); "nonet" = the host's network namespace.
 # Rounds are interleaved (every command once per round, in turn) so load from other
 # processes hits all tools alike. Each measurement is one process per worker life, for all
-# three. Also reported, poold only: "bridged" (netns + veth on a bridge + address + route),
-# and the in-process median of a loop (what a long-running poold pays, no process start-up).
+# three; and, interleaved in the same rounds, "daemon": one worker life in an already
+# running process (what poold, a daemon, actually pays; crun and runc have no daemon mode
+# and pay their process start-up every time). Also reported, poold only: "bridged" (netns +
+# veth on a bridge + address + route) and the in-process median of a plain loop.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-50}
@@ -54,7 +56,17 @@ export EX rootfs work RUNS WARMUP
 unshare -m --propagation private bash -c '
 set -euo pipefail
 umount /sys/fs/cgroup/unified 2>/dev/null || true
-names=(poold-net crun-net runc-net poold-nonet crun-nonet runc-nonet poold-bridged)
+# One long-running poold-like process per network mode, driven over FIFOs: one line in,
+# one worker life, "ok" out.
+for mode in isolated host; do
+  mkfifo "$work/in-$mode" "$work/out-$mode"
+  $EX --rootfs "$rootfs" --network $mode --serve <"$work/in-$mode" >"$work/out-$mode" &
+done
+exec {IN_isolated}>"$work/in-isolated" {OUT_isolated}<"$work/out-isolated"
+exec {IN_host}>"$work/in-host" {OUT_host}<"$work/out-host"
+daemon() { local i=IN_$1 o=OUT_$1; echo >&"${!i}"; read -r _ <&"${!o}"; }
+names=(poold-net crun-net runc-net poold-nonet crun-nonet runc-nonet poold-bridged
+       poold-daemon-net poold-daemon-nonet)
 cmds=(
   "$EX --rootfs $rootfs --network isolated"
   "crun --root $work/crun run -b $work/bundle-net benchc"
@@ -63,6 +75,8 @@ cmds=(
   "crun --root $work/crun run -b $work/bundle-nonet benchc"
   "runc --root $work/runc run -b $work/bundle-nonet benchr"
   "$EX --rootfs $rootfs --network bridged"
+  "daemon isolated"
+  "daemon host"
 )
 for ((round = 0; round < WARMUP + RUNS; round++)); do
   for i in "${!cmds[@]}"; do
@@ -74,6 +88,8 @@ for ((round = 0; round < WARMUP + RUNS; round++)); do
     fi
   done
 done
+exec {IN_isolated}>&- {IN_host}>&-
+wait
 for mode in isolated host bridged; do
   echo "poold in-process loop ($mode): $($EX --rootfs "$rootfs" --network $mode --loop "$RUNS")"
 done
@@ -90,6 +106,8 @@ for v in net nonet; do
     p=$(median "poold-$v")
     c=$(median "crun-$v")
     r=$(median "runc-$v")
+    d=$(median "poold-daemon-$v")
     echo "$v: poold $p  crun $c  runc $r  crun/poold $(ratio "$c" "$p")x  runc/poold $(ratio "$r" "$p")x"
+    echo "$v: poold in a long-running process $d  crun/poold $(ratio "$c" "$d")x  runc/poold $(ratio "$r" "$d")x"
 done
 echo "bridged (poold only: netns + veth on the bridge + address + route): $(median poold-bridged)"
