@@ -327,6 +327,25 @@ mod sandbox {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn sigkill_to_the_helper_ends_the_whole_worker() {
+        let t = TestSandbox::new(14);
+        let mut spec = sh(&t, "killed", "sleep 600 & sleep 600");
+        spec.output = Output::Null;
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        let cg = w.cgroup().unwrap().to_string();
+        w.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+        let exit = w.wait().await.unwrap();
+        assert_eq!(exit.status, ExitStatus::Signal(9));
+        // The init and the program die with the helper (nothing needs the cgroup kill).
+        eventually("worker processes gone", || {
+            read_pids_file(&cg, "cgroup.procs").filter(|p| p.trim().is_empty())
+        })
+        .await;
+        w.destroy().await.unwrap();
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn bad_specs_fail_clearly_and_leave_nothing() {
         let t = TestSandbox::new(9);
         let cases: Vec<(WorkerSpec, &str)> = vec![

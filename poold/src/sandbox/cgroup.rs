@@ -37,6 +37,9 @@ pub trait ResourceReader: Send + Sync + fmt::Debug {
 
 const CFS_PERIOD_US: u64 = 100_000;
 
+/// How long [`WorkerCgroup::kill_all`] waits for the killed processes to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The cgroup of one worker.
 #[derive(Debug)]
 pub(crate) struct WorkerCgroup {
@@ -141,7 +144,11 @@ impl WorkerCgroup {
         if !self.cg.exists() {
             return Ok(());
         }
-        for _ in 0..200 {
+        // Killed processes can take a while to leave: the last one tears down the worker's
+        // mount namespace (unmounting an on-disk overlay can mean a filesystem sync).
+        let deadline = std::time::Instant::now() + KILL_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        while std::time::Instant::now() < deadline {
             if self.procs().is_empty() {
                 return Ok(());
             }
@@ -159,7 +166,8 @@ impl WorkerCgroup {
                     let _ = f.thaw();
                 }
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
         Err(SandboxError::cgroup(
             &self.name,

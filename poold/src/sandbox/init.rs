@@ -19,12 +19,13 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -164,10 +165,18 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
     let signals = forwarded_and_chld();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
         .map_err(|e| format!("sigprocmask: {e}"))?;
+    let (alive_r, alive_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let init = match sys::fork().map_err(|e| format!("fork init: {e}"))? {
-        nix::unistd::ForkResult::Child => std::process::exit(init_main(plan, ctl)),
+        nix::unistd::ForkResult::Child => {
+            drop(alive_w);
+            std::process::exit(init_main(plan, ctl, alive_r))
+        }
         nix::unistd::ForkResult::Parent { child } => child,
     };
+    drop(alive_r);
+    // Held until the monitor exits.
+    let _alive_w = alive_w;
     loop {
         let sig = signals.wait().map_err(|e| format!("sigwait: {e}"))?;
         if sig == Signal::SIGCHLD {
@@ -183,7 +192,17 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
 }
 
 /// PID 1 of the worker.
-fn init_main(plan: &HelperPlan, ctl: &mut UnixStream) -> i32 {
+fn init_main(plan: &HelperPlan, ctl: &mut UnixStream, monitor_alive: OwnedFd) -> i32 {
+    // If the monitor dies (even by SIGKILL), the init gets SIGKILL and the kernel kills the
+    // whole pid namespace with it. The monitor holds the write end of `monitor_alive`: a
+    // hang-up there means it died before the parent-death signal was armed.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return report_fail(ctl, format!("pdeathsig: {e}"));
+    }
+    let mut fds = [PollFd::new(monitor_alive.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
+        return 137;
+    }
     if let Err(e) = build_root(plan) {
         return report_fail(ctl, e);
     }

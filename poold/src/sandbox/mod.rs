@@ -593,7 +593,8 @@ impl Worker {
     }
 
     /// Sends `signal` to the program (SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 are
-    /// forwarded by the helper and the init; SIGKILL kills the helper and with it the worker).
+    /// forwarded by the helper and the init; SIGKILL kills the helper, whose death SIGKILLs
+    /// the init through its parent-death signal, which ends the whole pid namespace).
     pub fn signal(&self, signal: Signal) -> Result<()> {
         if self.exit.is_some() {
             return Ok(());
@@ -652,7 +653,14 @@ impl Worker {
     /// ended.
     pub async fn stop(&mut self, grace: Duration) -> Result<WorkerExit> {
         if self.exit.is_none() {
-            self.signal(Signal::SIGTERM)?;
+            match self.signal(Signal::SIGTERM) {
+                // Already gone: wait() collects the status.
+                Err(SandboxError::Signal {
+                    source: nix::errno::Errno::ESRCH,
+                    ..
+                }) => {}
+                other => other?,
+            }
             if let Ok(r) = tokio::time::timeout(grace, self.wait()).await {
                 return r;
             }
