@@ -39,7 +39,9 @@ mod sandbox {
              echo uid=$(id -u) gid=$(id -g); echo host=$(hostname); \
              test -e {} && echo marker=visible || echo marker=hidden; \
              test -e /work && echo work=visible || echo work=hidden; \
-             echo root=$(ls / | tr '\\n' ' ')",
+             echo root=$(ls / | tr '\\n' ' '); \
+             echo x > /dev/null && echo devnull=ok; echo urandom=$(head -c 4 /dev/urandom | wc -c); \
+             echo full=$(echo x 2>&1 > /dev/full | grep -c 'No space')",
             marker.display()
         );
         let mut spec = sh(&t, "inside", &script);
@@ -76,6 +78,11 @@ mod sandbox {
             text.contains("marker=hidden") && text.contains("work=hidden"),
             "{text}"
         );
+        assert!(
+            text.contains("devnull=ok") && text.contains("urandom=4"),
+            "{text}"
+        );
+        assert!(text.contains("full=1"), "/dev/full: {text}");
         t.assert_nothing_left();
     }
 

@@ -466,7 +466,15 @@ fn write_etc_file(root: &Path, name: &str, content: Option<&[u8]>) -> Result<(),
         .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The minimal /dev: name, major, minor (the host's standard numbers).
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 fn build_dev(dev: &Path) -> Result<(), String> {
     mkdir_p(dev, 0o755)?;
@@ -477,10 +485,28 @@ fn build_dev(dev: &Path) -> Result<(), String> {
         MsFlags::MS_NOSUID,
         Some("mode=755,size=64k"),
     )?;
-    for d in DEVICES {
-        let target = dev.join(d);
-        fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
-        bind(&Path::new("/dev").join(d), &target, false)?;
+    for (name, major, minor) in DEVICES {
+        let target = dev.join(name);
+        // mknod is one cheap syscall; a bind mount of the host node is the fallback where
+        // mknod is not allowed (e.g. inside a user namespace).
+        let made = nix::sys::stat::mknod(
+            &target,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        );
+        match made {
+            Ok(()) => {
+                // mknod applies the umask.
+                fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                    .map_err(|e| format!("chmod /dev/{name}: {e}"))?;
+            }
+            Err(_) => {
+                fs::File::create(&target)
+                    .map_err(|e| format!("create {}: {e}", target.display()))?;
+                bind(&Path::new("/dev").join(name), &target, false)?;
+            }
+        }
     }
     let pts = dev.join("pts");
     mkdir_p(&pts, 0o755)?;
