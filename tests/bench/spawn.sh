@@ -30,7 +30,8 @@ EX=$PWD/target/release/examples/sandbox_spawn
 work=$(mktemp -d /tmp/poold-bench.XXXXXX)
 cleanup() {
     ip link del pdbrbench 2>/dev/null || true
-    rm -rf "$work"
+    rmdir /sys/fs/cgroup/*/poold-bench /sys/fs/cgroup/poold-bench 2>/dev/null || true
+    rm -rf "$work" /run/poold-bench
 }
 trap cleanup EXIT
 
