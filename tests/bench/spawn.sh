@@ -10,8 +10,8 @@
 # with /sys/fs/cgroup/unified unmounted (DESIGN 8); all three tools see the same mounts.
 # "net" = a new network namespace with only lo (runc/crun: the default `runc spec` set of
 # namespaces; poold: NetworkMode::Isolated); "nonet" = the host's network namespace.
-# Rounds are interleaved (every command once per round, in turn) so load from other
-# processes hits all tools alike. Each measurement is one process per worker life, for all
+# Rounds are interleaved (every command once per round, in a shuffled order) so load from
+# other processes and the kernel's asynchronous namespace cleanup hit all tools alike. Each measurement is one process per worker life, for all
 # three; and, interleaved in the same rounds, "daemon": one worker life in an already
 # running process (what poold, a daemon, actually pays; crun and runc have no daemon mode
 # and pay their process start-up every time). Also reported, poold only: "bridged" (netns +
@@ -80,7 +80,9 @@ cmds=(
   "daemon host"
 )
 for ((round = 0; round < WARMUP + RUNS; round++)); do
-  for i in "${!cmds[@]}"; do
+  # Shuffled each round: the kernel frees a dead network namespace asynchronously, so the
+  # command after a "net" one pays part of its cleanup; a fixed order would bias that.
+  for i in $(shuf -i 0-$((${#cmds[@]} - 1))); do
     t0=$EPOCHREALTIME
     ${cmds[$i]} >/dev/null
     t1=$EPOCHREALTIME
