@@ -217,6 +217,62 @@ mod sandbox {
         .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
     }
 
+    fn cgroup_file(cgroup: &str, v1_controller: &str, file: &str) -> Option<String> {
+        [
+            Path::new("/sys/fs/cgroup").join(v1_controller).join(cgroup),
+            Path::new("/sys/fs/cgroup").join(cgroup),
+        ]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn limits_and_rlimits_reach_the_kernel_and_usage_is_read() {
+        let t = TestSandbox::new(15);
+        let out = t.dir.path().join("out.txt");
+        let script = "echo nofile=$(ulimit -n); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; \
+                      echo busy-done; sleep 600";
+        let mut spec = sh(&t, "limits", script);
+        spec.limits = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_millicores: Some(500),
+            pids: Some(100),
+        };
+        spec.rlimits = vec![poold::sandbox::Rlimit {
+            resource: poold::sandbox::RlimitResource::Nofile,
+            soft: 64,
+            hard: 128,
+        }];
+        output_to(&mut spec, &out);
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        let cg = w.cgroup().unwrap().to_string();
+        let text = eventually("busy loop done", || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("busy-done"))
+        })
+        .await;
+        assert!(text.contains("nofile=64"), "{text}");
+        let mem = cgroup_file(&cg, "memory", "memory.limit_in_bytes")
+            .or_else(|| cgroup_file(&cg, "memory", "memory.max"))
+            .unwrap();
+        assert_eq!(mem.trim(), (64u64 << 20).to_string());
+        let cpu = cgroup_file(&cg, "cpu", "cpu.cfs_quota_us")
+            .or_else(|| cgroup_file(&cg, "cpu", "cpu.max"))
+            .unwrap();
+        assert!(
+            cpu.trim() == "50000" || cpu.trim() == "50000 100000",
+            "{cpu}"
+        );
+        assert_eq!(cgroup_file(&cg, "pids", "pids.max").unwrap().trim(), "100");
+        let usage = w.resource_reader().usage().unwrap();
+        assert!(usage.memory_bytes > 0, "{usage:?}");
+        assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
+        assert_eq!(usage.oom_kills, 0);
+        w.destroy().await.unwrap();
+        t.assert_nothing_left();
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
         let t = TestSandbox::new(5);
