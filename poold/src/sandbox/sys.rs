@@ -1,4 +1,6 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
+#![allow(unsafe_code)]
+
 //! All of these run only in the single-threaded worker helper process (see `init`), never in
 //! poold's multithreaded runtime.
 
