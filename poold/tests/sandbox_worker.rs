@@ -191,6 +191,37 @@ mod sandbox {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn bind_mounts_are_visible_with_their_mode() {
+        let t = TestSandbox::new(16);
+        let (ro, rw) = (t.dir.path().join("ro"), t.dir.path().join("rw"));
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::write(ro.join("file"), "shared\n").unwrap();
+        let script = "test \"$(cat /data/ro/file)\" = shared || exit 3; \
+                      touch /data/ro/new 2>/dev/null && exit 4; \
+                      echo out > /data/rw/new || exit 5; exit 0";
+        let mut spec = sh(&t, "binds", script);
+        spec.mounts = vec![
+            poold::sandbox::BindMount {
+                source: ro.clone(),
+                target: "/data/ro".into(),
+                read_only: true,
+            },
+            poold::sandbox::BindMount {
+                source: rw.clone(),
+                target: "/data/rw".into(),
+                read_only: false,
+            },
+        ];
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        w.destroy().await.unwrap();
+        assert!(!ro.join("new").exists());
+        assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "out\n");
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_memory_hog_is_oom_killed_and_reported() {
         let t = TestSandbox::new(4);
         let mut spec = sh(&t, "hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
