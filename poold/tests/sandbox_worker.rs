@@ -373,6 +373,48 @@ mod sandbox {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_bridged_workers_get_distinct_addresses_and_all_answer() {
+        let t = TestSandbox::new(17);
+        let spawns = (0..6).map(|i| {
+            let mut spec =
+                WorkerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
+            spec.args = ["-f", "-p", "8080", "-h", "/www"]
+                .map(String::from)
+                .to_vec();
+            spec.output = Output::Null;
+            t.sandbox.spawn(spec)
+        });
+        let workers: Vec<_> = futures::future::join_all(spawns)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut addrs: Vec<_> = workers.iter().map(|w| w.address().unwrap()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 6, "distinct addresses: {addrs:?}");
+        for addr in addrs {
+            eventually("httpd answers", || {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &(addr, 8080).into(),
+                    Duration::from_secs(2),
+                )
+                .ok()?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                r.contains("hello from the worker").then_some(())
+            })
+            .await;
+        }
+        futures::future::join_all(workers.into_iter().map(|w| w.destroy()))
+            .await
+            .into_iter()
+            .for_each(Result::unwrap);
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn sigterm_reaches_the_program() {
         let t = TestSandbox::new(7);
         let out = t.dir.path().join("out.txt");
