@@ -191,6 +191,37 @@ mod sandbox {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn bind_mounts_are_visible_with_their_mode() {
+        let t = TestSandbox::new(16);
+        let (ro, rw) = (t.dir.path().join("ro"), t.dir.path().join("rw"));
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::write(ro.join("file"), "shared\n").unwrap();
+        let script = "test \"$(cat /data/ro/file)\" = shared || exit 3; \
+                      touch /data/ro/new 2>/dev/null && exit 4; \
+                      echo out > /data/rw/new || exit 5; exit 0";
+        let mut spec = sh(&t, "binds", script);
+        spec.mounts = vec![
+            poold::sandbox::BindMount {
+                source: ro.clone(),
+                target: "/data/ro".into(),
+                read_only: true,
+            },
+            poold::sandbox::BindMount {
+                source: rw.clone(),
+                target: "/data/rw".into(),
+                read_only: false,
+            },
+        ];
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        w.destroy().await.unwrap();
+        assert!(!ro.join("new").exists());
+        assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "out\n");
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_memory_hog_is_oom_killed_and_reported() {
         let t = TestSandbox::new(4);
         let mut spec = sh(&t, "hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
@@ -215,6 +246,62 @@ mod sandbox {
         ]
         .iter()
         .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+    }
+
+    fn cgroup_file(cgroup: &str, v1_controller: &str, file: &str) -> Option<String> {
+        [
+            Path::new("/sys/fs/cgroup").join(v1_controller).join(cgroup),
+            Path::new("/sys/fs/cgroup").join(cgroup),
+        ]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn limits_and_rlimits_reach_the_kernel_and_usage_is_read() {
+        let t = TestSandbox::new(15);
+        let out = t.dir.path().join("out.txt");
+        let script = "echo nofile=$(ulimit -n); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; \
+                      echo busy-done; sleep 600";
+        let mut spec = sh(&t, "limits", script);
+        spec.limits = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_millicores: Some(500),
+            pids: Some(100),
+        };
+        spec.rlimits = vec![poold::sandbox::Rlimit {
+            resource: poold::sandbox::RlimitResource::Nofile,
+            soft: 64,
+            hard: 128,
+        }];
+        output_to(&mut spec, &out);
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        let cg = w.cgroup().unwrap().to_string();
+        let text = eventually("busy loop done", || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("busy-done"))
+        })
+        .await;
+        assert!(text.contains("nofile=64"), "{text}");
+        let mem = cgroup_file(&cg, "memory", "memory.limit_in_bytes")
+            .or_else(|| cgroup_file(&cg, "memory", "memory.max"))
+            .unwrap();
+        assert_eq!(mem.trim(), (64u64 << 20).to_string());
+        let cpu = cgroup_file(&cg, "cpu", "cpu.cfs_quota_us")
+            .or_else(|| cgroup_file(&cg, "cpu", "cpu.max"))
+            .unwrap();
+        assert!(
+            cpu.trim() == "50000" || cpu.trim() == "50000 100000",
+            "{cpu}"
+        );
+        assert_eq!(cgroup_file(&cg, "pids", "pids.max").unwrap().trim(), "100");
+        let usage = w.resource_reader().usage().unwrap();
+        assert!(usage.memory_bytes > 0, "{usage:?}");
+        assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
+        assert_eq!(usage.oom_kills, 0);
+        w.destroy().await.unwrap();
+        t.assert_nothing_left();
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -282,6 +369,48 @@ mod sandbox {
         w.destroy().await.unwrap();
         assert!(!Path::new("/sys/class/net").join(&link).exists());
         assert!(!netns.exists());
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_bridged_workers_get_distinct_addresses_and_all_answer() {
+        let t = TestSandbox::new(17);
+        let spawns = (0..6).map(|i| {
+            let mut spec =
+                WorkerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
+            spec.args = ["-f", "-p", "8080", "-h", "/www"]
+                .map(String::from)
+                .to_vec();
+            spec.output = Output::Null;
+            t.sandbox.spawn(spec)
+        });
+        let workers: Vec<_> = futures::future::join_all(spawns)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut addrs: Vec<_> = workers.iter().map(|w| w.address().unwrap()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 6, "distinct addresses: {addrs:?}");
+        for addr in addrs {
+            eventually("httpd answers", || {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &(addr, 8080).into(),
+                    Duration::from_secs(2),
+                )
+                .ok()?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                r.contains("hello from the worker").then_some(())
+            })
+            .await;
+        }
+        futures::future::join_all(workers.into_iter().map(|w| w.destroy()))
+            .await
+            .into_iter()
+            .for_each(Result::unwrap);
         t.assert_nothing_left();
     }
 

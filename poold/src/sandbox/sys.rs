@@ -1,6 +1,7 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
 //! All of these run only in the single-threaded worker helper process (see `init`), never in
 //! poold's multithreaded runtime.
+#![allow(unsafe_code)]
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::ForkResult;
