@@ -1,1 +1,3 @@
 //! poold: an IPVS-fronted prefork container pool manager.
+
+pub mod config;
