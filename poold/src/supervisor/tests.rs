@@ -498,10 +498,11 @@ async fn recycle_all_with_wait_replaces_every_worker_one_at_a_time() {
         .workers
         .iter()
         .all(|w| w.state == WorkerState::Ready));
-    let balancer = h.balancer.state();
-    assert_eq!(balancer.min_weighted_after_full, Some(3));
-    assert_eq!(balancer.max_backends, 4);
-    drop(balancer);
+    {
+        let balancer = h.balancer.state();
+        assert_eq!(balancer.min_weighted_after_full, Some(3));
+        assert_eq!(balancer.max_backends, 4);
+    }
     assert!(h
         .pool
         .recycle(Some(3))
