@@ -67,14 +67,11 @@ pub fn issue_from_toml(text: &str, error: &toml::de::Error) -> ConfigIssue {
             message,
         };
     };
-    let key = DeTable::parse(text)
-        .ok()
-        .map(|doc| {
-            let mut path = KeyPath::root();
-            deepest_path_in_table(doc.get_ref(), &span, &mut path);
-            path.to_string()
-        })
-        .unwrap_or_default();
+    // A syntax error still leaves a partial tree to find the key in.
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let mut path = KeyPath::root();
+    deepest_path_in_table(doc.get_ref(), &span, &mut path);
+    let key = path.to_string();
     ConfigIssue {
         line_col: Some(line_col(text, span.start)),
         key,

@@ -14,6 +14,6 @@ pub use runtime::{
 pub use status::{RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus};
 
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 #[cfg(test)]
 mod tests;
