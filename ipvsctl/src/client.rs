@@ -1,0 +1,492 @@
+//! The blocking IPVS client: one generic netlink socket, requests built and replies read
+//! by [`crate::codec`].
+
+use std::net::IpAddr;
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+use crate::codec::{self, Attr, Command, IpvsMessage, Reply};
+use crate::error::{Error, Result};
+use crate::model::{Destination, Info, Service, ServiceKey, Timeouts};
+
+// Linux errno values the kernel's IPVS code returns (asm-generic/errno-base.h).
+const EPERM: i32 = 1;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const EACCES: i32 = 13;
+const EEXIST: i32 = 17;
+
+/// The fixed id of the generic netlink controller (linux/genetlink.h).
+const GENL_ID_CTRL: u16 = 0x10;
+
+/// What a request was about, so a kernel errno can become a typed [`Error`].
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    None,
+    Service(&'a ServiceKey),
+    NewService(&'a Service),
+    Destination(&'a ServiceKey, IpAddr, u16),
+}
+
+/// Turn a kernel errno into the error for `cmd` on `target`. IPVS reuses ENOENT for an
+/// unknown scheduler (service commands) and a missing destination (destination commands),
+/// so the command decides.
+fn kernel_error(cmd: Command, errno: i32, target: Target<'_>) -> Error {
+    let op = cmd.name();
+    match (errno, target) {
+        (EPERM | EACCES, _) => Error::PermissionDenied { op },
+        (ESRCH, Target::Service(key)) | (ESRCH, Target::Destination(key, ..)) => {
+            Error::ServiceNotFound { op, service: *key }
+        }
+        (ESRCH, Target::NewService(svc)) => Error::ServiceNotFound {
+            op,
+            service: svc.key,
+        },
+        (ENOENT, Target::NewService(svc)) => Error::UnknownScheduler {
+            op,
+            name: svc.scheduler.clone(),
+        },
+        (ENOENT, Target::Destination(key, addr, port)) => Error::DestinationNotFound {
+            op,
+            service: *key,
+            addr,
+            port,
+        },
+        (EEXIST, Target::NewService(svc)) => Error::AlreadyExists {
+            op,
+            what: format!("service {}", svc.key),
+        },
+        (EEXIST, Target::Destination(key, addr, port)) => Error::AlreadyExists {
+            op,
+            what: format!(
+                "destination {} in service {key}",
+                std::net::SocketAddr::new(addr, port)
+            ),
+        },
+        (errno, _) => Error::Kernel { op, errno },
+    }
+}
+
+/// A blocking IPVS client over one generic netlink socket.
+///
+/// The socket acts on the network namespace of the thread that created it, for its whole
+/// life: create the client after entering the namespace (IPVS tables are per namespace).
+/// Every command needs CAP_NET_ADMIN, listings included.
+#[derive(Debug)]
+pub struct Client {
+    socket: Socket,
+    family_id: u16,
+    seq: u32,
+}
+
+impl Client {
+    /// Open a socket, resolve the IPVS family and check access with `GET_INFO`.
+    ///
+    /// [`Error::NotAvailable`] when the kernel has no IPVS (module not loaded),
+    /// [`Error::PermissionDenied`] without CAP_NET_ADMIN.
+    pub fn new() -> Result<Client> {
+        let mut socket = Socket::new(NETLINK_GENERIC).map_err(|source| Error::Io {
+            op: "open generic netlink socket".into(),
+            source,
+        })?;
+        socket.bind_auto().map_err(|source| Error::Io {
+            op: "bind generic netlink socket".into(),
+            source,
+        })?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|source| Error::Io {
+                op: "connect generic netlink socket".into(),
+                source,
+            })?;
+        let mut client = Client {
+            socket,
+            family_id: 0,
+            seq: 0,
+        };
+        client.family_id = client.resolve_family()?;
+        client.info()?;
+        Ok(client)
+    }
+
+    /// The generic netlink family id the kernel assigned to IPVS.
+    pub fn family_id(&self) -> u16 {
+        self.family_id
+    }
+
+    fn resolve_family(&mut self) -> Result<u16> {
+        const OP: &str = "CTRL_CMD_GETFAMILY IPVS";
+        let request = GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(codec::FAMILY_NAME.to_owned())],
+        };
+        let seq = self.next_seq();
+        let bytes = codec::encode_request(request, GENL_ID_CTRL, NLM_F_ACK, seq);
+        self.send(&bytes, OP)?;
+        let mut family_id = None;
+        loop {
+            for (reply_seq, reply) in self.recv::<GenlCtrl>(OP)? {
+                if reply_seq != seq {
+                    continue;
+                }
+                match reply {
+                    Reply::Message(msg) => {
+                        for nla in msg.nlas {
+                            if let GenlCtrlAttrs::FamilyId(id) = nla {
+                                family_id = Some(id);
+                            }
+                        }
+                    }
+                    Reply::Ack | Reply::Done => {
+                        return family_id.ok_or_else(|| Error::Decode {
+                            op: OP,
+                            reason: "reply without CTRL_ATTR_FAMILY_ID".into(),
+                        })
+                    }
+                    Reply::Error(ENOENT) => return Err(Error::NotAvailable),
+                    Reply::Error(EPERM | EACCES) => return Err(Error::PermissionDenied { op: OP }),
+                    Reply::Error(errno) => return Err(Error::Kernel { op: OP, errno }),
+                    Reply::Skip => {}
+                }
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn send(&self, bytes: &[u8], op: &str) -> Result<()> {
+        self.socket.send(bytes, 0).map_err(|source| Error::Io {
+            op: format!("send {op}"),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn recv<F>(&self, op: &'static str) -> Result<Vec<(u32, Reply<F>)>>
+    where
+        F: netlink_packet_core::ParseableParametrized<[u8], netlink_packet_generic::GenlHeader>
+            + std::fmt::Debug,
+    {
+        let (datagram, _) = self.socket.recv_from_full().map_err(|source| Error::Io {
+            op: format!("receive {op} reply"),
+            source,
+        })?;
+        codec::decode_replies::<F>(&datagram).map_err(|e| Error::Decode {
+            op,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Send one IPVS command and collect the reply messages. A dump reads until
+    /// `NLMSG_DONE`; anything else until the ACK.
+    fn execute(
+        &mut self,
+        cmd: Command,
+        attrs: Vec<Attr>,
+        dump: bool,
+        target: Target<'_>,
+    ) -> Result<Vec<IpvsMessage>> {
+        let op = cmd.name();
+        let flags = if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        let seq = self.next_seq();
+        let bytes = codec::encode_request(IpvsMessage::new(cmd, attrs), self.family_id, flags, seq);
+        tracing::debug!(
+            ipvs.op = op,
+            ipvs.seq = seq,
+            ipvs.dump = dump,
+            "ipvs request"
+        );
+        self.send(&bytes, op)?;
+        let mut messages = Vec::new();
+        loop {
+            for (reply_seq, reply) in self.recv::<IpvsMessage>(op)? {
+                // Replies to earlier requests (never the case with this blocking client,
+                // but cheap to guard) are dropped.
+                if reply_seq != seq {
+                    continue;
+                }
+                match reply {
+                    Reply::Message(msg) => messages.push(msg),
+                    Reply::Ack | Reply::Done => return Ok(messages),
+                    Reply::Error(errno) => return Err(kernel_error(cmd, errno, target)),
+                    Reply::Skip => {}
+                }
+            }
+        }
+    }
+
+    /// Every service, with its counters.
+    pub fn services(&mut self) -> Result<Vec<Service>> {
+        let cmd = Command::GetService;
+        self.execute(cmd, vec![], true, Target::None)?
+            .into_iter()
+            .map(|msg| service_of(cmd, &msg))
+            .collect()
+    }
+
+    /// One service; [`Error::ServiceNotFound`] if absent.
+    pub fn service(&mut self, key: &ServiceKey) -> Result<Service> {
+        let cmd = Command::GetService;
+        let attrs = vec![Attr::Service(codec::service_key_attrs(key))];
+        let replies = self.execute(cmd, attrs, false, Target::Service(key))?;
+        match replies.first() {
+            Some(msg) => service_of(cmd, msg),
+            None => Err(Error::ServiceNotFound {
+                op: cmd.name(),
+                service: *key,
+            }),
+        }
+    }
+
+    /// Add a service (`ipvsadm -A`). [`Error::AlreadyExists`] if it exists,
+    /// [`Error::UnknownScheduler`] if the kernel has no such scheduler (or, with a
+    /// `pe_name`, no such persistence engine: the kernel answers both with ENOENT).
+    pub fn add_service(&mut self, service: &Service) -> Result<()> {
+        let attrs = vec![Attr::Service(codec::service_attrs(service))];
+        self.execute(
+            Command::NewService,
+            attrs,
+            false,
+            Target::NewService(service),
+        )?;
+        Ok(())
+    }
+
+    /// Change a service's scheduler, flags, persistence (`ipvsadm -E`); the service is
+    /// found by `service.key`. [`Error::ServiceNotFound`], [`Error::UnknownScheduler`].
+    pub fn edit_service(&mut self, service: &Service) -> Result<()> {
+        let attrs = vec![Attr::Service(codec::service_attrs(service))];
+        self.execute(
+            Command::SetService,
+            attrs,
+            false,
+            Target::NewService(service),
+        )?;
+        Ok(())
+    }
+
+    /// Delete a service and its destinations (`ipvsadm -D`). [`Error::ServiceNotFound`].
+    pub fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let attrs = vec![Attr::Service(codec::service_key_attrs(key))];
+        self.execute(Command::DelService, attrs, false, Target::Service(key))?;
+        Ok(())
+    }
+
+    /// The destinations of a service. The kernel answers an empty dump for a missing
+    /// service; this method then asks for the service, so a missing service is
+    /// [`Error::ServiceNotFound`] and never an empty list.
+    pub fn destinations(&mut self, service: &ServiceKey) -> Result<Vec<Destination>> {
+        let cmd = Command::GetDest;
+        let attrs = vec![Attr::Service(codec::service_key_attrs(service))];
+        let replies = self.execute(cmd, attrs, true, Target::Service(service))?;
+        if replies.is_empty() {
+            self.service(service)?;
+        }
+        let family = service.family();
+        let mut dests = Vec::with_capacity(replies.len());
+        for msg in &replies {
+            for attr in &msg.attrs {
+                if let Attr::Dest(dest_attrs) = attr {
+                    let dest =
+                        codec::destination_from_attrs(dest_attrs, family).map_err(|reason| {
+                            Error::Decode {
+                                op: cmd.name(),
+                                reason,
+                            }
+                        })?;
+                    dests.push(dest);
+                }
+            }
+        }
+        Ok(dests)
+    }
+
+    /// Add a destination (`ipvsadm -a`). [`Error::ServiceNotFound`],
+    /// [`Error::AlreadyExists`].
+    pub fn add_destination(&mut self, service: &ServiceKey, dest: &Destination) -> Result<()> {
+        self.dest_command(Command::NewDest, service, dest)
+    }
+
+    /// Change a destination's weight, thresholds, forwarding (`ipvsadm -e`).
+    /// [`Error::ServiceNotFound`], [`Error::DestinationNotFound`].
+    pub fn edit_destination(&mut self, service: &ServiceKey, dest: &Destination) -> Result<()> {
+        self.dest_command(Command::SetDest, service, dest)
+    }
+
+    fn dest_command(
+        &mut self,
+        cmd: Command,
+        service: &ServiceKey,
+        dest: &Destination,
+    ) -> Result<()> {
+        let attrs = vec![
+            Attr::Service(codec::service_key_attrs(service)),
+            Attr::Dest(codec::destination_attrs(dest)),
+        ];
+        let target = Target::Destination(service, dest.addr, dest.port);
+        self.execute(cmd, attrs, false, target)?;
+        Ok(())
+    }
+
+    /// Delete a destination (`ipvsadm -d`). [`Error::ServiceNotFound`],
+    /// [`Error::DestinationNotFound`].
+    pub fn delete_destination(
+        &mut self,
+        service: &ServiceKey,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<()> {
+        let attrs = vec![
+            Attr::Service(codec::service_key_attrs(service)),
+            Attr::Dest(codec::destination_key_attrs(&addr, port)),
+        ];
+        let target = Target::Destination(service, addr, port);
+        self.execute(Command::DelDest, attrs, false, target)?;
+        Ok(())
+    }
+
+    /// Version and connection table size.
+    pub fn info(&mut self) -> Result<Info> {
+        let cmd = Command::GetInfo;
+        let replies = self.execute(cmd, vec![], false, Target::None)?;
+        let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
+        codec::info_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
+            op: cmd.name(),
+            reason,
+        })
+    }
+
+    /// Connection timeouts (`ipvsadm -L --timeout`).
+    pub fn timeouts(&mut self) -> Result<Timeouts> {
+        let cmd = Command::GetConfig;
+        let replies = self.execute(cmd, vec![], false, Target::None)?;
+        let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
+        codec::timeouts_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
+            op: cmd.name(),
+            reason,
+        })
+    }
+
+    /// Set connection timeouts (`ipvsadm --set`); a 0 field is left unchanged.
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<()> {
+        let attrs = codec::timeouts_attrs(timeouts);
+        self.execute(Command::SetConfig, attrs, false, Target::None)?;
+        Ok(())
+    }
+
+    /// Zero the counters of one service, or of all with `None` (`ipvsadm -Z`).
+    pub fn zero(&mut self, service: Option<&ServiceKey>) -> Result<()> {
+        match service {
+            Some(key) => {
+                let attrs = vec![Attr::Service(codec::service_key_attrs(key))];
+                self.execute(Command::Zero, attrs, false, Target::Service(key))?;
+            }
+            None => {
+                self.execute(Command::Zero, vec![], false, Target::None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete every service (`ipvsadm -C`).
+    pub fn flush(&mut self) -> Result<()> {
+        self.execute(Command::Flush, vec![], false, Target::None)?;
+        Ok(())
+    }
+}
+
+fn service_of(cmd: Command, msg: &IpvsMessage) -> Result<Service> {
+    let attrs = msg
+        .attrs
+        .iter()
+        .find_map(|attr| match attr {
+            Attr::Service(attrs) => Some(attrs),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Decode {
+            op: cmd.name(),
+            reason: "reply without IPVS_CMD_ATTR_SERVICE".into(),
+        })?;
+    codec::service_from_attrs(attrs).map_err(|reason| Error::Decode {
+        op: cmd.name(),
+        reason,
+    })
+}
+
+fn no_reply(cmd: Command) -> Error {
+    Error::Decode {
+        op: cmd.name(),
+        reason: "the kernel acknowledged without a reply message".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Destination;
+
+    #[test]
+    fn enoent_means_scheduler_for_services_and_destination_for_destinations() {
+        let key = ServiceKey::tcp("10.0.0.1".parse().unwrap(), 80);
+        let svc = Service::new(key, "nope");
+        let err = kernel_error(Command::NewService, ENOENT, Target::NewService(&svc));
+        assert!(
+            matches!(&err, Error::UnknownScheduler { name, op: "NEW_SERVICE" } if name == "nope"),
+            "{err:?}"
+        );
+        let dest = Destination::new("10.0.1.1".parse().unwrap(), 8080);
+        let target = Target::Destination(&key, dest.addr, dest.port);
+        let err = kernel_error(Command::DelDest, ENOENT, target);
+        assert!(
+            matches!(err, Error::DestinationNotFound { port: 8080, .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "DEL_DEST: no such destination 10.0.1.1:8080 in service TCP 10.0.0.1:80"
+        );
+    }
+
+    #[test]
+    fn other_errnos_map_to_typed_errors() {
+        let key = ServiceKey::udp("2001:db8::1".parse().unwrap(), 53);
+        let svc = Service::new(key, "rr");
+        let err = kernel_error(Command::DelService, ESRCH, Target::Service(&key));
+        assert_eq!(
+            err.to_string(),
+            "DEL_SERVICE: no such service: UDP [2001:db8::1]:53"
+        );
+        let err = kernel_error(
+            Command::NewDest,
+            ESRCH,
+            Target::Destination(&key, key_addr(), 1),
+        );
+        assert!(matches!(err, Error::ServiceNotFound { .. }), "{err:?}");
+        let err = kernel_error(Command::NewService, EEXIST, Target::NewService(&svc));
+        assert_eq!(
+            err.to_string(),
+            "NEW_SERVICE: service UDP [2001:db8::1]:53 already exists"
+        );
+        let err = kernel_error(Command::GetService, EPERM, Target::None);
+        assert!(matches!(err, Error::PermissionDenied { op: "GET_SERVICE" }));
+        let err = kernel_error(Command::Flush, 22, Target::None);
+        assert!(matches!(
+            err,
+            Error::Kernel {
+                errno: 22,
+                op: "FLUSH"
+            }
+        ));
+        assert!(err.to_string().contains("Invalid argument"), "{err}");
+    }
+
+    fn key_addr() -> IpAddr {
+        "2001:db8::2".parse().unwrap()
+    }
+}

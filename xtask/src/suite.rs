@@ -1,0 +1,49 @@
+//! `cargo xtask test`: the whole suite, stage by stage; the first failing stage stops it.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::prereq;
+use crate::util::{run, workspace_root};
+use crate::vm::{self, VmOptions};
+
+pub fn run_suite(opts: &VmOptions) -> Result<()> {
+    let started = Instant::now();
+    prereq::ensure_rust_components()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let stages: [(&str, &[&str]); 3] = [
+        ("fmt", &["fmt", "--all", "--check"]),
+        (
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("host tests", &["test", "--workspace"]),
+    ];
+    for (name, args) in stages {
+        eprintln!("xtask test: stage `{name}`: cargo {}", args.join(" "));
+        if let Err(e) = run(Command::new(&cargo)
+            .args(args)
+            .current_dir(workspace_root()))
+        {
+            bail!("xtask test: stage `{name}` failed: {e:#}");
+        }
+    }
+    eprintln!("xtask test: stage `vm tests`: cargo xtask vm-test");
+    if let Err(e) = vm::vm_test(opts, &[]) {
+        bail!("xtask test: stage `vm tests` failed: {e:#}");
+    }
+    eprintln!(
+        "xtask test: all stages passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
