@@ -6,4 +6,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod health;
+pub mod sandbox;
 pub mod supervisor;

@@ -4,6 +4,8 @@ use poold::cli::{PooldArgs, PooldCommand};
 use std::process::ExitCode;
 
 fn main() -> anyhow::Result<ExitCode> {
+    // Must come first: the sandbox re-executes this binary as the worker helper.
+    poold::sandbox::init::maybe_run_helper();
     let args = PooldArgs::parse();
     if let Some(PooldCommand::Check { file }) = &args.command {
         return Ok(poold::cli::check(file));

@@ -1,0 +1,94 @@
+//! The sandbox's one error type: every variant says which step failed and on what.
+
+use std::path::PathBuf;
+
+/// Errors of the sandbox module.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The worker spec is invalid; `field` names the spec field, `reason` what was expected.
+    #[error("invalid worker spec: field `{field}`: {reason}")]
+    InvalidSpec { field: &'static str, reason: String },
+
+    /// The sandbox configuration is invalid.
+    #[error("invalid sandbox config: field `{field}`: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+
+    /// A filesystem operation on a path failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Unpacking a root filesystem tarball failed.
+    #[error("unpacking root filesystem image {path}: {source}")]
+    Unpack {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A cgroup operation failed.
+    #[error("cgroup {cgroup}: {action}: {reason}")]
+    Cgroup { cgroup: String, action: &'static str, reason: String },
+
+    /// A netlink / network namespace operation failed.
+    #[error("network: {action} ({object}): {reason}")]
+    Network { action: &'static str, object: String, reason: String },
+
+    /// The address pool of the service subnet is exhausted (free addresses may be quarantined).
+    #[error("no free address in {subnet} ({quarantined} in quarantine)")]
+    AddressesExhausted { subnet: String, quarantined: usize },
+
+    /// The worker helper process could not be started.
+    #[error("starting worker helper {exe}: {source}")]
+    HelperSpawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The worker's setup inside its namespaces failed (the helper reported `reason`).
+    #[error("worker {worker}: setup failed: {reason}")]
+    Setup { worker: String, reason: String },
+
+    /// Talking to the worker helper over its control socket failed.
+    #[error("worker {worker}: control channel: {reason}")]
+    Control { worker: String, reason: String },
+
+    /// Sending a signal failed.
+    #[error("worker {worker}: signal {signal}: {source}")]
+    Signal {
+        worker: String,
+        signal: String,
+        #[source]
+        source: nix::Error,
+    },
+
+    /// Some teardown steps failed; each entry names the object and the error.
+    #[error("worker {worker}: teardown incomplete: {}", failures.join("; "))]
+    Teardown { worker: String, failures: Vec<String> },
+}
+
+impl SandboxError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SandboxError::Io { action, path: path.into(), source }
+    }
+
+    pub(crate) fn spec(field: &'static str, reason: impl Into<String>) -> Self {
+        SandboxError::InvalidSpec { field, reason: reason.into() }
+    }
+
+    pub(crate) fn cgroup(cgroup: &str, action: &'static str, reason: impl ToString) -> Self {
+        SandboxError::Cgroup { cgroup: cgroup.to_string(), action, reason: reason.to_string() }
+    }
+
+    pub(crate) fn net(action: &'static str, object: impl Into<String>, reason: impl ToString) -> Self {
+        SandboxError::Network { action, object: object.into(), reason: reason.to_string() }
+    }
+}
+
+/// Result alias of the sandbox module.
+pub type Result<T, E = SandboxError> = std::result::Result<T, E>;

@@ -1,0 +1,517 @@
+//! The worker helper: poold re-executes itself (`/proc/self/exe __poold-worker-init`) to get
+//! a fresh single-threaded process that may allocate freely between fork and exec. The
+//! helper reads its [`HelperPlan`] as one JSON line from its control socket (fd 0), joins or
+//! creates the network namespace, unshares mount/pid/uts/ipc/cgroup namespaces and forks the
+//! worker's init (PID 1 of the new pid namespace). The init builds the root (overlay or host
+//! binds, /proc, /dev, copied resolv.conf/hosts, bind mounts), pivots into it, sets the
+//! hostname and forks the program, which sets rlimits, groups/gid/uid, capabilities and
+//! no_new_privs and execs. The init then forwards SIGTERM/INT/HUP/USR1/USR2 to the program,
+//! reaps zombies and exits with the program's status, which it also reports on the socket.
+//!
+//! Process tree: poold -> helper ("monitor", host pid ns, forwards signals to init)
+//! -> init (pid 1) -> program (pid 2). The parent attaches the helper to the worker's cgroup
+//! before it sends the plan, so every process of the worker is accounted from the start.
+//!
+//! pivot_root is used everywhere; only when it fails with EINVAL (a root with no parent
+//! mount, e.g. an initramfs rootfs) the init falls back to MS_MOVE + chroot, as runc's
+//! no-pivot mode does (escapable with CAP_SYS_CHROOT, which is dropped unless kept).
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{HelperPlan, NetnsPlan, RlimitResource, RootPlan};
+use super::sys;
+
+/// The hidden argv[1] that turns the poold binary into the worker helper.
+pub const HELPER_ARG: &str = "__poold-worker-init";
+
+/// Signals the helper and the init forward to the program.
+pub(crate) const FORWARDED: [Signal; 5] =
+    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// exited with this code
+    Code(i32),
+    /// killed by this signal number
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + signal.
+    pub fn as_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Messages from helper/init to poold, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HelperMsg {
+    /// Root built and the program exec'd.
+    Ready,
+    /// Setup failed before the program ran.
+    Error(String),
+    /// The program ended.
+    Exited(ExitStatus),
+}
+
+/// Call this first thing in `main` of any binary used as the helper executable (the `poold`
+/// binary does). If argv[1] is [`HELPER_ARG`], it runs the helper and never returns;
+/// otherwise it returns at once.
+pub fn maybe_run_helper() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(HELPER_ARG)) {
+        std::process::exit(run_helper());
+    }
+}
+
+fn run_helper() -> i32 {
+    // fd 0 is the control socket; move it to fd >= 3 and put /dev/null on stdin.
+    let mut ctl = match sys::take_stdin_socket() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("poold worker helper: no control socket on fd 0: {e}");
+            return 125;
+        }
+    };
+    if let Ok(null) = fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+    }
+    if let Err(e) = sys::close_fds_from(ctl.as_raw_fd() as u32 + 1, false) {
+        return report_fail(&mut ctl, format!("close_range: {e}"));
+    }
+    let mut line = String::new();
+    if let Err(e) = BufReader::new(&ctl).read_line(&mut line) {
+        return report_fail(&mut ctl, format!("reading plan: {e}"));
+    }
+    let plan: HelperPlan = match serde_json::from_str(&line) {
+        Ok(p) => p,
+        Err(e) => return report_fail(&mut ctl, format!("parsing plan: {e}")),
+    };
+    match monitor(&plan, &mut ctl) {
+        Ok(code) => code,
+        Err(e) => report_fail(&mut ctl, e),
+    }
+}
+
+fn report_fail(ctl: &mut UnixStream, reason: String) -> i32 {
+    send(ctl, &HelperMsg::Error(reason));
+    125
+}
+
+fn send(ctl: &mut UnixStream, msg: &HelperMsg) {
+    if let Ok(mut line) = serde_json::to_string(msg) {
+        line.push('\n');
+        let _ = ctl.write_all(line.as_bytes());
+    }
+}
+
+fn forwarded_and_chld() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// The helper's own job: namespaces, fork the init, forward signals, relay its status.
+fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
+    match &plan.netns {
+        NetnsPlan::Host => {}
+        NetnsPlan::New => {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(net): {e}"))?;
+            sys::loopback_up().map_err(|e| format!("setting lo up: {e}"))?;
+        }
+        NetnsPlan::Join(path) => {
+            let ns = fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {}: {e}", path.display()))?;
+        }
+    }
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| format!("unshare(mnt,pid,uts,ipc,cgroup): {e}"))?;
+    let signals = forwarded_and_chld();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    let init = match sys::fork().map_err(|e| format!("fork init: {e}"))? {
+        nix::unistd::ForkResult::Child => std::process::exit(init_main(plan, ctl)),
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    loop {
+        let sig = signals.wait().map_err(|e| format!("sigwait: {e}"))?;
+        if sig == Signal::SIGCHLD {
+            match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                _ => {}
+            }
+        } else {
+            let _ = kill(init, sig);
+        }
+    }
+}
+
+/// PID 1 of the worker.
+fn init_main(plan: &HelperPlan, ctl: &mut UnixStream) -> i32 {
+    if let Err(e) = build_root(plan) {
+        return report_fail(ctl, e);
+    }
+    if let Err(e) = sys::install_noop_handlers(&FORWARDED) {
+        return report_fail(ctl, format!("signal handlers: {e}"));
+    }
+    let (err_r, err_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return report_fail(ctl, format!("pipe: {e}")),
+    };
+    let program = match sys::fork() {
+        Err(e) => return report_fail(ctl, format!("fork program: {e}")),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(err_r);
+            let e = exec_program(plan);
+            let mut w = fs::File::from(err_w);
+            let _ = w.write_all(e.as_bytes());
+            std::process::exit(127);
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+    };
+    drop(err_w);
+    let mut exec_error = String::new();
+    let _ = fs::File::from(err_r).read_to_string(&mut exec_error);
+    if !exec_error.is_empty() {
+        let _ = waitpid(program, None);
+        return report_fail(ctl, exec_error);
+    }
+    send(ctl, &HelperMsg::Ready);
+    // The init keeps only CAP_KILL (to signal a program running as another user).
+    drop_init_privileges();
+    let status = reap_until_exit(program);
+    send(ctl, &HelperMsg::Exited(status));
+    status.as_code()
+}
+
+fn drop_init_privileges() {
+    let mut keep = caps::CapsHashSet::new();
+    keep.insert(caps::Capability::CAP_KILL);
+    for c in caps::runtime::thread_all_supported().difference(&keep) {
+        let _ = caps::drop(None, caps::CapSet::Bounding, *c);
+    }
+    let _ = caps::set(None, caps::CapSet::Inheritable, &caps::CapsHashSet::new());
+    let _ = caps::set(None, caps::CapSet::Effective, &keep);
+    let _ = caps::set(None, caps::CapSet::Permitted, &keep);
+    let _ = nix::sys::prctl::set_no_new_privs();
+}
+
+fn reap_until_exit(program: Pid) -> ExitStatus {
+    let signals = forwarded_and_chld();
+    loop {
+        let Ok(sig) = signals.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(program, sig);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == program => {
+                    return ExitStatus::Code(code)
+                }
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == program => {
+                    return ExitStatus::Signal(s as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| format!("mount {} on {} ({flags:?}): {e}", src.unwrap_or("-"), target.display()))
+}
+
+fn bind(src: &Path, target: &Path, read_only: bool) -> Result<(), String> {
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| format!("bind {} on {}: {e}", src.display(), target.display()))?;
+    if read_only {
+        mnt(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// `root` joined with the absolute inner path `inner`, refusing any existing symlink on the
+/// way (an image's absolute symlink would otherwise resolve against the host).
+fn inside(root: &Path, inner: &Path) -> Result<PathBuf, String> {
+    let mut p = root.to_path_buf();
+    for c in inner.components().skip(1) {
+        p.push(c);
+        if p.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            return Err(format!("{} goes through a symlink in the root", inner.display()));
+        }
+    }
+    Ok(p)
+}
+
+fn mkdir_p(p: &Path, mode: u32) -> Result<(), String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .map_err(|e| format!("mkdir {}: {e}", p.display()))
+}
+
+const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "etc"];
+
+fn build_root(plan: &HelperPlan) -> Result<(), String> {
+    let root = &plan.merged;
+    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    match &plan.root {
+        RootPlan::Overlay { lower, upper, work } => {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            mnt(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&opts))?;
+            write_etc_file(root, "resolv.conf", plan.resolv_conf.as_deref())?;
+            write_etc_file(root, "hosts", Some(&plan.hosts))?;
+        }
+        RootPlan::Host => {
+            mnt(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=16m"))?;
+            for d in HOST_DIRS {
+                let host = Path::new("/").join(d);
+                let Ok(meta) = host.symlink_metadata() else { continue };
+                let target = root.join(d);
+                if meta.file_type().is_symlink() {
+                    let to = fs::read_link(&host).map_err(|e| format!("readlink {d}: {e}"))?;
+                    symlink(&to, &target).map_err(|e| format!("symlink {d}: {e}"))?;
+                } else if meta.is_dir() {
+                    mkdir_p(&target, 0o755)?;
+                    bind(&host, &target, true)?;
+                }
+            }
+            mkdir_p(&root.join("tmp"), 0o1777)?;
+            fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+                .map_err(|e| format!("chmod /tmp: {e}"))?;
+        }
+    }
+    for m in &plan.mounts {
+        let target = inside(root, &m.target)?;
+        if m.source.is_dir() {
+            mkdir_p(&target, 0o755)?;
+        } else if !target.exists() {
+            if let Some(parent) = target.parent() {
+                mkdir_p(parent, 0o755)?;
+            }
+            fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+        }
+        bind(&m.source, &target, m.read_only)?;
+    }
+    let proc = inside(root, Path::new("/proc"))?;
+    mkdir_p(&proc, 0o555)?;
+    let nsd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt(Some("proc"), &proc, Some("proc"), nsd, None)?;
+    build_dev(&inside(root, Path::new("/dev"))?)?;
+    if plan.read_only_root {
+        let tmp = inside(root, Path::new("/tmp"))?;
+        mkdir_p(&tmp, 0o1777)?;
+        mnt(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    }
+    enter_root(root)?;
+    if plan.read_only_root || matches!(plan.root, RootPlan::Host) {
+        mnt(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    nix::unistd::sethostname(&plan.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+fn write_etc_file(root: &Path, name: &str, content: Option<&[u8]>) -> Result<(), String> {
+    let Some(content) = content else { return Ok(()) };
+    let etc = inside(root, Path::new("/etc"))?;
+    mkdir_p(&etc, 0o755)?;
+    let path = etc.join(name);
+    // Remove first: the image's file may be a symlink, which must not be followed.
+    if path.symlink_metadata().is_ok() {
+        fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(content))
+        .map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn build_dev(dev: &Path) -> Result<(), String> {
+    mkdir_p(dev, 0o755)?;
+    mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=64k"))?;
+    for d in DEVICES {
+        let target = dev.join(d);
+        fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+        bind(&Path::new("/dev").join(d), &target, false)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755)?;
+    mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm, 0o1777)?;
+    mnt(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777,size=64m"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(to, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn enter_root(root: &Path) -> Result<(), String> {
+    nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            // The old root is stacked under the new one at "/": detach it.
+            umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
+        }
+        Err(nix::errno::Errno::EINVAL) => {
+            tracing::warn!("pivot_root not possible (initramfs root?), falling back to chroot");
+            mnt(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+            nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+        }
+        Err(e) => return Err(format!("pivot_root {}: {e}", root.display())),
+    }
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn rlimit_resource(r: RlimitResource) -> nix::sys::resource::Resource {
+    use nix::sys::resource::Resource as R;
+    match r {
+        RlimitResource::Nofile => R::RLIMIT_NOFILE,
+        RlimitResource::Nproc => R::RLIMIT_NPROC,
+        RlimitResource::Core => R::RLIMIT_CORE,
+        RlimitResource::Stack => R::RLIMIT_STACK,
+        RlimitResource::Fsize => R::RLIMIT_FSIZE,
+        RlimitResource::As => R::RLIMIT_AS,
+        RlimitResource::Memlock => R::RLIMIT_MEMLOCK,
+        RlimitResource::Cpu => R::RLIMIT_CPU,
+    }
+}
+
+/// The program's side of the fork: returns only on failure, with the reason.
+fn exec_program(plan: &HelperPlan) -> String {
+    match prepare_program(plan) {
+        Ok(()) => {}
+        Err(e) => return e,
+    }
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
+    let argv: Result<Vec<CString>, String> = plan.argv.iter().map(|a| cstr(a)).collect();
+    let env: Result<Vec<CString>, String> = plan.env.iter().map(|a| cstr(a)).collect();
+    let (argv, env) = match (argv, env) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    match nix::unistd::execve(&argv[0], &argv, &env) {
+        Err(e) => format!("exec {}: {e}", plan.argv[0]),
+        Ok(never) => match never {},
+    }
+}
+
+fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
+    sys::default_handlers(&FORWARDED).map_err(|e| format!("signal reset: {e}"))?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    for r in &plan.rlimits {
+        nix::sys::resource::setrlimit(rlimit_resource(r.resource), r.soft, r.hard)
+            .map_err(|e| format!("setrlimit {:?}: {e}", r.resource))?;
+    }
+    nix::unistd::chdir(&plan.workdir)
+        .map_err(|e| format!("workdir {}: {e}", plan.workdir.display()))?;
+    let keep: caps::CapsHashSet = plan.capabilities.iter().copied().collect();
+    let all = caps::runtime::thread_all_supported();
+    for c in all.difference(&keep) {
+        caps::drop(None, caps::CapSet::Bounding, *c)
+            .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+    }
+    if !keep.is_empty() {
+        nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    }
+    let u = &plan.user;
+    let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    let gid = Gid::from_raw(u.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid {}: {e}", u.gid))?;
+    let uid = Uid::from_raw(u.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {}: {e}", u.uid))?;
+    // Effective first: it must stay a subset of permitted at every step.
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
+        caps::set(None, set, &keep).map_err(|e| format!("setting {set:?} caps: {e}"))?;
+    }
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("ambient caps: {e}"))?;
+    for c in &keep {
+        caps::raise(None, caps::CapSet::Ambient, *c)
+            .map_err(|e| format!("raising ambient {c}: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    // Mark every inherited fd >= 3 close-on-exec (the error pipe already is).
+    sys::close_fds_from(3, true).map_err(|e| format!("close_range: {e}"))?;
+    Ok(())
+}

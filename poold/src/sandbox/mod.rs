@@ -1,0 +1,658 @@
+//! Making and destroying workers: a worker is a program in its own mount, pid, uts, ipc,
+//! cgroup and network namespaces, on a pivot_root'ed overlay root, in its own cgroup, with
+//! its own veth and address, running under a minimal init.
+//!
+//! API in brief (see each item's docs):
+//! - [`Sandbox::new`]`(`[`SandboxConfig`]`)`, then [`Sandbox::cleanup_orphans`] once at start.
+//! - [`Sandbox::spawn`]`(`[`WorkerSpec`]`) -> `[`Worker`]: returns once the program was exec'd.
+//! - [`Worker::address`], [`Worker::signal`], [`Worker::wait`], [`Worker::stop`] (SIGTERM,
+//!   grace, SIGKILL of the whole cgroup), [`Worker::resource_reader`] (memory, CPU, OOM kills)
+//!   and [`Worker::destroy`] (removes everything; Drop does the same, best effort).
+//! - Binaries used as the helper must call [`init::maybe_run_helper`] first thing in main.
+//!
+//! Every kernel object carries a recognisable name: links `<link_prefix><id>` (prefix `pd`),
+//! cgroups `<cgroup_parent>/<id>` (parent `poold`), namespaces
+//! `<state_dir>/netns/poold-<id>`, per-worker directories `<state_dir>/workers/<id>`.
+//! Invariant: `unsafe` lives only in `sys`.
+
+mod cgroup;
+mod error;
+pub mod init;
+mod net;
+mod rootfs;
+mod spec;
+mod sys;
+
+pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
+pub use error::{Result, SandboxError};
+pub use init::ExitStatus;
+pub use net::{AddressAllocator, Clock, SystemClock};
+pub use spec::{
+    BindMount, Limits, NetworkMode, Output, RlimitResource, Rlimit, RootFs, WorkerSpec,
+};
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use nix::sys::signal::Signal;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use cgroup::WorkerCgroup;
+use init::HelperMsg;
+use net::WorkerNet;
+use spec::{HelperPlan, NetnsPlan, RootPlan};
+
+/// The bridge workers attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// Bridge link name (≤ 15 chars), created when missing, e.g. `pdbr0`.
+    pub name: String,
+    /// Service subnet; the first host address goes to the bridge (the workers' gateway).
+    pub subnet: Ipv4Net,
+    /// How long a freed worker address rests before reuse (≥ 150 s in production).
+    pub quarantine: Duration,
+}
+
+/// Where the sandbox keeps its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Per-worker directories and network namespaces (default /run/poold).
+    pub state_dir: PathBuf,
+    /// Unpacked tarball images (default /run/poold/images).
+    pub image_cache: PathBuf,
+    /// cgroup directory holding one cgroup per worker (default `poold`).
+    pub cgroup_parent: String,
+    /// Host veth names are `<link_prefix><8 hex>`; starts with `pd`, at most 7 chars.
+    pub link_prefix: String,
+    /// The executable re-run as the worker helper (default /proc/self/exe); it must call
+    /// [`init::maybe_run_helper`] first thing in main.
+    pub helper_exe: PathBuf,
+    /// Needed for [`NetworkMode::Bridged`] workers.
+    pub bridge: Option<BridgeConfig>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            state_dir: PathBuf::from("/run/poold"),
+            image_cache: PathBuf::from("/run/poold/images"),
+            cgroup_parent: "poold".into(),
+            link_prefix: "pd".into(),
+            helper_exe: PathBuf::from("/proc/self/exe"),
+            bridge: None,
+        }
+    }
+}
+
+/// What [`Sandbox::cleanup_orphans`] removed (names of the objects).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub cgroups: Vec<String>,
+    pub links: Vec<String>,
+    pub netns: Vec<PathBuf>,
+    pub worker_dirs: Vec<PathBuf>,
+    pub image_temp_dirs: Vec<PathBuf>,
+}
+
+/// Makes and destroys workers. Cheap to clone; share one per poold.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SandboxConfig,
+    addresses: Option<Mutex<AddressAllocator>>,
+    bridge_ready: Mutex<bool>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn new_worker_id() -> String {
+    let h = Sha256::digest(format!("{}-{}", std::process::id(), unique_suffix()));
+    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sandbox {
+    /// Checks the config; creates nothing yet.
+    pub fn new(config: SandboxConfig) -> Result<Self> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// As [`Sandbox::new`], with the clock used for address quarantine.
+    pub fn with_clock(config: SandboxConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let bad = |field, reason: &str| SandboxError::InvalidConfig { field, reason: reason.into() };
+        if !config.link_prefix.starts_with("pd") || config.link_prefix.len() > 7 {
+            return Err(bad("link_prefix", "must start with `pd` and have at most 7 chars"));
+        }
+        if config.cgroup_parent.is_empty() || config.cgroup_parent.starts_with('/') {
+            return Err(bad("cgroup_parent", "must be a non-empty relative cgroup path"));
+        }
+        if !config.state_dir.is_absolute() || !config.image_cache.is_absolute() {
+            return Err(bad("state_dir", "state_dir and image_cache must be absolute"));
+        }
+        let addresses = match &config.bridge {
+            Some(b) => {
+                if b.name.is_empty() || b.name.len() > 15 {
+                    return Err(bad("bridge.name", "must have 1..=15 chars"));
+                }
+                if b.subnet.prefix_len() > 29 {
+                    return Err(bad("bridge.subnet", "needs a prefix of /29 or shorter"));
+                }
+                Some(Mutex::new(AddressAllocator::new(b.subnet, b.quarantine, clock)))
+            }
+            None => None,
+        };
+        Ok(Sandbox { inner: Arc::new(Inner { config, addresses, bridge_ready: Mutex::new(false) }) })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// Starts a worker; returns when its program has been exec'd (or with the reason it was
+    /// not). Nothing is left behind on error.
+    pub async fn spawn(&self, spec: WorkerSpec) -> Result<Worker> {
+        spec.validate()?;
+        let id = new_worker_id();
+        let span = tracing::info_span!("sandbox.spawn", worker.name = %spec.name, worker.id = %id);
+        let _enter = span.enter();
+        let inner = self.inner.clone();
+        let (id2, spec2) = (id.clone(), spec.clone());
+        let (plan, resources) = tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
+            .await
+            .map_err(|e| SandboxError::Setup { worker: id.clone(), reason: e.to_string() })??;
+        start(resources, plan, &spec).await
+    }
+
+    /// Removes everything a previous run left under this config: kills and removes every
+    /// cgroup under `cgroup_parent`, deletes `link_prefix` veths, unmounts and removes
+    /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
+    /// images. Call once at start, before spawning: it does not spare live workers.
+    pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
+            .await
+            .map_err(|e| SandboxError::Teardown { worker: "*".into(), failures: vec![e.to_string()] })?
+    }
+
+    /// Blocking [`Sandbox::cleanup_orphans`], for Drop guards and non-async callers.
+    pub fn cleanup_orphans_blocking(&self) -> Result<CleanupReport> {
+        cleanup_orphans_blocking(&self.inner.config)
+    }
+
+    /// Blocking [`Sandbox::remove_bridge`], for Drop guards and non-async callers.
+    pub fn remove_bridge_blocking(&self) -> Result<()> {
+        match &self.inner.config.bridge {
+            Some(b) => net::delete_link(&b.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
+    pub async fn remove_bridge(&self) -> Result<()> {
+        let Some(b) = self.inner.config.bridge.clone() else { return Ok(()) };
+        *self.inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        tokio::task::spawn_blocking(move || net::delete_link(&b.name))
+            .await
+            .map_err(|e| SandboxError::net("delete bridge", "", e))?
+    }
+}
+
+/// Kernel objects and directories of one worker; torn down exactly once (Drop as fallback).
+#[derive(Debug)]
+struct Resources {
+    id: String,
+    inner: Arc<Inner>,
+    dir: Option<PathBuf>,
+    cgroup: Option<Arc<WorkerCgroup>>,
+    net: Option<WorkerNet>,
+    address: Option<Ipv4Addr>,
+}
+
+impl Resources {
+    fn teardown(&mut self) -> Result<()> {
+        let mut failures = Vec::new();
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                failures.push(e.to_string());
+            }
+        }
+        if let Some(n) = self.net.take() {
+            if let Err(e) = net::teardown_worker_net(&n) {
+                failures.push(e.to_string());
+            }
+        }
+        if let (Some(a), Some(alloc)) = (self.address.take(), &self.inner.addresses) {
+            alloc.lock().unwrap_or_else(|e| e.into_inner()).release(a);
+        }
+        if let Some(d) = self.dir.take() {
+            if let Err(e) = std::fs::remove_dir_all(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    failures.push(format!("remove {}: {e}", d.display()));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown { worker: self.id.clone(), failures })
+        }
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(worker.id = %self.id, error = %e, "teardown on drop incomplete");
+        }
+    }
+}
+
+fn read_host_file(path: &str) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+/// The blocking half of spawn: image, user, command, dirs, cgroup, network.
+fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
+    let cfg = &inner.config;
+    let (lower, etc) = match &spec.rootfs {
+        RootFs::Dir(p) => (p.clone(), p.join("etc")),
+        RootFs::Tarball(t) => {
+            let root = rootfs::prepare_image(&cfg.image_cache, t)?;
+            let etc = root.join("etc");
+            (root, etc)
+        }
+        RootFs::Host => (PathBuf::from("/"), PathBuf::from("/etc")),
+    };
+    let user = spec::resolve_user(spec.user.as_deref(), &etc)?;
+    let argv0 = spec::resolve_command(spec, &lower)?;
+    if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
+        return Err(SandboxError::spec("network", "bridged needs a bridge in the sandbox config"));
+    }
+    let mut res = Resources {
+        id: id.clone(),
+        inner: inner.clone(),
+        dir: None,
+        cgroup: None,
+        net: None,
+        address: None,
+    };
+    let dir = cfg.state_dir.join("workers").join(&id);
+    res.dir = Some(dir.clone());
+    let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
+    }
+    res.cgroup = Some(Arc::new(WorkerCgroup::create(&cfg.cgroup_parent, &id, &spec.limits)?));
+    let netns = match spec.network {
+        NetworkMode::Host => NetnsPlan::Host,
+        NetworkMode::Isolated => NetnsPlan::New,
+        NetworkMode::Bridged => {
+            let (b, alloc) = (cfg.bridge.as_ref(), inner.addresses.as_ref());
+            let (Some(b), Some(alloc)) = (b, alloc) else { unreachable!("checked above") };
+            {
+                let mut ready = inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner());
+                if !*ready {
+                    net::ensure_bridge(&b.name, b.subnet)?;
+                    *ready = true;
+                }
+            }
+            let addr = alloc.lock().unwrap_or_else(|e| e.into_inner()).allocate()?;
+            res.address = Some(addr);
+            let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
+            let link = format!("{}{id}", cfg.link_prefix);
+            res.net = Some(net::setup_worker_net(&path, &link, &b.name, b.subnet, addr)?);
+            NetnsPlan::Join(path)
+        }
+    };
+    let mut hosts = read_host_file("/etc/hosts").unwrap_or_else(|| b"127.0.0.1 localhost\n".to_vec());
+    let me = res.address.map(|a| a.to_string()).unwrap_or_else(|| "127.0.1.1".into());
+    hosts.extend_from_slice(format!("\n{me} {}\n", spec.hostname()).as_bytes());
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let plan = HelperPlan {
+        worker: id,
+        root: match spec.rootfs {
+            RootFs::Host => RootPlan::Host,
+            _ => RootPlan::Overlay { lower, upper, work },
+        },
+        merged,
+        read_only_root: spec.read_only_root,
+        argv: std::iter::once(argv0).chain(spec.args.iter().cloned()).collect(),
+        env,
+        workdir: spec.workdir.clone(),
+        user,
+        hostname: spec.hostname().to_string(),
+        rlimits: spec.rlimits.clone(),
+        mounts: spec.mounts.clone(),
+        capabilities: spec.capabilities.clone(),
+        netns,
+        resolv_conf: read_host_file("/etc/resolv.conf"),
+        hosts,
+    };
+    Ok((plan, res))
+}
+
+fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
+    Ok(match o {
+        Output::Inherit => (Stdio::inherit(), Stdio::inherit()),
+        Output::Null => (Stdio::null(), Stdio::null()),
+        Output::File(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| SandboxError::io("open output", p, e))?;
+            let g = f.try_clone().map_err(|e| SandboxError::io("dup output", p, e))?;
+            (Stdio::from(f), Stdio::from(g))
+        }
+    })
+}
+
+type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+
+/// The async half of spawn: start the helper, put it in the cgroup, send the plan, wait for
+/// Ready.
+async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Worker> {
+    let id = res.id.clone();
+    let ctl_err = |reason: String| SandboxError::Control { worker: id.clone(), reason };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| ctl_err(format!("socketpair: {e}")))?;
+    let (out, err) = output_stdio(&spec.output)?;
+    let exe = &res.inner.config.helper_exe;
+    let child = tokio::process::Command::new(exe)
+        .arg(init::HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| SandboxError::HelperSpawn { exe: exe.clone(), source: e })?;
+    let pid = child.id().unwrap_or(0);
+    let mut worker = Worker {
+        id: id.clone(),
+        name: spec.name.clone(),
+        address: res.address,
+        pid,
+        reader: res.cgroup.as_ref().map(|c| c.reader()),
+        child: Some(child),
+        lines: None,
+        exit: None,
+        res,
+    };
+    if let Some(cg) = &worker.res.cgroup {
+        cg.attach(pid)?;
+    }
+    ours.set_nonblocking(true).map_err(|e| ctl_err(e.to_string()))?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| ctl_err(e.to_string()))?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_string(&plan).map_err(|e| ctl_err(e.to_string()))?;
+    line.push('\n');
+    wr.write_all(line.as_bytes()).await.map_err(|e| ctl_err(format!("sending plan: {e}")))?;
+    drop(wr);
+    let mut lines = BufReader::new(rd).lines();
+    match lines.next_line().await {
+        Ok(Some(l)) => match serde_json::from_str::<HelperMsg>(&l) {
+            Ok(HelperMsg::Ready) => {}
+            Ok(HelperMsg::Error(reason)) => {
+                worker.kill_and_reap().await;
+                return Err(SandboxError::Setup { worker: id, reason });
+            }
+            other => {
+                worker.kill_and_reap().await;
+                return Err(ctl_err(format!("unexpected message {other:?}")));
+            }
+        },
+        Ok(None) => {
+            let status = worker.kill_and_reap().await;
+            return Err(ctl_err(format!("helper exited during setup ({status:?})")));
+        }
+        Err(e) => {
+            worker.kill_and_reap().await;
+            return Err(ctl_err(e.to_string()));
+        }
+    }
+    worker.lines = Some(lines);
+    tracing::info!(worker.id = %worker.id, worker.pid = pid, address = ?worker.address, "worker started");
+    Ok(worker)
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerExit {
+    pub status: ExitStatus,
+    /// The kernel OOM-killed a process of the worker (its cgroup's oom_kill counter > 0).
+    pub oom_killed: bool,
+}
+
+/// A running (or ended but not yet destroyed) worker. Dropping it tears it down (best
+/// effort, blocking); prefer [`Worker::destroy`].
+#[derive(Debug)]
+pub struct Worker {
+    id: String,
+    name: String,
+    address: Option<Ipv4Addr>,
+    pid: u32,
+    reader: Option<CgroupReader>,
+    child: Option<tokio::process::Child>,
+    lines: Option<CtlLines>,
+    exit: Option<WorkerExit>,
+    res: Resources,
+}
+
+impl Worker {
+    /// Sandbox-assigned id (8 hex chars), part of every kernel object's name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The spec's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker's address (bridged workers only).
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.address
+    }
+
+    /// Host pid of the worker's helper process (signals sent to it reach the program).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Name of the worker's cgroup (relative to the hierarchy root).
+    pub fn cgroup(&self) -> Option<&str> {
+        self.res.cgroup.as_deref().map(WorkerCgroup::name)
+    }
+
+    /// Host-side veth name and network namespace path (bridged workers only).
+    pub fn net_objects(&self) -> Option<(&str, &Path)> {
+        self.res.net.as_ref().map(|n| (n.host_link.as_str(), n.netns.as_path()))
+    }
+
+    /// Reader of this worker's cgroup usage (memory, CPU time, OOM kills).
+    pub fn resource_reader(&self) -> Arc<dyn ResourceReader> {
+        match &self.reader {
+            Some(r) => Arc::new(r.clone()),
+            None => Arc::new(cgroup::CgroupReader::empty()),
+        }
+    }
+
+    /// Sends `signal` to the program (SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 are
+    /// forwarded by the helper and the init; SIGKILL kills the helper and with it the worker).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).map_err(|e| {
+            SandboxError::Signal { worker: self.id.clone(), signal: signal.to_string(), source: e }
+        })
+    }
+
+    /// Waits until the program ends (cancel-safe).
+    pub async fn wait(&mut self) -> Result<WorkerExit> {
+        if let Some(e) = self.exit {
+            return Ok(e);
+        }
+        let mut status = None;
+        if let Some(lines) = &mut self.lines {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Ok(HelperMsg::Exited(s)) = serde_json::from_str(&l) {
+                    status = Some(s);
+                }
+            }
+        }
+        self.lines = None;
+        let helper = match &mut self.child {
+            Some(c) => c.wait().await.ok(),
+            None => None,
+        };
+        let status = status.unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            match helper.and_then(|h| h.code().map(ExitStatus::Code).or(h.signal().map(ExitStatus::Signal))) {
+                Some(s) => s,
+                None => ExitStatus::Signal(libc::SIGKILL),
+            }
+        });
+        let oom_killed = self
+            .reader
+            .as_ref()
+            .and_then(|r| r.usage().ok())
+            .map(|u| u.oom_kills > 0)
+            .unwrap_or(false);
+        let exit = WorkerExit { status, oom_killed };
+        tracing::info!(worker.id = %self.id, ?exit, "worker ended");
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// SIGTERM, then after `grace` SIGKILL to every process of the worker; returns how it
+    /// ended.
+    pub async fn stop(&mut self, grace: Duration) -> Result<WorkerExit> {
+        if self.exit.is_none() {
+            self.signal(Signal::SIGTERM)?;
+            if let Ok(r) = tokio::time::timeout(grace, self.wait()).await {
+                return r;
+            }
+            self.kill_all().await?;
+        }
+        self.wait().await
+    }
+
+    async fn kill_all(&self) -> Result<()> {
+        match self.res.cgroup.clone() {
+            Some(cg) => tokio::task::spawn_blocking(move || cg.kill_all())
+                .await
+                .map_err(|e| SandboxError::cgroup("", "kill", e))?,
+            None => Ok(()),
+        }
+    }
+
+    async fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.kill_all().await;
+        let mut c = self.child.take()?;
+        let _ = c.start_kill();
+        c.wait().await.ok()
+    }
+
+    /// Kills what is left of the worker and removes its cgroup, veth, namespace, address
+    /// lease (into quarantine) and directories.
+    pub async fn destroy(mut self) -> Result<()> {
+        if self.exit.is_none() {
+            self.kill_all().await?;
+            self.wait().await?;
+        }
+        let placeholder = Resources::detached(&self.res);
+        let mut res = std::mem::replace(&mut self.res, placeholder);
+        drop(self);
+        tokio::task::spawn_blocking(move || res.teardown())
+            .await
+            .map_err(|e| SandboxError::cgroup("", "teardown", e))?
+    }
+}
+
+impl Resources {
+    /// An empty placeholder (nothing to tear down).
+    fn detached(r: &Resources) -> Resources {
+        Resources { id: r.id.clone(), inner: r.inner.clone(), dir: None, cgroup: None, net: None, address: None }
+    }
+}
+
+fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
+    let mut report = CleanupReport::default();
+    let mut failures = Vec::new();
+    for child in cgroup::list_children(&cfg.cgroup_parent) {
+        let cg = WorkerCgroup::open(&cfg.cgroup_parent, &child);
+        match cg.destroy() {
+            Ok(()) => report.cgroups.push(cg.name().to_string()),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    match net::links_with_prefix(&cfg.link_prefix) {
+        Ok(links) => {
+            let bridge = cfg.bridge.as_ref().map(|b| b.name.as_str());
+            for l in links.into_iter().filter(|l| Some(l.as_str()) != bridge) {
+                match net::delete_link(&l) {
+                    Ok(()) => report.links.push(l),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    let list = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    for ns in list(&cfg.state_dir.join("netns")) {
+        if ns.file_name().is_some_and(|n| n.to_string_lossy().starts_with("poold-")) {
+            match net::delete_netns(&ns) {
+                Ok(()) => report.netns.push(ns),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+    for d in list(&cfg.state_dir.join("workers")) {
+        let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
+        match std::fs::remove_dir_all(&d) {
+            Ok(()) => report.worker_dirs.push(d),
+            Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+        }
+    }
+    for d in list(&cfg.image_cache) {
+        if d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(rootfs::TMP_PREFIX)) {
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => report.image_temp_dirs.push(d),
+                Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(SandboxError::Teardown { worker: "orphans".into(), failures });
+    }
+    if report != CleanupReport::default() {
+        tracing::info!(?report, "removed orphans of an earlier run");
+    }
+    Ok(report)
+}

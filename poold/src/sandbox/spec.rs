@@ -1,0 +1,475 @@
+//! What a worker is made of ([`WorkerSpec`]), its validation, and the resolved plan the
+//! helper process executes ([`HelperPlan`]).
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Result, SandboxError};
+
+/// Where a worker's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootFs {
+    /// An unpacked root filesystem directory (e.g. an extracted `docker export`). Shared,
+    /// never written: each worker writes to its own overlay upper layer.
+    Dir(PathBuf),
+    /// A `docker export` tarball (`.tar`, `.tar.gz`/`.tgz`), unpacked once into the
+    /// content-addressed image cache (keyed by the file's sha256).
+    Tarball(PathBuf),
+    /// No image: the host's /usr, /bin, /sbin, /lib, /lib64 and /etc bind-mounted read-only
+    /// on an empty tmpfs root (jailing style), so a host program runs without an image.
+    Host,
+}
+
+/// How the worker is networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A veth pair into the configured bridge, an address from the service subnet and a
+    /// default route via the bridge (needs [`super::SandboxConfig::bridge`]).
+    #[default]
+    Bridged,
+    /// A private network namespace with only `lo` (up).
+    Isolated,
+    /// Share the host's network namespace (no network isolation).
+    Host,
+}
+
+/// Where the program's stdout and stderr go (stdin is always /dev/null).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// Inherit poold's stdout/stderr.
+    #[default]
+    Inherit,
+    /// Discard.
+    Null,
+    /// Append both to this host file (created if missing).
+    File(PathBuf),
+}
+
+/// cgroup limits. `None` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes (4 MiB ..= 1 TiB). Exceeding it gets the worker OOM-killed.
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in millicores (1000 = one full CPU), 10 ..= 1_024_000.
+    pub cpu_millicores: Option<u64>,
+    /// Maximum number of tasks (processes and threads) in the worker, 1 ..= 4_194_304.
+    pub pids: Option<u64>,
+}
+
+/// A resource limit (setrlimit) applied to the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The rlimit resources a spec may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlimitResource {
+    Nofile,
+    Nproc,
+    Core,
+    Stack,
+    Fsize,
+    As,
+    Memlock,
+    Cpu,
+}
+
+/// A host path bind-mounted into the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path (must exist).
+    pub source: PathBuf,
+    /// Absolute path inside the worker (created if missing).
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything needed to start one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Used in logs and as the default hostname: `[A-Za-z0-9._-]`, 1..=63 chars.
+    pub name: String,
+    pub rootfs: RootFs,
+    /// Mount the root read-only (a tmpfs is mounted on /tmp). Otherwise writes land in the
+    /// worker's own overlay upper layer, thrown away at teardown.
+    pub read_only_root: bool,
+    /// The program: an absolute path inside the root, or a name looked up in `PATH` (from
+    /// `env`, else a standard PATH) inside the root.
+    pub command: String,
+    pub args: Vec<String>,
+    /// Environment of the program (nothing is inherited from poold).
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory inside the root.
+    pub workdir: PathBuf,
+    /// `NAME`, `UID`, `NAME:GROUP` or `UID:GID`; names are looked up in the ROOTFS's
+    /// /etc/passwd and /etc/group. `None` = root (uid 0, gid 0).
+    pub user: Option<String>,
+    /// Defaults to `name`.
+    pub hostname: Option<String>,
+    pub limits: Limits,
+    pub rlimits: Vec<Rlimit>,
+    pub mounts: Vec<BindMount>,
+    /// Capabilities kept (bounding, permitted, effective, inheritable, ambient). All others
+    /// are dropped; empty means none at all.
+    pub capabilities: Vec<caps::Capability>,
+    pub network: NetworkMode,
+    pub output: Output,
+}
+
+impl WorkerSpec {
+    /// A spec with defaults: writable overlay root, workdir `/`, root user, no limits, bridged
+    /// network, inherited output.
+    pub fn new(name: impl Into<String>, rootfs: RootFs, command: impl Into<String>) -> Self {
+        WorkerSpec {
+            name: name.into(),
+            rootfs,
+            read_only_root: false,
+            command: command.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            workdir: PathBuf::from("/"),
+            user: None,
+            hostname: None,
+            limits: Limits::default(),
+            rlimits: Vec::new(),
+            mounts: Vec::new(),
+            capabilities: Vec::new(),
+            network: NetworkMode::default(),
+            output: Output::default(),
+        }
+    }
+
+    /// Checks everything that can be checked without the root filesystem.
+    pub fn validate(&self) -> Result<()> {
+        check_label("name", &self.name)?;
+        if let Some(h) = &self.hostname {
+            check_label("hostname", h)?;
+        }
+        if self.command.is_empty() {
+            return Err(SandboxError::spec("command", "must not be empty"));
+        }
+        if self.command.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SandboxError::spec("command", "must not contain NUL bytes"));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(SandboxError::spec(
+                    "env",
+                    format!("bad variable {k:?}: names must be non-empty without '=' or NUL"),
+                ));
+            }
+        }
+        check_inner_path("workdir", &self.workdir)?;
+        match &self.rootfs {
+            RootFs::Dir(p) | RootFs::Tarball(p) => {
+                if !p.is_absolute() {
+                    return Err(SandboxError::spec(
+                        "rootfs",
+                        format!("{} must be absolute", p.display()),
+                    ));
+                }
+                let meta = std::fs::metadata(p).map_err(|e| {
+                    SandboxError::spec("rootfs", format!("{}: {e}", p.display()))
+                })?;
+                let want_dir = matches!(self.rootfs, RootFs::Dir(_));
+                if want_dir != meta.is_dir() {
+                    let what = if want_dir { "a directory" } else { "a tarball file" };
+                    return Err(SandboxError::spec(
+                        "rootfs",
+                        format!("{} is not {what}", p.display()),
+                    ));
+                }
+            }
+            RootFs::Host => {}
+        }
+        let l = &self.limits;
+        check_range("limits.memory_bytes", l.memory_bytes, 4 << 20, 1 << 40)?;
+        check_range("limits.cpu_millicores", l.cpu_millicores, 10, 1_024_000)?;
+        check_range("limits.pids", l.pids, 1, 4_194_304)?;
+        for r in &self.rlimits {
+            if r.soft > r.hard {
+                return Err(SandboxError::spec(
+                    "rlimits",
+                    format!("{:?}: soft {} above hard {}", r.resource, r.soft, r.hard),
+                ));
+            }
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() || !m.source.exists() {
+                return Err(SandboxError::spec(
+                    "mounts.source",
+                    format!("{} must be an existing absolute path", m.source.display()),
+                ));
+            }
+            check_inner_path("mounts.target", &m.target)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.name)
+    }
+}
+
+fn check_label(field: &'static str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::spec(field, format!("{s:?}: expected 1..=63 chars of [A-Za-z0-9._-]")))
+    }
+}
+
+fn check_range(field: &'static str, v: Option<u64>, min: u64, max: u64) -> Result<()> {
+    match v {
+        Some(v) if v < min || v > max => {
+            Err(SandboxError::spec(field, format!("{v} out of range {min}..={max}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_inner_path(field: &'static str, p: &Path) -> Result<()> {
+    let ok = p.is_absolute() && p.components().all(|c| !matches!(c, Component::ParentDir));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::spec(field, format!("{}: expected an absolute path without ..", p.display())))
+    }
+}
+
+/// A user resolved to numeric ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Resolves `user` against `etc` (the rootfs's /etc directory).
+pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUser> {
+    let Some(user) = user else {
+        return Ok(ResolvedUser { uid: 0, gid: 0, groups: Vec::new() });
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(etc.join("passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(etc.join("group")).unwrap_or_default();
+    let pw_entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(String, u32, u32)> {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4 && pred(&f) {
+                Some((f[0].to_string(), f[2].parse().ok()?, f[3].parse().ok()?))
+            } else {
+                None
+            }
+        })
+    };
+    let (name, uid, primary_gid) = if let Ok(uid) = u.parse::<u32>() {
+        match pw_entry(&|f| f[2] == u) {
+            Some((n, _, gid)) => (Some(n), uid, gid),
+            None => (None, uid, uid),
+        }
+    } else {
+        let (n, uid, gid) = pw_entry(&|f| f[0] == u).ok_or_else(|| {
+            SandboxError::spec(
+                "user",
+                format!("unknown user {u:?}: not in {}", etc.join("passwd").display()),
+            )
+        })?;
+        (Some(n), uid, gid)
+    };
+    let gid = match g {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                })
+                .ok_or_else(|| {
+                    SandboxError::spec(
+                        "user",
+                        format!("unknown group {g:?}: not in {}", etc.join("group").display()),
+                    )
+                })?,
+        },
+    };
+    let mut groups = vec![gid];
+    if let Some(name) = &name {
+        for l in group.lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
+                if let Ok(id) = f[2].parse::<u32>() {
+                    if !groups.contains(&id) {
+                        groups.push(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ResolvedUser { uid, gid, groups })
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Resolves the command to an absolute path inside the root whose files are at `lower`
+/// (symlinks are not followed, since absolute ones point into the worker's root).
+pub(crate) fn resolve_command(spec: &WorkerSpec, lower: &Path) -> Result<String> {
+    let exists = |inner: &Path| {
+        let rel = inner.strip_prefix("/").unwrap_or(inner);
+        lower.join(rel).symlink_metadata().is_ok()
+            || spec.mounts.iter().any(|m| inner.starts_with(&m.target))
+    };
+    if spec.command.contains('/') {
+        let p = Path::new(&spec.command);
+        if !p.is_absolute() {
+            return Err(SandboxError::spec("command", "a path must be absolute"));
+        }
+        if !exists(p) {
+            return Err(SandboxError::spec(
+                "command",
+                format!("{} not found in the root filesystem", spec.command),
+            ));
+        }
+        return Ok(spec.command.clone());
+    }
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(&spec.command))
+        .find(|p| exists(p))
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            SandboxError::spec(
+                "command",
+                format!("{:?} not found in PATH {path} of the root filesystem", spec.command),
+            )
+        })
+}
+
+/// How the helper gets its network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum NetnsPlan {
+    Host,
+    /// unshare a fresh one and bring `lo` up.
+    New,
+    /// setns into the prepared namespace bound at this path.
+    Join(PathBuf),
+}
+
+/// The root the helper builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RootPlan {
+    /// overlay of `lower` with the worker's upper/work dirs.
+    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf },
+    /// tmpfs with the host system directories bound read-only.
+    Host,
+}
+
+/// The fully resolved instructions for the helper, sent as JSON over its control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HelperPlan {
+    pub worker: String,
+    pub root: RootPlan,
+    /// Mount point of the new root (an empty host directory of the worker's state dir).
+    pub merged: PathBuf,
+    pub read_only_root: bool,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: PathBuf,
+    pub user: ResolvedUser,
+    pub hostname: String,
+    pub rlimits: Vec<Rlimit>,
+    pub mounts: Vec<BindMount>,
+    pub capabilities: Vec<caps::Capability>,
+    pub netns: NetnsPlan,
+    /// Contents copied to /etc/resolv.conf and /etc/hosts (copied, not bound, so a host-side
+    /// rename of the file cannot leave the worker with a stale view).
+    pub resolv_conf: Option<Vec<u8>>,
+    pub hosts: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etc() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("group"), "root:x:0:\nwww:x:33:\nlogs:x:40:www,x\n")
+            .unwrap();
+        d
+    }
+
+    #[test]
+    fn users_resolve_by_name_number_and_group() {
+        let d = etc();
+        let r = resolve_user(Some("www"), d.path()).unwrap();
+        assert_eq!(r, ResolvedUser { uid: 33, gid: 33, groups: vec![33, 40] });
+        let r = resolve_user(Some("1234:5"), d.path()).unwrap();
+        assert_eq!(r, ResolvedUser { uid: 1234, gid: 5, groups: vec![5] });
+        let r = resolve_user(Some("www:logs"), d.path()).unwrap();
+        assert_eq!(r.gid, 40);
+        assert_eq!(resolve_user(None, d.path()).unwrap().uid, 0);
+    }
+
+    #[test]
+    fn unknown_user_or_group_names_the_file() {
+        let d = etc();
+        let e = resolve_user(Some("nobody"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("unknown user \"nobody\"") && e.contains("passwd"), "{e}");
+        let e = resolve_user(Some("www:nogroup"), d.path()).unwrap_err().to_string();
+        assert!(e.contains("unknown group") && e.contains("group"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = WorkerSpec::new("w", RootFs::Host, "/bin/true");
+        s.validate().unwrap();
+        s.limits.memory_bytes = Some(10);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("limits.memory_bytes") && e.contains("out of range"), "{e}");
+        let mut s = WorkerSpec::new("w", RootFs::Dir("/nonexistent-poold".into()), "/x");
+        assert!(s.validate().unwrap_err().to_string().contains("`rootfs`"));
+        s.rootfs = RootFs::Host;
+        s.command.clear();
+        assert!(s.validate().unwrap_err().to_string().contains("`command`"));
+        let s = WorkerSpec::new("bad name", RootFs::Host, "/bin/true");
+        assert!(s.validate().unwrap_err().to_string().contains("`name`"));
+    }
+
+    #[test]
+    fn command_is_found_in_path_of_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("bin")).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", d.path().join("bin/sh")).unwrap();
+        let s = WorkerSpec::new("w", RootFs::Dir(d.path().into()), "sh");
+        assert_eq!(resolve_command(&s, d.path()).unwrap(), "/bin/sh");
+        let s = WorkerSpec::new("w", RootFs::Dir(d.path().into()), "nope");
+        assert!(resolve_command(&s, d.path()).is_err());
+    }
+}
