@@ -6,6 +6,7 @@ use crate::control::{render, RecycleRequest};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,7 +129,7 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
 
 /// `poold --config FILE`: runs until SIGINT or SIGTERM.
 pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
-    let runtime = crate::daemon::worker_runtime(&config)?;
+    let runtime = Arc::new(crate::sandbox_runtime::SandboxRuntime::start(&config).await?);
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -137,5 +138,9 @@ pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError
             _ = terminate.recv() => {}
         }
     };
-    crate::daemon::run(config, runtime, shutdown).await
+    let result = crate::daemon::run(config, runtime.clone(), shutdown).await;
+    if let Err(error) = runtime.shutdown().await {
+        tracing::warn!(%error, "removing the bridge failed");
+    }
+    result
 }

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 pub enum DaemonError {
     #[error("balancer = \"ipvs\" but IPVS is not usable: {reason}")]
     IpvsUnavailable { reason: String },
-    #[error("no worker runtime in this build: the sandbox adapter is not merged yet")]
-    NoWorkerRuntime,
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
     Balancer(#[from] BalancerError),
     #[error(transparent)]
@@ -76,11 +76,4 @@ pub async fn run(
         pool.shutdown().await;
     }
     served.map_err(Into::into)
-}
-
-/// The worker runtime for this config.
-pub fn worker_runtime(_config: &Config) -> Result<Arc<dyn WorkerRuntime>, DaemonError> {
-    // The sandbox (poold::sandbox) lands on its own branch; until its adapter is merged
-    // there is no real runtime to hand out, and poold refuses to start rather than fake one.
-    Err(DaemonError::NoWorkerRuntime)
 }

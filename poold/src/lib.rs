@@ -7,4 +7,5 @@ pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod sandbox;
+pub mod sandbox_runtime;
 pub mod supervisor;

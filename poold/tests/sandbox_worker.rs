@@ -7,9 +7,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use poold::sandbox::{
-    ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, WorkerSpec,
-};
+use poold::sandbox::{ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
 use sandbox_support::{eventually, TestSandbox};
 
 fn sh(t: &TestSandbox, name: &str, script: &str) -> WorkerSpec {
@@ -52,7 +50,10 @@ async fn the_inside_of_a_worker_is_isolated_and_unprivileged() {
     assert!(text.contains("CapPrm:\t0000000000000000"), "{text}");
     assert!(text.contains("CapBnd:\t0000000000000000"), "{text}");
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
-    assert!(text.contains("__poold-worker-init"), "PID 1 is the init: {text}");
+    assert!(
+        text.contains("__poold-worker-init"),
+        "PID 1 is the init: {text}"
+    );
     let pids: Vec<u32> = text
         .lines()
         .find_map(|l| l.strip_prefix("pids="))
@@ -60,10 +61,16 @@ async fn the_inside_of_a_worker_is_isolated_and_unprivileged() {
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert!(pids.contains(&1) && pids.iter().all(|&p| p < 50), "only the worker's pids: {pids:?}");
+    assert!(
+        pids.contains(&1) && pids.iter().all(|&p| p < 50),
+        "only the worker's pids: {pids:?}"
+    );
     assert!(text.contains("uid=65534 gid=65534"), "{text}");
     assert!(text.contains("host=pd-inside"), "{text}");
-    assert!(text.contains("marker=hidden") && text.contains("work=hidden"), "{text}");
+    assert!(
+        text.contains("marker=hidden") && text.contains("work=hidden"),
+        "{text}"
+    );
     t.assert_nothing_left();
 }
 
@@ -71,13 +78,33 @@ async fn the_inside_of_a_worker_is_isolated_and_unprivileged() {
 async fn writes_land_in_the_overlay_and_go_with_the_worker() {
     let t = TestSandbox::new(2);
     let out = t.dir.path().join("out.txt");
-    let mut spec = sh(&t, "writer", "echo data > /written; echo >> /etc/passwd; echo done; sleep 600");
+    let mut spec = sh(
+        &t,
+        "writer",
+        "echo data > /written; echo >> /etc/passwd; echo done; sleep 600",
+    );
     output_to(&mut spec, &out);
     let w = t.sandbox.spawn(spec).await.unwrap();
-    let upper = t.config().state_dir.join("workers").join(w.id()).join("upper");
-    eventually("worker wrote", || std::fs::read_to_string(&out).ok().filter(|s| s.contains("done"))).await;
-    assert_eq!(std::fs::read_to_string(upper.join("written")).unwrap(), "data\n");
-    assert!(!t.rootfs.join("written").exists(), "the shared root stays untouched");
+    let upper = t
+        .config()
+        .state_dir
+        .join("workers")
+        .join(w.id())
+        .join("upper");
+    eventually("worker wrote", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.contains("done"))
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "data\n"
+    );
+    assert!(
+        !t.rootfs.join("written").exists(),
+        "the shared root stays untouched"
+    );
     let passwd = std::fs::read_to_string(t.rootfs.join("etc/passwd")).unwrap();
     assert!(!passwd.ends_with("\n\n"));
     w.destroy().await.unwrap();
@@ -85,7 +112,11 @@ async fn writes_land_in_the_overlay_and_go_with_the_worker() {
 
     let spec = sh(&t, "reader", "test -e /written && exit 3; exit 0");
     let mut w = t.sandbox.spawn(spec).await.unwrap();
-    assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0), "the write is gone");
+    assert_eq!(
+        w.wait().await.unwrap().status,
+        ExitStatus::Code(0),
+        "the write is gone"
+    );
     w.destroy().await.unwrap();
     t.assert_nothing_left();
 }
@@ -93,7 +124,11 @@ async fn writes_land_in_the_overlay_and_go_with_the_worker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn read_only_root_has_a_writable_tmp() {
     let t = TestSandbox::new(3);
-    let mut spec = sh(&t, "ro", "touch /x 2>/dev/null && exit 3; echo ok > /tmp/y || exit 4; exit 0");
+    let mut spec = sh(
+        &t,
+        "ro",
+        "touch /x 2>/dev/null && exit 3; echo ok > /tmp/y || exit 4; exit 0",
+    );
     spec.read_only_root = true;
     let mut w = t.sandbox.spawn(spec).await.unwrap();
     assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
@@ -105,7 +140,10 @@ async fn read_only_root_has_a_writable_tmp() {
 async fn a_memory_hog_is_oom_killed_and_reported() {
     let t = TestSandbox::new(4);
     let mut spec = sh(&t, "hog", "dd if=/dev/zero of=/dev/null bs=256M count=1");
-    spec.limits = Limits { memory_bytes: Some(32 << 20), ..Limits::default() };
+    spec.limits = Limits {
+        memory_bytes: Some(32 << 20),
+        ..Limits::default()
+    };
     spec.output = Output::Null;
     let mut w = t.sandbox.spawn(spec).await.unwrap();
     let exit = w.wait().await.unwrap();
@@ -117,27 +155,42 @@ async fn a_memory_hog_is_oom_killed_and_reported() {
 }
 
 fn read_pids_file(cgroup: &str, file: &str) -> Option<String> {
-    [Path::new("/sys/fs/cgroup/pids").join(cgroup), Path::new("/sys/fs/cgroup").join(cgroup)]
-        .iter()
-        .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+    [
+        Path::new("/sys/fs/cgroup/pids").join(cgroup),
+        Path::new("/sys/fs/cgroup").join(cgroup),
+    ]
+    .iter()
+    .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
     let t = TestSandbox::new(5);
     let mut spec = sh(&t, "bomb", "b() { b | b & }; b; sleep 600");
-    spec.limits = Limits { pids: Some(32), ..Limits::default() };
+    spec.limits = Limits {
+        pids: Some(32),
+        ..Limits::default()
+    };
     spec.output = Output::Null;
     let w = t.sandbox.spawn(spec).await.unwrap();
     let cg = w.cgroup().unwrap().to_string();
     let refused = eventually("pids limit hit", || {
         let events = read_pids_file(&cg, "pids.events")?;
-        let n: u64 = events.lines().find_map(|l| l.strip_prefix("max "))?.trim().parse().ok()?;
+        let n: u64 = events
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))?
+            .trim()
+            .parse()
+            .ok()?;
         (n > 0).then_some(n)
     })
     .await;
     assert!(refused > 0);
-    let current: u64 = read_pids_file(&cg, "pids.current").unwrap().trim().parse().unwrap();
+    let current: u64 = read_pids_file(&cg, "pids.current")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(current <= 32, "pids.current {current}");
     w.destroy().await.unwrap();
     t.assert_nothing_left();
@@ -147,7 +200,9 @@ async fn a_fork_bomb_is_stopped_by_the_pids_limit() {
 async fn a_bridged_worker_answers_at_its_address() {
     let t = TestSandbox::new(6);
     let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
-    spec.args = ["-f", "-p", "8080", "-h", "/www"].map(String::from).to_vec();
+    spec.args = ["-f", "-p", "8080", "-h", "/www"]
+        .map(String::from)
+        .to_vec();
     spec.user = Some("www".into());
     spec.output = Output::Null;
     let w = t.sandbox.spawn(spec).await.unwrap();
@@ -157,14 +212,19 @@ async fn a_bridged_worker_answers_at_its_address() {
     let (link, netns) = (link.to_string(), netns.to_path_buf());
     assert!(Path::new("/sys/class/net").join(&link).exists());
     let body = eventually("httpd answers", || {
-        let mut s = std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_secs(2)).ok()?;
+        let mut s =
+            std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_secs(2))
+                .ok()?;
         s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
         let mut r = String::new();
         s.read_to_string(&mut r).ok()?;
         Some(r)
     })
     .await;
-    assert!(body.starts_with("HTTP/1.") && body.contains("hello from the worker"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains("hello from the worker"),
+        "{body}"
+    );
     w.destroy().await.unwrap();
     assert!(!Path::new("/sys/class/net").join(&link).exists());
     assert!(!netns.exists());
@@ -175,10 +235,19 @@ async fn a_bridged_worker_answers_at_its_address() {
 async fn sigterm_reaches_the_program() {
     let t = TestSandbox::new(7);
     let out = t.dir.path().join("out.txt");
-    let mut spec = sh(&t, "term", "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 1; done");
+    let mut spec = sh(
+        &t,
+        "term",
+        "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 1; done",
+    );
     output_to(&mut spec, &out);
     let mut w = t.sandbox.spawn(spec).await.unwrap();
-    eventually("trap set", || std::fs::read_to_string(&out).ok().filter(|s| s.contains("ready"))).await;
+    eventually("trap set", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.contains("ready"))
+    })
+    .await;
     let exit = w.stop(Duration::from_secs(30)).await.unwrap();
     assert_eq!(exit.status, ExitStatus::Code(42));
     assert!(!exit.oom_killed);
@@ -191,10 +260,19 @@ async fn sigterm_reaches_the_program() {
 async fn a_program_ignoring_sigterm_is_killed_after_the_grace() {
     let t = TestSandbox::new(8);
     let out = t.dir.path().join("out.txt");
-    let mut spec = sh(&t, "stubborn", "trap '' TERM; echo ready; while :; do sleep 1; done");
+    let mut spec = sh(
+        &t,
+        "stubborn",
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    );
     output_to(&mut spec, &out);
     let mut w = t.sandbox.spawn(spec).await.unwrap();
-    eventually("trap set", || std::fs::read_to_string(&out).ok().filter(|s| s.contains("ready"))).await;
+    eventually("trap set", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.contains("ready"))
+    })
+    .await;
     let exit = w.stop(Duration::from_millis(300)).await.unwrap();
     assert_eq!(exit.status, ExitStatus::Signal(9));
     w.destroy().await.unwrap();
@@ -205,19 +283,42 @@ async fn a_program_ignoring_sigterm_is_killed_after_the_grace() {
 async fn bad_specs_fail_clearly_and_leave_nothing() {
     let t = TestSandbox::new(9);
     let cases: Vec<(WorkerSpec, &str)> = vec![
-        (WorkerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"), "`rootfs`"),
-        (sh(&t, "b", "").tap(|s| s.command = "/bin/nothing-here".into()), "`command`"),
-        (sh(&t, "c", "").tap(|s| s.user = Some("mallory".into())), "unknown user \"mallory\""),
-        (sh(&t, "d", "").tap(|s| s.limits.pids = Some(0)), "limits.pids"),
-        (sh(&t, "e", "").tap(|s| s.limits.memory_bytes = Some(1)), "limits.memory_bytes"),
-        (sh(&t, "f", "").tap(|s| s.workdir = "/no/such/dir".into()), "workdir /no/such/dir"),
-        (sh(&t, "g", "").tap(|s| s.network = NetworkMode::Bridged).tap(|s| {
-            s.mounts.push(poold::sandbox::BindMount {
-                source: "/etc/hostname-does-not-exist".into(),
-                target: "/x".into(),
-                read_only: true,
-            })
-        }), "mounts.source"),
+        (
+            WorkerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"),
+            "`rootfs`",
+        ),
+        (
+            sh(&t, "b", "").tap(|s| s.command = "/bin/nothing-here".into()),
+            "`command`",
+        ),
+        (
+            sh(&t, "c", "").tap(|s| s.user = Some("mallory".into())),
+            "unknown user \"mallory\"",
+        ),
+        (
+            sh(&t, "d", "").tap(|s| s.limits.pids = Some(0)),
+            "limits.pids",
+        ),
+        (
+            sh(&t, "e", "").tap(|s| s.limits.memory_bytes = Some(1)),
+            "limits.memory_bytes",
+        ),
+        (
+            sh(&t, "f", "").tap(|s| s.workdir = "/no/such/dir".into()),
+            "workdir /no/such/dir",
+        ),
+        (
+            sh(&t, "g", "")
+                .tap(|s| s.network = NetworkMode::Bridged)
+                .tap(|s| {
+                    s.mounts.push(poold::sandbox::BindMount {
+                        source: "/etc/hostname-does-not-exist".into(),
+                        target: "/x".into(),
+                        read_only: true,
+                    })
+                }),
+            "mounts.source",
+        ),
     ];
     for (spec, want) in cases {
         let e = t.sandbox.spawn(spec).await.unwrap_err();
@@ -263,10 +364,16 @@ async fn tarball_and_host_roots_run() {
     let mut w = t.sandbox.spawn(spec).await.unwrap();
     assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
     w.destroy().await.unwrap();
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello from the worker\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "hello from the worker\n"
+    );
 
     let mut spec = WorkerSpec::new("host", RootFs::Host, "/bin/sh");
-    spec.args = vec!["-c".into(), "test -e /work && exit 3; test -e /usr/bin && exit 0; exit 4".into()];
+    spec.args = vec![
+        "-c".into(),
+        "test -e /work && exit 3; test -e /usr/bin && exit 0; exit 4".into(),
+    ];
     spec.network = NetworkMode::Isolated;
     let mut w = t.sandbox.spawn(spec).await.unwrap();
     assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
@@ -289,7 +396,10 @@ async fn cleanup_orphans_removes_what_a_crashed_run_left() {
     // A crash: the handle vanishes without teardown.
     std::mem::forget(w);
     let report = t.sandbox.cleanup_orphans().await.unwrap();
-    assert!(report.cgroups.iter().any(|c| c.ends_with(&id)), "{report:?}");
+    assert!(
+        report.cgroups.iter().any(|c| c.ends_with(&id)),
+        "{report:?}"
+    );
     assert!(report.links.iter().any(|l| l.ends_with(&id)), "{report:?}");
     assert_eq!(report.netns.len(), 1, "{report:?}");
     assert_eq!(report.worker_dirs.len(), 1, "{report:?}");

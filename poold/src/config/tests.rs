@@ -18,7 +18,7 @@ fn error_text(text: &str) -> String {
 const MINIMAL: &str = r#"
 [[service]]
 name = "web"
-listen = "10.213.255.1:80"
+listen = "10.212.0.1:80"
 workers = 2
 port = 8080
 rootfs = "host"
@@ -88,7 +88,7 @@ fn fully_populated() -> Config {
         network: NetworkConfig { bridge, subnet },
         services: vec![ServiceConfig {
             name: "web".into(),
-            listen: "10.213.255.1:80".parse().unwrap(),
+            listen: "10.212.0.1:80".parse().unwrap(),
             protocol: Protocol::Tcp,
             scheduler: "wlc".into(),
             workers: 1,
@@ -265,7 +265,7 @@ fn semantic_errors_name_line_and_key() {
 
     let twice = format!(
         "{MINIMAL}{}",
-        MINIMAL.replace("10.213.255.1:80", "10.213.255.2:80")
+        MINIMAL.replace("10.212.0.1:80", "10.212.0.2:80")
     );
     let message = error_text(&twice);
     assert!(
@@ -282,7 +282,7 @@ fn loopback_vip_refused_for_ipvs_with_reason() {
             "[[service]]",
             "[daemon]\nbalancer = \"ipvs\"\n\n[[service]]",
         )
-        .replace("10.213.255.1:80", "127.0.0.1:80");
+        .replace("10.212.0.1:80", "127.0.0.1:80");
     let message = error_text(&text);
     assert!(
         message.starts_with(
@@ -324,4 +324,10 @@ fn defaulted_key_is_located_at_its_table() {
     let text = format!("{MINIMAL}\n[service.recycle]\nmax_lifetime = \"30s\"\n");
     let message = error_text(&text);
     assert!(message.starts_with("/etc/poold.toml:10:10: service[0].recycle.min_lifetime: 1m is longer than max_lifetime (30s)"), "{message}");
+}
+
+#[test]
+fn listen_inside_the_worker_subnet_is_refused() {
+    let message = error_text(&MINIMAL.replace("10.212.0.1:80", "10.213.0.9:80"));
+    assert!(message.starts_with("/etc/poold.toml:4:1: service[0].listen: 10.213.0.9:80 is inside the worker subnet 10.213.0.0/16"), "{message}");
 }

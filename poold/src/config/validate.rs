@@ -161,13 +161,24 @@ fn validate_service(
             ),
         );
     }
+    if let IpAddr::V4(ip) = service.listen.ip() {
+        if config.network.subnet.contains(&ip) {
+            push(
+                at("listen"),
+                format!(
+                    "{} is inside the worker subnet {} (network.subnet); pick a virtual address outside it",
+                    service.listen, config.network.subnet
+                ),
+            );
+        }
+    }
     if config.daemon.balancer == BalancerChoice::Ipvs && is_loopback(service.listen.ip()) {
         push(
             at("listen"),
             format!(
                 "{} is a loopback address, which cannot be an IPVS virtual address: the kernel drops \
                  loopback-sourced packets that MASQ routes to another network namespace. Use an \
-                 address poold can bind as /32 to its dummy device (e.g. 10.213.255.1:{}), or \
+                 address poold can bind as /32 to its dummy device (e.g. 10.212.0.1:{}), or \
                  balancer = \"proxy\"",
                 service.listen,
                 service.listen.port()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn status_and_recycle_with_wait_over_the_socket() {
-    let text = "[[service]]\nname = \"web\"\nlisten = \"10.213.255.1:80\"\nworkers = 2\nport = 8080\n\
+    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 2\nport = 8080\n\
                 rootfs = \"host\"\ncommand = [\"/bin/app\"]\n[service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
     let service = Config::parse(text, Path::new("t.toml"))
         .unwrap()
@@ -60,7 +60,7 @@ async fn status_and_recycle_with_wait_over_the_socket() {
     let before: Vec<u64> = status[0].workers.iter().map(|w| w.id).collect();
     let table = render::status_table(&status);
     assert!(
-        table.contains("web  listen 10.213.255.1:80  balancer proxy  ready 2/2"),
+        table.contains("web  listen 10.212.0.1:80  balancer proxy  ready 2/2"),
         "{table}"
     );
     assert_eq!(

@@ -45,8 +45,11 @@ pub(crate) struct WorkerCgroup {
 }
 
 fn controllers(v2: bool) -> Vec<String> {
-    let list: &[&str] =
-        if v2 { &["memory", "cpu", "pids"] } else { &["memory", "cpu", "cpuacct", "pids", "freezer"] };
+    let list: &[&str] = if v2 {
+        &["memory", "cpu", "pids"]
+    } else {
+        &["memory", "cpu", "cpuacct", "pids", "freezer"]
+    };
     list.iter().map(|s| s.to_string()).collect()
 }
 
@@ -61,7 +64,8 @@ impl WorkerCgroup {
     pub(crate) fn create(parent: &str, id: &str, limits: &Limits) -> Result<Self> {
         let name = format!("{parent}/{id}");
         let cg = load(&name);
-        cg.create().map_err(|e| SandboxError::cgroup(&name, "create", e))?;
+        cg.create()
+            .map_err(|e| SandboxError::cgroup(&name, "create", e))?;
         let this = WorkerCgroup { cg, name };
         if let Err(e) = this.apply(limits) {
             let _ = this.destroy();
@@ -73,14 +77,19 @@ impl WorkerCgroup {
     /// Handle of an existing worker cgroup (for orphan cleanup).
     pub(crate) fn open(parent: &str, id: &str) -> Self {
         let name = format!("{parent}/{id}");
-        WorkerCgroup { cg: load(&name), name }
+        WorkerCgroup {
+            cg: load(&name),
+            name,
+        }
     }
 
     fn apply(&self, limits: &Limits) -> Result<()> {
-        let err = |what| move |e: cgroups_rs::fs::error::Error| SandboxError::cgroup(&self.name, what, e);
+        let err =
+            |what| move |e: cgroups_rs::fs::error::Error| SandboxError::cgroup(&self.name, what, e);
         if let Some(bytes) = limits.memory_bytes {
             let mem: &MemController = self.controller("memory")?;
-            mem.set_limit(bytes as i64).map_err(err("set memory limit"))?;
+            mem.set_limit(bytes as i64)
+                .map_err(err("set memory limit"))?;
             // No swap for workers: the limit must mean OOM, not swapping (v2 only; v1's
             // memsw files exist only with swap accounting).
             if self.cg.v2() {
@@ -96,7 +105,8 @@ impl WorkerCgroup {
         }
         if let Some(n) = limits.pids {
             let pids: &PidController = self.controller("pids")?;
-            pids.set_pid_max(MaxValue::Value(n as i64)).map_err(err("set pids limit"))?;
+            pids.set_pid_max(MaxValue::Value(n as i64))
+                .map_err(err("set pids limit"))?;
         }
         Ok(())
     }
@@ -106,9 +116,9 @@ impl WorkerCgroup {
         &'a T: From<&'a cgroups_rs::fs::Subsystem>,
         T: Controller + cgroups_rs::fs::ControllIdentifier,
     {
-        self.cg
-            .controller_of::<T>()
-            .ok_or_else(|| SandboxError::cgroup(&self.name, "find controller", format!("{what} not mounted")))
+        self.cg.controller_of::<T>().ok_or_else(|| {
+            SandboxError::cgroup(&self.name, "find controller", format!("{what} not mounted"))
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -151,7 +161,11 @@ impl WorkerCgroup {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        Err(SandboxError::cgroup(&self.name, "kill", format!("processes left: {:?}", self.procs())))
+        Err(SandboxError::cgroup(
+            &self.name,
+            "kill",
+            format!("processes left: {:?}", self.procs()),
+        ))
     }
 
     fn kill_listed(&self) {
@@ -166,16 +180,26 @@ impl WorkerCgroup {
     /// Kills everything in the cgroup and removes it.
     pub(crate) fn destroy(&self) -> Result<()> {
         self.kill_all()?;
-        self.cg.delete().map_err(|e| SandboxError::cgroup(&self.name, "delete", e))
+        self.cg
+            .delete()
+            .map_err(|e| SandboxError::cgroup(&self.name, "delete", e))
     }
 
     /// A reader of this cgroup's usage files.
     pub(crate) fn reader(&self) -> CgroupReader {
         let path_of = |c: Option<&dyn Controller>| c.map(|c| c.path().to_path_buf());
         let v2 = self.cg.v2();
-        let mem = path_of(self.cg.controller_of::<MemController>().map(|c| c as &dyn Controller));
+        let mem = path_of(
+            self.cg
+                .controller_of::<MemController>()
+                .map(|c| c as &dyn Controller),
+        );
         let cpu = if v2 {
-            path_of(self.cg.controller_of::<CpuController>().map(|c| c as &dyn Controller))
+            path_of(
+                self.cg
+                    .controller_of::<CpuController>()
+                    .map(|c| c as &dyn Controller),
+            )
         } else {
             path_of(
                 self.cg
@@ -183,14 +207,21 @@ impl WorkerCgroup {
                     .map(|c| c as &dyn Controller),
             )
         };
-        CgroupReader { v2, memory_dir: mem, cpu_dir: cpu }
+        CgroupReader {
+            v2,
+            memory_dir: mem,
+            cpu_dir: cpu,
+        }
     }
 }
 
 /// Names of the worker cgroups under `parent` (for orphan cleanup).
 pub(crate) fn list_children(parent: &str) -> Vec<String> {
     let cg = load(parent);
-    let Some(dir) = cg.controller_of::<PidController>().map(|c| c.path().to_path_buf()) else {
+    let Some(dir) = cg
+        .controller_of::<PidController>()
+        .map(|c| c.path().to_path_buf())
+    else {
         return Vec::new();
     };
     std::fs::read_dir(dir)
@@ -226,7 +257,11 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 impl CgroupReader {
     /// A reader with no files (all zero).
     pub(crate) fn empty() -> Self {
-        CgroupReader { v2: false, memory_dir: None, cpu_dir: None }
+        CgroupReader {
+            v2: false,
+            memory_dir: None,
+            cpu_dir: None,
+        }
     }
 }
 

@@ -32,11 +32,19 @@ pub enum SandboxError {
 
     /// A cgroup operation failed.
     #[error("cgroup {cgroup}: {action}: {reason}")]
-    Cgroup { cgroup: String, action: &'static str, reason: String },
+    Cgroup {
+        cgroup: String,
+        action: &'static str,
+        reason: String,
+    },
 
     /// A netlink / network namespace operation failed.
     #[error("network: {action} ({object}): {reason}")]
-    Network { action: &'static str, object: String, reason: String },
+    Network {
+        action: &'static str,
+        object: String,
+        reason: String,
+    },
 
     /// The address pool of the service subnet is exhausted (free addresses may be quarantined).
     #[error("no free address in {subnet} ({quarantined} in quarantine)")]
@@ -69,24 +77,50 @@ pub enum SandboxError {
 
     /// Some teardown steps failed; each entry names the object and the error.
     #[error("worker {worker}: teardown incomplete: {}", failures.join("; "))]
-    Teardown { worker: String, failures: Vec<String> },
+    Teardown {
+        worker: String,
+        failures: Vec<String>,
+    },
 }
 
 impl SandboxError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        SandboxError::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        SandboxError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn spec(field: &'static str, reason: impl Into<String>) -> Self {
-        SandboxError::InvalidSpec { field, reason: reason.into() }
+        SandboxError::InvalidSpec {
+            field,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn cgroup(cgroup: &str, action: &'static str, reason: impl ToString) -> Self {
-        SandboxError::Cgroup { cgroup: cgroup.to_string(), action, reason: reason.to_string() }
+        SandboxError::Cgroup {
+            cgroup: cgroup.to_string(),
+            action,
+            reason: reason.to_string(),
+        }
     }
 
-    pub(crate) fn net(action: &'static str, object: impl Into<String>, reason: impl ToString) -> Self {
-        SandboxError::Network { action, object: object.into(), reason: reason.to_string() }
+    pub(crate) fn net(
+        action: &'static str,
+        object: impl Into<String>,
+        reason: impl ToString,
+    ) -> Self {
+        SandboxError::Network {
+            action,
+            object: object.into(),
+            reason: reason.to_string(),
+        }
     }
 }
 

@@ -38,8 +38,13 @@ use super::sys;
 pub const HELPER_ARG: &str = "__poold-worker-init";
 
 /// Signals the helper and the init forward to the program.
-pub(crate) const FORWARDED: [Signal; 5] =
-    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+pub(crate) const FORWARDED: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,13 +260,24 @@ fn mnt(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    mount(src, target, fstype, flags, data)
-        .map_err(|e| format!("mount {} on {} ({flags:?}): {e}", src.unwrap_or("-"), target.display()))
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {} on {} ({flags:?}): {e}",
+            src.unwrap_or("-"),
+            target.display()
+        )
+    })
 }
 
 fn bind(src: &Path, target: &Path, read_only: bool) -> Result<(), String> {
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| format!("bind {} on {}: {e}", src.display(), target.display()))?;
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} on {}: {e}", src.display(), target.display()))?;
     if read_only {
         mnt(
             None,
@@ -280,8 +296,14 @@ fn inside(root: &Path, inner: &Path) -> Result<PathBuf, String> {
     let mut p = root.to_path_buf();
     for c in inner.components().skip(1) {
         p.push(c);
-        if p.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
-            return Err(format!("{} goes through a symlink in the root", inner.display()));
+        if p.symlink_metadata()
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
+            return Err(format!(
+                "{} goes through a symlink in the root",
+                inner.display()
+            ));
         }
     }
     Ok(p)
@@ -299,7 +321,13 @@ const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "et
 
 fn build_root(plan: &HelperPlan) -> Result<(), String> {
     let root = &plan.merged;
-    mnt(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
     match &plan.root {
         RootPlan::Overlay { lower, upper, work } => {
             let opts = format!(
@@ -308,15 +336,29 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
                 upper.display(),
                 work.display()
             );
-            mnt(Some("overlay"), root, Some("overlay"), MsFlags::empty(), Some(&opts))?;
+            mnt(
+                Some("overlay"),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&opts),
+            )?;
             write_etc_file(root, "resolv.conf", plan.resolv_conf.as_deref())?;
             write_etc_file(root, "hosts", Some(&plan.hosts))?;
         }
         RootPlan::Host => {
-            mnt(Some("tmpfs"), root, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=16m"))?;
+            mnt(
+                Some("tmpfs"),
+                root,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID,
+                Some("mode=755,size=16m"),
+            )?;
             for d in HOST_DIRS {
                 let host = Path::new("/").join(d);
-                let Ok(meta) = host.symlink_metadata() else { continue };
+                let Ok(meta) = host.symlink_metadata() else {
+                    continue;
+                };
                 let target = root.join(d);
                 if meta.file_type().is_symlink() {
                     let to = fs::read_link(&host).map_err(|e| format!("readlink {d}: {e}"))?;
@@ -327,8 +369,11 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
                 }
             }
             mkdir_p(&root.join("tmp"), 0o1777)?;
-            fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-                .map_err(|e| format!("chmod /tmp: {e}"))?;
+            fs::set_permissions(
+                root.join("tmp"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+            )
+            .map_err(|e| format!("chmod /tmp: {e}"))?;
         }
     }
     for m in &plan.mounts {
@@ -351,7 +396,13 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
     if plan.read_only_root {
         let tmp = inside(root, Path::new("/tmp"))?;
         mkdir_p(&tmp, 0o1777)?;
-        mnt(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+        mnt(
+            Some("tmpfs"),
+            &tmp,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        )?;
     }
     enter_root(root)?;
     if plan.read_only_root || matches!(plan.root, RootPlan::Host) {
@@ -368,7 +419,9 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
 }
 
 fn write_etc_file(root: &Path, name: &str, content: Option<&[u8]>) -> Result<(), String> {
-    let Some(content) = content else { return Ok(()) };
+    let Some(content) = content else {
+        return Ok(());
+    };
     let etc = inside(root, Path::new("/etc"))?;
     mkdir_p(&etc, 0o755)?;
     let path = etc.join(name);
@@ -388,7 +441,13 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 fn build_dev(dev: &Path) -> Result<(), String> {
     mkdir_p(dev, 0o755)?;
-    mnt(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755,size=64k"))?;
+    mnt(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=64k"),
+    )?;
     for d in DEVICES {
         let target = dev.join(d);
         fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
@@ -502,7 +561,11 @@ fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
     let uid = Uid::from_raw(u.uid);
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid {}: {e}", u.uid))?;
     // Effective first: it must stay a subset of permitted at every step.
-    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
+    for set in [
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+        caps::CapSet::Inheritable,
+    ] {
         caps::set(None, set, &keep).map_err(|e| format!("setting {set:?} caps: {e}"))?;
     }
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("ambient caps: {e}"))?;

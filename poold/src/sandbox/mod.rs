@@ -28,7 +28,7 @@ pub use error::{Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use spec::{
-    BindMount, Limits, NetworkMode, Output, RlimitResource, Rlimit, RootFs, WorkerSpec,
+    BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
 };
 
 use std::net::Ipv4Addr;
@@ -137,15 +137,27 @@ impl Sandbox {
 
     /// As [`Sandbox::new`], with the clock used for address quarantine.
     pub fn with_clock(config: SandboxConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        let bad = |field, reason: &str| SandboxError::InvalidConfig { field, reason: reason.into() };
+        let bad = |field, reason: &str| SandboxError::InvalidConfig {
+            field,
+            reason: reason.into(),
+        };
         if !config.link_prefix.starts_with("pd") || config.link_prefix.len() > 7 {
-            return Err(bad("link_prefix", "must start with `pd` and have at most 7 chars"));
+            return Err(bad(
+                "link_prefix",
+                "must start with `pd` and have at most 7 chars",
+            ));
         }
         if config.cgroup_parent.is_empty() || config.cgroup_parent.starts_with('/') {
-            return Err(bad("cgroup_parent", "must be a non-empty relative cgroup path"));
+            return Err(bad(
+                "cgroup_parent",
+                "must be a non-empty relative cgroup path",
+            ));
         }
         if !config.state_dir.is_absolute() || !config.image_cache.is_absolute() {
-            return Err(bad("state_dir", "state_dir and image_cache must be absolute"));
+            return Err(bad(
+                "state_dir",
+                "state_dir and image_cache must be absolute",
+            ));
         }
         let addresses = match &config.bridge {
             Some(b) => {
@@ -155,11 +167,21 @@ impl Sandbox {
                 if b.subnet.prefix_len() > 29 {
                     return Err(bad("bridge.subnet", "needs a prefix of /29 or shorter"));
                 }
-                Some(Mutex::new(AddressAllocator::new(b.subnet, b.quarantine, clock)))
+                Some(Mutex::new(AddressAllocator::new(
+                    b.subnet,
+                    b.quarantine,
+                    clock,
+                )))
             }
             None => None,
         };
-        Ok(Sandbox { inner: Arc::new(Inner { config, addresses, bridge_ready: Mutex::new(false) }) })
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                config,
+                addresses,
+                bridge_ready: Mutex::new(false),
+            }),
+        })
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -177,7 +199,10 @@ impl Sandbox {
         let (id2, spec2) = (id.clone(), spec.clone());
         let (plan, resources) = tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
             .await
-            .map_err(|e| SandboxError::Setup { worker: id.clone(), reason: e.to_string() })??;
+            .map_err(|e| SandboxError::Setup {
+                worker: id.clone(),
+                reason: e.to_string(),
+            })??;
         start(resources, plan, &spec).await
     }
 
@@ -189,7 +214,10 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
             .await
-            .map_err(|e| SandboxError::Teardown { worker: "*".into(), failures: vec![e.to_string()] })?
+            .map_err(|e| SandboxError::Teardown {
+                worker: "*".into(),
+                failures: vec![e.to_string()],
+            })?
     }
 
     /// Blocking [`Sandbox::cleanup_orphans`], for Drop guards and non-async callers.
@@ -207,8 +235,14 @@ impl Sandbox {
 
     /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
     pub async fn remove_bridge(&self) -> Result<()> {
-        let Some(b) = self.inner.config.bridge.clone() else { return Ok(()) };
-        *self.inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        let Some(b) = self.inner.config.bridge.clone() else {
+            return Ok(());
+        };
+        *self
+            .inner
+            .bridge_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = false;
         tokio::task::spawn_blocking(move || net::delete_link(&b.name))
             .await
             .map_err(|e| SandboxError::net("delete bridge", "", e))?
@@ -252,7 +286,10 @@ impl Resources {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(SandboxError::Teardown { worker: self.id.clone(), failures })
+            Err(SandboxError::Teardown {
+                worker: self.id.clone(),
+                failures,
+            })
         }
     }
 }
@@ -284,7 +321,10 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
     let user = spec::resolve_user(spec.user.as_deref(), &etc)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
-        return Err(SandboxError::spec("network", "bridged needs a bridge in the sandbox config"));
+        return Err(SandboxError::spec(
+            "network",
+            "bridged needs a bridge in the sandbox config",
+        ));
     }
     let mut res = Resources {
         id: id.clone(),
@@ -300,13 +340,19 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
     }
-    res.cgroup = Some(Arc::new(WorkerCgroup::create(&cfg.cgroup_parent, &id, &spec.limits)?));
+    res.cgroup = Some(Arc::new(WorkerCgroup::create(
+        &cfg.cgroup_parent,
+        &id,
+        &spec.limits,
+    )?));
     let netns = match spec.network {
         NetworkMode::Host => NetnsPlan::Host,
         NetworkMode::Isolated => NetnsPlan::New,
         NetworkMode::Bridged => {
             let (b, alloc) = (cfg.bridge.as_ref(), inner.addresses.as_ref());
-            let (Some(b), Some(alloc)) = (b, alloc) else { unreachable!("checked above") };
+            let (Some(b), Some(alloc)) = (b, alloc) else {
+                unreachable!("checked above")
+            };
             {
                 let mut ready = inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner());
                 if !*ready {
@@ -318,12 +364,18 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             res.address = Some(addr);
             let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
             let link = format!("{}{id}", cfg.link_prefix);
-            res.net = Some(net::setup_worker_net(&path, &link, &b.name, b.subnet, addr)?);
+            res.net = Some(net::setup_worker_net(
+                &path, &link, &b.name, b.subnet, addr,
+            )?);
             NetnsPlan::Join(path)
         }
     };
-    let mut hosts = read_host_file("/etc/hosts").unwrap_or_else(|| b"127.0.0.1 localhost\n".to_vec());
-    let me = res.address.map(|a| a.to_string()).unwrap_or_else(|| "127.0.1.1".into());
+    let mut hosts =
+        read_host_file("/etc/hosts").unwrap_or_else(|| b"127.0.0.1 localhost\n".to_vec());
+    let me = res
+        .address
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.1.1".into());
     hosts.extend_from_slice(format!("\n{me} {}\n", spec.hostname()).as_bytes());
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
@@ -337,7 +389,9 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         },
         merged,
         read_only_root: spec.read_only_root,
-        argv: std::iter::once(argv0).chain(spec.args.iter().cloned()).collect(),
+        argv: std::iter::once(argv0)
+            .chain(spec.args.iter().cloned())
+            .collect(),
         env,
         workdir: spec.workdir.clone(),
         user,
@@ -362,7 +416,9 @@ fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
                 .append(true)
                 .open(p)
                 .map_err(|e| SandboxError::io("open output", p, e))?;
-            let g = f.try_clone().map_err(|e| SandboxError::io("dup output", p, e))?;
+            let g = f
+                .try_clone()
+                .map_err(|e| SandboxError::io("dup output", p, e))?;
             (Stdio::from(f), Stdio::from(g))
         }
     })
@@ -374,9 +430,12 @@ type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
 /// Ready.
 async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Worker> {
     let id = res.id.clone();
-    let ctl_err = |reason: String| SandboxError::Control { worker: id.clone(), reason };
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| ctl_err(format!("socketpair: {e}")))?;
+    let ctl_err = |reason: String| SandboxError::Control {
+        worker: id.clone(),
+        reason,
+    };
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| ctl_err(format!("socketpair: {e}")))?;
     let (out, err) = output_stdio(&spec.output)?;
     let exe = &res.inner.config.helper_exe;
     let child = tokio::process::Command::new(exe)
@@ -386,7 +445,10 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| SandboxError::HelperSpawn { exe: exe.clone(), source: e })?;
+        .map_err(|e| SandboxError::HelperSpawn {
+            exe: exe.clone(),
+            source: e,
+        })?;
     let pid = child.id().unwrap_or(0);
     let mut worker = Worker {
         id: id.clone(),
@@ -402,12 +464,15 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
     if let Some(cg) = &worker.res.cgroup {
         cg.attach(pid)?;
     }
-    ours.set_nonblocking(true).map_err(|e| ctl_err(e.to_string()))?;
+    ours.set_nonblocking(true)
+        .map_err(|e| ctl_err(e.to_string()))?;
     let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| ctl_err(e.to_string()))?;
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_string(&plan).map_err(|e| ctl_err(e.to_string()))?;
     line.push('\n');
-    wr.write_all(line.as_bytes()).await.map_err(|e| ctl_err(format!("sending plan: {e}")))?;
+    wr.write_all(line.as_bytes())
+        .await
+        .map_err(|e| ctl_err(format!("sending plan: {e}")))?;
     drop(wr);
     let mut lines = BufReader::new(rd).lines();
     match lines.next_line().await {
@@ -487,7 +552,10 @@ impl Worker {
 
     /// Host-side veth name and network namespace path (bridged workers only).
     pub fn net_objects(&self) -> Option<(&str, &Path)> {
-        self.res.net.as_ref().map(|n| (n.host_link.as_str(), n.netns.as_path()))
+        self.res
+            .net
+            .as_ref()
+            .map(|n| (n.host_link.as_str(), n.netns.as_path()))
     }
 
     /// Reader of this worker's cgroup usage (memory, CPU time, OOM kills).
@@ -505,7 +573,11 @@ impl Worker {
             return Ok(());
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).map_err(|e| {
-            SandboxError::Signal { worker: self.id.clone(), signal: signal.to_string(), source: e }
+            SandboxError::Signal {
+                worker: self.id.clone(),
+                signal: signal.to_string(),
+                source: e,
+            }
         })
     }
 
@@ -529,7 +601,11 @@ impl Worker {
         };
         let status = status.unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
-            match helper.and_then(|h| h.code().map(ExitStatus::Code).or(h.signal().map(ExitStatus::Signal))) {
+            match helper.and_then(|h| {
+                h.code()
+                    .map(ExitStatus::Code)
+                    .or(h.signal().map(ExitStatus::Signal))
+            }) {
                 Some(s) => s,
                 None => ExitStatus::Signal(libc::SIGKILL),
             }
@@ -594,7 +670,14 @@ impl Worker {
 impl Resources {
     /// An empty placeholder (nothing to tear down).
     fn detached(r: &Resources) -> Resources {
-        Resources { id: r.id.clone(), inner: r.inner.clone(), dir: None, cgroup: None, net: None, address: None }
+        Resources {
+            id: r.id.clone(),
+            inner: r.inner.clone(),
+            dir: None,
+            cgroup: None,
+            net: None,
+            address: None,
+        }
     }
 }
 
@@ -626,7 +709,10 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             .unwrap_or_default()
     };
     for ns in list(&cfg.state_dir.join("netns")) {
-        if ns.file_name().is_some_and(|n| n.to_string_lossy().starts_with("poold-")) {
+        if ns
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("poold-"))
+        {
             match net::delete_netns(&ns) {
                 Ok(()) => report.netns.push(ns),
                 Err(e) => failures.push(e.to_string()),
@@ -641,7 +727,9 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         }
     }
     for d in list(&cfg.image_cache) {
-        if d.file_name().is_some_and(|n| n.to_string_lossy().starts_with(rootfs::TMP_PREFIX)) {
+        if d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(rootfs::TMP_PREFIX))
+        {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => report.image_temp_dirs.push(d),
                 Err(e) => failures.push(format!("remove {}: {e}", d.display())),
@@ -649,7 +737,10 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         }
     }
     if !failures.is_empty() {
-        return Err(SandboxError::Teardown { worker: "orphans".into(), failures });
+        return Err(SandboxError::Teardown {
+            worker: "orphans".into(),
+            failures,
+        });
     }
     if report != CleanupReport::default() {
         tracing::info!(?report, "removed orphans of an earlier run");

@@ -77,7 +77,9 @@ impl AddressAllocator {
 
     fn host_count(&self) -> u32 {
         // Offsets 1..=last usable; the broadcast address is excluded.
-        (1u64 << (32 - self.subnet.prefix_len())).saturating_sub(1).min(u32::MAX as u64) as u32
+        (1u64 << (32 - self.subnet.prefix_len()))
+            .saturating_sub(1)
+            .min(u32::MAX as u64) as u32
     }
 
     /// Takes an address: a never-used one if any, else the longest-released one whose
@@ -142,7 +144,8 @@ where
     let netns = netns.map(Path::to_path_buf);
     std::thread::spawn(move || -> Result<T> {
         if let Some(ns) = &netns {
-            let file = std::fs::File::open(ns).map_err(|e| SandboxError::io("open netns", ns, e))?;
+            let file =
+                std::fs::File::open(ns).map_err(|e| SandboxError::io("open netns", ns, e))?;
             setns(&file, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| SandboxError::net("setns", ns.display().to_string(), e))?;
         }
@@ -151,8 +154,8 @@ where
             .build()
             .map_err(|e| SandboxError::net("runtime", "netlink", e))?;
         rt.block_on(async move {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|e| SandboxError::net("connect", "rtnetlink", e))?;
+            let (conn, handle, _) = rtnetlink::new_connection()
+                .map_err(|e| SandboxError::net("connect", "rtnetlink", e))?;
             let task = tokio::spawn(conn);
             let out = f(handle).await;
             task.abort();
@@ -164,7 +167,14 @@ where
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
-    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(m) => Ok(m.map(|m| m.header.index)),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(SandboxError::net("get link", name, e)),
@@ -190,9 +200,18 @@ pub(crate) fn ensure_bridge(name: &str, subnet: Ipv4Net) -> Result<()> {
             }
         };
         let gw = gateway_of(subnet);
-        match h.address().add(index, IpAddr::V4(gw), subnet.prefix_len()).execute().await {
+        match h
+            .address()
+            .add(index, IpAddr::V4(gw), subnet.prefix_len())
+            .execute()
+            .await
+        {
             Err(e) if errno(&e) != Some(libc::EEXIST) => {
-                return Err(SandboxError::net("add bridge address", format!("{name} {gw}"), e))
+                return Err(SandboxError::net(
+                    "add bridge address",
+                    format!("{name} {gw}"),
+                    e,
+                ))
             }
             _ => {}
         }
@@ -208,9 +227,13 @@ pub(crate) fn ensure_bridge(name: &str, subnet: Ipv4Net) -> Result<()> {
 pub(crate) fn delete_link(name: &str) -> Result<()> {
     let name = name.to_string();
     with_netlink(None, move |h| async move {
-        let Some(index) = link_index(&h, &name).await? else { return Ok(()) };
+        let Some(index) = link_index(&h, &name).await? else {
+            return Ok(());
+        };
         match h.link().del(index).execute().await {
-            Err(e) if errno(&e) != Some(libc::ENODEV) => Err(SandboxError::net("delete link", &name, e)),
+            Err(e) if errno(&e) != Some(libc::ENODEV) => {
+                Err(SandboxError::net("delete link", &name, e))
+            }
             _ => Ok(()),
         }
     })
@@ -222,7 +245,11 @@ pub(crate) fn links_with_prefix(prefix: &str) -> Result<Vec<String>> {
     with_netlink(None, move |h| async move {
         let mut names = Vec::new();
         let mut links = h.link().get().execute();
-        while let Some(m) = links.try_next().await.map_err(|e| SandboxError::net("list links", "*", e))? {
+        while let Some(m) = links
+            .try_next()
+            .await
+            .map_err(|e| SandboxError::net("list links", "*", e))?
+        {
             for a in m.attributes {
                 if let netlink_packet_route::link::LinkAttribute::IfName(n) = a {
                     if n.starts_with(&prefix) {
@@ -266,7 +293,13 @@ pub(crate) fn create_netns(path: &Path) -> Result<()> {
 pub(crate) fn delete_netns(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(SandboxError::net("unmount netns", path.display().to_string(), e)),
+        Err(e) => {
+            return Err(SandboxError::net(
+                "unmount netns",
+                path.display().to_string(),
+                e,
+            ))
+        }
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -292,11 +325,18 @@ pub(crate) fn setup_worker_net(
     subnet: Ipv4Net,
     addr: Ipv4Addr,
 ) -> Result<WorkerNet> {
-    let net = WorkerNet { netns: netns.to_path_buf(), host_link: host_link.to_string() };
+    let net = WorkerNet {
+        netns: netns.to_path_buf(),
+        host_link: host_link.to_string(),
+    };
     let made = (|| {
         create_netns(netns)?;
         let peer = format!("{}x", &host_link[..host_link.len().min(14)]);
-        let (host, br, ns) = (host_link.to_string(), bridge.to_string(), netns.to_path_buf());
+        let (host, br, ns) = (
+            host_link.to_string(),
+            bridge.to_string(),
+            netns.to_path_buf(),
+        );
         let peer2 = peer.clone();
         with_netlink(None, move |h| async move {
             h.link()
@@ -307,7 +347,11 @@ pub(crate) fn setup_worker_net(
             let nsfile = std::fs::File::open(&ns).map_err(|e| SandboxError::io("open", &ns, e))?;
             use std::os::fd::AsRawFd;
             h.link()
-                .set(LinkUnspec::new_with_name(&peer).setns_by_fd(nsfile.as_raw_fd()).build())
+                .set(
+                    LinkUnspec::new_with_name(&peer)
+                        .setns_by_fd(nsfile.as_raw_fd())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("move veth peer", &peer, e))?;
@@ -315,13 +359,20 @@ pub(crate) fn setup_worker_net(
                 .await?
                 .ok_or_else(|| SandboxError::net("find bridge", &br, "missing"))?;
             h.link()
-                .set(LinkUnspec::new_with_name(&host).controller(bridge_index).up().build())
+                .set(
+                    LinkUnspec::new_with_name(&host)
+                        .controller(bridge_index)
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("attach veth to bridge", &host, e))
         })?;
         with_netlink(Some(netns), move |h| async move {
-            let lo = link_index(&h, "lo").await?.ok_or_else(|| SandboxError::net("find", "lo", "missing"))?;
+            let lo = link_index(&h, "lo")
+                .await?
+                .ok_or_else(|| SandboxError::net("find", "lo", "missing"))?;
             h.link()
                 .set(LinkUnspec::new_with_index(lo).up().build())
                 .execute()
@@ -346,10 +397,16 @@ pub(crate) fn setup_worker_net(
                 .await
                 .map_err(|e| SandboxError::net("set up", "eth0", e))?;
             h.route()
-                .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway_of(subnet)).build())
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(gateway_of(subnet))
+                        .build(),
+                )
                 .execute()
                 .await
-                .map_err(|e| SandboxError::net("add default route", gateway_of(subnet).to_string(), e))
+                .map_err(|e| {
+                    SandboxError::net("add default route", gateway_of(subnet).to_string(), e)
+                })
         })
     })();
     if let Err(e) = made {
@@ -387,7 +444,10 @@ mod tests {
     fn alloc(prefix: u8, q: u64) -> (AddressAllocator, Arc<FakeClock>) {
         let clock = Arc::new(FakeClock(Mutex::new(Instant::now())));
         let net: Ipv4Net = format!("10.213.9.0/{prefix}").parse().unwrap();
-        (AddressAllocator::new(net, Duration::from_secs(q), clock.clone()), clock)
+        (
+            AddressAllocator::new(net, Duration::from_secs(q), clock.clone()),
+            clock,
+        )
     }
 
     #[test]
@@ -397,7 +457,10 @@ mod tests {
         let got: Vec<_> = (0..5).map(|_| a.allocate().unwrap()).collect();
         let want: Vec<_> = (2..=6).map(|i| Ipv4Addr::new(10, 213, 9, i)).collect();
         assert_eq!(got, want);
-        assert!(matches!(a.allocate(), Err(SandboxError::AddressesExhausted { quarantined: 0, .. })));
+        assert!(matches!(
+            a.allocate(),
+            Err(SandboxError::AddressesExhausted { quarantined: 0, .. })
+        ));
     }
 
     #[test]
@@ -406,7 +469,10 @@ mod tests {
         let first = a.allocate().unwrap();
         a.release(first);
         let e = a.allocate().unwrap_err();
-        assert!(matches!(e, SandboxError::AddressesExhausted { quarantined: 1, .. }), "{e}");
+        assert!(
+            matches!(e, SandboxError::AddressesExhausted { quarantined: 1, .. }),
+            "{e}"
+        );
         clock.advance(Duration::from_secs(149));
         assert!(a.allocate().is_err());
         clock.advance(Duration::from_secs(1));
@@ -420,7 +486,10 @@ mod tests {
         a.release(x);
         clock.advance(Duration::from_secs(1000));
         let y = a.allocate().unwrap();
-        assert_ne!(x, y, "a never-used address comes first even after the quarantine");
+        assert_ne!(
+            x, y,
+            "a never-used address comes first even after the quarantine"
+        );
         a.reserve(x);
         assert!((0..11).all(|_| a.allocate().map(|n| n != x).unwrap_or(true)));
     }

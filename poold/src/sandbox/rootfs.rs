@@ -57,7 +57,11 @@ fn sha256_hex(file: &mut fs::File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(file, &mut hasher)?;
     file.rewind()?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn unpack(file: &mut fs::File, dest: &Path) -> std::io::Result<()> {
@@ -85,7 +89,10 @@ mod tests {
         let path = dir.join(if gz { "img.tar.gz" } else { "img.tar" });
         let f = fs::File::create(&path).unwrap();
         let w: Box<dyn std::io::Write> = if gz {
-            Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast()))
+            Box::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::fast(),
+            ))
         } else {
             Box::new(f)
         };
@@ -119,7 +126,13 @@ mod tests {
             assert!(again.join("marker").exists());
             let leftovers = fs::read_dir(&cache)
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(TMP_PREFIX))
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(TMP_PREFIX)
+                })
                 .count();
             assert_eq!(leftovers, 0);
         }
@@ -136,6 +149,10 @@ mod tests {
         let cache = d.path().join("cache");
         let e = prepare_image(&cache, &broken).unwrap_err();
         assert!(e.to_string().contains("broken.tar"), "{e}");
-        assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "no image and no temp dir left");
+        assert_eq!(
+            fs::read_dir(&cache).unwrap().count(),
+            0,
+            "no image and no temp dir left"
+        );
     }
 }

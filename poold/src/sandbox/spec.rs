@@ -176,12 +176,15 @@ impl WorkerSpec {
                         format!("{} must be absolute", p.display()),
                     ));
                 }
-                let meta = std::fs::metadata(p).map_err(|e| {
-                    SandboxError::spec("rootfs", format!("{}: {e}", p.display()))
-                })?;
+                let meta = std::fs::metadata(p)
+                    .map_err(|e| SandboxError::spec("rootfs", format!("{}: {e}", p.display())))?;
                 let want_dir = matches!(self.rootfs, RootFs::Dir(_));
                 if want_dir != meta.is_dir() {
-                    let what = if want_dir { "a directory" } else { "a tarball file" };
+                    let what = if want_dir {
+                        "a directory"
+                    } else {
+                        "a tarball file"
+                    };
                     return Err(SandboxError::spec(
                         "rootfs",
                         format!("{} is not {what}", p.display()),
@@ -222,19 +225,24 @@ impl WorkerSpec {
 fn check_label(field: &'static str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::spec(field, format!("{s:?}: expected 1..=63 chars of [A-Za-z0-9._-]")))
+        Err(SandboxError::spec(
+            field,
+            format!("{s:?}: expected 1..=63 chars of [A-Za-z0-9._-]"),
+        ))
     }
 }
 
 fn check_range(field: &'static str, v: Option<u64>, min: u64, max: u64) -> Result<()> {
     match v {
-        Some(v) if v < min || v > max => {
-            Err(SandboxError::spec(field, format!("{v} out of range {min}..={max}")))
-        }
+        Some(v) if v < min || v > max => Err(SandboxError::spec(
+            field,
+            format!("{v} out of range {min}..={max}"),
+        )),
         _ => Ok(()),
     }
 }
@@ -244,7 +252,10 @@ fn check_inner_path(field: &'static str, p: &Path) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::spec(field, format!("{}: expected an absolute path without ..", p.display())))
+        Err(SandboxError::spec(
+            field,
+            format!("{}: expected an absolute path without ..", p.display()),
+        ))
     }
 }
 
@@ -259,7 +270,11 @@ pub(crate) struct ResolvedUser {
 /// Resolves `user` against `etc` (the rootfs's /etc directory).
 pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUser> {
     let Some(user) = user else {
-        return Ok(ResolvedUser { uid: 0, gid: 0, groups: Vec::new() });
+        return Ok(ResolvedUser {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        });
     };
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -286,7 +301,10 @@ pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUse
         let (n, uid, gid) = pw_entry(&|f| f[0] == u).ok_or_else(|| {
             SandboxError::spec(
                 "user",
-                format!("unknown user {u:?}: not in {}", etc.join("passwd").display()),
+                format!(
+                    "unknown user {u:?}: not in {}",
+                    etc.join("passwd").display()
+                ),
             )
         })?;
         (Some(n), uid, gid)
@@ -299,12 +317,17 @@ pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUse
                 .lines()
                 .find_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse().ok())
+                        .flatten()
                 })
                 .ok_or_else(|| {
                     SandboxError::spec(
                         "user",
-                        format!("unknown group {g:?}: not in {}", etc.join("group").display()),
+                        format!(
+                            "unknown group {g:?}: not in {}",
+                            etc.join("group").display()
+                        ),
                     )
                 })?,
         },
@@ -362,7 +385,10 @@ pub(crate) fn resolve_command(spec: &WorkerSpec, lower: &Path) -> Result<String>
         .ok_or_else(|| {
             SandboxError::spec(
                 "command",
-                format!("{:?} not found in PATH {path} of the root filesystem", spec.command),
+                format!(
+                    "{:?} not found in PATH {path} of the root filesystem",
+                    spec.command
+                ),
             )
         })
 }
@@ -381,7 +407,11 @@ pub(crate) enum NetnsPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum RootPlan {
     /// overlay of `lower` with the worker's upper/work dirs.
-    Overlay { lower: PathBuf, upper: PathBuf, work: PathBuf },
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
     /// tmpfs with the host system directories bound read-only.
     Host,
 }
@@ -420,8 +450,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("group"), "root:x:0:\nwww:x:33:\nlogs:x:40:www,x\n")
-            .unwrap();
+        std::fs::write(
+            d.path().join("group"),
+            "root:x:0:\nwww:x:33:\nlogs:x:40:www,x\n",
+        )
+        .unwrap();
         d
     }
 
@@ -429,9 +462,23 @@ mod tests {
     fn users_resolve_by_name_number_and_group() {
         let d = etc();
         let r = resolve_user(Some("www"), d.path()).unwrap();
-        assert_eq!(r, ResolvedUser { uid: 33, gid: 33, groups: vec![33, 40] });
+        assert_eq!(
+            r,
+            ResolvedUser {
+                uid: 33,
+                gid: 33,
+                groups: vec![33, 40]
+            }
+        );
         let r = resolve_user(Some("1234:5"), d.path()).unwrap();
-        assert_eq!(r, ResolvedUser { uid: 1234, gid: 5, groups: vec![5] });
+        assert_eq!(
+            r,
+            ResolvedUser {
+                uid: 1234,
+                gid: 5,
+                groups: vec![5]
+            }
+        );
         let r = resolve_user(Some("www:logs"), d.path()).unwrap();
         assert_eq!(r.gid, 40);
         assert_eq!(resolve_user(None, d.path()).unwrap().uid, 0);
@@ -440,9 +487,16 @@ mod tests {
     #[test]
     fn unknown_user_or_group_names_the_file() {
         let d = etc();
-        let e = resolve_user(Some("nobody"), d.path()).unwrap_err().to_string();
-        assert!(e.contains("unknown user \"nobody\"") && e.contains("passwd"), "{e}");
-        let e = resolve_user(Some("www:nogroup"), d.path()).unwrap_err().to_string();
+        let e = resolve_user(Some("nobody"), d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown user \"nobody\"") && e.contains("passwd"),
+            "{e}"
+        );
+        let e = resolve_user(Some("www:nogroup"), d.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown group") && e.contains("group"), "{e}");
     }
 
@@ -452,7 +506,10 @@ mod tests {
         s.validate().unwrap();
         s.limits.memory_bytes = Some(10);
         let e = s.validate().unwrap_err().to_string();
-        assert!(e.contains("limits.memory_bytes") && e.contains("out of range"), "{e}");
+        assert!(
+            e.contains("limits.memory_bytes") && e.contains("out of range"),
+            "{e}"
+        );
         let mut s = WorkerSpec::new("w", RootFs::Dir("/nonexistent-poold".into()), "/x");
         assert!(s.validate().unwrap_err().to_string().contains("`rootfs`"));
         s.rootfs = RootFs::Host;

@@ -15,7 +15,11 @@ pub(crate) fn fork() -> nix::Result<ForkResult> {
 /// close_range(first, ~0, flags): closes (or, with `cloexec`, marks close-on-exec) every fd
 /// from `first` up.
 pub(crate) fn close_fds_from(first: u32, cloexec: bool) -> nix::Result<()> {
-    let flags = if cloexec { libc::CLOSE_RANGE_CLOEXEC as libc::c_int } else { 0 };
+    let flags = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_int
+    } else {
+        0
+    };
     // SAFETY: close_range only touches the fd table; the helper owns all fds >= `first`
     // (none is wrapped by a live Rust object that would be used afterwards).
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
@@ -28,7 +32,11 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 /// whose disposition is SIG_DFL; with a handler (and the signals blocked and collected with
 /// sigwait) they are queued and can be forwarded.
 pub(crate) fn install_noop_handlers(signals: &[Signal]) -> nix::Result<()> {
-    let action = SigAction::new(SigHandler::Handler(ignore_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(ignore_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for &s in signals {
         // SAFETY: the handler is an empty extern "C" fn, trivially async-signal-safe.
         unsafe { nix::sys::signal::sigaction(s, &action) }?;

@@ -936,7 +936,7 @@ impl ServicePool {
 
     fn publish(&self) {
         let now = Instant::now();
-        let workers: Vec<WorkerStatus> = self
+        let mut workers: Vec<WorkerStatus> = self
             .workers
             .values()
             .map(|w| WorkerStatus {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 fn service(workers: u32) -> ServiceConfig {
     let text = format!(
-        "[[service]]\nname = \"web\"\nlisten = \"10.213.255.1:80\"\nworkers = {workers}\nport = 8080\n\
+        "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = {workers}\nport = 8080\n\
          rootfs = \"host\"\ncommand = [\"/bin/app\"]\n"
     );
     Config::parse(&text, Path::new("test.toml"))

@@ -30,7 +30,11 @@ pub fn busybox_root(dir: &Path) -> PathBuf {
         "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/www:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
     )
     .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nwww:x:33:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nwww:x:33:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
     std::fs::write(root.join("www/index.html"), "hello from the worker\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -48,7 +52,10 @@ pub struct TestSandbox {
 impl TestSandbox {
     /// `tag` must be unique per test (it picks the subnet 10.213.<tag>.0/24).
     pub fn new(tag: u8) -> Self {
-        let dir = tempfile::Builder::new().prefix("poold-sbtest").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("poold-sbtest")
+            .tempdir()
+            .unwrap();
         let rootfs = busybox_root(dir.path());
         let pid = std::process::id() % 100_000;
         let config = SandboxConfig {
@@ -63,7 +70,11 @@ impl TestSandbox {
                 quarantine: Duration::from_secs(150),
             }),
         };
-        TestSandbox { sandbox: Sandbox::new(config).unwrap(), dir, rootfs }
+        TestSandbox {
+            sandbox: Sandbox::new(config).unwrap(),
+            dir,
+            rootfs,
+        }
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -76,9 +87,17 @@ impl TestSandbox {
         for ctl in ["pids", "memory", "cpu", "freezer", "unified", ""] {
             let dir = Path::new("/sys/fs/cgroup").join(ctl).join(&c.cgroup_parent);
             let children: Vec<_> = std::fs::read_dir(&dir)
-                .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).collect())
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| e.path().is_dir())
+                        .collect()
+                })
                 .unwrap_or_default();
-            assert!(children.is_empty(), "cgroups left in {}: {children:?}", dir.display());
+            assert!(
+                children.is_empty(),
+                "cgroups left in {}: {children:?}",
+                dir.display()
+            );
         }
         let links: Vec<_> = std::fs::read_dir("/sys/class/net")
             .unwrap()
@@ -110,7 +129,11 @@ impl Drop for TestSandbox {
             eprintln!("removing bridge: {e}");
         }
         for ctl in ["pids", "memory", "cpu", "cpuacct", "freezer", ""] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctl).join(&self.config().cgroup_parent));
+            let _ = std::fs::remove_dir(
+                Path::new("/sys/fs/cgroup")
+                    .join(ctl)
+                    .join(&self.config().cgroup_parent),
+            );
         }
     }
 }
