@@ -981,6 +981,7 @@ impl ServicePool {
                 }
             })
             .collect();
+        workers.sort_by_key(|w| (w.slot, w.id));
         let ready = workers
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
