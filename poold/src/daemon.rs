@@ -1,5 +1,6 @@
 //! Wiring of a running poold: balancer choice, one pool per service, the control socket.
 
+use crate::balancer::ipvs::IpvsBalancer;
 use crate::balancer::proxy::ProxyBalancer;
 use crate::balancer::{Balancer, BalancerError};
 use crate::config::{BalancerChoice, Config};
@@ -24,15 +25,35 @@ pub enum DaemonError {
 
 /// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
 /// service listens on loopback (which IPVS cannot serve), else the proxy, loudly.
-pub fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
+pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(Arc::new(ProxyBalancer::new())),
-        BalancerChoice::Ipvs => Err(DaemonError::IpvsUnavailable {
-            reason: "this build has no IPVS balancer yet (the ipvs adapter is not merged)".into(),
-        }),
+        BalancerChoice::Ipvs => match IpvsBalancer::new().await {
+            Ok(ipvs) => Ok(Arc::new(ipvs)),
+            Err(error) => Err(DaemonError::IpvsUnavailable {
+                reason: error.to_string(),
+            }),
+        },
         BalancerChoice::Auto => {
-            warn!("balancer = \"auto\": IPVS balancer not available in this build; using the in-process proxy");
-            Ok(Arc::new(ProxyBalancer::new()))
+            if let Some(service) = config.services.iter().find(|s| s.listen.ip().is_loopback()) {
+                warn!(
+                    service = %service.name, listen = %service.listen,
+                    "balancer = \"auto\": a loopback listen address cannot be an IPVS virtual service; \
+                     using the in-process proxy for every service"
+                );
+                return Ok(Arc::new(ProxyBalancer::new()));
+            }
+            match IpvsBalancer::new().await {
+                Ok(ipvs) => Ok(Arc::new(ipvs)),
+                Err(error) => {
+                    warn!(
+                        %error,
+                        "balancer = \"auto\": IPVS is NOT available; falling back to the in-process \
+                         proxy (userspace, slower); set balancer = \"proxy\" to silence this"
+                    );
+                    Ok(Arc::new(ProxyBalancer::new()))
+                }
+            }
         }
     }
 }
@@ -46,7 +67,7 @@ pub async fn run(
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    let balancer = choose_balancer(&config)?;
+    let balancer = choose_balancer(&config).await?;
     info!(balancer = %balancer.kind(), services = config.services.len(), "poold starting");
     let health = Arc::new(NetworkHealthChecker);
     let mut pools: Vec<PoolHandle> = Vec::new();

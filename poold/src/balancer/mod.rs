@@ -1,6 +1,7 @@
 //! Load balancers in front of a service's workers, behind one trait: the in-process TCP
 //! proxy ([`proxy::ProxyBalancer`]) and kernel IPVS.
 
+pub mod ipvs;
 pub mod proxy;
 
 use async_trait::async_trait;
