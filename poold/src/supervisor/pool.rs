@@ -261,13 +261,17 @@ impl ServicePool {
         info!(service = %self.service.name, listen = %self.service.listen, workers = self.config.workers, "pool starting");
         let mut tick = tokio::time::interval(self.options.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handles_alive = true;
         loop {
             tokio::select! {
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
-                command = self.commands.recv() => match command {
+                command = self.commands.recv(), if handles_alive => match command {
                     Some(command) => self.on_command(command).await,
                     // Every handle dropped: nobody can stop us gracefully any more; do it now.
-                    None => self.begin_shutdown(None).await,
+                    None => {
+                        handles_alive = false;
+                        self.begin_shutdown(None).await;
+                    }
                 },
                 _ = tick.tick() => self.on_tick().await,
             }

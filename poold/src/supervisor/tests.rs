@@ -553,3 +553,22 @@ async fn shutdown_stops_everything_and_removes_the_service() {
     assert!(!h.balancer.state().service);
     assert!(h.pool.status.borrow().workers.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_the_pool() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let Harness {
+        runtime,
+        balancer,
+        pool,
+        ..
+    } = h;
+    let mut status = pool.status.clone();
+    drop(pool);
+    // The pool stops its workers and publishes an empty status before it ends.
+    status.wait_for(|s| s.workers.is_empty()).await.unwrap();
+    wait(1).await;
+    assert!(runtime.state().workers.values().all(|w| w.torn_down));
+    assert!(!balancer.state().service);
+}
