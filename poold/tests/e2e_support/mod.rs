@@ -254,13 +254,27 @@ stop_timeout = "3s"
         requests > 100,
         "wrk made too few requests to prove anything:\n{report}"
     );
+    let warnings = || {
+        log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("draining")
+                    || l.contains("stopped")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         !report.contains("Socket errors"),
-        "wrk saw socket errors:\n{report}"
+        "wrk saw socket errors:\n{report}\npoold:\n{}",
+        warnings()
     );
     assert!(
         !report.contains("Non-2xx"),
-        "wrk saw failed responses:\n{report}"
+        "wrk saw failed responses:\n{report}\npoold:\n{}",
+        warnings()
     );
     // Slow machines (the VM under TCG) sample less often; a handful still spans the recycles.
     assert!(samples >= 3, "status sampled only {samples} times");
