@@ -3,4 +3,12 @@
 //! Invariant: `unsafe` lives only in `sandbox::sys` (the only module that allows it).
 #![deny(unsafe_code)]
 
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod health;
 pub mod sandbox;
+pub mod sandbox_runtime;
+pub mod supervisor;

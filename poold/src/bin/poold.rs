@@ -1,4 +1,22 @@
-fn main() {
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
+use poold::cli::{PooldArgs, PooldCommand};
+use std::process::ExitCode;
+
+fn main() -> anyhow::Result<ExitCode> {
     // Must come first: the sandbox re-executes this binary as the worker helper.
     poold::sandbox::init::maybe_run_helper();
+    let args = PooldArgs::parse();
+    if let Some(PooldCommand::Check { file }) = &args.command {
+        return Ok(poold::cli::check(file));
+    }
+    let Some(path) = args.config else {
+        PooldArgs::command().print_help()?;
+        return Ok(ExitCode::from(2));
+    };
+    let config = poold::config::Config::load(&path)?;
+    poold::cli::init_logging(&config.daemon.log_level);
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(poold::cli::run_daemon(config))?;
+    Ok(ExitCode::SUCCESS)
 }

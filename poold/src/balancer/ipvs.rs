@@ -1,0 +1,398 @@
+//! The kernel IPVS balancer, on the project's `ipvs` library: one virtual service per
+//! service (TCP VIP:port, MASQ to the workers' own addresses), the VIP bound as /32 to a
+//! dummy device `pdvip0` (or to `lo` where the kernel has no dummy links), and the sysctls
+//! kube-proxy sets for the same job.
+//!
+//! Everything acts on the network namespace of the thread that called [`IpvsBalancer::new`]
+//! (the netlink sockets and the /proc/sys/net files are bound to it there).
+
+use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipvs::{Client, Destination, ForwardMethod, Service, ServiceKey};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// The device virtual addresses are bound to (like kube-proxy's kube-ipvs0).
+pub const VIP_DEVICE: &str = "pdvip0";
+
+/// (path under /proc/sys, value): forwarding for MASQ; conntrack so IPVS connections can be
+/// SNATed (hairpin); expire connections of removed real servers and quiescent templates
+/// instead of letting clients hang on them.
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/ip_forward", "1"),
+    ("net/ipv4/vs/conntrack", "1"),
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+];
+
+const EEXIST: i32 = 17;
+const EADDRNOTAVAIL: i32 = 99;
+const ENODEV: i32 = 19;
+
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|code| -code.get()),
+        _ => None,
+    }
+}
+
+/// Why a virtual address cannot be used with IPVS, if it cannot.
+pub fn vip_problem(listen: SocketAddr) -> Option<String> {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Some(format!(
+            "{listen} is a loopback address: the kernel drops loopback-sourced packets that IPVS \
+             MASQ routes to another network namespace; use an address poold binds as /32 to \
+             {VIP_DEVICE}, or balancer = \"proxy\""
+        )),
+        IpAddr::V4(ip) if ip.is_unspecified() => Some(format!(
+            "{listen}: a virtual service needs a concrete address"
+        )),
+        IpAddr::V6(_) => Some(format!(
+            "{listen}: IPv6 virtual services are not supported yet"
+        )),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+struct VipDevice {
+    name: String,
+    index: u32,
+    /// poold made it (and deletes it when the last service goes).
+    created: bool,
+}
+
+/// The IPVS balancer.
+pub struct IpvsBalancer {
+    client: Arc<Mutex<Client>>,
+    netlink: rtnetlink::Handle,
+    connection: JoinHandle<()>,
+    device: VipDevice,
+    services: Mutex<HashMap<String, ServiceKey>>,
+}
+
+impl std::fmt::Debug for IpvsBalancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpvsBalancer")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for IpvsBalancer {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn kernel(service: &str, operation: &'static str, error: impl std::fmt::Display) -> BalancerError {
+    BalancerError::Kernel {
+        service: service.to_owned(),
+        operation,
+        message: error.to_string(),
+    }
+}
+
+fn map_ipvs(
+    service: &VirtualService,
+    backend: Option<SocketAddr>,
+    operation: &'static str,
+    error: ipvs::Error,
+) -> BalancerError {
+    match (error, backend) {
+        (ipvs::Error::ServiceNotFound { .. }, _) => BalancerError::NoSuchService {
+            service: service.name.clone(),
+        },
+        (ipvs::Error::DestinationNotFound { .. }, Some(backend)) => BalancerError::NoSuchBackend {
+            service: service.name.clone(),
+            backend,
+        },
+        (ipvs::Error::AlreadyExists { .. }, Some(backend)) => BalancerError::BackendExists {
+            service: service.name.clone(),
+            backend,
+        },
+        (error, _) => kernel(&service.name, operation, error),
+    }
+}
+
+fn key_of(service: &VirtualService) -> ServiceKey {
+    ServiceKey::tcp(service.listen.ip(), service.listen.port())
+}
+
+fn destination(backend: SocketAddr, weight: u32) -> Destination {
+    let mut dest = Destination::new(backend.ip(), backend.port());
+    dest.forward = ForwardMethod::Masquerade;
+    dest.weight = i32::try_from(weight).unwrap_or(i32::MAX);
+    dest
+}
+
+impl IpvsBalancer {
+    /// Opens IPVS ([`BalancerError::Kernel`] naming "IPVS is not available" when the kernel
+    /// has none), sets the sysctls and prepares the VIP device.
+    pub async fn new() -> Result<Self, BalancerError> {
+        let client = Client::new().map_err(|e| kernel("*", "open IPVS", e))?;
+        // Synchronously, on the caller's thread: /proc/sys/net is the caller's namespace.
+        for (path, value) in SYSCTLS {
+            let file = format!("/proc/sys/{path}");
+            std::fs::write(&file, value)
+                .map_err(|e| kernel("*", "sysctl", format!("{file} = {value}: {e}")))?;
+        }
+        let (connection, netlink, _) =
+            rtnetlink::new_connection().map_err(|e| kernel("*", "rtnetlink", e))?;
+        let connection = tokio::spawn(connection);
+        let device = match Self::prepare_device(&netlink).await {
+            Ok(device) => device,
+            Err(error) => {
+                connection.abort();
+                return Err(error);
+            }
+        };
+        info!(device = %device.name, "IPVS balancer ready");
+        Ok(Self {
+            client: Arc::new(Mutex::new(client)),
+            netlink,
+            connection,
+            device,
+            services: Mutex::default(),
+        })
+    }
+
+    async fn link_index(
+        netlink: &rtnetlink::Handle,
+        name: &str,
+    ) -> Result<Option<u32>, BalancerError> {
+        match netlink
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await
+        {
+            Ok(message) => Ok(message.map(|m| m.header.index)),
+            Err(error) if errno(&error) == Some(ENODEV) => Ok(None),
+            Err(error) => Err(kernel("*", "get link", format!("{name}: {error}"))),
+        }
+    }
+
+    async fn prepare_device(netlink: &rtnetlink::Handle) -> Result<VipDevice, BalancerError> {
+        let (name, created) = match Self::link_index(netlink, VIP_DEVICE).await? {
+            Some(_) => (VIP_DEVICE, false),
+            None => match netlink
+                .link()
+                .add(rtnetlink::LinkDummy::new(VIP_DEVICE).build())
+                .execute()
+                .await
+            {
+                Ok(()) => (VIP_DEVICE, true),
+                Err(error) => {
+                    warn!(%error, "cannot create dummy device {VIP_DEVICE}; binding virtual addresses to lo");
+                    ("lo", false)
+                }
+            },
+        };
+        let index = Self::link_index(netlink, name)
+            .await?
+            .ok_or_else(|| kernel("*", "get link", format!("{name} vanished")))?;
+        netlink
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| kernel("*", "set link up", format!("{name}: {e}")))?;
+        Ok(VipDevice {
+            name: name.to_owned(),
+            index,
+            created,
+        })
+    }
+
+    /// The device the virtual addresses are bound to.
+    pub fn vip_device(&self) -> &str {
+        &self.device.name
+    }
+
+    async fn bind_vip(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        match self
+            .netlink
+            .address()
+            .add(self.device.index, service.listen.ip(), 32)
+            .execute()
+            .await
+        {
+            Err(error) if errno(&error) != Some(EEXIST) => Err(kernel(
+                &service.name,
+                "bind VIP",
+                format!("{} on {}: {error}", service.listen.ip(), self.device.name),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn unbind_vip(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let mut addresses = self
+            .netlink
+            .address()
+            .get()
+            .set_link_index_filter(self.device.index)
+            .set_address_filter(service.listen.ip())
+            .execute();
+        while let Some(message) = addresses
+            .try_next()
+            .await
+            .map_err(|e| kernel(&service.name, "list VIP", e))?
+        {
+            if message.header.prefix_len != 32 {
+                continue;
+            }
+            match self.netlink.address().del(message).execute().await {
+                Err(error) if errno(&error) != Some(EADDRNOTAVAIL) => {
+                    return Err(kernel(&service.name, "unbind VIP", error));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a blocking IPVS call off the async threads.
+    async fn ipvs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, ipvs::Error> + Send + 'static,
+    ) -> Result<Result<T, ipvs::Error>, BalancerError> {
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || f(&mut client.lock().expect("IPVS client lock")))
+            .await
+            .map_err(|e| kernel("*", "IPVS call", e))
+    }
+}
+
+#[async_trait]
+impl Balancer for IpvsBalancer {
+    fn kind(&self) -> BalancerKind {
+        BalancerKind::Ipvs
+    }
+
+    async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        if let Some(reason) = vip_problem(service.listen) {
+            return Err(kernel(&service.name, "add service", reason));
+        }
+        self.bind_vip(service).await?;
+        let key = key_of(service);
+        let definition = Service::new(key, service.scheduler.clone());
+        let leftovers = self
+            .ipvs(move |client| match client.add_service(&definition) {
+                Ok(()) => Ok(Vec::new()),
+                Err(ipvs::Error::AlreadyExists { .. }) => {
+                    // Left by an earlier run: take it over, without its dead workers.
+                    client.edit_service(&definition)?;
+                    let stale = client.destinations(&key)?;
+                    for dest in &stale {
+                        client.delete_destination(&key, dest.addr, dest.port)?;
+                    }
+                    Ok(stale
+                        .into_iter()
+                        .map(|d| SocketAddr::new(d.addr, d.port))
+                        .collect())
+                }
+                Err(error) => Err(error),
+            })
+            .await?
+            .map_err(|e| map_ipvs(service, None, "add service", e))?;
+        if !leftovers.is_empty() {
+            warn!(service = %service.name, ?leftovers, "took over an existing IPVS service; removed its stale real servers");
+        }
+        self.services
+            .lock()
+            .expect("services lock")
+            .insert(service.name.clone(), key);
+        info!(service = %service.name, listen = %service.listen, scheduler = %service.scheduler, device = %self.device.name, "IPVS service ready");
+        Ok(())
+    }
+
+    async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        let deleted = self.ipvs(move |client| client.delete_service(&key)).await?;
+        self.unbind_vip(service).await?;
+        let none_left = {
+            let mut services = self.services.lock().expect("services lock");
+            services.remove(&service.name);
+            services.is_empty()
+        };
+        if none_left && self.device.created {
+            match self.netlink.link().del(self.device.index).execute().await {
+                Err(error) if errno(&error) != Some(ENODEV) => {
+                    warn!(%error, "deleting {VIP_DEVICE} failed")
+                }
+                _ => {}
+            }
+        }
+        deleted.map_err(|e| map_ipvs(service, None, "delete service", e))
+    }
+
+    async fn add_backend(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        self.ipvs(move |client| client.add_destination(&key, &destination(backend, weight)))
+            .await?
+            .map_err(|e| map_ipvs(service, Some(backend), "add real server", e))
+    }
+
+    async fn set_weight(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        self.ipvs(move |client| client.edit_destination(&key, &destination(backend, weight)))
+            .await?
+            .map_err(|e| map_ipvs(service, Some(backend), "set weight", e))
+    }
+
+    async fn remove_backend(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+    ) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        self.ipvs(move |client| client.delete_destination(&key, backend.ip(), backend.port()))
+            .await?
+            .map_err(|e| map_ipvs(service, Some(backend), "delete real server", e))
+    }
+
+    async fn backend_stats(
+        &self,
+        service: &VirtualService,
+    ) -> Result<HashMap<SocketAddr, BackendStats>, BalancerError> {
+        let key = key_of(service);
+        // The library answers a missing service with ServiceNotFound, never an empty list.
+        let destinations = self
+            .ipvs(move |client| client.destinations(&key))
+            .await?
+            .map_err(|e| map_ipvs(service, None, "list real servers", e))?;
+        Ok(destinations
+            .into_iter()
+            .map(|d| {
+                let stats = BackendStats {
+                    weight: u32::try_from(d.weight).unwrap_or(0),
+                    active: u64::from(d.active_conns),
+                    inactive: u64::from(d.inactive_conns),
+                    total: d.stats.conns,
+                };
+                (SocketAddr::new(d.addr, d.port), stats)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

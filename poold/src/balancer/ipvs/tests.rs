@@ -1,0 +1,175 @@
+//! IPVS for real, in a fresh network namespace per test (VM only: this host has no IPVS).
+
+use super::*;
+use std::process::Command;
+
+#[test]
+fn loopback_vip_is_refused_with_the_reason() {
+    let reason = vip_problem("127.0.0.1:80".parse().unwrap()).unwrap();
+    assert!(
+        reason.contains("loopback") && reason.contains("MASQ"),
+        "{reason}"
+    );
+    assert!(vip_problem("10.212.0.1:80".parse().unwrap()).is_none());
+    assert!(vip_problem("0.0.0.0:80".parse().unwrap()).is_some());
+}
+
+/// Runs `body` on a thread in a new network namespace with a current-thread runtime; the
+/// namespace disappears with the thread (nothing to clean up).
+fn in_fresh_netns<F: std::future::Future<Output = ()>>(body: impl FnOnce() -> F + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(body());
+    })
+    .join()
+    .expect("test thread");
+}
+
+fn ipvsadm_listing() -> String {
+    let output = Command::new("/usr/sbin/ipvsadm")
+        .args(["-Ln"])
+        .output()
+        .expect("ipvsadm");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn addresses_of(device: &str) -> String {
+    let output = Command::new("/usr/bin/ip")
+        .args(["-o", "-4", "addr", "show", "dev", device])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn service_lifecycle_in_the_kernel() {
+    in_fresh_netns(|| async {
+        let balancer = IpvsBalancer::new().await.expect("IPVS available in the VM");
+        for (path, value) in SYSCTLS {
+            assert_eq!(
+                std::fs::read_to_string(format!("/proc/sys/{path}"))
+                    .unwrap()
+                    .trim(),
+                *value,
+                "{path}"
+            );
+        }
+        let service = VirtualService {
+            name: "web".into(),
+            listen: "10.212.0.1:80".parse().unwrap(),
+            scheduler: "wlc".into(),
+        };
+        balancer.ensure_service(&service).await.unwrap();
+        balancer.ensure_service(&service).await.unwrap(); // idempotent
+        let device = balancer.vip_device().to_owned();
+        assert!(
+            addresses_of(&device).contains("10.212.0.1/32"),
+            "{}",
+            addresses_of(&device)
+        );
+
+        let backend: SocketAddr = "10.215.0.2:8080".parse().unwrap();
+        balancer.add_backend(&service, backend, 3).await.unwrap();
+        let error = balancer
+            .add_backend(&service, backend, 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, BalancerError::BackendExists { .. }),
+            "{error}"
+        );
+        let stats = balancer.backend_stats(&service).await.unwrap();
+        assert_eq!(
+            stats[&backend],
+            BackendStats {
+                weight: 3,
+                active: 0,
+                inactive: 0,
+                total: 0
+            }
+        );
+        let listing = ipvsadm_listing();
+        assert!(listing.contains("TCP  10.212.0.1:80 wlc"), "{listing}");
+        assert!(
+            listing.contains("-> 10.215.0.2:8080              Masq    3"),
+            "{listing}"
+        );
+
+        balancer.set_weight(&service, backend, 0).await.unwrap();
+        assert_eq!(
+            balancer.backend_stats(&service).await.unwrap()[&backend].weight,
+            0
+        );
+        balancer.remove_backend(&service, backend).await.unwrap();
+        assert!(
+            balancer.backend_stats(&service).await.unwrap().is_empty(),
+            "service present, no backends"
+        );
+        let missing = balancer
+            .remove_backend(&service, backend)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, BalancerError::NoSuchBackend { .. }),
+            "{missing}"
+        );
+
+        balancer.remove_service(&service).await.unwrap();
+        let gone = balancer.backend_stats(&service).await.unwrap_err();
+        assert!(
+            matches!(gone, BalancerError::NoSuchService { .. }),
+            "a missing service is an error, never empty: {gone}"
+        );
+        assert!(!addresses_of(&device).contains("10.212.0.1"), "VIP unbound");
+        assert!(!ipvsadm_listing().contains("10.212.0.1"));
+
+        let loopback = VirtualService {
+            listen: "127.0.0.1:80".parse().unwrap(),
+            ..service.clone()
+        };
+        let refused = balancer
+            .ensure_service(&loopback)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("loopback"), "{refused}");
+    });
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn stale_service_of_an_earlier_run_is_taken_over() {
+    in_fresh_netns(|| async {
+        let service = VirtualService {
+            name: "web".into(),
+            listen: "10.212.0.3:80".parse().unwrap(),
+            scheduler: "rr".into(),
+        };
+        let first = IpvsBalancer::new().await.unwrap();
+        first.ensure_service(&service).await.unwrap();
+        first
+            .add_backend(&service, "10.215.0.9:80".parse().unwrap(), 1)
+            .await
+            .unwrap();
+        drop(first);
+        let second = IpvsBalancer::new().await.unwrap();
+        second
+            .ensure_service(&VirtualService {
+                scheduler: "wlc".into(),
+                ..service.clone()
+            })
+            .await
+            .unwrap();
+        assert!(
+            second.backend_stats(&service).await.unwrap().is_empty(),
+            "stale real servers removed"
+        );
+        assert!(ipvsadm_listing().contains("TCP  10.212.0.3:80 wlc"));
+        second.remove_service(&service).await.unwrap();
+    });
+}

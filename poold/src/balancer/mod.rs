@@ -1,0 +1,112 @@
+//! Load balancers in front of a service's workers, behind one trait: the in-process TCP
+//! proxy ([`proxy::ProxyBalancer`]) and kernel IPVS.
+
+pub mod ipvs;
+pub mod proxy;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// A virtual service as the balancer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub scheduler: String,
+}
+
+/// Counters of one backend (IPVS: real server).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BackendStats {
+    pub weight: u32,
+    /// Established connections (IPVS ActiveConn).
+    pub active: u64,
+    /// Connections closing or not yet established (IPVS InActConn); the proxy has none.
+    pub inactive: u64,
+    /// Connections served since the backend was added.
+    pub total: u64,
+}
+
+/// Which balancer implementation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalancerKind {
+    Ipvs,
+    Proxy,
+}
+
+impl fmt::Display for BalancerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipvs => "ipvs",
+            Self::Proxy => "proxy",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error("service {service}: cannot listen on {listen}: {source}")]
+    Listen {
+        service: String,
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("service {service} is not configured in the balancer")]
+    NoSuchService { service: String },
+    #[error("service {service}: backend {backend} is not configured in the balancer")]
+    NoSuchBackend {
+        service: String,
+        backend: SocketAddr,
+    },
+    #[error("service {service}: backend {backend} already exists")]
+    BackendExists {
+        service: String,
+        backend: SocketAddr,
+    },
+    #[error("service {service}: {operation}: {message}")]
+    Kernel {
+        service: String,
+        operation: &'static str,
+        message: String,
+    },
+}
+
+/// Where traffic for a service goes. Implementations must be cheap to call once per
+/// service per supervisor tick.
+#[async_trait]
+pub trait Balancer: Send + Sync + 'static {
+    fn kind(&self) -> BalancerKind;
+    /// Creates the virtual service, or leaves an identical existing one alone.
+    async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
+    async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
+    async fn add_backend(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+        weight: u32,
+    ) -> Result<(), BalancerError>;
+    /// Weight 0: no new connections; existing ones continue.
+    async fn set_weight(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+        weight: u32,
+    ) -> Result<(), BalancerError>;
+    /// Removes a backend. Callers only remove drained backends: with IPVS's
+    /// expire_nodest_conn, connections of a removed real server are reset.
+    async fn remove_backend(
+        &self,
+        service: &VirtualService,
+        backend: SocketAddr,
+    ) -> Result<(), BalancerError>;
+    /// One dump of every backend of the service. A missing service is an error, never an
+    /// empty map (an empty GET_DEST dump is also what IPVS returns for a missing service).
+    async fn backend_stats(
+        &self,
+        service: &VirtualService,
+    ) -> Result<HashMap<SocketAddr, BackendStats>, BalancerError>;
+}

@@ -1,0 +1,146 @@
+//! Command lines of `poold` and `poolctl`; the binaries only call these.
+
+use crate::config::Config;
+use crate::control::client::ControlClient;
+use crate::control::{render, RecycleRequest};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "poold",
+    version,
+    about = "IPVS-fronted prefork container pool manager"
+)]
+pub struct PooldArgs {
+    /// Run in the foreground with this config.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<PooldCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PooldCommand {
+    /// Validate a config file; list every problem and exit non-zero if there are any.
+    Check { file: PathBuf },
+}
+
+/// `poold check FILE`
+pub fn check(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
+            println!(
+                "{}: ok ({} services)",
+                file.display(),
+                config.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; RUST_LOG overrides the config's log_level.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "poolctl", version, about = "Control a running poold")]
+pub struct PoolctlArgs {
+    /// poold's control socket.
+    #[arg(long, default_value = "/run/poold/poold.sock", value_name = "PATH")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: PoolctlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolctlCommand {
+    /// Show services and workers.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace workers of a service (surge: replacements first, then drain).
+    Recycle {
+        service: String,
+        /// Only this slot.
+        #[arg(long)]
+        slot: Option<u32>,
+        /// Return when the old workers are gone and the slots are ready again.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
+    let client = ControlClient::new(&args.socket);
+    let result = match args.command {
+        PoolctlCommand::Status { json } => client.status().await.map(|services| {
+            if json {
+                serde_json::to_string_pretty(&services).expect("status serializes")
+            } else {
+                render::status_table(&services)
+            }
+        }),
+        PoolctlCommand::Recycle {
+            service,
+            slot,
+            wait,
+        } => client
+            .recycle(&service, &RecycleRequest { slot, wait })
+            .await
+            .map(|reply| {
+                let verb = if reply.finished {
+                    "recycled"
+                } else {
+                    "recycling"
+                };
+                format!("{}: {verb} slots {:?}", reply.service, reply.slots)
+            }),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("poolctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `poold --config FILE`: runs until SIGINT or SIGTERM.
+pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
+    let runtime = Arc::new(crate::sandbox_runtime::SandboxRuntime::start(&config).await?);
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let result = crate::daemon::run(config, runtime.clone(), shutdown).await;
+    if let Err(error) = runtime.shutdown().await {
+        tracing::warn!(%error, "removing the bridge failed");
+    }
+    result
+}

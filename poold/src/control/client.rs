@@ -1,0 +1,96 @@
+//! poolctl's side of the control socket: HTTP/1.1 over a Unix stream (hyper).
+
+use super::{ApiError, ControlError, RecycleReply, RecycleRequest};
+use crate::supervisor::ServiceStatus;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct ControlClient {
+    socket: PathBuf,
+}
+
+impl ControlClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn status(&self) -> Result<Vec<ServiceStatus>, ControlError> {
+        self.call("GET", "/v1/status", None).await
+    }
+
+    pub async fn recycle(
+        &self,
+        service: &str,
+        request: &RecycleRequest,
+    ) -> Result<RecycleReply, ControlError> {
+        let body = serde_json::to_vec(request).expect("request serializes");
+        self.call(
+            "POST",
+            &format!("/v1/services/{service}/recycle"),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ControlError> {
+        let socket = self.socket.display().to_string();
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ControlError::Socket {
+                path: socket.clone(),
+                source,
+            })?;
+        let http = |e: hyper::Error| ControlError::Http {
+            path: socket.clone(),
+            message: e.to_string(),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "poold")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("valid request");
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http)?
+            .to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ControlError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode {
+            path: socket,
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,80 @@
+//! Human output of `poolctl status`, in the spirit of supervisorctl/systemctl.
+
+use crate::supervisor::{ServiceStatus, SlotState, WorkerState};
+use std::fmt::Write;
+
+fn age(secs: f64) -> String {
+    let secs = secs as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+pub fn status_table(services: &[ServiceStatus]) -> String {
+    let mut out = String::new();
+    for (index, service) in services.iter().enumerate() {
+        if index > 0 {
+            out.push('\n');
+        }
+        let health = if service.ready >= service.desired {
+            "ok"
+        } else {
+            "degraded"
+        };
+        let _ = writeln!(
+            out,
+            "{} {}  listen {}  balancer {}  ready {}/{}",
+            if health == "ok" { "●" } else { "×" },
+            service.name,
+            service.listen,
+            service.balancer,
+            service.ready,
+            service.desired
+        );
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9}  NOTE",
+            "SLOT", "STATE", "ADDRESS", "PID", "AGE", "CONNS", "SERVED"
+        );
+        for worker in &service.workers {
+            let note = match (worker.state, worker.reason) {
+                (
+                    WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone,
+                    Some(reason),
+                ) => reason.to_string(),
+                _ => String::new(),
+            };
+            let row = format!(
+                "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9}  {note}",
+                worker.slot,
+                worker.state.to_string(),
+                worker
+                    .addr
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                worker.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                age(worker.age_secs),
+                worker.active_conns,
+                worker.total_conns,
+            );
+            let _ = writeln!(out, "{}", row.trim_end());
+        }
+        for slot in service
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Backoff | SlotState::CrashLoop))
+        {
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<9} failures {}, retry in {}: {}",
+                slot.slot,
+                slot.state.to_string(),
+                slot.failures,
+                age(slot.retry_in_secs.unwrap_or(0.0)),
+                slot.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    out
+}

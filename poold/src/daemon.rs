@@ -1,0 +1,100 @@
+//! Wiring of a running poold: balancer choice, one pool per service, the control socket.
+
+use crate::balancer::ipvs::IpvsBalancer;
+use crate::balancer::proxy::ProxyBalancer;
+use crate::balancer::{Balancer, BalancerError};
+use crate::config::{BalancerChoice, Config};
+use crate::control::server::{self, Pools};
+use crate::control::ControlError;
+use crate::health::NetworkHealthChecker;
+use crate::supervisor::{PoolHandle, PoolOptions, ServicePool, WorkerRuntime};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("balancer = \"ipvs\" but IPVS is not usable: {reason}")]
+    IpvsUnavailable { reason: String },
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Balancer(#[from] BalancerError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
+/// service listens on loopback (which IPVS cannot serve), else the proxy, loudly.
+pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
+    match config.daemon.balancer {
+        BalancerChoice::Proxy => Ok(Arc::new(ProxyBalancer::new())),
+        BalancerChoice::Ipvs => match IpvsBalancer::new().await {
+            Ok(ipvs) => Ok(Arc::new(ipvs)),
+            Err(error) => Err(DaemonError::IpvsUnavailable {
+                reason: error.to_string(),
+            }),
+        },
+        BalancerChoice::Auto => {
+            if let Some(service) = config.services.iter().find(|s| s.listen.ip().is_loopback()) {
+                warn!(
+                    service = %service.name, listen = %service.listen,
+                    "balancer = \"auto\": a loopback listen address cannot be an IPVS virtual service; \
+                     using the in-process proxy for every service"
+                );
+                return Ok(Arc::new(ProxyBalancer::new()));
+            }
+            match IpvsBalancer::new().await {
+                Ok(ipvs) => Ok(Arc::new(ipvs)),
+                Err(error) => {
+                    warn!(
+                        %error,
+                        "balancer = \"auto\": IPVS is NOT available; falling back to the in-process \
+                         proxy (userspace, slower); set balancer = \"proxy\" to silence this"
+                    );
+                    Ok(Arc::new(ProxyBalancer::new()))
+                }
+            }
+        }
+    }
+}
+
+/// Runs every service until `shutdown` resolves, then stops every worker.
+pub async fn run(
+    config: Config,
+    runtime: Arc<dyn WorkerRuntime>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
+    let balancer = choose_balancer(&config).await?;
+    info!(balancer = %balancer.kind(), services = config.services.len(), "poold starting");
+    let health = Arc::new(NetworkHealthChecker);
+    let mut pools: Vec<PoolHandle> = Vec::new();
+    for service in &config.services {
+        let started = ServicePool::start(
+            Arc::new(service.clone()),
+            runtime.clone(),
+            balancer.clone(),
+            health.clone(),
+            PoolOptions::default(),
+        )
+        .await;
+        match started {
+            Ok(pool) => pools.push(pool),
+            Err(error) => {
+                for pool in &pools {
+                    pool.shutdown().await;
+                }
+                return Err(error.into());
+            }
+        }
+    }
+    let pools = Pools(Arc::new(pools));
+    let served = server::serve(&config.daemon.control_socket, pools.clone(), shutdown).await;
+    info!("shutting down");
+    for pool in pools.0.iter() {
+        pool.shutdown().await;
+    }
+    served.map_err(Into::into)
+}

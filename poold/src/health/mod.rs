@@ -1,0 +1,137 @@
+//! Health checks of workers: a TCP connect, or an HTTP GET expecting a status.
+
+use crate::config::{HealthConfig, HealthKind};
+use async_trait::async_trait;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[async_trait]
+pub trait HealthChecker: Send + Sync + 'static {
+    /// Ok when healthy; Err with the reason otherwise. Implementations honour `spec.timeout`.
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), String>;
+}
+
+/// Checks over real sockets.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NetworkHealthChecker;
+
+#[async_trait]
+impl HealthChecker for NetworkHealthChecker {
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
+        match tokio::time::timeout(spec.timeout.get(), probe(target, spec)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {}", spec.timeout)),
+        }
+    }
+}
+
+async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect {target}: {e}"))?;
+    if spec.kind == HealthKind::Tcp {
+        return Ok(());
+    }
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: poold-health\r\nConnection: close\r\n\r\n",
+        spec.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send request: {e}"))?;
+    // The status line is all that matters; read until its end.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let read = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read response: {e}"))?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..read]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let status = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+    if status == spec.expect_status {
+        Ok(())
+    } else {
+        Err(format!(
+            "GET {} answered {status}, expected {}",
+            spec.path, spec.expect_status
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use tokio::net::TcpListener;
+
+    async fn http_server(response: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    fn http(path: &str) -> HealthConfig {
+        HealthConfig {
+            kind: HealthKind::Http,
+            path: path.into(),
+            ..HealthConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn http_status_is_compared() {
+        let ok = http_server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+        let broken = http_server("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
+        let garbage = http_server("SSH-2.0-OpenSSH\r\n").await;
+        let checker = NetworkHealthChecker;
+        assert_eq!(checker.check(ok, &http("/")).await, Ok(()));
+        let error = checker.check(broken, &http("/healthz")).await.unwrap_err();
+        assert_eq!(error, "GET /healthz answered 503, expected 200");
+        let error = checker.check(garbage, &http("/")).await.unwrap_err();
+        assert!(error.contains("not an HTTP response"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn tcp_check_connects() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let checker = NetworkHealthChecker;
+        assert_eq!(checker.check(addr, &HealthConfig::default()).await, Ok(()));
+        drop(listener);
+        assert!(checker.check(addr, &HealthConfig::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spec = HealthConfig {
+            timeout: HumanDuration::from_millis(200),
+            ..http("/")
+        };
+        let error = NetworkHealthChecker.check(addr, &spec).await.unwrap_err();
+        assert_eq!(error, "no answer within 200ms");
+        drop(listener);
+    }
+}

@@ -1,0 +1,268 @@
+//! [`WorkerRuntime`] over [`crate::sandbox`]: the supervisor's view of real workers.
+//!
+//! Each worker is owned by a small task that waits for its exit and takes signal and
+//! teardown requests meanwhile (`Worker::wait` is cancel-safe, so a request interrupts the
+//! wait, is carried out, and the wait resumes).
+
+use crate::config::{Config, RootfsSource, ServiceConfig};
+use crate::sandbox::{
+    self, BridgeConfig, Limits, NetworkMode, ResourceReader, RootFs, Sandbox, SandboxConfig,
+};
+use crate::supervisor::{
+    ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
+    WorkerSpec,
+};
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::error;
+
+/// How long a freed worker address rests before reuse: IPVS keeps connection entries of a
+/// removed real server for about 120 s (TIME_WAIT); a little more for safety.
+pub const ADDRESS_QUARANTINE: Duration = Duration::from_secs(150);
+
+enum Request {
+    Signal(Signal),
+    Destroy(oneshot::Sender<Result<(), String>>),
+}
+
+struct Entry {
+    requests: mpsc::UnboundedSender<Request>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    reader: Arc<dyn ResourceReader>,
+}
+
+/// Real workers: namespaces, overlay root, cgroup, veth on the bridge, own address.
+pub struct SandboxRuntime {
+    sandbox: Sandbox,
+    workers: Mutex<HashMap<WorkerId, Entry>>,
+}
+
+impl std::fmt::Debug for SandboxRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxRuntime")
+            .field("sandbox", &self.sandbox)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sandbox configuration for a poold config.
+pub fn sandbox_config(config: &Config) -> SandboxConfig {
+    let state_dir = config.daemon.state_dir.clone();
+    SandboxConfig {
+        image_cache: state_dir.join("images"),
+        bridge: Some(BridgeConfig {
+            name: config.network.bridge.clone(),
+            subnet: config.network.subnet,
+            quarantine: ADDRESS_QUARANTINE,
+        }),
+        state_dir,
+        ..SandboxConfig::default()
+    }
+}
+
+/// The sandbox's spec for one worker of `service`.
+pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::WorkerSpec {
+    let rootfs = match service.rootfs_source() {
+        RootfsSource::Host => RootFs::Host,
+        RootfsSource::Directory(path) => RootFs::Dir(path),
+        RootfsSource::Tarball(path) => RootFs::Tarball(path),
+    };
+    let (program, args) = service
+        .command
+        .split_first()
+        .map_or((String::new(), &[][..]), |(p, a)| (p.clone(), a));
+    let mut spec =
+        sandbox::WorkerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
+    spec.args = args.to_vec();
+    spec.env = service
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    spec.user = service.user.clone();
+    spec.limits = Limits {
+        memory_bytes: service.limits.memory.map(|m| m.bytes()),
+        cpu_millicores: service
+            .limits
+            .cpu
+            .map(|cores| (cores * 1000.0).round() as u64),
+        pids: service.limits.pids,
+    };
+    spec.network = NetworkMode::Bridged;
+    spec
+}
+
+impl SandboxRuntime {
+    /// Sets up the sandbox and removes what an earlier run left behind.
+    pub async fn start(config: &Config) -> Result<Self, sandbox::SandboxError> {
+        let sandbox = Sandbox::new(sandbox_config(config))?;
+        sandbox.cleanup_orphans().await?;
+        Ok(Self {
+            sandbox,
+            workers: Mutex::default(),
+        })
+    }
+
+    /// Removes the bridge (at shutdown, after every worker is gone).
+    pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
+        self.sandbox.remove_bridge().await
+    }
+
+    fn entry<T>(
+        &self,
+        worker: WorkerId,
+        operation: &'static str,
+        f: impl FnOnce(&Entry) -> T,
+    ) -> Result<T, RuntimeError> {
+        let workers = self.workers.lock().expect("workers lock");
+        workers.get(&worker).map(f).ok_or_else(|| RuntimeError {
+            worker,
+            operation,
+            message: "no such worker".into(),
+        })
+    }
+}
+
+fn convert(status: sandbox::ExitStatus) -> ExitStatus {
+    match status {
+        sandbox::ExitStatus::Code(code) => ExitStatus::Code(code),
+        sandbox::ExitStatus::Signal(signal) => ExitStatus::Signal(signal),
+    }
+}
+
+async fn own_worker(
+    id: WorkerId,
+    mut worker: sandbox::Worker,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    exit: watch::Sender<Option<ExitStatus>>,
+) {
+    let reply = loop {
+        let request = if exit.borrow().is_none() {
+            tokio::select! {
+                ended = worker.wait() => {
+                    let status = ended.map(|e| convert(e.status)).unwrap_or_else(|error| {
+                        error!(worker.id = %id, %error, "waiting for the worker failed; counting it as killed");
+                        ExitStatus::Signal(libc::SIGKILL)
+                    });
+                    exit.send_replace(Some(status));
+                    continue;
+                }
+                request = requests.recv() => request,
+            }
+        } else {
+            requests.recv().await
+        };
+        match request {
+            Some(Request::Signal(signal)) => {
+                if let Err(error) = worker.signal(signal) {
+                    error!(worker.id = %id, %error, "signal failed");
+                }
+            }
+            Some(Request::Destroy(reply)) => break Some(reply),
+            // The runtime forgot the worker: tear it down anyway.
+            None => break None,
+        }
+    };
+    let result = worker.destroy().await.map_err(|e| e.to_string());
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    } else if let Err(error) = result {
+        error!(worker.id = %id, %error, "teardown failed");
+    }
+}
+
+#[async_trait]
+impl WorkerRuntime for SandboxRuntime {
+    async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
+        let error = |message: String| RuntimeError {
+            worker: spec.id,
+            operation: "spawn",
+            message,
+        };
+        let worker = self
+            .sandbox
+            .spawn(worker_spec(&spec.service, spec.slot, spec.id))
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let Some(addr) = worker.address() else {
+            let _ = worker.destroy().await;
+            return Err(error("the sandbox gave the worker no address".into()));
+        };
+        let pid = worker.pid();
+        let reader = worker.resource_reader();
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit) = watch::channel(None);
+        tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx));
+        self.workers.lock().expect("workers lock").insert(
+            spec.id,
+            Entry {
+                requests,
+                exit,
+                reader,
+            },
+        );
+        Ok(SpawnedWorker {
+            addr: IpAddr::V4(addr),
+            pid,
+        })
+    }
+
+    async fn wait(&self, worker: WorkerId) -> ExitStatus {
+        let Ok(mut exit) = self.entry(worker, "wait", |e| e.exit.clone()) else {
+            return ExitStatus::Signal(libc::SIGKILL);
+        };
+        let status = match exit.wait_for(Option::is_some).await {
+            Ok(status) => status.expect("waited for Some"),
+            Err(_) => ExitStatus::Signal(libc::SIGKILL),
+        };
+        status
+    }
+
+    fn signal(&self, worker: WorkerId, signal: StopSignal) -> Result<(), RuntimeError> {
+        let signal = match signal {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Kill => Signal::SIGKILL,
+        };
+        self.entry(worker, "signal", |e| {
+            e.requests.send(Request::Signal(signal)).is_ok()
+        })?;
+        Ok(())
+    }
+
+    fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError> {
+        let reader = self.entry(worker, "usage", |e| e.reader.clone())?;
+        let usage = reader.usage().map_err(|e| RuntimeError {
+            worker,
+            operation: "usage",
+            message: e.to_string(),
+        })?;
+        Ok(ResourceUsage {
+            memory_bytes: usage.memory_bytes,
+            oom_kills: usage.oom_kills,
+        })
+    }
+
+    async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {
+        let entry = self.workers.lock().expect("workers lock").remove(&worker);
+        let Some(entry) = entry else { return Ok(()) };
+        let (reply, result) = oneshot::channel();
+        let error = |message: String| RuntimeError {
+            worker,
+            operation: "teardown",
+            message,
+        };
+        entry
+            .requests
+            .send(Request::Destroy(reply))
+            .map_err(|_| error("worker task is gone".into()))?;
+        result
+            .await
+            .map_err(|_| error("worker task ended without an answer".into()))?
+            .map_err(error)
+    }
+}

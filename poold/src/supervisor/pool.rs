@@ -1,0 +1,999 @@
+//! One service's pool: the per-slot, per-worker state machine, driven by events (spawned,
+//! exited, health results, torn down, commands) and a tick that polls the balancer's stats
+//! (one dump per service per tick) and the workers' resource use.
+//!
+//! The pool task owns all state; slow work (spawn, health probes, waiting for an exit,
+//! teardown) runs in small tasks that report back as events. It makes no syscalls itself.
+
+use super::runtime::{
+    ExitStatus, ResourceUsage, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
+};
+use super::status::{
+    RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
+};
+use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
+use crate::config::{OnOom, ServiceConfig};
+use crate::health::HealthChecker;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+/// Failures in a row after which a backing-off slot shows as crash-loop.
+pub const CRASH_LOOP_FAILURES: u32 = 3;
+
+/// Worker ids are unique across every pool of the daemon.
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Knobs that are not user configuration.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// How often stats, usage and deadlines are looked at.
+    pub tick: Duration,
+    /// After weight 0, connections already being scheduled may still arrive (IPVS counts a
+    /// new connection as inactive until established); wait this long before trusting
+    /// ActiveConn == 0.
+    pub drain_settle: Duration,
+    /// Seed of the lifetime jitter.
+    pub seed: u64,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(500),
+            drain_settle: Duration::from_secs(1),
+            seed: fastrand::u64(..),
+        }
+    }
+}
+
+/// Requests to a running pool.
+#[derive(Debug)]
+pub enum PoolCommand {
+    /// Planned recycle of one slot or of all; `done` fires when the old workers are gone and
+    /// their slots are ready again.
+    Recycle {
+        slot: Option<u32>,
+        reply: oneshot::Sender<Result<Vec<u32>, String>>,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// Stop every worker and remove the service from the balancer.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+/// A handle to a running pool.
+#[derive(Clone, Debug)]
+pub struct PoolHandle {
+    pub name: String,
+    pub commands: mpsc::Sender<PoolCommand>,
+    pub status: watch::Receiver<ServiceStatus>,
+}
+
+impl PoolHandle {
+    /// Queues a planned recycle; returns the slots queued and a receiver that fires when done.
+    pub async fn recycle(
+        &self,
+        slot: Option<u32>,
+    ) -> Result<(Vec<u32>, oneshot::Receiver<()>), String> {
+        let (reply, answer) = oneshot::channel();
+        let (done, finished) = oneshot::channel();
+        self.commands
+            .send(PoolCommand::Recycle {
+                slot,
+                reply,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| format!("service {} is not running", self.name))?;
+        let slots = answer
+            .await
+            .map_err(|_| format!("service {} stopped", self.name))??;
+        Ok((slots, finished))
+    }
+
+    /// Stops the pool and waits until every worker is gone.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self
+            .commands
+            .send(PoolCommand::Shutdown { done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Spawned {
+        id: WorkerId,
+        result: Result<SpawnedWorker, String>,
+    },
+    Exited {
+        id: WorkerId,
+        status: ExitStatus,
+    },
+    Health {
+        id: WorkerId,
+        result: Result<(), String>,
+    },
+    TornDown {
+        id: WorkerId,
+    },
+}
+
+#[derive(Debug)]
+struct Worker {
+    id: WorkerId,
+    slot: u32,
+    state: WorkerState,
+    addr: Option<SocketAddr>,
+    pid: Option<u32>,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    in_balancer: bool,
+    health_in_flight: bool,
+    next_health_at: Instant,
+    ok_streak: u32,
+    fail_streak: u32,
+    /// Lifetime deadline (jittered), set when the worker becomes ready.
+    retire_at: Option<Instant>,
+    reason: Option<RecycleReason>,
+    drain_settled_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    kill_at: Option<Instant>,
+    killed: bool,
+    stats: Option<BackendStats>,
+    usage: ResourceUsage,
+    oom_baseline: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The worker serving this slot (or starting to).
+    current: Option<WorkerId>,
+    /// A surge replacement that is starting.
+    replacement: Option<WorkerId>,
+    /// A planned recycle waiting for a permit (or for a replacement after a failed one).
+    pending: Option<RecycleReason>,
+    /// A planned recycle is in flight (counts against max_concurrent_recycles).
+    recycling: bool,
+    failures: u32,
+    restart_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct RecycleWaiter {
+    old_workers: Vec<(u32, WorkerId)>,
+    done: oneshot::Sender<()>,
+}
+
+/// The pool task's state.
+pub struct ServicePool {
+    config: Arc<ServiceConfig>,
+    service: VirtualService,
+    options: PoolOptions,
+    runtime: Arc<dyn WorkerRuntime>,
+    balancer: Arc<dyn Balancer>,
+    health: Arc<dyn HealthChecker>,
+    slots: Vec<Slot>,
+    workers: BTreeMap<WorkerId, Worker>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::Receiver<PoolCommand>,
+    status: watch::Sender<ServiceStatus>,
+    waiters: Vec<RecycleWaiter>,
+    rng: fastrand::Rng,
+    shutdown: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for ServicePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServicePool")
+            .field("service", &self.service)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl ServicePool {
+    /// Creates the virtual service in the balancer and starts the pool task.
+    pub async fn start(
+        config: Arc<ServiceConfig>,
+        runtime: Arc<dyn WorkerRuntime>,
+        balancer: Arc<dyn Balancer>,
+        health: Arc<dyn HealthChecker>,
+        options: PoolOptions,
+    ) -> Result<PoolHandle, BalancerError> {
+        let service = VirtualService {
+            name: config.name.clone(),
+            listen: config.listen,
+            scheduler: config.scheduler.clone(),
+        };
+        balancer.ensure_service(&service).await?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (commands_tx, commands) = mpsc::channel(16);
+        let initial = ServiceStatus {
+            name: config.name.clone(),
+            listen: config.listen,
+            balancer: balancer.kind(),
+            desired: config.workers,
+            ready: 0,
+            slots: Vec::new(),
+            workers: Vec::new(),
+        };
+        let (status, status_rx) = watch::channel(initial);
+        let pool = ServicePool {
+            slots: (0..config.workers).map(|_| Slot::default()).collect(),
+            rng: fastrand::Rng::with_seed(options.seed),
+            config,
+            service,
+            options,
+            runtime,
+            balancer,
+            health,
+            workers: BTreeMap::new(),
+            events_tx,
+            events_rx,
+            commands,
+            status,
+            waiters: Vec::new(),
+            shutdown: None,
+        };
+        let name = pool.config.name.clone();
+        tokio::spawn(pool.run());
+        Ok(PoolHandle {
+            name,
+            commands: commands_tx,
+            status: status_rx,
+        })
+    }
+
+    async fn run(mut self) {
+        info!(service = %self.service.name, listen = %self.service.listen, workers = self.config.workers, "pool starting");
+        let mut tick = tokio::time::interval(self.options.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handles_alive = true;
+        loop {
+            tokio::select! {
+                Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                command = self.commands.recv(), if handles_alive => match command {
+                    Some(command) => self.on_command(command).await,
+                    // Every handle dropped: nobody can stop us gracefully any more; do it now.
+                    None => {
+                        handles_alive = false;
+                        self.begin_shutdown(None).await;
+                    }
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+            self.advance().await;
+            if self.shutdown.is_some() && self.workers.is_empty() {
+                break;
+            }
+        }
+        if let Err(error) = self.balancer.remove_service(&self.service).await {
+            warn!(service = %self.service.name, %error, "removing the virtual service failed");
+        }
+        self.publish();
+        info!(service = %self.service.name, "pool stopped");
+        for done in self.shutdown.take().unwrap_or_default() {
+            let _ = done.send(());
+        }
+    }
+
+    // ----- events ------------------------------------------------------------------------
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Spawned { id, result } => self.on_spawned(id, result).await,
+            Event::Exited { id, status } => self.on_exited(id, status).await,
+            Event::Health { id, result } => self.on_health(id, result).await,
+            Event::TornDown { id } => {
+                if let Some(worker) = self.workers.remove(&id) {
+                    debug!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, "worker torn down");
+                }
+            }
+        }
+    }
+
+    async fn on_spawned(&mut self, id: WorkerId, result: Result<SpawnedWorker, String>) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let slot = worker.slot;
+        match result {
+            Ok(spawned) => {
+                let addr = SocketAddr::new(spawned.addr, self.config.port);
+                worker.addr = Some(addr);
+                worker.pid = Some(spawned.pid);
+                worker.next_health_at = Instant::now();
+                info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
+                let runtime = self.runtime.clone();
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let status = runtime.wait(id).await;
+                    let _ = events.send(Event::Exited { id, status });
+                });
+                if self.shutdown.is_some() {
+                    self.begin_stop(id, RecycleReason::Shutdown);
+                }
+            }
+            Err(message) => {
+                // The runtime cleans up after a failed spawn; there is nothing to tear down.
+                self.workers.remove(&id);
+                self.slot_failed(slot, id, format!("spawn failed: {message}"));
+            }
+        }
+    }
+
+    async fn on_exited(&mut self, id: WorkerId, status: ExitStatus) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let (slot, previous) = (worker.slot, worker.state);
+        worker.state = WorkerState::Gone;
+        let expected = matches!(previous, WorkerState::Stopping);
+        if expected {
+            info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, "worker stopped");
+        } else {
+            warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
+        }
+        self.remove_from_balancer(id).await;
+        self.teardown(id);
+        if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
+            self.slot_failed(slot, id, format!("worker {id} {status} while {previous}"));
+        }
+    }
+
+    async fn on_health(&mut self, id: WorkerId, result: Result<(), String>) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.health_in_flight = false;
+        worker.next_health_at = Instant::now() + self.config.health.interval.get();
+        match (worker.state, result) {
+            (WorkerState::Starting, Ok(())) => {
+                worker.ok_streak += 1;
+                if worker.ok_streak >= self.config.health.healthy_threshold {
+                    self.become_ready(id).await;
+                }
+            }
+            (WorkerState::Starting, Err(_)) => worker.ok_streak = 0,
+            (WorkerState::Ready, Ok(())) => worker.fail_streak = 0,
+            (WorkerState::Ready, Err(reason)) => {
+                worker.fail_streak += 1;
+                let (slot, streak) = (worker.slot, worker.fail_streak);
+                warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, "health check failed");
+                if streak >= self.config.health.unhealthy_threshold {
+                    self.unhealthy(id, reason).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_command(&mut self, command: PoolCommand) {
+        match command {
+            PoolCommand::Recycle { slot, reply, done } => {
+                let result = self.manual_recycle(slot, done);
+                let _ = reply.send(result);
+            }
+            PoolCommand::Shutdown { done } => self.begin_shutdown(Some(done)).await,
+        }
+    }
+
+    fn manual_recycle(
+        &mut self,
+        slot: Option<u32>,
+        done: Option<oneshot::Sender<()>>,
+    ) -> Result<Vec<u32>, String> {
+        if self.shutdown.is_some() {
+            return Err(format!("service {} is shutting down", self.service.name));
+        }
+        let slots: Vec<u32> = match slot {
+            Some(slot) if slot as usize >= self.slots.len() => {
+                return Err(format!(
+                    "service {} has slots 0 to {}",
+                    self.service.name,
+                    self.slots.len() - 1
+                ));
+            }
+            Some(slot) => vec![slot],
+            None => (0..self.slots.len() as u32).collect(),
+        };
+        let mut old_workers = Vec::new();
+        for &slot in &slots {
+            let entry = &mut self.slots[slot as usize];
+            if let Some(current) = entry.current {
+                old_workers.push((slot, current));
+            }
+            if entry.pending.is_none() && !entry.recycling {
+                entry.pending = Some(RecycleReason::Manual);
+            }
+        }
+        info!(service = %self.service.name, ?slots, "manual recycle queued");
+        if let Some(done) = done {
+            self.waiters.push(RecycleWaiter { old_workers, done });
+        }
+        Ok(slots)
+    }
+
+    async fn begin_shutdown(&mut self, done: Option<oneshot::Sender<()>>) {
+        let first = self.shutdown.is_none();
+        self.shutdown.get_or_insert_with(Vec::new).extend(done);
+        if !first {
+            return;
+        }
+        info!(service = %self.service.name, "shutting down the pool");
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            let Some(worker) = self.workers.get(&id) else {
+                continue;
+            };
+            let (weighted, spawned) = (
+                worker.in_balancer && worker.state != WorkerState::Gone,
+                worker.addr.is_some(),
+            );
+            if weighted {
+                self.set_weight_zero(id).await;
+            }
+            if spawned {
+                self.begin_stop(id, RecycleReason::Shutdown);
+            }
+        }
+    }
+
+    // ----- tick --------------------------------------------------------------------------
+
+    async fn on_tick(&mut self) {
+        let in_balancer = self.workers.values().any(|w| w.in_balancer);
+        if in_balancer {
+            match self.balancer.backend_stats(&self.service).await {
+                Ok(stats) => {
+                    for worker in self.workers.values_mut() {
+                        // A backend missing from the dump has no stats: never "drained".
+                        worker.stats = worker.addr.and_then(|addr| stats.get(&addr).copied());
+                    }
+                }
+                Err(error) => {
+                    warn!(service = %self.service.name, %error, "reading balancer stats failed");
+                    for worker in self.workers.values_mut() {
+                        worker.stats = None;
+                    }
+                }
+            }
+        }
+        let ready: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .map(|w| w.id)
+            .collect();
+        for id in ready {
+            match self.runtime.usage(id) {
+                Ok(usage) => {
+                    if let Some(worker) = self.workers.get_mut(&id) {
+                        worker.usage = usage;
+                        worker.oom_baseline.get_or_insert(usage.oom_kills);
+                    }
+                }
+                Err(error) => {
+                    debug!(service = %self.service.name, worker.id = %id, %error, "reading usage failed")
+                }
+            }
+        }
+    }
+
+    /// Moves every state machine along: deadlines, health probes, recycles, refills.
+    async fn advance(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            let Some(worker) = self.workers.get(&id) else {
+                continue;
+            };
+            match worker.state {
+                WorkerState::Starting => {
+                    if worker.addr.is_some()
+                        && now >= worker.spawned_at + self.config.health.start_timeout.get()
+                    {
+                        let slot = worker.slot;
+                        let message = format!(
+                            "worker {id} not healthy within start_timeout {}",
+                            self.config.health.start_timeout
+                        );
+                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{message}");
+                        self.begin_stop(id, RecycleReason::Unhealthy);
+                        self.slot_failed(slot, id, message);
+                    } else {
+                        self.maybe_probe(id, now);
+                    }
+                }
+                WorkerState::Ready => {
+                    self.maybe_probe(id, now);
+                    if let Some(reason) = self.planned_recycle_reason(id, now) {
+                        let slot = self.workers[&id].slot as usize;
+                        let entry = &mut self.slots[slot];
+                        if entry.current == Some(id) && entry.pending.is_none() && !entry.recycling
+                        {
+                            info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, "worker due for recycling");
+                            entry.pending = Some(reason);
+                        }
+                    }
+                }
+                WorkerState::Draining => {
+                    let settled = worker.drain_settled_at.is_some_and(|at| now >= at);
+                    let active = worker.stats.map(|stats| stats.active);
+                    if settled && active == Some(0) {
+                        debug!(service = %self.service.name, worker.id = %id, "worker drained");
+                        self.begin_stop(id, worker.reason.unwrap_or(RecycleReason::Manual));
+                    } else if worker.drain_deadline.is_some_and(|at| now >= at) {
+                        warn!(service = %self.service.name, worker.id = %id, active = ?active, "drain timeout; stopping with connections open");
+                        self.begin_stop(id, worker.reason.unwrap_or(RecycleReason::Manual));
+                    }
+                }
+                WorkerState::Stopping => {
+                    if !worker.killed && worker.kill_at.is_some_and(|at| now >= at) {
+                        warn!(service = %self.service.name, worker.id = %id, timeout = %self.config.recycle.stop_timeout, "worker ignored SIGTERM; sending SIGKILL");
+                        if let Err(error) = self.runtime.signal(id, StopSignal::Kill) {
+                            error!(service = %self.service.name, worker.id = %id, %error, "SIGKILL failed");
+                        }
+                        if let Some(worker) = self.workers.get_mut(&id) {
+                            worker.killed = true;
+                        }
+                    }
+                }
+                WorkerState::Gone => {}
+            }
+        }
+        if self.shutdown.is_none() {
+            self.reset_failures(now);
+            self.start_planned_recycles(now).await;
+            self.fill_slots(now);
+        }
+        self.finish_recycles();
+        self.publish();
+    }
+
+    fn planned_recycle_reason(&self, id: WorkerId, now: Instant) -> Option<RecycleReason> {
+        let worker = &self.workers[&id];
+        let recycle = &self.config.recycle;
+        if worker.retire_at.is_some_and(|at| now >= at) {
+            return Some(RecycleReason::Lifetime);
+        }
+        if let (Some(limit), Some(stats)) = (recycle.max_connections, worker.stats) {
+            if stats.total >= limit {
+                return Some(RecycleReason::MaxConnections);
+            }
+        }
+        if let Some(limit) = recycle.max_memory {
+            if worker.usage.memory_bytes > limit.bytes() {
+                return Some(RecycleReason::MaxMemory);
+            }
+        }
+        if recycle.on_oom == OnOom::Recycle
+            && worker
+                .oom_baseline
+                .is_some_and(|base| worker.usage.oom_kills > base)
+        {
+            return Some(RecycleReason::OomKill);
+        }
+        None
+    }
+
+    fn maybe_probe(&mut self, id: WorkerId, now: Instant) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(addr) = worker.addr else { return };
+        if worker.health_in_flight || now < worker.next_health_at {
+            return;
+        }
+        worker.health_in_flight = true;
+        let health = self.health.clone();
+        let spec = self.config.health.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = health.check(addr, &spec).await;
+            let _ = events.send(Event::Health { id, result });
+        });
+    }
+
+    fn reset_failures(&mut self, now: Instant) {
+        let steady = self.config.backoff.max.get();
+        for slot in &mut self.slots {
+            let ready_since = slot
+                .current
+                .and_then(|id| self.workers.get(&id))
+                .and_then(|w| w.ready_at);
+            if slot.failures > 0 && ready_since.is_some_and(|at| now >= at + steady) {
+                slot.failures = 0;
+                slot.last_error = None;
+            }
+        }
+    }
+
+    fn recycles_in_flight(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.recycling).count()
+    }
+
+    async fn start_planned_recycles(&mut self, now: Instant) {
+        let cap = self.config.recycle.max_concurrent_recycles as usize;
+        for index in 0..self.slots.len() {
+            if self.recycles_in_flight() >= cap {
+                return;
+            }
+            let slot = &self.slots[index];
+            let Some(reason) = slot.pending else { continue };
+            let Some(current) = slot.current else {
+                continue;
+            };
+            let current_ready = self
+                .workers
+                .get(&current)
+                .is_some_and(|w| w.state == WorkerState::Ready);
+            if !current_ready
+                || slot.replacement.is_some()
+                || slot.restart_at.is_some_and(|at| now < at)
+            {
+                continue;
+            }
+            let slot = &mut self.slots[index];
+            slot.pending = None;
+            slot.recycling = true;
+            let index = index as u32;
+            info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
+            if self.config.recycle.surge {
+                let replacement = self.spawn_worker(index);
+                self.slots[index as usize].replacement = Some(replacement);
+                // The old worker keeps its reason for when the replacement is ready.
+                if let Some(worker) = self.workers.get_mut(&current) {
+                    worker.reason = Some(reason);
+                }
+            } else {
+                self.slots[index as usize].current = None;
+                self.retire(current, reason).await;
+            }
+        }
+    }
+
+    fn fill_slots(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.current.is_some() || slot.restart_at.is_some_and(|at| now < at) {
+                continue;
+            }
+            // Without surge a slot holds one worker at a time: wait until the old one is gone.
+            let retiring = self
+                .workers
+                .values()
+                .any(|w| w.slot as usize == index && w.state != WorkerState::Starting);
+            if !self.config.recycle.surge && slot.recycling && retiring {
+                continue;
+            }
+            let id = self.spawn_worker(index as u32);
+            self.slots[index].current = Some(id);
+        }
+    }
+
+    fn finish_recycles(&mut self) {
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if !slot.recycling || slot.replacement.is_some() {
+                continue;
+            }
+            let current_ready = slot
+                .current
+                .and_then(|id| self.workers.get(&id))
+                .is_some_and(|w| w.state == WorkerState::Ready);
+            let old_left = self
+                .workers
+                .values()
+                .any(|w| w.slot as usize == index && Some(w.id) != slot.current);
+            if current_ready && !old_left {
+                self.slots[index].recycling = false;
+            }
+        }
+        let mut waiters = std::mem::take(&mut self.waiters);
+        waiters.retain(|waiter| !waiter.done.is_closed());
+        for waiter in waiters {
+            let finished = waiter.old_workers.iter().all(|(slot, old)| {
+                let slot = &self.slots[*slot as usize];
+                !self.workers.contains_key(old)
+                    && slot
+                        .current
+                        .and_then(|id| self.workers.get(&id))
+                        .is_some_and(|w| w.state == WorkerState::Ready)
+            });
+            if finished {
+                let _ = waiter.done.send(());
+            } else {
+                self.waiters.push(waiter);
+            }
+        }
+    }
+
+    // ----- transitions -------------------------------------------------------------------
+
+    fn spawn_worker(&mut self, slot: u32) -> WorkerId {
+        let id = WorkerId(NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed));
+        let now = Instant::now();
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                slot,
+                state: WorkerState::Starting,
+                addr: None,
+                pid: None,
+                spawned_at: now,
+                ready_at: None,
+                in_balancer: false,
+                health_in_flight: false,
+                next_health_at: now,
+                ok_streak: 0,
+                fail_streak: 0,
+                retire_at: None,
+                reason: None,
+                drain_settled_at: None,
+                drain_deadline: None,
+                kill_at: None,
+                killed: false,
+                stats: None,
+                usage: ResourceUsage::default(),
+                oom_baseline: None,
+            },
+        );
+        debug!(service = %self.service.name, worker.slot = slot, worker.id = %id, "spawning worker");
+        let spec = WorkerSpec {
+            id,
+            slot,
+            service: self.config.clone(),
+        };
+        let runtime = self.runtime.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = runtime.spawn(&spec).await.map_err(|e| e.to_string());
+            let _ = events.send(Event::Spawned { id, result });
+        });
+        id
+    }
+
+    async fn become_ready(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        let (slot, Some(addr)) = (worker.slot, worker.addr) else {
+            return;
+        };
+        if let Err(error) = self
+            .balancer
+            .add_backend(&self.service, addr, self.config.weight)
+            .await
+        {
+            error!(service = %self.service.name, worker.slot = slot, worker.id = %id, %error, "adding the worker to the balancer failed");
+            self.begin_stop(id, RecycleReason::Unhealthy);
+            self.slot_failed(slot, id, format!("balancer: {error}"));
+            return;
+        }
+        let now = Instant::now();
+        let lifetime = self.lifetime();
+        let worker = self.workers.get_mut(&id).expect("checked above");
+        worker.state = WorkerState::Ready;
+        worker.in_balancer = true;
+        worker.ready_at = Some(now);
+        worker.retire_at = lifetime.map(|lifetime| now + lifetime);
+        info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, lifetime = ?lifetime, "worker ready");
+
+        let entry = &mut self.slots[slot as usize];
+        if entry.replacement == Some(id) {
+            // Surge: the replacement serves; now retire the old worker.
+            entry.replacement = None;
+            let old = entry.current.replace(id);
+            if let Some(old) = old {
+                let reason = self
+                    .workers
+                    .get(&old)
+                    .and_then(|w| w.reason)
+                    .unwrap_or(RecycleReason::Manual);
+                self.retire(old, reason).await;
+            }
+        }
+    }
+
+    /// The worker's lifetime: max_lifetime shortened by up to lifetime_jitter, at least min_lifetime.
+    fn lifetime(&mut self) -> Option<Duration> {
+        let recycle = &self.config.recycle;
+        let max = recycle.max_lifetime?.get();
+        let jitter = recycle.lifetime_jitter.get();
+        let cut = jitter.mul_f64(self.rng.f64());
+        Some(
+            max.saturating_sub(cut)
+                .max(recycle.min_lifetime.get().min(max)),
+        )
+    }
+
+    /// Weight 0 and wait for the connections to end (Ready -> Draining).
+    async fn retire(&mut self, id: WorkerId, reason: RecycleReason) {
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        if worker.state != WorkerState::Ready {
+            self.begin_stop(id, reason);
+            return;
+        }
+        self.set_weight_zero(id).await;
+        let now = Instant::now();
+        let worker = self.workers.get_mut(&id).expect("checked above");
+        worker.state = WorkerState::Draining;
+        worker.reason = Some(reason);
+        worker.drain_settled_at = Some(now + self.options.drain_settle);
+        worker.drain_deadline = Some(now + self.config.recycle.drain_timeout.get());
+        info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");
+    }
+
+    async fn set_weight_zero(&mut self, id: WorkerId) {
+        let Some(addr) = self.workers.get(&id).and_then(|w| w.addr) else {
+            return;
+        };
+        if let Err(error) = self.balancer.set_weight(&self.service, addr, 0).await {
+            error!(service = %self.service.name, worker.id = %id, %error, "setting weight 0 failed");
+        }
+    }
+
+    /// SIGTERM now, SIGKILL after stop_timeout (-> Stopping).
+    fn begin_stop(&mut self, id: WorkerId, reason: RecycleReason) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if matches!(worker.state, WorkerState::Stopping | WorkerState::Gone)
+            || worker.addr.is_none()
+        {
+            return;
+        }
+        worker.state = WorkerState::Stopping;
+        worker.reason.get_or_insert(reason);
+        worker.kill_at = Some(Instant::now() + self.config.recycle.stop_timeout.get());
+        debug!(service = %self.service.name, worker.id = %id, "sending SIGTERM");
+        if let Err(error) = self.runtime.signal(id, StopSignal::Term) {
+            error!(service = %self.service.name, worker.id = %id, %error, "SIGTERM failed");
+        }
+    }
+
+    async fn unhealthy(&mut self, id: WorkerId, reason: String) {
+        let Some(slot) = self.workers.get(&id).map(|w| w.slot) else {
+            return;
+        };
+        // An unhealthy worker gets no new connections at once, without waiting for a
+        // replacement; the slot refills after the backoff.
+        if self.slots[slot as usize].current == Some(id) {
+            self.slots[slot as usize].current = None;
+        }
+        self.retire(id, RecycleReason::Unhealthy).await;
+        self.slot_failed(slot, id, format!("worker {id} unhealthy: {reason}"));
+    }
+
+    async fn remove_from_balancer(&mut self, id: WorkerId) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let (true, Some(addr)) = (worker.in_balancer, worker.addr) else {
+            return;
+        };
+        worker.in_balancer = false;
+        if let Err(error) = self.balancer.remove_backend(&self.service, addr).await {
+            error!(service = %self.service.name, worker.id = %id, %error, "removing the backend failed");
+        }
+    }
+
+    fn teardown(&mut self, id: WorkerId) {
+        let runtime = self.runtime.clone();
+        let events = self.events_tx.clone();
+        let service = self.service.name.clone();
+        tokio::spawn(async move {
+            if let Err(error) = runtime.teardown(id).await {
+                error!(service = %service, worker.id = %id, %error, "teardown failed");
+            }
+            let _ = events.send(Event::TornDown { id });
+        });
+    }
+
+    /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
+    fn slot_failed(&mut self, slot: u32, id: WorkerId, message: String) {
+        let backoff = &self.config.backoff;
+        let entry = &mut self.slots[slot as usize];
+        if entry.current == Some(id) {
+            entry.current = None;
+        }
+        if entry.replacement == Some(id) {
+            // The surge replacement failed: the old worker keeps serving; retry the recycle.
+            entry.replacement = None;
+            entry.recycling = false;
+            let old_reason = entry
+                .current
+                .and_then(|old| self.workers.get(&old))
+                .and_then(|w| w.reason);
+            entry.pending = Some(old_reason.unwrap_or(RecycleReason::Manual));
+        }
+        entry.failures += 1;
+        let delay = backoff.delay(entry.failures);
+        entry.restart_at = Some(Instant::now() + delay);
+        entry.last_error = Some(message.clone());
+        let failures = entry.failures;
+        if failures >= CRASH_LOOP_FAILURES {
+            error!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}; slot is crash-looping");
+        } else {
+            warn!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}");
+        }
+    }
+
+    // ----- status ------------------------------------------------------------------------
+
+    fn publish(&self) {
+        let now = Instant::now();
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| WorkerStatus {
+                slot: w.slot,
+                id: w.id.0,
+                state: w.state,
+                addr: w.addr,
+                pid: w.pid,
+                age_secs: now.duration_since(w.spawned_at).as_secs_f64(),
+                active_conns: w.stats.map_or(0, |s| s.active),
+                total_conns: w.stats.map_or(0, |s| s.total),
+                memory_bytes: w.usage.memory_bytes,
+                reason: w.reason,
+            })
+            .collect();
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let current = slot.current.and_then(|id| self.workers.get(&id));
+                let waiting = slot.restart_at.filter(|at| *at > now);
+                let state = if current.is_none() && waiting.is_some() {
+                    if slot.failures >= CRASH_LOOP_FAILURES {
+                        SlotState::CrashLoop
+                    } else {
+                        SlotState::Backoff
+                    }
+                } else if slot.recycling {
+                    SlotState::Recycling
+                } else if current.is_some_and(|w| w.state == WorkerState::Ready) {
+                    SlotState::Ok
+                } else {
+                    SlotState::Starting
+                };
+                SlotStatus {
+                    slot: index as u32,
+                    state,
+                    failures: slot.failures,
+                    last_error: slot.last_error.clone(),
+                    retry_in_secs: waiting.map(|at| (at - now).as_secs_f64()),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| (w.slot, w.id));
+        let ready = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count() as u32;
+        self.status.send_modify(|status| {
+            status.ready = ready;
+            status.workers = workers;
+            status.slots = slots;
+        });
+    }
+}

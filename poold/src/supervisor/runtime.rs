@@ -1,0 +1,86 @@
+//! The worker runtime as the supervisor sees it: spawn a sandboxed worker, signal it, learn
+//! when it exits, read its resource use, tear it down.
+
+use crate::config::ServiceConfig;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Identifies one worker (one container) for its whole life. Never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct WorkerId(pub u64);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub id: WorkerId,
+    pub slot: u32,
+    pub service: Arc<ServiceConfig>,
+}
+
+/// A spawned worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpawnedWorker {
+    /// The worker's own address (fresh per worker; freed addresses are quarantined).
+    pub addr: IpAddr,
+    /// Host pid of the worker's init / main process.
+    pub pid: u32,
+}
+
+/// How a worker's main process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignal {
+    Term,
+    Kill,
+}
+
+/// A worker's resource use, from its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    pub memory_bytes: u64,
+    /// OOM kills inside the worker's cgroup since it started.
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("worker {worker}: {operation}: {message}")]
+pub struct RuntimeError {
+    pub worker: WorkerId,
+    pub operation: &'static str,
+    pub message: String,
+}
+
+#[async_trait]
+pub trait WorkerRuntime: Send + Sync + 'static {
+    async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError>;
+    /// Resolves when the worker's main process has exited (at once if it already has).
+    async fn wait(&self, worker: WorkerId) -> ExitStatus;
+    fn signal(&self, worker: WorkerId, signal: StopSignal) -> Result<(), RuntimeError>;
+    fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError>;
+    /// Destroys everything the worker had (processes, mounts, cgroup, netns, address).
+    async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError>;
+}

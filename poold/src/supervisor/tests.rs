@@ -1,0 +1,574 @@
+//! The supervisor's state machine against recording fakes, in paused tokio time.
+
+use super::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
+use super::*;
+use crate::config::{ByteSize, Config, HumanDuration, OnOom, ServiceConfig};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn service(workers: u32) -> ServiceConfig {
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = {workers}\nport = 8080\n\
+         rootfs = \"host\"\ncommand = [\"/bin/app\"]\n"
+    );
+    Config::parse(&text, Path::new("test.toml"))
+        .unwrap()
+        .services
+        .remove(0)
+}
+
+struct Harness {
+    runtime: FakeRuntime,
+    balancer: FakeBalancer,
+    health: FakeHealth,
+    pool: PoolHandle,
+}
+
+impl Harness {
+    async fn start(config: ServiceConfig) -> Self {
+        let runtime = FakeRuntime::default();
+        let balancer = FakeBalancer::new(config.workers as usize);
+        let health = FakeHealth::default();
+        let options = PoolOptions {
+            tick: Duration::from_millis(500),
+            drain_settle: Duration::from_secs(1),
+            seed: 7,
+        };
+        let pool = ServicePool::start(
+            Arc::new(config),
+            Arc::new(runtime.clone()),
+            Arc::new(balancer.clone()),
+            Arc::new(health.clone()),
+            options,
+        )
+        .await
+        .unwrap();
+        Self {
+            runtime,
+            balancer,
+            health,
+            pool,
+        }
+    }
+
+    fn status(&self) -> ServiceStatus {
+        self.pool.status.borrow().clone()
+    }
+
+    fn workers_in(&self, state: WorkerState) -> Vec<WorkerStatus> {
+        self.status()
+            .workers
+            .into_iter()
+            .filter(|w| w.state == state)
+            .collect()
+    }
+
+    fn ready_worker(&self, slot: u32) -> WorkerStatus {
+        self.workers_in(WorkerState::Ready)
+            .into_iter()
+            .find(|w| w.slot == slot)
+            .expect("slot has a ready worker")
+    }
+}
+
+async fn wait(secs: u64) {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fills_the_pool_with_fresh_addresses() {
+    let h = Harness::start(service(3)).await;
+    wait(2).await;
+    let status = h.status();
+    assert_eq!((status.desired, status.ready), (3, 3));
+    assert!(
+        status.slots.iter().all(|s| s.state == SlotState::Ok),
+        "{:?}",
+        status.slots
+    );
+    assert_eq!(h.balancer.weighted_backends().len(), 3);
+    let addrs = h.runtime.state().addresses_handed_out.clone();
+    assert_eq!(addrs.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_is_replaced_with_exponential_backoff_and_crash_loop_shows() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let victim = h.ready_worker(1);
+    h.runtime.state().fail_spawns = true;
+    h.runtime.exit(WorkerId(victim.id), ExitStatus::Code(1));
+    wait(1).await;
+    let status = h.status();
+    assert_eq!(status.ready, 1);
+    assert!(!status
+        .workers
+        .iter()
+        .any(|w| w.id == victim.id && w.state != WorkerState::Gone));
+    assert!(
+        !h.balancer
+            .state()
+            .backends
+            .contains_key(&victim.addr.unwrap()),
+        "crashed backend removed"
+    );
+    assert!(h.runtime.state().workers[&WorkerId(victim.id)].torn_down);
+
+    wait(60).await;
+    let attempts: Vec<_> = h
+        .runtime
+        .state()
+        .spawn_attempts
+        .iter()
+        .filter(|(slot, _)| *slot == 1)
+        .map(|(_, at)| *at)
+        .collect();
+    // Initial spawn, then retries after 1s, 2s, 4s, 8s, 16s (+ tick granularity).
+    assert!(attempts.len() >= 5, "{attempts:?}");
+    let gaps: Vec<f64> = attempts
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    for pair in gaps.windows(2) {
+        assert!(pair[1] > pair[0] * 1.5, "backoff grows: {gaps:?}");
+    }
+    let slot = &h.status().slots[1];
+    assert_eq!(slot.state, SlotState::CrashLoop, "{slot:?}");
+    assert!(slot.failures >= CRASH_LOOP_FAILURES);
+    assert!(
+        slot.last_error
+            .as_deref()
+            .unwrap()
+            .contains("spawn failed: "),
+        "{slot:?}"
+    );
+    assert_eq!(h.status().slots[0].state, SlotState::Ok);
+
+    // Recovery: the slot refills, and its failure count resets after backoff.max of readiness.
+    h.runtime.state().fail_spawns = false;
+    wait(70).await;
+    assert_eq!(h.status().ready, 2);
+    assert_eq!(h.status().slots[1].state, SlotState::Ok);
+    wait(61).await;
+    assert_eq!(h.status().slots[1].failures, 0);
+}
+
+/// Lifetime recycles: jittered, never below min_lifetime, one at a time, surge keeps capacity.
+#[tokio::test(start_paused = true)]
+async fn lifetime_recycles_are_staggered_and_keep_capacity() {
+    let mut config = service(4);
+    config.recycle.max_lifetime = Some(HumanDuration::from_secs(120));
+    config.recycle.lifetime_jitter = HumanDuration::from_secs(40);
+    config.recycle.min_lifetime = HumanDuration::from_secs(90);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let first: Vec<u64> = h
+        .workers_in(WorkerState::Ready)
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(first.len(), 4);
+    wait(85).await;
+    assert_eq!(
+        h.workers_in(WorkerState::Ready)
+            .iter()
+            .map(|w| w.id)
+            .collect::<Vec<_>>(),
+        first,
+        "min_lifetime holds"
+    );
+
+    let mut most_in_flight = 0;
+    for _ in 0..80 {
+        wait(1).await;
+        let status = h.status();
+        let in_flight = status
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Recycling)
+            .count();
+        most_in_flight = most_in_flight.max(in_flight);
+        assert!(status.ready >= 4, "ready dropped below desired: {status:?}");
+    }
+    let now: Vec<u64> = h
+        .workers_in(WorkerState::Ready)
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    assert!(
+        now.iter().all(|id| !first.contains(id)),
+        "every worker recycled by 165s: {first:?} -> {now:?}"
+    );
+    assert_eq!(most_in_flight, 1, "max_concurrent_recycles = 1");
+    let balancer = h.balancer.state();
+    assert_eq!(balancer.min_weighted_after_full, Some(4));
+    assert!(
+        balancer.max_backends <= 5,
+        "at most one surge worker at a time"
+    );
+    assert!(balancer.removed_with_active.is_empty());
+    // Recycles were spread out, not all at one instant.
+    let signals = h.runtime.state().signals.clone();
+    let terms: Vec<_> = signals
+        .iter()
+        .filter(|(_, s, _)| *s == StopSignal::Term)
+        .map(|(_, _, at)| *at)
+        .collect();
+    assert_eq!(terms.len(), 4);
+    assert!(terms.windows(2).all(|w| w[1] > w[0]));
+}
+
+/// Surge order: the replacement is ready and weighted before the old worker gets weight 0;
+/// the old one is stopped only when its active connections reach 0.
+#[tokio::test(start_paused = true)]
+async fn manual_recycle_drains_before_stopping() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let old = h.ready_worker(0);
+    let old_addr = old.addr.unwrap();
+    h.balancer.set_active(old_addr, 5);
+    let (slots, done) = h.pool.recycle(Some(0)).await.unwrap();
+    assert_eq!(slots, vec![0]);
+    wait(10).await;
+    let draining = h.workers_in(WorkerState::Draining);
+    assert_eq!(draining.len(), 1);
+    assert_eq!(draining[0].id, old.id);
+    assert_eq!(draining[0].reason, Some(RecycleReason::Manual));
+    assert_eq!(h.balancer.state().backends[&old_addr].weight, 0);
+    assert_eq!(h.status().ready, 2, "replacement is ready");
+    assert!(
+        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        "not stopped while connections are active"
+    );
+
+    h.balancer.set_active(old_addr, 0);
+    wait(2).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(old.id)),
+        vec![StopSignal::Term]
+    );
+    assert!(!h.balancer.state().backends.contains_key(&old_addr));
+    done.await.expect("recycle finished");
+    assert!(h.balancer.state().removed_with_active.is_empty());
+    assert_eq!(h.balancer.state().min_weighted_after_full, Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_timeout_then_sigterm_then_sigkill() {
+    let mut config = service(1);
+    config.recycle.drain_timeout = HumanDuration::from_secs(20);
+    config.recycle.stop_timeout = HumanDuration::from_secs(5);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let old = h.ready_worker(0);
+    h.balancer.set_active(old.addr.unwrap(), 3);
+    h.runtime.state().ignore_term = true;
+    h.pool.recycle(None).await.unwrap();
+    wait(15).await;
+    assert!(h.runtime.signals_to(WorkerId(old.id)).is_empty());
+    wait(7).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(old.id)),
+        vec![StopSignal::Term]
+    );
+    assert_eq!(h.workers_in(WorkerState::Stopping).len(), 1);
+    wait(6).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(old.id)),
+        vec![StopSignal::Term, StopSignal::Kill]
+    );
+    wait(1).await;
+    assert!(h.status().workers.iter().all(|w| w.id != old.id));
+}
+
+/// A dump without the backend (or a failed dump) is not "drained": wait for the timeout.
+#[tokio::test(start_paused = true)]
+async fn missing_stats_are_never_read_as_drained() {
+    let mut config = service(1);
+    config.recycle.drain_timeout = HumanDuration::from_secs(20);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let old = h.ready_worker(0);
+    h.balancer.state().hidden.insert(old.addr.unwrap());
+    h.pool.recycle(None).await.unwrap();
+    wait(10).await;
+    assert!(
+        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        "hidden backend is not drained"
+    );
+    h.balancer.state().hidden.clear();
+    h.balancer.state().fail_stats = true;
+    wait(5).await;
+    assert!(
+        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        "failed dump is not drained"
+    );
+    wait(8).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(old.id)),
+        vec![StopSignal::Term]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_connections_recycles() {
+    let mut config = service(2);
+    config.recycle.max_connections = Some(1000);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let busy = h.ready_worker(1);
+    let calm = h.ready_worker(0);
+    h.balancer
+        .state()
+        .backends
+        .get_mut(&busy.addr.unwrap())
+        .unwrap()
+        .total = 999;
+    wait(5).await;
+    assert!(h.runtime.signals_to(WorkerId(busy.id)).is_empty());
+    h.balancer
+        .state()
+        .backends
+        .get_mut(&busy.addr.unwrap())
+        .unwrap()
+        .total = 1000;
+    wait(5).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(busy.id)),
+        vec![StopSignal::Term]
+    );
+    assert!(h.runtime.signals_to(WorkerId(calm.id)).is_empty());
+    assert_eq!(h.status().ready, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_memory_and_oom_kill_recycle() {
+    let mut config = service(3);
+    config.recycle.max_memory = Some(ByteSize::mib(100));
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let (fat, oom, fine) = (h.ready_worker(0), h.ready_worker(1), h.ready_worker(2));
+    h.runtime.set_usage(
+        WorkerId(fat.id),
+        ResourceUsage {
+            memory_bytes: 101 << 20,
+            oom_kills: 0,
+        },
+    );
+    h.runtime.set_usage(
+        WorkerId(fine.id),
+        ResourceUsage {
+            memory_bytes: 99 << 20,
+            oom_kills: 0,
+        },
+    );
+    h.runtime.set_usage(
+        WorkerId(oom.id),
+        ResourceUsage {
+            memory_bytes: 10 << 20,
+            oom_kills: 1,
+        },
+    );
+    wait(10).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(fat.id)),
+        vec![StopSignal::Term]
+    );
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(oom.id)),
+        vec![StopSignal::Term]
+    );
+    assert!(h.runtime.signals_to(WorkerId(fine.id)).is_empty());
+    assert_eq!(h.balancer.state().min_weighted_after_full, Some(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_kill_ignored_when_configured() {
+    let mut config = service(1);
+    config.recycle.on_oom = OnOom::Ignore;
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let worker = h.ready_worker(0);
+    h.runtime.set_usage(
+        WorkerId(worker.id),
+        ResourceUsage {
+            memory_bytes: 1,
+            oom_kills: 4,
+        },
+    );
+    wait(10).await;
+    assert!(h.runtime.signals_to(WorkerId(worker.id)).is_empty());
+}
+
+/// An unhealthy worker loses traffic at once (no waiting for a replacement) and is replaced.
+#[tokio::test(start_paused = true)]
+async fn failed_health_checks_replace_the_worker() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let sick = h.ready_worker(0);
+    h.health.set_unhealthy(sick.addr.unwrap().ip(), true);
+    // Interval 2s, threshold 3: weight 0 after about 6s.
+    wait(3).await;
+    assert_eq!(
+        h.balancer.state().backends[&sick.addr.unwrap()].weight,
+        1,
+        "not yet: threshold is 3"
+    );
+    wait(5).await;
+    assert!(h
+        .balancer
+        .state()
+        .backends
+        .get(&sick.addr.unwrap())
+        .is_none_or(|b| b.weight == 0));
+    wait(5).await;
+    assert_eq!(h.status().ready, 2);
+    assert!(
+        h.status().workers.iter().all(|w| w.id != sick.id),
+        "sick worker is gone"
+    );
+    assert_eq!(h.status().slots[0].failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn worker_never_healthy_fails_its_start() {
+    let mut config = service(1);
+    config.health.start_timeout = HumanDuration::from_secs(10);
+    let h = Harness::start(config).await;
+    h.health.all_unhealthy();
+    wait(11).await;
+    let status = h.status();
+    assert_eq!(status.ready, 0);
+    assert_eq!(status.slots[0].state, SlotState::Backoff, "{status:?}");
+    assert!(status.slots[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("start_timeout"));
+    assert!(
+        h.balancer.state().backends.is_empty(),
+        "never added to the balancer"
+    );
+}
+
+/// A replacement that fails to start leaves the old worker serving; the recycle is retried.
+#[tokio::test(start_paused = true)]
+async fn failed_surge_replacement_keeps_the_old_worker() {
+    let h = Harness::start(service(1)).await;
+    wait(2).await;
+    let old = h.ready_worker(0);
+    h.runtime.state().fail_spawns = true;
+    h.pool.recycle(None).await.unwrap();
+    wait(5).await;
+    assert_eq!(h.ready_worker(0).id, old.id);
+    assert!(h.runtime.signals_to(WorkerId(old.id)).is_empty());
+    h.runtime.state().fail_spawns = false;
+    wait(10).await;
+    assert_ne!(h.ready_worker(0).id, old.id);
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(old.id)),
+        vec![StopSignal::Term]
+    );
+    assert_eq!(h.balancer.state().min_weighted_after_full, Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recycle_all_with_wait_replaces_every_worker_one_at_a_time() {
+    let h = Harness::start(service(3)).await;
+    wait(2).await;
+    let before: Vec<u64> = h
+        .workers_in(WorkerState::Ready)
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    let (slots, done) = h.pool.recycle(None).await.unwrap();
+    assert_eq!(slots, vec![0, 1, 2]);
+    done.await.unwrap();
+    let after: Vec<u64> = h
+        .workers_in(WorkerState::Ready)
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|id| !before.contains(id)));
+    assert!(h
+        .status()
+        .workers
+        .iter()
+        .all(|w| w.state == WorkerState::Ready));
+    {
+        let balancer = h.balancer.state();
+        assert_eq!(balancer.min_weighted_after_full, Some(3));
+        assert_eq!(balancer.max_backends, 4);
+    }
+    assert!(h
+        .pool
+        .recycle(Some(3))
+        .await
+        .unwrap_err()
+        .contains("slots 0 to 2"));
+}
+
+/// Without surge the old worker drains and stops before its replacement starts.
+#[tokio::test(start_paused = true)]
+async fn without_surge_drain_comes_first() {
+    let mut config = service(2);
+    config.recycle.surge = false;
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let old = h.ready_worker(0);
+    let (_, done) = h.pool.recycle(Some(0)).await.unwrap();
+    done.await.unwrap();
+    let state = h.runtime.state();
+    let term_at = state
+        .signals
+        .iter()
+        .find(|(w, _, _)| w.0 == old.id)
+        .unwrap()
+        .2;
+    let respawn_at = state
+        .spawn_attempts
+        .iter()
+        .filter(|(slot, _)| *slot == 0)
+        .nth(1)
+        .unwrap()
+        .1;
+    assert!(
+        respawn_at >= term_at,
+        "replacement spawned after the old worker was stopped"
+    );
+    assert_eq!(h.balancer.state().max_backends, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_everything_and_removes_the_service() {
+    let h = Harness::start(service(3)).await;
+    wait(2).await;
+    h.pool.shutdown().await;
+    let state = h.runtime.state();
+    assert_eq!(state.workers.len(), 3);
+    assert!(state.workers.values().all(|w| w.torn_down));
+    assert!(!h.balancer.state().service);
+    assert!(h.pool.status.borrow().workers.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_the_pool() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let Harness {
+        runtime,
+        balancer,
+        pool,
+        ..
+    } = h;
+    let mut status = pool.status.clone();
+    drop(pool);
+    // The pool stops its workers and publishes an empty status before it ends.
+    status.wait_for(|s| s.workers.is_empty()).await.unwrap();
+    wait(1).await;
+    assert!(runtime.state().workers.values().all(|w| w.torn_down));
+    assert!(!balancer.state().service);
+}
