@@ -249,12 +249,10 @@ impl Metrics {
         };
         let inner = &self.inner;
         let recycles = RecycleCause::ALL.map(|reason| {
-            inner
-                .recycles
-                .get_or_create_owned(&RecycleLabels {
-                    service: service.clone(),
-                    reason,
-                })
+            inner.recycles.get_or_create_owned(&RecycleLabels {
+                service: service.clone(),
+                reason,
+            })
         });
         PoolMetrics {
             recycles,
@@ -335,8 +333,7 @@ impl PoolMetrics {
         let Some(cause) = RecycleCause::from_reason(reason) else {
             return;
         };
-        if let std::collections::hash_map::Entry::Vacant(entry) =
-            self.recycle_started.entry(worker)
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.recycle_started.entry(worker)
         {
             entry.insert(Instant::now());
             self.recycle(cause).inc();

@@ -37,7 +37,12 @@ pub fn parse_stat(stat: &str) -> Option<(f64, f64)> {
 pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
     status.lines().find_map(|line| {
         let value = line.strip_prefix(key)?.strip_prefix(':')?;
-        let kb = value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+        let kb = value
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
         Some(kb * 1024)
     })
 }

@@ -51,7 +51,11 @@ async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response 
         .filter_map(|value| value.to_str().ok())
         .any(|accept| accept.contains("application/openmetrics-text"));
     if wants_openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], openmetrics).into_response()
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            openmetrics,
+        )
+            .into_response()
     } else {
         (
             [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
