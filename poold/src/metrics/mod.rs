@@ -272,11 +272,14 @@ impl Metrics {
         Ok(out)
     }
 
-    /// The sample names this registry exports (counters with `_total`, histograms with
-    /// `_bucket`, `_sum`, `_count`), whether or not a series exists yet.
-    pub fn exported_names(&self) -> Result<Vec<String>, MetricsError> {
+    /// Every sample name poold exports (counters with `_total`, histograms with `_bucket`,
+    /// `_sum`, `_count`): what dashboards and alert rules may refer to.
+    pub fn exported_names() -> Result<Vec<String>, MetricsError> {
+        // A family shows up once it has a series: give every per-service one a service.
+        let metrics = Metrics::new(BalancerKind::Proxy);
+        let _hooks = metrics.pool_metrics("any");
         let mut names = Vec::new();
-        for line in self.encode()?.lines() {
+        for line in metrics.encode()?.lines() {
             let Some(rest) = line.strip_prefix("# TYPE ") else {
                 continue;
             };
