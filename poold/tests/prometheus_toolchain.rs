@@ -131,7 +131,10 @@ async fn served_exposition_lints_clean_with_promtool() {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
@@ -215,7 +218,10 @@ fn dashboard_and_rules_use_only_exported_metrics() {
         .collect::<Vec<_>>()
         .join("\n");
     used.extend(metric_names(&rule_exprs));
-    assert!(used.contains("poold_recycle_duration_seconds_bucket"), "{used:?}");
+    assert!(
+        used.contains("poold_recycle_duration_seconds_bucket"),
+        "{used:?}"
+    );
     let unknown: Vec<_> = used.difference(&exported).collect();
     assert!(
         unknown.is_empty(),
