@@ -239,3 +239,111 @@ fn metric_name_scanner_finds_names_and_ignores_lookalikes() {
         ["poold_recycles_total", "process_open_fds"]
     );
 }
+
+/// Kills the Prometheus server this test started, even when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The real Prometheus server scrapes poold's endpoint (OpenMetrics, as Prometheus asks
+/// for it) and answers queries about it. Loopback only.
+#[tokio::test]
+async fn prometheus_server_scrapes_the_endpoint() {
+    const PROMETHEUS: &str = "/usr/bin/prometheus";
+    assert!(
+        Path::new(PROMETHEUS).exists(),
+        "{PROMETHEUS} is missing: apt-get install prometheus (cargo xtask test installs it)"
+    );
+    let metrics = metrics_after_events();
+    let server = serve("127.0.0.1:0".parse().unwrap(), metrics)
+        .await
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("poold-prometheus")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: poold\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            server.local_addr()
+        ),
+    )
+    .unwrap();
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prometheus = KillOnDrop(
+        Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    // Not a timing assertion: a bound on how long to wait for the first scrape (Prometheus
+    // under TCG emulation in the VM starts slowly).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let query = "/api/v1/query?query=poold_service_workers_ready";
+    let result = loop {
+        if let Some(body) = http_get(web, query).await {
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let result = answer["data"]["result"].clone();
+            if result.as_array().is_some_and(|r| !r.is_empty()) {
+                break result;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap();
+            panic!(
+                "Prometheus never scraped {}; its log:\n{log}",
+                server.local_addr()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let sample = &result[0];
+    assert_eq!(sample["metric"]["service"], "web", "{result}");
+    assert_eq!(sample["metric"]["job"], "poold", "{result}");
+    assert_eq!(sample["value"][1], "1", "{result}");
+    // Counters and histograms come through OpenMetrics with their usual names.
+    let body = http_get(
+        web,
+        "/api/v1/query?query=poold_recycles_total%7Breason%3D%22lifetime%22%7D",
+    )
+    .await
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["data"]["result"][0]["value"][1], "1", "{body}");
+    let body = http_get(
+        web,
+        "/api/v1/query?query=poold_recycle_duration_seconds_count",
+    )
+    .await
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["data"]["result"][0]["value"][1], "1", "{body}");
+}
