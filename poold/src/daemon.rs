@@ -7,6 +7,7 @@ use crate::config::{BalancerChoice, Config};
 use crate::control::server::{self, Pools};
 use crate::control::ControlError;
 use crate::health::NetworkHealthChecker;
+use crate::metrics::{Metrics, MetricsError};
 use crate::supervisor::{PoolHandle, PoolOptions, ServicePool, WorkerRuntime};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -21,6 +22,8 @@ pub enum DaemonError {
     Balancer(#[from] BalancerError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
@@ -70,14 +73,19 @@ pub async fn run(
     let balancer = choose_balancer(&config).await?;
     info!(balancer = %balancer.kind(), services = config.services.len(), "poold starting");
     let health = Arc::new(NetworkHealthChecker);
+    let metrics = Metrics::new(balancer.kind());
+    // Bound before any worker starts, so a taken port fails fast; dropped (stopped) on return.
+    let _metrics_server =
+        crate::metrics::serve(config.daemon.metrics_listen, metrics.clone()).await?;
     let mut pools: Vec<PoolHandle> = Vec::new();
     for service in &config.services {
-        let started = ServicePool::start(
+        let started = ServicePool::start_with_metrics(
             Arc::new(service.clone()),
             runtime.clone(),
             balancer.clone(),
             health.clone(),
             PoolOptions::default(),
+            Some(&metrics),
         )
         .await;
         match started {

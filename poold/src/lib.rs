@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 pub mod sandbox;
 pub mod sandbox_runtime;
 pub mod supervisor;

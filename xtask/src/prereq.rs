@@ -21,6 +21,11 @@ pub const VM_PACKAGES: &[&str] = &[
     "git",             // list the repo's files for the image
 ];
 
+/// Packages the host test stage needs (`cargo test --workspace`).
+pub const HOST_TEST_PACKAGES: &[&str] = &[
+    "prometheus", // promtool: checks the alert rules, their unit tests and /metrics
+];
+
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 pub fn is_installed(package: &str) -> bool {

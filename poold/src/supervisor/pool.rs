@@ -14,6 +14,7 @@ use super::status::{
 use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
 use crate::config::{OnOom, ServiceConfig};
 use crate::health::HealthChecker;
+use crate::metrics::{Metrics, PoolMetrics};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -193,6 +194,7 @@ pub struct ServicePool {
     waiters: Vec<RecycleWaiter>,
     rng: fastrand::Rng,
     shutdown: Option<Vec<oneshot::Sender<()>>>,
+    metrics: PoolMetrics,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -213,6 +215,18 @@ impl ServicePool {
         health: Arc<dyn HealthChecker>,
         options: PoolOptions,
     ) -> Result<PoolHandle, BalancerError> {
+        Self::start_with_metrics(config, runtime, balancer, health, options, None).await
+    }
+
+    /// [`ServicePool::start`], reporting to `metrics` (status gauges and event counters).
+    pub async fn start_with_metrics(
+        config: Arc<ServiceConfig>,
+        runtime: Arc<dyn WorkerRuntime>,
+        balancer: Arc<dyn Balancer>,
+        health: Arc<dyn HealthChecker>,
+        options: PoolOptions,
+        metrics: Option<&Metrics>,
+    ) -> Result<PoolHandle, BalancerError> {
         let service = VirtualService {
             name: config.name.clone(),
             listen: config.listen,
@@ -231,6 +245,10 @@ impl ServicePool {
             workers: Vec::new(),
         };
         let (status, status_rx) = watch::channel(initial);
+        let metrics = match metrics {
+            Some(metrics) => metrics.track(config.clone(), status_rx.clone()),
+            None => PoolMetrics::detached(),
+        };
         let pool = ServicePool {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             rng: fastrand::Rng::with_seed(options.seed),
@@ -247,6 +265,7 @@ impl ServicePool {
             status,
             waiters: Vec::new(),
             shutdown: None,
+            metrics,
         };
         let name = pool.config.name.clone();
         tokio::spawn(pool.run());
@@ -342,6 +361,7 @@ impl ServicePool {
         let (slot, previous) = (worker.slot, worker.state);
         worker.state = WorkerState::Gone;
         let expected = matches!(previous, WorkerState::Stopping);
+        self.metrics.worker_exited(id);
         if expected {
             info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, "worker stopped");
         } else {
@@ -350,6 +370,7 @@ impl ServicePool {
         self.remove_from_balancer(id).await;
         self.teardown(id);
         if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
+            self.metrics.worker_crashed(id);
             self.slot_failed(slot, id, format!("worker {id} {status} while {previous}"));
         }
     }
@@ -371,6 +392,7 @@ impl ServicePool {
             (WorkerState::Ready, Ok(())) => worker.fail_streak = 0,
             (WorkerState::Ready, Err(reason)) => {
                 worker.fail_streak += 1;
+                self.metrics.health_check_failed();
                 let (slot, streak) = (worker.slot, worker.fail_streak);
                 warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, "health check failed");
                 if streak >= self.config.health.unhealthy_threshold {
@@ -482,6 +504,10 @@ impl ServicePool {
             match self.runtime.usage(id) {
                 Ok(usage) => {
                     if let Some(worker) = self.workers.get_mut(&id) {
+                        if usage.oom_kills > worker.usage.oom_kills {
+                            self.metrics
+                                .oom_killed(usage.oom_kills - worker.usage.oom_kills);
+                        }
                         worker.usage = usage;
                         worker.oom_baseline.get_or_insert(usage.oom_kills);
                     }
@@ -651,6 +677,7 @@ impl ServicePool {
             slot.pending = None;
             slot.recycling = true;
             let index = index as u32;
+            self.metrics.recycle_started(current, reason);
             info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
@@ -878,6 +905,7 @@ impl ServicePool {
         if self.slots[slot as usize].current == Some(id) {
             self.slots[slot as usize].current = None;
         }
+        self.metrics.recycle_started(id, RecycleReason::Unhealthy);
         self.retire(id, RecycleReason::Unhealthy).await;
         self.slot_failed(slot, id, format!("worker {id} unhealthy: {reason}"));
     }

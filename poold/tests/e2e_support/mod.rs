@@ -116,6 +116,7 @@ pub fn recycle_under_load(balancer: &str, listen_ip: &str) {
 [daemon]
 state_dir = "{dir}/state"
 control_socket = "{dir}/poold.sock"
+metrics_listen = "127.0.0.1:0"
 balancer = "{balancer}"
 log_level = "info"
 

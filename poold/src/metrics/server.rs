@@ -1,0 +1,84 @@
+//! `GET /metrics` over HTTP at `daemon.metrics_listen`.
+
+use super::text::{to_prometheus_text, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use super::{Metrics, MetricsError};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::net::SocketAddr;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+/// The running endpoint; dropping it stops serving.
+#[derive(Debug)]
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The bound address (tells the port when `metrics_listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn router(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {
+    let openmetrics = match metrics.encode() {
+        Ok(text) => text,
+        Err(error) => {
+            error!(%error, "encoding the metrics failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+        }
+    };
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            openmetrics,
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            to_prometheus_text(&openmetrics),
+        )
+            .into_response()
+    }
+}
+
+/// Binds `listen` (an error now, before any worker starts, if it is taken) and serves
+/// `/metrics` in the background until the returned server is dropped.
+pub async fn serve(listen: SocketAddr, metrics: Metrics) -> Result<MetricsServer, MetricsError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| MetricsError::Bind { listen, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { listen, source })?;
+    info!(metrics.listen = %local_addr, "serving /metrics");
+    let task = tokio::spawn(async move {
+        if let Err(source) = axum::serve(listener, router(metrics)).await {
+            error!(error = %MetricsError::Serve { listen: local_addr, source }, "metrics endpoint stopped");
+        }
+    });
+    Ok(MetricsServer { local_addr, task })
+}
