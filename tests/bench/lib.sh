@@ -201,7 +201,7 @@ bench_cleanup() {
         echo "$BENCH: LEFT BEHIND: cgroups $cgroups" >&2
         LEFTOVER=1
     fi
-    if [ -n "$(ls "$DIR/state/netns" "$DIR/state/workers" 2>/dev/null)" ]; then
+    if [ -n "$(find "$DIR/state/netns" "$DIR/state/workers" -mindepth 1 2>/dev/null)" ]; then
         echo "$BENCH: LEFT BEHIND: namespaces / worker dirs under $DIR/state" >&2
         LEFTOVER=1
     fi
@@ -217,7 +217,7 @@ bench_cleanup() {
     fi
     # For the record: pd links and poold cgroups of anyone on this machine.
     echo "$BENCH: after cleanup: $("$IP" -o link | grep -c ': pd' || true) pd links," \
-        "$(ls -d /sys/fs/cgroup/*/poold*/* /sys/fs/cgroup/poold*/* 2>/dev/null | grep -c . || true) poold cgroups on the machine"
+        "$(find /sys/fs/cgroup/*/poold* /sys/fs/cgroup/poold* -mindepth 1 -maxdepth 1 -type d 2>/dev/null | grep -c . || true) poold worker cgroups on the machine"
     if [ -n "$LEFTOVER" ]; then
         echo "$BENCH: poold log: $DIR/poold.log" >&2
         [ "$rc" = 0 ] && rc=1
