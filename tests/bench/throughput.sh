@@ -35,7 +35,8 @@ addrs=$(workers | awk '$3 == "ready" { print $4 }')
 [ "$(echo "$addrs" | wc -l)" = 4 ] || die "expected 4 ready workers, got: $addrs"
 servers=$(echo "$addrs" | awk '{ printf "    server w%d %s\n", NR - 1, $1 }')
 awk -v port="$haproxy_port" -v servers="$servers" '
-    /@SERVERS@/ { print servers; next }
+    /^#/ { next }
+    $1 == "@SERVERS@" { print servers; next }
     { gsub(/@PORT@/, port); print }' "$(dirname "$0")/haproxy.cfg" >"$DIR/haproxy.cfg"
 "$HAPROXY" -c -f "$DIR/haproxy.cfg" >/dev/null
 "$HAPROXY" -f "$DIR/haproxy.cfg" -db >"$DIR/haproxy.log" 2>&1 &
@@ -76,6 +77,7 @@ while [ "$round" -le "$ROUNDS" ]; do
     round=$((round + 1))
 done
 
+"$POOLCTL" --socket "$SOCK" status | sed "s/^/$BENCH: /"
 set -- $(stats <"$DIR/rps.poold")
 p_med=$1 p_min=$2 p_max=$3
 set -- $(stats <"$DIR/rps.haproxy")
