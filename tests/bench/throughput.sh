@@ -62,8 +62,13 @@ load() {
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     [ -n "$rps" ] || { cat "$out" >&2; die "no Requests/sec in wrk output"; }
     errors=$(grep -E 'Socket errors|Non-2xx' "$out" | tr -s ' ' | tr '\n' ';' || true)
-    echo "$rps" >>"$DIR/rps.$name"
     echo "$BENCH: round $round $name: $rps requests/s${errors:+  ($errors)}"
+    if [ -n "$errors" ]; then
+        "$POOLCTL" --socket "$SOCK" status >&2 || true
+        die "round $round: $name saw failed requests; figures not valid (a worker died? another" \
+            "poold started on this machine removes every pd* link and poold cgroup at start)"
+    fi
+    echo "$rps" >>"$DIR/rps.$name"
 }
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
