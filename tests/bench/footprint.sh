@@ -1,7 +1,7 @@
 #!/bin/sh
 # Benchmark: poold's own idle footprint with 64 workers.
 #
-#   sh tests/bench/footprint.sh [proxy|ipvs]                   (host: proxy; needs root)
+#   sh tests/bench/footprint.sh [proxy|ipvs ...]                 (host: proxy; needs root)
 #   cargo xtask vm-run --release tests/bench/footprint.sh ipvs   (VM: IPVS kernel)
 #
 # poold runs WORKERS (64) busybox-httpd workers with the example config's health check
@@ -11,6 +11,11 @@
 # poold process itself is counted: each worker (helper init + httpd, in its own cgroup) is
 # separate; their cgroup memory, as poolctl status reports it, is printed for context.
 set -eu
+# Several balancers: one run each, one after the other (e.g. both in one VM boot).
+if [ $# -gt 1 ]; then
+    for mode in "$@"; do sh "$0" "$mode"; done
+    exit 0
+fi
 . "$(dirname "$0")/lib.sh"
 
 MODE=${1:-proxy}

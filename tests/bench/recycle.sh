@@ -1,7 +1,7 @@
 #!/bin/sh
 # Benchmark: recycle latency of one idle worker.
 #
-#   sh tests/bench/recycle.sh [proxy|ipvs]                 (host: proxy; needs root)
+#   sh tests/bench/recycle.sh [proxy|ipvs ...]               (host: proxy; needs root)
 #   cargo xtask vm-run --release tests/bench/recycle.sh ipvs   (VM: IPVS kernel)
 #
 # poold runs 2 busybox-httpd workers (rootfs: a directory holding static busybox and one
@@ -12,6 +12,11 @@
 # old worker drained, stopped and torn down). RUNS runs (9 by default), median/min/max.
 # Status polling costs one poolctl call per sample, which bounds the resolution (printed).
 set -eu
+# Several balancers: one run each, one after the other (e.g. both in one VM boot).
+if [ $# -gt 1 ]; then
+    for mode in "$@"; do sh "$0" "$mode"; done
+    exit 0
+fi
 . "$(dirname "$0")/lib.sh"
 
 MODE=${1:-proxy}
