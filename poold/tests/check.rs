@@ -40,7 +40,7 @@ fn shipped_configs_pass() {
 
 #[test]
 fn every_problem_is_listed_with_file_line_and_key() {
-    let text = "[[service]]\nname = \"web\"\nlisten = \"10.213.255.1:80\"\nworkers = 0\nport = 0\nrootfs = \"host\"\ncommand = []\n";
+    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 0\nport = 0\nrootfs = \"host\"\ncommand = []\n";
     let (ok, _, stderr) = check(text);
     assert!(!ok);
     let lines: Vec<&str> = stderr.lines().collect();

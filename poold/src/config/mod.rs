@@ -387,10 +387,12 @@ impl Config {
             Ok(config) => config,
             Err(error) => return Err(invalid(vec![locate::issue_from_toml(text, &error)])),
         };
-        let issues = validate::validate(&config)
+        let mut issues = validate::validate(&config)
             .into_iter()
             .map(|problem| locate::issue_at_key(text, problem.key, problem.message))
             .collect::<Vec<_>>();
+        // In file order, as a reader goes through the file.
+        issues.sort_by_key(|issue| issue.line_col.unwrap_or((usize::MAX, 0)));
         if issues.is_empty() {
             Ok(config)
         } else {
