@@ -282,8 +282,13 @@ impl ServicePool {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut handles_alive = true;
         loop {
+            // Probes are started from advance(); wake up when the next one is due, so a
+            // health interval shorter than the tick is kept (a new worker whose first probe
+            // failed would otherwise wait for the next tick).
+            let next_probe = self.next_probe_at();
             tokio::select! {
                 Some(event) = self.events_rx.recv() => self.on_event(event).await,
+                () = sleep_until_some(next_probe) => {}
                 command = self.commands.recv(), if handles_alive => match command {
                     Some(command) => self.on_command(command).await,
                     // Every handle dropped: nobody can stop us gracefully any more; do it now.
@@ -614,6 +619,19 @@ impl ServicePool {
             return Some(RecycleReason::OomKill);
         }
         None
+    }
+
+    /// When the earliest probe of a starting or ready worker is due (None: none to wait for).
+    fn next_probe_at(&self) -> Option<Instant> {
+        self.workers
+            .values()
+            .filter(|w| {
+                matches!(w.state, WorkerState::Starting | WorkerState::Ready)
+                    && w.addr.is_some()
+                    && !w.health_in_flight
+            })
+            .map(|w| w.next_health_at)
+            .min()
     }
 
     fn maybe_probe(&mut self, id: WorkerId, now: Instant) {
@@ -1023,5 +1041,13 @@ impl ServicePool {
             status.workers = workers;
             status.slots = slots;
         });
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
