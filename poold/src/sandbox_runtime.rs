@@ -51,10 +51,17 @@ impl std::fmt::Debug for SandboxRuntime {
 }
 
 /// The sandbox configuration for a poold config.
+///
+/// The link prefix and cgroup parent carry a tag of the state directory, so that orphan
+/// cleanup at start removes only what an earlier run of *this* instance left, never the live
+/// workers of another poold on the same host (each instance has its own state directory).
 pub fn sandbox_config(config: &Config) -> SandboxConfig {
     let state_dir = config.daemon.state_dir.clone();
+    let tag = instance_tag(&state_dir);
     SandboxConfig {
         image_cache: state_dir.join("images"),
+        link_prefix: format!("pd{tag}"),
+        cgroup_parent: format!("poold-{tag}"),
         bridge: Some(BridgeConfig {
             name: config.network.bridge.clone(),
             subnet: config.network.subnet,
@@ -63,6 +70,20 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
         state_dir,
         ..SandboxConfig::default()
     }
+}
+
+/// Four hex digits of FNV-1a over the state directory's path: stable across restarts, and
+/// short enough that `pd` + tag + an 8-hex worker id fits a 15-byte link name.
+fn instance_tag(state_dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = state_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, &b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    format!("{:04x}", (hash ^ (hash >> 16)) & 0xffff)
 }
 
 /// The sandbox's spec for one worker of `service`.
@@ -264,5 +285,33 @@ impl WorkerRuntime for SandboxRuntime {
             .await
             .map_err(|_| error("worker task ended without an answer".into()))?
             .map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_state_dir(dir: &str) -> Config {
+        let text = format!(
+            "[daemon]\nstate_dir = \"{dir}\"\n\n[[service]]\nname = \"web\"\n\
+             listen = \"127.0.0.1:8080\"\nworkers = 1\nport = 8080\nrootfs = \"host\"\n\
+             command = [\"/bin/true\"]\n"
+        );
+        Config::parse(&text, std::path::Path::new("test.toml")).expect("valid config")
+    }
+
+    #[test]
+    fn instances_with_other_state_dirs_never_share_link_prefix_or_cgroup_parent() {
+        let a = sandbox_config(&config_with_state_dir("/run/poold-a"));
+        let b = sandbox_config(&config_with_state_dir("/run/poold-b"));
+        assert_ne!(a.link_prefix, b.link_prefix);
+        assert_ne!(a.cgroup_parent, b.cgroup_parent);
+        // Stable across restarts of the same instance.
+        let a_again = sandbox_config(&config_with_state_dir("/run/poold-a"));
+        assert_eq!(a.link_prefix, a_again.link_prefix);
+        // pd + tag + 8 hex worker id fits IFNAMSIZ - 1.
+        assert!(a.link_prefix.len() + 8 <= 15, "{}", a.link_prefix);
+        assert!(a.cgroup_parent.starts_with("poold-"));
     }
 }

@@ -196,7 +196,7 @@ bench_cleanup() {
             LEFTOVER=1
         fi
     done
-    cgroups=$(ls -d /sys/fs/cgroup/*/poold/"$SVC"-* /sys/fs/cgroup/poold/"$SVC"-* 2>/dev/null || true)
+    cgroups=$(ls -d /sys/fs/cgroup/*/poold*/"$SVC"-* /sys/fs/cgroup/poold*/"$SVC"-* 2>/dev/null || true)
     if [ -n "$cgroups" ]; then
         echo "$BENCH: LEFT BEHIND: cgroups $cgroups" >&2
         LEFTOVER=1
