@@ -318,6 +318,23 @@ fn read_host_file(path: &str) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
+/// A worker's /etc/hosts, as Docker writes it: loopback names and the worker's own address
+/// (127.0.1.1 without one, as Debian does) with its hostname, so resolving the hostname
+/// (Python's getfqdn, many servers at start) never asks a DNS server the worker may not reach.
+fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
+    let me = address.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+    format!(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n\
+         {me}\t{hostname}\n"
+    )
+    .into_bytes()
+}
+
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
 fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
@@ -395,13 +412,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             NetnsPlan::Join(path)
         }
     };
-    let mut hosts =
-        read_host_file("/etc/hosts").unwrap_or_else(|| b"127.0.0.1 localhost\n".to_vec());
-    let me = res
-        .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "127.0.1.1".into());
-    hosts.extend_from_slice(format!("\n{me} {}\n", spec.hostname()).as_bytes());
+    let hosts = worker_hosts(res.address, spec.hostname());
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -414,6 +425,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         },
         merged,
         scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (base.clone(), mib)),
+        private_dir: base.clone(),
         read_only_root: spec.read_only_root,
         argv: std::iter::once(argv0)
             .chain(spec.args.iter().cloned())
