@@ -61,6 +61,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
             quarantine: ADDRESS_QUARANTINE,
         }),
         state_dir,
+        cgroup_parent: config.daemon.cgroup_parent.clone(),
         ..SandboxConfig::default()
     }
 }
@@ -108,9 +109,12 @@ impl SandboxRuntime {
         })
     }
 
-    /// Removes the bridge (at shutdown, after every worker is gone).
+    /// Removes the bridge and the (empty) cgroup parent, at shutdown after every worker is
+    /// gone; both are tried, the first error is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
-        self.sandbox.remove_bridge().await
+        let bridge = self.sandbox.remove_bridge().await;
+        let parent = self.sandbox.remove_cgroup_parent().await;
+        bridge.and(parent)
     }
 
     fn entry<T>(

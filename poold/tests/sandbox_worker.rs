@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use poold::sandbox::{ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
-use sandbox_support::{eventually, TestSandbox};
+use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 
 /// Wrapped in `sandbox` so `--filter sandbox` (e.g. `cargo xtask vm-test --filter sandbox`)
 /// selects every test here.
@@ -673,6 +673,31 @@ mod sandbox {
             report.worker_dirs.is_empty(),
             "tmpfs layers leave no directories: {report:?}"
         );
+        t.assert_nothing_left();
+        let parent = &t.config().cgroup_parent;
+        assert_eq!(cgroup_dirs_named(parent), Vec::<std::path::PathBuf>::new());
+    }
+
+    /// At shutdown the parent cgroup goes, but only once empty: never while a worker (or
+    /// another poold's nested parent) is in it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_cgroup_parent_is_removed_only_when_empty() {
+        let t = TestSandbox::new(41);
+        let parent = t.config().cgroup_parent.clone();
+        let mut spec = sh(&t, "parent", "sleep 600");
+        spec.output = Output::Null;
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        assert!(!cgroup_dirs_named(&parent).is_empty());
+        t.sandbox.remove_cgroup_parent().await.unwrap();
+        let cgroup = w.cgroup().unwrap().to_string();
+        assert!(
+            !cgroup_dirs_named(&cgroup).is_empty(),
+            "the worker's cgroup survives"
+        );
+        w.destroy().await.unwrap();
+        assert!(!cgroup_dirs_named(&parent).is_empty(), "not removed yet");
+        t.sandbox.remove_cgroup_parent().await.unwrap();
+        assert_eq!(cgroup_dirs_named(&parent), Vec::<std::path::PathBuf>::new());
         t.assert_nothing_left();
     }
 }

@@ -221,7 +221,8 @@ impl Sandbox {
     /// Removes everything a previous run left under this config: kills and removes every
     /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
     /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
-    /// images. Call once at start, before spawning: it does not spare live workers.
+    /// images, and the cgroup parent itself once empty. Call once at start, before spawning:
+    /// it does not spare live workers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
@@ -243,6 +244,15 @@ impl Sandbox {
             Some(b) => net::delete_link(&b.name),
             None => Ok(()),
         }
+    }
+
+    /// Removes the cgroup parent from every hierarchy where it is empty (at shutdown, after
+    /// every worker is destroyed). A parent that still has child cgroups is left alone.
+    pub async fn remove_cgroup_parent(&self) -> Result<()> {
+        let parent = self.inner.config.cgroup_parent.clone();
+        tokio::task::spawn_blocking(move || remove_cgroup_parent(&parent))
+            .await
+            .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
     }
 
     /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
@@ -727,6 +737,14 @@ impl Resources {
     }
 }
 
+fn remove_cgroup_parent(parent: &str) -> Result<()> {
+    let removed = cgroup::remove_parent(parent)?;
+    if !removed.is_empty() {
+        tracing::debug!(?removed, "removed the empty cgroup parent");
+    }
+    Ok(())
+}
+
 fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
@@ -736,6 +754,9 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
             Err(e) => failures.push(e.to_string()),
         }
+    }
+    if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
+        failures.push(e.to_string());
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {

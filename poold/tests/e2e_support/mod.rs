@@ -101,6 +101,8 @@ pub fn recycle_under_load(balancer: &str, listen_ip: &str) {
         .unwrap();
     let tag = std::process::id() % 200 + 20;
     let bridge = format!("pde2e{tag}");
+    // Its own cgroup parent: other tests (and poolds) may run at the same time.
+    let cgroup_parent = format!("poold-e2e-{tag}");
     let port = if listen_ip == "127.0.0.1" {
         free_port()
     } else {
@@ -118,6 +120,7 @@ state_dir = "{dir}/state"
 control_socket = "{dir}/poold.sock"
 balancer = "{balancer}"
 log_level = "info"
+cgroup_parent = "{cgroup_parent}"
 
 [network]
 bridge = "{bridge}"
@@ -330,6 +333,17 @@ stop_timeout = "3s"
             "VIP left bound:\n{vip}"
         );
     }
+    let cgroups: Vec<PathBuf> = std::iter::once(PathBuf::from("/sys/fs/cgroup"))
+        .chain(
+            std::fs::read_dir("/sys/fs/cgroup")
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        )
+        .map(|hierarchy| hierarchy.join(&cgroup_parent))
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
     let workers_dir = daemon.dir.path().join("state/workers");
     let leftovers: Vec<_> = std::fs::read_dir(&workers_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
