@@ -109,11 +109,12 @@ impl SandboxRuntime {
         })
     }
 
-    /// Removes the bridge and the (empty) cgroup parent, at shutdown after every worker is
-    /// gone; both are tried, the first error is returned.
+    /// Removes the bridge, the (empty) cgroup parent and the empty state directories, at
+    /// shutdown after every worker is gone; all are tried, the first error is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
         let bridge = self.sandbox.remove_bridge().await;
         let parent = self.sandbox.remove_cgroup_parent().await;
+        self.sandbox.remove_empty_state_dirs();
         bridge.and(parent)
     }
 

@@ -255,6 +255,21 @@ impl Sandbox {
             .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
     }
 
+    /// Removes the state directory's empty working directories (netns, scratch, workers) and
+    /// the state directory itself if nothing else is in it, at shutdown after every worker is
+    /// destroyed. Anything not empty (the image cache) stays.
+    pub fn remove_empty_state_dirs(&self) {
+        let state = &self.inner.config.state_dir;
+        for dir in ["netns", "scratch", "workers"]
+            .iter()
+            .map(|d| state.join(d))
+            .chain(std::iter::once(state.clone()))
+        {
+            // rmdir refuses a directory in use (not empty, or a mount point): that stays.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
     /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
     pub async fn remove_bridge(&self) -> Result<()> {
         let Some(b) = self.inner.config.bridge.clone() else {

@@ -344,13 +344,14 @@ stop_timeout = "3s"
         .filter(|dir| dir.exists())
         .collect();
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
-    let workers_dir = daemon.dir.path().join("state/workers");
-    let leftovers: Vec<_> = std::fs::read_dir(&workers_dir)
+    let state_dir = daemon.dir.path().join("state");
+    let leftovers: Vec<_> = std::fs::read_dir(&state_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
+    // The image cache would stay; a rootfs directory makes none.
     assert!(
         leftovers.is_empty(),
-        "worker directories left: {leftovers:?}"
+        "left in the state directory: {leftovers:?}"
     );
     eprintln!("wrk: {requests} requests, fewest ready {fewest_ready} over {samples} samples");
 }
