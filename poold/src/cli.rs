@@ -140,7 +140,7 @@ pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError
     };
     let result = crate::daemon::run(config, runtime.clone(), shutdown).await;
     if let Err(error) = runtime.shutdown().await {
-        tracing::warn!(%error, "removing the bridge failed");
+        tracing::warn!(%error, "removing the bridge or the cgroup parent failed");
     }
     result
 }

@@ -100,9 +100,8 @@ pub async fn run(
     }
     let pools = Pools(Arc::new(pools));
     let served = server::serve(&config.daemon.control_socket, pools.clone(), shutdown).await;
-    info!("shutting down");
-    for pool in pools.0.iter() {
-        pool.shutdown().await;
-    }
+    info!("shutting down: draining every service");
+    // All at once: every service stops taking connections before any one finishes draining.
+    futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;
     served.map_err(Into::into)
 }

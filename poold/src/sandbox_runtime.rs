@@ -68,6 +68,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
             quarantine: ADDRESS_QUARANTINE,
         }),
         state_dir,
+        cgroup_parent: config.daemon.cgroup_parent.clone(),
         ..SandboxConfig::default()
     }
 }
@@ -129,9 +130,13 @@ impl SandboxRuntime {
         })
     }
 
-    /// Removes the bridge (at shutdown, after every worker is gone).
+    /// Removes the bridge, the (empty) cgroup parent and the empty state directories, at
+    /// shutdown after every worker is gone; all are tried, the first error is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
-        self.sandbox.remove_bridge().await
+        let bridge = self.sandbox.remove_bridge().await;
+        let parent = self.sandbox.remove_cgroup_parent().await;
+        self.sandbox.remove_empty_state_dirs();
+        bridge.and(parent)
     }
 
     fn entry<T>(

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use poold::sandbox::{ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
-use sandbox_support::{eventually, TestSandbox};
+use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 
 /// Wrapped in `sandbox` so `--filter sandbox` (e.g. `cargo xtask vm-test --filter sandbox`)
 /// selects every test here.
@@ -583,6 +583,71 @@ mod sandbox {
         t.assert_nothing_left();
     }
 
+    /// Every worker resolves its own hostname from /etc/hosts, with no DNS server (Python's
+    /// http.server calls getfqdn() at start; without this it waits for the DNS timeout).
+    /// On the host root /etc is the host's, read-only: the worker's files are mounted over it,
+    /// privately.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_worker_resolves_its_own_hostname_from_its_hosts_file() {
+        let t = TestSandbox::new(40);
+        let host_hosts = std::fs::read("/etc/hosts").unwrap();
+        let out = t.dir.path().join("host-root.txt");
+        let mut spec = WorkerSpec::new("pd-hosts", RootFs::Host, "/bin/sh");
+        spec.args = vec![
+            "-c".into(),
+            // ahostsv4: `getent hosts` asks for IPv6 first, which falls through to DNS.
+            "if command -v getent >/dev/null; then \
+               echo resolved=$(getent ahostsv4 $(hostname) | head -n 1); \
+             else echo resolved=no-getent; fi; \
+             echo ---; cat /etc/hosts; echo ---; cat /etc/resolv.conf"
+                .into(),
+        ];
+        output_to(&mut spec, &out);
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        let addr = w.address().expect("bridged workers have an address");
+        let exit = w.wait().await.unwrap();
+        w.destroy().await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(exit.status, ExitStatus::Code(0), "{text}");
+        let parts: Vec<&str> = text.split("---\n").collect();
+        assert_eq!(parts.len(), 3, "{text}");
+        // The VM's root has busybox only (no getent): there the hosts file alone is checked.
+        if parts[0] != "resolved=no-getent\n" {
+            let resolved: Vec<&str> = parts[0]
+                .trim()
+                .trim_start_matches("resolved=")
+                .split_whitespace()
+                .collect();
+            assert_eq!(
+                resolved,
+                [addr.to_string().as_str(), "STREAM", "pd-hosts"],
+                "{text}"
+            );
+        }
+        let hosts = parts[1];
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.contains("::1\tlocalhost"), "{hosts}");
+        assert!(hosts.contains(&format!("{addr}\tpd-hosts\n")), "{hosts}");
+        assert_eq!(
+            parts[2].as_bytes(),
+            std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+            "resolv.conf is the host's"
+        );
+        assert_eq!(std::fs::read("/etc/hosts").unwrap(), host_hosts);
+
+        // An image root without an address: 127.0.1.1, as Debian does.
+        let out = t.dir.path().join("image-root.txt");
+        let mut spec = sh(&t, "pd-noaddr", "cat /etc/hosts");
+        output_to(&mut spec, &out);
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        w.destroy().await.unwrap();
+        let hosts = std::fs::read_to_string(&out).unwrap();
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(hosts.contains("127.0.1.1\tpd-noaddr\n"), "{hosts}");
+        t.assert_nothing_left();
+    }
+
     fn flate2_encoder(f: std::fs::File) -> flate2::write::GzEncoder<std::fs::File> {
         flate2::write::GzEncoder::new(f, flate2::Compression::fast())
     }
@@ -608,6 +673,31 @@ mod sandbox {
             report.worker_dirs.is_empty(),
             "tmpfs layers leave no directories: {report:?}"
         );
+        t.assert_nothing_left();
+        let parent = &t.config().cgroup_parent;
+        assert_eq!(cgroup_dirs_named(parent), Vec::<std::path::PathBuf>::new());
+    }
+
+    /// At shutdown the parent cgroup goes, but only once empty: never while a worker (or
+    /// another poold's nested parent) is in it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_cgroup_parent_is_removed_only_when_empty() {
+        let t = TestSandbox::new(41);
+        let parent = t.config().cgroup_parent.clone();
+        let mut spec = sh(&t, "parent", "sleep 600");
+        spec.output = Output::Null;
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        assert!(!cgroup_dirs_named(&parent).is_empty());
+        t.sandbox.remove_cgroup_parent().await.unwrap();
+        let cgroup = w.cgroup().unwrap().to_string();
+        assert!(
+            !cgroup_dirs_named(&cgroup).is_empty(),
+            "the worker's cgroup survives"
+        );
+        w.destroy().await.unwrap();
+        assert!(!cgroup_dirs_named(&parent).is_empty(), "not removed yet");
+        t.sandbox.remove_cgroup_parent().await.unwrap();
+        assert_eq!(cgroup_dirs_named(&parent), Vec::<std::path::PathBuf>::new());
         t.assert_nothing_left();
     }
 }

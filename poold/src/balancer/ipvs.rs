@@ -314,6 +314,21 @@ impl Balancer for IpvsBalancer {
         Ok(())
     }
 
+    /// Weight 0 for every real server: new connections find no destination (and, with no
+    /// local listener on the VIP, are refused); established ones continue.
+    async fn stop_accepting(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        self.ipvs(move |client| {
+            for dest in client.destinations(&key)? {
+                let backend = SocketAddr::new(dest.addr, dest.port);
+                client.edit_destination(&key, &destination(backend, 0))?;
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(|e| map_ipvs(service, None, "stop accepting", e))
+    }
+
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         let key = key_of(service);
         let deleted = self.ipvs(move |client| client.delete_service(&key)).await?;

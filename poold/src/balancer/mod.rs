@@ -82,6 +82,9 @@ pub trait Balancer: Send + Sync + 'static {
     fn kind(&self) -> BalancerKind;
     /// Creates the virtual service, or leaves an identical existing one alone.
     async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
+    /// No new connections for the service (shutdown); open ones continue and stats keep
+    /// counting them, so the workers can drain before the service is removed.
+    async fn stop_accepting(&self, service: &VirtualService) -> Result<(), BalancerError>;
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
     async fn add_backend(
         &self,

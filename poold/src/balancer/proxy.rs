@@ -190,6 +190,20 @@ impl Balancer for ProxyBalancer {
         Ok(())
     }
 
+    async fn stop_accepting(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let services = self.services.lock().expect("proxy services lock");
+        let entry = services
+            .get(&service.name)
+            .ok_or_else(|| BalancerError::NoSuchService {
+                service: service.name.clone(),
+            })?;
+        // Ending the acceptor closes the listening socket; spliced connections are tasks
+        // of their own and continue.
+        entry.acceptor.abort();
+        info!(service = %service.name, listen = %service.listen, "proxy stopped accepting");
+        Ok(())
+    }
+
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         self.services
             .lock()

@@ -42,6 +42,10 @@ pub struct DaemonConfig {
     pub balancer: BalancerChoice,
     /// A tracing-subscriber filter ("info", "poold=debug,info"); RUST_LOG overrides it.
     pub log_level: String,
+    /// The cgroup (in every hierarchy) holding one cgroup per worker. Everything under it
+    /// is poold's: it is emptied at start and removed at shutdown. Two poolds on one host
+    /// need different ones.
+    pub cgroup_parent: String,
 }
 
 impl Default for DaemonConfig {
@@ -52,6 +56,7 @@ impl Default for DaemonConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9460)),
             balancer: BalancerChoice::Auto,
             log_level: "info".to_owned(),
+            cgroup_parent: "poold".to_owned(),
         }
     }
 }

@@ -49,6 +49,20 @@ fn quickstart_parses() {
     assert_eq!(config.services[0].rootfs_source(), RootfsSource::Host);
 }
 
+/// The README runs `poolctl status` with no --socket: the quick start must use its default.
+#[test]
+fn quickstart_socket_is_poolctls_default() {
+    use clap::Parser;
+    let config = parse(QUICKSTART).expect("quickstart must be valid");
+    let poolctl = crate::cli::PoolctlArgs::parse_from(["poolctl", "status"]);
+    assert_eq!(config.daemon.control_socket, poolctl.socket);
+    assert!(
+        config.daemon.state_dir.starts_with("/run/poold"),
+        "quick-start state lives under /run/poold: {}",
+        config.daemon.state_dir.display()
+    );
+}
+
 /// Every key a fully populated config serializes to. Written with struct literals and no
 /// `..Default::default()`, so adding a field breaks this test's build until it is listed here,
 /// and then the example must document it.
@@ -59,6 +73,7 @@ fn fully_populated() -> Config {
         metrics_listen,
         balancer,
         log_level,
+        cgroup_parent,
     } = DaemonConfig::default();
     let NetworkConfig { bridge, subnet } = NetworkConfig::default();
     let HealthConfig {
@@ -84,6 +99,7 @@ fn fully_populated() -> Config {
             metrics_listen,
             balancer,
             log_level,
+            cgroup_parent,
         },
         network: NetworkConfig { bridge, subnet },
         services: vec![ServiceConfig {
@@ -330,4 +346,22 @@ fn defaulted_key_is_located_at_its_table() {
 fn listen_inside_the_worker_subnet_is_refused() {
     let message = error_text(&MINIMAL.replace("10.212.0.1:80", "10.213.0.9:80"));
     assert!(message.starts_with("/etc/poold.toml:4:1: service[0].listen: 10.213.0.9:80 is inside the worker subnet 10.213.0.0/16"), "{message}");
+}
+
+#[test]
+fn cgroup_parent_must_be_a_poold_name() {
+    let text = MINIMAL.replace(
+        "[[service]]",
+        "[daemon]\ncgroup_parent = \"system.slice\"\n\n[[service]]",
+    );
+    let message = error_text(&text);
+    assert!(
+        message.contains(":3:") && message.contains("daemon.cgroup_parent: \"system.slice\""),
+        "{message}"
+    );
+    let text = MINIMAL.replace(
+        "[[service]]",
+        "[daemon]\ncgroup_parent = \"poold-b\"\n\n[[service]]",
+    );
+    assert_eq!(parse(&text).unwrap().daemon.cgroup_parent, "poold-b");
 }

@@ -39,6 +39,18 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             "must be an absolute path",
         ));
     }
+    let parent = &config.daemon.cgroup_parent;
+    if !parent.starts_with("poold")
+        || parent.len() > 64
+        || !parent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.push(problem(
+            daemon.clone().key("cgroup_parent"),
+            format!("{parent:?}: use a name starting with \"poold\", up to 64 characters from a-z, A-Z, 0-9, '-' and '_'"),
+        ));
+    }
     if let Err(error) = config
         .daemon
         .log_level

@@ -242,6 +242,32 @@ pub(crate) fn list_children(parent: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Removes the parent cgroup `parent` from every hierarchy where it is empty. rmdir is the
+/// whole check: the kernel refuses (EBUSY) while it has child cgroups or processes, so a
+/// parent still holding workers (or another poold's nested parent) stays. Returns the
+/// directories removed.
+pub(crate) fn remove_parent(parent: &str) -> Result<Vec<PathBuf>> {
+    let cg = load(parent);
+    let mut dirs: Vec<PathBuf> = cg
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut removed = Vec::new();
+    for dir in dirs {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => removed.push(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Busy or not empty: in use, by our workers or someone else's.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
+            Err(e) => return Err(SandboxError::io("remove cgroup", &dir, e)),
+        }
+    }
+    Ok(removed)
+}
+
 /// Reads memory.current / memory.usage_in_bytes, cpu.stat / cpuacct.usage and the oom_kill
 /// counter of memory.events (v2) or memory.oom_control (v1).
 #[derive(Debug, Clone)]

@@ -372,8 +372,10 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
                 MsFlags::empty(),
                 Some(&opts),
             )?;
-            write_etc_file(root, "resolv.conf", plan.resolv_conf.as_deref())?;
-            write_etc_file(root, "hosts", Some(&plan.hosts))?;
+            let etc = inside(root, Path::new("/etc"))?;
+            mkdir_p(&etc, 0o755)?;
+            write_etc_file(&etc, "resolv.conf", plan.resolv_conf.as_deref())?;
+            write_etc_file(&etc, "hosts", Some(&plan.hosts))?;
         }
         RootPlan::Host => {
             mnt(
@@ -403,6 +405,22 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
                 std::os::unix::fs::PermissionsExt::from_mode(0o1777),
             )
             .map_err(|e| format!("chmod /tmp: {e}"))?;
+            // /etc is the host's, read-only: put the worker's own files over it.
+            let private = plan.private_dir.join("etc");
+            mkdir_p(&private, 0o755)?;
+            write_etc_file(&private, "resolv.conf", plan.resolv_conf.as_deref())?;
+            write_etc_file(&private, "hosts", Some(&plan.hosts))?;
+            for name in ["resolv.conf", "hosts"] {
+                let source = private.join(name);
+                let target = root.join("etc").join(name);
+                // Only over a regular file: a symlink would be followed outside the root.
+                let regular = target
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_file());
+                if source.exists() && regular {
+                    bind(&source, &target, true)?;
+                }
+            }
         }
     }
     for m in &plan.mounts {
@@ -447,12 +465,10 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
     Ok(())
 }
 
-fn write_etc_file(root: &Path, name: &str, content: Option<&[u8]>) -> Result<(), String> {
+fn write_etc_file(etc: &Path, name: &str, content: Option<&[u8]>) -> Result<(), String> {
     let Some(content) = content else {
         return Ok(());
     };
-    let etc = inside(root, Path::new("/etc"))?;
-    mkdir_p(&etc, 0o755)?;
     let path = etc.join(name);
     // Remove first: the image's file may be a symlink, which must not be followed.
     if path.symlink_metadata().is_ok() {

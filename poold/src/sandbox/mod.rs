@@ -221,7 +221,8 @@ impl Sandbox {
     /// Removes everything a previous run left under this config: kills and removes every
     /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
     /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
-    /// images. Call once at start, before spawning: it does not spare live workers.
+    /// images, and the cgroup parent itself once empty. Call once at start, before spawning:
+    /// it does not spare live workers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
@@ -242,6 +243,30 @@ impl Sandbox {
         match &self.inner.config.bridge {
             Some(b) => net::delete_link(&b.name),
             None => Ok(()),
+        }
+    }
+
+    /// Removes the cgroup parent from every hierarchy where it is empty (at shutdown, after
+    /// every worker is destroyed). A parent that still has child cgroups is left alone.
+    pub async fn remove_cgroup_parent(&self) -> Result<()> {
+        let parent = self.inner.config.cgroup_parent.clone();
+        tokio::task::spawn_blocking(move || remove_cgroup_parent(&parent))
+            .await
+            .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
+    }
+
+    /// Removes the state directory's empty working directories (netns, scratch, workers) and
+    /// the state directory itself if nothing else is in it, at shutdown after every worker is
+    /// destroyed. Anything not empty (the image cache) stays.
+    pub fn remove_empty_state_dirs(&self) {
+        let state = &self.inner.config.state_dir;
+        for dir in ["netns", "scratch", "workers"]
+            .iter()
+            .map(|d| state.join(d))
+            .chain(std::iter::once(state.clone()))
+        {
+            // rmdir refuses a directory in use (not empty, or a mount point): that stays.
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 
@@ -316,6 +341,23 @@ impl Drop for Resources {
 
 fn read_host_file(path: &str) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
+}
+
+/// A worker's /etc/hosts, as Docker writes it: loopback names and the worker's own address
+/// (127.0.1.1 without one, as Debian does) with its hostname, so resolving the hostname
+/// (Python's getfqdn, many servers at start) never asks a DNS server the worker may not reach.
+fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
+    let me = address.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+    format!(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n\
+         {me}\t{hostname}\n"
+    )
+    .into_bytes()
 }
 
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
@@ -395,13 +437,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             NetnsPlan::Join(path)
         }
     };
-    let mut hosts =
-        read_host_file("/etc/hosts").unwrap_or_else(|| b"127.0.0.1 localhost\n".to_vec());
-    let me = res
-        .address
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "127.0.1.1".into());
-    hosts.extend_from_slice(format!("\n{me} {}\n", spec.hostname()).as_bytes());
+    let hosts = worker_hosts(res.address, spec.hostname());
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -414,6 +450,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         },
         merged,
         scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (base.clone(), mib)),
+        private_dir: base.clone(),
         read_only_root: spec.read_only_root,
         argv: std::iter::once(argv0)
             .chain(spec.args.iter().cloned())
@@ -715,6 +752,14 @@ impl Resources {
     }
 }
 
+fn remove_cgroup_parent(parent: &str) -> Result<()> {
+    let removed = cgroup::remove_parent(parent)?;
+    if !removed.is_empty() {
+        tracing::debug!(?removed, "removed the empty cgroup parent");
+    }
+    Ok(())
+}
+
 fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
@@ -724,6 +769,9 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
             Err(e) => failures.push(e.to_string()),
         }
+    }
+    if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
+        failures.push(e.to_string());
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {

@@ -19,8 +19,8 @@ pub enum RootFs {
     Tarball(PathBuf),
     /// No image: the host's /usr, /bin, /sbin, /lib, /lib64 and /etc bind-mounted read-only
     /// on an empty tmpfs root (jailing style), so a host program runs without an image.
-    /// The root is read-only apart from /tmp; /etc is the host's own (read-only), so
-    /// resolv.conf and hosts are not copied in this mode.
+    /// The root is read-only apart from /tmp; /etc is the host's own (read-only), with the
+    /// worker's own hosts and a copy of resolv.conf bind-mounted over the host's files.
     Host,
 }
 
@@ -428,6 +428,9 @@ pub(crate) struct HelperPlan {
     /// Mount a tmpfs of this many MiB on this directory first (in the worker's private mount
     /// namespace) and make the overlay's upper, work and merged directories inside it.
     pub scratch_tmpfs: Option<(PathBuf, u64)>,
+    /// The worker's private directory (the scratch tmpfs, or its directory on disk removed at
+    /// teardown): where a host-root worker's generated /etc files live.
+    pub private_dir: PathBuf,
     pub read_only_root: bool,
     pub argv: Vec<String>,
     pub env: Vec<String>,

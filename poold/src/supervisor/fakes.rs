@@ -131,6 +131,8 @@ impl WorkerRuntime for FakeRuntime {
 #[derive(Debug, Default)]
 pub struct BalancerState {
     pub service: bool,
+    /// The service takes new connections (false after stop_accepting).
+    pub accepting: bool,
     pub backends: HashMap<SocketAddr, BackendStats>,
     /// Backends hidden from stats dumps (as if the dump came back without them).
     pub hidden: HashSet<SocketAddr>,
@@ -192,7 +194,13 @@ impl Balancer for FakeBalancer {
         BalancerKind::Proxy
     }
     async fn ensure_service(&self, _service: &VirtualService) -> Result<(), BalancerError> {
-        self.state().service = true;
+        let mut state = self.state();
+        state.service = true;
+        state.accepting = true;
+        Ok(())
+    }
+    async fn stop_accepting(&self, _service: &VirtualService) -> Result<(), BalancerError> {
+        self.state().accepting = false;
         Ok(())
     }
     async fn remove_service(&self, _service: &VirtualService) -> Result<(), BalancerError> {

@@ -63,7 +63,8 @@ pub enum PoolCommand {
         reply: oneshot::Sender<Result<Vec<u32>, String>>,
         done: Option<oneshot::Sender<()>>,
     },
-    /// Stop every worker and remove the service from the balancer.
+    /// Stop taking connections, drain and stop every worker, remove the service from the
+    /// balancer.
     Shutdown { done: oneshot::Sender<()> },
 }
 
@@ -97,7 +98,8 @@ impl PoolHandle {
         Ok((slots, finished))
     }
 
-    /// Stops the pool and waits until every worker is gone.
+    /// Stops the pool gracefully and waits until every worker is gone (at most about
+    /// drain_timeout + stop_timeout).
     pub async fn shutdown(&self) {
         let (done, finished) = oneshot::channel();
         if self
@@ -460,21 +462,22 @@ impl ServicePool {
         if !first {
             return;
         }
-        info!(service = %self.service.name, "shutting down the pool");
+        info!(service = %self.service.name, "shutting down the pool: no new connections, draining every worker");
+        if let Err(error) = self.balancer.stop_accepting(&self.service).await {
+            warn!(service = %self.service.name, %error, "stopping new connections failed");
+        }
+        // Ready workers drain as in a recycle (weight 0, until ActiveConn is 0 or
+        // drain_timeout), then stop (SIGTERM, SIGKILL after stop_timeout); draining ones keep
+        // their deadline; starting ones serve nobody and stop now (or once spawned).
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
-            let Some(worker) = self.workers.get(&id) else {
+            let Some(state) = self.workers.get(&id).map(|w| w.state) else {
                 continue;
             };
-            let (weighted, spawned) = (
-                worker.in_balancer && worker.state != WorkerState::Gone,
-                worker.addr.is_some(),
-            );
-            if weighted {
-                self.set_weight_zero(id).await;
-            }
-            if spawned {
-                self.begin_stop(id, RecycleReason::Shutdown);
+            match state {
+                WorkerState::Ready => self.retire(id, RecycleReason::Shutdown).await,
+                WorkerState::Starting => self.begin_stop(id, RecycleReason::Shutdown),
+                WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone => {}
             }
         }
     }

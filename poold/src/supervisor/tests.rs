@@ -554,6 +554,70 @@ async fn shutdown_stops_everything_and_removes_the_service() {
     assert!(h.pool.status.borrow().workers.is_empty());
 }
 
+/// Graceful shutdown: no new connections, then each worker drains (ActiveConn 0) before its
+/// SIGTERM; an idle worker stops at once.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_active_connections_to_end() {
+    let mut config = service(2);
+    config.recycle.drain_timeout = HumanDuration::from_secs(60);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let (busy, idle) = (h.ready_worker(0), h.ready_worker(1));
+    let busy_addr = busy.addr.unwrap();
+    h.balancer.set_active(busy_addr, 2);
+    let pool = h.pool.clone();
+    let shutdown = tokio::spawn(async move { pool.shutdown().await });
+    wait(10).await;
+    assert!(
+        !h.balancer.state().accepting,
+        "new connections stopped first"
+    );
+    assert_eq!(h.balancer.state().backends[&busy_addr].weight, 0);
+    assert!(
+        h.runtime.signals_to(WorkerId(busy.id)).is_empty(),
+        "not stopped while connections are active"
+    );
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(idle.id)),
+        vec![StopSignal::Term]
+    );
+    assert!(!shutdown.is_finished());
+
+    h.balancer.set_active(busy_addr, 0);
+    wait(2).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(busy.id)),
+        vec![StopSignal::Term]
+    );
+    shutdown.await.unwrap();
+    assert!(h.balancer.state().removed_with_active.is_empty());
+    assert!(!h.balancer.state().service);
+    assert!(h.runtime.state().workers.values().all(|w| w.torn_down));
+}
+
+/// Connections that never end hold shutdown up for drain_timeout, not longer.
+#[tokio::test(start_paused = true)]
+async fn shutdown_gives_up_draining_at_drain_timeout() {
+    let mut config = service(1);
+    config.recycle.drain_timeout = HumanDuration::from_secs(20);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let busy = h.ready_worker(0);
+    h.balancer.set_active(busy.addr.unwrap(), 3);
+    let pool = h.pool.clone();
+    let shutdown = tokio::spawn(async move { pool.shutdown().await });
+    wait(15).await;
+    assert!(h.runtime.signals_to(WorkerId(busy.id)).is_empty());
+    assert!(!shutdown.is_finished());
+    wait(7).await;
+    assert_eq!(
+        h.runtime.signals_to(WorkerId(busy.id)),
+        vec![StopSignal::Term]
+    );
+    shutdown.await.unwrap();
+    assert!(!h.balancer.state().service);
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_stops_the_pool() {
     let h = Harness::start(service(2)).await;

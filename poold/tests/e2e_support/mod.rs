@@ -101,6 +101,8 @@ pub fn recycle_under_load(balancer: &str, listen_ip: &str) {
         .unwrap();
     let tag = std::process::id() % 200 + 20;
     let bridge = format!("pde2e{tag}");
+    // Its own cgroup parent: other tests (and poolds) may run at the same time.
+    let cgroup_parent = format!("poold-e2e-{tag}");
     let port = if listen_ip == "127.0.0.1" {
         free_port()
     } else {
@@ -119,6 +121,7 @@ control_socket = "{dir}/poold.sock"
 metrics_listen = "127.0.0.1:0"
 balancer = "{balancer}"
 log_level = "info"
+cgroup_parent = "{cgroup_parent}"
 
 [network]
 bridge = "{bridge}"
@@ -331,13 +334,25 @@ stop_timeout = "3s"
             "VIP left bound:\n{vip}"
         );
     }
-    let workers_dir = daemon.dir.path().join("state/workers");
-    let leftovers: Vec<_> = std::fs::read_dir(&workers_dir)
+    let cgroups: Vec<PathBuf> = std::iter::once(PathBuf::from("/sys/fs/cgroup"))
+        .chain(
+            std::fs::read_dir("/sys/fs/cgroup")
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        )
+        .map(|hierarchy| hierarchy.join(&cgroup_parent))
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    let state_dir = daemon.dir.path().join("state");
+    let leftovers: Vec<_> = std::fs::read_dir(&state_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
+    // The image cache would stay; a rootfs directory makes none.
     assert!(
         leftovers.is_empty(),
-        "worker directories left: {leftovers:?}"
+        "left in the state directory: {leftovers:?}"
     );
     eprintln!("wrk: {requests} requests, fewest ready {fewest_ready} over {samples} samples");
 }

@@ -126,6 +126,21 @@ impl TestSandbox {
     }
 }
 
+/// Directories named `parent` in any cgroup hierarchy (v1: under each controller's mount;
+/// v2: at the root).
+pub fn cgroup_dirs_named(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    std::iter::once(root.to_path_buf())
+        .chain(
+            std::fs::read_dir(root)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_else(|_| Vec::new()),
+        )
+        .map(|hierarchy| hierarchy.join(parent))
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
 impl Drop for TestSandbox {
     fn drop(&mut self) {
         if let Err(e) = self.sandbox.cleanup_orphans_blocking() {

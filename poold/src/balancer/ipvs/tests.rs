@@ -100,6 +100,13 @@ fn service_lifecycle_in_the_kernel() {
             "{listing}"
         );
 
+        // Shutdown: every real server to weight 0, still listed (its connections drain).
+        balancer.stop_accepting(&service).await.unwrap();
+        assert_eq!(
+            balancer.backend_stats(&service).await.unwrap()[&backend].weight,
+            0
+        );
+        balancer.set_weight(&service, backend, 3).await.unwrap();
         balancer.set_weight(&service, backend, 0).await.unwrap();
         assert_eq!(
             balancer.backend_stats(&service).await.unwrap()[&backend].weight,

@@ -152,6 +152,34 @@ async fn weight_zero_drains_while_open_connections_continue() {
     assert_eq!(stats[&new].total, 3);
 }
 
+/// Shutdown: the listening socket closes, open connections continue and stay counted until
+/// they end.
+#[tokio::test]
+async fn stop_accepting_closes_the_listener_and_open_connections_finish() {
+    let (proxy, service) = proxy_on("127.0.0.35").await;
+    let backend = echo_backend("127.0.0.36", "one").await;
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let mut open = Client::connect(service.listen).await;
+    proxy.stop_accepting(&service).await.unwrap();
+    let mut refused = false;
+    for _ in 0..500 {
+        if TcpStream::connect(service.listen).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "{} still accepts", service.listen);
+    assert_eq!(open.echo("still here").await, "still here");
+    assert_eq!(
+        proxy.backend_stats(&service).await.unwrap()[&backend].active,
+        1
+    );
+    drop(open);
+    stats_until(&proxy, &service, |s| s[&backend].active == 0).await;
+    proxy.remove_service(&service).await.unwrap();
+}
+
 #[tokio::test]
 async fn refused_backend_is_skipped() {
     let (proxy, service) = proxy_on("127.0.0.40").await;
