@@ -52,16 +52,16 @@ impl std::fmt::Debug for SandboxRuntime {
 
 /// The sandbox configuration for a poold config.
 ///
-/// The link prefix and cgroup parent carry a tag of the state directory, so that orphan
-/// cleanup at start removes only what an earlier run of *this* instance left, never the live
-/// workers of another poold on the same host (each instance has its own state directory).
+/// The link prefix carries a tag of the state directory, so that orphan cleanup at start
+/// removes only the veths an earlier run of *this* instance left, never the live workers of
+/// another poold on the same host (each instance has its own state directory; two instances
+/// also need their own `daemon.cgroup_parent`).
 pub fn sandbox_config(config: &Config) -> SandboxConfig {
     let state_dir = config.daemon.state_dir.clone();
     let tag = instance_tag(&state_dir);
     SandboxConfig {
         image_cache: state_dir.join("images"),
         link_prefix: format!("pd{tag}"),
-        cgroup_parent: format!("poold-{tag}"),
         bridge: Some(BridgeConfig {
             name: config.network.bridge.clone(),
             subnet: config.network.subnet,
@@ -307,16 +307,14 @@ mod tests {
     }
 
     #[test]
-    fn instances_with_other_state_dirs_never_share_link_prefix_or_cgroup_parent() {
+    fn instances_with_other_state_dirs_never_share_a_link_prefix() {
         let a = sandbox_config(&config_with_state_dir("/run/poold-a"));
         let b = sandbox_config(&config_with_state_dir("/run/poold-b"));
         assert_ne!(a.link_prefix, b.link_prefix);
-        assert_ne!(a.cgroup_parent, b.cgroup_parent);
         // Stable across restarts of the same instance.
         let a_again = sandbox_config(&config_with_state_dir("/run/poold-a"));
         assert_eq!(a.link_prefix, a_again.link_prefix);
         // pd + tag + 8 hex worker id fits IFNAMSIZ - 1.
         assert!(a.link_prefix.len() + 8 <= 15, "{}", a.link_prefix);
-        assert!(a.cgroup_parent.starts_with("poold-"));
     }
 }
