@@ -117,7 +117,10 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
     };
     match result {
         Ok(text) => {
-            println!("{}", text.trim_end());
+            // A closed pipe (`poolctl status --json | head`) is the reader's choice, not an
+            // error worth a panic.
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{}", text.trim_end());
             ExitCode::SUCCESS
         }
         Err(error) => {
