@@ -20,7 +20,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WORKERS: u64 = 4;
@@ -29,8 +29,9 @@ const MANUAL_RECYCLES: usize = 3;
 const LIFETIME_WAVE_DEADLINE: Duration = Duration::from_secs(900);
 
 /// A starting poold removes every `poold` cgroup and `pd<8 hex>` link it finds (orphans of an
-/// earlier run), so two daemons must not overlap: the scenarios of one test binary take turns.
-static ONE_DAEMON_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// earlier run), so two daemons must not overlap: scenarios take turns through an exclusive
+/// lock on this file, across threads, test binaries and worktrees.
+const ONE_DAEMON_AT_A_TIME: &str = "/tmp/poold-e2e.lock";
 static DAEMONS_STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// Stops poold (SIGTERM, then SIGKILL) and checks nothing is left, even if the test failed.
@@ -42,16 +43,18 @@ struct Daemon {
     tag: u32,
     links_before: BTreeSet<String>,
     cgroups_before: BTreeSet<PathBuf>,
-    _turn: MutexGuard<'static, ()>,
+    /// Holds the lock on [`ONE_DAEMON_AT_A_TIME`] (released when dropped, after Drop ran).
+    _turn: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Daemon {
     /// Writes a config with `services` (TOML `[[service]]` tables; `{rootfs}` is replaced by
     /// the busybox rootfs) and starts poold with it.
     fn start(balancer: &str, services: &str) -> Self {
-        let turn = ONE_DAEMON_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lock_file = std::fs::File::create(ONE_DAEMON_AT_A_TIME).unwrap();
+        let turn = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| errno)
+            .unwrap();
         let dir = tempfile::Builder::new()
             .prefix("poold-e2e")
             .tempdir()
