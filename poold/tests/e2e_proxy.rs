@@ -4,16 +4,16 @@
 mod e2e_support;
 
 #[test]
-fn recycling_under_wrk_load_loses_no_request() {
+fn e2e_recycling_under_wrk_load_loses_no_request() {
     e2e_support::recycle_under_load("proxy", "127.0.0.1");
 }
 
 #[test]
-fn crash_loop_backs_off_as_configured() {
+fn e2e_crash_loop_backs_off_as_configured() {
     e2e_support::crash_loop_backs_off();
 }
 
 #[test]
-fn worker_over_its_memory_limit_is_replaced() {
+fn e2e_worker_over_its_memory_limit_is_replaced() {
     e2e_support::memory_hog_is_replaced();
 }
