@@ -574,7 +574,7 @@ stop_timeout = "3s"
     daemon.stop_and_check_clean(listen_ip);
     eprintln!(
         "wrk: {requests} requests, fewest ready {fewest_ready} over {samples} samples; \
-         recycles: {} manual, {} lifetime",
+         recycles: {} manual, {} lifetime\n{report}",
         recycles("manual"),
         recycles("lifetime")
     );
