@@ -433,15 +433,25 @@ stop_timeout = "3s"
         let scenario_done = scenario_done.clone();
         move || {
             let mut fewest = u64::MAX;
+            // The first status with the fewest ready workers, and when (for the failure report).
+            let mut lowest = (Value::Null, String::new());
             let mut samples = 0;
             while !scenario_done.load(Ordering::SeqCst) {
                 if let Some(s) = status(&socket, "e2e") {
-                    fewest = fewest.min(s["ready"].as_u64().unwrap());
+                    let ready = s["ready"].as_u64().unwrap();
+                    if ready < fewest {
+                        fewest = ready;
+                        lowest = (
+                            s,
+                            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                                .to_string(),
+                        );
+                    }
                     samples += 1;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (fewest, samples)
+            (fewest, lowest, samples)
         }
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -484,7 +494,7 @@ stop_timeout = "3s"
         std::thread::sleep(Duration::from_millis(500));
     };
     scenario_done.store(true, Ordering::SeqCst);
-    let (fewest_ready, samples) = watcher.join().unwrap();
+    let (fewest_ready, (lowest, lowest_at), samples) = watcher.join().unwrap();
 
     let mut wrk = wrk;
     let still_running = wrk.try_wait().unwrap().is_none();
@@ -539,7 +549,9 @@ stop_timeout = "3s"
     assert!(samples >= 3, "status sampled only {samples} times");
     assert!(
         fewest_ready >= WORKERS,
-        "ready dropped to {fewest_ready}, below {WORKERS}, during the recycles"
+        "ready dropped to {fewest_ready}, below {WORKERS}, during the recycles, at {lowest_at}:\n\
+         {lowest:#}\npoold:\n{}",
+        warnings()
     );
     let recycles = |reason: &str| {
         log.lines()
