@@ -366,11 +366,15 @@ port = 8080
 rootfs = "{{rootfs}}"
 command = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
 
+# Under qemu TCG with wrk saturating the VM's CPU, a busy worker's probe can take over
+# 500 ms (seen: 3 in a row, then a healthy worker replaced as unhealthy and ready at 3).
+# Only a worker silent for 5 probes of 1 s is unhealthy here.
 [service.health]
 type = "http"
 path = "/"
-interval = "500ms"
-timeout = "500ms"
+interval = "1s"
+timeout = "1s"
+unhealthy_threshold = 5
 {extra}"#
     )
 }
