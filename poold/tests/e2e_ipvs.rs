@@ -5,7 +5,7 @@ mod e2e_support;
 
 #[test]
 #[ignore = "vm: needs IPVS"]
-fn recycling_under_wrk_load_through_ipvs_loses_no_request() {
+fn e2e_recycling_under_wrk_load_through_ipvs_loses_no_request() {
     // Outside the workers' subnet (10.215.x.0/24) and not loopback.
     e2e_support::recycle_under_load("ipvs", "10.212.9.1");
 }
