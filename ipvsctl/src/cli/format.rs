@@ -17,30 +17,8 @@ use super::args::{
 };
 use super::names::{self, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
-/// Traffic counters and rates of a service or real server (64-bit, as STATS64).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StatsEntry {
-    /// Connections scheduled.
-    pub conns: u64,
-    /// Packets in.
-    pub inpkts: u64,
-    /// Packets out.
-    pub outpkts: u64,
-    /// Bytes in.
-    pub inbytes: u64,
-    /// Bytes out.
-    pub outbytes: u64,
-    /// Connections per second.
-    pub cps: u64,
-    /// Packets in per second.
-    pub inpps: u64,
-    /// Packets out per second.
-    pub outpps: u64,
-    /// Bytes in per second.
-    pub inbps: u64,
-    /// Bytes out per second.
-    pub outbps: u64,
-}
+/// Traffic counters and rates of a service or real server: the library's own type.
+pub type StatsEntry = crate::model::Stats;
 
 /// A real server as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -17,7 +17,7 @@ use crate::model::{
 use crate::{Client, Error};
 
 use args::{Cmd, Invocation, Parsed, AF_INET6};
-use format::{DestEntry, InfoEntry, ServiceEntry, StatsEntry, TimeoutEntry};
+use format::{DestEntry, InfoEntry, ServiceEntry, TimeoutEntry};
 
 /// The operations ipvsctl needs, so the command logic can run against a fake table.
 pub trait Ipvs {
@@ -326,21 +326,6 @@ fn dest_model(d: &args::DestArgs) -> Destination {
     dest
 }
 
-fn stats_entry(s: &crate::model::Stats) -> StatsEntry {
-    StatsEntry {
-        conns: s.conns,
-        inpkts: s.inpkts,
-        outpkts: s.outpkts,
-        inbytes: s.inbytes,
-        outbytes: s.outbytes,
-        cps: s.cps,
-        inpps: s.inpps,
-        outpps: s.outpps,
-        inbps: s.inbps,
-        outbps: s.outbps,
-    }
-}
-
 /// A listing entry from the model. Fwmark services get protocol TCP, which is what
 /// ipvsadm gives them when it creates them.
 pub fn service_entry(s: &Service, dests: &[Destination]) -> ServiceEntry {
@@ -375,7 +360,7 @@ pub fn service_entry(s: &Service, dests: &[Destination]) -> ServiceEntry {
         timeout: s.timeout,
         netmask: s.netmask,
         pe_name: s.pe_name.clone().unwrap_or_default(),
-        stats: stats_entry(&s.stats),
+        stats: s.stats,
         dests: dests.iter().map(dest_entry).collect(),
     }
 }
@@ -395,7 +380,7 @@ fn dest_entry(d: &Destination) -> DestEntry {
         tun_type: d.tunnel.kind.number(),
         tun_port: d.tunnel.port,
         tun_flags: d.tunnel.flags,
-        stats: stats_entry(&d.stats),
+        stats: d.stats,
     }
 }
 
