@@ -4,25 +4,19 @@
 use super::process::{parse_boot_time, parse_max_fds, parse_stat, parse_status_kb};
 use super::*;
 use crate::balancer::BalancerKind;
-use crate::config::{ByteSize, Config};
+use crate::config::ByteSize;
 use crate::supervisor::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
 use crate::supervisor::{
     ExitStatus, PoolHandle, PoolOptions, ResourceUsage, ServicePool, WorkerState,
 };
-use std::path::Path;
 use std::time::Duration;
 
 fn service(workers: u32) -> ServiceConfig {
-    let text = format!(
-        "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = {workers}\nport = 8080\n\
-         rootfs = \"host\"\ncommand = [\"/bin/app\"]\n\
-         [service.limits]\nmemory = \"256MiB\"\n\
-         [service.recycle]\nmax_memory = \"200MiB\"\ndrain_timeout = \"20s\"\n"
-    );
-    Config::parse(&text, Path::new("test.toml"))
-        .unwrap()
-        .services
-        .remove(0)
+    crate::supervisor::fakes::web_service(
+        workers,
+        "[service.limits]\nmemory = \"256MiB\"\n\
+         [service.recycle]\nmax_memory = \"200MiB\"\ndrain_timeout = \"20s\"\n",
+    )
 }
 
 struct Harness {

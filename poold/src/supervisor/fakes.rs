@@ -323,3 +323,16 @@ impl HealthChecker for FakeHealth {
         }
     }
 }
+
+/// A one-service config named `web` with `workers` workers; `extra` is appended TOML (for
+/// example `[service.recycle]` settings).
+pub fn web_service(workers: u32, extra: &str) -> crate::config::ServiceConfig {
+    let text = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = {workers}\nport = 8080\n\
+         rootfs = \"host\"\ncommand = [\"/bin/app\"]\n{extra}"
+    );
+    crate::config::Config::parse(&text, std::path::Path::new("test.toml"))
+        .unwrap()
+        .services
+        .remove(0)
+}

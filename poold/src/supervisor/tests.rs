@@ -2,20 +2,12 @@
 
 use super::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
 use super::*;
-use crate::config::{ByteSize, Config, HumanDuration, OnOom, ServiceConfig};
-use std::path::Path;
+use crate::config::{ByteSize, HumanDuration, OnOom, ServiceConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
 fn service(workers: u32) -> ServiceConfig {
-    let text = format!(
-        "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = {workers}\nport = 8080\n\
-         rootfs = \"host\"\ncommand = [\"/bin/app\"]\n"
-    );
-    Config::parse(&text, Path::new("test.toml"))
-        .unwrap()
-        .services
-        .remove(0)
+    super::fakes::web_service(workers, "")
 }
 
 struct Harness {
