@@ -64,3 +64,24 @@ fn syntax_error_is_located() {
         "{stderr}"
     );
 }
+
+#[test]
+fn non_utf8_file_gets_line_column_and_key() {
+    let mut bytes = b"[daemon]\nlog_level = \"info\"\n[network]\nbridge = \"br".to_vec();
+    bytes.extend([0xff, b'"', b'\n']);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poold.toml");
+    std::fs::write(&path, &bytes).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_poold"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr =
+        String::from_utf8_lossy(&output.stderr).replace(&path.display().to_string(), "FILE");
+    assert_eq!(
+        stderr.trim_end(),
+        "FILE:4:13: network.bridge: invalid UTF-8 (byte 0xff): the file must be UTF-8"
+    );
+}

@@ -50,11 +50,64 @@ impl fmt::Display for KeyPath {
 
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
-    (line, before[line_start..].chars().count() + 1)
+    LineIndex::new(text).line_col(text, offset)
+}
+
+/// Where each line starts, so that locating many offsets in one text costs a binary search
+/// each instead of a scan from the start.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(newline, _)| newline + 1))
+            .collect();
+        Self { starts }
+    }
+
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let line_start = self.starts[line - 1];
+        (line, text[line_start..offset].chars().count() + 1)
+    }
+}
+
+/// Locates validation problems in one config text: the text is parsed once, however many
+/// problems there are (5,000 services with duplicate listens used to take ~45 s).
+pub struct Locator<'a> {
+    text: &'a str,
+    doc: Option<Spanned<DeTable<'a>>>,
+    lines: LineIndex,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            doc: DeTable::parse(text).ok(),
+            lines: LineIndex::new(text),
+        }
+    }
+
+    /// A validation problem about `key`, located at that key's line (or its nearest
+    /// parent's when the key is absent because it took its default).
+    pub fn issue_at_key(&self, key: KeyPath, message: String) -> ConfigIssue {
+        let offset = self
+            .doc
+            .as_ref()
+            .and_then(|doc| offset_of_path(doc.get_ref(), &key.0));
+        ConfigIssue {
+            line_col: offset.map(|offset| self.lines.line_col(self.text, offset)),
+            key: key.to_string(),
+            message,
+        }
+    }
 }
 
 /// A parse or type error from `toml`, located, with the key it happened under.
@@ -75,19 +128,6 @@ pub fn issue_from_toml(text: &str, error: &toml::de::Error) -> ConfigIssue {
     ConfigIssue {
         line_col: Some(line_col(text, span.start)),
         key,
-        message,
-    }
-}
-
-/// A validation problem about `key`, located at that key's line (or its nearest parent's
-/// when the key is absent because it took its default).
-pub fn issue_at_key(text: &str, key: KeyPath, message: String) -> ConfigIssue {
-    let offset = DeTable::parse(text)
-        .ok()
-        .and_then(|doc| offset_of_path(doc.get_ref(), &key.0));
-    ConfigIssue {
-        line_col: offset.map(|offset| line_col(text, offset)),
-        key: key.to_string(),
         message,
     }
 }
@@ -175,5 +215,24 @@ fn offset_of_path(table: &DeTable<'_>, path: &[KeySegment]) -> Option<usize> {
             None => return Some(best),
         }
         rest = tail;
+    }
+}
+
+/// A file that is not UTF-8, located at its first invalid byte, with the key it is under
+/// (found in a lossy copy: offsets before the first invalid byte are the same in both).
+pub fn issue_from_invalid_utf8(bytes: &[u8], error: &std::str::Utf8Error) -> ConfigIssue {
+    let at = error.valid_up_to();
+    let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+    let lossy = String::from_utf8_lossy(bytes);
+    let (doc, _) = DeTable::parse_recoverable(&lossy);
+    let mut path = KeyPath::root();
+    deepest_path_in_table(doc.get_ref(), &(at..at + 1), &mut path);
+    ConfigIssue {
+        line_col: Some(line_col(valid, at)),
+        key: path.to_string(),
+        message: format!(
+            "invalid UTF-8 (byte {:#04x}): the file must be UTF-8",
+            bytes[at]
+        ),
     }
 }

@@ -375,11 +375,17 @@ impl ConfigIssue {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Self::parse(text, path),
+            Err(error) => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                issues: vec![locate::issue_from_invalid_utf8(&bytes, &error)],
+            }),
+        }
     }
 
     /// Parses and validates config text; `path` is only used in messages.
@@ -392,9 +398,10 @@ impl Config {
             Ok(config) => config,
             Err(error) => return Err(invalid(vec![locate::issue_from_toml(text, &error)])),
         };
+        let locator = locate::Locator::new(text);
         let mut issues = validate::validate(&config)
             .into_iter()
-            .map(|problem| locate::issue_at_key(text, problem.key, problem.message))
+            .map(|problem| locator.issue_at_key(problem.key, problem.message))
             .collect::<Vec<_>>();
         // In file order, as a reader goes through the file.
         issues.sort_by_key(|issue| issue.line_col.unwrap_or((usize::MAX, 0)));

@@ -365,3 +365,220 @@ fn cgroup_parent_must_be_a_poold_name() {
     );
     assert_eq!(parse(&text).unwrap().daemon.cgroup_parent, "poold-b");
 }
+
+fn with_daemon(daemon: &str) -> String {
+    MINIMAL.replace("[[service]]", &format!("[daemon]\n{daemon}\n\n[[service]]"))
+}
+
+#[test]
+fn absurd_cpu_limits_are_refused() {
+    for (value, shown) in [
+        ("1e300", "1e300"),
+        ("nan", "NaN"),
+        ("inf", "inf"),
+        ("-1.0", "-1.0"),
+        ("0.0", "0.0"),
+        ("0.0001", "0.0001"),
+        ("100000.0", "100000.0"),
+    ] {
+        let text = format!("{MINIMAL}\n[service.limits]\ncpu = {value}\n");
+        let message = error_text(&text);
+        assert!(
+            message.starts_with(&format!(
+                "/etc/poold.toml:11:1: service[0].limits.cpu: {shown} cores:"
+            )),
+            "{value}: {message}"
+        );
+    }
+    for ok in ["0.001", "0.5", "64.0", "8192.0"] {
+        let text = format!("{MINIMAL}\n[service.limits]\ncpu = {ok}\n");
+        assert!(parse(&text).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn command_must_be_an_absolute_path() {
+    for relative in ["python3", "bin/app", "./app"] {
+        let message = error_text(&MINIMAL.replace("/bin/true", relative));
+        assert_eq!(
+            message,
+            format!(
+                "/etc/poold.toml:8:1: service[0].command: {relative:?} is not an absolute path: \
+                 name the program by its full path inside the root filesystem, e.g. \"/usr/bin/{}\"",
+                relative.rsplit('/').next().unwrap()
+            )
+        );
+    }
+}
+
+#[test]
+fn service_listen_must_not_take_the_metrics_address() {
+    // Equal, and overlapping through a wildcard metrics address.
+    for metrics in ["10.212.0.1:80", "0.0.0.0:80"] {
+        let text = with_daemon(&format!("metrics_listen = \"{metrics}\""));
+        let message = error_text(&text);
+        assert_eq!(
+            message,
+            format!(
+                "/etc/poold.toml:7:1: service[0].listen: 10.212.0.1:80 conflicts with \
+                 daemon.metrics_listen ({metrics}): both would take port 80"
+            )
+        );
+    }
+    // Same port, another concrete address: no conflict.
+    assert!(parse(&with_daemon("metrics_listen = \"127.0.0.1:80\"")).is_ok());
+}
+
+#[test]
+fn control_socket_must_not_be_inside_what_poold_cleans() {
+    let text = with_daemon(
+        "state_dir = \"/var/lib/poold\"\ncontrol_socket = \"/var/lib/poold/workers/ctl.sock\"",
+    );
+    let message = error_text(&text);
+    assert!(
+        message.starts_with("/etc/poold.toml:4:1: daemon.control_socket: /var/lib/poold/workers/ctl.sock is inside /var/lib/poold/workers"),
+        "{message}"
+    );
+}
+
+#[test]
+fn state_dir_must_be_a_dedicated_directory() {
+    for dir in [
+        "/",
+        "/etc",
+        "/usr",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/home",
+        "/var",
+        "/var/lib",
+        "/tmp",
+        "/run",
+        "/root",
+        "/etc/poold",
+        "/proc/self",
+        "/sys/fs/cgroup",
+        "/usr/local/poold",
+        "/var/lib/poold/..",
+        "/var/lib/./poold",
+        "/home/alice",
+    ] {
+        let message = error_text(&with_daemon(&format!("state_dir = \"{dir}\"")));
+        assert!(
+            message.starts_with("/etc/poold.toml:3:1: daemon.state_dir: "),
+            "{dir}: {message}"
+        );
+        assert!(message.contains("dedicated"), "{dir}: {message}");
+    }
+    for dir in [
+        "/var/lib/poold",
+        "/run/poold",
+        "/srv/poold/state",
+        "/home/alice/poold",
+    ] {
+        let text = with_daemon(&format!("state_dir = \"{dir}\""));
+        assert!(parse(&text).is_ok(), "{dir}: {:?}", parse(&text).err());
+    }
+}
+
+/// Unmounts on drop, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The root of a mounted file system is shared with whatever else lives on it; a symlink is
+/// judged by what it points to. Needs root (mounts a tmpfs).
+#[test]
+fn state_dir_must_not_be_a_mount_point_or_lead_to_a_system_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("fs");
+    std::fs::create_dir(&mount_point).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &mount_point,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1M"),
+    )
+    .expect("mount tmpfs (run as root)");
+    let _unmount = Unmount(mount_point.clone());
+    let message = error_text(&with_daemon(&format!(
+        "state_dir = \"{}\"",
+        mount_point.display()
+    )));
+    assert!(
+        message.contains("daemon.state_dir")
+            && message.contains("the root of a mounted file system"),
+        "{message}"
+    );
+    // A directory inside it is fine.
+    let inside = mount_point.join("poold");
+    assert!(parse(&with_daemon(&format!(
+        "state_dir = \"{}\"",
+        inside.display()
+    )))
+    .is_ok());
+
+    let link = dir.path().join("state");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let message = error_text(&with_daemon(&format!("state_dir = \"{}\"", link.display())));
+    assert!(
+        message.contains("daemon.state_dir")
+            && message.contains("resolves to /etc: a system directory"),
+        "{message}"
+    );
+}
+
+#[test]
+fn non_utf8_file_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poold.toml");
+    let mut bytes = MINIMAL.replace("\"web\"", "\"w\u{e9}b\"").into_bytes();
+    // Latin-1 é in place of UTF-8's: line 3, after `name = "w`.
+    let at = bytes.windows(2).position(|w| w == [0xc3, 0xa9]).unwrap();
+    bytes.splice(at..at + 2, [0xe9]);
+    std::fs::write(&path, &bytes).unwrap();
+    let message = Config::load(&path).unwrap_err().to_string();
+    assert_eq!(
+        message,
+        format!(
+            "{}:3:10: service[0].name: invalid UTF-8 (byte 0xe9): the file must be UTF-8",
+            path.display()
+        )
+    );
+}
+
+/// Many services with duplicate listens: every duplicate is reported, at its own line.
+/// Before the fix this took ~45 s (each problem re-parsed the whole file).
+#[test]
+fn thousands_of_duplicate_listens_are_all_reported() {
+    const SERVICES: usize = 5000;
+    let mut text = String::new();
+    for index in 0..SERVICES {
+        // Services 2k and 2k+1 share a listen address.
+        let port = 1000 + index / 2;
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{index}\"\nlisten = \"10.212.0.1:{port}\"\nworkers = 1\n\
+             port = 8080\nrootfs = \"host\"\ncommand = [\"/bin/true\"]\n"
+        ));
+    }
+    let message = error_text(&text);
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), SERVICES / 2);
+    for (k, line) in lines.iter().enumerate() {
+        let index = 2 * k + 1;
+        let expected = format!(
+            "/etc/poold.toml:{}:1: service[{index}].listen: 10.212.0.1:{} is already the listen \
+             address of service[{}]",
+            7 * index + 3,
+            1000 + k,
+            2 * k
+        );
+        assert_eq!(*line, expected);
+    }
+}

@@ -3,6 +3,9 @@
 use super::{BalancerChoice, Config, HealthKind, KeyPath, RootfsSource, ServiceConfig};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// IPVS schedulers in Linux 6.x (net/netfilter/ipvs/ip_vs_*.c).
 pub const IPVS_SCHEDULERS: &[&str] = &[
@@ -24,19 +27,90 @@ fn problem(key: KeyPath, message: impl Into<String>) -> Problem {
     }
 }
 
+/// Smallest CPU limit: one millicore, the granularity poold gives the cgroup.
+const MIN_CPU: f64 = 0.001;
+/// Largest CPU limit: the most CPUs a Linux kernel supports (x86-64 `CONFIG_NR_CPUS` with
+/// MAXSMP). Fixed rather than this host's count, so a config checks the same everywhere;
+/// more than the host has is only warned about.
+const MAX_CPU: f64 = 8192.0;
+
+/// Directories poold must never take as its state directory: it creates, empties and
+/// restricts (0700) directories there. Exact matches.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/run/lock",
+    "/run/user",
+    "/sbin",
+    "/snap",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/cache",
+    "/var/lib",
+    "/var/local",
+    "/var/lock",
+    "/var/log",
+    "/var/mail",
+    "/var/opt",
+    "/var/run",
+    "/var/spool",
+    "/var/tmp",
+];
+
+/// Trees that hold the system or the kernel's own file systems: nothing under them.
+const SYSTEM_TREES: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr",
+];
+
+/// The state directory's subdirectories that poold empties at start.
+const CLEANED_STATE_DIRS: &[&str] = &["images", "netns", "scratch", "workers"];
+
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let daemon = KeyPath::root().key("daemon");
-    if !config.daemon.state_dir.is_absolute() {
-        problems.push(problem(
-            daemon.clone().key("state_dir"),
-            "must be an absolute path",
-        ));
+    if let Some(message) = state_dir_problem(&config.daemon.state_dir) {
+        problems.push(problem(daemon.clone().key("state_dir"), message));
     }
-    if !config.daemon.control_socket.is_absolute() {
+    let socket = &config.daemon.control_socket;
+    if !socket.is_absolute() {
         problems.push(problem(
             daemon.clone().key("control_socket"),
             "must be an absolute path",
+        ));
+    } else if let Some(cleaned) = std::iter::once(config.daemon.state_dir.clone())
+        .chain(
+            CLEANED_STATE_DIRS
+                .iter()
+                .map(|dir| config.daemon.state_dir.join(dir)),
+        )
+        .find(|dir| socket == dir || (socket.starts_with(dir) && dir != &config.daemon.state_dir))
+    {
+        problems.push(problem(
+            daemon.clone().key("control_socket"),
+            format!(
+                "{} is inside {}, which poold creates and empties itself; put the socket \
+                 elsewhere, e.g. /run/poold/poold.sock",
+                socket.display(),
+                cleaned.display()
+            ),
         ));
     }
     let parent = &config.daemon.cgroup_parent;
@@ -108,9 +182,92 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 ),
             ));
         }
+        let metrics = config.daemon.metrics_listen;
+        if addresses_overlap(service.listen, metrics) {
+            problems.push(problem(
+                at("listen"),
+                format!(
+                    "{} conflicts with daemon.metrics_listen ({metrics}): both would take port {}",
+                    service.listen,
+                    metrics.port()
+                ),
+            ));
+        }
         validate_service(config, index, service, &mut problems);
     }
     problems
+}
+
+/// Two listeners collide when they share a port and an address, a wildcard address
+/// (0.0.0.0, ::) taking the port on every address.
+fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Why `dir` cannot be poold's state directory, if it cannot: it must be absolute, plainly
+/// spelled, not a system directory nor the root of a mounted file system (shared with
+/// whatever else lives there), also after following symlinks.
+fn state_dir_problem(dir: &Path) -> Option<String> {
+    const DEDICATED: &str = "use a directory dedicated to poold, e.g. /var/lib/poold \
+                             (poold creates, empties and restricts directories in it)";
+    if !dir.is_absolute() {
+        return Some(format!(
+            "{}: must be an absolute path; {DEDICATED}",
+            dir.display()
+        ));
+    }
+    if dir
+        .as_os_str()
+        .as_bytes()
+        .split(|&byte| byte == b'/')
+        .any(|part| part == b"." || part == b"..")
+    {
+        return Some(format!(
+            "{}: must not contain '.' or '..' components; {DEDICATED}",
+            dir.display()
+        ));
+    }
+    // Drops repeated and trailing slashes.
+    let plain: PathBuf = dir.components().collect();
+    if let Some(reason) = system_dir(&plain) {
+        return Some(format!("{}: {reason}; {DEDICATED}", dir.display()));
+    }
+    // What exists on this host: where a symlink leads, and mount points.
+    if let Ok(real) = std::fs::canonicalize(&plain) {
+        if real != plain {
+            if let Some(reason) = system_dir(&real) {
+                return Some(format!(
+                    "{} resolves to {}: {reason}; {DEDICATED}",
+                    dir.display(),
+                    real.display()
+                ));
+            }
+        }
+        if let (Some(parent), Ok(meta)) = (real.parent(), std::fs::metadata(&real)) {
+            if std::fs::metadata(parent).is_ok_and(|parent| parent.dev() != meta.dev()) {
+                return Some(format!(
+                    "{}: the root of a mounted file system, shared with whatever else is on it; \
+                     {DEDICATED}, e.g. {}",
+                    dir.display(),
+                    real.join("poold").display()
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn system_dir(dir: &Path) -> Option<&'static str> {
+    if SYSTEM_DIRS.iter().any(|system| dir == Path::new(system)) {
+        return Some("a system directory");
+    }
+    if SYSTEM_TREES.iter().any(|tree| dir.starts_with(tree)) {
+        return Some("inside a system directory");
+    }
+    if dir.parent() == Some(Path::new("/home")) {
+        return Some("a user's home directory");
+    }
+    None
 }
 
 fn valid_service_name(name: &str) -> bool {
@@ -215,8 +372,19 @@ fn validate_service(
             }
         }
     }
-    if service.command.is_empty() || service.command[0].is_empty() {
-        push(at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into());
+    match service.command.first() {
+        None => push(at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
+        Some(program) if program.is_empty() => push(at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
+        // No PATH search: the program that runs is the one the config names.
+        Some(program) if !program.starts_with('/') => push(
+            at("command"),
+            format!(
+                "{program:?} is not an absolute path: name the program by its full path inside \
+                 the root filesystem, e.g. \"/usr/bin/{}\"",
+                program.rsplit('/').next().unwrap_or(program)
+            ),
+        ),
+        Some(_) => {}
     }
     for key in service.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -245,10 +413,14 @@ fn validate_service(
         }
     }
     if let Some(cpu) = limits.cpu {
-        if !(cpu.is_finite() && cpu > 0.0) {
+        // NaN fails both comparisons.
+        if !(MIN_CPU..=MAX_CPU).contains(&cpu) {
             push(
                 sub("limits", "cpu"),
-                format!("{cpu} cores: must be a positive number (0.5 = half a core)"),
+                format!(
+                    "{cpu:?} cores: must be a number from {MIN_CPU} (one millicore) to {MAX_CPU} \
+                     (the most CPUs Linux supports); 0.5 = half a core"
+                ),
             );
         }
     }
@@ -380,7 +552,16 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
+    let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
     for service in &config.services {
+        if let Some(cpu) = service.limits.cpu {
+            if cpu > host_cpus as f64 {
+                warnings.push(format!(
+                    "service {:?}: limits.cpu = {cpu} is more than this host's {host_cpus} CPUs: no limit here",
+                    service.name
+                ));
+            }
+        }
         if config.daemon.balancer == BalancerChoice::Auto && is_loopback(service.listen.ip()) {
             warnings.push(format!(
                 "service {:?}: listen {} is a loopback address; with balancer = \"auto\" poold uses the \
