@@ -61,6 +61,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
     let tag = instance_tag(&state_dir);
     SandboxConfig {
         image_cache: state_dir.join("images"),
+        image_max_bytes: config.daemon.image_max_size.bytes(),
         link_prefix: format!("pd{tag}"),
         bridge: Some(BridgeConfig {
             name: config.network.bridge.clone(),

@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     /// is poold's: it is emptied at start and removed at shutdown. Two poolds on one host
     /// need different ones.
     pub cgroup_parent: String,
+    /// Largest unpacked size of one tarball image; unpacking stops with an error past it.
+    pub image_max_size: ByteSize,
 }
 
 impl Default for DaemonConfig {
@@ -57,6 +59,7 @@ impl Default for DaemonConfig {
             balancer: BalancerChoice::Auto,
             log_level: "info".to_owned(),
             cgroup_parent: "poold".to_owned(),
+            image_max_size: ByteSize(crate::sandbox::DEFAULT_IMAGE_MAX_BYTES),
         }
     }
 }

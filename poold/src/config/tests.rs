@@ -74,6 +74,7 @@ fn fully_populated() -> Config {
         balancer,
         log_level,
         cgroup_parent,
+        image_max_size,
     } = DaemonConfig::default();
     let NetworkConfig { bridge, subnet } = NetworkConfig::default();
     let HealthConfig {
@@ -100,6 +101,7 @@ fn fully_populated() -> Config {
             balancer,
             log_level,
             cgroup_parent,
+            image_max_size,
         },
         network: NetworkConfig { bridge, subnet },
         services: vec![ServiceConfig {
@@ -581,4 +583,19 @@ fn thousands_of_duplicate_listens_are_all_reported() {
         );
         assert_eq!(*line, expected);
     }
+}
+
+#[test]
+fn image_max_size_defaults_to_4g_and_has_a_floor() {
+    assert_eq!(
+        parse(MINIMAL).unwrap().daemon.image_max_size,
+        ByteSize(4 << 30)
+    );
+    let message = error_text(&with_daemon("image_max_size = \"100K\""));
+    assert!(
+        message.starts_with(
+            "/etc/poold.toml:3:1: daemon.image_max_size: 100K is below the 1M minimum"
+        ),
+        "{message}"
+    );
 }

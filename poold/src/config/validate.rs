@@ -113,6 +113,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ),
         ));
     }
+    if config.daemon.image_max_size.bytes() < 1 << 20 {
+        problems.push(problem(
+            daemon.clone().key("image_max_size"),
+            format!("{} is below the 1M minimum", config.daemon.image_max_size),
+        ));
+    }
     let parent = &config.daemon.cgroup_parent;
     if !parent.starts_with("poold")
         || parent.len() > 64

@@ -22,13 +22,9 @@ pub enum SandboxError {
         source: std::io::Error,
     },
 
-    /// Unpacking a root filesystem tarball failed.
-    #[error("unpacking root filesystem image {path}: {source}")]
-    Unpack {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Preparing a root filesystem image (tarball) failed.
+    #[error(transparent)]
+    Image(#[from] super::rootfs::ImageError),
 
     /// A cgroup operation failed.
     #[error("cgroup {cgroup}: {action}: {reason}")]

@@ -27,6 +27,7 @@ pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
 pub use error::{Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
+pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use spec::{
     BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
 };
@@ -68,6 +69,8 @@ pub struct SandboxConfig {
     pub state_dir: PathBuf,
     /// Unpacked tarball images (default /run/poold/images).
     pub image_cache: PathBuf,
+    /// Largest unpacked size of one image; unpacking stops with an error past it.
+    pub image_max_bytes: u64,
     /// cgroup directory holding one cgroup per worker (default `poold`).
     pub cgroup_parent: String,
     /// Host veth names are `<link_prefix><8 hex>`; starts with `pd`, at most 7 chars.
@@ -90,6 +93,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             state_dir: PathBuf::from("/run/poold"),
             image_cache: PathBuf::from("/run/poold/images"),
+            image_max_bytes: DEFAULT_IMAGE_MAX_BYTES,
             cgroup_parent: "poold".into(),
             link_prefix: "pd".into(),
             helper_exe: PathBuf::from("/proc/self/exe"),
@@ -120,6 +124,7 @@ struct Inner {
     config: SandboxConfig,
     addresses: Option<Mutex<AddressAllocator>>,
     bridge_ready: Mutex<bool>,
+    images: rootfs::ImageCache,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -185,6 +190,7 @@ impl Sandbox {
         };
         Ok(Sandbox {
             inner: Arc::new(Inner {
+                images: rootfs::ImageCache::new(config.image_cache.clone(), config.image_max_bytes),
                 config,
                 addresses,
                 bridge_ready: Mutex::new(false),
@@ -366,7 +372,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
     let (lower, etc) = match &spec.rootfs {
         RootFs::Dir(p) => (p.clone(), p.join("etc")),
         RootFs::Tarball(t) => {
-            let root = rootfs::prepare_image(&cfg.image_cache, t)?;
+            let root = inner.images.prepare(t)?;
             let etc = root.join("etc");
             (root, etc)
         }

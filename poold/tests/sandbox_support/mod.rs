@@ -66,6 +66,7 @@ impl TestSandbox {
         let config = SandboxConfig {
             state_dir: dir.path().join("state"),
             image_cache: dir.path().join("images"),
+            image_max_bytes: poold::sandbox::DEFAULT_IMAGE_MAX_BYTES,
             cgroup_parent: format!("poold-test-{pid}-{tag}"),
             link_prefix: format!("pdt{tag:02x}"),
             helper_exe: PathBuf::from(env!("CARGO_BIN_EXE_poold")),
