@@ -8,11 +8,13 @@
 //! unpacks (before writing the member that would cross it), and remembers failures, so a
 //! broken image is not unpacked again at every respawn.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufReader, Read, Seek};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,6 +84,15 @@ pub enum ImageError {
         limit: u64,
     },
 
+    /// The archive stream (decompressed) is longer than any image within the limit can be:
+    /// extension members (long names, pax headers) are read whole before any member.
+    #[error(
+        "image {}: the archive stream passes {limit} bytes, more than an image within \
+         daemon.image_max_size can take",
+        tarball.display()
+    )]
+    StreamTooLarge { tarball: PathBuf, limit: u64 },
+
     /// A filesystem operation in the image cache failed.
     #[error("image {}: cache {}: {action}: {source}", tarball.display(), path.display())]
     Cache {
@@ -126,7 +137,7 @@ impl ImageError {
         match self {
             Self::Read { .. } | Self::Cache { .. } => true,
             Self::Member { source, .. } | Self::Archive { source, .. } => host_kind(source),
-            Self::TooLarge { .. } => false,
+            Self::TooLarge { .. } | Self::StreamTooLarge { .. } => false,
             Self::FailedBefore { cause, .. } => cause.may_be_the_hosts(),
         }
     }
@@ -358,6 +369,10 @@ fn clone_for_memory(error: &ImageError) -> ImageError {
             size: *size,
             limit: *limit,
         },
+        ImageError::StreamTooLarge { tarball, limit } => ImageError::StreamTooLarge {
+            tarball: tarball.clone(),
+            limit: *limit,
+        },
         ImageError::Cache {
             tarball,
             action,
@@ -393,6 +408,45 @@ fn sha256_hex(file: &mut fs::File) -> io::Result<String> {
         .collect())
 }
 
+/// A member's name for messages: as in the archive, cut to a readable length (a hostile
+/// long name can be megabytes).
+fn member_name(raw: &[u8]) -> PathBuf {
+    const MAX: usize = 512;
+    let name = String::from_utf8_lossy(&raw[..raw.len().min(MAX)]).into_owned();
+    PathBuf::from(if raw.len() > MAX {
+        format!("{name}...")
+    } else {
+        name
+    })
+}
+
+/// Fails reads past `left` bytes, and says so in `passed` (the tar crate wraps errors).
+struct BoundedReader<R> {
+    inner: R,
+    left: u64,
+    passed: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for BoundedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // Only a failure if there is more to read.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.passed.set(true);
+            return Err(io::Error::other("archive stream too long"));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// One unpack of one tarball into a temporary directory.
 struct Unpacker<'a> {
     tarball: &'a Path,
@@ -414,10 +468,19 @@ impl Unpacker<'_> {
                 action: "read",
                 source,
             })?;
-        let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        let decoded: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
             Box::new(flate2::read::GzDecoder::new(BufReader::new(&*file)))
         } else {
             Box::new(BufReader::new(&*file))
+        };
+        // Every member is charged at least its stream size (header and padding aside), so
+        // twice the limit is never reached by an image within it.
+        let stream_limit = self.max_bytes.saturating_mul(2).saturating_add(1 << 20);
+        let passed = Rc::new(Cell::new(false));
+        let reader = BoundedReader {
+            inner: decoded,
+            left: stream_limit,
+            passed: passed.clone(),
         };
         fs::create_dir(self.tmp).map_err(|source| ImageError::Cache {
             tarball: tarball.clone(),
@@ -430,19 +493,25 @@ impl Unpacker<'_> {
         archive.set_preserve_ownerships(true);
         archive.set_overwrite(true);
         let mut after: Option<PathBuf> = None;
-        let corrupt = |after: &Option<PathBuf>, source| ImageError::Archive {
-            tarball: tarball.clone(),
-            after: after.clone(),
-            source,
+        let corrupt = |after: &Option<PathBuf>, source| {
+            if passed.get() {
+                ImageError::StreamTooLarge {
+                    tarball: tarball.clone(),
+                    limit: stream_limit,
+                }
+            } else {
+                ImageError::Archive {
+                    tarball: tarball.clone(),
+                    after: after.clone(),
+                    source,
+                }
+            }
         };
         let mut charged: u64 = 0;
         let entries = archive.entries().map_err(|e| corrupt(&after, e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| corrupt(&after, self.scrub(e)))?;
-            let member = entry.path().map_or_else(
-                |_| PathBuf::from(String::from_utf8_lossy(&entry.path_bytes()).into_owned()),
-                |p| p.into_owned(),
-            );
+            let member = member_name(&entry.path_bytes());
             // The size the member takes once written (a sparse member's full size).
             let size = entry.size();
             let cost = size.div_ceil(BLOCK).max(1).saturating_mul(BLOCK);
@@ -757,5 +826,198 @@ mod image_cache_tests {
             chain.iter().all(|c| !c.contains(TMP_PREFIX)),
             "a cause names a temporary path: {chain:?}"
         );
+    }
+}
+
+/// Hostile archives: links and paths that lead out of the image, device nodes, and
+/// extension members that would make poold read without bound.
+#[cfg(test)]
+mod hostile_image_tests {
+    use super::*;
+    use crate::sandbox::SandboxError;
+    use std::io::Write;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        h.set_cksum();
+        h
+    }
+
+    fn build(dir: &Path, name: &str, add: impl FnOnce(&mut tar::Builder<fs::File>)) -> PathBuf {
+        let path = dir.join(name);
+        let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+        add(&mut b);
+        b.into_inner().unwrap().flush().unwrap();
+        path
+    }
+
+    fn link(b: &mut tar::Builder<fs::File>, kind: tar::EntryType, path: &str, target: &str) {
+        let mut h = header(kind, 0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    fn file(b: &mut tar::Builder<fs::File>, path: &str, data: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    /// Writes `path` into the archive without the builder's checks (it refuses `..`).
+    fn raw_file(b: &mut tar::Builder<fs::File>, path: &str, data: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        let name = &mut h.as_old_mut().name;
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    /// A host directory the image must not reach, and a cache beside it.
+    struct Host {
+        dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            fs::create_dir(dir.path().join("victim")).unwrap();
+            fs::write(dir.path().join("victim/secret"), "host secret").unwrap();
+            Self { dir }
+        }
+        fn victim(&self) -> PathBuf {
+            self.dir.path().join("victim")
+        }
+        fn cache(&self) -> ImageCache {
+            ImageCache::new(self.dir.path().join("cache"), DEFAULT_IMAGE_MAX_BYTES)
+        }
+        fn assert_victim_untouched(&self) {
+            let names: Vec<_> = fs::read_dir(self.victim())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["secret"], "the host directory was written to");
+            assert_eq!(
+                fs::read_to_string(self.victim().join("secret")).unwrap(),
+                "host secret"
+            );
+            let meta = fs::metadata(self.victim().join("secret")).unwrap();
+            assert_eq!(meta.nlink(), 1, "the host file got a hard link");
+        }
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_image_is_not_followed_when_unpacking() {
+        let host = Host::new();
+        let victim = host.victim().display().to_string();
+        let tar = build(host.dir.path(), "sym.tar", |b| {
+            link(b, tar::EntryType::Symlink, "escape", &victim);
+            file(b, "escape/pwned", b"x");
+        });
+        let e = host.cache().prepare(&tar).unwrap_err();
+        assert!(
+            matches!(&e, SandboxError::Image(ImageError::Member { member, .. }) if member == Path::new("escape/pwned")),
+            "{e:?}"
+        );
+        host.assert_victim_untouched();
+    }
+
+    #[test]
+    fn a_hard_link_to_a_host_file_is_refused() {
+        let host = Host::new();
+        let secret = host.victim().join("secret").display().to_string();
+        for (name, target) in [
+            ("abs.tar", secret.clone()),
+            ("rel.tar", format!("../../../../../../..{secret}")),
+        ] {
+            let tar = build(host.dir.path(), name, |b| {
+                file(b, "etc/hello", b"hi");
+                link(b, tar::EntryType::Link, "etc/secret", &target);
+            });
+            let e = host.cache().prepare(&tar).unwrap_err();
+            assert!(
+                matches!(&e, SandboxError::Image(ImageError::Member { member, .. }) if member == Path::new("etc/secret")),
+                "{name}: {e:?}"
+            );
+            host.assert_victim_untouched();
+        }
+        // A hard link inside the image is fine.
+        let tar = build(host.dir.path(), "inside.tar", |b| {
+            file(b, "etc/hello", b"hi");
+            link(b, tar::EntryType::Link, "etc/hello2", "etc/hello");
+        });
+        let root = host.cache().prepare(&tar).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/hello2")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn dot_dot_members_land_nowhere() {
+        let host = Host::new();
+        let tar = build(host.dir.path(), "dots.tar", |b| {
+            file(b, "etc/hello", b"hi");
+            raw_file(b, "../../victim/pwned", b"x");
+            raw_file(b, "/../victim/pwned2", b"x");
+        });
+        let root = host.cache().prepare(&tar).unwrap();
+        assert!(root.join("etc/hello").is_file());
+        host.assert_victim_untouched();
+    }
+
+    /// Device nodes in an image would hand a root worker the host's disks: they are
+    /// unpacked as empty regular files, never as devices.
+    #[test]
+    fn device_nodes_become_plain_files() {
+        let host = Host::new();
+        let tar = build(host.dir.path(), "dev.tar", |b| {
+            for (kind, name) in [
+                (tar::EntryType::Block, "dev/sda"),
+                (tar::EntryType::Char, "dev/mem"),
+                (tar::EntryType::Fifo, "dev/fifo"),
+            ] {
+                let mut h = header(kind, 0);
+                h.set_device_major(8).unwrap();
+                h.set_device_minor(0).unwrap();
+                h.set_mode(0o666);
+                h.set_cksum();
+                b.append_data(&mut h, name, &[][..]).unwrap();
+            }
+        });
+        let root = host.cache().prepare(&tar).unwrap();
+        for name in ["dev/sda", "dev/mem", "dev/fifo"] {
+            let kind = fs::symlink_metadata(root.join(name)).unwrap().file_type();
+            assert!(
+                kind.is_file() && !kind.is_block_device() && !kind.is_char_device(),
+                "{name}: {kind:?}"
+            );
+        }
+    }
+
+    /// A GNU long-name member is read into memory by the tar crate before any member is
+    /// seen: the archive stream itself is bounded, so a huge one stops at the limit.
+    #[test]
+    fn a_huge_long_name_member_stops_at_the_limit() {
+        let host = Host::new();
+        const LIMIT: u64 = 1 << 20;
+        let tar = build(host.dir.path(), "longname.tar", |b| {
+            let size = 4 * LIMIT;
+            let mut h = header(tar::EntryType::GNULongName, size);
+            h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_cksum();
+            b.append(&h, std::io::repeat(b'a').take(size)).unwrap();
+            file(b, "etc/hello", b"hi");
+        });
+        let cache = ImageCache::new(host.dir.path().join("cache"), LIMIT);
+        let e = cache.prepare(&tar).unwrap_err();
+        assert!(
+            matches!(&e, SandboxError::Image(ImageError::StreamTooLarge { .. })),
+            "{:.300}",
+            format!("{e:?}")
+        );
+        assert!(e.to_string().contains("image_max_size"), "{e:.300}");
     }
 }
