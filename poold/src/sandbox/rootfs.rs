@@ -105,7 +105,11 @@ pub enum ImageError {
 
     /// This image (same content) failed before; it is not unpacked again until its content
     /// changes (or, for a failure that may be the host's, until a short delay has passed).
-    #[error("image {} (sha256 {sha256}) failed earlier and is not unpacked again until it changes: {cause}", tarball.display())]
+    #[error(
+        "image {} (sha256 {sha256}) failed earlier and is not unpacked again {}: {cause}",
+        tarball.display(),
+        if cause.may_be_the_hosts() { "for 30 s" } else { "until its content changes" }
+    )]
     FailedBefore {
         tarball: PathBuf,
         sha256: String,
@@ -186,6 +190,7 @@ pub(crate) struct ImageCache {
     /// Content hashes of tarball files by path, valid while the file's stamp is unchanged.
     hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
     unpacks: AtomicU64,
+    host_failure_retry: Duration,
 }
 
 impl ImageCache {
@@ -196,6 +201,7 @@ impl ImageCache {
             images: Mutex::default(),
             hashes: Mutex::default(),
             unpacks: AtomicU64::new(0),
+            host_failure_retry: HOST_FAILURE_RETRY,
         }
     }
 
@@ -233,7 +239,7 @@ impl ImageCache {
         match &*outcome {
             Some(Outcome::Ready(root)) if root.is_dir() => return Ok(root.clone()),
             Some(Outcome::Failed { error, at })
-                if !error.may_be_the_hosts() || at.elapsed() < HOST_FAILURE_RETRY =>
+                if !error.may_be_the_hosts() || at.elapsed() < self.host_failure_retry =>
             {
                 return Err(ImageError::FailedBefore {
                     tarball: tarball.to_owned(),
@@ -760,6 +766,64 @@ mod image_cache_tests {
         // 4 KiB per member: the 257th member crosses 1 MiB.
         assert_too_large(&e, "data/f256");
         assert_eq!(fs::read_dir(d.path().join("cache")).unwrap().count(), 0);
+    }
+
+    /// Unmounts on drop, also when the test fails.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// A full disk is the host's fault, not the image's: that failure is retried (here at
+    /// once), while a corrupt image's is not. Needs root (a 1 MiB tmpfs as the cache).
+    #[test]
+    fn a_full_disk_is_retried_a_corrupt_image_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let cache_dir = d.path().join("cache");
+        fs::create_dir(&cache_dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &cache_dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1M"),
+        )
+        .expect("mount tmpfs (run as root)");
+        let _unmount = Unmount(cache_dir.clone());
+        let mut cache = ImageCache::new(cache_dir.clone(), 4 << 30);
+        cache.host_failure_retry = Duration::ZERO;
+
+        let big = tarball(d.path(), "big.tar", 4, 512 << 10);
+        let e = cache.prepare(&big).unwrap_err();
+        assert!(
+            matches!(&e, SandboxError::Image(ImageError::Member { source, .. }) if source.kind() == io::ErrorKind::StorageFull),
+            "{e:?}"
+        );
+        let _ = cache.prepare(&big).unwrap_err();
+        assert_eq!(cache.unpack_count(), 2, "a host failure is tried again");
+
+        let bytes = fs::read(tarball(d.path(), "ok.tar", 2, 1000)).unwrap();
+        let bad = d.path().join("bad.tar");
+        fs::write(&bad, &bytes[..512 * 4 + 100]).unwrap();
+        let _ = cache.prepare(&bad).unwrap_err();
+        let e = cache.prepare(&bad).unwrap_err();
+        assert!(
+            matches!(&e, SandboxError::Image(ImageError::FailedBefore { .. })),
+            "{e:?}"
+        );
+        assert_eq!(
+            cache.unpack_count(),
+            3,
+            "a corrupt image is not tried again"
+        );
+        assert_eq!(
+            fs::read_dir(&cache_dir).unwrap().count(),
+            0,
+            "nothing left behind"
+        );
     }
 
     /// A corrupt image fails once; the next spawns get the remembered failure without
