@@ -599,3 +599,29 @@ fn image_max_size_defaults_to_4g_and_has_a_floor() {
         "{message}"
     );
 }
+
+/// poold replaces a stale socket file at start: a control_socket naming an existing
+/// file that is not a socket, or a path in a system tree, would delete it.
+#[test]
+fn control_socket_must_not_name_a_file_poold_would_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("precious");
+    std::fs::write(&file, "data").unwrap();
+    for (path, expected) in [
+        (file.display().to_string(), "exists and is not a socket"),
+        ("/etc/passwd".to_owned(), "inside a system directory"),
+        ("/usr/poold.sock".to_owned(), "inside a system directory"),
+    ] {
+        let message = error_text(&with_daemon(&format!("control_socket = \"{path}\"")));
+        assert!(
+            message.starts_with("/etc/poold.toml:3:1: daemon.control_socket: ")
+                && message.contains(expected),
+            "{path}: {message}"
+        );
+    }
+    // A stale socket is fine: poold replaces it.
+    let socket = dir.path().join("poold.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let text = with_daemon(&format!("control_socket = \"{}\"", socket.display()));
+    assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+}

@@ -95,6 +95,8 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             daemon.clone().key("control_socket"),
             "must be an absolute path",
         ));
+    } else if let Some(message) = control_socket_problem(socket) {
+        problems.push(problem(daemon.clone().key("control_socket"), message));
     } else if let Some(cleaned) = std::iter::once(config.daemon.state_dir.clone())
         .chain(
             CLEANED_STATE_DIRS
@@ -261,6 +263,28 @@ fn state_dir_problem(dir: &Path) -> Option<String> {
         }
     }
     None
+}
+
+/// poold deletes a stale file at the socket's path before binding: the path must not be
+/// a file of something else, nor in a system tree.
+fn control_socket_problem(socket: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let plain: PathBuf = socket.components().collect();
+    if SYSTEM_TREES.iter().any(|tree| plain.starts_with(tree)) {
+        return Some(format!(
+            "{}: inside a system directory; poold replaces the file at this path at start, \
+             put it under /run, e.g. /run/poold/poold.sock",
+            socket.display()
+        ));
+    }
+    match std::fs::symlink_metadata(&plain) {
+        Ok(meta) if !meta.file_type().is_socket() => Some(format!(
+            "{} exists and is not a socket; poold replaces the file at this path at start, \
+             so name a path of its own, e.g. /run/poold/poold.sock",
+            socket.display()
+        )),
+        _ => None,
+    }
 }
 
 fn system_dir(dir: &Path) -> Option<&'static str> {
