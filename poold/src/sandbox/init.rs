@@ -439,6 +439,7 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
     mkdir_p(&proc, 0o555)?;
     let nsd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt(Some("proc"), &proc, Some("proc"), nsd, None)?;
+    harden_proc(&proc)?;
     build_dev(&inside(root, Path::new("/dev"))?)?;
     if plan.read_only_root {
         let tmp = inside(root, Path::new("/tmp"))?;
@@ -462,6 +463,63 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
         )?;
     }
     nix::unistd::sethostname(&plan.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+/// /proc entries made read-only: runc's and Docker's readonlyPaths. The kernel checks only
+/// euid 0 for most sysctls, so a root worker without capabilities could otherwise set
+/// host-global kernel settings (core_pattern runs a program as host root).
+const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+/// /proc entries hidden: runc's and Docker's maskedPaths (kernel memory, other users' keys,
+/// timer and scheduler internals that leak host activity, hardware that is the host's).
+const PROC_MASKED: [&str; 10] = [
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
+
+/// Read-only binds over [`PROC_READ_ONLY`], /dev/null over masked files and an empty
+/// read-only tmpfs over masked directories. The worker has no CAP_SYS_ADMIN, so it can
+/// neither unmount nor remount them.
+fn harden_proc(proc: &Path) -> Result<(), String> {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for name in PROC_READ_ONLY {
+        let path = proc.join(name);
+        if path.symlink_metadata().is_err() {
+            continue;
+        }
+        mnt(
+            Some(&path.to_string_lossy()),
+            &path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+        mnt(None, &path, None, ro, None)?;
+    }
+    for name in PROC_MASKED {
+        let path = proc.join(name);
+        match path.symlink_metadata() {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => mnt(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | locked,
+                Some("size=0,mode=555"),
+            )?,
+            Ok(_) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
+        }
+    }
     Ok(())
 }
 
