@@ -142,4 +142,35 @@ mod sandbox_hardening {
         assert!(seen >= 3, "{text}");
         t.assert_nothing_left();
     }
+
+    /// Issue 7 item 13: an image whose etc/passwd is an absolute symlink to a host file must
+    /// not make a host-only user valid; the image's own file behind the same path is used.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn user_lookup_follows_image_symlinks_inside_the_image_only() {
+        let t = TestSandbox::new(71);
+        let root = hostile_root(&t);
+        let host_passwd = t.dir.path().join("host-passwd");
+        std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(&host_passwd, root.join("etc/passwd")).unwrap();
+        let out = t.dir.path().join("out.txt");
+        let mut spec = root_sh(&t, "hostuser", "id -u", &out);
+        spec.user = Some("hostonly".into());
+        let err = t.sandbox.spawn(spec).await.map(|mut w| {
+            // Old behaviour: the host's user was found and the worker ran as it.
+            futures::executor::block_on(w.wait()).ok()
+        });
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let e = err.expect_err(&format!("the host's passwd was read: worker said {text:?}"));
+        assert!(e.to_string().contains("unknown user \"hostonly\""), "{e}");
+        // The same absolute path inside the image holds the image's users.
+        let inner = root.join(host_passwd.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(inner.parent().unwrap()).unwrap();
+        std::fs::write(&inner, "imageonly:x:77:78::/:/bin/sh\n").unwrap();
+        let mut spec = root_sh(&t, "imageuser", "echo uid=$(id -u) gid=$(id -g)", &out);
+        spec.user = Some("imageonly".into());
+        let text = run_to_end(&t, spec, &out).await;
+        assert!(text.contains("uid=77 gid=78"), "{text}");
+        t.assert_nothing_left();
+    }
 }

@@ -363,16 +363,12 @@ fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
 fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
-    let (lower, etc) = match &spec.rootfs {
-        RootFs::Dir(p) => (p.clone(), p.join("etc")),
-        RootFs::Tarball(t) => {
-            let root = rootfs::prepare_image(&cfg.image_cache, t)?;
-            let etc = root.join("etc");
-            (root, etc)
-        }
-        RootFs::Host => (PathBuf::from("/"), PathBuf::from("/etc")),
+    let lower = match &spec.rootfs {
+        RootFs::Dir(p) => p.clone(),
+        RootFs::Tarball(t) => rootfs::prepare_image(&cfg.image_cache, t)?,
+        RootFs::Host => PathBuf::from("/"),
     };
-    let user = spec::resolve_user(spec.user.as_deref(), &etc)?;
+    let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
         return Err(SandboxError::spec(

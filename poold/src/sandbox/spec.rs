@@ -269,8 +269,43 @@ pub(crate) struct ResolvedUser {
     pub groups: Vec<u32>,
 }
 
-/// Resolves `user` against `etc` (the rootfs's /etc directory).
-pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUser> {
+/// The largest passwd or group file read from an image (a hostile image could offer an
+/// endless one).
+const MAX_ID_FILE: u64 = 16 << 20;
+
+/// Reads the regular file at `inner` (relative to the image root) with every path component,
+/// symlinks included, resolved inside `root` (openat2 RESOLVE_IN_ROOT): an image's
+/// `etc/passwd -> /etc/passwd` never reaches the host's file. A missing file reads as empty.
+fn read_in_root(root: &Path, inner: &str) -> Result<String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let shown = || root.join(inner);
+    let io = |e: std::io::Error| SandboxError::io("reading (inside the image root)", shown(), e);
+    let dir = std::fs::File::open(root).map_err(|e| SandboxError::io("opening", root, e))?;
+    let how = OpenHow::new()
+        // O_NONBLOCK: a FIFO planted by the image must not hang the open.
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match nix::fcntl::openat2(&dir, inner, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(String::new()),
+        Err(e) => return Err(io(e.into())),
+    };
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    let mut text = String::new();
+    file.take(MAX_ID_FILE)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    Ok(text)
+}
+
+/// Resolves `user` against the image at `root` (its etc/passwd and etc/group, read inside
+/// the root).
+pub(crate) fn resolve_user(user: Option<&str>, root: &Path) -> Result<ResolvedUser> {
     let Some(user) = user else {
         return Ok(ResolvedUser {
             uid: 0,
@@ -282,8 +317,9 @@ pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUse
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = std::fs::read_to_string(etc.join("passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(etc.join("group")).unwrap_or_default();
+    let passwd = read_in_root(root, "etc/passwd")?;
+    let group = read_in_root(root, "etc/group")?;
+    let etc = root.join("etc");
     let pw_entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(String, u32, u32)> {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -451,15 +487,17 @@ pub(crate) struct HelperPlan {
 mod tests {
     use super::*;
 
+    /// An image root with etc/passwd and etc/group.
     fn etc() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
         std::fs::write(
-            d.path().join("passwd"),
+            d.path().join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n",
         )
         .unwrap();
         std::fs::write(
-            d.path().join("group"),
+            d.path().join("etc/group"),
             "root:x:0:\nwww:x:33:\nlogs:x:40:www,x\n",
         )
         .unwrap();
@@ -506,6 +544,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown group") && e.contains("group"), "{e}");
+    }
+
+    /// Issue 7 item 13: an image's absolute symlink etc/passwd -> H is read as the image's
+    /// own H, never the host's.
+    #[test]
+    fn users_are_looked_up_inside_the_image_even_through_absolute_symlinks() {
+        let host = tempfile::tempdir().unwrap();
+        let host_passwd = host.path().join("passwd");
+        std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host_passwd, root.path().join("etc/passwd")).unwrap();
+        let e = resolve_user(Some("hostonly"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown user \"hostonly\""), "{e}");
+        let inner = root.path().join(host_passwd.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(inner.parent().unwrap()).unwrap();
+        std::fs::write(&inner, "imageonly:x:77:78::/:/bin/sh\n").unwrap();
+        let r = resolve_user(Some("imageonly"), root.path()).unwrap();
+        assert_eq!((r.uid, r.gid), (77, 78));
+        assert!(resolve_user(Some("hostonly"), root.path()).is_err());
+        // A link to itself (seen from inside): a clear error, not the host's /etc/passwd.
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("etc/passwd")).unwrap();
+        let e = resolve_user(Some("root"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etc/passwd"), "{e}");
+        // A FIFO must not hang the lookup.
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(
+            &root.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = resolve_user(Some("root"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
