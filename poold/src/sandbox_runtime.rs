@@ -107,6 +107,8 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     spec.user = service.user.clone();
+    spec.seccomp = service.seccomp;
+    spec.seccomp_allow = service.seccomp_allow.clone();
     spec.limits = Limits {
         memory_bytes: service.limits.memory.map(|m| m.bytes()),
         cpu_millicores: service

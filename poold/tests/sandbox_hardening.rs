@@ -6,7 +6,7 @@ mod sandbox_support;
 
 use std::path::{Path, PathBuf};
 
-use poold::sandbox::{ExitStatus, NetworkMode, Output, RootFs, WorkerSpec};
+use poold::sandbox::{BindMount, ExitStatus, NetworkMode, Output, RootFs, SeccompMode, WorkerSpec};
 use sandbox_support::TestSandbox;
 
 /// Wrapped in `sandbox_hardening` so `--filter sandbox_hardening` selects every test here.
@@ -172,5 +172,295 @@ mod sandbox_hardening {
         let text = run_to_end(&t, spec, &out).await;
         assert!(text.contains("uid=77 gid=78"), "{text}");
         t.assert_nothing_left();
+    }
+
+    /// Runs this test binary's [`hostile_probe`] inside a worker on the host root (its
+    /// libraries are the host's), and returns what it printed.
+    async fn run_probe(t: &TestSandbox, mut spec_change: impl FnMut(&mut WorkerSpec)) -> String {
+        let out = t
+            .dir
+            .path()
+            .join(format!("probe-{}.txt", sandbox_support_unique()));
+        let exe = std::env::current_exe().unwrap();
+        let mut spec = WorkerSpec::new("probe", RootFs::Host, "/probe");
+        spec.args = [
+            "--exact",
+            "sandbox_hardening::hostile_probe",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ]
+        .map(String::from)
+        .to_vec();
+        spec.env = vec![("POOLD_HOSTILE_PROBE".into(), "1".into())];
+        spec.mounts = vec![BindMount {
+            source: exe,
+            target: "/probe".into(),
+            read_only: true,
+        }];
+        spec.network = NetworkMode::Isolated;
+        spec.output = Output::File(out.clone());
+        spec_change(&mut spec);
+        let text = run_to_end(t, spec, &out).await;
+        text.lines()
+            .filter_map(|l| l.strip_prefix("probe: "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    fn sandbox_support_unique() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The syscall-level attempts a hostile worker makes, one line each: `NAME=ok` or
+    /// `NAME=denied(ERRNO)`. Not a test of its own: it does nothing unless run inside a
+    /// worker by [`run_probe`].
+    #[test]
+    fn hostile_probe() {
+        if std::env::var_os("POOLD_HOSTILE_PROBE").is_none() {
+            return;
+        }
+        probe::run();
+    }
+
+    /// Issue 7 item 15: workers get Docker's default seccomp filter; `unconfined` turns it
+    /// off and `seccomp_allow` adds syscalls.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_default_seccomp_filter_denies_what_dockers_denies() {
+        let t = TestSandbox::new(72);
+        let confined = run_probe(&t, |_| {}).await;
+        eprintln!("default:\n{confined}");
+        assert_eq!(field(&confined, "seccomp_mode"), Some("2"), "{confined}");
+        for tool in ["unshare_user_tool", "unshare_mount", "nsenter_init"] {
+            assert!(
+                field(&confined, tool).is_some_and(|v| v.starts_with("denied")),
+                "{tool}: {confined}"
+            );
+        }
+        for attempt in [
+            "unshare_user",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "kexec_load",
+            "open_by_handle_at",
+            "ptrace_child",
+            "vsock_socket",
+            "personality_odd",
+        ] {
+            assert_eq!(
+                field(&confined, attempt),
+                Some("denied(EPERM)"),
+                "{attempt}: {confined}"
+            );
+        }
+        // Threads still start (glibc falls back from clone3, refused with ENOSYS, to clone).
+        assert_eq!(field(&confined, "thread"), Some("ok"), "{confined}");
+        assert_eq!(
+            field(&confined, "clone3"),
+            Some("denied(ENOSYS)"),
+            "{confined}"
+        );
+
+        // The probe can tell: without the filter the same attempts get through.
+        let open = run_probe(&t, |s| s.seccomp = SeccompMode::Unconfined).await;
+        eprintln!("unconfined:\n{open}");
+        assert_eq!(field(&open, "seccomp_mode"), Some("0"), "{open}");
+        for attempt in [
+            "unshare_user_tool",
+            "keyctl",
+            "ptrace_child",
+            "personality_odd",
+        ] {
+            assert_eq!(field(&open, attempt), Some("ok"), "{attempt}: {open}");
+        }
+
+        let allowed = run_probe(&t, |s| s.seccomp_allow = vec!["keyctl".into()]).await;
+        assert_eq!(field(&allowed, "seccomp_mode"), Some("2"), "{allowed}");
+        assert_eq!(field(&allowed, "keyctl"), Some("ok"), "{allowed}");
+        assert_eq!(
+            field(&allowed, "add_key"),
+            Some("denied(EPERM)"),
+            "{allowed}"
+        );
+        t.assert_nothing_left();
+    }
+}
+
+/// The hostile worker's syscall attempts (runs inside a worker only, see `hostile_probe`).
+mod probe {
+    use nix::errno::Errno;
+
+    fn report(name: &str, result: Result<(), Errno>) {
+        match result {
+            Ok(()) => println!("probe: {name}=ok"),
+            Err(e) => println!("probe: {name}=denied({e:?})"),
+        }
+    }
+
+    /// A raw syscall with up to five integer or pointer arguments.
+    fn raw(nr: libc::c_long, args: [usize; 5]) -> Result<(), Errno> {
+        // SAFETY: every call below passes either plain integers, null pointers (the kernel
+        // checks them and fails with EFAULT) or pointers to NUL-terminated strings that
+        // outlive the call; none of these syscalls writes to memory it was given, so no Rust
+        // value can be changed behind the compiler's back.
+        let rc = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn ptrace_attach(pid: i32) -> Result<(), Errno> {
+        raw(
+            libc::SYS_ptrace,
+            [libc::PTRACE_ATTACH as usize, pid as usize, 0, 0, 0],
+        )
+    }
+
+    fn shell(args: &[&str]) -> Result<(), Errno> {
+        let status = std::process::Command::new("/bin/busybox")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            // A tool's failure carries no errno: report it as EPERM's absence.
+            Err(Errno::UnknownErrno)
+        }
+    }
+
+    pub fn run() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        println!("probe: seccomp_mode={mode}");
+        report("unshare_user_tool", shell(&["unshare", "-U", "true"]));
+        report(
+            "unshare_user",
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER),
+        );
+        report("unshare_mount", shell(&["unshare", "-m", "true"]));
+        report("nsenter_init", shell(&["nsenter", "-t", "1", "-m", "true"]));
+        // KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_SESSION_KEYRING (-3), creating it.
+        report(
+            "keyctl",
+            raw(libc::SYS_keyctl, [0, -3_isize as usize, 1, 0, 0]),
+        );
+        let (user, desc, data) = (c"user", c"poold-probe", c"x");
+        report(
+            "add_key",
+            raw(
+                libc::SYS_add_key,
+                [
+                    user.as_ptr() as usize,
+                    desc.as_ptr() as usize,
+                    data.as_ptr() as usize,
+                    1,
+                    -2_isize as usize,
+                ],
+            ),
+        );
+        report(
+            "request_key",
+            raw(
+                libc::SYS_request_key,
+                [user.as_ptr() as usize, desc.as_ptr() as usize, 0, 0, 0],
+            )
+            .map_err(|e| {
+                if e == Errno::ENOKEY {
+                    Errno::UnknownErrno
+                } else {
+                    e
+                }
+            }),
+        );
+        report("bpf", raw(libc::SYS_bpf, [0, 0, 0, 0, 0]));
+        report(
+            "perf_event_open",
+            raw(libc::SYS_perf_event_open, [0, 0, usize::MAX, usize::MAX, 0]),
+        );
+        report("userfaultfd", raw(libc::SYS_userfaultfd, [0, 0, 0, 0, 0]));
+        report("kexec_load", raw(libc::SYS_kexec_load, [0, 0, 0, 0, 0]));
+        report(
+            "open_by_handle_at",
+            raw(
+                libc::SYS_open_by_handle_at,
+                [libc::AT_FDCWD as usize, 0, 0, 0, 0],
+            ),
+        );
+        // 0x0400000 = READ_IMPLIES_EXEC: not one of the personalities Docker allows.
+        report(
+            "personality_odd",
+            raw(libc::SYS_personality, [0x040_0000, 0, 0, 0, 0]),
+        );
+        report("clone3", raw(libc::SYS_clone3, [0, 0, 0, 0, 0]));
+        report(
+            "vsock_socket",
+            nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Vsock,
+                nix::sys::socket::SockType::Stream,
+                nix::sys::socket::SockFlag::empty(),
+                None,
+            )
+            .map(drop),
+        );
+        report(
+            "thread",
+            std::thread::spawn(|| ())
+                .join()
+                .map_err(|_| Errno::UnknownErrno),
+        );
+        // ptrace of our own child (allowed to any same-uid parent without seccomp) and of
+        // the worker's init.
+        let child = std::process::Command::new("/bin/busybox")
+            .args(["sleep", "60"])
+            .spawn();
+        match child {
+            Ok(mut c) => {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                report("ptrace_child", ptrace_attach(pid.as_raw()));
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Err(_) => println!("probe: ptrace_child=no-child"),
+        }
+        report("ptrace_init", ptrace_attach(1));
+        report(
+            "mount_tmpfs",
+            nix::mount::mount(
+                Some("tmpfs"),
+                "/tmp",
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            ),
+        );
+        report(
+            "umount_proc_sys",
+            nix::mount::umount2("/proc/sys", nix::mount::MntFlags::MNT_DETACH),
+        );
+        report(
+            "mknod_mem",
+            nix::sys::stat::mknod(
+                "/dev/shm/mem",
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(1, 1),
+            ),
+        );
+        report("chroot", nix::unistd::chroot("/tmp"));
+        report(
+            "write_sysctl",
+            std::fs::write("/proc/sys/kernel/printk_ratelimit", "9\n")
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+        );
     }
 }

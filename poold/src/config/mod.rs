@@ -130,6 +130,12 @@ pub struct ServiceConfig {
     /// User name or uid[:gid] to run as; unset keeps root (inside the sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Syscall filter: "default" (Docker's default profile) or "unconfined" (none).
+    #[serde(default)]
+    pub seccomp: crate::sandbox::SeccompMode,
+    /// Syscalls allowed on top of the default filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp_allow: Vec<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]

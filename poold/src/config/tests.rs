@@ -114,6 +114,8 @@ fn fully_populated() -> Config {
             command: vec!["/bin/true".into()],
             env: [("A".to_owned(), "b".to_owned())].into(),
             user: Some("nobody".into()),
+            seccomp: crate::sandbox::SeccompMode::Default,
+            seccomp_allow: vec!["keyctl".into()],
             limits: LimitsConfig {
                 memory: Some(ByteSize::mib(64)),
                 cpu: Some(1.0),
@@ -364,4 +366,21 @@ fn cgroup_parent_must_be_a_poold_name() {
         "[daemon]\ncgroup_parent = \"poold-b\"\n\n[[service]]",
     );
     assert_eq!(parse(&text).unwrap().daemon.cgroup_parent, "poold-b");
+}
+
+#[test]
+fn seccomp_allow_names_are_checked_with_their_line() {
+    let text = format!("{MINIMAL}seccomp_allow = [\n  \"keyctl\",\n  \"no_such_call\",\n]\n");
+    let message = error_text(&text);
+    assert!(
+        message.starts_with("/etc/poold.toml:11:3: service[0].seccomp_allow[1]: \"no_such_call\" is not a syscall name"),
+        "{message}"
+    );
+    let text = format!("{MINIMAL}seccomp = \"unconfined\"\nseccomp_allow = [\"keyctl\"]\n");
+    let message = error_text(&text);
+    assert!(message.contains("has no effect"), "{message}");
+    let text = format!("{MINIMAL}seccomp = \"off\"\n");
+    let message = error_text(&text);
+    assert!(message.contains("unknown variant `off`"), "{message}");
+    parse(&format!("{MINIMAL}seccomp_allow = [\"keyctl\"]\n")).unwrap();
 }

@@ -235,6 +235,26 @@ fn validate_service(
         }
     }
 
+    for (index, name) in service.seccomp_allow.iter().enumerate() {
+        if !crate::sandbox::is_known_syscall(name) {
+            push(
+                at("seccomp_allow").index(index),
+                format!(
+                    "{name:?} is not a syscall name on {}",
+                    std::env::consts::ARCH
+                ),
+            );
+        }
+    }
+    if service.seccomp == crate::sandbox::SeccompMode::Unconfined
+        && !service.seccomp_allow.is_empty()
+    {
+        push(
+            at("seccomp_allow"),
+            "has no effect with seccomp = \"unconfined\"".into(),
+        );
+    }
+
     let limits = &service.limits;
     if let Some(memory) = limits.memory {
         if memory.bytes() < 4 << 20 {

@@ -33,7 +33,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{HelperPlan, NetnsPlan, RlimitResource, RootPlan};
-use super::sys;
+use super::{seccomp, sys};
 
 /// The hidden argv[1] that turns the poold binary into the worker helper.
 pub const HELPER_ARG: &str = "__poold-worker-init";
@@ -705,5 +705,7 @@ fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     // Mark every inherited fd >= 3 close-on-exec (the error pipe already is).
     sys::close_fds_from(3, true).map_err(|e| format!("close_range: {e}"))?;
+    // Last: from here on only the filter's syscalls work (execve among them).
+    seccomp::install(&plan.seccomp)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ mod error;
 pub mod init;
 mod net;
 mod rootfs;
+mod seccomp;
 mod spec;
 mod sys;
 
@@ -27,6 +28,7 @@ pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
 pub use error::{Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
+pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
     BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
 };
@@ -370,6 +372,10 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
     };
     let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
+    let seccomp = match spec.seccomp {
+        SeccompMode::Default => seccomp::worker_filters(&spec.capabilities, &spec.seccomp_allow)?,
+        SeccompMode::Unconfined => Vec::new(),
+    };
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
         return Err(SandboxError::spec(
             "network",
@@ -458,6 +464,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         rlimits: spec.rlimits.clone(),
         mounts: spec.mounts.clone(),
         capabilities: spec.capabilities.clone(),
+        seccomp,
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
         hosts,

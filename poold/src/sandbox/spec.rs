@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, SandboxError};
+use super::seccomp::{Program, SeccompMode};
 
 /// Where a worker's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +125,10 @@ pub struct WorkerSpec {
     pub capabilities: Vec<caps::Capability>,
     pub network: NetworkMode,
     pub output: Output,
+    /// The syscall filter (default: Docker's default profile; see `seccomp`).
+    pub seccomp: SeccompMode,
+    /// Syscalls allowed on top of the default filter (names of this architecture).
+    pub seccomp_allow: Vec<String>,
 }
 
 impl WorkerSpec {
@@ -146,6 +151,8 @@ impl WorkerSpec {
             capabilities: Vec::new(),
             network: NetworkMode::default(),
             output: Output::default(),
+            seccomp: SeccompMode::Default,
+            seccomp_allow: Vec::new(),
         }
     }
 
@@ -215,6 +222,12 @@ impl WorkerSpec {
                 ));
             }
             check_inner_path("mounts.target", &m.target)?;
+        }
+        if self.seccomp == SeccompMode::Unconfined && !self.seccomp_allow.is_empty() {
+            return Err(SandboxError::spec(
+                "seccomp_allow",
+                "has no effect without a filter (seccomp = unconfined)",
+            ));
         }
         Ok(())
     }
@@ -476,6 +489,8 @@ pub(crate) struct HelperPlan {
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
     pub capabilities: Vec<caps::Capability>,
+    /// Seccomp programs the program installs last before exec, in this order.
+    pub seccomp: Vec<Program>,
     pub netns: NetnsPlan,
     /// Contents copied to /etc/resolv.conf and /etc/hosts (copied, not bound, so a host-side
     /// rename of the file cannot leave the worker with a stale view).
