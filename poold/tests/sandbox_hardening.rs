@@ -6,8 +6,12 @@ mod sandbox_support;
 
 use std::path::{Path, PathBuf};
 
-use poold::sandbox::{BindMount, ExitStatus, NetworkMode, Output, RootFs, SeccompMode, WorkerSpec};
-use sandbox_support::TestSandbox;
+use poold::sandbox::{
+    BindMount, ExitStatus, IdMap, NetworkMode, Output, RootFs, SeccompMode, WorkerSpec,
+};
+use std::io::{Read, Write};
+
+use sandbox_support::{eventually, TestSandbox};
 
 /// Wrapped in `sandbox_hardening` so `--filter sandbox_hardening` selects every test here.
 mod sandbox_hardening {
@@ -288,6 +292,114 @@ mod sandbox_hardening {
             Some("denied(EPERM)"),
             "{allowed}"
         );
+        t.assert_nothing_left();
+    }
+
+    /// The helper's grandchild: helper -> init -> program.
+    fn program_pid(helper: u32) -> Option<u32> {
+        let children = |pid: u32| -> Vec<u32> {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        };
+        let init = *children(helper).first()?;
+        children(init).first().copied()
+    }
+
+    /// Issue 7 item 16: with `user_namespace`, the worker's root is an unprivileged host uid:
+    /// it cannot write what a host user could not, the image still looks root-owned inside,
+    /// and the worker still serves (on port 80, in its own network namespace).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_user_namespace_worker_is_root_inside_and_nobody_outside() {
+        let t = TestSandbox::new(73);
+        let base = 300_000;
+        let shared = t.dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("owned-by-root"), "host\n").unwrap();
+        let out = t.dir.path().join("out.txt");
+        let script = "echo uid=$(id -u) gid=$(id -g); \
+             echo image_owner=$(stat -c %u:%g /bin/busybox); \
+             touch /data/new 2>/dev/null && echo data_create=ok || echo data_create=denied; \
+             echo x >> /data/owned-by-root 2>/dev/null && echo data_append=ok || echo data_append=denied; \
+             echo 9 > /proc/sys/kernel/printk_ratelimit 2>/dev/null && echo sysctl=ok || echo sysctl=denied; \
+             touch /created-in-root && echo root_write=ok || echo root_write=denied; \
+             echo ready; exec httpd -f -p 80 -h /www";
+        let mut spec = root_sh(&t, "userns", script, &out);
+        spec.network = NetworkMode::Bridged;
+        spec.user_namespace = Some(IdMap {
+            host_first: base,
+            count: 65536,
+        });
+        spec.mounts = vec![BindMount {
+            source: shared.clone(),
+            target: "/data".into(),
+            read_only: false,
+        }];
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        let text = eventually("the worker reports", || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("ready"))
+        })
+        .await;
+        let program = eventually("the program runs", || program_pid(w.pid())).await;
+        let status = std::fs::read_to_string(format!("/proc/{program}/status")).unwrap();
+        let host_ids = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        let b = base.to_string();
+        let all_base = Some(format!("{b} {b} {b} {b}"));
+        let answer = {
+            let addr = w.address().unwrap();
+            eventually("httpd answers on port 80", || {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &(addr, 80).into(),
+                    std::time::Duration::from_secs(2),
+                )
+                .ok()?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                Some(r)
+            })
+            .await
+        };
+        w.destroy().await.unwrap();
+        eprintln!("{text}");
+        assert_eq!(
+            host_ids("Uid:"),
+            all_base,
+            "host uid of the worker's root: {status}"
+        );
+        assert_eq!(host_ids("Gid:"), all_base, "{status}");
+        assert!(text.contains("uid=0 gid=0"), "root inside: {text}");
+        assert_eq!(field(&text, "image_owner"), Some("0:0"), "{text}");
+        for attempt in ["data_create", "data_append", "sysctl"] {
+            assert_eq!(field(&text, attempt), Some("denied"), "{attempt}: {text}");
+        }
+        assert_eq!(field(&text, "root_write"), Some("ok"), "{text}");
+        assert_eq!(
+            std::fs::read_to_string(shared.join("owned-by-root")).unwrap(),
+            "host\n"
+        );
+        assert!(!shared.join("new").exists());
+        assert!(answer.contains("hello from the worker"), "{answer}");
+        // Where the filesystem cannot idmap (tmpfs before Linux 6.3: the VM), the image was
+        // copied once with shifted owners.
+        let copies: Vec<_> = std::fs::read_dir(&t.config().image_cache)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        eprintln!("shifted copies (none means an idmapped mount): {copies:?}");
+        for copy in copies {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(copy.join("bin/busybox")).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (base, base), "{}", copy.display());
+        }
         t.assert_nothing_left();
     }
 }

@@ -116,6 +116,8 @@ fn fully_populated() -> Config {
             user: Some("nobody".into()),
             seccomp: crate::sandbox::SeccompMode::Default,
             seccomp_allow: vec!["keyctl".into()],
+            user_namespace: true,
+            userns_base: Some(200_000),
             limits: LimitsConfig {
                 memory: Some(ByteSize::mib(64)),
                 cpu: Some(1.0),
@@ -383,4 +385,37 @@ fn seccomp_allow_names_are_checked_with_their_line() {
     let message = error_text(&text);
     assert!(message.contains("unknown variant `off`"), "{message}");
     parse(&format!("{MINIMAL}seccomp_allow = [\"keyctl\"]\n")).unwrap();
+}
+
+#[test]
+fn user_namespace_ranges_are_checked() {
+    let message = error_text(&format!("{MINIMAL}user_namespace = true\n"));
+    assert!(
+        message.contains("service[0].user_namespace: needs userns_base"),
+        "{message}"
+    );
+    let message = error_text(&format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 1000\n"
+    ));
+    assert!(
+        message.contains("service[0].userns_base: 1000"),
+        "{message}"
+    );
+    let message = error_text(&format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 4294967000\n"
+    ));
+    assert!(message.contains("4294967000"), "{message}");
+    let message = error_text(&format!("{MINIMAL}userns_base = 100000\n"));
+    assert!(message.contains("has no effect"), "{message}");
+    let two = format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 100000\n\
+         [[service]]\nname = \"api\"\nlisten = \"10.212.0.2:80\"\nworkers = 1\nport = 8080\n\
+         rootfs = \"host\"\ncommand = [\"/bin/true\"]\nuser_namespace = true\nuserns_base = 150000\n"
+    );
+    let message = error_text(&two);
+    assert!(
+        message.contains("service[1].userns_base") && message.contains("overlaps"),
+        "{message}"
+    );
+    parse(&two.replace("150000", "165536")).unwrap();
 }

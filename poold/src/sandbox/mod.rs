@@ -30,7 +30,7 @@ pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
-    BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
+    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
 };
 
 use std::net::Ipv4Addr;
@@ -132,6 +132,14 @@ pub(crate) fn unique_suffix() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The first 8 bytes of sha256(`s`), in hex.
+fn hex_digest(s: &str) -> String {
+    Sha256::digest(s)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn new_worker_id() -> String {
@@ -372,6 +380,23 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
     };
     let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
+    if let Some(map) = spec.user_namespace {
+        let outside = std::iter::once(user.uid)
+            .chain(std::iter::once(user.gid))
+            .chain(user.groups.iter().copied())
+            .find(|id| *id >= map.count);
+        if let Some(id) = outside {
+            return Err(SandboxError::spec(
+                "user",
+                format!("id {id} is outside the user namespace's {} ids", map.count),
+            ));
+        }
+    }
+    let userns_copy = cfg.image_cache.join(format!(
+        "userns-{}-{}",
+        spec.user_namespace.map_or(0, |m| m.host_first),
+        hex_digest(&lower.to_string_lossy())
+    ));
     let seccomp = match spec.seccomp {
         SeccompMode::Default => seccomp::worker_filters(&spec.capabilities, &spec.seccomp_allow)?,
         SeccompMode::Unconfined => Vec::new(),
@@ -464,6 +489,8 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         rlimits: spec.rlimits.clone(),
         mounts: spec.mounts.clone(),
         capabilities: spec.capabilities.clone(),
+        userns: spec.user_namespace,
+        userns_copy,
         seccomp,
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),

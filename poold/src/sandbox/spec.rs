@@ -95,6 +95,14 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A user namespace's id mapping: ids `0..count` inside are host ids
+/// `host_first..host_first + count`, for users and groups alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub host_first: u32,
+    pub count: u32,
+}
+
 /// Everything needed to start one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -129,6 +137,10 @@ pub struct WorkerSpec {
     pub seccomp: SeccompMode,
     /// Syscalls allowed on top of the default filter (names of this architecture).
     pub seccomp_allow: Vec<String>,
+    /// Run the program in a user namespace with this mapping: its root is an unprivileged
+    /// host uid. The image's files are seen through an idmapped mount (or, where the
+    /// filesystem cannot idmap, a copy with shifted ownership), so they keep their owners.
+    pub user_namespace: Option<IdMap>,
 }
 
 impl WorkerSpec {
@@ -153,6 +165,7 @@ impl WorkerSpec {
             output: Output::default(),
             seccomp: SeccompMode::Default,
             seccomp_allow: Vec::new(),
+            user_namespace: None,
         }
     }
 
@@ -222,6 +235,14 @@ impl WorkerSpec {
                 ));
             }
             check_inner_path("mounts.target", &m.target)?;
+        }
+        if let Some(m) = self.user_namespace {
+            if m.host_first == 0 || m.count == 0 || m.host_first.checked_add(m.count).is_none() {
+                return Err(SandboxError::spec(
+                    "user_namespace",
+                    format!("{m:?}: expected at least one id, not host root, below 2^32 - 1"),
+                ));
+            }
         }
         if self.seccomp == SeccompMode::Unconfined && !self.seccomp_allow.is_empty() {
             return Err(SandboxError::spec(
@@ -489,6 +510,11 @@ pub(crate) struct HelperPlan {
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
     pub capabilities: Vec<caps::Capability>,
+    /// Run the program in a user namespace with this mapping.
+    pub userns: Option<IdMap>,
+    /// Where a copy of the image with shifted ownership goes when the image's filesystem
+    /// cannot do idmapped mounts (made once per image and id range, then reused).
+    pub userns_copy: PathBuf,
     /// Seccomp programs the program installs last before exec, in this order.
     pub seccomp: Vec<Program>,
     pub netns: NetnsPlan,
