@@ -402,6 +402,108 @@ mod sandbox_hardening {
         }
         t.assert_nothing_left();
     }
+
+    /// Every escape attempt of a hostile image, made by a worker with the defaults a quick
+    /// start uses (root, no `user`, the default seccomp filter, no user namespace): one
+    /// line per attempt, each must fail. Part one is the image's busybox script, part two
+    /// the syscall probe (this test binary) for what busybox cannot do (keyctl, ptrace, bpf...).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hostile_worker_escapes_nothing() {
+        let t = TestSandbox::new(74);
+        let ratelimit = RestoreSysctl::save("/proc/sys/kernel/printk_ratelimit");
+        let _core = RestoreSysctl::save("/proc/sys/kernel/core_pattern");
+        let other = if ratelimit.value.trim() == "7" { 8 } else { 7 };
+        let out = t.dir.path().join("hostile.txt");
+        let script = format!(
+            r#"try() {{ name=$1; shift; if ( eval "$@" ) >/dev/null 2>&1; then echo "$name=ESCAPED"; else echo "$name=denied"; fi; }}
+            empty() {{ n=$(cat "$2" 2>/dev/null | head -c 64 | wc -c); if [ "$n" = 0 ]; then echo "$1=denied"; else echo "$1=ESCAPED"; fi; }}
+            try sysctl_printk 'echo {other} > /proc/sys/kernel/printk_ratelimit'
+            try sysctl_core_pattern 'echo "|/bin/sh -c id" > /proc/sys/kernel/core_pattern'
+            try sysctl_tool 'sysctl -w kernel.printk_ratelimit={other}'
+            try remount_proc_rw 'mount -o remount,rw /proc/sys'
+            try umount_proc_mask 'umount /proc/keys'
+            empty read_kcore /proc/kcore
+            empty read_keys /proc/keys
+            empty read_timer_list /proc/timer_list
+            empty read_sched_debug /proc/sched_debug
+            empty read_interrupts /proc/interrupts
+            try mount_tmpfs 'mount -t tmpfs x /tmp'
+            try mount_bind_root 'mount --bind / /tmp'
+            try remount_root 'mount -o remount,rw /'
+            try mount_proc_again 'mkdir -p /tmp/p && mount -t proc proc /tmp/p'
+            try mknod_block 'mknod /tmp/sda b 8 0'
+            try mknod_mem 'mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem'
+            try unshare_user 'unshare -U true'
+            try unshare_user_map_root 'unshare -U -r true'
+            try unshare_mount 'unshare -m true'
+            try unshare_net 'unshare -n true'
+            try nsenter_init 'nsenter -t 1 -m -u -n true'
+            try chroot_escape 'mkdir -p /tmp/jail && chroot /tmp/jail /bin/true'
+            try proc1_root 'ls /proc/1/root/'
+            try sys_write 'echo 1 > /sys/kernel/mm/ksm/run'
+            try sys_mount 'mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s'
+            try cgroup_mount 'mkdir -p /tmp/c && mount -t cgroup2 none /tmp/c'
+            try dev_disk 'head -c 1 /dev/sda || head -c 1 /dev/vda'
+            try hostname_change 'hostname evil'
+            exit 0"#
+        );
+        let spec = root_sh(&t, "hostile", &script, &out);
+        let shell = run_to_end(&t, spec, &out).await;
+        let probe = run_probe(&t, |_| {}).await;
+        eprintln!("hostile image:\n{shell}\nsyscall probe:\n{probe}");
+        assert_eq!(
+            std::fs::read_to_string(ratelimit.path).unwrap(),
+            ratelimit.value,
+            "the host's sysctl is unchanged"
+        );
+        let attempts: Vec<(&str, &str)> = shell
+            .lines()
+            .chain(probe.lines())
+            .filter_map(|l| l.split_once('='))
+            .collect();
+        let escaped: Vec<_> = attempts
+            .iter()
+            .filter(|(name, v)| {
+                *name != "seccomp_mode" && *name != "thread" && !v.starts_with("denied")
+            })
+            .collect();
+        assert!(escaped.is_empty(), "escapes: {escaped:?}\n{shell}\n{probe}");
+        // Every attempt reported (a crashed script or probe must not pass for "no escape").
+        for name in [
+            "sysctl_printk",
+            "sysctl_core_pattern",
+            "read_keys",
+            "mount_tmpfs",
+            "mknod_mem",
+            "unshare_user",
+            "unshare_user_map_root",
+            "chroot_escape",
+            "proc1_root",
+            "sys_write",
+            "hostname_change",
+        ] {
+            assert!(field(&shell, name).is_some(), "{name} missing: {shell}");
+        }
+        for name in [
+            "keyctl",
+            "add_key",
+            "bpf",
+            "perf_event_open",
+            "kexec_load",
+            "open_by_handle_at",
+            "ptrace_child",
+            "ptrace_init",
+            "unshare_user",
+            "mount_tmpfs",
+            "mknod_mem",
+            "chroot",
+            "write_sysctl",
+        ] {
+            assert!(field(&probe, name).is_some(), "{name} missing: {probe}");
+        }
+        assert_eq!(field(&probe, "seccomp_mode"), Some("2"), "{probe}");
+        t.assert_nothing_left();
+    }
 }
 
 /// The hostile worker's syscall attempts (runs inside a worker only, see `hostile_probe`).
