@@ -609,7 +609,8 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
     mnt(Some("proc"), &proc, Some("proc"), nsd, None)?;
     harden_proc(&proc)?;
     build_dev(&inside(root, Path::new("/dev"))?)?;
-    if plan.read_only_root {
+    // The host root is read-only too (below): both get a private, writable /tmp.
+    if plan.read_only_root || matches!(plan.root, RootPlan::Host) {
         let tmp = inside(root, Path::new("/tmp"))?;
         mkdir_p(&tmp, 0o1777)?;
         mnt(
