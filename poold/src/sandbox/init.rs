@@ -882,3 +882,53 @@ fn prepare_program(plan: &HelperPlan, userns: Option<BorrowedFd<'_>>) -> Result<
     seccomp::install(&plan.seccomp)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// The fallback where idmapped mounts are not possible (root needed to chown).
+    #[test]
+    fn a_shifted_copy_keeps_modes_and_shifts_owners_into_the_range() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("image");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/su"), "x").unwrap();
+        fs::set_permissions(src.join("bin/su"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::write(src.join("odd"), "y").unwrap();
+        std::os::unix::fs::lchown(src.join("odd"), Some(70_000), Some(33)).unwrap();
+        symlink("/bin/su", src.join("link")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let map = IdMap {
+            host_first: 500_000,
+            count: 65536,
+        };
+        let dest = d.path().join("cache/userns-500000-x");
+        shifted_copy(&src, &dest, map).unwrap();
+        let meta = |p: &str| dest.join(p).symlink_metadata().unwrap();
+        assert_eq!((meta("bin").uid(), meta("bin").gid()), (500_000, 500_000));
+        assert_eq!(meta("bin/su").mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!(meta("bin/su").uid(), 500_000);
+        assert_eq!(
+            (meta("odd").uid(), meta("odd").gid()),
+            (500_000 + 65534, 500_033)
+        );
+        assert_eq!(
+            fs::read_link(dest.join("link")).unwrap(),
+            Path::new("/bin/su")
+        );
+        assert_eq!(meta("link").uid(), 500_000);
+        assert!(!dest.join("fifo").exists(), "special files are not copied");
+        // Made once: a second call reuses it, and no temporary directory is left.
+        fs::write(dest.join("marker"), "").unwrap();
+        shifted_copy(&src, &dest, map).unwrap();
+        assert!(dest.join("marker").exists());
+        let left: Vec<_> = fs::read_dir(d.path().join("cache")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}

@@ -17,8 +17,8 @@
 //! ENOSYS (so C libraries fall back to `clone`, whose flags a filter can check) and every
 //! other refused syscall with EPERM.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 
 use caps::Capability;
 use serde::{Deserialize, Serialize};
@@ -242,11 +242,30 @@ fn cond(index: u8, op: Value, val: u64) -> Value {
 }
 
 /// The filters for a worker keeping `capabilities` and allowed `extra` syscalls, in the order
-/// they must be installed (the last one installed wins among equal actions).
+/// they must be installed (the last one installed wins among equal actions). Compiled once
+/// per distinct set (a few ms in a debug build) and cached.
 pub(crate) fn worker_filters(
     capabilities: &[Capability],
     extra: &[String],
 ) -> Result<Vec<Program>> {
+    type Key = (Vec<Capability>, Vec<String>);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Vec<Program>>>> = OnceLock::new();
+    let mut key = (capabilities.to_vec(), extra.to_vec());
+    key.0.sort_by_key(|c| c.index());
+    key.1.sort();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(hit.clone());
+    }
+    let programs = compile_worker_filters(capabilities, extra)?;
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, programs.clone());
+    Ok(programs)
+}
+
+fn compile_worker_filters(capabilities: &[Capability], extra: &[String]) -> Result<Vec<Program>> {
     let arch = arch()?;
     for name in extra {
         if !is_known_syscall(name) {
