@@ -147,6 +147,35 @@ mod sandbox_hardening {
         t.assert_nothing_left();
     }
 
+    /// A host /sys bind-mounted into a worker is always read-only (sysfs checks file modes
+    /// only, so a root worker without capabilities could write it); the host's /proc is
+    /// refused outright.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_host_sys_mount_is_read_only_and_host_proc_is_refused() {
+        let t = TestSandbox::new(75);
+        let out = t.dir.path().join("out.txt");
+        let script = "awk '$5 == \"/sys\" { split($6, o, \",\"); print \"sys_mount=\" o[1] }' /proc/self/mountinfo; \
+             touch /sys/poold-probe 2>&1 | grep -q 'Read-only' && echo sys_write=erofs || echo sys_write=other";
+        let mut spec = root_sh(&t, "sys", script, &out);
+        spec.mounts = vec![BindMount {
+            source: "/sys".into(),
+            target: "/sys".into(),
+            read_only: false,
+        }];
+        let text = run_to_end(&t, spec, &out).await;
+        assert_eq!(field(&text, "sys_mount"), Some("ro"), "{text}");
+        assert_eq!(field(&text, "sys_write"), Some("erofs"), "{text}");
+        let mut spec = root_sh(&t, "proc", "true", &out);
+        spec.mounts = vec![BindMount {
+            source: "/proc".into(),
+            target: "/hostproc".into(),
+            read_only: true,
+        }];
+        let e = t.sandbox.spawn(spec).await.unwrap_err().to_string();
+        assert!(e.contains("mounts.source") && e.contains("/proc"), "{e}");
+        t.assert_nothing_left();
+    }
+
     /// Issue 7 item 13: an image whose etc/passwd is an absolute symlink to a host file must
     /// not make a host-only user valid; the image's own file behind the same path is used.
     #[tokio::test(flavor = "multi_thread")]
@@ -450,7 +479,22 @@ mod sandbox_hardening {
         let spec = root_sh(&t, "hostile", &script, &out);
         let shell = run_to_end(&t, spec, &out).await;
         let probe = run_probe(&t, |_| {}).await;
-        eprintln!("hostile image:\n{shell}\nsyscall probe:\n{probe}");
+        // The same image again, its root in a user namespace.
+        let userns_out = t.dir.path().join("hostile-userns.txt");
+        let mut spec = root_sh(&t, "hostile-userns", &script, &userns_out);
+        spec.user_namespace = Some(IdMap {
+            host_first: 400_000,
+            count: 65536,
+        });
+        let userns_shell = run_to_end(&t, spec, &userns_out).await;
+        eprintln!(
+            "hostile image:\n{shell}\nsyscall probe:\n{probe}\nin a user namespace:\n{userns_shell}"
+        );
+        assert_eq!(
+            shell.lines().count(),
+            userns_shell.lines().count(),
+            "{userns_shell}"
+        );
         assert_eq!(
             std::fs::read_to_string(ratelimit.path).unwrap(),
             ratelimit.value,
@@ -459,6 +503,7 @@ mod sandbox_hardening {
         let attempts: Vec<(&str, &str)> = shell
             .lines()
             .chain(probe.lines())
+            .chain(userns_shell.lines())
             .filter_map(|l| l.split_once('='))
             .collect();
         let escaped: Vec<_> = attempts
@@ -467,7 +512,10 @@ mod sandbox_hardening {
                 *name != "seccomp_mode" && *name != "thread" && !v.starts_with("denied")
             })
             .collect();
-        assert!(escaped.is_empty(), "escapes: {escaped:?}\n{shell}\n{probe}");
+        assert!(
+            escaped.is_empty(),
+            "escapes: {escaped:?}\n{shell}\n{probe}\n{userns_shell}"
+        );
         // Every attempt reported (a crashed script or probe must not pass for "no escape").
         for name in [
             "sysctl_printk",

@@ -601,7 +601,20 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
             }
             fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
         }
-        bind(&m.source, &target, m.read_only)?;
+        if m.source.starts_with("/sys") {
+            // sysfs files are guarded by DAC only: a rw /sys lets a capability-less root
+            // change host devices and settings (e.g. uevent_helper). Always read-only.
+            bind(&m.source, &target, false)?;
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC;
+            mnt(None, &target, None, flags, None)?;
+        } else {
+            bind(&m.source, &target, m.read_only)?;
+        }
     }
     let proc = inside(root, Path::new("/proc"))?;
     mkdir_p(&proc, 0o555)?;

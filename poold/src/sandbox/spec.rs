@@ -234,6 +234,15 @@ impl WorkerSpec {
                     format!("{} must be an existing absolute path", m.source.display()),
                 ));
             }
+            if m.source.starts_with("/proc") {
+                return Err(SandboxError::spec(
+                    "mounts.source",
+                    format!(
+                        "{}: the host's /proc would expose its processes and kernel settings",
+                        m.source.display()
+                    ),
+                ));
+            }
             check_inner_path("mounts.target", &m.target)?;
         }
         if let Some(m) = self.user_namespace {
