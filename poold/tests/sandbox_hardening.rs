@@ -342,8 +342,16 @@ mod sandbox_hardening {
     /// and the worker still serves (on port 80, in its own network namespace).
     #[tokio::test(flavor = "multi_thread")]
     async fn a_user_namespace_worker_is_root_inside_and_nobody_outside() {
-        let t = TestSandbox::new(73);
-        let base = 300_000;
+        user_namespace_worker(TestSandbox::new(73), 300_000).await;
+    }
+
+    /// The same with the writable layer on disk (its directories made by poold as root).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_user_namespace_worker_on_a_disk_layer_is_root_inside() {
+        user_namespace_worker(TestSandbox::with_layer(76, None), 365_536).await;
+    }
+
+    async fn user_namespace_worker(t: TestSandbox, base: u32) {
         let shared = t.dir.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::write(shared.join("owned-by-root"), "host\n").unwrap();
