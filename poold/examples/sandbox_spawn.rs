@@ -5,14 +5,16 @@
 //! that round trip, interleaved with crun and runc).
 //!
 //! Usage: sandbox_spawn --rootfs DIR [--network host|isolated|bridged] [--loop N | --serve]
-//!        [--bridge NAME --subnet CIDR] [-- COMMAND ARGS...]   (default command /bin/true)
+//!        [--bridge NAME --subnet CIDR] [--seccomp default|unconfined] [--userns BASE]
+//!        [-- COMMAND ARGS...]   (default command /bin/true)
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use poold::sandbox::{
-    BridgeConfig, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, WorkerSpec,
+    BridgeConfig, IdMap, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, SeccompMode,
+    WorkerSpec,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -20,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut rootfs, mut network, mut loops) = (None, NetworkMode::Isolated, None);
     let mut serve = false;
+    let (mut seccomp, mut userns) = (SeccompMode::Default, None);
     let (mut bridge, mut subnet) = ("pdbrbench".to_string(), "10.213.250.0/24".to_string());
     let mut command = vec!["/bin/true".to_string()];
     while let Some(a) = args.next() {
@@ -38,6 +41,19 @@ fn main() -> anyhow::Result<()> {
             "--serve" => serve = true,
             "--bridge" => bridge = val()?,
             "--subnet" => subnet = val()?,
+            "--seccomp" => {
+                seccomp = match val()?.as_str() {
+                    "default" => SeccompMode::Default,
+                    "unconfined" => SeccompMode::Unconfined,
+                    other => bail!("--seccomp: expected default or unconfined, not {other:?}"),
+                }
+            }
+            "--userns" => {
+                userns = Some(IdMap {
+                    host_first: val()?.parse().context("--userns")?,
+                    count: 65536,
+                })
+            }
             "--" => {
                 command = args.by_ref().collect();
                 break;
@@ -67,6 +83,8 @@ fn main() -> anyhow::Result<()> {
             spec.args = command[1..].to_vec();
             spec.network = network;
             spec.output = Output::Null;
+            spec.seccomp = seccomp;
+            spec.user_namespace = userns;
             let t = Instant::now();
             let mut w = sandbox.spawn(spec).await?;
             let exit = w.wait().await?;

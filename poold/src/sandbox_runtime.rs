@@ -108,6 +108,14 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     spec.user = service.user.clone();
+    spec.seccomp = service.seccomp;
+    spec.seccomp_allow = service.seccomp_allow.clone();
+    if let (true, Some(base)) = (service.user_namespace, service.userns_base) {
+        spec.user_namespace = Some(sandbox::IdMap {
+            host_first: base,
+            count: crate::config::USERNS_IDS,
+        });
+    }
     spec.limits = Limits {
         memory_bytes: service.limits.memory.map(|m| m.bytes()),
         cpu_millicores: service

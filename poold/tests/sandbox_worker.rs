@@ -574,7 +574,10 @@ mod sandbox {
         let mut spec = WorkerSpec::new("host", RootFs::Host, "/bin/sh");
         spec.args = vec![
             "-c".into(),
-            "test -e /work && exit 3; test -e /usr/bin && exit 0; exit 4".into(),
+            // The host root is read-only apart from /tmp.
+            "test -e /work && exit 3; test -e /usr/bin || exit 4; touch /tmp/x || exit 5; \
+             touch /usr/x 2>/dev/null && exit 6; exit 0"
+                .into(),
         ];
         spec.network = NetworkMode::Isolated;
         let mut w = t.sandbox.spawn(spec).await.unwrap();

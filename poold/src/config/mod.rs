@@ -133,6 +133,18 @@ pub struct ServiceConfig {
     /// User name or uid[:gid] to run as; unset keeps root (inside the sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Syscall filter: "default" (Docker's default profile) or "unconfined" (none).
+    #[serde(default)]
+    pub seccomp: crate::sandbox::SeccompMode,
+    /// Syscalls allowed on top of the default filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp_allow: Vec<String>,
+    /// Run workers in a user namespace: their root is the unprivileged host uid `userns_base`.
+    #[serde(default)]
+    pub user_namespace: bool,
+    /// First host uid/gid of the service's 65536 ids (needed with `user_namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns_base: Option<u32>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -142,6 +154,9 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub backoff: BackoffConfig,
 }
+
+/// Ids a user-namespace worker gets (uid and gid 0..65536 inside).
+pub const USERNS_IDS: u32 = 65536;
 
 impl ServiceConfig {
     /// Where the worker file system comes from.

@@ -116,6 +116,10 @@ fn fully_populated() -> Config {
             command: vec!["/bin/true".into()],
             env: [("A".to_owned(), "b".to_owned())].into(),
             user: Some("nobody".into()),
+            seccomp: crate::sandbox::SeccompMode::Default,
+            seccomp_allow: vec!["keyctl".into()],
+            user_namespace: true,
+            userns_base: Some(200_000),
             limits: LimitsConfig {
                 memory: Some(ByteSize::mib(64)),
                 cpu: Some(1.0),
@@ -624,4 +628,54 @@ fn control_socket_must_not_name_a_file_poold_would_delete() {
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let text = with_daemon(&format!("control_socket = \"{}\"", socket.display()));
     assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+}
+
+#[test]
+fn seccomp_allow_names_are_checked_with_their_line() {
+    let text = format!("{MINIMAL}seccomp_allow = [\n  \"keyctl\",\n  \"no_such_call\",\n]\n");
+    let message = error_text(&text);
+    assert!(
+        message.starts_with("/etc/poold.toml:11:3: service[0].seccomp_allow[1]: \"no_such_call\" is not a syscall name"),
+        "{message}"
+    );
+    let text = format!("{MINIMAL}seccomp = \"unconfined\"\nseccomp_allow = [\"keyctl\"]\n");
+    let message = error_text(&text);
+    assert!(message.contains("has no effect"), "{message}");
+    let text = format!("{MINIMAL}seccomp = \"off\"\n");
+    let message = error_text(&text);
+    assert!(message.contains("unknown variant `off`"), "{message}");
+    parse(&format!("{MINIMAL}seccomp_allow = [\"keyctl\"]\n")).unwrap();
+}
+
+#[test]
+fn user_namespace_ranges_are_checked() {
+    let message = error_text(&format!("{MINIMAL}user_namespace = true\n"));
+    assert!(
+        message.contains("service[0].user_namespace: needs userns_base"),
+        "{message}"
+    );
+    let message = error_text(&format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 1000\n"
+    ));
+    assert!(
+        message.contains("service[0].userns_base: 1000"),
+        "{message}"
+    );
+    let message = error_text(&format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 4294967000\n"
+    ));
+    assert!(message.contains("4294967000"), "{message}");
+    let message = error_text(&format!("{MINIMAL}userns_base = 100000\n"));
+    assert!(message.contains("has no effect"), "{message}");
+    let two = format!(
+        "{MINIMAL}user_namespace = true\nuserns_base = 100000\n\
+         [[service]]\nname = \"api\"\nlisten = \"10.212.0.2:80\"\nworkers = 1\nport = 8080\n\
+         rootfs = \"host\"\ncommand = [\"/bin/true\"]\nuser_namespace = true\nuserns_base = 150000\n"
+    );
+    let message = error_text(&two);
+    assert!(
+        message.contains("service[1].userns_base") && message.contains("overlaps"),
+        "{message}"
+    );
+    parse(&two.replace("150000", "165536")).unwrap();
 }

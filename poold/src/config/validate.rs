@@ -1,6 +1,6 @@
 //! Semantic checks that serde cannot express.
 
-use super::{BalancerChoice, Config, HealthKind, KeyPath, RootfsSource, ServiceConfig};
+use super::{BalancerChoice, Config, HealthKind, KeyPath, RootfsSource, ServiceConfig, USERNS_IDS};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
@@ -202,6 +202,28 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
         validate_service(config, index, service, &mut problems);
+    }
+    // User-namespace ranges must not overlap: sorted by base, each must end before the next.
+    let mut ranges: Vec<(u32, usize)> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.user_namespace)
+        .filter_map(|(index, s)| Some((s.userns_base?, index)))
+        .collect();
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        let ((low, a), (high, b)) = (pair[0], pair[1]);
+        if u64::from(high) < u64::from(low) + u64::from(USERNS_IDS) {
+            problems.push(problem(
+                KeyPath::service(a.max(b)).key("userns_base"),
+                format!(
+                    "{high}: the range overlaps service[{}]'s {low}..{}; each service needs its own {USERNS_IDS} ids",
+                    a.min(b),
+                    u64::from(low) + u64::from(USERNS_IDS)
+                ),
+            ));
+        }
     }
     problems
 }
@@ -431,6 +453,46 @@ fn validate_service(
                 "must be a user name or uid[:gid]; leave it out to run as root".into(),
             );
         }
+    }
+
+    for (index, name) in service.seccomp_allow.iter().enumerate() {
+        if !crate::sandbox::is_known_syscall(name) {
+            push(
+                at("seccomp_allow").index(index),
+                format!(
+                    "{name:?} is not a syscall name on {}",
+                    std::env::consts::ARCH
+                ),
+            );
+        }
+    }
+    if service.seccomp == crate::sandbox::SeccompMode::Unconfined
+        && !service.seccomp_allow.is_empty()
+    {
+        push(
+            at("seccomp_allow"),
+            "has no effect with seccomp = \"unconfined\"".into(),
+        );
+    }
+
+    match (service.user_namespace, service.userns_base) {
+        (true, None) => push(
+            at("user_namespace"),
+            "needs userns_base, the first of the 65536 host ids the workers get".into(),
+        ),
+        (true, Some(base)) if !(USERNS_IDS..=u32::MAX - USERNS_IDS).contains(&base) => push(
+            at("userns_base"),
+            format!(
+                "{base}: expected {USERNS_IDS} ..= {} (above the host's own users, \
+                 and room for {USERNS_IDS} ids below 2^32 - 1)",
+                u32::MAX - USERNS_IDS
+            ),
+        ),
+        (false, Some(_)) => push(
+            at("userns_base"),
+            "has no effect without user_namespace = true".into(),
+        ),
+        _ => {}
     }
 
     let limits = &service.limits;

@@ -71,6 +71,13 @@ pub enum SandboxError {
         source: nix::Error,
     },
 
+    /// The worker's seccomp filter could not be compiled.
+    #[error("compiling the worker's seccomp filter: {source}")]
+    Seccomp {
+        #[source]
+        source: seccompiler::Error,
+    },
+
     /// Some teardown steps failed; each entry names the object and the error.
     #[error("worker {worker}: teardown incomplete: {}", failures.join("; "))]
     Teardown {

@@ -19,7 +19,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,8 +32,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{HelperPlan, NetnsPlan, RlimitResource, RootPlan};
-use super::sys;
+use super::spec::{HelperPlan, IdMap, NetnsPlan, RlimitResource, RootPlan};
+use super::{seccomp, sys};
 
 /// The hidden argv[1] that turns the poold binary into the worker helper.
 pub const HELPER_ARG: &str = "__poold-worker-init";
@@ -154,6 +154,10 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
                 .map_err(|e| format!("setns {}: {e}", path.display()))?;
         }
     }
+    let userns = match plan.userns {
+        Some(map) => Some(user_namespace_setup(plan, map)?),
+        None => None,
+    };
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
@@ -170,11 +174,12 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
     let init = match sys::fork().map_err(|e| format!("fork init: {e}"))? {
         nix::unistd::ForkResult::Child => {
             drop(alive_w);
-            std::process::exit(init_main(plan, ctl, alive_r))
+            std::process::exit(init_main(plan, userns.as_ref(), ctl, alive_r))
         }
         nix::unistd::ForkResult::Parent { child } => child,
     };
     drop(alive_r);
+    drop(userns);
     // Held until the monitor exits.
     let _alive_w = alive_w;
     loop {
@@ -191,8 +196,154 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
     }
 }
 
+/// What the monitor prepares for a worker in a user namespace.
+struct UsernsSetup {
+    /// The namespace (kept alive by this fd), with its id maps written.
+    ns: OwnedFd,
+    /// The image as the namespace must see it (none for a host root).
+    lower: Option<LowerSource>,
+}
+
+enum LowerSource {
+    /// A detached idmapped mount of the image, attached by the init.
+    Idmapped(OwnedFd),
+    /// A copy of the image with shifted ownership.
+    Copy(PathBuf),
+}
+
+/// Makes the worker's user namespace and the view of the image it needs. Runs in the
+/// monitor, which is still root in the host's namespaces (writing id maps and making an
+/// idmapped mount both need that).
+fn user_namespace_setup(plan: &HelperPlan, map: IdMap) -> Result<UsernsSetup, String> {
+    if !matches!(plan.netns, NetnsPlan::Host) {
+        // The worker's network namespace belongs to the host's user namespace, so binding a
+        // port below 1024 would need a capability there. This namespace is the worker's own.
+        fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+            .map_err(|e| format!("ip_unprivileged_port_start in the worker's netns: {e}"))?;
+    }
+    let ns = new_user_namespace(map)?;
+    let lower = match &plan.root {
+        RootPlan::Host => None,
+        RootPlan::Overlay { lower, .. } => Some(match sys::idmapped_clone(lower, ns.as_fd()) {
+            Ok(tree) => LowerSource::Idmapped(tree),
+            // The filesystem cannot idmap (e.g. tmpfs before Linux 6.3).
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EOPNOTSUPP) => {
+                shifted_copy(lower, &plan.userns_copy, map)?;
+                LowerSource::Copy(plan.userns_copy.clone())
+            }
+            Err(e) => return Err(format!("idmapped mount of {}: {e}", lower.display())),
+        }),
+    };
+    Ok(UsernsSetup { ns, lower })
+}
+
+/// A new user namespace with `map` for users and groups, held by a short-lived child that
+/// unshares it (the monitor must stay in the host's namespace to write the maps).
+fn new_user_namespace(map: IdMap) -> Result<OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let (hold_r, hold_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let holder = match sys::fork().map_err(|e| format!("fork userns holder: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            drop((ready_r, hold_w));
+            let made = unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, if made { b"1" } else { b"0" });
+            // Until the monitor has opened the namespace (it closes its end).
+            let _ = nix::unistd::read(&hold_r, &mut [0u8; 1]);
+            std::process::exit(0)
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop((ready_w, hold_r));
+    let opened = (|| {
+        let mut byte = [0u8; 1];
+        let n = nix::unistd::read(&ready_r, &mut byte).map_err(|e| e.to_string())?;
+        if n != 1 || byte[0] != b'1' {
+            return Err("unshare(user) failed".to_string());
+        }
+        let line = format!("0 {} {}\n", map.host_first, map.count);
+        for file in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{holder}/{file}"), &line)
+                .map_err(|e| format!("writing {file} ({line:?}): {e}"))?;
+        }
+        fs::File::open(format!("/proc/{holder}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(|e| format!("opening the user namespace: {e}"))
+    })();
+    drop(hold_w);
+    let _ = waitpid(holder, None);
+    opened.map_err(|e| format!("user namespace: {e}"))
+}
+
+/// Copies the image at `src` to `dest` with every owner shifted into `map` (ids outside it
+/// become the namespace's nobody), once: later workers of the same image and range reuse it.
+/// Device nodes, FIFOs and sockets are not copied (a worker gets its own /dev).
+fn shifted_copy(src: &Path, dest: &Path, map: IdMap) -> Result<(), String> {
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    mkdir_p(parent, 0o700)?;
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(
+        "{}{name}-{}",
+        super::rootfs::TMP_PREFIX,
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&tmp);
+    copy_shifted(src, &tmp, map).map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp);
+        format!("copying {} with shifted owners: {e}", src.display())
+    })?;
+    match fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        // Another worker finished the same copy first.
+        Err(_) if dest.is_dir() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "rename {} to {}: {e}",
+            tmp.display(),
+            dest.display()
+        )),
+    }
+}
+
+fn copy_shifted(src: &Path, dst: &Path, map: IdMap) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = src.symlink_metadata()?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        fs::create_dir(dst)?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            copy_shifted(&entry.path(), &dst.join(entry.file_name()), map)?;
+        }
+    } else if kind.is_file() {
+        fs::copy(src, dst)?;
+    } else if kind.is_symlink() {
+        symlink(fs::read_link(src)?, dst)?;
+    } else {
+        return Ok(());
+    }
+    let nobody = 65534.min(map.count - 1);
+    let shift = |id: u32| map.host_first + if id < map.count { id } else { nobody };
+    std::os::unix::fs::lchown(dst, Some(shift(meta.uid())), Some(shift(meta.gid())))?;
+    if !kind.is_symlink() {
+        // After chown, which clears setuid and setgid bits.
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
 /// PID 1 of the worker.
-fn init_main(plan: &HelperPlan, ctl: &mut UnixStream, monitor_alive: OwnedFd) -> i32 {
+fn init_main(
+    plan: &HelperPlan,
+    userns: Option<&UsernsSetup>,
+    ctl: &mut UnixStream,
+    monitor_alive: OwnedFd,
+) -> i32 {
     // If the monitor dies (even by SIGKILL), the init gets SIGKILL and the kernel kills the
     // whole pid namespace with it. The monitor holds the write end of `monitor_alive`: a
     // hang-up there means it died before the parent-death signal was armed.
@@ -203,7 +354,7 @@ fn init_main(plan: &HelperPlan, ctl: &mut UnixStream, monitor_alive: OwnedFd) ->
     if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
         return 137;
     }
-    if let Err(e) = build_root(plan) {
+    if let Err(e) = build_root(plan, userns) {
         return report_fail(ctl, e);
     }
     if let Err(e) = sys::install_noop_handlers(&FORWARDED) {
@@ -217,7 +368,7 @@ fn init_main(plan: &HelperPlan, ctl: &mut UnixStream, monitor_alive: OwnedFd) ->
         Err(e) => return report_fail(ctl, format!("fork program: {e}")),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(err_r);
-            let e = exec_program(plan);
+            let e = exec_program(plan, userns.map(|u| u.ns.as_fd()));
             let mut w = fs::File::from(err_w);
             let _ = w.write_all(e.as_bytes());
             std::process::exit(127);
@@ -340,7 +491,7 @@ fn mkdir_p(p: &Path, mode: u32) -> Result<(), String> {
 
 const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "etc"];
 
-fn build_root(plan: &HelperPlan) -> Result<(), String> {
+fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), String> {
     let root = &plan.merged;
     mnt(
         None,
@@ -359,6 +510,23 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
     }
     match &plan.root {
         RootPlan::Overlay { lower, upper, work } => {
+            let lower = match userns.and_then(|u| u.lower.as_ref()) {
+                None => lower.clone(),
+                Some(LowerSource::Copy(copy)) => copy.clone(),
+                Some(LowerSource::Idmapped(tree)) => {
+                    let target = plan.private_dir.join("lower");
+                    mkdir_p(&target, 0o700)?;
+                    sys::attach_mount(tree.as_fd(), &target)
+                        .map_err(|e| format!("attaching the idmapped image: {e}"))?;
+                    target
+                }
+            };
+            if let Some(map) = plan.userns {
+                // The root directory's owner is the upper layer's: make it the worker's root.
+                let root_id = Some(map.host_first);
+                std::os::unix::fs::chown(upper, root_id, root_id)
+                    .map_err(|e| format!("chown {}: {e}", upper.display()))?;
+            }
             let opts = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 lower.display(),
@@ -433,14 +601,29 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
             }
             fs::File::create(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
         }
-        bind(&m.source, &target, m.read_only)?;
+        if m.source.starts_with("/sys") {
+            // sysfs files are guarded by DAC only: a rw /sys lets a capability-less root
+            // change host devices and settings (e.g. uevent_helper). Always read-only.
+            bind(&m.source, &target, false)?;
+            let flags = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC;
+            mnt(None, &target, None, flags, None)?;
+        } else {
+            bind(&m.source, &target, m.read_only)?;
+        }
     }
     let proc = inside(root, Path::new("/proc"))?;
     mkdir_p(&proc, 0o555)?;
     let nsd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt(Some("proc"), &proc, Some("proc"), nsd, None)?;
+    harden_proc(&proc)?;
     build_dev(&inside(root, Path::new("/dev"))?)?;
-    if plan.read_only_root {
+    // The host root is read-only too (below): both get a private, writable /tmp.
+    if plan.read_only_root || matches!(plan.root, RootPlan::Host) {
         let tmp = inside(root, Path::new("/tmp"))?;
         mkdir_p(&tmp, 0o1777)?;
         mnt(
@@ -462,6 +645,63 @@ fn build_root(plan: &HelperPlan) -> Result<(), String> {
         )?;
     }
     nix::unistd::sethostname(&plan.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    Ok(())
+}
+
+/// /proc entries made read-only: runc's and Docker's readonlyPaths. The kernel checks only
+/// euid 0 for most sysctls, so a root worker without capabilities could otherwise set
+/// host-global kernel settings (core_pattern runs a program as host root).
+const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+/// /proc entries hidden: runc's and Docker's maskedPaths (kernel memory, other users' keys,
+/// timer and scheduler internals that leak host activity, hardware that is the host's).
+const PROC_MASKED: [&str; 10] = [
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
+
+/// Read-only binds over [`PROC_READ_ONLY`], /dev/null over masked files and an empty
+/// read-only tmpfs over masked directories. The worker has no CAP_SYS_ADMIN, so it can
+/// neither unmount nor remount them.
+fn harden_proc(proc: &Path) -> Result<(), String> {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for name in PROC_READ_ONLY {
+        let path = proc.join(name);
+        if path.symlink_metadata().is_err() {
+            continue;
+        }
+        mnt(
+            Some(&path.to_string_lossy()),
+            &path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+        mnt(None, &path, None, ro, None)?;
+    }
+    for name in PROC_MASKED {
+        let path = proc.join(name);
+        match path.symlink_metadata() {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => mnt(
+                Some("tmpfs"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | locked,
+                Some("size=0,mode=555"),
+            )?,
+            Ok(_) => mnt(Some("/dev/null"), &path, None, MsFlags::MS_BIND, None)?,
+        }
+    }
     Ok(())
 }
 
@@ -586,8 +826,8 @@ fn rlimit_resource(r: RlimitResource) -> nix::sys::resource::Resource {
 }
 
 /// The program's side of the fork: returns only on failure, with the reason.
-fn exec_program(plan: &HelperPlan) -> String {
-    match prepare_program(plan) {
+fn exec_program(plan: &HelperPlan, userns: Option<BorrowedFd<'_>>) -> String {
+    match prepare_program(plan, userns) {
         Ok(()) => {}
         Err(e) => return e,
     }
@@ -604,7 +844,7 @@ fn exec_program(plan: &HelperPlan) -> String {
     }
 }
 
-fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
+fn prepare_program(plan: &HelperPlan, userns: Option<BorrowedFd<'_>>) -> Result<(), String> {
     sys::default_handlers(&FORWARDED).map_err(|e| format!("signal reset: {e}"))?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("sigprocmask: {e}"))?;
@@ -615,6 +855,10 @@ fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
     }
     nix::unistd::chdir(&plan.workdir)
         .map_err(|e| format!("workdir {}: {e}", plan.workdir.display()))?;
+    if let Some(ns) = userns {
+        // Before the capability drops: entering a user namespace grants a full set in it.
+        setns(ns, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("setns(user): {e}"))?;
+    }
     let keep: caps::CapsHashSet = plan.capabilities.iter().copied().collect();
     let all = caps::runtime::thread_all_supported();
     for c in all.difference(&keep) {
@@ -647,5 +891,57 @@ fn prepare_program(plan: &HelperPlan) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     // Mark every inherited fd >= 3 close-on-exec (the error pipe already is).
     sys::close_fds_from(3, true).map_err(|e| format!("close_range: {e}"))?;
+    // Last: from here on only the filter's syscalls work (execve among them).
+    seccomp::install(&plan.seccomp)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// The fallback where idmapped mounts are not possible (root needed to chown).
+    #[test]
+    fn a_shifted_copy_keeps_modes_and_shifts_owners_into_the_range() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("image");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/su"), "x").unwrap();
+        fs::set_permissions(src.join("bin/su"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::write(src.join("odd"), "y").unwrap();
+        std::os::unix::fs::lchown(src.join("odd"), Some(70_000), Some(33)).unwrap();
+        symlink("/bin/su", src.join("link")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let map = IdMap {
+            host_first: 500_000,
+            count: 65536,
+        };
+        let dest = d.path().join("cache/userns-500000-x");
+        shifted_copy(&src, &dest, map).unwrap();
+        let meta = |p: &str| dest.join(p).symlink_metadata().unwrap();
+        assert_eq!((meta("bin").uid(), meta("bin").gid()), (500_000, 500_000));
+        assert_eq!(meta("bin/su").mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!(meta("bin/su").uid(), 500_000);
+        assert_eq!(
+            (meta("odd").uid(), meta("odd").gid()),
+            (500_000 + 65534, 500_033)
+        );
+        assert_eq!(
+            fs::read_link(dest.join("link")).unwrap(),
+            Path::new("/bin/su")
+        );
+        assert_eq!(meta("link").uid(), 500_000);
+        assert!(!dest.join("fifo").exists(), "special files are not copied");
+        // Made once: a second call reuses it, and no temporary directory is left.
+        fs::write(dest.join("marker"), "").unwrap();
+        shifted_copy(&src, &dest, map).unwrap();
+        assert!(dest.join("marker").exists());
+        let left: Vec<_> = fs::read_dir(d.path().join("cache")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
 }

@@ -20,6 +20,7 @@ mod error;
 pub mod init;
 mod net;
 mod rootfs;
+mod seccomp;
 mod spec;
 mod sys;
 
@@ -28,8 +29,9 @@ pub use error::{Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
+pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
-    BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
+    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
 };
 
 use std::net::Ipv4Addr;
@@ -135,6 +137,14 @@ pub(crate) fn unique_suffix() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{nanos}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The first 8 bytes of sha256(`s`), in hex.
+fn hex_digest(s: &str) -> String {
+    Sha256::digest(s)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn new_worker_id() -> String {
@@ -369,17 +379,34 @@ fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
 fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
-    let (lower, etc) = match &spec.rootfs {
-        RootFs::Dir(p) => (p.clone(), p.join("etc")),
-        RootFs::Tarball(t) => {
-            let root = inner.images.prepare(t)?;
-            let etc = root.join("etc");
-            (root, etc)
-        }
-        RootFs::Host => (PathBuf::from("/"), PathBuf::from("/etc")),
+    let lower = match &spec.rootfs {
+        RootFs::Dir(p) => p.clone(),
+        RootFs::Tarball(t) => inner.images.prepare(t)?,
+        RootFs::Host => PathBuf::from("/"),
     };
-    let user = spec::resolve_user(spec.user.as_deref(), &etc)?;
+    let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
+    if let Some(map) = spec.user_namespace {
+        let outside = std::iter::once(user.uid)
+            .chain(std::iter::once(user.gid))
+            .chain(user.groups.iter().copied())
+            .find(|id| *id >= map.count);
+        if let Some(id) = outside {
+            return Err(SandboxError::spec(
+                "user",
+                format!("id {id} is outside the user namespace's {} ids", map.count),
+            ));
+        }
+    }
+    let userns_copy = cfg.image_cache.join(format!(
+        "userns-{}-{}",
+        spec.user_namespace.map_or(0, |m| m.host_first),
+        hex_digest(&lower.to_string_lossy())
+    ));
+    let seccomp = match spec.seccomp {
+        SeccompMode::Default => seccomp::worker_filters(&spec.capabilities, &spec.seccomp_allow)?,
+        SeccompMode::Unconfined => Vec::new(),
+    };
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
         return Err(SandboxError::spec(
             "network",
@@ -468,6 +495,9 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         rlimits: spec.rlimits.clone(),
         mounts: spec.mounts.clone(),
         capabilities: spec.capabilities.clone(),
+        userns: spec.user_namespace,
+        userns_copy,
+        seccomp,
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
         hosts,

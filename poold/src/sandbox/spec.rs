@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, SandboxError};
+use super::seccomp::{Program, SeccompMode};
 
 /// Where a worker's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,14 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A user namespace's id mapping: ids `0..count` inside are host ids
+/// `host_first..host_first + count`, for users and groups alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub host_first: u32,
+    pub count: u32,
+}
+
 /// Everything needed to start one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -124,6 +133,14 @@ pub struct WorkerSpec {
     pub capabilities: Vec<caps::Capability>,
     pub network: NetworkMode,
     pub output: Output,
+    /// The syscall filter (default: Docker's default profile; see `seccomp`).
+    pub seccomp: SeccompMode,
+    /// Syscalls allowed on top of the default filter (names of this architecture).
+    pub seccomp_allow: Vec<String>,
+    /// Run the program in a user namespace with this mapping: its root is an unprivileged
+    /// host uid. The image's files are seen through an idmapped mount (or, where the
+    /// filesystem cannot idmap, a copy with shifted ownership), so they keep their owners.
+    pub user_namespace: Option<IdMap>,
 }
 
 impl WorkerSpec {
@@ -146,6 +163,9 @@ impl WorkerSpec {
             capabilities: Vec::new(),
             network: NetworkMode::default(),
             output: Output::default(),
+            seccomp: SeccompMode::Default,
+            seccomp_allow: Vec::new(),
+            user_namespace: None,
         }
     }
 
@@ -214,7 +234,30 @@ impl WorkerSpec {
                     format!("{} must be an existing absolute path", m.source.display()),
                 ));
             }
+            if m.source.starts_with("/proc") {
+                return Err(SandboxError::spec(
+                    "mounts.source",
+                    format!(
+                        "{}: the host's /proc would expose its processes and kernel settings",
+                        m.source.display()
+                    ),
+                ));
+            }
             check_inner_path("mounts.target", &m.target)?;
+        }
+        if let Some(m) = self.user_namespace {
+            if m.host_first == 0 || m.count == 0 || m.host_first.checked_add(m.count).is_none() {
+                return Err(SandboxError::spec(
+                    "user_namespace",
+                    format!("{m:?}: expected at least one id, not host root, below 2^32 - 1"),
+                ));
+            }
+        }
+        if self.seccomp == SeccompMode::Unconfined && !self.seccomp_allow.is_empty() {
+            return Err(SandboxError::spec(
+                "seccomp_allow",
+                "has no effect without a filter (seccomp = unconfined)",
+            ));
         }
         Ok(())
     }
@@ -269,8 +312,43 @@ pub(crate) struct ResolvedUser {
     pub groups: Vec<u32>,
 }
 
-/// Resolves `user` against `etc` (the rootfs's /etc directory).
-pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUser> {
+/// The largest passwd or group file read from an image (a hostile image could offer an
+/// endless one).
+const MAX_ID_FILE: u64 = 16 << 20;
+
+/// Reads the regular file at `inner` (relative to the image root) with every path component,
+/// symlinks included, resolved inside `root` (openat2 RESOLVE_IN_ROOT): an image's
+/// `etc/passwd -> /etc/passwd` never reaches the host's file. A missing file reads as empty.
+fn read_in_root(root: &Path, inner: &str) -> Result<String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let shown = || root.join(inner);
+    let io = |e: std::io::Error| SandboxError::io("reading (inside the image root)", shown(), e);
+    let dir = std::fs::File::open(root).map_err(|e| SandboxError::io("opening", root, e))?;
+    let how = OpenHow::new()
+        // O_NONBLOCK: a FIFO planted by the image must not hang the open.
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match nix::fcntl::openat2(&dir, inner, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(String::new()),
+        Err(e) => return Err(io(e.into())),
+    };
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other("not a regular file")));
+    }
+    let mut text = String::new();
+    file.take(MAX_ID_FILE)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    Ok(text)
+}
+
+/// Resolves `user` against the image at `root` (its etc/passwd and etc/group, read inside
+/// the root).
+pub(crate) fn resolve_user(user: Option<&str>, root: &Path) -> Result<ResolvedUser> {
     let Some(user) = user else {
         return Ok(ResolvedUser {
             uid: 0,
@@ -282,8 +360,9 @@ pub(crate) fn resolve_user(user: Option<&str>, etc: &Path) -> Result<ResolvedUse
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let passwd = std::fs::read_to_string(etc.join("passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(etc.join("group")).unwrap_or_default();
+    let passwd = read_in_root(root, "etc/passwd")?;
+    let group = read_in_root(root, "etc/group")?;
+    let etc = root.join("etc");
     let pw_entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(String, u32, u32)> {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -440,6 +519,13 @@ pub(crate) struct HelperPlan {
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
     pub capabilities: Vec<caps::Capability>,
+    /// Run the program in a user namespace with this mapping.
+    pub userns: Option<IdMap>,
+    /// Where a copy of the image with shifted ownership goes when the image's filesystem
+    /// cannot do idmapped mounts (made once per image and id range, then reused).
+    pub userns_copy: PathBuf,
+    /// Seccomp programs the program installs last before exec, in this order.
+    pub seccomp: Vec<Program>,
     pub netns: NetnsPlan,
     /// Contents copied to /etc/resolv.conf and /etc/hosts (copied, not bound, so a host-side
     /// rename of the file cannot leave the worker with a stale view).
@@ -451,15 +537,17 @@ pub(crate) struct HelperPlan {
 mod tests {
     use super::*;
 
+    /// An image root with etc/passwd and etc/group.
     fn etc() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
         std::fs::write(
-            d.path().join("passwd"),
+            d.path().join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n",
         )
         .unwrap();
         std::fs::write(
-            d.path().join("group"),
+            d.path().join("etc/group"),
             "root:x:0:\nwww:x:33:\nlogs:x:40:www,x\n",
         )
         .unwrap();
@@ -506,6 +594,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown group") && e.contains("group"), "{e}");
+    }
+
+    /// Issue 7 item 13: an image's absolute symlink etc/passwd -> H is read as the image's
+    /// own H, never the host's.
+    #[test]
+    fn users_are_looked_up_inside_the_image_even_through_absolute_symlinks() {
+        let host = tempfile::tempdir().unwrap();
+        let host_passwd = host.path().join("passwd");
+        std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host_passwd, root.path().join("etc/passwd")).unwrap();
+        let e = resolve_user(Some("hostonly"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown user \"hostonly\""), "{e}");
+        let inner = root.path().join(host_passwd.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(inner.parent().unwrap()).unwrap();
+        std::fs::write(&inner, "imageonly:x:77:78::/:/bin/sh\n").unwrap();
+        let r = resolve_user(Some("imageonly"), root.path()).unwrap();
+        assert_eq!((r.uid, r.gid), (77, 78));
+        assert!(resolve_user(Some("hostonly"), root.path()).is_err());
+        // A link to itself (seen from inside): a clear error, not the host's /etc/passwd.
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("etc/passwd")).unwrap();
+        let e = resolve_user(Some("root"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("etc/passwd"), "{e}");
+        // A FIFO must not hang the lookup.
+        std::fs::remove_file(root.path().join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(
+            &root.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = resolve_user(Some("root"), root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -87,3 +87,68 @@ pub(crate) fn take_stdin_socket() -> nix::Result<std::os::unix::net::UnixStream>
     // SAFETY: fcntl just returned this new fd; nothing else owns it.
     Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
 }
+
+/// A detached copy of the mount at `path` (open_tree OPEN_TREE_CLONE) whose file ownership
+/// is seen through the id mapping of the user namespace `userns` (mount_setattr
+/// MOUNT_ATTR_IDMAP): files owned by host uid 0 appear owned by the namespace's root.
+/// EINVAL or EOPNOTSUPP: the filesystem (or kernel) does not support idmapped mounts.
+pub(crate) fn idmapped_clone(
+    path: &std::path::Path,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::NixPath;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let fd = path.with_nix_path(|p| {
+        // SAFETY: `p` is a NUL-terminated path that outlives the call; open_tree only reads it.
+        unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) }
+    })?;
+    let fd = nix::errno::Errno::result(fd)?;
+    // SAFETY: open_tree just returned this new fd; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `attr` is a valid mount_attr whose size is passed along; the kernel only reads
+    // it. The empty path with AT_EMPTY_PATH names `tree` itself.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    nix::errno::Errno::result(rc)?;
+    Ok(tree)
+}
+
+/// Attaches the detached mount `tree` (from [`idmapped_clone`]) at `target`
+/// (move_mount MOVE_MOUNT_F_EMPTY_PATH).
+pub(crate) fn attach_mount(
+    tree: std::os::fd::BorrowedFd<'_>,
+    target: &std::path::Path,
+) -> nix::Result<()> {
+    use nix::NixPath;
+    use std::os::fd::AsRawFd;
+    let rc = target.with_nix_path(|t| {
+        // SAFETY: both paths are NUL-terminated and outlive the call; move_mount only reads
+        // them and `tree` is a mount fd we own.
+        unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        }
+    })?;
+    nix::errno::Errno::result(rc).map(drop)
+}
