@@ -87,6 +87,24 @@ fn instance_tag(state_dir: &std::path::Path) -> String {
     format!("{:04x}", (hash ^ (hash >> 16)) & 0xffff)
 }
 
+/// What `poold check` can see on this host about `config` without changing anything: a
+/// link under `network.bridge` that poold may not use (e.g. `bridge = "eth0"`).
+pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
+    let Ok(sandbox) = Sandbox::new(sandbox_config(config)) else {
+        return Vec::new();
+    };
+    match sandbox.check_bridge_blocking() {
+        Err(sandbox::SandboxError::ForeignBridge { bridge, problem }) => vec![(
+            crate::config::KeyPath::root().key("network").key("bridge"),
+            format!(
+                "{bridge:?} {problem}; poold uses only a bridge it made itself or an empty one"
+            ),
+        )],
+        // Not being able to look (e.g. no netlink here) is no problem of the file.
+        _ => Vec::new(),
+    }
+}
+
 /// The sandbox's spec for one worker of `service`.
 pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::WorkerSpec {
     let rootfs = match service.rootfs_source() {
@@ -124,6 +142,8 @@ impl SandboxRuntime {
     pub async fn start(config: &Config) -> Result<Self, sandbox::SandboxError> {
         let sandbox = Sandbox::new(sandbox_config(config))?;
         sandbox.cleanup_orphans().await?;
+        // Before any worker: a foreign link under the bridge's name fails the start here.
+        sandbox.ensure_bridge().await?;
         Ok(Self {
             sandbox,
             workers: Mutex::default(),

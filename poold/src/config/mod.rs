@@ -359,6 +359,11 @@ fn render_issues(path: &Path, issues: &[ConfigIssue]) -> String {
 }
 
 impl ConfigIssue {
+    /// An issue about `key`, located in the file's `text` (for checks made elsewhere).
+    pub fn at_key(text: &str, key: KeyPath, message: impl Into<String>) -> Self {
+        locate::issue_at_key(text, key, message.into())
+    }
+
     pub fn render(&self, path: &Path) -> String {
         let location = match self.line_col {
             Some((line, col)) => format!("{}:{line}:{col}", path.display()),

@@ -24,7 +24,7 @@ mod spec;
 mod sys;
 
 pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
-pub use error::{Result, SandboxError};
+pub use error::{ForeignLink, Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use spec::{
@@ -47,7 +47,7 @@ use tracing::Instrument;
 
 use cgroup::WorkerCgroup;
 use init::HelperMsg;
-use net::WorkerNet;
+use net::{BridgeOwnership, BridgeSpec, WorkerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
 /// The bridge workers attach to.
@@ -104,6 +104,8 @@ impl Default for SandboxConfig {
 pub struct CleanupReport {
     pub cgroups: Vec<String>,
     pub links: Vec<String>,
+    /// Bridges marked as this instance's (see [`Sandbox::bridge_marker`]).
+    pub bridges: Vec<String>,
     pub netns: Vec<PathBuf>,
     pub worker_dirs: Vec<PathBuf>,
     pub image_temp_dirs: Vec<PathBuf>,
@@ -119,7 +121,47 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     addresses: Option<Mutex<AddressAllocator>>,
-    bridge_ready: Mutex<bool>,
+    bridge: Option<BridgeSpec>,
+    /// `Some` once the bridge was made or taken over in this run (None: check it again).
+    bridge_state: Mutex<Option<BridgeOwnership>>,
+}
+
+impl Inner {
+    fn bridge_state(&self) -> std::sync::MutexGuard<'_, Option<BridgeOwnership>> {
+        self.bridge_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes or takes over the bridge unless done already in this run.
+    fn ensure_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.bridge else {
+            return Ok(());
+        };
+        let mut state = self.bridge_state();
+        if state.is_none() {
+            *state = Some(net::ensure_bridge(spec)?);
+        }
+        Ok(())
+    }
+
+    fn remove_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.bridge else {
+            return Ok(());
+        };
+        let mut state = self.bridge_state();
+        net::remove_bridge(spec, state.take())
+    }
+}
+
+/// The `ifalias` poold puts on a bridge it makes: `poold:<state dir>` (hashed when the
+/// path is too long for an alias), so each instance recognises its own bridge.
+fn bridge_marker(state_dir: &Path) -> String {
+    let marker = format!("poold:{}", state_dir.display());
+    if marker.len() < 128 {
+        return marker;
+    }
+    let h = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("poold:sha256:{hex}")
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -183,11 +225,18 @@ impl Sandbox {
             }
             None => None,
         };
+        let bridge = config.bridge.as_ref().map(|b| BridgeSpec {
+            name: b.name.clone(),
+            subnet: b.subnet,
+            marker: bridge_marker(&config.state_dir),
+            port_prefix: config.link_prefix.clone(),
+        });
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 config,
                 addresses,
-                bridge_ready: Mutex::new(false),
+                bridge,
+                bridge_state: Mutex::new(None),
             }),
         })
     }
@@ -240,8 +289,30 @@ impl Sandbox {
 
     /// Blocking [`Sandbox::remove_bridge`], for Drop guards and non-async callers.
     pub fn remove_bridge_blocking(&self) -> Result<()> {
-        match &self.inner.config.bridge {
-            Some(b) => net::delete_link(&b.name),
+        self.inner.remove_bridge()
+    }
+
+    /// The `ifalias` that marks a bridge as made by this instance (same state dir).
+    pub fn bridge_marker(&self) -> Option<&str> {
+        self.inner.bridge.as_ref().map(|b| b.marker.as_str())
+    }
+
+    /// Makes the bridge or takes over an existing one poold may use (poold's own from an
+    /// earlier run, or an empty bridge); a foreign link is refused with
+    /// [`SandboxError::ForeignBridge`] and left as it was. Spawning does this too; call it at
+    /// start so a bad bridge fails the start rather than every spawn.
+    pub async fn ensure_bridge(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.ensure_bridge())
+            .await
+            .map_err(|e| SandboxError::net("ensure bridge", "", e))?
+    }
+
+    /// Whether the configured bridge name is free or a bridge poold may use, changing
+    /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
+    pub fn check_bridge_blocking(&self) -> Result<()> {
+        match &self.inner.bridge {
+            Some(spec) => net::check_bridge(spec).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -270,17 +341,12 @@ impl Sandbox {
         }
     }
 
-    /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
+    /// Removes what poold put there (for shutdown and tests): the bridge if poold made it,
+    /// else only the address poold added to a borrowed bridge. Never a foreign link, also
+    /// not after a failed start; a missing bridge is fine.
     pub async fn remove_bridge(&self) -> Result<()> {
-        let Some(b) = self.inner.config.bridge.clone() else {
-            return Ok(());
-        };
-        *self
-            .inner
-            .bridge_ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = false;
-        tokio::task::spawn_blocking(move || net::delete_link(&b.name))
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.remove_bridge())
             .await
             .map_err(|e| SandboxError::net("delete bridge", "", e))?
     }
@@ -415,13 +481,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             let (Some(b), Some(alloc)) = (b, alloc) else {
                 unreachable!("checked above")
             };
-            {
-                let mut ready = inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner());
-                if !*ready {
-                    net::ensure_bridge(&b.name, b.subnet)?;
-                    *ready = true;
-                }
-            }
+            inner.ensure_bridge()?;
             let addr = alloc.lock().unwrap_or_else(|e| e.into_inner()).allocate()?;
             res.address = Some(addr);
             let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
@@ -430,7 +490,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
                 Ok(n) => res.net = Some(n),
                 Err(e) => {
                     // The bridge may have been removed behind our back: check it next time.
-                    *inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                    *inner.bridge_state() = None;
                     return Err(e);
                 }
             }
@@ -788,6 +848,12 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             }
         }
         Err(e) => failures.push(e.to_string()),
+    }
+    if cfg.bridge.is_some() {
+        match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
+            Ok(bridges) => report.bridges = bridges,
+            Err(e) => failures.push(e.to_string()),
+        }
     }
     let list = |dir: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(dir)

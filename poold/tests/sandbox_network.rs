@@ -1,0 +1,205 @@
+//! The worker network against a hostile or careless host (root needed): foreign links named
+//! as the bridge, a bridge deleted under running workers, workers reaching the host's own
+//! services. Every link a test makes has a unique name and is removed by a Drop guard; the
+//! host's real interfaces are never touched. Tags 70-79 (subnet 10.213.<tag>.0/24).
+
+mod sandbox_support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use poold::sandbox::{NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
+use sandbox_support::{eventually, TestSandbox};
+
+/// Wrapped in `worker_network` so `--filter worker_network` selects every test here.
+mod worker_network {
+    use super::*;
+
+    /// Runs `ip ARGS`, panicking with its stderr on failure.
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn link_exists(name: &str) -> bool {
+        Path::new("/sys/class/net").join(name).exists()
+    }
+
+    /// Links a test made itself; deleted when dropped, even when the test fails.
+    struct TestLinks(Vec<String>);
+
+    impl Drop for TestLinks {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = Command::new("ip").args(["link", "del", name]).status();
+            }
+        }
+    }
+
+    fn bridge_name(t: &TestSandbox) -> String {
+        t.config().bridge.as_ref().unwrap().name.clone()
+    }
+
+    /// A unique link name of this test process (not the sandbox's worker prefix).
+    fn test_link(tag: u8, what: &str) -> String {
+        format!("pdf{what}{}x{tag}", std::process::id() % 100_000)
+    }
+
+    fn sleeper(t: &TestSandbox) -> WorkerSpec {
+        let mut spec = WorkerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
+        spec.args = vec!["600".into()];
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::Null;
+        spec
+    }
+
+    fn httpd(t: &TestSandbox) -> WorkerSpec {
+        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+        spec.args = ["-f", "-p", "8080", "-h", "/www"]
+            .map(String::from)
+            .to_vec();
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::Null;
+        spec
+    }
+
+    fn answers(addr: std::net::Ipv4Addr) -> bool {
+        let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_secs(1))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut r = String::new();
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut r).is_ok()
+            && r.contains("hello from the worker")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_link_that_is_not_a_bridge_is_refused_and_never_deleted() {
+        let t = TestSandbox::new(70);
+        let name = bridge_name(&t);
+        let peer = test_link(70, "p");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(
+            matches!(e, SandboxError::ForeignBridge { .. }),
+            "want ForeignBridge, got: {e}"
+        );
+        assert!(e.to_string().contains("veth, not a bridge"), "{e}");
+        // A failed start still runs the shutdown path: it must leave the veth alone.
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "the foreign veth was deleted");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(!addrs.contains("10.213.70.1"), "poold touched it: {addrs}");
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_foreign_bridge_with_addresses_or_ports_is_refused_and_kept() {
+        let t = TestSandbox::new(71);
+        let name = bridge_name(&t);
+        let (port, peer) = (test_link(71, "a"), test_link(71, "b"));
+        let _links = TestLinks(vec![name.clone(), port.clone()]);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        ip(&["addr", "add", "198.18.71.1/24", "dev", &name]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(
+            matches!(e, SandboxError::ForeignBridge { .. }),
+            "want ForeignBridge, got: {e}"
+        );
+        assert!(e.to_string().contains("198.18.71.1/24"), "{e}");
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "the foreign bridge was deleted");
+        assert!(ip(&["-4", "addr", "show", "dev", &name]).contains("198.18.71.1/24"));
+
+        ip(&["addr", "flush", "dev", &name]);
+        ip(&["link", "add", &port, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &port, "master", &name]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(e.to_string().contains(&port), "names the port: {e}");
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name) && link_exists(&port));
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_foreign_bridge_is_borrowed_and_only_poolds_address_removed() {
+        let t = TestSandbox::new(72);
+        let name = bridge_name(&t);
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers", || answers(addr).then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "a borrowed bridge stays");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(
+            !addrs.contains("10.213.72.1"),
+            "poold's address stays: {addrs}"
+        );
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_bridge_poold_made_is_marked_adopted_after_a_restart_and_removed() {
+        let t = TestSandbox::new(73);
+        let name = bridge_name(&t);
+        let w = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let alias = std::fs::read_to_string(format!("/sys/class/net/{name}/ifalias")).unwrap();
+        assert!(alias.starts_with("poold:"), "marked: {alias:?}");
+        w.destroy().await.unwrap();
+        // A restart of the same instance (same state dir) takes its own bridge back.
+        let again = poold::sandbox::Sandbox::new(t.config().clone()).unwrap();
+        let w = again.spawn(sleeper(&t)).await.unwrap();
+        w.destroy().await.unwrap();
+        again.remove_bridge().await.unwrap();
+        assert!(!link_exists(&name), "poold's own bridge is removed");
+        t.assert_nothing_left();
+    }
+
+    #[test]
+    fn poold_check_names_a_link_that_is_not_a_bridge() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = test_link(74, "v");
+        let peer = test_link(74, "w");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let path = dir.path().join("poold.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{name}\"\nsubnet = \"10.213.74.0/24\"\n\n\
+                 [[service]]\nname = \"web\"\nlisten = \"10.212.74.1:80\"\nworkers = 1\nport = 8080\n\
+                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_poold"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "check passed: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}:5:1: network.bridge: {name:?} is a veth, not a bridge",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+}
