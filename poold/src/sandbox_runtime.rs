@@ -144,6 +144,8 @@ impl SandboxRuntime {
         sandbox.cleanup_orphans().await?;
         // Before any worker: a foreign link under the bridge's name fails the start here.
         sandbox.ensure_bridge().await?;
+        // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).
+        sandbox.watch_bridge()?;
         Ok(Self {
             sandbox,
             workers: Mutex::default(),

@@ -202,4 +202,70 @@ mod worker_network {
             "{stderr}"
         );
     }
+
+    /// `ip route get ADDR`, stdout and stderr.
+    fn route_get(addr: std::net::Ipv4Addr) -> String {
+        let out = Command::new("ip")
+            .args(["route", "get", &addr.to_string()])
+            .output()
+            .expect("run ip");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The route to a worker goes over the bridge or nowhere (unreachable), never via
+    /// another device (the default route, off the host).
+    fn stays_on_host(route: &str, bridge: &str) -> bool {
+        match route.split_whitespace().skip_while(|w| *w != "dev").nth(1) {
+            Some(dev) => dev == bridge,
+            None => true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_deleted_bridge_never_routes_worker_traffic_off_the_host_and_is_repaired() {
+        let t = TestSandbox::new(75);
+        let name = bridge_name(&t);
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers", || answers(addr).then_some(())).await;
+
+        // Nobody repairs it yet: the worker subnet must not fall through to another route.
+        ip(&["link", "del", &name]);
+        let route = route_get(addr);
+        assert!(
+            stays_on_host(&route, &name),
+            "with the bridge gone: {route}"
+        );
+        assert!(route.contains("No route to host"), "{route}");
+
+        // The watcher repairs what it finds at start...
+        t.sandbox.watch_bridge().unwrap();
+        eventually("repaired at start", || answers(addr).then_some(())).await;
+        // ...and on link events, while the worker runs.
+        let breakages: [&[&str]; 2] = [&["link", "del", &name], &["link", "set", &name, "down"]];
+        for breakage in breakages {
+            let started = std::time::Instant::now();
+            ip(breakage);
+            eventually("repaired", || {
+                let route = route_get(addr);
+                assert!(stays_on_host(&route, &name), "after {breakage:?}: {route}");
+                answers(addr).then_some(())
+            })
+            .await;
+            eprintln!(
+                "{breakage:?}: answering again after {:?}",
+                started.elapsed()
+            );
+        }
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!link_exists(&name));
+        let routes = ip(&["route", "show", "10.213.75.0/24"]);
+        assert!(routes.trim().is_empty(), "left: {routes}");
+        t.assert_nothing_left();
+    }
 }

@@ -47,7 +47,7 @@ use tracing::Instrument;
 
 use cgroup::WorkerCgroup;
 use init::HelperMsg;
-use net::{BridgeOwnership, BridgeSpec, WorkerNet};
+use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, WorkerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
 /// The bridge workers attach to.
@@ -124,6 +124,8 @@ struct Inner {
     bridge: Option<BridgeSpec>,
     /// `Some` once the bridge was made or taken over in this run (None: check it again).
     bridge_state: Mutex<Option<BridgeOwnership>>,
+    /// Repairs the bridge on link events while set ([`Sandbox::watch_bridge`]).
+    watcher: Mutex<Option<BridgeWatcher>>,
 }
 
 impl Inner {
@@ -147,8 +149,76 @@ impl Inner {
         let Some(spec) = &self.bridge else {
             return Ok(());
         };
+        // Stop repairs first; taking the state lock waits out one in progress.
+        drop(
+            self.watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let mut state = self.bridge_state();
-        net::remove_bridge(spec, state.take())
+        let bridge = net::remove_bridge(spec, state.take());
+        let route = net::delete_unreachable_route(spec.subnet);
+        bridge.and(route)
+    }
+
+    /// The watcher's check: makes the bridge again when it is missing, down or without its
+    /// address, and puts live workers' host veths back on it. Workers keep running: their
+    /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
+    /// bridge comes back with the same MAC, so their neighbour caches stay valid.
+    fn repair_bridge(&self) {
+        let Some(spec) = &self.bridge else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut state = self.bridge_state();
+        if self
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return; // removed meanwhile
+        }
+        let problem = match net::check_bridge(spec) {
+            Ok(BridgeFound::Missing) => Some("missing"),
+            Ok(BridgeFound::Usable { up: false, .. }) => Some("down"),
+            Ok(BridgeFound::Usable {
+                has_gateway: false, ..
+            }) => Some("gateway address missing"),
+            Ok(BridgeFound::Usable { .. }) => None,
+            Err(error) => {
+                tracing::error!(bridge = %spec.name, %error, "the bridge cannot be repaired");
+                return;
+            }
+        };
+        if problem.is_some() {
+            *state = None;
+            match net::ensure_bridge(spec) {
+                Ok(ownership) => *state = Some(ownership),
+                Err(error) => {
+                    tracing::error!(bridge = %spec.name, %error, "repairing the bridge failed");
+                    return;
+                }
+            }
+        }
+        drop(state);
+        let reattached = match net::reattach_ports(spec) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(bridge = %spec.name, %error, "reattaching worker veths failed");
+                return;
+            }
+        };
+        if problem.is_some() || !reattached.is_empty() {
+            tracing::warn!(
+                bridge = %spec.name,
+                problem = problem.unwrap_or("worker veths detached"),
+                reattached = reattached.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "bridge repaired"
+            );
+        }
     }
 }
 
@@ -237,6 +307,7 @@ impl Sandbox {
                 addresses,
                 bridge,
                 bridge_state: Mutex::new(None),
+                watcher: Mutex::new(None),
             }),
         })
     }
@@ -306,6 +377,25 @@ impl Sandbox {
         tokio::task::spawn_blocking(move || inner.ensure_bridge())
             .await
             .map_err(|e| SandboxError::net("ensure bridge", "", e))?
+    }
+
+    /// Watches the bridge from now on (rtnetlink link events, in a task of the current
+    /// runtime): when it vanishes, goes down or loses its address, it is made again and live
+    /// workers' host veths are put back on it, within moments, with a warning in the log.
+    /// Stops at [`Sandbox::remove_bridge`]. Needs a tokio runtime.
+    pub fn watch_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.inner.bridge else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let check = Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.repair_bridge();
+            }
+        });
+        let watcher = BridgeWatcher::start(spec.name.clone(), Duration::from_secs(5), check)?;
+        *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        Ok(())
     }
 
     /// Whether the configured bridge name is free or a bridge poold may use, changing
@@ -849,10 +939,13 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         }
         Err(e) => failures.push(e.to_string()),
     }
-    if cfg.bridge.is_some() {
+    if let Some(b) = &cfg.bridge {
         match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
             Ok(bridges) => report.bridges = bridges,
             Err(e) => failures.push(e.to_string()),
+        }
+        if let Err(e) = net::delete_unreachable_route(b.subnet) {
+            failures.push(e.to_string());
         }
     }
     let list = |dir: &Path| -> Vec<PathBuf> {

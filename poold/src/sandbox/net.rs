@@ -22,6 +22,8 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::route::{RouteProtocol, RouteType};
+use netlink_packet_route::RouteNetlinkMessage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use rtnetlink::{
@@ -442,6 +444,7 @@ pub(crate) fn ensure_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
                 .await
                 .map_err(|e| SandboxError::net("set bridge up", &name, e))?;
         }
+        add_unreachable_route(&h, spec.subnet).await?;
         Ok(ownership)
     })
 }
@@ -527,6 +530,150 @@ pub(crate) fn delete_marked_bridges(marker: &str) -> Result<Vec<String>> {
         }
         Ok(deleted)
     })
+}
+
+/// Metric of the unreachable route for the worker subnet: above the bridge's connected
+/// route (metric 0), so it only answers while the bridge (or its address) is gone. Then
+/// packets for workers fail on the host instead of following the default route off it.
+pub(crate) const UNREACHABLE_METRIC: u32 = 1_000_000;
+
+fn unreachable_route(subnet: Ipv4Net) -> netlink_packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .kind(RouteType::Unreachable)
+        .priority(UNREACHABLE_METRIC)
+        .protocol(RouteProtocol::Static)
+        .build()
+}
+
+async fn add_unreachable_route(h: &Handle, subnet: Ipv4Net) -> Result<()> {
+    match h.route().add(unreachable_route(subnet)).execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => Err(SandboxError::net(
+            "add unreachable route",
+            subnet.to_string(),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes the subnet's unreachable route (a missing one is fine).
+pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
+    with_netlink(None, move |h| async move {
+        match h.route().del(unreachable_route(subnet)).execute().await {
+            Err(e) if !matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Err(
+                SandboxError::net("delete unreachable route", subnet.to_string(), e),
+            ),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Puts the host veths of this instance's workers that hang off no bridge (their bridge was
+/// deleted under them) back on the bridge; returns their names.
+pub(crate) fn reattach_ports(spec: &BridgeSpec) -> Result<Vec<String>> {
+    let spec = spec.clone();
+    with_netlink(None, move |h| async move {
+        let Some(bridge) = link_index(&h, &spec.name).await? else {
+            return Ok(Vec::new());
+        };
+        let mut attached = Vec::new();
+        for link in all_links(&h).await? {
+            let Some(name) = link_name(&link) else {
+                continue;
+            };
+            if spec.is_our_port(name) && link_controller(&link) != Some(bridge) {
+                let name = name.to_string();
+                match h
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(link.header.index)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                {
+                    // Gone meanwhile (its worker was torn down): nothing to attach.
+                    Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                    Err(e) => return Err(SandboxError::net("attach to bridge", name, e)),
+                    Ok(()) => attached.push(name),
+                }
+            }
+        }
+        Ok(attached)
+    })
+}
+
+/// Whether a link event may concern the bridge: a change or removal of a link named so, or
+/// any removed address (address events carry only an index).
+pub(crate) fn concerns_bridge(message: &RouteNetlinkMessage, bridge: &str) -> bool {
+    match message {
+        RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
+            link_name(m) == Some(bridge)
+        }
+        RouteNetlinkMessage::DelAddress(_) => true,
+        _ => false,
+    }
+}
+
+/// Watches rtnetlink link events (RTNLGRP_LINK, and RTNLGRP_IPV4_IFADDR for removed
+/// addresses) in a task and runs `check` (blocking, on the blocking pool) for each event that
+/// may concern the bridge: once at start, after every such event, and every `fallback` in
+/// case the kernel dropped events (a full multicast socket buffer). Stops when dropped.
+#[derive(Debug)]
+pub(crate) struct BridgeWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BridgeWatcher {
+    pub(crate) fn start(
+        bridge: String,
+        fallback: Duration,
+        check: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self> {
+        use futures::StreamExt;
+        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Link,
+            rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        ])
+        .map_err(|e| SandboxError::net("subscribe to link events", &bridge, e))?;
+        let task = tokio::spawn(async move {
+            // The socket's task ends with this one, also when this one is aborted.
+            let _conn = BridgeWatcher {
+                task: tokio::spawn(conn),
+            };
+            let mut tick = tokio::time::interval(fallback);
+            loop {
+                let c = check.clone();
+                let _ = tokio::task::spawn_blocking(move || c()).await;
+                loop {
+                    tokio::select! {
+                        event = events.next() => match event {
+                            Some((m, _)) => match m.payload {
+                                rtnetlink::packet_core::NetlinkPayload::InnerMessage(m)
+                                    if concerns_bridge(&m, &bridge) => break,
+                                _ => continue,
+                            },
+                            None => {
+                                tracing::error!(bridge = %bridge, "link event stream ended; the bridge is no longer watched");
+                                return;
+                            }
+                        },
+                        _ = tick.tick() => break,
+                    }
+                }
+            }
+        });
+        Ok(BridgeWatcher { task })
+    }
+}
+
+impl Drop for BridgeWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Deletes the link `name`; a missing link is fine.
