@@ -66,6 +66,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
             name: config.network.bridge.clone(),
             subnet: config.network.subnet,
             quarantine: ADDRESS_QUARANTINE,
+            allow_host_ports: config.network.allow_host_ports.clone(),
         }),
         state_dir,
         cgroup_parent: config.daemon.cgroup_parent.clone(),

@@ -268,4 +268,114 @@ mod worker_network {
         assert!(routes.trim().is_empty(), "left: {routes}");
         t.assert_nothing_left();
     }
+
+    /// A host service on 0.0.0.0 that greets whoever connects and counts them.
+    struct HostService {
+        port: u16,
+        accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn host_service() -> HostService {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(b"host-secret\n");
+            }
+        });
+        HostService { port, accepted }
+    }
+
+    /// Runs a worker that tries `port` at each address and reports what it read.
+    async fn try_host_ports(
+        sandbox: &poold::sandbox::Sandbox,
+        t: &TestSandbox,
+        targets: &[std::net::Ipv4Addr],
+        port: u16,
+    ) -> String {
+        let script: String = targets
+            .iter()
+            .map(|a| format!("echo {a}=$(nc -w 2 {a} {port} </dev/null); "))
+            .collect();
+        let out = t.dir.path().join(format!("probe-{}.txt", targets.len()));
+        let _ = std::fs::remove_file(&out);
+        let mut spec = WorkerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
+        spec.args = vec!["-c".into(), script];
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::File(out.clone());
+        let mut w = sandbox.spawn(spec).await.unwrap();
+        w.wait().await.unwrap();
+        w.destroy().await.unwrap();
+        std::fs::read_to_string(&out).unwrap()
+    }
+
+    fn nft_table_exists(table: &str) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .output()
+            .expect("run nft")
+            .status
+            .success()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn workers_reach_no_host_service_except_listed_ports() {
+        let t = TestSandbox::new(76);
+        let service = host_service();
+        // Another address of the host, on a link of the test's own.
+        let (other_link, other_peer) = (test_link(76, "h"), test_link(76, "i"));
+        let _links = TestLinks(vec![other_link.clone()]);
+        ip(&[
+            "link",
+            "add",
+            &other_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &other_peer,
+        ]);
+        ip(&["addr", "add", "198.18.76.1/32", "dev", &other_link]);
+        ip(&["link", "set", &other_link, "up"]);
+        let gateway = std::net::Ipv4Addr::new(10, 213, 76, 1);
+        let other = std::net::Ipv4Addr::new(198, 18, 76, 1);
+        let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+
+        // Closed by default, through the gateway and through another host address...
+        let seen = try_host_ports(&t.sandbox, &t, &[gateway, other], service.port).await;
+        assert!(
+            !seen.contains("host-secret"),
+            "a worker reached the host: {seen}"
+        );
+        assert_eq!(
+            service.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{seen}"
+        );
+        assert!(nft_table_exists(&table));
+        // ...while the host still reaches workers (health checks, proxy: replies pass).
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers the host", || answers(addr).then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!nft_table_exists(&table), "the table goes with the bridge");
+
+        // Open when listed.
+        let mut config = t.config().clone();
+        config.bridge.as_mut().unwrap().allow_host_ports = vec![service.port];
+        let open = poold::sandbox::Sandbox::new(config).unwrap();
+        let seen = try_host_ports(&open, &t, &[gateway, other], service.port).await;
+        assert_eq!(
+            seen.matches("host-secret").count(),
+            2,
+            "listed port closed: {seen}"
+        );
+        open.remove_bridge().await.unwrap();
+        assert!(!nft_table_exists(&table), "the table goes with the bridge");
+        t.assert_nothing_left();
+    }
 }

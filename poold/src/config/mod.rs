@@ -91,6 +91,9 @@ pub struct NetworkConfig {
     pub bridge: String,
     /// Worker subnet; the bridge takes the first host address.
     pub subnet: Ipv4Net,
+    /// Host ports (TCP and UDP) workers may open connections to; every other service on
+    /// the host is closed to them.
+    pub allow_host_ports: Vec<u16>,
 }
 
 impl Default for NetworkConfig {
@@ -98,6 +101,7 @@ impl Default for NetworkConfig {
         Self {
             bridge: "pdbr0".to_owned(),
             subnet: "10.213.0.0/16".parse().expect("valid default subnet"),
+            allow_host_ports: Vec::new(),
         }
     }
 }

@@ -56,6 +56,15 @@ pub enum SandboxError {
         problem: ForeignLink,
     },
 
+    /// Installing or removing the workers' nftables table failed.
+    #[error("firewall: {action} nftables table inet {table}: {source}")]
+    Firewall {
+        table: String,
+        action: &'static str,
+        #[source]
+        source: Box<nftables::helper::NftablesError>,
+    },
+
     /// The address pool of the service subnet is exhausted (free addresses may be quarantined).
     #[error("no free address in {subnet} ({quarantined} in quarantine)")]
     AddressesExhausted { subnet: String, quarantined: usize },

@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod error;
+mod firewall;
 pub mod init;
 mod net;
 mod rootfs;
@@ -59,6 +60,9 @@ pub struct BridgeConfig {
     pub subnet: Ipv4Net,
     /// How long a freed worker address rests before reuse (≥ 150 s in production).
     pub quarantine: Duration,
+    /// Host ports (TCP and UDP) workers may connect to; every other service of the host is
+    /// closed to them (nftables table `inet poold_<link_prefix>`, made with the bridge).
+    pub allow_host_ports: Vec<u16>,
 }
 
 /// Where the sandbox keeps its objects.
@@ -140,7 +144,7 @@ impl Inner {
         };
         let mut state = self.bridge_state();
         if state.is_none() {
-            *state = Some(net::ensure_bridge(spec)?);
+            *state = Some(setup_bridge(spec)?);
         }
         Ok(())
     }
@@ -159,7 +163,8 @@ impl Inner {
         let mut state = self.bridge_state();
         let bridge = net::remove_bridge(spec, state.take());
         let route = net::delete_unreachable_route(spec.subnet);
-        bridge.and(route)
+        let firewall = firewall::remove(&spec.firewall_table);
+        bridge.and(route).and(firewall)
     }
 
     /// The watcher's check: makes the bridge again when it is missing, down or without its
@@ -194,7 +199,7 @@ impl Inner {
         };
         if problem.is_some() {
             *state = None;
-            match net::ensure_bridge(spec) {
+            match setup_bridge(spec) {
                 Ok(ownership) => *state = Some(ownership),
                 Err(error) => {
                     tracing::error!(bridge = %spec.name, %error, "repairing the bridge failed");
@@ -220,6 +225,20 @@ impl Inner {
             );
         }
     }
+}
+
+/// The nftables table of the instance whose worker links start with `link_prefix`.
+pub fn firewall_table(link_prefix: &str) -> String {
+    format!("poold_{link_prefix}")
+}
+
+/// Sets up the workers' network on the host: checks the link under the bridge's name
+/// (refusing a foreign one before touching anything), installs the firewall (before the
+/// bridge exists, so no worker ever runs without it), then makes or takes over the bridge.
+fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
+    net::check_bridge(spec)?;
+    firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
+    net::ensure_bridge(spec)
 }
 
 /// The `ifalias` poold puts on a bridge it makes: `poold:<state dir>` (hashed when the
@@ -300,6 +319,8 @@ impl Sandbox {
             subnet: b.subnet,
             marker: bridge_marker(&config.state_dir),
             port_prefix: config.link_prefix.clone(),
+            firewall_table: firewall_table(&config.link_prefix),
+            allow_host_ports: b.allow_host_ports.clone(),
         });
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -945,6 +966,9 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             Err(e) => failures.push(e.to_string()),
         }
         if let Err(e) = net::delete_unreachable_route(b.subnet) {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = firewall::remove(&firewall_table(&cfg.link_prefix)) {
             failures.push(e.to_string());
         }
     }

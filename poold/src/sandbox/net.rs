@@ -202,6 +202,10 @@ pub(crate) struct BridgeSpec {
     pub marker: String,
     /// Host veth names of this instance's workers: `<prefix><8 hex>`.
     pub port_prefix: String,
+    /// This instance's nftables table (`inet poold_<link prefix>`).
+    pub firewall_table: String,
+    /// Host ports workers may open connections to (every other one is closed to them).
+    pub allow_host_ports: Vec<u16>,
 }
 
 impl BridgeSpec {
