@@ -313,7 +313,11 @@ mod worker_network {
     }
 
     fn nft_table_exists(table: &str) -> bool {
-        Command::new("nft")
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nft");
+        Command::new(nft)
             .args(["list", "table", "inet", table])
             .output()
             .expect("run nft")

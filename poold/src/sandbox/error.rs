@@ -62,7 +62,7 @@ pub enum SandboxError {
         table: String,
         action: &'static str,
         #[source]
-        source: Box<nftables::helper::NftablesError>,
+        source: super::firewall::NftError,
     },
 
     /// The address pool of the service subnet is exhausted (free addresses may be quarantined).

@@ -7,8 +7,9 @@
 //! not touched. The table is replaced atomically (one `nft` transaction) and made and removed
 //! with the bridge.
 //!
-//! Driven through the `nftables` crate: typed JSON for `nft -j`, the reference parser, so no
-//! rule text is pasted together and no netlink encoding of nftables is hand-rolled.
+//! The rules are built with the `nftables` crate's typed JSON schema and fed to `nft -j`,
+//! the reference parser: no rule text is pasted together and no netlink encoding of
+//! nftables is hand-rolled.
 
 use std::borrow::Cow;
 
@@ -30,17 +31,55 @@ fn nft_program() -> &'static str {
         .unwrap_or("nft")
 }
 
+/// Running `nft` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("running {program}: {source}")]
+    Spawn {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} -j -f: {status}: {stderr}")]
+    Failed {
+        program: &'static str,
+        status: std::process::ExitStatus,
+        /// What nft said.
+        stderr: String,
+    },
+}
+
+/// Feeds `ruleset` to `nft -j` as one transaction. Not the crate's own runner: that one reads
+/// `-f -`, which nft opens as /dev/stdin (missing in minimal systems such as the test VM),
+/// and drops nft's error message.
 fn apply(table: &str, action: &'static str, ruleset: &Nftables) -> Result<()> {
-    nftables::helper::apply_ruleset_with_args(
-        ruleset,
-        Some(nft_program()),
-        nftables::helper::DEFAULT_ARGS,
-    )
-    .map_err(|source| SandboxError::Firewall {
+    use std::io::Write;
+    let program = nft_program();
+    let fail = |source| SandboxError::Firewall {
         table: table.to_string(),
         action,
-        source: Box::new(source),
-    })
+        source,
+    };
+    let json = serde_json::to_vec(ruleset).expect("an nftables ruleset serializes");
+    let mut child = std::process::Command::new(program)
+        .args(["-j", "-f", "/proc/self/fd/0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| fail(NftError::Spawn { program, source }))?;
+    let written = child.stdin.take().expect("stdin is piped").write_all(&json);
+    let out = child
+        .wait_with_output()
+        .map_err(|source| fail(NftError::Spawn { program, source }))?;
+    if !out.status.success() {
+        return Err(fail(NftError::Failed {
+            program,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }));
+    }
+    written.map_err(|source| fail(NftError::Spawn { program, source }))
 }
 
 fn table(name: &str) -> NfListObject<'static> {
