@@ -382,4 +382,63 @@ mod worker_network {
         assert!(!nft_table_exists(&table), "the table goes with the bridge");
         t.assert_nothing_left();
     }
+
+    /// The daemon's start path: a foreign link fails the start, clearly, and survives it
+    /// (the shutdown after a failed start removes only what poold made).
+    #[test]
+    fn poold_refuses_to_start_on_a_foreign_link_and_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = test_link(77, "v");
+        let peer = test_link(77, "w");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let path = dir.path().join("poold.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nstate_dir = \"{state}\"\ncontrol_socket = \"{state}/ctl.sock\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\nbalancer = \"proxy\"\n\
+                 cgroup_parent = \"poold-nettest-{pid}\"\n\n\
+                 [network]\nbridge = \"{name}\"\nsubnet = \"10.213.77.0/24\"\n\n\
+                 [[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nworkers = 1\nport = 8080\n\
+                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+                state = dir.path().join("state").display(),
+                pid = std::process::id(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("poold.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_poold"))
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // A refused start ends at once; a poold still running after this bound took the link.
+        let status = (0..300).find_map(|_| {
+            let done = child.try_wait().unwrap();
+            if done.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "poold started ({status:?}): {stderr}"
+        );
+        assert!(stderr.contains("is a veth, not a bridge"), "{stderr}");
+        assert!(link_exists(&name), "the foreign veth was deleted");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(
+            addrs.trim().is_empty() || !addrs.contains("inet "),
+            "{addrs}"
+        );
+        let routes = ip(&["route", "show", "10.213.77.0/24"]);
+        assert!(routes.trim().is_empty(), "{routes}");
+    }
 }
