@@ -441,4 +441,37 @@ mod worker_network {
         let routes = ip(&["route", "show", "10.213.77.0/24"]);
         assert!(routes.trim().is_empty(), "{routes}");
     }
+
+    /// A host firewall reload (`nft flush ruleset` style) or a route cleanup must not leave
+    /// the workers' host open or their traffic free to leave: the watcher restores both.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_removed_firewall_table_or_unreachable_route_is_restored() {
+        let t = TestSandbox::new(78);
+        let w = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+        let subnet = "10.213.78.0/24";
+        let has_route =
+            || ip(&["route", "show", "type", "unreachable", subnet]).contains("metric 1000000");
+        assert!(has_route() && nft_table_exists(&table));
+        t.sandbox.watch_bridge().unwrap();
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nft");
+        let deleted = Command::new(nft)
+            .args(["delete", "table", "inet", &table])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+        eventually("firewall table restored", || {
+            nft_table_exists(&table).then_some(())
+        })
+        .await;
+        ip(&["route", "del", "unreachable", subnet, "metric", "1000000"]);
+        eventually("unreachable route restored", || has_route().then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!has_route() && !nft_table_exists(&table));
+        t.assert_nothing_left();
+    }
 }

@@ -203,6 +203,16 @@ pub(crate) fn install(table_name: &str, bridge: &str, allow_host_ports: &[u16]) 
     )
 }
 
+/// Whether the table is there (a failing `nft` counts as "no": reinstalling says why).
+pub(crate) fn exists(table_name: &str) -> bool {
+    std::process::Command::new(nft_program())
+        .args(["list", "table", "inet", table_name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Removes the table; a missing one is fine.
 pub(crate) fn remove(table_name: &str) -> Result<()> {
     let mut batch = Batch::new();

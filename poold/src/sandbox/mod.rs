@@ -168,7 +168,8 @@ impl Inner {
     }
 
     /// The watcher's check: makes the bridge again when it is missing, down or without its
-    /// address, and puts live workers' host veths back on it. Workers keep running: their
+    /// address, restores the unreachable route and the firewall table when they are gone,
+    /// and puts live workers' host veths back on the bridge. Workers keep running: their
     /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
     /// bridge comes back with the same MAC, so their neighbour caches stay valid.
     fn repair_bridge(&self) {
@@ -191,7 +192,13 @@ impl Inner {
             Ok(BridgeFound::Usable {
                 has_gateway: false, ..
             }) => Some("gateway address missing"),
-            Ok(BridgeFound::Usable { .. }) => None,
+            // Someone may have removed the route, or flushed the ruleset (a host firewall
+            // reload does that): either would open the host or let traffic leave it.
+            Ok(BridgeFound::Usable { .. }) => match net::has_unreachable_route(spec.subnet) {
+                Ok(false) => Some("unreachable route missing"),
+                _ if !firewall::exists(&spec.firewall_table) => Some("firewall table missing"),
+                _ => None,
+            },
             Err(error) => {
                 tracing::error!(bridge = %spec.name, %error, "the bridge cannot be repaired");
                 return;

@@ -22,7 +22,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteProtocol, RouteType};
+use netlink_packet_route::route::{RouteAttribute, RouteProtocol, RouteType};
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -561,6 +561,41 @@ async fn add_unreachable_route(h: &Handle, subnet: Ipv4Net) -> Result<()> {
     }
 }
 
+/// Whether the subnet's unreachable route is there.
+pub(crate) fn has_unreachable_route(subnet: Ipv4Net) -> Result<bool> {
+    with_netlink(None, move |h| async move {
+        let want = unreachable_route(subnet);
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| SandboxError::net("list routes", subnet.to_string(), e))?
+        {
+            let same = |a: &RouteAttribute| want.attributes.contains(a);
+            if r.header.kind == RouteType::Unreachable
+                && r.header.destination_prefix_length == subnet.prefix_len()
+                && r.attributes
+                    .iter()
+                    .filter(|a| {
+                        matches!(
+                            a,
+                            RouteAttribute::Destination(_) | RouteAttribute::Priority(_)
+                        )
+                    })
+                    .filter(|a| same(a))
+                    .count()
+                    == 2
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+}
+
 /// Deletes the subnet's unreachable route (a missing one is fine).
 pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
     with_netlink(None, move |h| async move {
@@ -610,20 +645,20 @@ pub(crate) fn reattach_ports(spec: &BridgeSpec) -> Result<Vec<String>> {
     })
 }
 
-/// Whether a link event may concern the bridge: a change or removal of a link named so, or
-/// any removed address (address events carry only an index).
+/// Whether an event may concern the bridge: a change or removal of a link named so, any
+/// removed address (address events carry only an index), any removed route.
 pub(crate) fn concerns_bridge(message: &RouteNetlinkMessage, bridge: &str) -> bool {
     match message {
         RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
             link_name(m) == Some(bridge)
         }
-        RouteNetlinkMessage::DelAddress(_) => true,
+        RouteNetlinkMessage::DelAddress(_) | RouteNetlinkMessage::DelRoute(_) => true,
         _ => false,
     }
 }
 
-/// Watches rtnetlink link events (RTNLGRP_LINK, and RTNLGRP_IPV4_IFADDR for removed
-/// addresses) in a task and runs `check` (blocking, on the blocking pool) for each event that
+/// Watches rtnetlink events (RTNLGRP_LINK; RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV4_ROUTE for
+/// removed addresses and routes) in a task and runs `check` (blocking, on the blocking pool) for each event that
 /// may concern the bridge: once at start, after every such event, and every `fallback` in
 /// case the kernel dropped events (a full multicast socket buffer). Stops when dropped.
 #[derive(Debug)]
@@ -641,6 +676,7 @@ impl BridgeWatcher {
         let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
             rtnetlink::MulticastGroup::Link,
             rtnetlink::MulticastGroup::Ipv4Ifaddr,
+            rtnetlink::MulticastGroup::Ipv4Route,
         ])
         .map_err(|e| SandboxError::net("subscribe to link events", &bridge, e))?;
         let task = tokio::spawn(async move {
