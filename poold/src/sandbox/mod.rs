@@ -130,6 +130,8 @@ struct Inner {
     bridge_state: Mutex<Option<BridgeOwnership>>,
     /// Repairs the bridge on link events while set ([`Sandbox::watch_bridge`]).
     watcher: Mutex<Option<BridgeWatcher>>,
+    /// Whether repairs are wanted (set before the watcher starts, cleared before removal).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -178,12 +180,7 @@ impl Inner {
         };
         let started = std::time::Instant::now();
         let mut state = self.bridge_state();
-        if self
-            .watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
+        if !self.watching.load(Ordering::SeqCst) {
             return; // removed meanwhile
         }
         let problem = match net::check_bridge(spec) {
@@ -336,6 +333,7 @@ impl Sandbox {
                 bridge,
                 bridge_state: Mutex::new(None),
                 watcher: Mutex::new(None),
+                watching: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -421,6 +419,7 @@ impl Sandbox {
                 inner.repair_bridge();
             }
         });
+        self.inner.watching.store(true, Ordering::SeqCst);
         let watcher = BridgeWatcher::start(spec.name.clone(), Duration::from_secs(5), check)?;
         *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
         Ok(())
