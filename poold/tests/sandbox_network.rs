@@ -269,14 +269,15 @@ mod worker_network {
         t.assert_nothing_left();
     }
 
-    /// A host service on 0.0.0.0 that greets whoever connects and counts them.
+    /// A host service on all addresses that greets whoever connects and counts them.
     struct HostService {
         port: u16,
         accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     fn host_service() -> HostService {
-        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        // [::] takes IPv4 too (bindv6only is 0 by default): the usual "all addresses".
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
@@ -289,18 +290,22 @@ mod worker_network {
         HostService { port, accepted }
     }
 
-    /// Runs a worker that tries `port` at each address and reports what it read.
+    /// Runs a worker that tries `port` at each address and reports what it read. It first
+    /// waits until its own IPv6 link-local address is usable (no longer tentative).
     async fn try_host_ports(
         sandbox: &poold::sandbox::Sandbox,
         t: &TestSandbox,
-        targets: &[std::net::Ipv4Addr],
+        targets: &[String],
         port: u16,
     ) -> String {
-        let script: String = targets
-            .iter()
-            .map(|a| format!("echo {a}=$(nc -w 2 {a} {port} </dev/null); "))
-            .collect();
-        let out = t.dir.path().join(format!("probe-{}.txt", targets.len()));
+        let mut script = String::from(
+            "i=0; while [ $i -lt 100 ] && ! grep -q ' 20 80 *eth0$' /proc/net/if_inet6; \
+             do sleep 0.1; i=$((i+1)); done; ",
+        );
+        for a in targets {
+            script.push_str(&format!("echo \"{a}=$(nc -w 2 {a} {port} </dev/null)\"; "));
+        }
+        let out = t.dir.path().join("probe.txt");
         let _ = std::fs::remove_file(&out);
         let mut spec = WorkerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
         spec.args = vec!["-c".into(), script];
@@ -310,6 +315,21 @@ mod worker_network {
         w.wait().await.unwrap();
         w.destroy().await.unwrap();
         std::fs::read_to_string(&out).unwrap()
+    }
+
+    /// The bridge's usable IPv6 link-local address, as a worker names it (`%eth0`), once a
+    /// worker (`carrier`) is attached and duplicate address detection is over.
+    async fn bridge_link_local(bridge: &str) -> String {
+        eventually("the bridge's link-local address", || {
+            let out = ip(&["-6", "addr", "show", "dev", bridge, "scope", "link"]);
+            let line = out.lines().find(|l| l.contains("inet6 fe80"))?;
+            if line.contains("tentative") {
+                return None;
+            }
+            let addr = line.split_whitespace().nth(1)?.split('/').next()?;
+            Some(format!("{addr}%eth0"))
+        })
+        .await
     }
 
     fn nft_table_exists(table: &str) -> bool {
@@ -344,12 +364,16 @@ mod worker_network {
         ]);
         ip(&["addr", "add", "198.18.76.1/32", "dev", &other_link]);
         ip(&["link", "set", &other_link, "up"]);
-        let gateway = std::net::Ipv4Addr::new(10, 213, 76, 1);
-        let other = std::net::Ipv4Addr::new(198, 18, 76, 1);
+        let gateway = "10.213.76.1".to_string();
+        let other = "198.18.76.1".to_string();
         let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+        let bridge = bridge_name(&t);
 
-        // Closed by default, through the gateway and through another host address...
-        let seen = try_host_ports(&t.sandbox, &t, &[gateway, other], service.port).await;
+        // Closed by default, through the gateway, another host address and the bridge's IPv6
+        // link-local address (the listener takes both families)...
+        let carrier = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let targets = [gateway, other, bridge_link_local(&bridge).await];
+        let seen = try_host_ports(&t.sandbox, &t, &targets, service.port).await;
         assert!(
             !seen.contains("host-secret"),
             "a worker reached the host: {seen}"
@@ -360,6 +384,7 @@ mod worker_network {
             "{seen}"
         );
         assert!(nft_table_exists(&table));
+        carrier.destroy().await.unwrap();
         // ...while the host still reaches workers (health checks, proxy: replies pass).
         let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
         let addr = w.address().unwrap();
@@ -372,12 +397,19 @@ mod worker_network {
         let mut config = t.config().clone();
         config.bridge.as_mut().unwrap().allow_host_ports = vec![service.port];
         let open = poold::sandbox::Sandbox::new(config).unwrap();
-        let seen = try_host_ports(&open, &t, &[gateway, other], service.port).await;
+        let carrier = open.spawn(sleeper(&t)).await.unwrap();
+        let targets = [
+            targets[0].clone(),
+            targets[1].clone(),
+            bridge_link_local(&bridge).await,
+        ];
+        let seen = try_host_ports(&open, &t, &targets, service.port).await;
         assert_eq!(
             seen.matches("host-secret").count(),
-            2,
+            3,
             "listed port closed: {seen}"
         );
+        carrier.destroy().await.unwrap();
         open.remove_bridge().await.unwrap();
         assert!(!nft_table_exists(&table), "the table goes with the bridge");
         t.assert_nothing_left();

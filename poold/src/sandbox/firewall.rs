@@ -1,8 +1,9 @@
 //! The workers' firewall: an nftables table per poold instance (`inet poold_<link prefix>`)
 //! that keeps workers off the host's own services. Its input chain lets packets from the
 //! bridge in only when they belong to a connection the host started (replies to health
-//! checks, the proxy and IPVS) or go to a listed host port; every other packet from a
-//! worker to any host address (the gateway, the host's other addresses, a VIP) is dropped.
+//! checks, the proxy and IPVS), go to a listed host port, or are IPv6 neighbour discovery;
+//! every other packet from a worker to any host address (the gateway, the host's other
+//! addresses, a VIP, the bridge's IPv6 link-local address) is dropped.
 //! Forwarded traffic (workers answering remote clients, workers reaching other machines) is
 //! not touched. The table is replaced atomically (one `nft` transaction) and made and removed
 //! with the bridge.
@@ -160,6 +161,27 @@ pub(crate) fn ruleset(
         ],
         "replies to connections the host started (health checks, proxy, IPVS)",
     ));
+    batch.add(rule(
+        table_name,
+        vec![
+            from_bridge(bridge),
+            matches(
+                Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                    PayloadField {
+                        protocol: Cow::Borrowed("icmpv6"),
+                        field: Cow::Borrowed("type"),
+                    },
+                ))),
+                Operator::EQ,
+                Expression::Named(NamedExpression::Set(vec![
+                    SetItem::Element(Expression::String(Cow::Borrowed("nd-neighbor-solicit"))),
+                    SetItem::Element(Expression::String(Cow::Borrowed("nd-neighbor-advert"))),
+                ])),
+            ),
+            Statement::Accept(None),
+        ],
+        "IPv6 neighbour discovery (what ARP is for IPv4, which this table does not see)",
+    ));
     if !allow_host_ports.is_empty() {
         let ports: Vec<SetItem<'static>> = allow_host_ports
             .iter()
@@ -236,6 +258,7 @@ mod tests {
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"pdbr0"}}"#,
             r#""right":["established","related"]"#,
             r#""right":{"set":[53,8125]}"#,
+            r#""right":{"set":["nd-neighbor-solicit","nd-neighbor-advert"]}"#,
             r#"{"drop":null}"#,
         ] {
             assert!(text.contains(want), "{want} missing in {text}");
@@ -246,5 +269,6 @@ mod tests {
     fn no_listed_ports_means_no_port_rules() {
         let text = serde_json::to_string(&ruleset("poold_pdx", "pdbr0", &[])).unwrap();
         assert!(!text.contains("dport"), "{text}");
+        assert!(text.contains("icmpv6"), "{text}");
     }
 }
