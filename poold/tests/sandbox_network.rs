@@ -506,4 +506,42 @@ mod worker_network {
         assert!(!has_route() && !nft_table_exists(&table));
         t.assert_nothing_left();
     }
+
+    /// The daemon's runtime sets the bridge up at start, watches it, and takes the bridge,
+    /// route and firewall table away at shutdown.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_daemons_runtime_repairs_its_bridge_and_removes_it_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id() % 100_000;
+        let bridge = format!("pdbr{pid}x79");
+        let text = format!(
+            "[daemon]\nstate_dir = \"{}\"\ncgroup_parent = \"poold-nettest-{pid}-79\"\n\n\
+             [network]\nbridge = \"{bridge}\"\nsubnet = \"10.213.79.0/24\"\n\n\
+             [[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nworkers = 1\nport = 8080\n\
+             rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+            dir.path().join("state").display()
+        );
+        let config = poold::config::Config::parse(&text, Path::new("test.toml")).unwrap();
+        let table = poold::sandbox::firewall_table(
+            &poold::sandbox_runtime::sandbox_config(&config).link_prefix,
+        );
+        let _links = TestLinks(vec![bridge.clone()]);
+        let runtime = poold::sandbox_runtime::SandboxRuntime::start(&config)
+            .await
+            .unwrap();
+        assert!(link_exists(&bridge) && nft_table_exists(&table));
+        ip(&["link", "del", &bridge]);
+        eventually("the runtime's watcher makes the bridge again", || {
+            // Once back it stays: the short circuit never asks ip about a missing link.
+            (link_exists(&bridge)
+                && ip(&["-4", "addr", "show", "dev", &bridge]).contains("10.213.79.1/24"))
+            .then_some(())
+        })
+        .await;
+        runtime.shutdown().await.unwrap();
+        assert!(!link_exists(&bridge), "poold's bridge is removed");
+        assert!(!nft_table_exists(&table));
+        let routes = ip(&["route", "show", "10.213.79.0/24"]);
+        assert!(routes.trim().is_empty(), "{routes}");
+    }
 }
