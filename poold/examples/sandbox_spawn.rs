@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             name: bridge,
             subnet: subnet.parse().context("--subnet")?,
             quarantine: Duration::ZERO,
+            allow_host_ports: Vec::new(),
         }),
         ..SandboxConfig::default()
     };

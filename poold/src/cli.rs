@@ -32,6 +32,17 @@ pub enum PooldCommand {
 pub fn check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
+            let host = crate::sandbox_runtime::host_problems(&config);
+            if !host.is_empty() {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                for (key, message) in host {
+                    eprintln!(
+                        "{}",
+                        crate::config::ConfigIssue::at_key(&text, key, message).render(file)
+                    );
+                }
+                return ExitCode::FAILURE;
+            }
             for warning in config.warnings() {
                 eprintln!("{}: warning: {warning}", file.display());
             }

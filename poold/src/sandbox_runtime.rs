@@ -67,6 +67,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
             name: config.network.bridge.clone(),
             subnet: config.network.subnet,
             quarantine: ADDRESS_QUARANTINE,
+            allow_host_ports: config.network.allow_host_ports.clone(),
         }),
         state_dir,
         cgroup_parent: config.daemon.cgroup_parent.clone(),
@@ -86,6 +87,24 @@ fn instance_tag(state_dir: &std::path::Path) -> String {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
         });
     format!("{:04x}", (hash ^ (hash >> 16)) & 0xffff)
+}
+
+/// What `poold check` can see on this host about `config` without changing anything: a
+/// link under `network.bridge` that poold may not use (e.g. `bridge = "eth0"`).
+pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
+    let Ok(sandbox) = Sandbox::new(sandbox_config(config)) else {
+        return Vec::new();
+    };
+    match sandbox.check_bridge_blocking() {
+        Err(sandbox::SandboxError::ForeignBridge { bridge, problem }) => vec![(
+            crate::config::KeyPath::root().key("network").key("bridge"),
+            format!(
+                "{bridge:?} {problem}; poold uses only a bridge it made itself or an empty one"
+            ),
+        )],
+        // Not being able to look (e.g. no netlink here) is no problem of the file.
+        _ => Vec::new(),
+    }
 }
 
 /// The sandbox's spec for one worker of `service`.
@@ -133,6 +152,10 @@ impl SandboxRuntime {
     pub async fn start(config: &Config) -> Result<Self, sandbox::SandboxError> {
         let sandbox = Sandbox::new(sandbox_config(config))?;
         sandbox.cleanup_orphans().await?;
+        // Before any worker: a foreign link under the bridge's name fails the start here.
+        sandbox.ensure_bridge().await?;
+        // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).
+        sandbox.watch_bridge()?;
         Ok(Self {
             sandbox,
             workers: Mutex::default(),

@@ -94,6 +94,9 @@ pub struct NetworkConfig {
     pub bridge: String,
     /// Worker subnet; the bridge takes the first host address.
     pub subnet: Ipv4Net,
+    /// Host ports (TCP and UDP) workers may open connections to; every other service on
+    /// the host is closed to them.
+    pub allow_host_ports: Vec<u16>,
 }
 
 impl Default for NetworkConfig {
@@ -101,6 +104,7 @@ impl Default for NetworkConfig {
         Self {
             bridge: "pdbr0".to_owned(),
             subnet: "10.213.0.0/16".parse().expect("valid default subnet"),
+            allow_host_ports: Vec::new(),
         }
     }
 }
@@ -377,6 +381,11 @@ fn render_issues(path: &Path, issues: &[ConfigIssue]) -> String {
 }
 
 impl ConfigIssue {
+    /// An issue about `key`, located in the file's `text` (for checks made elsewhere).
+    pub fn at_key(text: &str, key: KeyPath, message: impl Into<String>) -> Self {
+        locate::Locator::new(text).issue_at_key(key, message.into())
+    }
+
     pub fn render(&self, path: &Path) -> String {
         let location = match self.line_col {
             Some((line, col)) => format!("{}:{line}:{col}", path.display()),

@@ -76,7 +76,11 @@ fn fully_populated() -> Config {
         cgroup_parent,
         image_max_size,
     } = DaemonConfig::default();
-    let NetworkConfig { bridge, subnet } = NetworkConfig::default();
+    let NetworkConfig {
+        bridge,
+        subnet,
+        allow_host_ports,
+    } = NetworkConfig::default();
     let HealthConfig {
         kind,
         path,
@@ -103,7 +107,11 @@ fn fully_populated() -> Config {
             cgroup_parent,
             image_max_size,
         },
-        network: NetworkConfig { bridge, subnet },
+        network: NetworkConfig {
+            bridge,
+            subnet,
+            allow_host_ports,
+        },
         services: vec![ServiceConfig {
             name: "web".into(),
             listen: "10.212.0.1:80".parse().unwrap(),
@@ -326,6 +334,24 @@ fn subnet_must_hold_the_workers() {
     let text = format!("[network]\nsubnet = \"10.9.0.0/29\"\n{MINIMAL}");
     let message = error_text(&text);
     assert!(message.starts_with("/etc/poold.toml:2:1: network.subnet: 10.9.0.0/29 has 6 host addresses; 2 workers need at least 9"), "{message}");
+}
+
+#[test]
+fn allowed_host_ports_are_real_and_listed_once() {
+    let text = format!("[network]\nallow_host_ports = [53, 0, 53]\n{MINIMAL}");
+    let message = error_text(&text);
+    assert!(message.contains("/etc/poold.toml:2:1: network.allow_host_ports: entry 1: 0 is not a port; use 1 to 65535"), "{message}");
+    assert!(
+        message.contains("network.allow_host_ports: entry 2: port 53 is listed twice"),
+        "{message}"
+    );
+    let text = format!("[network]\nallow_host_ports = [70000]\n{MINIMAL}");
+    assert!(
+        error_text(&text).contains("network.allow_host_ports"),
+        "out of range"
+    );
+    let text = format!("[network]\nallow_host_ports = [53, 8125]\n{MINIMAL}");
+    assert_eq!(parse(&text).unwrap().network.allow_host_ports, [53, 8125]);
 }
 
 #[test]

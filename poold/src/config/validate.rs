@@ -152,6 +152,20 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("{bridge:?} is not a valid interface name (1 to {MAX_IFNAME_LEN} bytes, no '/', ':' or spaces)"),
         ));
     }
+    let mut seen = std::collections::HashSet::new();
+    for (index, port) in config.network.allow_host_ports.iter().enumerate() {
+        if *port == 0 {
+            problems.push(problem(
+                network.clone().key("allow_host_ports"),
+                format!("entry {index}: 0 is not a port; use 1 to 65535"),
+            ));
+        } else if !seen.insert(*port) {
+            problems.push(problem(
+                network.clone().key("allow_host_ports"),
+                format!("entry {index}: port {port} is listed twice"),
+            ));
+        }
+    }
     // The bridge takes one address; every worker needs one, twice over during surge
     // recycles, plus room for the allocator to quarantine freed addresses.
     let total_workers: u64 = config.services.iter().map(|s| u64::from(s.workers)).sum();

@@ -42,6 +42,25 @@ pub enum SandboxError {
         reason: String,
     },
 
+    /// The configured bridge name belongs to a link poold did not make and cannot share.
+    #[error(
+        "bridge {bridge:?} {problem}: poold uses only a bridge it made itself or an empty one \
+         (no ports, no addresses); pick another network.bridge name"
+    )]
+    ForeignBridge {
+        bridge: String,
+        problem: ForeignLink,
+    },
+
+    /// Installing or removing the workers' nftables table failed.
+    #[error("firewall: {action} nftables table inet {table}: {source}")]
+    Firewall {
+        table: String,
+        action: &'static str,
+        #[source]
+        source: super::firewall::NftError,
+    },
+
     /// The address pool of the service subnet is exhausted (free addresses may be quarantined).
     #[error("no free address in {subnet} ({quarantined} in quarantine)")]
     AddressesExhausted { subnet: String, quarantined: usize },
@@ -84,6 +103,17 @@ pub enum SandboxError {
         worker: String,
         failures: Vec<String>,
     },
+}
+
+/// Why an existing link cannot be poold's bridge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForeignLink {
+    #[error("is a {kind}, not a bridge")]
+    NotABridge { kind: String },
+    #[error("has port {port:?}, which poold did not attach")]
+    ForeignPort { port: String },
+    #[error("has address {address}, which poold did not add")]
+    ForeignAddress { address: String },
 }
 
 impl SandboxError {

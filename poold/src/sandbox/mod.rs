@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod error;
+mod firewall;
 pub mod init;
 mod net;
 mod rootfs;
@@ -25,7 +26,7 @@ mod spec;
 mod sys;
 
 pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
-pub use error::{Result, SandboxError};
+pub use error::{ForeignLink, Result, SandboxError};
 pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
@@ -50,7 +51,7 @@ use tracing::Instrument;
 
 use cgroup::WorkerCgroup;
 use init::HelperMsg;
-use net::WorkerNet;
+use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, WorkerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
 /// The bridge workers attach to.
@@ -62,6 +63,9 @@ pub struct BridgeConfig {
     pub subnet: Ipv4Net,
     /// How long a freed worker address rests before reuse (≥ 150 s in production).
     pub quarantine: Duration,
+    /// Host ports (TCP and UDP) workers may connect to; every other service of the host is
+    /// closed to them (nftables table `inet poold_<link_prefix>`, made with the bridge).
+    pub allow_host_ports: Vec<u16>,
 }
 
 /// Where the sandbox keeps its objects.
@@ -110,6 +114,8 @@ impl Default for SandboxConfig {
 pub struct CleanupReport {
     pub cgroups: Vec<String>,
     pub links: Vec<String>,
+    /// Bridges marked as this instance's (see [`Sandbox::bridge_marker`]).
+    pub bridges: Vec<String>,
     pub netns: Vec<PathBuf>,
     pub worker_dirs: Vec<PathBuf>,
     pub image_temp_dirs: Vec<PathBuf>,
@@ -125,8 +131,137 @@ pub struct Sandbox {
 struct Inner {
     config: SandboxConfig,
     addresses: Option<Mutex<AddressAllocator>>,
-    bridge_ready: Mutex<bool>,
     images: rootfs::ImageCache,
+    bridge: Option<BridgeSpec>,
+    /// `Some` once the bridge was made or taken over in this run (None: check it again).
+    bridge_state: Mutex<Option<BridgeOwnership>>,
+    /// Repairs the bridge on link events while set ([`Sandbox::watch_bridge`]).
+    watcher: Mutex<Option<BridgeWatcher>>,
+    /// Whether repairs are wanted (set before the watcher starts, cleared before removal).
+    watching: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    fn bridge_state(&self) -> std::sync::MutexGuard<'_, Option<BridgeOwnership>> {
+        self.bridge_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes or takes over the bridge unless done already in this run.
+    fn ensure_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.bridge else {
+            return Ok(());
+        };
+        let mut state = self.bridge_state();
+        if state.is_none() {
+            *state = Some(setup_bridge(spec)?);
+        }
+        Ok(())
+    }
+
+    fn remove_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.bridge else {
+            return Ok(());
+        };
+        // Stop repairs first; taking the state lock waits out one in progress.
+        drop(
+            self.watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let mut state = self.bridge_state();
+        let bridge = net::remove_bridge(spec, state.take());
+        let route = net::delete_unreachable_route(spec.subnet);
+        let firewall = firewall::remove(&spec.firewall_table);
+        bridge.and(route).and(firewall)
+    }
+
+    /// The watcher's check: makes the bridge again when it is missing, down or without its
+    /// address, restores the unreachable route and the firewall table when they are gone,
+    /// and puts live workers' host veths back on the bridge. Workers keep running: their
+    /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
+    /// bridge comes back with the same MAC, so their neighbour caches stay valid.
+    fn repair_bridge(&self) {
+        let Some(spec) = &self.bridge else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut state = self.bridge_state();
+        if !self.watching.load(Ordering::SeqCst) {
+            return; // removed meanwhile
+        }
+        let problem = match net::check_bridge(spec) {
+            Ok(BridgeFound::Missing) => Some("missing"),
+            Ok(BridgeFound::Usable { up: false, .. }) => Some("down"),
+            Ok(BridgeFound::Usable {
+                has_gateway: false, ..
+            }) => Some("gateway address missing"),
+            // Someone may have removed the route, or flushed the ruleset (a host firewall
+            // reload does that): either would open the host or let traffic leave it.
+            Ok(BridgeFound::Usable { .. }) => match net::has_unreachable_route(spec.subnet) {
+                Ok(false) => Some("unreachable route missing"),
+                _ if !firewall::exists(&spec.firewall_table) => Some("firewall table missing"),
+                _ => None,
+            },
+            Err(error) => {
+                tracing::error!(bridge = %spec.name, %error, "the bridge cannot be repaired");
+                return;
+            }
+        };
+        if problem.is_some() {
+            *state = None;
+            match setup_bridge(spec) {
+                Ok(ownership) => *state = Some(ownership),
+                Err(error) => {
+                    tracing::error!(bridge = %spec.name, %error, "repairing the bridge failed");
+                    return;
+                }
+            }
+        }
+        drop(state);
+        let reattached = match net::reattach_ports(spec) {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(bridge = %spec.name, %error, "reattaching worker veths failed");
+                return;
+            }
+        };
+        if problem.is_some() || !reattached.is_empty() {
+            tracing::warn!(
+                bridge = %spec.name,
+                problem = problem.unwrap_or("worker veths detached"),
+                reattached = reattached.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "bridge repaired"
+            );
+        }
+    }
+}
+
+/// The nftables table of the instance whose worker links start with `link_prefix`.
+pub fn firewall_table(link_prefix: &str) -> String {
+    format!("poold_{link_prefix}")
+}
+
+/// Sets up the workers' network on the host: checks the link under the bridge's name
+/// (refusing a foreign one before touching anything), installs the firewall (before the
+/// bridge exists, so no worker ever runs without it), then makes or takes over the bridge.
+fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
+    net::check_bridge(spec)?;
+    firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
+    net::ensure_bridge(spec)
+}
+
+/// The `ifalias` poold puts on a bridge it makes: `poold:<state dir>` (hashed when the
+/// path is too long for an alias), so each instance recognises its own bridge.
+fn bridge_marker(state_dir: &Path) -> String {
+    let marker = format!("poold:{}", state_dir.display());
+    if marker.len() < 128 {
+        return marker;
+    }
+    let h = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("poold:sha256:{hex}")
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -198,12 +333,23 @@ impl Sandbox {
             }
             None => None,
         };
+        let bridge = config.bridge.as_ref().map(|b| BridgeSpec {
+            name: b.name.clone(),
+            subnet: b.subnet,
+            marker: bridge_marker(&config.state_dir),
+            port_prefix: config.link_prefix.clone(),
+            firewall_table: firewall_table(&config.link_prefix),
+            allow_host_ports: b.allow_host_ports.clone(),
+        });
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 images: rootfs::ImageCache::new(config.image_cache.clone(), config.image_max_bytes),
                 config,
                 addresses,
-                bridge_ready: Mutex::new(false),
+                bridge,
+                bridge_state: Mutex::new(None),
+                watcher: Mutex::new(None),
+                watching: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -256,8 +402,50 @@ impl Sandbox {
 
     /// Blocking [`Sandbox::remove_bridge`], for Drop guards and non-async callers.
     pub fn remove_bridge_blocking(&self) -> Result<()> {
-        match &self.inner.config.bridge {
-            Some(b) => net::delete_link(&b.name),
+        self.inner.remove_bridge()
+    }
+
+    /// The `ifalias` that marks a bridge as made by this instance (same state dir).
+    pub fn bridge_marker(&self) -> Option<&str> {
+        self.inner.bridge.as_ref().map(|b| b.marker.as_str())
+    }
+
+    /// Makes the bridge or takes over an existing one poold may use (poold's own from an
+    /// earlier run, or an empty bridge); a foreign link is refused with
+    /// [`SandboxError::ForeignBridge`] and left as it was. Spawning does this too; call it at
+    /// start so a bad bridge fails the start rather than every spawn.
+    pub async fn ensure_bridge(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.ensure_bridge())
+            .await
+            .map_err(|e| SandboxError::net("ensure bridge", "", e))?
+    }
+
+    /// Watches the bridge from now on (rtnetlink link events, in a task of the current
+    /// runtime): when it vanishes, goes down or loses its address, it is made again and live
+    /// workers' host veths are put back on it, within moments, with a warning in the log.
+    /// Stops at [`Sandbox::remove_bridge`]. Needs a tokio runtime.
+    pub fn watch_bridge(&self) -> Result<()> {
+        let Some(spec) = &self.inner.bridge else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let check = Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.repair_bridge();
+            }
+        });
+        self.inner.watching.store(true, Ordering::SeqCst);
+        let watcher = BridgeWatcher::start(spec.name.clone(), Duration::from_secs(5), check)?;
+        *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+        Ok(())
+    }
+
+    /// Whether the configured bridge name is free or a bridge poold may use, changing
+    /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
+    pub fn check_bridge_blocking(&self) -> Result<()> {
+        match &self.inner.bridge {
+            Some(spec) => net::check_bridge(spec).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -286,17 +474,12 @@ impl Sandbox {
         }
     }
 
-    /// Deletes the configured bridge (for shutdown and tests); a missing bridge is fine.
+    /// Removes what poold put there (for shutdown and tests): the bridge if poold made it,
+    /// else only the address poold added to a borrowed bridge. Never a foreign link, also
+    /// not after a failed start; a missing bridge is fine.
     pub async fn remove_bridge(&self) -> Result<()> {
-        let Some(b) = self.inner.config.bridge.clone() else {
-            return Ok(());
-        };
-        *self
-            .inner
-            .bridge_ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = false;
-        tokio::task::spawn_blocking(move || net::delete_link(&b.name))
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.remove_bridge())
             .await
             .map_err(|e| SandboxError::net("delete bridge", "", e))?
     }
@@ -448,13 +631,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             let (Some(b), Some(alloc)) = (b, alloc) else {
                 unreachable!("checked above")
             };
-            {
-                let mut ready = inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner());
-                if !*ready {
-                    net::ensure_bridge(&b.name, b.subnet)?;
-                    *ready = true;
-                }
-            }
+            inner.ensure_bridge()?;
             let addr = alloc.lock().unwrap_or_else(|e| e.into_inner()).allocate()?;
             res.address = Some(addr);
             let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
@@ -463,7 +640,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
                 Ok(n) => res.net = Some(n),
                 Err(e) => {
                     // The bridge may have been removed behind our back: check it next time.
-                    *inner.bridge_ready.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                    *inner.bridge_state() = None;
                     return Err(e);
                 }
             }
@@ -824,6 +1001,18 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             }
         }
         Err(e) => failures.push(e.to_string()),
+    }
+    if let Some(b) = &cfg.bridge {
+        match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
+            Ok(bridges) => report.bridges = bridges,
+            Err(e) => failures.push(e.to_string()),
+        }
+        if let Err(e) = net::delete_unreachable_route(b.subnet) {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = firewall::remove(&firewall_table(&cfg.link_prefix)) {
+            failures.push(e.to_string());
+        }
     }
     let list = |dir: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(dir)

@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAttribute, RouteProtocol, RouteType};
+use netlink_packet_route::RouteNetlinkMessage;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use rtnetlink::{
@@ -28,7 +33,7 @@ use rtnetlink::{
 /// The worker's side of its veth pair.
 const WORKER_IF: &str = "eth0";
 
-use super::error::{Result, SandboxError};
+use super::error::{ForeignLink, Result, SandboxError};
 
 /// Time source of the address allocator (injectable for tests).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -187,46 +192,528 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
-/// Creates the bridge `name` with `gateway/prefix` and sets it up, if it does not exist.
-pub(crate) fn ensure_bridge(name: &str, subnet: Ipv4Net) -> Result<()> {
-    let name = name.to_string();
+/// What poold needs to know to make, check, share or remove its bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct BridgeSpec {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    /// The link alias (`ifalias`) poold puts on a bridge it makes: the kernel-side record
+    /// that the bridge is this instance's, which survives a crash of poold.
+    pub marker: String,
+    /// Host veth names of this instance's workers: `<prefix><8 hex>`.
+    pub port_prefix: String,
+    /// This instance's nftables table (`inet poold_<link prefix>`).
+    pub firewall_table: String,
+    /// Host ports workers may open connections to (every other one is closed to them).
+    pub allow_host_ports: Vec<u16>,
+}
+
+impl BridgeSpec {
+    /// A stable, locally administered MAC address: a bridge made again after it vanished
+    /// keeps the MAC its workers have in their neighbour caches, so they reach it at once.
+    fn mac(&self) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(self.marker.as_bytes());
+        vec![0x02, h[0], h[1], h[2], h[3], h[4]]
+    }
+
+    fn is_our_port(&self, name: &str) -> bool {
+        name.strip_prefix(&self.port_prefix)
+            .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+}
+
+/// Whose bridge poold runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BridgeOwnership {
+    /// poold made it (it carries the marker): deleted at shutdown.
+    Own,
+    /// An empty bridge someone else made: poold adds only the gateway address and removes
+    /// only that (if it added it), never the link.
+    Borrowed { added_address: bool },
+}
+
+/// What is at the bridge's name now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BridgeFound {
+    Missing,
+    /// A bridge poold may use; `has_gateway` when the gateway address is already there.
+    Usable {
+        index: u32,
+        ours: bool,
+        up: bool,
+        has_gateway: bool,
+    },
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_kind(m: &LinkMessage) -> Option<&InfoKind> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn link_alias(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_controller(m: &LinkMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(SandboxError::net("get link", name, e)),
+    }
+}
+
+async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>> {
+    h.link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| SandboxError::net("list links", "*", e))
+}
+
+/// Looks at the link named as the bridge and says whether poold may use it: a missing link,
+/// poold's own bridge, or an empty foreign bridge. Anything else (another kind of link,
+/// ports or addresses poold did not put there) is a [`SandboxError::ForeignBridge`].
+async fn inspect_bridge(h: &Handle, spec: &BridgeSpec) -> Result<BridgeFound> {
+    let Some(link) = get_link(h, &spec.name).await? else {
+        return Ok(BridgeFound::Missing);
+    };
+    let foreign = |problem| SandboxError::ForeignBridge {
+        bridge: spec.name.clone(),
+        problem,
+    };
+    match link_kind(&link) {
+        Some(InfoKind::Bridge) => {}
+        Some(kind) => {
+            return Err(foreign(ForeignLink::NotABridge {
+                kind: kind.to_string(),
+            }))
+        }
+        None => {
+            return Err(foreign(ForeignLink::NotABridge {
+                kind: "network device".into(),
+            }))
+        }
+    }
+    let index = link.header.index;
+    for port in all_links(h).await? {
+        if link_controller(&port) == Some(index) {
+            let name = link_name(&port).unwrap_or("?");
+            if !spec.is_our_port(name) {
+                return Err(foreign(ForeignLink::ForeignPort { port: name.into() }));
+            }
+        }
+    }
+    let gateway = IpAddr::V4(gateway_of(spec.subnet));
+    let mut has_gateway = false;
+    let mut addresses = h.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addresses
+        .try_next()
+        .await
+        .map_err(|e| SandboxError::net("list addresses", &spec.name, e))?
+    {
+        let prefix = a.header.prefix_len;
+        for attr in &a.attributes {
+            let AddressAttribute::Address(ip) = attr else {
+                continue;
+            };
+            // The kernel gives every up link an IPv6 link-local address of its own.
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if *ip == gateway && prefix == spec.subnet.prefix_len() {
+                has_gateway = true;
+            } else if !link_local {
+                return Err(foreign(ForeignLink::ForeignAddress {
+                    address: format!("{ip}/{prefix}"),
+                }));
+            }
+        }
+    }
+    Ok(BridgeFound::Usable {
+        index,
+        ours: link_alias(&link) == Some(spec.marker.as_str()),
+        up: link.header.flags.contains(LinkFlags::Up),
+        has_gateway,
+    })
+}
+
+/// Checks the link named as the bridge without changing anything (for `poold check`).
+pub(crate) fn check_bridge(spec: &BridgeSpec) -> Result<BridgeFound> {
+    let spec = spec.clone();
+    with_netlink(
+        None,
+        move |h| async move { inspect_bridge(&h, &spec).await },
+    )
+}
+
+/// Makes the bridge (marked as poold's, with its gateway address, up) or takes over an
+/// existing one poold may use; refuses anything else and changes nothing then.
+pub(crate) fn ensure_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
+    let spec = spec.clone();
     with_netlink(None, move |h| async move {
-        let index = match link_index(&h, &name).await? {
-            Some(i) => i,
-            None => {
-                match h.link().add(LinkBridge::new(&name).build()).execute().await {
+        let name = spec.name.clone();
+        let (index, ownership, has_gateway, up) = match inspect_bridge(&h, &spec).await? {
+            BridgeFound::Usable {
+                index,
+                ours,
+                up,
+                has_gateway,
+            } => {
+                let ownership = if ours {
+                    BridgeOwnership::Own
+                } else {
+                    BridgeOwnership::Borrowed {
+                        added_address: !has_gateway,
+                    }
+                };
+                (index, ownership, has_gateway, up)
+            }
+            BridgeFound::Missing => {
+                let bridge = LinkBridge::new(&name).address(spec.mac()).build();
+                match h.link().add(bridge).execute().await {
                     Err(e) if errno(&e) != Some(libc::EEXIST) => {
                         return Err(SandboxError::net("create bridge", &name, e))
                     }
-                    _ => {}
+                    Ok(()) => {}
+                    // Made by someone else meanwhile: look again.
+                    Err(_) => return adopt_raced(&h, &spec).await,
                 }
-                link_index(&h, &name)
+                let index = link_index(&h, &name)
                     .await?
-                    .ok_or_else(|| SandboxError::net("create bridge", &name, "vanished"))?
+                    .ok_or_else(|| SandboxError::net("create bridge", &name, "vanished"))?;
+                // The kernel ignores IFLA_IFALIAS when it creates a link: mark it now.
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .alias(spec.marker.clone())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| SandboxError::net("mark bridge", &name, e))?;
+                (index, BridgeOwnership::Own, false, false)
             }
         };
-        let gw = gateway_of(subnet);
-        match h
-            .address()
-            .add(index, IpAddr::V4(gw), subnet.prefix_len())
-            .execute()
-            .await
-        {
-            Err(e) if errno(&e) != Some(libc::EEXIST) => {
-                return Err(SandboxError::net(
-                    "add bridge address",
-                    format!("{name} {gw}"),
-                    e,
-                ))
+        if !has_gateway {
+            let gw = gateway_of(spec.subnet);
+            match h
+                .address()
+                .add(index, IpAddr::V4(gw), spec.subnet.prefix_len())
+                .execute()
+                .await
+            {
+                Err(e) if errno(&e) != Some(libc::EEXIST) => {
+                    return Err(SandboxError::net(
+                        "add bridge address",
+                        format!("{name} {gw}"),
+                        e,
+                    ))
+                }
+                _ => {}
             }
-            _ => {}
         }
-        h.link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| SandboxError::net("set bridge up", &name, e))
+        if !up {
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(|e| SandboxError::net("set bridge up", &name, e))?;
+        }
+        add_unreachable_route(&h, spec.subnet).await?;
+        Ok(ownership)
     })
+}
+
+/// A bridge appeared between our look and our create: check it like any existing link.
+async fn adopt_raced(h: &Handle, spec: &BridgeSpec) -> Result<BridgeOwnership> {
+    match inspect_bridge(h, spec).await? {
+        BridgeFound::Usable { ours: true, .. } => Ok(BridgeOwnership::Own),
+        _ => Err(SandboxError::net(
+            "create bridge",
+            &spec.name,
+            "another program created a link of that name at the same time",
+        )),
+    }
+}
+
+/// Removes what poold put on the bridge: the whole link if poold made it (it carries the
+/// marker), else only the gateway address when `ownership` says poold added it. A foreign
+/// link is never deleted.
+pub(crate) fn remove_bridge(spec: &BridgeSpec, ownership: Option<BridgeOwnership>) -> Result<()> {
+    let spec = spec.clone();
+    with_netlink(None, move |h| async move {
+        let Some(link) = get_link(&h, &spec.name).await? else {
+            return Ok(());
+        };
+        let index = link.header.index;
+        let is_bridge = link_kind(&link) == Some(&InfoKind::Bridge);
+        if is_bridge && link_alias(&link) == Some(spec.marker.as_str()) {
+            return match h.link().del(index).execute().await {
+                Err(e) if errno(&e) != Some(libc::ENODEV) => {
+                    Err(SandboxError::net("delete bridge", &spec.name, e))
+                }
+                _ => Ok(()),
+            };
+        }
+        if is_bridge
+            && ownership
+                == Some(BridgeOwnership::Borrowed {
+                    added_address: true,
+                })
+        {
+            let gw = IpAddr::V4(gateway_of(spec.subnet));
+            let mut addresses = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(gw)
+                .execute();
+            while let Some(a) = addresses
+                .try_next()
+                .await
+                .map_err(|e| SandboxError::net("list addresses", &spec.name, e))?
+            {
+                if a.header.prefix_len == spec.subnet.prefix_len() {
+                    h.address().del(a).execute().await.map_err(|e| {
+                        SandboxError::net("remove bridge address", format!("{} {gw}", spec.name), e)
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Deletes every bridge marked as this instance's (orphan cleanup: a crash left it, maybe
+/// under an older `network.bridge` name); returns their names.
+pub(crate) fn delete_marked_bridges(marker: &str) -> Result<Vec<String>> {
+    let marker = marker.to_string();
+    with_netlink(None, move |h| async move {
+        let mut deleted = Vec::new();
+        for link in all_links(&h).await? {
+            if link_kind(&link) == Some(&InfoKind::Bridge)
+                && link_alias(&link) == Some(marker.as_str())
+            {
+                let name = link_name(&link).unwrap_or("?").to_string();
+                match h.link().del(link.header.index).execute().await {
+                    Err(e) if errno(&e) != Some(libc::ENODEV) => {
+                        return Err(SandboxError::net("delete bridge", name, e))
+                    }
+                    _ => deleted.push(name),
+                }
+            }
+        }
+        Ok(deleted)
+    })
+}
+
+/// Metric of the unreachable route for the worker subnet: above the bridge's connected
+/// route (metric 0), so it only answers while the bridge (or its address) is gone. Then
+/// packets for workers fail on the host instead of following the default route off it.
+pub(crate) const UNREACHABLE_METRIC: u32 = 1_000_000;
+
+fn unreachable_route(subnet: Ipv4Net) -> netlink_packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .kind(RouteType::Unreachable)
+        .priority(UNREACHABLE_METRIC)
+        .protocol(RouteProtocol::Static)
+        .build()
+}
+
+async fn add_unreachable_route(h: &Handle, subnet: Ipv4Net) -> Result<()> {
+    match h.route().add(unreachable_route(subnet)).execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => Err(SandboxError::net(
+            "add unreachable route",
+            subnet.to_string(),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the subnet's unreachable route is there.
+pub(crate) fn has_unreachable_route(subnet: Ipv4Net) -> Result<bool> {
+    with_netlink(None, move |h| async move {
+        let want = unreachable_route(subnet);
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| SandboxError::net("list routes", subnet.to_string(), e))?
+        {
+            let same = |a: &RouteAttribute| want.attributes.contains(a);
+            if r.header.kind == RouteType::Unreachable
+                && r.header.destination_prefix_length == subnet.prefix_len()
+                && r.attributes
+                    .iter()
+                    .filter(|a| {
+                        matches!(
+                            a,
+                            RouteAttribute::Destination(_) | RouteAttribute::Priority(_)
+                        )
+                    })
+                    .filter(|a| same(a))
+                    .count()
+                    == 2
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+}
+
+/// Deletes the subnet's unreachable route (a missing one is fine).
+pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
+    with_netlink(None, move |h| async move {
+        match h.route().del(unreachable_route(subnet)).execute().await {
+            Err(e) if !matches!(errno(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Err(
+                SandboxError::net("delete unreachable route", subnet.to_string(), e),
+            ),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Puts the host veths of this instance's workers that hang off no bridge (their bridge was
+/// deleted under them) back on the bridge; returns their names.
+pub(crate) fn reattach_ports(spec: &BridgeSpec) -> Result<Vec<String>> {
+    let spec = spec.clone();
+    with_netlink(None, move |h| async move {
+        let Some(bridge) = link_index(&h, &spec.name).await? else {
+            return Ok(Vec::new());
+        };
+        let mut attached = Vec::new();
+        for link in all_links(&h).await? {
+            let Some(name) = link_name(&link) else {
+                continue;
+            };
+            if spec.is_our_port(name) && link_controller(&link) != Some(bridge) {
+                let name = name.to_string();
+                match h
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(link.header.index)
+                            .controller(bridge)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                {
+                    // Gone meanwhile (its worker was torn down): nothing to attach.
+                    Err(e) if errno(&e) == Some(libc::ENODEV) => {}
+                    Err(e) => return Err(SandboxError::net("attach to bridge", name, e)),
+                    Ok(()) => attached.push(name),
+                }
+            }
+        }
+        Ok(attached)
+    })
+}
+
+/// Whether an event may concern the bridge: a change or removal of a link named so, any
+/// removed address (address events carry only an index), any removed route.
+pub(crate) fn concerns_bridge(message: &RouteNetlinkMessage, bridge: &str) -> bool {
+    match message {
+        RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
+            link_name(m) == Some(bridge)
+        }
+        RouteNetlinkMessage::DelAddress(_) | RouteNetlinkMessage::DelRoute(_) => true,
+        _ => false,
+    }
+}
+
+/// Watches rtnetlink events (RTNLGRP_LINK; RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV4_ROUTE for
+/// removed addresses and routes) in a task and runs `check` (blocking, on the blocking pool) for each event that
+/// may concern the bridge: once at start, after every such event, and every `fallback` in
+/// case the kernel dropped events (a full multicast socket buffer). Stops when dropped.
+#[derive(Debug)]
+pub(crate) struct BridgeWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BridgeWatcher {
+    pub(crate) fn start(
+        bridge: String,
+        fallback: Duration,
+        check: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self> {
+        use futures::StreamExt;
+        let (conn, _handle, mut events) = rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Link,
+            rtnetlink::MulticastGroup::Ipv4Ifaddr,
+            rtnetlink::MulticastGroup::Ipv4Route,
+        ])
+        .map_err(|e| SandboxError::net("subscribe to link events", &bridge, e))?;
+        let task = tokio::spawn(async move {
+            // The socket's task ends with this one, also when this one is aborted.
+            let _conn = BridgeWatcher {
+                task: tokio::spawn(conn),
+            };
+            let mut tick = tokio::time::interval(fallback);
+            loop {
+                let c = check.clone();
+                let _ = tokio::task::spawn_blocking(move || c()).await;
+                loop {
+                    tokio::select! {
+                        event = events.next() => match event {
+                            Some((m, _)) => match m.payload {
+                                rtnetlink::packet_core::NetlinkPayload::InnerMessage(m)
+                                    if concerns_bridge(&m, &bridge) => break,
+                                _ => continue,
+                            },
+                            None => {
+                                tracing::error!(bridge = %bridge, "link event stream ended; the bridge is no longer watched");
+                                return;
+                            }
+                        },
+                        _ = tick.tick() => break,
+                    }
+                }
+            }
+        });
+        Ok(BridgeWatcher { task })
+    }
+}
+
+impl Drop for BridgeWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Deletes the link `name`; a missing link is fine.
@@ -257,7 +744,7 @@ pub(crate) fn links_with_prefix(prefix: &str) -> Result<Vec<String>> {
             .map_err(|e| SandboxError::net("list links", "*", e))?
         {
             for a in m.attributes {
-                if let netlink_packet_route::link::LinkAttribute::IfName(n) = a {
+                if let LinkAttribute::IfName(n) = a {
                     if n.starts_with(&prefix) {
                         names.push(n);
                     }

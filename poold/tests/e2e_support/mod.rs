@@ -177,6 +177,25 @@ subnet = "10.215.{tag}.0/24"
             !links.contains(&format!("{}:", self.bridge)),
             "bridge left behind:\n{links}"
         );
+        // The worker network's host side: the unreachable route and the firewall table.
+        let routes = Command::new("/usr/bin/ip")
+            .args(["route", "show", &format!("10.215.{}.0/24", self.tag)])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert!(routes.trim().is_empty(), "routes left behind:\n{routes}");
+        let config = poold::config::Config::load(&self.dir.path().join("poold.toml")).unwrap();
+        let prefix = poold::sandbox_runtime::sandbox_config(&config).link_prefix;
+        let table = poold::sandbox::firewall_table(&prefix);
+        let tables = Command::new("/usr/sbin/nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        let tables = String::from_utf8_lossy(&tables.stdout);
+        assert!(
+            !tables.lines().any(|l| l.ends_with(&format!(" {table}"))),
+            "nft table {table} left behind:\n{tables}"
+        );
         let new_links: Vec<_> = worker_links()
             .difference(&self.links_before)
             .cloned()

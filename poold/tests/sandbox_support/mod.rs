@@ -74,6 +74,7 @@ impl TestSandbox {
                 name: format!("pdbr{pid}x{tag}"),
                 subnet: format!("10.213.{tag}.0/24").parse().unwrap(),
                 quarantine: Duration::from_secs(150),
+                allow_host_ports: Vec::new(),
             }),
             writable_tmpfs_mib,
         };

@@ -1,0 +1,547 @@
+//! The worker network against a hostile or careless host (root needed): foreign links named
+//! as the bridge, a bridge deleted under running workers, workers reaching the host's own
+//! services. Every link a test makes has a unique name and is removed by a Drop guard; the
+//! host's real interfaces are never touched. Tags 70-79 (subnet 10.213.<tag>.0/24).
+
+mod sandbox_support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use poold::sandbox::{NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
+use sandbox_support::{eventually, TestSandbox};
+
+/// Wrapped in `worker_network` so `--filter worker_network` selects every test here.
+mod worker_network {
+    use super::*;
+
+    /// Runs `ip ARGS`, panicking with its stderr on failure.
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn link_exists(name: &str) -> bool {
+        Path::new("/sys/class/net").join(name).exists()
+    }
+
+    /// Links a test made itself; deleted when dropped, even when the test fails.
+    struct TestLinks(Vec<String>);
+
+    impl Drop for TestLinks {
+        fn drop(&mut self) {
+            for name in &self.0 {
+                let _ = Command::new("ip").args(["link", "del", name]).status();
+            }
+        }
+    }
+
+    fn bridge_name(t: &TestSandbox) -> String {
+        t.config().bridge.as_ref().unwrap().name.clone()
+    }
+
+    /// A unique link name of this test process (not the sandbox's worker prefix).
+    fn test_link(tag: u8, what: &str) -> String {
+        format!("pdf{what}{}x{tag}", std::process::id() % 100_000)
+    }
+
+    fn sleeper(t: &TestSandbox) -> WorkerSpec {
+        let mut spec = WorkerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
+        spec.args = vec!["600".into()];
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::Null;
+        spec
+    }
+
+    fn httpd(t: &TestSandbox) -> WorkerSpec {
+        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+        spec.args = ["-f", "-p", "8080", "-h", "/www"]
+            .map(String::from)
+            .to_vec();
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::Null;
+        spec
+    }
+
+    fn answers(addr: std::net::Ipv4Addr) -> bool {
+        let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_secs(1))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut r = String::new();
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut r).is_ok()
+            && r.contains("hello from the worker")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_link_that_is_not_a_bridge_is_refused_and_never_deleted() {
+        let t = TestSandbox::new(70);
+        let name = bridge_name(&t);
+        let peer = test_link(70, "p");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(
+            matches!(e, SandboxError::ForeignBridge { .. }),
+            "want ForeignBridge, got: {e}"
+        );
+        assert!(e.to_string().contains("veth, not a bridge"), "{e}");
+        // A failed start still runs the shutdown path: it must leave the veth alone.
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "the foreign veth was deleted");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(!addrs.contains("10.213.70.1"), "poold touched it: {addrs}");
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_foreign_bridge_with_addresses_or_ports_is_refused_and_kept() {
+        let t = TestSandbox::new(71);
+        let name = bridge_name(&t);
+        let (port, peer) = (test_link(71, "a"), test_link(71, "b"));
+        let _links = TestLinks(vec![name.clone(), port.clone()]);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        ip(&["addr", "add", "198.18.71.1/24", "dev", &name]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(
+            matches!(e, SandboxError::ForeignBridge { .. }),
+            "want ForeignBridge, got: {e}"
+        );
+        assert!(e.to_string().contains("198.18.71.1/24"), "{e}");
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "the foreign bridge was deleted");
+        assert!(ip(&["-4", "addr", "show", "dev", &name]).contains("198.18.71.1/24"));
+
+        ip(&["addr", "flush", "dev", &name]);
+        ip(&["link", "add", &port, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &port, "master", &name]);
+        let e = t.sandbox.spawn(sleeper(&t)).await.unwrap_err();
+        assert!(e.to_string().contains(&port), "names the port: {e}");
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name) && link_exists(&port));
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_foreign_bridge_is_borrowed_and_only_poolds_address_removed() {
+        let t = TestSandbox::new(72);
+        let name = bridge_name(&t);
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "bridge"]);
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers", || answers(addr).then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(link_exists(&name), "a borrowed bridge stays");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(
+            !addrs.contains("10.213.72.1"),
+            "poold's address stays: {addrs}"
+        );
+        t.assert_nothing_left();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_bridge_poold_made_is_marked_adopted_after_a_restart_and_removed() {
+        let t = TestSandbox::new(73);
+        let name = bridge_name(&t);
+        let w = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let alias = std::fs::read_to_string(format!("/sys/class/net/{name}/ifalias")).unwrap();
+        assert!(alias.starts_with("poold:"), "marked: {alias:?}");
+        w.destroy().await.unwrap();
+        // A restart of the same instance (same state dir) takes its own bridge back.
+        let again = poold::sandbox::Sandbox::new(t.config().clone()).unwrap();
+        let w = again.spawn(sleeper(&t)).await.unwrap();
+        w.destroy().await.unwrap();
+        again.remove_bridge().await.unwrap();
+        assert!(!link_exists(&name), "poold's own bridge is removed");
+        t.assert_nothing_left();
+    }
+
+    #[test]
+    fn poold_check_names_a_link_that_is_not_a_bridge() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = test_link(74, "v");
+        let peer = test_link(74, "w");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let path = dir.path().join("poold.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{name}\"\nsubnet = \"10.213.74.0/24\"\n\n\
+                 [[service]]\nname = \"web\"\nlisten = \"10.212.74.1:80\"\nworkers = 1\nport = 8080\n\
+                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_poold"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "check passed: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}:5:1: network.bridge: {name:?} is a veth, not a bridge",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+
+    /// `ip route get ADDR`, stdout and stderr.
+    fn route_get(addr: std::net::Ipv4Addr) -> String {
+        let out = Command::new("ip")
+            .args(["route", "get", &addr.to_string()])
+            .output()
+            .expect("run ip");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The route to a worker goes over the bridge or nowhere (unreachable), never via
+    /// another device (the default route, off the host).
+    fn stays_on_host(route: &str, bridge: &str) -> bool {
+        match route.split_whitespace().skip_while(|w| *w != "dev").nth(1) {
+            Some(dev) => dev == bridge,
+            None => true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_deleted_bridge_never_routes_worker_traffic_off_the_host_and_is_repaired() {
+        let t = TestSandbox::new(75);
+        let name = bridge_name(&t);
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers", || answers(addr).then_some(())).await;
+
+        // Nobody repairs it yet: the worker subnet must not fall through to another route.
+        ip(&["link", "del", &name]);
+        let route = route_get(addr);
+        assert!(
+            stays_on_host(&route, &name),
+            "with the bridge gone: {route}"
+        );
+        assert!(route.contains("No route to host"), "{route}");
+
+        // The watcher repairs what it finds at start...
+        t.sandbox.watch_bridge().unwrap();
+        eventually("repaired at start", || answers(addr).then_some(())).await;
+        // ...and on link events, while the worker runs.
+        let breakages: [&[&str]; 2] = [&["link", "del", &name], &["link", "set", &name, "down"]];
+        for breakage in breakages {
+            let started = std::time::Instant::now();
+            ip(breakage);
+            eventually("repaired", || {
+                let route = route_get(addr);
+                assert!(stays_on_host(&route, &name), "after {breakage:?}: {route}");
+                answers(addr).then_some(())
+            })
+            .await;
+            eprintln!(
+                "{breakage:?}: answering again after {:?}",
+                started.elapsed()
+            );
+        }
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!link_exists(&name));
+        let routes = ip(&["route", "show", "10.213.75.0/24"]);
+        assert!(routes.trim().is_empty(), "left: {routes}");
+        t.assert_nothing_left();
+    }
+
+    /// A host service on all addresses that greets whoever connects and counts them.
+    struct HostService {
+        port: u16,
+        accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn host_service() -> HostService {
+        // [::] takes IPv4 too (bindv6only is 0 by default): the usual "all addresses".
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(b"host-secret\n");
+            }
+        });
+        HostService { port, accepted }
+    }
+
+    /// Runs a worker that tries `port` at each address and reports what it read. It first
+    /// waits until its own IPv6 link-local address is usable (no longer tentative).
+    async fn try_host_ports(
+        sandbox: &poold::sandbox::Sandbox,
+        t: &TestSandbox,
+        targets: &[String],
+        port: u16,
+    ) -> String {
+        let mut script = String::from(
+            "i=0; while [ $i -lt 100 ] && ! grep -q ' 20 80 *eth0$' /proc/net/if_inet6; \
+             do sleep 0.1; i=$((i+1)); done; ",
+        );
+        for a in targets {
+            script.push_str(&format!("echo \"{a}=$(nc -w 2 {a} {port} </dev/null)\"; "));
+        }
+        let out = t.dir.path().join("probe.txt");
+        let _ = std::fs::remove_file(&out);
+        let mut spec = WorkerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
+        spec.args = vec!["-c".into(), script];
+        spec.network = NetworkMode::Bridged;
+        spec.output = Output::File(out.clone());
+        let mut w = sandbox.spawn(spec).await.unwrap();
+        w.wait().await.unwrap();
+        w.destroy().await.unwrap();
+        std::fs::read_to_string(&out).unwrap()
+    }
+
+    /// The bridge's usable IPv6 link-local address, as a worker names it (`%eth0`), once a
+    /// worker (`carrier`) is attached and duplicate address detection is over.
+    async fn bridge_link_local(bridge: &str) -> String {
+        eventually("the bridge's link-local address", || {
+            let out = ip(&["-6", "addr", "show", "dev", bridge, "scope", "link"]);
+            let line = out.lines().find(|l| l.contains("inet6 fe80"))?;
+            if line.contains("tentative") {
+                return None;
+            }
+            let addr = line.split_whitespace().nth(1)?.split('/').next()?;
+            Some(format!("{addr}%eth0"))
+        })
+        .await
+    }
+
+    fn nft_table_exists(table: &str) -> bool {
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nft");
+        Command::new(nft)
+            .args(["list", "table", "inet", table])
+            .output()
+            .expect("run nft")
+            .status
+            .success()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn workers_reach_no_host_service_except_listed_ports() {
+        let t = TestSandbox::new(76);
+        let service = host_service();
+        // Another address of the host, on a link of the test's own.
+        let (other_link, other_peer) = (test_link(76, "h"), test_link(76, "i"));
+        let _links = TestLinks(vec![other_link.clone()]);
+        ip(&[
+            "link",
+            "add",
+            &other_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &other_peer,
+        ]);
+        ip(&["addr", "add", "198.18.76.1/32", "dev", &other_link]);
+        ip(&["link", "set", &other_link, "up"]);
+        let gateway = "10.213.76.1".to_string();
+        let other = "198.18.76.1".to_string();
+        let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+        let bridge = bridge_name(&t);
+
+        // Closed by default, through the gateway, another host address and the bridge's IPv6
+        // link-local address (the listener takes both families)...
+        let carrier = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let targets = [gateway, other, bridge_link_local(&bridge).await];
+        let seen = try_host_ports(&t.sandbox, &t, &targets, service.port).await;
+        assert!(
+            !seen.contains("host-secret"),
+            "a worker reached the host: {seen}"
+        );
+        assert_eq!(
+            service.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{seen}"
+        );
+        assert!(nft_table_exists(&table));
+        carrier.destroy().await.unwrap();
+        // ...while the host still reaches workers (health checks, proxy: replies pass).
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let addr = w.address().unwrap();
+        eventually("httpd answers the host", || answers(addr).then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!nft_table_exists(&table), "the table goes with the bridge");
+
+        // Open when listed.
+        let mut config = t.config().clone();
+        config.bridge.as_mut().unwrap().allow_host_ports = vec![service.port];
+        let open = poold::sandbox::Sandbox::new(config).unwrap();
+        let carrier = open.spawn(sleeper(&t)).await.unwrap();
+        let targets = [
+            targets[0].clone(),
+            targets[1].clone(),
+            bridge_link_local(&bridge).await,
+        ];
+        let seen = try_host_ports(&open, &t, &targets, service.port).await;
+        assert_eq!(
+            seen.matches("host-secret").count(),
+            3,
+            "listed port closed: {seen}"
+        );
+        carrier.destroy().await.unwrap();
+        open.remove_bridge().await.unwrap();
+        assert!(!nft_table_exists(&table), "the table goes with the bridge");
+        t.assert_nothing_left();
+    }
+
+    /// The daemon's start path: a foreign link fails the start, clearly, and survives it
+    /// (the shutdown after a failed start removes only what poold made).
+    #[test]
+    fn poold_refuses_to_start_on_a_foreign_link_and_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = test_link(77, "v");
+        let peer = test_link(77, "w");
+        let _links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let path = dir.path().join("poold.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nstate_dir = \"{state}\"\ncontrol_socket = \"{state}/ctl.sock\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\nbalancer = \"proxy\"\n\
+                 cgroup_parent = \"poold-nettest-{pid}\"\n\n\
+                 [network]\nbridge = \"{name}\"\nsubnet = \"10.213.77.0/24\"\n\n\
+                 [[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nworkers = 1\nport = 8080\n\
+                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+                state = dir.path().join("state").display(),
+                pid = std::process::id(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("poold.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_poold"))
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // A refused start ends at once; a poold still running after this bound took the link.
+        let status = (0..300).find_map(|_| {
+            let done = child.try_wait().unwrap();
+            if done.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "poold started ({status:?}): {stderr}"
+        );
+        assert!(stderr.contains("is a veth, not a bridge"), "{stderr}");
+        assert!(link_exists(&name), "the foreign veth was deleted");
+        let addrs = ip(&["-4", "addr", "show", "dev", &name]);
+        assert!(
+            addrs.trim().is_empty() || !addrs.contains("inet "),
+            "{addrs}"
+        );
+        let routes = ip(&["route", "show", "10.213.77.0/24"]);
+        assert!(routes.trim().is_empty(), "{routes}");
+    }
+
+    /// A host firewall reload (`nft flush ruleset` style) or a route cleanup must not leave
+    /// the workers' host open or their traffic free to leave: the watcher restores both.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_removed_firewall_table_or_unreachable_route_is_restored() {
+        let t = TestSandbox::new(78);
+        let w = t.sandbox.spawn(sleeper(&t)).await.unwrap();
+        let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+        let subnet = "10.213.78.0/24";
+        let has_route =
+            || ip(&["route", "show", "type", "unreachable", subnet]).contains("metric 1000000");
+        assert!(has_route() && nft_table_exists(&table));
+        t.sandbox.watch_bridge().unwrap();
+        let nft = ["/usr/sbin/nft", "/sbin/nft"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nft");
+        let deleted = Command::new(nft)
+            .args(["delete", "table", "inet", &table])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+        eventually("firewall table restored", || {
+            nft_table_exists(&table).then_some(())
+        })
+        .await;
+        ip(&["route", "del", "unreachable", subnet, "metric", "1000000"]);
+        eventually("unreachable route restored", || has_route().then_some(())).await;
+        w.destroy().await.unwrap();
+        t.sandbox.remove_bridge().await.unwrap();
+        assert!(!has_route() && !nft_table_exists(&table));
+        t.assert_nothing_left();
+    }
+
+    /// The daemon's runtime sets the bridge up at start, watches it, and takes the bridge,
+    /// route and firewall table away at shutdown.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_daemons_runtime_repairs_its_bridge_and_removes_it_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id() % 100_000;
+        let bridge = format!("pdbr{pid}x79");
+        let text = format!(
+            "[daemon]\nstate_dir = \"{}\"\ncgroup_parent = \"poold-nettest-{pid}-79\"\n\n\
+             [network]\nbridge = \"{bridge}\"\nsubnet = \"10.213.79.0/24\"\n\n\
+             [[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nworkers = 1\nport = 8080\n\
+             rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+            dir.path().join("state").display()
+        );
+        let config = poold::config::Config::parse(&text, Path::new("test.toml")).unwrap();
+        let table = poold::sandbox::firewall_table(
+            &poold::sandbox_runtime::sandbox_config(&config).link_prefix,
+        );
+        let _links = TestLinks(vec![bridge.clone()]);
+        let runtime = poold::sandbox_runtime::SandboxRuntime::start(&config)
+            .await
+            .unwrap();
+        assert!(link_exists(&bridge) && nft_table_exists(&table));
+        ip(&["link", "del", &bridge]);
+        eventually("the runtime's watcher makes the bridge again", || {
+            // Once back it stays: the short circuit never asks ip about a missing link.
+            (link_exists(&bridge)
+                && ip(&["-4", "addr", "show", "dev", &bridge]).contains("10.213.79.1/24"))
+            .then_some(())
+        })
+        .await;
+        runtime.shutdown().await.unwrap();
+        assert!(!link_exists(&bridge), "poold's bridge is removed");
+        assert!(!nft_table_exists(&table));
+        let routes = ip(&["route", "show", "10.213.79.0/24"]);
+        assert!(routes.trim().is_empty(), "{routes}");
+    }
+}
