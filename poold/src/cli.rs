@@ -132,6 +132,13 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
 
 /// `poold --config FILE`: runs until SIGINT or SIGTERM.
 pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
+    // First of all: a second poold with this state directory must not touch anything
+    // (orphan cleanup would kill the running instance's workers).
+    let state = crate::state_dir::StateDir::open(&config.daemon.state_dir)?;
+    match crate::conn_limit::raise_nofile_limit() {
+        Ok(limits) => crate::sandbox_runtime::set_worker_nofile(limits),
+        Err(error) => tracing::warn!(%error, "raising RLIMIT_NOFILE failed"),
+    }
     let runtime = Arc::new(crate::sandbox_runtime::SandboxRuntime::start(&config).await?);
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -145,5 +152,6 @@ pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError
     if let Err(error) = runtime.shutdown().await {
         tracing::warn!(%error, "removing the bridge or the cgroup parent failed");
     }
+    state.release();
     result
 }

@@ -46,6 +46,9 @@ pub struct DaemonConfig {
     /// is poold's: it is emptied at start and removed at shutdown. Two poolds on one host
     /// need different ones.
     pub cgroup_parent: String,
+    /// Members of this group (name or gid) may use the control socket too; unset: root only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -57,6 +60,7 @@ impl Default for DaemonConfig {
             balancer: BalancerChoice::Auto,
             log_level: "info".to_owned(),
             cgroup_parent: "poold".to_owned(),
+            control_group: None,
         }
     }
 }
@@ -119,6 +123,10 @@ pub struct ServiceConfig {
     /// Balancer weight of each ready worker.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Client connections the proxy balancer holds open for this service; beyond, the one
+    /// idle the longest makes room (IPVS does not apply it).
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_client_connections: u32,
     /// The port the workers listen on inside their namespaces.
     pub port: u16,
     /// "host", a directory, or a .tar / .tar.gz / .tgz archive.
@@ -417,6 +425,11 @@ mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    /// Two descriptors each (client and worker side): 8192 of them, well inside the usual
+    /// hard RLIMIT_NOFILE; the workers of a prefork pool rarely serve more at once.
+    pub fn max_client_connections() -> u32 {
+        4096
     }
 }
 

@@ -74,6 +74,7 @@ fn fully_populated() -> Config {
         balancer,
         log_level,
         cgroup_parent,
+        control_group: _,
     } = DaemonConfig::default();
     let NetworkConfig { bridge, subnet } = NetworkConfig::default();
     let HealthConfig {
@@ -100,6 +101,7 @@ fn fully_populated() -> Config {
             balancer,
             log_level,
             cgroup_parent,
+            control_group: Some("poold".into()),
         },
         network: NetworkConfig { bridge, subnet },
         services: vec![ServiceConfig {
@@ -109,6 +111,7 @@ fn fully_populated() -> Config {
             scheduler: "wlc".into(),
             workers: 1,
             weight: 1,
+            max_client_connections: 4096,
             port: 8080,
             rootfs: "host".into(),
             command: vec!["/bin/true".into()],
