@@ -307,8 +307,8 @@ pub fn recycle_closes_idle_clients_of_gone_workers() {
 const ATTACK_ENV: &str = "POOLD_E2E_ATTACK";
 
 /// The hostile client, run as user nobody by [`hostile_clients_change_nothing`] (this test
-/// binary re-executed with `POOLD_E2E_ATTACK="COUNT METRICS_ADDR SERVICE_ADDR"`): opens COUNT
-/// idle connections to each address from 127.0.0.2-9, prints `opened M S`, and holds them
+/// binary re-executed with `POOLD_E2E_ATTACK="COUNT ADDR..."`): opens COUNT idle
+/// connections to each address from 127.0.0.2-9, prints `opened N...`, and holds them
 /// until its stdin closes. Does nothing without the variable.
 pub fn attacker_main() {
     let Ok(plan) = std::env::var(ATTACK_ENV) else {
@@ -342,14 +342,14 @@ pub fn attacker_main() {
                 async move {
                     let socket = tokio::net::TcpSocket::new_v4().ok()?;
                     socket.bind(source).ok()?;
-                    tokio::time::timeout(Duration::from_secs(3), socket.connect(target))
+                    tokio::time::timeout(Duration::from_secs(1), socket.connect(target))
                         .await
                         .ok()?
                         .ok()
                 }
             });
             let streams: Vec<_> = futures::stream::iter(attempts)
-                .buffer_unordered(256)
+                .buffer_unordered(1024)
                 .filter_map(|s| async move { s })
                 .collect()
                 .await;
@@ -441,7 +441,8 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
                 .next()
                 .expect("attacker ended before opening its connections")
                 .unwrap();
-            if let Some(count) = line.strip_prefix("opened ") {
+            // libtest has already written "test NAME ... " on this line.
+            if let Some((_, count)) = line.split_once("opened ") {
                 break count.to_owned();
             }
         };
