@@ -31,7 +31,7 @@ pub enum DaemonError {
 }
 
 /// The gid of `daemon.control_group` (a group name or a number).
-fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
+pub fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(nix::unistd::Gid::from_raw(gid));
     }

@@ -8,6 +8,7 @@
 //! before anything else happens, and the lock file names the holder's pid.
 
 use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Gid;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -57,7 +58,10 @@ pub struct StateDir {
 impl StateDir {
     /// Creates the state directory (and missing parents) or corrects its mode, makes its
     /// subdirectories private, and locks it. Fails if another process holds the lock.
-    pub fn open(path: &Path) -> Result<Self, StateDirError> {
+    /// `socket_group`: the control socket lives directly in the state directory and this
+    /// group may use it, so the directory is 0710 and owned by the group (members can reach
+    /// the socket, list nothing, and every subdirectory stays 0700).
+    pub fn open(path: &Path, socket_group: Option<Gid>) -> Result<Self, StateDirError> {
         let io = |operation, source| StateDirError::Io {
             path: path.to_owned(),
             operation,
@@ -73,8 +77,15 @@ impl StateDir {
                 uid,
             });
         }
-        std::fs::set_permissions(path, Permissions::from_mode(PRIVATE_DIR))
-            .map_err(|e| io("chmod 0700", e))?;
+        if let Some(group) = socket_group {
+            nix::unistd::chown(path, None, Some(group)).map_err(|e| io("chgrp", e.into()))?;
+        }
+        let mode = if socket_group.is_some() {
+            0o710
+        } else {
+            PRIVATE_DIR
+        };
+        std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
         let lock_path = path.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
@@ -161,12 +172,12 @@ mod tests {
         std::fs::create_dir_all(state.join("images/abc")).unwrap();
         std::fs::set_permissions(&state, Permissions::from_mode(0o777)).unwrap();
         std::fs::set_permissions(state.join("images"), Permissions::from_mode(0o755)).unwrap();
-        let held = StateDir::open(&state).unwrap();
+        let held = StateDir::open(&state, None).unwrap();
         assert_eq!(mode(&state), 0o700);
         for sub in SUBDIRS {
             assert_eq!(mode(&state.join(sub)), 0o700, "{sub}");
         }
-        let again = StateDir::open(&state).unwrap_err().to_string();
+        let again = StateDir::open(&state, None).unwrap_err().to_string();
         let pid = std::process::id();
         assert!(again.contains(&format!("pid {pid}")), "{again}");
         held.release();
@@ -175,6 +186,19 @@ mod tests {
             state.join("images/abc").exists(),
             "the image cache was removed"
         );
-        StateDir::open(&state).unwrap().release();
+        StateDir::open(&state, None).unwrap().release();
+    }
+
+    #[test]
+    fn a_control_group_may_traverse_to_the_socket_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let held = StateDir::open(&state, Some(Gid::from_raw(65534))).unwrap();
+        assert_eq!(mode(&state), 0o710);
+        assert_eq!(std::fs::metadata(&state).unwrap().gid(), 65534);
+        for sub in SUBDIRS {
+            assert_eq!(mode(&state.join(sub)), 0o700, "{sub}");
+        }
+        held.release();
     }
 }
