@@ -141,7 +141,7 @@ pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError
         .map(crate::daemon::control_group)
         .transpose()?;
     // Members of control_group must be able to reach a socket kept in the state directory.
-    let socket_group = group.filter(|_| daemon.control_socket.parent() == Some(&daemon.state_dir));
+    let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
     let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
     match crate::conn_limit::raise_nofile_limit() {
         Ok(limits) => crate::sandbox_runtime::set_worker_nofile(limits),

@@ -58,7 +58,7 @@ pub struct StateDir {
 impl StateDir {
     /// Creates the state directory (and missing parents) or corrects its mode, makes its
     /// subdirectories private, and locks it. Fails if another process holds the lock.
-    /// `socket_group`: the control socket lives directly in the state directory and this
+    /// `socket_group`: the control socket lives in the state directory and this
     /// group may use it, so the directory is 0710 and owned by the group (members can reach
     /// the socket, list nothing, and every subdirectory stays 0700).
     pub fn open(path: &Path, socket_group: Option<Gid>) -> Result<Self, StateDirError> {

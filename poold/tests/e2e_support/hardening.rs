@@ -336,23 +336,30 @@ pub fn attacker_main() {
         let mut opened = Vec::new();
         let mut held = Vec::new();
         for target in &targets {
-            let attempts = (0..count).map(|n| {
-                let source = SocketAddr::from(([127, 0, 0, 2 + (n % 8) as u8], 0));
-                let target = *target;
-                async move {
-                    let socket = tokio::net::TcpSocket::new_v4().ok()?;
-                    socket.bind(source).ok()?;
-                    tokio::time::timeout(Duration::from_secs(1), socket.connect(target))
-                        .await
-                        .ok()?
-                        .ok()
-                }
-            });
-            let streams: Vec<_> = futures::stream::iter(attempts)
-                .buffer_unordered(1024)
-                .filter_map(|s| async move { s })
-                .collect()
-                .await;
+            // A connect whose SYN was dropped (a full accept queue) is tried again, until
+            // every connection is open or a minute has passed.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut streams = Vec::new();
+            while streams.len() < count && Instant::now() < deadline {
+                let attempts = (streams.len()..count).map(|n| {
+                    let source = SocketAddr::from(([127, 0, 0, 2 + (n % 8) as u8], 0));
+                    let target = *target;
+                    async move {
+                        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                        socket.bind(source).ok()?;
+                        tokio::time::timeout(Duration::from_secs(3), socket.connect(target))
+                            .await
+                            .ok()?
+                            .ok()
+                    }
+                });
+                let batch: Vec<_> = futures::stream::iter(attempts)
+                    .buffer_unordered(1024)
+                    .filter_map(|s| async move { s })
+                    .collect()
+                    .await;
+                streams.extend(batch);
+            }
             opened.push(streams.len());
             held.extend(streams);
         }
@@ -431,11 +438,11 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
             .spawn()
             .unwrap();
             let stdout = attacker.stdout.take().unwrap();
-            attackers.push((target, attacker, BufReader::new(stdout).lines()));
+            attackers.push((target, n, attacker, BufReader::new(stdout).lines()));
         }
     }
     let mut opened = Vec::new();
-    for (target, _, lines) in &mut attackers {
+    for (target, n, _, lines) in &mut attackers {
         let count = loop {
             let line = lines
                 .next()
@@ -446,6 +453,11 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
                 break count.to_owned();
             }
         };
+        assert_eq!(
+            count.trim().parse::<usize>().ok(),
+            Some(*n),
+            "the hostile client could not open all its connections to {target}"
+        );
         opened.push(format!("{target}: {count}"));
     }
     eprintln!(
@@ -488,7 +500,7 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
         wrk.wait_with_output().unwrap()
     };
     let scraped = scrape(metrics);
-    for (_, mut attacker, _) in attackers {
+    for (_, _, mut attacker, _) in attackers {
         drop(attacker.stdin.take());
         let _ = attacker.wait();
     }
