@@ -25,7 +25,9 @@ static FDS_IN_USE: AtomicUsize = AtomicUsize::new(0);
 /// Most descriptors connections may hold; `usize::MAX` until [`set_fd_budget`] is called.
 static FD_BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// Descriptors kept free for everything that is not a client connection: at least this
+/// Descriptors kept free for everything that is not a proxy or /metrics client: health
+/// checks, workers, netlink, logs and the control socket's connections (which do not count
+/// against the budget, so no flood elsewhere can lock the operator out). At least this
 /// many, or a tenth of the limit if that is more.
 pub const MIN_FD_RESERVE: u64 = 256;
 

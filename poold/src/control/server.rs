@@ -119,12 +119,9 @@ pub async fn serve(
         }
         let listener = bind_private(path, options.group).map_err(socket_error)?;
         info!(socket = %path.display(), group = ?options.group.map(Gid::as_raw), "control socket listening");
-        let limiter = ConnLimiter::new(
-            "control",
-            CONTROL_MAX_CONNECTIONS,
-            CONTROL_MIN_IDLE,
-            1,
-        );
+        // 0 descriptors against the shared budget: the control socket's few connections
+        // come out of the reserve, so clients of the proxy or /metrics can never starve it.
+        let limiter = ConnLimiter::new("control", CONTROL_MAX_CONNECTIONS, CONTROL_MIN_IDLE, 0);
         let router = router(pools);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {

@@ -418,6 +418,7 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
         .unwrap_or(usize::MAX)
         .min(12_500);
     let exe = std::env::current_exe().unwrap();
+    let attack_started = Instant::now();
     let mut attackers = Vec::new();
     for target in [metrics, SocketAddr::from(([127, 0, 0, 1], port))] {
         let mut left = count;
@@ -461,8 +462,9 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
         opened.push(format!("{target}: {count}"));
     }
     eprintln!(
-        "hostile clients as uid {NOBODY}, {} processes: connections completed: {opened:?}",
-        attackers.len()
+        "hostile clients as uid {NOBODY}, {} processes: connections completed in {:?}: {opened:?}",
+        attackers.len(),
+        attack_started.elapsed()
     );
     // Idle long enough to be the first to go when a real client needs room.
     std::thread::sleep(Duration::from_millis(1500));
