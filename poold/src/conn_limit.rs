@@ -82,9 +82,17 @@ fn give_back_fds(fds: usize) {
     FDS_IN_USE.fetch_sub(fds, Ordering::SeqCst);
 }
 
+/// Connections of one limiter told to close that have not closed yet. Their descriptors
+/// already count for the connections that replaced them, so this bounds how far the
+/// process can go past the budget (into the reserve) while a flood of new connections
+/// evicts faster than the evicted tasks run.
+const MAX_PENDING_EVICTIONS: usize = 32;
+
 /// What one admitted connection shares with its limiter.
 #[derive(Debug)]
 struct Conn {
+    /// Told to close (and out of the map): its drop ends a pending eviction.
+    was_evicted: std::sync::atomic::AtomicBool,
     /// Milliseconds since the limiter's epoch of the last byte read on either side.
     last_active_ms: AtomicU64,
     /// Requests in flight (HTTP listeners): a connection waiting for its answer is not idle.
@@ -102,6 +110,8 @@ struct Inner {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Evicted connections whose task has not dropped them yet.
+    pending_evictions: AtomicUsize,
 }
 
 impl Inner {
@@ -128,6 +138,7 @@ impl ConnLimiter {
                 epoch: Instant::now(),
                 next_id: AtomicU64::new(0),
                 open: Mutex::default(),
+                pending_evictions: AtomicUsize::new(0),
             }),
         }
     }
@@ -145,6 +156,13 @@ impl ConnLimiter {
         let over_limit = open.len() >= inner.max;
         let fds_taken = !over_limit && take_fds(inner.fds_per_conn);
         if !fds_taken {
+            if inner.pending_evictions.load(Ordering::SeqCst) >= MAX_PENDING_EVICTIONS {
+                debug!(
+                    listener = inner.what,
+                    "evicted connections have not closed yet; closing the new connection"
+                );
+                return None;
+            }
             let now = inner.now_ms();
             let min_idle = u64::try_from(inner.min_idle.as_millis()).unwrap_or(u64::MAX);
             let victim = open
@@ -169,6 +187,8 @@ impl ConnLimiter {
             // The victim's descriptors pass to the new connection: its task closes them
             // as soon as it is woken.
             let conn = open.remove(&victim).expect("victim is open");
+            conn.was_evicted.store(true, Ordering::SeqCst);
+            inner.pending_evictions.fetch_add(1, Ordering::SeqCst);
             conn.evicted.notify_one();
             debug!(
                 listener = inner.what,
@@ -177,6 +197,7 @@ impl ConnLimiter {
         }
         let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
         let conn = Arc::new(Conn {
+            was_evicted: std::sync::atomic::AtomicBool::new(false),
             last_active_ms: AtomicU64::new(inner.now_ms()),
             busy: AtomicU32::new(0),
             evicted: Notify::new(),
@@ -219,6 +240,8 @@ impl Drop for Admission {
         // An evicted connection is already out of the map and its descriptors passed on.
         if open.remove(&self.id).is_some() {
             give_back_fds(self.inner.fds_per_conn);
+        } else if self.conn.was_evicted.load(Ordering::SeqCst) {
+            self.inner.pending_evictions.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -400,6 +423,22 @@ mod tests {
         );
         drop((second, third));
         assert_eq!(limiter.open(), 0);
+    }
+
+    #[test]
+    fn evictions_wait_for_the_evicted_to_close() {
+        let limiter = ConnLimiter::new("test", 1, Duration::ZERO, 0);
+        let mut open = vec![limiter.admit().unwrap()];
+        // Each admission evicts the one before, which stays open (not yet dropped).
+        for _ in 0..MAX_PENDING_EVICTIONS {
+            open.push(limiter.admit().expect("room made by eviction"));
+        }
+        assert!(limiter.admit().is_none(), "evicted without bound");
+        open.remove(0);
+        assert!(
+            limiter.admit().is_some(),
+            "a closed eviction makes room again"
+        );
     }
 
     #[test]

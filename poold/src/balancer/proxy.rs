@@ -138,7 +138,16 @@ async fn serve_client(
         let backend = guard.0.addr;
         // Subscribed before connecting: a removal from now on is seen.
         let removed = guard.0.removed.subscribe();
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend));
+        // A worker slow to accept must not keep an evicted client's descriptors.
+        let connected = tokio::select! {
+            connected = connect => connected,
+            () = admission.evicted() => {
+                debug!(service = %service, client = %peer, %backend, "closed while connecting, to make room for a new client");
+                return;
+            }
+        };
+        match connected {
             Ok(Ok(upstream)) => {
                 guard.0.total.fetch_add(1, Ordering::SeqCst);
                 let _ = client.set_nodelay(true);
