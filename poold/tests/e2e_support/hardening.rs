@@ -546,8 +546,12 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
         "workers were replaced under attack; poold:\n{}",
         trouble()
     );
+    // A probe answered late under load is the worker's, and harmless below the threshold;
+    // what must never happen is a worker replaced, or poold itself out of descriptors.
     assert!(
-        !log.contains("recycling worker") && !log.contains("health check failed"),
+        !log.contains("recycling worker")
+            && !log.contains("unhealthy")
+            && !log.contains("Too many open files"),
         "poold:\n{}",
         trouble()
     );
