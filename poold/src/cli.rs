@@ -143,6 +143,21 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
 
 /// `poold --config FILE`: runs until SIGINT or SIGTERM.
 pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
+    // First of all: a second poold with this state directory must not touch anything
+    // (orphan cleanup would kill the running instance's workers).
+    let daemon = &config.daemon;
+    let group = daemon
+        .control_group
+        .as_deref()
+        .map(crate::daemon::control_group)
+        .transpose()?;
+    // Members of control_group must be able to reach a socket kept in the state directory.
+    let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
+    let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
+    match crate::conn_limit::raise_nofile_limit() {
+        Ok(limits) => crate::sandbox_runtime::set_worker_nofile(limits),
+        Err(error) => tracing::warn!(%error, "raising RLIMIT_NOFILE failed"),
+    }
     let runtime = Arc::new(crate::sandbox_runtime::SandboxRuntime::start(&config).await?);
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -156,5 +171,6 @@ pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError
     if let Err(error) = runtime.shutdown().await {
         tracing::warn!(%error, "removing the bridge or the cgroup parent failed");
     }
+    state.release();
     result
 }

@@ -24,13 +24,45 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
+    #[error("daemon.control_group = {group:?}: {reason}")]
+    ControlGroup { group: String, reason: String },
+}
+
+/// The gid of `daemon.control_group` (a group name or a number).
+pub fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid),
+        Ok(None) => Err(DaemonError::ControlGroup {
+            group: group.to_owned(),
+            reason: "no such group".to_owned(),
+        }),
+        Err(errno) => Err(DaemonError::ControlGroup {
+            group: group.to_owned(),
+            reason: errno.to_string(),
+        }),
+    }
 }
 
 /// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
 /// service listens on loopback (which IPVS cannot serve), else the proxy, loudly.
 pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
+    let proxy = || {
+        Arc::new(ProxyBalancer::with_client_limits(
+            config.services.iter().map(|s| {
+                (
+                    s.name.clone(),
+                    usize::try_from(s.max_client_connections).unwrap_or(usize::MAX),
+                )
+            }),
+        ))
+    };
     match config.daemon.balancer {
-        BalancerChoice::Proxy => Ok(Arc::new(ProxyBalancer::new())),
+        BalancerChoice::Proxy => Ok(proxy()),
         BalancerChoice::Ipvs => match IpvsBalancer::new().await {
             Ok(ipvs) => Ok(Arc::new(ipvs)),
             Err(error) => Err(DaemonError::IpvsUnavailable {
@@ -44,7 +76,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
                     "balancer = \"auto\": a loopback listen address cannot be an IPVS virtual service; \
                      using the in-process proxy for every service"
                 );
-                return Ok(Arc::new(ProxyBalancer::new()));
+                return Ok(proxy());
             }
             match IpvsBalancer::new().await {
                 Ok(ipvs) => Ok(Arc::new(ipvs)),
@@ -54,7 +86,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
                         "balancer = \"auto\": IPVS is NOT available; falling back to the in-process \
                          proxy (userspace, slower); set balancer = \"proxy\" to silence this"
                     );
-                    Ok(Arc::new(ProxyBalancer::new()))
+                    Ok(proxy())
                 }
             }
         }
@@ -70,6 +102,14 @@ pub async fn run(
     for warning in config.warnings() {
         warn!("{warning}");
     }
+    let control_options = server::ServeOptions {
+        group: config
+            .daemon
+            .control_group
+            .as_deref()
+            .map(control_group)
+            .transpose()?,
+    };
     let balancer = choose_balancer(&config).await?;
     info!(balancer = %balancer.kind(), services = config.services.len(), "poold starting");
     let health = Arc::new(NetworkHealthChecker);
@@ -99,7 +139,13 @@ pub async fn run(
         }
     }
     let pools = Pools(Arc::new(pools));
-    let served = server::serve(&config.daemon.control_socket, pools.clone(), shutdown).await;
+    let served = server::serve(
+        &config.daemon.control_socket,
+        pools.clone(),
+        control_options,
+        shutdown,
+    )
+    .await;
     info!("shutting down: draining every service");
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;

@@ -6,10 +6,12 @@
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod conn_limit;
 pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod metrics;
 pub mod sandbox;
 pub mod sandbox_runtime;
+pub mod state_dir;
 pub mod supervisor;

@@ -107,6 +107,15 @@ pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
     }
 }
 
+/// The RLIMIT_NOFILE poold was started with, before it raised its own: workers keep that.
+static WORKER_NOFILE: std::sync::OnceLock<crate::conn_limit::NofileLimits> =
+    std::sync::OnceLock::new();
+
+/// Records the limits poold started with, for the workers it spawns from now on.
+pub fn set_worker_nofile(limits: crate::conn_limit::NofileLimits) {
+    let _ = WORKER_NOFILE.set(limits);
+}
+
 /// The sandbox's spec for one worker of `service`.
 pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::WorkerSpec {
     let rootfs = match service.rootfs_source() {
@@ -144,6 +153,13 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         pids: service.limits.pids,
     };
     spec.network = NetworkMode::Bridged;
+    if let Some(limits) = WORKER_NOFILE.get() {
+        spec.rlimits.push(sandbox::Rlimit {
+            resource: sandbox::RlimitResource::Nofile,
+            soft: limits.original_soft,
+            hard: limits.hard,
+        });
+    }
     spec
 }
 

@@ -1,18 +1,28 @@
 //! The in-process TCP proxy balancer: listens on each service's listen address and splices
 //! every client connection to a backend chosen by weighted least-connection.
 //!
-//! Weight 0 takes a backend out of scheduling while its open connections continue; removing
-//! a backend does not cut its open connections either. Counts are exact: `active` is the
-//! number of spliced (or connecting) connections, `total` the connections ever established.
+//! Weight 0 takes a backend out of scheduling while its open connections continue. Removing
+//! a backend (its worker is stopped or gone: after the drain, or at the drain timeout)
+//! closes its remaining connections on purpose, like IPVS with expire_nodest_conn; a
+//! backend that closes its side ends the client's connection too. Either way no client
+//! stays connected to a worker that is gone, and no backend socket lingers in CLOSE-WAIT.
+//! Counts are exact: `active` is the number of spliced (or connecting) connections, `total`
+//! the connections ever established.
+//!
+//! Each service holds at most `max_client_connections` clients; beyond, the client idle the
+//! longest makes room ([`crate::conn_limit`]).
 
 use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
+use crate::conn_limit::{accept_failed, Admission, ConnLimiter, Tracked};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -25,6 +35,8 @@ struct Backend {
     weight: AtomicU32,
     active: AtomicU64,
     total: AtomicU64,
+    /// Set when the backend is removed: its connections close.
+    removed: watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -52,11 +64,26 @@ impl Drop for ActiveGuard {
 #[derive(Debug, Default)]
 pub struct ProxyBalancer {
     services: Mutex<HashMap<String, ProxyService>>,
+    /// `max_client_connections` per service name; others get [`DEFAULT_MAX_CLIENTS`].
+    client_limits: HashMap<String, usize>,
 }
+
+/// Client connections of a service not given a limit with [`ProxyBalancer::with_client_limits`].
+pub const DEFAULT_MAX_CLIENTS: usize = 4096;
+/// A client idle at least this long may be closed to make room for a new one at the limit.
+pub const CLIENT_MIN_IDLE: Duration = Duration::from_secs(1);
 
 impl ProxyBalancer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the client connection limit of each named service.
+    pub fn with_client_limits(limits: impl IntoIterator<Item = (String, usize)>) -> Self {
+        Self {
+            client_limits: limits.into_iter().collect(),
+            ..Self::default()
+        }
     }
 
     fn with_backends<T>(
@@ -97,9 +124,10 @@ fn choose(backends: &Mutex<Vec<Arc<Backend>>>, tried: &[SocketAddr]) -> Option<A
 
 async fn serve_client(
     service: String,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    admission: Admission,
 ) {
     let mut tried = Vec::new();
     loop {
@@ -108,15 +136,24 @@ async fn serve_client(
             return;
         };
         let backend = guard.0.addr;
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-            Ok(Ok(mut upstream)) => {
+        // Subscribed before connecting: a removal from now on is seen.
+        let removed = guard.0.removed.subscribe();
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend));
+        // A worker slow to accept must not keep an evicted client's descriptors.
+        let connected = tokio::select! {
+            connected = connect => connected,
+            () = admission.evicted() => {
+                debug!(service = %service, client = %peer, %backend, "closed while connecting, to make room for a new client");
+                return;
+            }
+        };
+        match connected {
+            Ok(Ok(upstream)) => {
                 guard.0.total.fetch_add(1, Ordering::SeqCst);
                 let _ = client.set_nodelay(true);
                 let _ = upstream.set_nodelay(true);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                {
-                    debug!(service = %service, client = %peer, %backend, %error, "connection ended with an error");
-                }
+                let ended = splice(client, upstream, &admission, removed).await;
+                debug!(service = %service, client = %peer, %backend, %ended, "connection closed");
                 drop(guard);
                 return;
             }
@@ -128,6 +165,61 @@ async fn serve_client(
             }
         }
         tried.push(backend);
+    }
+}
+
+/// Why a spliced connection was closed.
+#[derive(Debug)]
+enum SpliceEnd {
+    /// The backend closed its side (or failed): nothing more can come, so the client's
+    /// connection closes too instead of lingering half-open.
+    BackendDone(std::io::Result<u64>),
+    /// The client's connection failed.
+    ClientFailed(std::io::Error),
+    /// The backend was removed from the service (its worker is stopped or gone).
+    BackendRemoved,
+    /// The service's connection limit made room for a new client.
+    Evicted,
+}
+
+impl std::fmt::Display for SpliceEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BackendDone(Ok(bytes)) => write!(f, "backend closed after {bytes} bytes"),
+            Self::BackendDone(Err(error)) => write!(f, "backend failed: {error}"),
+            Self::ClientFailed(error) => write!(f, "client failed: {error}"),
+            Self::BackendRemoved => f.write_str("backend removed"),
+            Self::Evicted => f.write_str("closed to make room for a new client"),
+        }
+    }
+}
+
+/// Copies both ways until one of the [`SpliceEnd`]s, then drops (closes) both sockets. A
+/// client that closes its sending side (half-close) still gets the rest of the answer.
+async fn splice(
+    client: TcpStream,
+    upstream: TcpStream,
+    admission: &Admission,
+    mut removed: watch::Receiver<bool>,
+) -> SpliceEnd {
+    let (client_read, mut client_write) = client.into_split();
+    let (upstream_read, mut upstream_write) = upstream.into_split();
+    let mut client_read = Tracked::new(client_read, admission.activity());
+    let mut upstream_read = Tracked::new(upstream_read, admission.activity());
+    let to_backend = async {
+        match tokio::io::copy(&mut client_read, &mut upstream_write).await {
+            Ok(_) => {
+                let _ = upstream_write.shutdown().await;
+                std::future::pending().await
+            }
+            Err(error) => error,
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy(&mut upstream_read, &mut client_write) => SpliceEnd::BackendDone(copied),
+        error = to_backend => SpliceEnd::ClientFailed(error),
+        _ = removed.wait_for(|removed| *removed) => SpliceEnd::BackendRemoved,
+        () = admission.evicted() => SpliceEnd::Evicted,
     }
 }
 
@@ -159,22 +251,30 @@ impl Balancer for ProxyBalancer {
         let backends: Arc<Mutex<Vec<Arc<Backend>>>> = Arc::default();
         let name = service.name.clone();
         let accept_backends = backends.clone();
+        let max_clients = self
+            .client_limits
+            .get(&service.name)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_CLIENTS);
+        // Two descriptors per client: its own socket and the one to the worker.
+        let limiter = ConnLimiter::new("proxy", max_clients, CLIENT_MIN_IDLE, 2);
         let acceptor = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((client, peer)) => {
+                        let Some(admission) = limiter.admit() else {
+                            debug!(service = %name, client = %peer, "client limit reached, nothing idle to close; refusing");
+                            continue;
+                        };
                         tokio::spawn(serve_client(
                             name.clone(),
                             client,
                             peer,
                             accept_backends.clone(),
+                            admission,
                         ));
                     }
-                    Err(error) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        warn!(service = %name, %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(error) => accept_failed("proxy", &error).await,
                 }
             }
         });
@@ -233,6 +333,7 @@ impl Balancer for ProxyBalancer {
                 weight: AtomicU32::new(weight),
                 active: AtomicU64::new(0),
                 total: AtomicU64::new(0),
+                removed: watch::Sender::new(false),
             }));
             Ok(())
         })
@@ -269,8 +370,10 @@ impl Balancer for ProxyBalancer {
                     service: service.name.clone(),
                     backend,
                 })?;
-            // Open connections hold their own reference and continue.
-            backends.remove(position);
+            // Its worker is stopped or about to be destroyed: close what is left on purpose
+            // rather than leave clients talking to an address that is gone.
+            let removed = backends.remove(position);
+            removed.removed.send_replace(true);
             Ok(())
         })
     }

@@ -48,6 +48,9 @@ pub struct DaemonConfig {
     pub cgroup_parent: String,
     /// Largest unpacked size of one tarball image; unpacking stops with an error past it.
     pub image_max_size: ByteSize,
+    /// Members of this group (name or gid) may use the control socket too; unset: root only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -60,6 +63,7 @@ impl Default for DaemonConfig {
             log_level: "info".to_owned(),
             cgroup_parent: "poold".to_owned(),
             image_max_size: ByteSize(crate::sandbox::DEFAULT_IMAGE_MAX_BYTES),
+            control_group: None,
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct ServiceConfig {
     /// Balancer weight of each ready worker.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Client connections the proxy balancer holds open for this service; beyond, the one
+    /// idle the longest makes room (IPVS does not apply it).
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_client_connections: u32,
     /// The port the workers listen on inside their namespaces.
     pub port: u16,
     /// "host", a directory, or a .tar / .tar.gz / .tgz archive.
@@ -451,6 +459,11 @@ mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    /// Two descriptors each (client and worker side): 8192 of them, well inside the usual
+    /// hard RLIMIT_NOFILE; the workers of a prefork pool rarely serve more at once.
+    pub fn max_client_connections() -> u32 {
+        4096
     }
 }
 

@@ -75,6 +75,7 @@ fn fully_populated() -> Config {
         log_level,
         cgroup_parent,
         image_max_size,
+        control_group: _,
     } = DaemonConfig::default();
     let NetworkConfig {
         bridge,
@@ -106,6 +107,7 @@ fn fully_populated() -> Config {
             log_level,
             cgroup_parent,
             image_max_size,
+            control_group: Some("poold".into()),
         },
         network: NetworkConfig {
             bridge,
@@ -119,6 +121,7 @@ fn fully_populated() -> Config {
             scheduler: "wlc".into(),
             workers: 1,
             weight: 1,
+            max_client_connections: 4096,
             port: 8080,
             rootfs: "host".into(),
             command: vec!["/bin/true".into()],

@@ -8,6 +8,10 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A poold that does not accept within this is stuck or gone; say so rather than hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ControlClient {
@@ -50,12 +54,28 @@ impl ControlClient {
         body: Option<Vec<u8>>,
     ) -> Result<T, ControlError> {
         let socket = self.socket.display().to_string();
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ControlError::Socket {
-                path: socket.clone(),
-                source,
-            })?;
+        let connect = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::UnixStream::connect(&self.socket),
+        );
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(ControlError::PermissionDenied { path: socket });
+            }
+            Ok(Err(source)) => {
+                return Err(ControlError::Socket {
+                    path: socket,
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ControlError::Socket {
+                    path: socket,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                })
+            }
+        };
         let http = |e: hyper::Error| ControlError::Http {
             path: socket.clone(),
             message: e.to_string(),

@@ -10,6 +10,7 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RecycleRequest {
     pub slot: Option<u32>,
     /// Answer only when the old workers are gone and their slots are ready again.
@@ -36,6 +37,11 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "control socket {path}: permission denied: only root and members of \
+         daemon.control_group may use it"
+    )]
+    PermissionDenied { path: String },
     #[error("control socket {path}: HTTP: {message}")]
     Http { path: String, message: String },
     #[error("{message}")]

@@ -1,7 +1,7 @@
 //! The control API end to end over a real Unix socket, with a pool on fakes.
 
 use super::client::ControlClient;
-use super::server::{serve, Pools};
+use super::server::{serve, Pools, ServeOptions};
 use super::{render, ControlError, RecycleRequest};
 use crate::config::Config;
 use crate::supervisor::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
@@ -39,7 +39,7 @@ async fn status_and_recycle_with_wait_over_the_socket() {
         let socket = socket.clone();
         let pools = Pools(Arc::new(vec![pool.clone()]));
         async move {
-            serve(&socket, pools, async move {
+            serve(&socket, pools, ServeOptions::default(), async move {
                 let _ = stopped.await;
             })
             .await
@@ -121,4 +121,121 @@ async fn status_and_recycle_with_wait_over_the_socket() {
     server.await.unwrap().unwrap();
     assert!(!socket.exists(), "socket file removed on shutdown");
     pool.shutdown().await;
+}
+
+/// A two-worker pool on fakes, served on `socket`; returns the pool, the server task and
+/// the sender that stops it.
+async fn serve_fake_pool(
+    socket: &Path,
+) -> (
+    crate::supervisor::PoolHandle,
+    tokio::task::JoinHandle<Result<(), ControlError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let pool = ServicePool::start(
+        Arc::new(crate::supervisor::fakes::web_service(2, "")),
+        Arc::new(FakeRuntime::default()),
+        Arc::new(FakeBalancer::new(2)),
+        Arc::new(FakeHealth::default()),
+        PoolOptions {
+            tick: Duration::from_millis(20),
+            drain_settle: Duration::from_millis(50),
+            seed: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let socket = socket.to_owned();
+        let pools = Pools(Arc::new(vec![pool.clone()]));
+        async move {
+            serve(&socket, pools, ServeOptions::default(), async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let client = ControlClient::new(socket);
+    for _ in 0..200 {
+        if client.status().await.is_ok_and(|s| s[0].ready == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (pool, server, stop)
+}
+
+/// POSTs `body` to `path` over the socket as is; returns the status and the body.
+async fn raw_post(socket: &Path, path: &str, body: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header("host", "poold")
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn unknown_request_fields_are_rejected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("poold.sock");
+    let (pool, server, stop) = serve_fake_pool(&socket).await;
+    let before = ControlClient::new(&socket).status().await.unwrap();
+    let (status, body) = raw_post(&socket, "/v1/services/web/recycle", r#"{"bogus":1}"#).await;
+    assert_eq!(status, 400, "{body}");
+    let error: super::ApiError =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(error.error.contains("unknown field `bogus`"), "{body}");
+    // Nothing was recycled: the same workers, none draining.
+    let after = ControlClient::new(&socket).status().await.unwrap();
+    let ids = |s: &[crate::supervisor::ServiceStatus]| -> Vec<u64> {
+        s[0].workers.iter().map(|w| w.id).collect()
+    };
+    assert_eq!(ids(&before), ids(&after));
+    assert!(after[0]
+        .workers
+        .iter()
+        .all(|w| w.state == WorkerState::Ready));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn socket_and_its_new_directory_are_private_and_removed_at_shutdown() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("ctl");
+    let socket = ctl.join("poold.sock");
+    let (pool, server, stop) = serve_fake_pool(&socket).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&socket), 0o600, "socket mode");
+    assert_eq!(
+        mode(&ctl),
+        0o700,
+        "mode of the directory poold made for the socket"
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    pool.shutdown().await;
+    assert!(!socket.exists(), "socket left behind");
+    assert!(
+        !ctl.exists(),
+        "the socket's directory poold made is left behind"
+    );
+    assert!(
+        dir.path().exists(),
+        "a directory poold did not make was removed"
+    );
 }

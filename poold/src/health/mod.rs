@@ -6,10 +6,31 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Why a health check did not pass.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HealthFailure {
+    /// The worker did not answer as expected.
+    #[error("{0}")]
+    Worker(String),
+    /// poold itself is short of a resource (file descriptors, buffers, memory): the check
+    /// says nothing about the worker and must not count against it.
+    #[error("local error (not the worker's fault): {0}")]
+    Local(String),
+}
+
 #[async_trait]
 pub trait HealthChecker: Send + Sync + 'static {
-    /// Ok when healthy; Err with the reason otherwise. Implementations honour `spec.timeout`.
-    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), String>;
+    /// Ok when healthy; the reason otherwise. Implementations honour `spec.timeout`.
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure>;
+}
+
+/// A failed socket operation: poold's own shortage, or the worker's failure.
+fn failed(what: String, error: &std::io::Error) -> HealthFailure {
+    if crate::conn_limit::is_local_resource_error(error) {
+        HealthFailure::Local(format!("{what}: {error}"))
+    } else {
+        HealthFailure::Worker(format!("{what}: {error}"))
+    }
 }
 
 /// Checks over real sockets.
@@ -18,18 +39,21 @@ pub struct NetworkHealthChecker;
 
 #[async_trait]
 impl HealthChecker for NetworkHealthChecker {
-    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
         match tokio::time::timeout(spec.timeout.get(), probe(target, spec)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {}", spec.timeout)),
+            Err(_) => Err(HealthFailure::Worker(format!(
+                "no answer within {}",
+                spec.timeout
+            ))),
         }
     }
 }
 
-async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
+async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
     let mut stream = TcpStream::connect(target)
         .await
-        .map_err(|e| format!("connect {target}: {e}"))?;
+        .map_err(|e| failed(format!("connect {target}"), &e))?;
     if spec.kind == HealthKind::Tcp {
         return Ok(());
     }
@@ -40,7 +64,7 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send request: {e}"))?;
+        .map_err(|e| failed("send request".to_owned(), &e))?;
     // The status line is all that matters; read until its end.
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
@@ -48,7 +72,7 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
         let read = stream
             .read(&mut buf)
             .await
-            .map_err(|e| format!("read response: {e}"))?;
+            .map_err(|e| failed("read response".to_owned(), &e))?;
         if read == 0 {
             break;
         }
@@ -60,14 +84,14 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), String> {
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+        .ok_or_else(|| HealthFailure::Worker(format!("not an HTTP response: {line:?}")))?;
     if status == spec.expect_status {
         Ok(())
     } else {
-        Err(format!(
+        Err(HealthFailure::Worker(format!(
             "GET {} answered {status}, expected {}",
             spec.path, spec.expect_status
-        ))
+        )))
     }
 }
 
@@ -107,9 +131,15 @@ mod tests {
         let checker = NetworkHealthChecker;
         assert_eq!(checker.check(ok, &http("/")).await, Ok(()));
         let error = checker.check(broken, &http("/healthz")).await.unwrap_err();
-        assert_eq!(error, "GET /healthz answered 503, expected 200");
+        assert_eq!(
+            error,
+            HealthFailure::Worker("GET /healthz answered 503, expected 200".into())
+        );
         let error = checker.check(garbage, &http("/")).await.unwrap_err();
-        assert!(error.contains("not an HTTP response"), "{error}");
+        assert!(
+            error.to_string().contains("not an HTTP response"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -119,7 +149,25 @@ mod tests {
         let checker = NetworkHealthChecker;
         assert_eq!(checker.check(addr, &HealthConfig::default()).await, Ok(()));
         drop(listener);
-        assert!(checker.check(addr, &HealthConfig::default()).await.is_err());
+        let refused = checker.check(addr, &HealthConfig::default()).await;
+        assert!(
+            matches!(refused, Err(HealthFailure::Worker(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn poolds_own_shortages_are_local_errors() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(matches!(
+            failed("connect".into(), &emfile),
+            HealthFailure::Local(_)
+        ));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(matches!(
+            failed("connect".into(), &refused),
+            HealthFailure::Worker(_)
+        ));
     }
 
     #[tokio::test]
@@ -131,7 +179,10 @@ mod tests {
             ..http("/")
         };
         let error = NetworkHealthChecker.check(addr, &spec).await.unwrap_err();
-        assert_eq!(error, "no answer within 200ms");
+        assert_eq!(
+            error,
+            HealthFailure::Worker("no answer within 200ms".into())
+        );
         drop(listener);
     }
 }

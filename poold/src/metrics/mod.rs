@@ -47,11 +47,6 @@ pub enum MetricsError {
         listen: SocketAddr,
         source: std::io::Error,
     },
-    #[error("metrics_listen {listen}: serving failed: {source}")]
-    Serve {
-        listen: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("encoding the metrics failed")]
     Encode,
 }

@@ -2,14 +2,22 @@
 
 use super::text::{to_prometheus_text, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use super::{Metrics, MetricsError};
+use crate::conn_limit::{accept_failed, spawn_http_connection, ConnLimiter};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
+
+/// Scrapers the endpoint serves at once (Prometheus needs one per server scraping); beyond,
+/// the connection idle the longest (at least [`METRICS_MIN_IDLE`]) makes room. Header read
+/// and keep-alive idle time are bounded by [`crate::conn_limit::HTTP_HEADER_TIMEOUT`].
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+pub const METRICS_MIN_IDLE: Duration = Duration::from_secs(1);
 
 /// The running endpoint; dropping it stops serving.
 #[derive(Debug)]
@@ -76,8 +84,19 @@ pub async fn serve(listen: SocketAddr, metrics: Metrics) -> Result<MetricsServer
         .map_err(|source| MetricsError::Bind { listen, source })?;
     info!(metrics.listen = %local_addr, "serving /metrics");
     let task = tokio::spawn(async move {
-        if let Err(source) = axum::serve(listener, router(metrics)).await {
-            error!(error = %MetricsError::Serve { listen: local_addr, source }, "metrics endpoint stopped");
+        let limiter = ConnLimiter::new("metrics", METRICS_MAX_CONNECTIONS, METRICS_MIN_IDLE, 1);
+        let router = router(metrics);
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => match limiter.admit() {
+                    Some(admission) => {
+                        spawn_http_connection("metrics", stream, router.clone(), admission)
+                    }
+                    // Over the limit with nothing idle to evict: closed at once.
+                    None => drop(stream),
+                },
+                Err(error) => accept_failed("metrics", &error).await,
+            }
         }
     });
     Ok(MetricsServer { local_addr, task })

@@ -3,7 +3,7 @@
 use super::runtime::*;
 use crate::balancer::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
 use crate::config::HealthConfig;
-use crate::health::HealthChecker;
+use crate::health::{HealthChecker, HealthFailure};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -303,6 +303,15 @@ impl FakeHealth {
             set.remove(&addr);
         }
     }
+    /// Every check fails with a local error (poold out of file descriptors), or not.
+    pub fn all_local_errors(&self, local: bool) {
+        let mut set = self.0.lock().unwrap();
+        if local {
+            set.insert(IpAddr::V4(Ipv4Addr::BROADCAST));
+        } else {
+            set.remove(&IpAddr::V4(Ipv4Addr::BROADCAST));
+        }
+    }
     /// Makes every address unhealthy, including ones not handed out yet.
     pub fn all_unhealthy(&self) {
         self.0
@@ -314,10 +323,14 @@ impl FakeHealth {
 
 #[async_trait]
 impl HealthChecker for FakeHealth {
-    async fn check(&self, target: SocketAddr, _spec: &HealthConfig) -> Result<(), String> {
+    async fn check(&self, target: SocketAddr, _spec: &HealthConfig) -> Result<(), HealthFailure> {
         let set = self.0.lock().unwrap();
-        if set.contains(&target.ip()) || set.contains(&IpAddr::V4(Ipv4Addr::UNSPECIFIED)) {
-            Err("connection refused".into())
+        if set.contains(&IpAddr::V4(Ipv4Addr::BROADCAST)) {
+            Err(HealthFailure::Local(
+                "Too many open files (os error 24)".into(),
+            ))
+        } else if set.contains(&target.ip()) || set.contains(&IpAddr::V4(Ipv4Addr::UNSPECIFIED)) {
+            Err(HealthFailure::Worker("connection refused".into()))
         } else {
             Ok(())
         }

@@ -13,7 +13,7 @@ use super::status::{
 };
 use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
 use crate::config::{OnOom, ServiceConfig};
-use crate::health::HealthChecker;
+use crate::health::{HealthChecker, HealthFailure};
 use crate::metrics::{Metrics, PoolMetrics};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,7 +125,7 @@ enum Event {
     },
     Health {
         id: WorkerId,
-        result: Result<(), String>,
+        result: Result<(), HealthFailure>,
     },
     TornDown {
         id: WorkerId,
@@ -382,12 +382,21 @@ impl ServicePool {
         }
     }
 
-    async fn on_health(&mut self, id: WorkerId, result: Result<(), String>) {
+    async fn on_health(&mut self, id: WorkerId, result: Result<(), HealthFailure>) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
         worker.health_in_flight = false;
         worker.next_health_at = Instant::now() + self.config.health.interval.get();
+        let result = match result {
+            // poold's own shortage (EMFILE...): no verdict on the worker either way.
+            Err(HealthFailure::Local(reason)) => {
+                warn!(service = %self.service.name, worker.id = %id, %reason, "health check could not run; not counted against the worker");
+                return;
+            }
+            Err(HealthFailure::Worker(reason)) => Err(reason),
+            Ok(()) => Ok(()),
+        };
         match (worker.state, result) {
             (WorkerState::Starting, Ok(())) => {
                 worker.ok_streak += 1;

@@ -424,6 +424,30 @@ async fn failed_health_checks_replace_the_worker() {
     assert_eq!(h.status().slots[0].failures, 1);
 }
 
+/// poold out of file descriptors is poold's problem: checks that cannot even run never
+/// count against the workers, however long it lasts.
+#[tokio::test(start_paused = true)]
+async fn local_errors_of_health_checks_never_replace_a_worker() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let before: Vec<u64> = h.status().workers.iter().map(|w| w.id).collect();
+    h.health.all_local_errors(true);
+    wait(60).await;
+    let status = h.status();
+    assert_eq!(status.ready, 2);
+    let after: Vec<u64> = status.workers.iter().map(|w| w.id).collect();
+    assert_eq!(
+        before, after,
+        "a worker was replaced for poold's own shortage"
+    );
+    assert!(
+        status.slots.iter().all(|s| s.failures == 0),
+        "{:?}",
+        status.slots
+    );
+    h.health.all_local_errors(false);
+}
+
 #[tokio::test(start_paused = true)]
 async fn worker_never_healthy_fails_its_start() {
     let mut config = service(1);

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod hardening;
+
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -51,6 +53,12 @@ impl Daemon {
     /// Writes a config with `services` (TOML `[[service]]` tables; `{rootfs}` is replaced by
     /// the busybox rootfs) and starts poold with it.
     fn start(balancer: &str, services: &str) -> Self {
+        Self::start_wrapped(balancer, services, "")
+    }
+
+    /// As [`Daemon::start`], with poold started by `sh -c '{shell}; exec poold --config FILE'`
+    /// (for a umask, say); in `shell`, `$2` is the config file.
+    pub fn start_wrapped(balancer: &str, services: &str, shell: &str) -> Self {
         let lock_file = std::fs::File::create(ONE_DAEMON_AT_A_TIME).unwrap();
         let turn = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| errno)
@@ -89,7 +97,10 @@ subnet = "10.215.{tag}.0/24"
         let links_before = worker_links();
         let cgroups_before = poold_cgroups();
         let log = std::fs::File::create(dir.path().join("poold.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_poold"))
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{shell}\nexec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_poold"))
             .arg("--config")
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -109,6 +120,23 @@ subnet = "10.215.{tag}.0/24"
 
     fn socket(&self) -> PathBuf {
         self.dir.path().join("poold.sock")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("poold.toml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The worker subnet's first three octets with a trailing dot ("10.215.42.").
+    pub fn subnet_prefix(&self) -> String {
+        format!("10.215.{}.", self.tag)
     }
 
     /// poold's log without terminal colours.

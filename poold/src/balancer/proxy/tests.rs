@@ -139,17 +139,72 @@ async fn weight_zero_drains_while_open_connections_continue() {
     let stats = proxy.backend_stats(&service).await.unwrap();
     assert_eq!((stats[&old].active, stats[&old].weight), (1, 0));
 
-    // Removing it does not cut the open connection either.
+    // Removing it (its worker is stopped or gone) closes what is left on purpose.
     proxy.remove_backend(&service, old).await.unwrap();
-    assert_eq!(open.echo("after removal").await, "after removal");
+    assert_eq!(
+        open.lines.next_line().await.unwrap(),
+        None,
+        "client sees EOF"
+    );
     assert!(!proxy
         .backend_stats(&service)
         .await
         .unwrap()
         .contains_key(&old));
-    drop(open);
     let stats = stats_until(&proxy, &service, |s| s[&new].active == 0).await;
     assert_eq!(stats[&new].total, 3);
+}
+
+/// A backend that closes its side closes the client's connection too (no half-open client,
+/// no proxy socket left in CLOSE-WAIT).
+#[tokio::test]
+async fn backend_closing_closes_the_client() {
+    let (proxy, service) = proxy_on("127.0.0.70").await;
+    let listener = TcpListener::bind("127.0.0.71:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let mut client = TcpStream::connect(service.listen).await.unwrap();
+    let (upstream, _) = listener.accept().await.unwrap();
+    drop(upstream);
+    let mut buf = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut client, &mut buf).await;
+    assert!(matches!(read, Ok(0)), "client sees EOF: {read:?}");
+    stats_until(&proxy, &service, |s| s[&backend].active == 0).await;
+}
+
+/// At `max_client_connections`, a new client takes the place of the one idle the longest.
+#[tokio::test]
+async fn at_the_client_limit_the_longest_idle_client_makes_room() {
+    let probe = TcpListener::bind("127.0.0.75:0").await.unwrap();
+    let listen = probe.local_addr().unwrap();
+    drop(probe);
+    let service = VirtualService {
+        name: "web".into(),
+        listen,
+        scheduler: "wlc".into(),
+    };
+    let proxy = ProxyBalancer::with_client_limits([("web".to_owned(), 2)]);
+    proxy.ensure_service(&service).await.unwrap();
+    let backend = echo_backend("127.0.0.76", "one").await;
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let mut idle = Client::connect(listen).await;
+    let mut busy = Client::connect(listen).await;
+    tokio::time::sleep(CLIENT_MIN_IDLE + Duration::from_millis(100)).await;
+    assert_eq!(busy.echo("busy").await, "busy");
+    let mut new = Client::connect(listen).await;
+    assert_eq!(new.echo("let in").await, "let in");
+    assert_eq!(
+        idle.lines.next_line().await.unwrap(),
+        None,
+        "idle client closed"
+    );
+    assert_eq!(busy.echo("still here").await, "still here");
+    // Nothing idle long enough now: a fourth client is refused rather than anyone cut.
+    let mut refused = TcpStream::connect(listen).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut refused, &mut buf).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "refused: {read:?}");
+    assert_eq!(new.echo("kept").await, "kept");
 }
 
 /// Shutdown: the listening socket closes, open connections continue and stay counted until
