@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod sandbox;
 pub mod sandbox_runtime;
 pub mod supervisor;
+pub mod worker_output;

@@ -424,6 +424,9 @@ fn validate_service(
             );
         }
     }
+    for (key, message) in super::isolation::problems(index, service) {
+        push(key, message);
+    }
     if let Some(user) = &service.user {
         if user.is_empty() {
             push(

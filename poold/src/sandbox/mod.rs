@@ -29,7 +29,7 @@ pub use init::ExitStatus;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use spec::{
-    BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
+    BindMount, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, Tmpfs, WorkerSpec,
 };
 
 use std::net::Ipv4Addr;
@@ -467,6 +467,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         hostname: spec.hostname().to_string(),
         rlimits: spec.rlimits.clone(),
         mounts: spec.mounts.clone(),
+        tmpfs: spec.tmpfs.clone(),
         capabilities: spec.capabilities.clone(),
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
@@ -479,6 +480,7 @@ fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
     Ok(match o {
         Output::Inherit => (Stdio::inherit(), Stdio::inherit()),
         Output::Null => (Stdio::null(), Stdio::null()),
+        Output::Piped => (Stdio::piped(), Stdio::piped()),
         Output::File(p) => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -597,6 +599,15 @@ impl Worker {
     /// Sandbox-assigned id (8 hex chars), part of every kernel object's name.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The read ends of the program's stdout and stderr with [`Output::Piped`] (once). Read
+    /// them steadily: a full pipe blocks the program.
+    pub fn take_output(
+        &mut self,
+    ) -> Option<(tokio::process::ChildStdout, tokio::process::ChildStderr)> {
+        let child = self.child.as_mut()?;
+        Some((child.stdout.take()?, child.stderr.take()?))
     }
 
     /// The spec's name.

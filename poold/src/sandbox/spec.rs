@@ -49,6 +49,8 @@ pub enum Output {
     Null,
     /// Append both to this host file (created if missing).
     File(PathBuf),
+    /// Pipes the caller reads ([`super::Worker::take_output`]).
+    Piped,
 }
 
 /// cgroup limits. `None` means unlimited.
@@ -94,6 +96,15 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// An empty tmpfs mounted in the worker (it takes the mode and owner of the directory it
+/// covers in the image, so a service's own directories stay its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// Absolute path inside the worker (created if missing).
+    pub target: PathBuf,
+    pub size_bytes: u64,
+}
+
 /// Everything needed to start one worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -119,6 +130,7 @@ pub struct WorkerSpec {
     pub limits: Limits,
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
+    pub tmpfs: Vec<Tmpfs>,
     /// Capabilities kept (bounding, permitted, effective, inheritable, ambient). All others
     /// are dropped; empty means none at all.
     pub capabilities: Vec<caps::Capability>,
@@ -143,6 +155,7 @@ impl WorkerSpec {
             limits: Limits::default(),
             rlimits: Vec::new(),
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
             capabilities: Vec::new(),
             network: NetworkMode::default(),
             output: Output::default(),
@@ -215,6 +228,10 @@ impl WorkerSpec {
                 ));
             }
             check_inner_path("mounts.target", &m.target)?;
+        }
+        for t in &self.tmpfs {
+            check_inner_path("tmpfs.target", &t.target)?;
+            check_range("tmpfs.size_bytes", Some(t.size_bytes), 4096, 1 << 40)?;
         }
         Ok(())
     }
@@ -439,6 +456,7 @@ pub(crate) struct HelperPlan {
     pub hostname: String,
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
+    pub tmpfs: Vec<Tmpfs>,
     pub capabilities: Vec<caps::Capability>,
     pub netns: NetnsPlan,
     /// Contents copied to /etc/resolv.conf and /etc/hosts (copied, not bound, so a host-side
