@@ -23,7 +23,8 @@ pub const VM_PACKAGES: &[&str] = &[
 
 /// Packages the host test stage needs (`cargo test --workspace`).
 pub const HOST_TEST_PACKAGES: &[&str] = &[
-    "prometheus", // promtool: checks the alert rules, their unit tests and /metrics
+    "prometheus",  // promtool: checks the alert rules, their unit tests and /metrics
+    "debootstrap", // builds the real-image tests' Debian images (xtask/src/test_images.rs)
 ];
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod images;
+
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
