@@ -110,6 +110,26 @@ fn worker_processes(status: &Value, needle: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Like [`Daemon::wait_ready`], with room for the first unpacking of both images (about
+/// 100 MiB each; minutes under qemu TCG).
+fn wait_ready(daemon: &mut Daemon, service: &str, workers: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if let Some(s) = daemon.status(service) {
+            if s["ready"].as_u64() == Some(workers) {
+                return s;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} never had {workers} ready workers; log:\n{}",
+            daemon.log()
+        );
+        daemon.assert_running();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn start_wrk(url: &str) -> Child {
     let (threads, connections) = if std::env::var_os("POOLD_IN_VM").is_some() {
         ("-t1", "-c2")
@@ -240,8 +260,8 @@ pub fn real_images_serve_and_explain_failures() {
     let (nginx_port, python_port, broken_port) = (free_port(), free_port(), free_port());
     let started = Instant::now();
     let mut daemon = Daemon::start("proxy", &services(nginx_port, python_port, broken_port));
-    let nginx = daemon.wait_ready("nginx", NGINX_WORKERS);
-    let python = daemon.wait_ready("python", PYTHON_WORKERS);
+    let nginx = wait_ready(&mut daemon, "nginx", NGINX_WORKERS);
+    let python = wait_ready(&mut daemon, "python", PYTHON_WORKERS);
     eprintln!(
         "both images unpacked and serving after {:.1} s",
         started.elapsed().as_secs_f64()
