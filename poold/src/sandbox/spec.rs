@@ -86,6 +86,15 @@ pub enum RlimitResource {
     Cpu,
 }
 
+/// An empty tmpfs mounted in the worker (it takes the mode and owner of the directory it
+/// covers in the image, so a service's own directories stay its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// Absolute path inside the worker (created if missing).
+    pub target: PathBuf,
+    pub size_bytes: u64,
+}
+
 /// A host path bind-mounted into the worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
@@ -94,15 +103,6 @@ pub struct BindMount {
     /// Absolute path inside the worker (created if missing).
     pub target: PathBuf,
     pub read_only: bool,
-}
-
-/// An empty tmpfs mounted in the worker (it takes the mode and owner of the directory it
-/// covers in the image, so a service's own directories stay its own).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tmpfs {
-    /// Absolute path inside the worker (created if missing).
-    pub target: PathBuf,
-    pub size_bytes: u64,
 }
 
 /// Everything needed to start one worker.
@@ -220,6 +220,10 @@ impl WorkerSpec {
                 ));
             }
         }
+        for t in &self.tmpfs {
+            check_inner_path("tmpfs.target", &t.target)?;
+            check_range("tmpfs.size_bytes", Some(t.size_bytes), 4096, 1 << 40)?;
+        }
         for m in &self.mounts {
             if !m.source.is_absolute() || !m.source.exists() {
                 return Err(SandboxError::spec(
@@ -228,10 +232,6 @@ impl WorkerSpec {
                 ));
             }
             check_inner_path("mounts.target", &m.target)?;
-        }
-        for t in &self.tmpfs {
-            check_inner_path("tmpfs.target", &t.target)?;
-            check_range("tmpfs.size_bytes", Some(t.size_bytes), 4096, 1 << 40)?;
         }
         Ok(())
     }
