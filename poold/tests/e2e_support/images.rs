@@ -136,8 +136,12 @@ fn start_wrk(url: &str) -> Child {
     } else {
         ("-t1", "-c4")
     };
+    // One request per connection, as in the busybox scenarios: a drain waits for
+    // connections to end, and a keep-alive connection to nginx (keepalive_timeout 65 s)
+    // outlasts the drain timeout, then dies with the worker (seen in the VM: 2 read errors).
     Command::new("/usr/bin/wrk")
-        .args([threads, connections, "-d30m", "--timeout", "10s", url])
+        .args([threads, connections, "-d30m", "--timeout", "10s"])
+        .args(["-H", "Connection: close", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
