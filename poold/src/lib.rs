@@ -15,3 +15,4 @@ pub mod sandbox;
 pub mod sandbox_runtime;
 pub mod state_dir;
 pub mod supervisor;
+pub mod worker_output;

@@ -6,7 +6,8 @@
 
 use crate::config::{Config, RootfsSource, ServiceConfig};
 use crate::sandbox::{
-    self, BridgeConfig, Limits, NetworkMode, ResourceReader, RootFs, Sandbox, SandboxConfig,
+    self, BridgeConfig, Limits, NetworkMode, Output, ResourceReader, RootFs, Sandbox,
+    SandboxConfig, Tmpfs,
 };
 use crate::supervisor::{
     ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
@@ -21,6 +22,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::error;
 
+use crate::worker_output::{self, Capture, Tail};
+
+/// Longest wait, after a worker's exit, for the rest of its output (its last words).
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// How long a freed worker address rests before reuse: IPVS keeps connection entries of a
 /// removed real server for about 120 s (TIME_WAIT); a little more for safety.
 pub const ADDRESS_QUARANTINE: Duration = Duration::from_secs(150);
@@ -34,6 +40,7 @@ struct Entry {
     requests: mpsc::UnboundedSender<Request>,
     exit: watch::Receiver<Option<ExitStatus>>,
     reader: Arc<dyn ResourceReader>,
+    output: Option<Arc<Tail>>,
 }
 
 /// Real workers: namespaces, overlay root, cgroup, veth on the bridge, own address.
@@ -160,6 +167,17 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
             hard: limits.hard,
         });
     }
+    spec.capabilities = service.kept_capabilities();
+    spec.read_only_root = service.read_only_root;
+    spec.tmpfs = service
+        .tmpfs_mounts()
+        .into_iter()
+        .map(|t| Tmpfs {
+            target: t.target,
+            size_bytes: t.size_bytes,
+        })
+        .collect();
+    spec.output = Output::Piped;
     spec
 }
 
@@ -214,6 +232,7 @@ async fn own_worker(
     mut worker: sandbox::Worker,
     mut requests: mpsc::UnboundedReceiver<Request>,
     exit: watch::Sender<Option<ExitStatus>>,
+    mut output: Option<Capture>,
 ) {
     let reply = loop {
         let request = if exit.borrow().is_none() {
@@ -223,6 +242,10 @@ async fn own_worker(
                         error!(worker.id = %id, %error, "waiting for the worker failed; counting it as killed");
                         ExitStatus::Signal(libc::SIGKILL)
                     });
+                    // Its last lines explain the exit: read them before reporting it.
+                    if let Some(output) = output.take() {
+                        output.finish(OUTPUT_DRAIN_LIMIT).await;
+                    }
                     exit.send_replace(Some(status));
                     continue;
                 }
@@ -258,11 +281,20 @@ impl WorkerRuntime for SandboxRuntime {
             operation: "spawn",
             message,
         };
-        let worker = self
+        let mut worker = self
             .sandbox
             .spawn(worker_spec(&spec.service, spec.slot, spec.id))
             .await
             .map_err(|e| error(e.to_string()))?;
+        let capture = worker.take_output().map(|(stdout, stderr)| {
+            let labels = worker_output::Labels {
+                service: spec.service.name.clone(),
+                slot: spec.slot,
+                worker: spec.id.to_string(),
+            };
+            Capture::start(labels, stdout, stderr)
+        });
+        let output = capture.as_ref().map(|c| c.tail.clone());
         let Some(addr) = worker.address() else {
             let _ = worker.destroy().await;
             return Err(error("the sandbox gave the worker no address".into()));
@@ -271,13 +303,14 @@ impl WorkerRuntime for SandboxRuntime {
         let reader = worker.resource_reader();
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit) = watch::channel(None);
-        tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx));
+        tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx, capture));
         self.workers.lock().expect("workers lock").insert(
             spec.id,
             Entry {
                 requests,
                 exit,
                 reader,
+                output,
             },
         );
         Ok(SpawnedWorker {
@@ -319,6 +352,13 @@ impl WorkerRuntime for SandboxRuntime {
             memory_bytes: usage.memory_bytes,
             oom_kills: usage.oom_kills,
         })
+    }
+
+    fn last_output(&self, worker: WorkerId) -> Option<String> {
+        self.entry(worker, "last_output", |e| e.output.clone())
+            .ok()
+            .flatten()
+            .and_then(|tail| tail.last())
     }
 
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {

@@ -85,3 +85,28 @@ fn non_utf8_file_gets_line_column_and_key() {
         "FILE:4:13: network.bridge: invalid UTF-8 (byte 0xff): the file must be UTF-8"
     );
 }
+
+/// Issue 11: capability names and tmpfs entries are checked, each located to its array item.
+#[test]
+fn capabilities_and_tmpfs_entries_are_checked_item_by_item() {
+    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 1\nport = 80\n\
+                rootfs = \"host\"\ncommand = [\"/usr/sbin/nginx\"]\n\
+                capabilities = [\"docker-default\",\n  \"chown\"]\n\
+                tmpfs = [\"/run:16M\", \"/var/lib/nginx:lots\"]\n";
+    let (ok, _, stderr) = check(text);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "FILE:9:3: service[0].capabilities[1]: \"chown\" is not a capability: expected a name as capabilities(7) spells it (e.g. \"CAP_CHOWN\") or \"docker-default\"; did you mean \"CAP_CHOWN\"?",
+            "FILE:10:22: service[0].tmpfs[1]: \"/var/lib/nginx:lots\": invalid size \"lots\"; expected a number of bytes or a number with a suffix K, M, G or T (powers of 1024), e.g. \"256M\"",
+        ],
+        "{stderr}"
+    );
+    let fixed = text
+        .replace("\"chown\"", "\"CAP_CHOWN\"")
+        .replace(":lots", "");
+    let (ok, _, stderr) = check(&fixed);
+    assert!(ok, "{stderr}");
+}

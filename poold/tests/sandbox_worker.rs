@@ -7,7 +7,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use poold::sandbox::{ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
+use poold::sandbox::{
+    ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, Tmpfs, WorkerSpec,
+};
 use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 
 /// Wrapped in `sandbox` so `--filter sandbox` (e.g. `cargo xtask vm-test --filter sandbox`)
@@ -107,6 +109,61 @@ mod sandbox {
             );
         }
         assert!(text.contains("uid=33"), "{text}");
+        t.assert_nothing_left();
+    }
+
+    /// Issue 11: a read-only root with writable tmpfs paths; a tmpfs takes the mode and owner
+    /// of the image's directory, so a service user can write its own directory.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tmpfs_paths_are_writable_in_a_read_only_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TestSandbox::new(45);
+        let app = t.rootfs.join("var/lib/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::os::unix::fs::chown(&app, Some(33), Some(33)).unwrap();
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::write(app.join("from-image"), "x").unwrap();
+        let out = t.dir.path().join("out.txt");
+        let script = "touch /rootfile 2>/dev/null && echo root=writable || echo root=read-only; \
+                      touch /var/lib/app/new && echo app=writable; \
+                      test -e /var/lib/app/from-image && echo app=image || echo app=empty; \
+                      ls -ldn /var/lib/app; grep -E ' /(run|var/lib/app) ' /proc/mounts";
+        let mut spec = sh(&t, "tmpfs", script);
+        spec.user = Some("www".into());
+        spec.read_only_root = true;
+        spec.tmpfs = vec![
+            Tmpfs {
+                target: "/var/lib/app".into(),
+                size_bytes: 4 << 20,
+            },
+            Tmpfs {
+                target: "/run".into(),
+                size_bytes: 1 << 20,
+            },
+        ];
+        output_to(&mut spec, &out);
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        w.destroy().await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("root=read-only"), "{text}");
+        assert!(
+            text.contains("app=writable") && text.contains("app=empty"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drwxr-x---") && text.contains(" 33 "),
+            "{text}"
+        );
+        let run = text
+            .lines()
+            .find(|l| l.contains(" /run "))
+            .unwrap_or_default();
+        assert!(
+            run.starts_with("tmpfs") && run.contains("size=1024k"),
+            "{text}"
+        );
+        assert!(!app.join("new").exists(), "the image is untouched");
         t.assert_nothing_left();
     }
 

@@ -14,6 +14,7 @@ mod kernel;
 mod prereq;
 mod qemu;
 mod suite;
+mod test_images;
 mod util;
 mod vm;
 
@@ -56,6 +57,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build (when their recipe changed) the Debian images the real-image tests run.
+    Images,
     /// The whole test suite: fmt, clippy, host tests, then the VM tests.
     Test {
         #[command(flatten)]
@@ -91,6 +94,11 @@ fn run(cli: Cli) -> Result<()> {
             vm::vm_test(&vm, &args)
         }
         Command::VmRun { vm, script, args } => vm::vm_run(&vm, &script, &args),
+        Command::Images => test_images::ensure().map(|paths| {
+            for path in paths {
+                eprintln!("xtask: {}", path.display());
+            }
+        }),
         Command::Test { vm } => suite::run_suite(&vm),
     }
 }

@@ -23,8 +23,9 @@ pub const VM_PACKAGES: &[&str] = &[
 
 /// Packages the host test stage needs (`cargo test --workspace`).
 pub const HOST_TEST_PACKAGES: &[&str] = &[
-    "prometheus", // promtool: checks the alert rules, their unit tests and /metrics
-    "nftables",   // nft: poold's worker firewall (sandbox tests make and remove its table)
+    "prometheus",  // promtool: checks the alert rules, their unit tests and /metrics
+    "nftables",    // nft: poold's worker firewall (sandbox tests make and remove its table)
+    "debootstrap", // builds the real-image tests' Debian images (xtask/src/test_images.rs)
 ];
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);

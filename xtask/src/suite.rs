@@ -14,6 +14,7 @@ pub fn run_suite(opts: &VmOptions) -> Result<()> {
     prereq::ensure_rust_components()?;
     vm::ensure_host_prerequisites()?;
     prereq::ensure_packages(prereq::HOST_TEST_PACKAGES.iter().copied())?;
+    crate::test_images::ensure()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let stages: [(&str, &[&str]); 3] = [
         ("fmt", &["fmt", "--all", "--check"]),

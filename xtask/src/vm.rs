@@ -136,6 +136,11 @@ fn boot(opts: &VmOptions, payload: Payload<'_>) -> Result<Report> {
     workspace_binaries(&mut image, &artifacts, &build)?;
     match payload {
         Payload::Tests { args } => {
+            // The real-image tests' Debian images, at the path they have on the host.
+            for link in crate::test_images::ensure()? {
+                let file = fs::canonicalize(&link)?;
+                image.file_from(&link, &file)?;
+            }
             image.bytes("/vmtest/mode", "test\n", 0o644)?;
             let list: String = artifacts
                 .tests

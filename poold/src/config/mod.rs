@@ -3,10 +3,12 @@
 //! Every error names the file, the line and column, and the key it is about
 //! (`poold.toml:12:1: service[0].workers: must be at least 1`).
 
+mod isolation;
 mod locate;
 mod units;
 mod validate;
 
+pub use isolation::{TmpfsMount, DOCKER_DEFAULT, DOCKER_DEFAULT_CAPS};
 pub use locate::KeyPath;
 pub use units::{ByteSize, HumanDuration};
 
@@ -165,6 +167,16 @@ pub struct ServiceConfig {
     pub recycle: RecycleConfig,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// Capabilities workers keep: names as in capabilities(7) ("CAP_CHOWN") or the preset
+    /// "docker-default". Empty (the default): none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Mount the worker's root read-only (writable: /tmp, `tmpfs` paths, bind mounts).
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// Empty tmpfs mounts in each worker: "PATH" or "PATH:SIZE" ("/run:16M").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
 }
 
 /// Ids a user-namespace worker gets (uid and gid 0..65536 inside).

@@ -163,6 +163,9 @@ fn fully_populated() -> Config {
                 max,
                 multiplier,
             },
+            capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            read_only_root: true,
+            tmpfs: vec!["/run".into()],
         }],
     }
 }

@@ -460,6 +460,9 @@ fn validate_service(
             );
         }
     }
+    for (key, message) in super::isolation::problems(index, service) {
+        push(key, message);
+    }
     if let Some(user) = &service.user {
         if user.is_empty() {
             push(

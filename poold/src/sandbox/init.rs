@@ -489,6 +489,26 @@ fn mkdir_p(p: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
+/// Empty tmpfs mounts, each with the mode and owner of the image's directory it covers.
+fn mount_tmpfs(root: &Path, mounts: &[super::spec::Tmpfs]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for t in mounts {
+        let target = inside(root, &t.target)?;
+        mkdir_p(&target, 0o755)?;
+        let meta = fs::metadata(&target).map_err(|e| format!("stat {}: {e}", target.display()))?;
+        let opts = format!(
+            "size={},mode={:o},uid={},gid={}",
+            t.size_bytes,
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        );
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mnt(Some("tmpfs"), &target, Some("tmpfs"), flags, Some(&opts))?;
+    }
+    Ok(())
+}
+
 const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "etc"];
 
 fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), String> {
@@ -616,6 +636,7 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
             bind(&m.source, &target, m.read_only)?;
         }
     }
+    mount_tmpfs(root, &plan.tmpfs)?;
     let proc = inside(root, Path::new("/proc"))?;
     mkdir_p(&proc, 0o555)?;
     let nsd = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

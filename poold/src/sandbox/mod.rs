@@ -32,7 +32,8 @@ pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
-    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, WorkerSpec,
+    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, Tmpfs,
+    WorkerSpec,
 };
 
 use std::net::Ipv4Addr;
@@ -671,6 +672,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         hostname: spec.hostname().to_string(),
         rlimits: spec.rlimits.clone(),
         mounts: spec.mounts.clone(),
+        tmpfs: spec.tmpfs.clone(),
         capabilities: spec.capabilities.clone(),
         userns: spec.user_namespace,
         userns_copy,
@@ -686,6 +688,7 @@ fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
     Ok(match o {
         Output::Inherit => (Stdio::inherit(), Stdio::inherit()),
         Output::Null => (Stdio::null(), Stdio::null()),
+        Output::Piped => (Stdio::piped(), Stdio::piped()),
         Output::File(p) => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -804,6 +807,15 @@ impl Worker {
     /// Sandbox-assigned id (8 hex chars), part of every kernel object's name.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The read ends of the program's stdout and stderr with [`Output::Piped`] (once). Read
+    /// them steadily: a full pipe blocks the program.
+    pub fn take_output(
+        &mut self,
+    ) -> Option<(tokio::process::ChildStdout, tokio::process::ChildStderr)> {
+        let child = self.child.as_mut()?;
+        Some((child.stdout.take()?, child.stderr.take()?))
     }
 
     /// The spec's name.

@@ -50,6 +50,8 @@ pub enum Output {
     Null,
     /// Append both to this host file (created if missing).
     File(PathBuf),
+    /// Pipes the caller reads ([`super::Worker::take_output`]).
+    Piped,
 }
 
 /// cgroup limits. `None` means unlimited.
@@ -83,6 +85,15 @@ pub enum RlimitResource {
     As,
     Memlock,
     Cpu,
+}
+
+/// An empty tmpfs mounted in the worker (it takes the mode and owner of the directory it
+/// covers in the image, so a service's own directories stay its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    /// Absolute path inside the worker (created if missing).
+    pub target: PathBuf,
+    pub size_bytes: u64,
 }
 
 /// A host path bind-mounted into the worker.
@@ -128,6 +139,7 @@ pub struct WorkerSpec {
     pub limits: Limits,
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
+    pub tmpfs: Vec<Tmpfs>,
     /// Capabilities kept (bounding, permitted, effective, inheritable, ambient). All others
     /// are dropped; empty means none at all.
     pub capabilities: Vec<caps::Capability>,
@@ -160,6 +172,7 @@ impl WorkerSpec {
             limits: Limits::default(),
             rlimits: Vec::new(),
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
             capabilities: Vec::new(),
             network: NetworkMode::default(),
             output: Output::default(),
@@ -226,6 +239,10 @@ impl WorkerSpec {
                     format!("{:?}: soft {} above hard {}", r.resource, r.soft, r.hard),
                 ));
             }
+        }
+        for t in &self.tmpfs {
+            check_inner_path("tmpfs.target", &t.target)?;
+            check_range("tmpfs.size_bytes", Some(t.size_bytes), 4096, 1 << 40)?;
         }
         for m in &self.mounts {
             if !m.source.is_absolute() || !m.source.exists() {
@@ -518,6 +535,7 @@ pub(crate) struct HelperPlan {
     pub hostname: String,
     pub rlimits: Vec<Rlimit>,
     pub mounts: Vec<BindMount>,
+    pub tmpfs: Vec<Tmpfs>,
     pub capabilities: Vec<caps::Capability>,
     /// Run the program in a user namespace with this mapping.
     pub userns: Option<IdMap>,

@@ -16,6 +16,8 @@ pub struct FakeWorker {
     pub exit: watch::Sender<Option<ExitStatus>>,
     pub usage: ResourceUsage,
     pub torn_down: bool,
+    /// What the worker "wrote" last (its stdout/stderr).
+    pub last_output: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +79,7 @@ impl WorkerRuntime for FakeRuntime {
             FakeWorker {
                 exit,
                 usage: ResourceUsage::default(),
+                last_output: None,
                 torn_down: false,
             },
         );
@@ -113,6 +116,10 @@ impl WorkerRuntime for FakeRuntime {
 
     fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError> {
         Ok(self.state().workers[&worker].usage)
+    }
+
+    fn last_output(&self, worker: WorkerId) -> Option<String> {
+        self.state().workers.get(&worker)?.last_output.clone()
     }
 
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {

@@ -374,11 +374,17 @@ impl ServicePool {
         } else {
             warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
         }
+        // Before teardown, which forgets the worker.
+        let last_words = self.runtime.last_output(id);
         self.remove_from_balancer(id).await;
         self.teardown(id);
         if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
             self.metrics.worker_crashed(id);
-            self.slot_failed(slot, id, format!("worker {id} {status} while {previous}"));
+            let mut message = format!("worker {id} {status} while {previous}");
+            if let Some(line) = last_words {
+                message = format!("{message}: {line}");
+            }
+            self.slot_failed(slot, id, message);
         }
     }
 

@@ -81,6 +81,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     async fn wait(&self, worker: WorkerId) -> ExitStatus;
     fn signal(&self, worker: WorkerId, signal: StopSignal) -> Result<(), RuntimeError>;
     fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError>;
+    /// The last line the worker wrote to stdout or stderr, if it is known (before teardown).
+    fn last_output(&self, _worker: WorkerId) -> Option<String> {
+        None
+    }
     /// Destroys everything the worker had (processes, mounts, cgroup, netns, address).
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError>;
 }

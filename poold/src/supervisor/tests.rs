@@ -84,6 +84,30 @@ async fn fills_the_pool_with_fresh_addresses() {
     assert_eq!(addrs.len(), 3);
 }
 
+/// Issue 11: the operator sees why a worker died, not only its exit code.
+#[tokio::test(start_paused = true)]
+async fn a_crash_reports_the_workers_last_output_line() {
+    let h = Harness::start(service(1)).await;
+    wait(2).await;
+    let victim = WorkerId(h.ready_worker(0).id);
+    h.runtime
+        .state()
+        .workers
+        .get_mut(&victim)
+        .unwrap()
+        .last_output = Some("[emerg] chown(\"/var/lib/nginx/body\", 33) failed".into());
+    h.runtime.exit(victim, ExitStatus::Code(1));
+    wait(1).await;
+    let slot = &h.status().slots[0];
+    assert_eq!(
+        slot.last_error.as_deref(),
+        Some(&*format!(
+            "worker {victim} exit code 1 while ready: [emerg] chown(\"/var/lib/nginx/body\", 33) failed"
+        )),
+        "{slot:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn crash_is_replaced_with_exponential_backoff_and_crash_loop_shows() {
     let h = Harness::start(service(2)).await;

@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod hardening;
+pub mod images;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
