@@ -24,6 +24,7 @@ pub const VM_PACKAGES: &[&str] = &[
 /// Packages the host test stage needs (`cargo test --workspace`).
 pub const HOST_TEST_PACKAGES: &[&str] = &[
     "prometheus", // promtool: checks the alert rules, their unit tests and /metrics
+    "cpio",       // lists the archives xtask writes (image tests)
 ];
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
