@@ -528,8 +528,16 @@ fn ready_ids(status: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Pause between two readiness samples.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// Pause between two readiness samples: longer under qemu TCG, where sampling every 20 ms
+/// (ipvsadm's fork and exec included) took enough of the 2 emulated CPUs for a worker to
+/// miss its health probes.
+fn sample_every() -> Duration {
+    if std::env::var_os("POOLD_IN_VM").is_some() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(20)
+    }
+}
 
 /// The longest stretch a readiness sampler may leave unobserved: the scenario's health
 /// check interval on a host, so a slot left without a ready worker for a probe interval or
@@ -639,7 +647,7 @@ fn sample_until(
             }
         }
         previous_start = Some(start);
-        std::thread::sleep(SAMPLE_EVERY);
+        std::thread::sleep(sample_every());
     }
     samples
 }
