@@ -575,6 +575,7 @@ fn fastest_start(log: &str) -> Duration {
 /// What one readiness sampler saw.
 struct Samples {
     what: &'static str,
+    /// Successful samples.
     count: u64,
     failed_calls: Vec<String>,
     /// The longest time between the start of one sample and the end of the next.
@@ -646,6 +647,7 @@ fn sample_until(
         let start = Instant::now();
         match sample() {
             Ok((count, detail)) => {
+                samples.count += 1;
                 if count < samples.fewest {
                     samples.fewest = count;
                     samples.fewest_at = now();
@@ -654,7 +656,6 @@ fn sample_until(
             }
             Err(error) => samples.failed_calls.push(format!("{}: {error}", now())),
         }
-        samples.count += 1;
         if let Some(previous) = previous_start {
             let gap = previous.elapsed();
             if gap > samples.largest_gap {
