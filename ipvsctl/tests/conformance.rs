@@ -10,7 +10,8 @@
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const IPVSADM: &str = "/usr/sbin/ipvsadm";
 const IPVSCTL: &str = env!("CARGO_BIN_EXE_ipvsctl");
@@ -240,6 +241,114 @@ fn conformance(tag: &str, rules: &str) {
     );
 }
 
+/// `-L -c` with the expire column (counting down between two runs) masked.
+fn mask_expire(listing: &str) -> String {
+    listing
+        .lines()
+        .map(|line| match line.split_once(' ') {
+            // "TCP 14:59  ESTABLISHED ...": the token after the protocol.
+            Some((proto, rest)) if rest.len() >= 5 && rest.as_bytes()[2] == b':' => {
+                format!("{proto} mm:ss{}\n", &rest[5..])
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
+/// Lists `args` with ipvsadm, ipvsctl, ipvsadm again, until both ipvsadm runs agree (the
+/// rate estimator ticks every 2 s, connections expire), then compares ipvsctl with them.
+/// Returns ipvsadm's listing.
+fn same_listing(ns: &Netns, args: &[&str], mask: fn(&str) -> String) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let before = mask(&ns.ok(IPVSADM, args, ""));
+        let got = mask(&ns.ok(IPVSCTL, args, ""));
+        let after = mask(&ns.ok(IPVSADM, args, ""));
+        if before == after {
+            assert_same(&format!("ipvsctl {}", args.join(" ")), &before, &got);
+            return before;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ipvsadm {args:?} never gave the same listing twice in a row"
+        );
+    }
+}
+
+/// Moves the calling thread into the named network namespace at `path`.
+fn enter_netns(path: &str) {
+    let netns = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// One exchange with [`serve_pings`]: "keep" leaves the connection open on both sides,
+/// "quit" has the server close first.
+fn ping(addr: &str, keep: bool) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(if keep { b"keep" } else { b"quit" })
+        .unwrap();
+    let mut reply = vec![0; 1004];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..4], b"pong");
+    stream
+}
+
+/// On a thread of its own in the namespace at `netns`: answers [`ping`]s on every address
+/// until `stop`, then closes the connections it kept.
+fn serve_pings(netns: &str, addrs: &[&str], stop: &AtomicBool) {
+    use std::io::{Read, Write};
+    enter_netns(netns);
+    let listeners: Vec<_> = addrs
+        .iter()
+        .map(|a| {
+            let l = std::net::TcpListener::bind(a).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let mut kept = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let mut idle = true;
+        for listener in &listeners {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    idle = false;
+                    conn.set_nonblocking(false).unwrap();
+                    let mut request = [0; 4];
+                    conn.read_exact(&mut request).unwrap();
+                    let mut reply = b"pong".to_vec();
+                    reply.resize(1004, b'.');
+                    conn.write_all(&reply).unwrap();
+                    if &request == b"keep" {
+                        kept.push(conn);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        if idle {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// The numbers on the first service line of an ipvsadm listing ("TCP  VIP:PORT  n n n").
+fn service_fields(listing: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .find(|l| l.starts_with("TCP "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The tests, in a module so that `--filter conformance` selects them.
 mod conformance {
     use super::*;
@@ -458,6 +567,138 @@ mod conformance {
         );
         ns.ok(IPVSCTL, &["-C"], "");
         assert_eq!(ns.ok(IPVSADM, &["-Sn"], ""), "");
+    }
+
+    /// Counters, rates and connection entries made by real connections through a MASQ service:
+    /// a client in the director's namespace (VIP /32 on lo), two real servers in another
+    /// namespace behind a veth. Some connections stay open (ESTABLISHED), the rest are closed.
+    #[test]
+    #[ignore = "vm: needs IPVS"]
+    fn listings_of_real_traffic_match_ipvsadm() {
+        let director = Netns::new("traffic");
+        let server = Netns::new("traffic-srv");
+        let ip = |args: &[&str]| {
+            let status = Command::new(ip_binary()).args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}: {status}");
+        };
+        let (d, s) = (director.name.as_str(), server.name.as_str());
+        ip(&[
+            "-n", d, "link", "add", "pdcf0", "type", "veth", "peer", "name", "pdcf1", "netns", s,
+        ]);
+        ip(&["-n", d, "addr", "add", "10.96.0.1/24", "dev", "pdcf0"]);
+        ip(&["-n", d, "link", "set", "pdcf0", "up"]);
+        ip(&["-n", d, "addr", "add", "10.95.0.1/32", "dev", "lo"]);
+        ip(&["-n", s, "addr", "add", "10.96.0.2/24", "dev", "pdcf1"]);
+        ip(&["-n", s, "link", "set", "pdcf1", "up"]);
+        ip(&["-n", s, "route", "add", "default", "via", "10.96.0.1"]);
+        director.ok(
+            IPVSADM,
+            &["-R"],
+            "-A -t 10.95.0.1:80 -s rr\n\
+             -a -t 10.95.0.1:80 -r 10.96.0.2:8080 -m -w 1\n\
+             -a -t 10.95.0.1:80 -r 10.96.0.2:8081 -m -w 2\n",
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let server_thread = std::thread::spawn({
+            let (stop, netns) = (stop.clone(), format!("/run/netns/{s}"));
+            move || serve_pings(&netns, &["10.96.0.2:8080", "10.96.0.2:8081"], &stop)
+        });
+        let director_ns = format!("/run/netns/{d}");
+        // 4 connections held open, 6 closed after one exchange.
+        let clients = std::thread::spawn({
+            let netns = director_ns.clone();
+            move || {
+                enter_netns(&netns);
+                let mut open = Vec::new();
+                for i in 0..10 {
+                    let keep = i < 4;
+                    let stream = ping("10.95.0.1:80", keep);
+                    if keep {
+                        open.push(stream);
+                    }
+                }
+                open
+            }
+        })
+        .join()
+        .unwrap();
+
+        // The kernel folds per-CPU counters into the listed stats on its 2 s estimator tick.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stats = director.ok(IPVSADM, &["-Ln", "--stats", "--exact"], "");
+            if service_fields(&stats).first() == Some(&10) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel never counted 10 connections:\n{stats}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let identity: fn(&str) -> String = str::to_owned;
+        for mode in [
+            &["-Ln", "--stats"][..],
+            &["-Ln", "--stats", "--exact"],
+            &["-Ln"],
+            &["-Ln", "--thresholds"],
+        ] {
+            same_listing(&director, mode, identity);
+        }
+        let exact = same_listing(&director, &["-Ln", "--stats", "--exact"], identity);
+        let fields = service_fields(&exact);
+        assert!(
+            fields.len() == 5 && fields[1..].iter().all(|&n| n > 0),
+            "conns, packets and bytes all counted:\n{exact}"
+        );
+        let connections = same_listing(&director, &["-Lnc"], mask_expire);
+        assert_eq!(
+            connections.matches("ESTABLISHED").count(),
+            4,
+            "{connections}"
+        );
+        assert!(
+            connections.lines().count() >= 2 + 10,
+            "an entry per connection:\n{connections}"
+        );
+        same_listing(
+            &director,
+            &["-L", "-c", "-n", "--persistent-conn"],
+            mask_expire,
+        );
+
+        // Rates: steady traffic until the estimator shows it, then compare.
+        let traffic_done = Arc::new(AtomicBool::new(false));
+        let traffic = std::thread::spawn({
+            let (done, netns) = (traffic_done.clone(), director_ns.clone());
+            move || {
+                enter_netns(&netns);
+                while !done.load(Ordering::SeqCst) {
+                    ping("10.95.0.1:80", false);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let rates = director.ok(IPVSADM, &["-Ln", "--rate", "--exact"], "");
+            if service_fields(&rates).iter().all(|&n| n > 0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the estimator never showed the traffic's rates:\n{rates}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        same_listing(&director, &["-Ln", "--rate"], identity);
+        same_listing(&director, &["-Ln", "--rate", "--exact"], identity);
+        traffic_done.store(true, Ordering::SeqCst);
+        traffic.join().unwrap();
+
+        drop(clients);
+        stop.store(true, Ordering::SeqCst);
+        server_thread.join().unwrap();
     }
 
     /// Kernel and argument errors: same message on stderr and same exit status as ipvsadm.

@@ -483,6 +483,7 @@ mod ipvs_kernel {
             ip_cmd(&["-n", ns, "link", "set", "lo", "up"]);
             ip_cmd(&["-n", ns, "route", "add", "default", "via", "10.99.0.1"]);
 
+            // CONNECTIONS to each of two services (ports 80 and 81) on the same real server.
             const CONNECTIONS: usize = 3;
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
@@ -493,7 +494,7 @@ mod ipvs_kernel {
                 let listener = std::net::TcpListener::bind("10.99.0.2:8080").unwrap();
                 bound_tx.send(()).unwrap();
                 let mut open = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..2 * CONNECTIONS {
                     let (mut conn, _) = listener.accept().unwrap();
                     let mut buf = [0u8; 4];
                     conn.read_exact(&mut buf).unwrap();
@@ -506,55 +507,71 @@ mod ipvs_kernel {
             bound_rx.recv().unwrap();
 
             let key = ServiceKey::tcp(ip("10.98.0.1"), 80);
-            ipvs.add_service(&Service::new(key, "rr")).unwrap();
-            ipvs.add_destination(&key, &Destination::new(ip("10.99.0.2"), 8080))
-                .unwrap();
+            let other = ServiceKey::tcp(ip("10.98.0.1"), 81);
             let mut clients = Vec::new();
-            for _ in 0..CONNECTIONS {
-                let mut client = std::net::TcpStream::connect("10.98.0.1:80").unwrap();
-                client.write_all(b"ping").unwrap();
-                let mut buf = [0u8; 4];
-                client.read_exact(&mut buf).unwrap();
-                assert_eq!(&buf, b"pong");
-                clients.push(client);
+            for service in [key, other] {
+                ipvs.add_service(&Service::new(service, "rr")).unwrap();
+                ipvs.add_destination(&service, &Destination::new(ip("10.99.0.2"), 8080))
+                    .unwrap();
+                let vip = match service {
+                    ServiceKey::Inet { addr, port, .. } => std::net::SocketAddr::new(addr, port),
+                    ServiceKey::Fwmark { .. } => unreachable!(),
+                };
+                for _ in 0..CONNECTIONS {
+                    let mut client = std::net::TcpStream::connect(vip).unwrap();
+                    client.write_all(b"ping").unwrap();
+                    let mut buf = [0u8; 4];
+                    client.read_exact(&mut buf).unwrap();
+                    assert_eq!(&buf, b"pong");
+                    clients.push(client);
+                }
             }
 
             // The kernel folds its per-CPU counters into what it reports every 2 s (the rate
             // estimator's tick): poll until they show up, bounded.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            let svc = loop {
-                let svc = ipvs.service(&key).unwrap();
-                if svc.stats.conns >= CONNECTIONS as u64 || std::time::Instant::now() > deadline {
-                    break svc;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
+            let counted = |ipvs: &mut Client, service: &ServiceKey| {
+                ipvs.service(service).unwrap().stats.conns
             };
-            assert_eq!(svc.stats.conns, CONNECTIONS as u64, "{:?}", svc.stats);
-            assert!(
-                svc.stats.inpkts >= 3 * CONNECTIONS as u64,
-                "{:?}",
-                svc.stats
-            );
-            assert!(
-                svc.stats.outpkts >= 2 * CONNECTIONS as u64,
-                "{:?}",
-                svc.stats
-            );
-            assert!(
-                svc.stats.inbytes > 0 && svc.stats.outbytes > 0,
-                "{:?}",
-                svc.stats
-            );
-            let dest = &ipvs.destinations(&key).unwrap()[0];
-            assert_eq!(dest.stats.conns, CONNECTIONS as u64, "{:?}", dest.stats);
-            // Both sides hold their sockets open: the kernel counts them as active.
-            assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
+            while counted(ipvs, &key) < CONNECTIONS as u64
+                || counted(ipvs, &other) < CONNECTIONS as u64
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the kernel never counted the connections"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            for service in [key, other] {
+                let svc = ipvs.service(&service).unwrap();
+                assert_eq!(svc.stats.conns, CONNECTIONS as u64, "{:?}", svc.stats);
+                assert!(
+                    svc.stats.inpkts >= 3 * CONNECTIONS as u64,
+                    "{:?}",
+                    svc.stats
+                );
+                assert!(
+                    svc.stats.outpkts >= 2 * CONNECTIONS as u64,
+                    "{:?}",
+                    svc.stats
+                );
+                assert!(
+                    svc.stats.inbytes > 0 && svc.stats.outbytes > 0,
+                    "{:?}",
+                    svc.stats
+                );
+                let dest = &ipvs.destinations(&service).unwrap()[0];
+                assert_eq!(dest.stats.conns, CONNECTIONS as u64, "{:?}", dest.stats);
+                // Both sides hold their sockets open: the kernel counts them as active.
+                assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
+            }
 
+            // Zeroing one service clears its counters and its real servers', not the other's.
             ipvs.zero(Some(&key)).unwrap();
             let svc = ipvs.service(&key).unwrap();
             assert_eq!(
-                (svc.stats.conns, svc.stats.inpkts),
-                (0, 0),
+                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
+                (0, 0, 0),
                 "{:?}",
                 svc.stats
             );
@@ -562,6 +579,23 @@ mod ipvs_kernel {
             assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
             // Zeroing counters leaves the connection table alone.
             assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
+            assert_eq!(
+                counted(ipvs, &other),
+                CONNECTIONS as u64,
+                "zeroed too early"
+            );
+
+            // Zeroing everything clears the other service too.
+            ipvs.zero(None).unwrap();
+            let svc = ipvs.service(&other).unwrap();
+            assert_eq!(
+                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
+                (0, 0, 0),
+                "{:?}",
+                svc.stats
+            );
+            let dest = &ipvs.destinations(&other).unwrap()[0];
+            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
 
             drop(clients);
             close_tx.send(()).unwrap();
@@ -665,15 +699,17 @@ mod ipvs_kernel {
 
     #[test]
     #[ignore = "vm: needs IPVS"]
-    fn zero_and_flush() {
+    fn flush_empties_the_table() {
+        // Zeroing is tested on counters real connections made: see
+        // counters_count_real_connections_and_zero_clears_them.
         in_fresh_netns(|ipvs| {
             let a = ServiceKey::tcp(ip("10.20.7.1"), 80);
             let b = ServiceKey::udp(ip("10.20.7.1"), 80);
             ipvs.add_service(&Service::new(a, "rr")).unwrap();
             ipvs.add_service(&Service::new(b, "rr")).unwrap();
-            ipvs.zero(Some(&a)).unwrap();
-            ipvs.zero(None).unwrap();
-            assert!(ipvs.services().unwrap().iter().all(|s| s.stats.conns == 0));
+            ipvs.add_destination(&a, &Destination::new(ip("10.20.7.2"), 80))
+                .unwrap();
+            assert_eq!(ipvsadm_save().len(), 3);
             ipvs.flush().unwrap();
             assert_eq!(ipvs.services().unwrap(), vec![]);
             assert_eq!(ipvsadm_save(), Vec::<String>::new());
@@ -841,9 +877,22 @@ mod ipvs_kernel {
     #[test]
     #[ignore = "vm: needs IPVS"]
     fn nobody_is_permission_denied() {
-        // A whole process as uid 65534: ipvsadm, which needs the same capability, must fail
-        // the same way, proving the test setup; our own client is run the same way by
-        // re-running this test binary's helper below as nobody.
+        // A whole process as uid 65534: ipvsadm, which needs the same capability, fails the
+        // same way, proving the setup; our own client is run the same way by re-running this
+        // test binary's helper below as nobody.
+        let ipvsadm = Command::new(IPVSADM)
+            .arg("-Ln")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&ipvsadm.stderr);
+        assert!(
+            !ipvsadm.status.success() && stderr.contains("Permission denied"),
+            "ipvsadm -Ln as nobody: {}: {stderr}{}",
+            ipvsadm.status,
+            String::from_utf8_lossy(&ipvsadm.stdout)
+        );
         let exe = std::env::current_exe().unwrap();
         let out = Command::new(exe)
             .args([

@@ -1,5 +1,6 @@
 //! End to end through the in-process proxy on loopback (runs on any Linux host as root):
-//! recycling under load, a crash loop's backoff, a worker over its memory limit.
+//! recycling under load, a crash loop's backoff, a worker over its memory limit, a worker
+//! the kernel OOM-kills.
 
 mod e2e_support;
 
@@ -16,4 +17,9 @@ fn e2e_crash_loop_backs_off_as_configured() {
 #[test]
 fn e2e_worker_over_its_memory_limit_is_replaced() {
     e2e_support::memory_hog_is_replaced();
+}
+
+#[test]
+fn e2e_oom_killed_worker_is_replaced() {
+    e2e_support::oom_killed_worker_is_replaced();
 }

@@ -26,6 +26,9 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "prometheus",  // promtool: checks the alert rules, their unit tests and /metrics
     "nftables",    // nft: poold's worker firewall (sandbox tests make and remove its table)
     "debootstrap", // builds the real-image tests' Debian images (xtask/src/test_images.rs)
+    "cpio",        // lists the archives xtask writes (image tests)
+    "wrk",         // load for the host end-to-end tests
+    "util-linux",  // setpriv: the hardening tests act as user nobody
 ];
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);

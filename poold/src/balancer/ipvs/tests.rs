@@ -29,20 +29,34 @@ fn in_fresh_netns<F: std::future::Future<Output = ()>>(body: impl FnOnce() -> F 
     .expect("test thread");
 }
 
-fn ipvsadm_listing() -> String {
-    let output = Command::new("/usr/sbin/ipvsadm")
-        .args(["-Ln"])
-        .output()
-        .expect("ipvsadm");
+/// Runs `program args`, which must succeed (a failing tool must never read as "not listed").
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().expect(program);
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+fn ipvsadm_listing() -> String {
+    run("/usr/sbin/ipvsadm", &["-Ln"])
+}
+
 fn addresses_of(device: &str) -> String {
-    let output = Command::new("/usr/bin/ip")
-        .args(["-o", "-4", "addr", "show", "dev", device])
+    run("/usr/bin/ip", &["-o", "-4", "addr", "show", "dev", device])
+}
+
+/// Whether `ip link show NAME` succeeds.
+fn link_exists(name: &str) -> bool {
+    Command::new("/usr/bin/ip")
+        .args(["link", "show", name])
         .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
+        .expect("ip")
+        .status
+        .success()
 }
 
 #[test]
@@ -67,6 +81,8 @@ fn service_lifecycle_in_the_kernel() {
         balancer.ensure_service(&service).await.unwrap();
         balancer.ensure_service(&service).await.unwrap(); // idempotent
         let device = balancer.vip_device().to_owned();
+        assert_eq!(device, VIP_DEVICE, "the VM kernel has dummy links");
+        assert!(link_exists(VIP_DEVICE));
         assert!(
             addresses_of(&device).contains("10.212.0.1/32"),
             "{}",
@@ -132,8 +148,20 @@ fn service_lifecycle_in_the_kernel() {
             matches!(gone, BalancerError::NoSuchService { .. }),
             "a missing service is an error, never empty: {gone}"
         );
-        assert!(!addresses_of(&device).contains("10.212.0.1"), "VIP unbound");
-        assert!(!ipvsadm_listing().contains("10.212.0.1"));
+        assert!(
+            !link_exists(VIP_DEVICE),
+            "{VIP_DEVICE} left after the last service was removed"
+        );
+        assert!(
+            !addresses_of("lo").contains("10.212.0.1"),
+            "VIP moved to lo"
+        );
+        let listing = ipvsadm_listing();
+        assert!(!listing.contains("10.212.0.1"), "{listing}");
+        assert!(
+            listing.contains("Prot LocalAddress:Port"),
+            "not an ipvsadm listing: {listing}"
+        );
 
         let loopback = VirtualService {
             listen: "127.0.0.1:80".parse().unwrap(),
