@@ -1,9 +1,10 @@
 //! The workers' firewall: an nftables table per poold instance (`inet poold_<link prefix>`)
-//! that keeps workers off the host's own services. Its input chain lets packets from the
-//! bridge in only when they belong to a connection the host started (replies to health
-//! checks, the proxy and IPVS), go to a listed host port, or are IPv6 neighbour discovery;
-//! every other packet from a worker to any host address (the gateway, the host's other
-//! addresses, a VIP, the bridge's IPv6 link-local address) is dropped.
+//! that keeps workers off the host's own services. Its input chain, for packets from the
+//! bridge: listed host ports (TCP and UDP) pass; a TCP connection request (SYN without ACK)
+//! is dropped; the rest of TCP (the host's health checks, proxy and IPVS connections), ICMP
+//! and ICMPv6 (errors, echo, neighbour discovery) pass; everything else (UDP and other
+//! protocols, to any host address: the gateway, the host's other addresses, a VIP, the
+//! bridge's IPv6 link-local address) is dropped. No conntrack: see [`ruleset`].
 //! Forwarded traffic (workers answering remote clients, workers reaching other machines) is
 //! not touched. The table is replaced atomically (one `nft` transaction) and made and removed
 //! with the bridge.
@@ -15,7 +16,9 @@
 use std::borrow::Cow;
 
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem};
+use nftables::expr::{
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem,
+};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -109,6 +112,15 @@ fn from_bridge(bridge: &str) -> Statement<'static> {
     )
 }
 
+fn field(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
 fn rule(table: &str, statements: Vec<Statement<'static>>, comment: &str) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
         family: NfFamily::INet,
@@ -121,6 +133,11 @@ fn rule(table: &str, statements: Vec<Statement<'static>>, comment: &str) -> NfLi
 }
 
 /// The whole table for `bridge`, replacing an older copy in the same transaction.
+///
+/// Stateless on purpose: a `ct state` match makes the kernel track every connection of the
+/// host's network namespace (loopback and the proxy's clients too); under a busy proxy that
+/// filled the conntrack table (262,144 entries) within a minute and the kernel dropped new
+/// connections to every worker. Without a SYN, no TCP connection to the host can open.
 pub(crate) fn ruleset(
     table_name: &str,
     bridge: &str,
@@ -141,47 +158,6 @@ pub(crate) fn ruleset(
         policy: Some(NfChainPolicy::Accept),
         ..Chain::default()
     }));
-    batch.add(rule(
-        table_name,
-        vec![
-            from_bridge(bridge),
-            matches(
-                Expression::Named(NamedExpression::CT(nftables::expr::CT {
-                    key: Cow::Borrowed("state"),
-                    family: None,
-                    dir: None,
-                })),
-                Operator::IN,
-                Expression::List(vec![
-                    Expression::String(Cow::Borrowed("established")),
-                    Expression::String(Cow::Borrowed("related")),
-                ]),
-            ),
-            Statement::Accept(None),
-        ],
-        "replies to connections the host started (health checks, proxy, IPVS)",
-    ));
-    batch.add(rule(
-        table_name,
-        vec![
-            from_bridge(bridge),
-            matches(
-                Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                    PayloadField {
-                        protocol: Cow::Borrowed("icmpv6"),
-                        field: Cow::Borrowed("type"),
-                    },
-                ))),
-                Operator::EQ,
-                Expression::Named(NamedExpression::Set(vec![
-                    SetItem::Element(Expression::String(Cow::Borrowed("nd-neighbor-solicit"))),
-                    SetItem::Element(Expression::String(Cow::Borrowed("nd-neighbor-advert"))),
-                ])),
-            ),
-            Statement::Accept(None),
-        ],
-        "IPv6 neighbour discovery (what ARP is for IPv4, which this table does not see)",
-    ));
     if !allow_host_ports.is_empty() {
         let ports: Vec<SetItem<'static>> = allow_host_ports
             .iter()
@@ -193,12 +169,7 @@ pub(crate) fn ruleset(
                 vec![
                     from_bridge(bridge),
                     matches(
-                        Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                            PayloadField {
-                                protocol: Cow::Borrowed(protocol),
-                                field: Cow::Borrowed("dport"),
-                            },
-                        ))),
+                        field(protocol, "dport"),
                         Operator::EQ,
                         Expression::Named(NamedExpression::Set(ports.clone())),
                     ),
@@ -210,8 +181,51 @@ pub(crate) fn ruleset(
     }
     batch.add(rule(
         table_name,
+        vec![
+            from_bridge(bridge),
+            matches(
+                Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                    field("tcp", "flags"),
+                    Expression::BinaryOperation(Box::new(BinaryOperation::OR(vec![
+                        Expression::String(Cow::Borrowed("syn")),
+                        Expression::String(Cow::Borrowed("ack")),
+                    ]))),
+                ))),
+                Operator::EQ,
+                Expression::String(Cow::Borrowed("syn")),
+            ),
+            Statement::Drop(None),
+        ],
+        "no TCP connection from a worker to the host",
+    ));
+    for (protocol, comment) in [
+        (
+            "tcp",
+            "the rest of the connections the host started (health checks, proxy, IPVS)",
+        ),
+        ("icmp", "errors for the host's connections, echo"),
+        ("ipv6-icmp", "errors, echo, IPv6 neighbour discovery"),
+    ] {
+        batch.add(rule(
+            table_name,
+            vec![
+                from_bridge(bridge),
+                matches(
+                    Expression::Named(NamedExpression::Meta(Meta {
+                        key: MetaKey::L4proto,
+                    })),
+                    Operator::EQ,
+                    Expression::String(Cow::Borrowed(protocol)),
+                ),
+                Statement::Accept(None),
+            ],
+            comment,
+        ));
+    }
+    batch.add(rule(
+        table_name,
         vec![from_bridge(bridge), Statement::Drop(None)],
-        "workers reach no other host service",
+        "workers reach no other host service (UDP, other protocols)",
     ));
     batch.to_nftables()
 }
@@ -256,9 +270,8 @@ mod tests {
             r#"{"delete":{"table":{"family":"inet","name":"poold_pdx"}}}"#,
             r#""hook":"input""#,
             r#"{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"pdbr0"}}"#,
-            r#""right":["established","related"]"#,
+            r#"{"&":[{"payload":{"field":"flags","protocol":"tcp"}},{"|":["syn","ack"]}]}"#,
             r#""right":{"set":[53,8125]}"#,
-            r#""right":{"set":["nd-neighbor-solicit","nd-neighbor-advert"]}"#,
             r#"{"drop":null}"#,
         ] {
             assert!(text.contains(want), "{want} missing in {text}");
@@ -269,6 +282,7 @@ mod tests {
     fn no_listed_ports_means_no_port_rules() {
         let text = serde_json::to_string(&ruleset("poold_pdx", "pdbr0", &[])).unwrap();
         assert!(!text.contains("dport"), "{text}");
-        assert!(text.contains("icmpv6"), "{text}");
+        assert!(text.contains("ipv6-icmp"), "{text}");
+        assert!(!text.contains("\"ct\""), "stateless: {text}");
     }
 }
