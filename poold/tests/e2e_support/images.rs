@@ -110,24 +110,9 @@ fn worker_processes(status: &Value, needle: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Like [`Daemon::wait_ready`], with room for the first unpacking of both images (about
-/// 100 MiB each; minutes under qemu TCG).
+/// Room for the first unpacking of both images (about 100 MiB each; minutes under qemu TCG).
 fn wait_ready(daemon: &mut Daemon, service: &str, workers: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        if let Some(s) = daemon.status(service) {
-            if s["ready"].as_u64() == Some(workers) {
-                return s;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service} never had {workers} ready workers; log:\n{}",
-            daemon.log()
-        );
-        daemon.assert_running();
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    daemon.wait_ready_within(service, workers, Duration::from_secs(900))
 }
 
 fn start_wrk(url: &str) -> Child {

@@ -173,11 +173,17 @@ subnet = "10.215.{tag}.0/24"
 
     /// Waits until `service` has `workers` ready workers; returns that status.
     fn wait_ready(&mut self, service: &str, workers: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = self.wait_ready_within(service, workers, Duration::from_secs(120));
+        self.assert_links_visible(workers);
+        status
+    }
+
+    /// Waits until `service` has `workers` ready workers, failing after `timeout`.
+    pub fn wait_ready_within(&mut self, service: &str, workers: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.status(service) {
                 if s["ready"].as_u64() == Some(workers) {
-                    self.assert_links_visible(workers);
                     return s;
                 }
             }
