@@ -163,13 +163,16 @@ impl Inner {
         let Some(spec) = &self.bridge else {
             return Ok(());
         };
-        // Stop repairs first; taking the state lock waits out one in progress.
+        // Stop repairs first; taking the state lock waits out one in progress, and a repair
+        // already queued behind the lock sees `watching` cleared (without this it made the
+        // bridge, route and firewall again right after their removal).
         drop(
             self.watcher
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
+        self.watching.store(false, Ordering::SeqCst);
         let mut state = self.bridge_state();
         let bridge = net::remove_bridge(spec, state.take());
         let route = net::delete_unreachable_route(spec.subnet);
