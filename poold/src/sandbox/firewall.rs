@@ -198,13 +198,15 @@ pub(crate) fn ruleset(
         ],
         "no TCP connection from a worker to the host",
     ));
+    // Protocol numbers, not names: nft resolves names through /etc/protocols, which minimal
+    // systems (the test VM) lack.
     for (protocol, comment) in [
         (
-            "tcp",
-            "the rest of the connections the host started (health checks, proxy, IPVS)",
+            6,
+            "the rest of TCP: connections the host started (health checks, proxy, IPVS)",
         ),
-        ("icmp", "errors for the host's connections, echo"),
-        ("ipv6-icmp", "errors, echo, IPv6 neighbour discovery"),
+        (1, "ICMP: errors for the host's connections, echo"),
+        (58, "ICMPv6: errors, echo, IPv6 neighbour discovery"),
     ] {
         batch.add(rule(
             table_name,
@@ -215,7 +217,7 @@ pub(crate) fn ruleset(
                         key: MetaKey::L4proto,
                     })),
                     Operator::EQ,
-                    Expression::String(Cow::Borrowed(protocol)),
+                    Expression::Number(protocol),
                 ),
                 Statement::Accept(None),
             ],
@@ -282,7 +284,11 @@ mod tests {
     fn no_listed_ports_means_no_port_rules() {
         let text = serde_json::to_string(&ruleset("poold_pdx", "pdbr0", &[])).unwrap();
         assert!(!text.contains("dport"), "{text}");
-        assert!(text.contains("ipv6-icmp"), "{text}");
+        assert!(text.contains("ICMPv6"), "{text}");
+        assert!(
+            text.contains(r#""right":58"#) && !text.contains(r#""right":"tcp""#),
+            "protocol numbers, not names (no /etc/protocols needed): {text}"
+        );
         assert!(!text.contains("\"ct\""), "stateless: {text}");
     }
 }
