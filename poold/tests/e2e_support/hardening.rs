@@ -221,7 +221,10 @@ pub fn recycle_closes_idle_clients_of_gone_workers() {
     let clients: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
-    // All 200 spliced to a worker before the recycle.
+    // All 200 spliced to a worker before the recycle: counted by the proxy, and connected
+    // to it (ESTABLISHED, state 01). `active_conns` also counts connects still in progress;
+    // under qemu TCG such a connect (busybox httpd's backlog is 9) outlived its old worker,
+    // was retried on a new one, and stayed open there, correctly, failing this test.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = daemon.status("idle").unwrap();
@@ -231,12 +234,14 @@ pub fn recycle_closes_idle_clients_of_gone_workers() {
             .iter()
             .map(|w| w["active_conns"].as_u64().unwrap())
             .sum();
-        if active == 200 {
+        let established = sockets_in_state(daemon.pid(), "01", &daemon.subnet_prefix()).len();
+        // At least: a health probe may be connected too.
+        if active == 200 && established >= 200 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {active} of 200 clients spliced: {s}"
+            "only {active} of 200 clients counted, {established} connected to a worker: {s}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
