@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     };
     let sandbox = Sandbox::new(config)?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let life = || async {
             let mut spec =
                 WorkerSpec::new("bench", RootFs::Dir(rootfs.clone().into()), &command[0]);
@@ -118,5 +118,15 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Ok(())
-    })
+    });
+    // Leave nothing behind, also after a failed run: the bridge (only if poold made it),
+    // the cgroup parent and the state directories.
+    rt.block_on(async {
+        if network == NetworkMode::Bridged {
+            sandbox.remove_bridge().await?;
+        }
+        sandbox.remove_cgroup_parent().await
+    })?;
+    sandbox.remove_empty_state_dirs();
+    result
 }
