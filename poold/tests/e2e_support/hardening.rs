@@ -522,14 +522,7 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
             .join("\n")
     };
     assert!(wrk.status.success(), "wrk failed: {report}");
-    let requests: u64 = report
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"));
+    let requests = super::wrk_requests(&report);
     assert!(
         requests > 100 && !report.contains("Socket errors") && !report.contains("Non-2xx"),
         "wrk under attack:\n{report}\npoold:\n{}",

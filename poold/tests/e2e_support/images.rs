@@ -145,14 +145,7 @@ fn finish_wrk(wrk: Child, what: &str, daemon: &Daemon) -> u64 {
     let out = wrk.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk on {what} failed: {report}");
-    let requests: u64 = report
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"));
+    let requests = super::wrk_requests(&report);
     assert!(requests > 20, "too few requests on {what}:\n{report}");
     for bad in ["Socket errors", "Non-2xx"] {
         assert!(

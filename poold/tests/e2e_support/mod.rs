@@ -960,14 +960,7 @@ stop_timeout = "3s"
         "wrk failed: {report}{}",
         String::from_utf8_lossy(&wrk.stderr)
     );
-    let requests: u64 = report
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"));
+    let requests = wrk_requests(&report);
     assert!(
         requests > 100,
         "wrk made too few requests to prove anything:\n{report}"
@@ -1330,4 +1323,16 @@ timeout = "500ms"
         "memory: worker {first_id} peaked at {peak} bytes, replaced for {why:?} (status: {reasons_seen:?})"
     );
     peak
+}
+
+/// The request count in wrk's report ("N requests in ...").
+pub fn wrk_requests(report: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"))
 }
