@@ -178,18 +178,7 @@ where
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(m) => Ok(m.map(|m| m.header.index)),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(SandboxError::net("get link", name, e)),
-    }
+    Ok(get_link(h, name).await?.map(|m| m.header.index))
 }
 
 /// What poold needs to know to make, check, share or remove its bridge.
