@@ -39,11 +39,24 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
             "SLOT", "STATE", "ADDRESS", "PID", "AGE", "CONNS", "SERVED"
         );
         for worker in &service.workers {
-            let note = match (worker.state, worker.reason) {
+            // A start that follows failures keeps showing the last one: the slot
+            // leaves backoff for each attempt, and the reason must not vanish with it.
+            let failed_before = service
+                .slots
+                .iter()
+                .find(|s| s.slot == worker.slot && s.failures > 0);
+            let note = match (worker.state, worker.reason, failed_before) {
                 (
                     WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone,
                     Some(reason),
+                    _,
                 ) => reason.to_string(),
+                (WorkerState::Starting, _, Some(slot)) => format!(
+                    "after {} failure{}: {}",
+                    slot.failures,
+                    if slot.failures == 1 { "" } else { "s" },
+                    slot.last_error.as_deref().unwrap_or("-")
+                ),
                 _ => String::new(),
             };
             let row = format!(
@@ -60,11 +73,11 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
             );
             let _ = writeln!(out, "{}", row.trim_end());
         }
-        for slot in service
-            .slots
-            .iter()
-            .filter(|s| matches!(s.state, SlotState::Backoff | SlotState::CrashLoop))
-        {
+        for slot in service.slots.iter().filter(|s| {
+            matches!(s.state, SlotState::Backoff | SlotState::CrashLoop)
+                    // Between a failure and the next worker's spawn: no row carries it.
+                    || (s.failures > 0 && !service.workers.iter().any(|w| w.slot == s.slot))
+        }) {
             let _ = writeln!(
                 out,
                 "  {:<5} {:<9} failures {}, retry in {}: {}",
@@ -77,4 +90,59 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::{SlotStatus, WorkerStatus};
+
+    fn service(failures: u32, state: WorkerState) -> ServiceStatus {
+        ServiceStatus {
+            name: "web".into(),
+            listen: "127.0.0.1:80".parse().unwrap(),
+            balancer: crate::balancer::BalancerKind::Proxy,
+            desired: 1,
+            ready: 0,
+            slots: vec![SlotStatus {
+                slot: 0,
+                state: SlotState::Starting,
+                failures,
+                last_error: (failures > 0).then(|| "exit code 1 while starting: boom".into()),
+                retry_in_secs: None,
+            }],
+            workers: vec![WorkerStatus {
+                slot: 0,
+                id: 7,
+                state,
+                addr: None,
+                pid: Some(42),
+                age_secs: 0.0,
+                active_conns: 0,
+                total_conns: 0,
+                memory_bytes: 0,
+                reason: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_start_after_failures_shows_the_last_failure() {
+        let table = status_table(&[service(3, WorkerState::Starting)]);
+        assert!(
+            table.contains("after 3 failures: exit code 1 while starting: boom"),
+            "{table}"
+        );
+        let first = status_table(&[service(0, WorkerState::Starting)]);
+        assert!(!first.contains("after"), "{first}");
+        let ready = status_table(&[service(3, WorkerState::Ready)]);
+        assert!(!ready.contains("boom"), "{ready}");
+        let mut spawning = service(2, WorkerState::Starting);
+        spawning.workers.clear();
+        let table = status_table(&[spawning]);
+        assert!(
+            table.contains("failures 2, retry in 0s: exit code 1"),
+            "{table}"
+        );
+    }
 }
