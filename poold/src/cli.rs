@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
-use crate::control::{render, RecycleRequest};
+use crate::control::{render, DrainReply, DrainRequest, RecycleRequest};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,8 +74,16 @@ pub fn init_logging(level: &str) {
 #[command(name = "poolctl", version, about = "Control a running poold")]
 pub struct PoolctlArgs {
     /// poold's control socket.
-    #[arg(long, default_value = "/run/poold/poold.sock", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/poold/poold.sock",
+        value_name = "PATH"
+    )]
     pub socket: PathBuf,
+    /// Machine-readable output (the API's JSON reply).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: PoolctlCommand,
 }
@@ -83,10 +91,29 @@ pub struct PoolctlArgs {
 #[derive(Debug, Subcommand)]
 pub enum PoolctlCommand {
     /// Show services and workers.
-    Status {
-        /// Machine-readable output.
+    Status,
+    /// Take a service (or with --all every service) out of the fleet: /ready answers 503 at
+    /// once, the workers keep serving whatever still arrives.
+    Drain {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        service: Option<String>,
+        /// Every service of this poold (the whole host).
         #[arg(long)]
-        json: bool,
+        all: bool,
+        /// Return when no connection has been active for a settle period (2s).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this long ("30s", "5m"; default 5m).
+        #[arg(long, requires = "wait", value_name = "DURATION")]
+        timeout: Option<crate::config::HumanDuration>,
+    },
+    /// Put drained services back into the fleet.
+    Undrain {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        service: Option<String>,
+        /// Every service of this poold.
+        #[arg(long)]
+        all: bool,
     },
     /// Replace workers of a service (surge: replacements first, then drain).
     Recycle {
@@ -102,14 +129,45 @@ pub enum PoolctlCommand {
 
 pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
     let client = ControlClient::new(&args.socket);
+    let json = args.json;
     let result = match args.command {
-        PoolctlCommand::Status { json } => client.status().await.map(|services| {
+        PoolctlCommand::Status => client.status().await.map(|services| {
             if json {
-                serde_json::to_string_pretty(&services).expect("status serializes")
+                pretty_json(&services)
             } else {
                 render::status_table(&services)
             }
         }),
+        PoolctlCommand::Drain {
+            service,
+            all: _,
+            wait,
+            timeout,
+        } => {
+            let request = DrainRequest {
+                wait,
+                timeout_secs: timeout.map(|t| t.get().as_secs_f64()),
+            };
+            client
+                .drain(service.as_deref(), &request)
+                .await
+                .map(|reply| {
+                    if json {
+                        pretty_json(&reply)
+                    } else {
+                        drain_line(&reply)
+                    }
+                })
+        }
+        PoolctlCommand::Undrain { service, all: _ } => {
+            client.undrain(service.as_deref()).await.map(|reply| {
+                if json {
+                    pretty_json(&reply)
+                } else {
+                    drain_line(&reply)
+                }
+            })
+        }
         PoolctlCommand::Recycle {
             service,
             slot,
@@ -118,6 +176,9 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
             .recycle(&service, &RecycleRequest { slot, wait })
             .await
             .map(|reply| {
+                if json {
+                    return pretty_json(&reply);
+                }
                 let verb = if reply.finished {
                     "recycled"
                 } else {
@@ -139,6 +200,19 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn pretty_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("API replies serialize")
+}
+
+fn drain_line(reply: &DrainReply) -> String {
+    let verb = match (reply.drained, reply.settled) {
+        (true, true) => "drained, no active connections",
+        (true, false) => "drained (readiness 503)",
+        (false, _) => "undrained (back in rotation)",
+    };
+    format!("{}: {verb}", reply.services.join(", "))
 }
 
 /// `poold --config FILE`: runs until SIGINT or SIGTERM.

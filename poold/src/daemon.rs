@@ -147,6 +147,10 @@ pub async fn run(
     )
     .await;
     info!("shutting down: draining every service");
+    // Upstream balancers see 503 on /ready before any worker loses its weight.
+    for pool in pools.0.iter() {
+        let _ = pool.set_drained(true).await;
+    }
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;
     served.map_err(Into::into)

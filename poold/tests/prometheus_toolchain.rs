@@ -74,6 +74,8 @@ fn metrics_after_events() -> Metrics {
         balancer: BalancerKind::Ipvs,
         desired: 2,
         ready: 1,
+        min_ready: 2,
+        drained: false,
         slots: vec![
             SlotStatus {
                 slot: 0,

@@ -129,6 +129,9 @@ pub struct ServiceConfig {
     pub scheduler: String,
     /// Desired number of ready workers.
     pub workers: u32,
+    /// Ready workers below which the readiness endpoint answers 503 (default: `workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready: Option<u32>,
     /// Balancer weight of each ready worker.
     #[serde(default = "defaults::weight")]
     pub weight: u32,

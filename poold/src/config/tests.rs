@@ -120,6 +120,7 @@ fn fully_populated() -> Config {
             protocol: Protocol::Tcp,
             scheduler: "wlc".into(),
             workers: 1,
+            min_ready: Some(1),
             weight: 1,
             max_client_connections: 4096,
             port: 8080,
@@ -710,4 +711,17 @@ fn user_namespace_ranges_are_checked() {
         "{message}"
     );
     parse(&two.replace("150000", "165536")).unwrap();
+}
+
+#[test]
+fn min_ready_is_between_one_and_workers() {
+    let text = MINIMAL.replace("workers = 2", "workers = 2\nmin_ready = 3");
+    assert_eq!(
+        error_text(&text),
+        "/etc/poold.toml:6:1: service[0].min_ready: 3 is out of range: from 1 to workers (2)"
+    );
+    let text = MINIMAL.replace("workers = 2", "workers = 2\nmin_ready = 0");
+    assert!(error_text(&text).contains("service[0].min_ready: 0 is out of range"));
+    let text = MINIMAL.replace("workers = 2", "workers = 2\nmin_ready = 1");
+    assert_eq!(parse(&text).unwrap().services[0].min_ready, Some(1));
 }

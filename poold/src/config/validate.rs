@@ -360,6 +360,17 @@ fn validate_service(
     if service.workers == 0 {
         push(at("workers"), "must be at least 1".into());
     }
+    if let Some(min_ready) = service.min_ready {
+        if min_ready == 0 || min_ready > service.workers {
+            push(
+                at("min_ready"),
+                format!(
+                    "{min_ready} is out of range: from 1 to workers ({})",
+                    service.workers
+                ),
+            );
+        }
+    }
     if service.weight == 0 || service.weight > 65535 {
         push(
             at("weight"),

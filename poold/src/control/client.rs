@@ -1,6 +1,6 @@
 //! poolctl's side of the control socket: HTTP/1.1 over a Unix stream (hyper).
 
-use super::{ApiError, ControlError, RecycleReply, RecycleRequest};
+use super::{ApiError, ControlError, DrainReply, DrainRequest, RecycleReply, RecycleRequest};
 use crate::supervisor::ServiceStatus;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -45,6 +45,28 @@ impl ControlClient {
             Some(body),
         )
         .await
+    }
+
+    /// Drains `service`, or every service when `None`, for the readiness endpoint.
+    pub async fn drain(
+        &self,
+        service: Option<&str>,
+        request: &DrainRequest,
+    ) -> Result<DrainReply, ControlError> {
+        let body = serde_json::to_vec(request).expect("request serializes");
+        let path = match service {
+            Some(service) => format!("/v1/services/{service}/drain"),
+            None => "/v1/drain".to_owned(),
+        };
+        self.call("POST", &path, Some(body)).await
+    }
+
+    pub async fn undrain(&self, service: Option<&str>) -> Result<DrainReply, ControlError> {
+        let path = match service {
+            Some(service) => format!("/v1/services/{service}/undrain"),
+            None => "/v1/undrain".to_owned(),
+        };
+        self.call("POST", &path, None).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -2,6 +2,9 @@
 //!
 //! - `GET  /v1/status` -> `[ServiceStatus]`
 //! - `POST /v1/services/{name}/recycle` with `{"slot": N|null, "wait": bool}` -> `RecycleReply`
+//! - `POST /v1/services/{name}/drain`, `POST /v1/drain` (every service) with
+//!   `{"wait": bool, "timeout_secs": S|null}` -> `DrainReply`
+//! - `POST /v1/services/{name}/undrain`, `POST /v1/undrain` -> `DrainReply`
 
 pub mod client;
 pub mod render;
@@ -23,6 +26,27 @@ pub struct RecycleReply {
     pub service: String,
     pub slots: Vec<u32>,
     pub finished: bool,
+}
+
+/// Take services out of the fleet: the readiness endpoint answers 503 at once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Answer only when the services have had no active connection for
+    /// [`server::DRAIN_SETTLE`].
+    #[serde(default)]
+    pub wait: bool,
+    /// Give up waiting after this long (default [`server::DRAIN_WAIT_DEFAULT`]).
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub services: Vec<String>,
+    pub drained: bool,
+    /// With `wait`: the services had no active connection for the settle period.
+    pub settled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,20 +18,21 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
         if index > 0 {
             out.push('\n');
         }
-        let health = if service.ready >= service.desired {
-            "ok"
-        } else {
-            "degraded"
-        };
+        let healthy = service.ready >= service.desired;
         let _ = writeln!(
             out,
-            "{} {}  listen {}  balancer {}  ready {}/{}",
-            if health == "ok" { "●" } else { "×" },
+            "{} {}  listen {}  balancer {}  ready {}/{}{}",
+            if healthy { "●" } else { "×" },
             service.name,
             service.listen,
             service.balancer,
             service.ready,
-            service.desired
+            service.desired,
+            if service.drained {
+                "  DRAINED (readiness 503)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -104,6 +105,8 @@ mod tests {
             balancer: crate::balancer::BalancerKind::Proxy,
             desired: 1,
             ready: 0,
+            min_ready: 1,
+            drained: false,
             slots: vec![SlotStatus {
                 slot: 0,
                 state: SlotState::Starting,

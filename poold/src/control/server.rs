@@ -1,6 +1,6 @@
 //! poold's side of the control socket.
 
-use super::{ApiError, RecycleReply, RecycleRequest};
+use super::{ApiError, DrainReply, DrainRequest, RecycleReply, RecycleRequest};
 use crate::conn_limit::{accept_failed, spawn_http_connection, ConnLimiter};
 use crate::supervisor::{PoolHandle, ServiceStatus};
 use axum::extract::rejection::JsonRejection;
@@ -35,7 +35,129 @@ pub fn router(pools: Pools) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/services/{name}/recycle", post(recycle))
+        .route("/v1/services/{name}/drain", post(drain_one))
+        .route("/v1/services/{name}/undrain", post(undrain_one))
+        .route("/v1/drain", post(drain_all))
+        .route("/v1/undrain", post(undrain_all))
         .with_state(pools)
+}
+
+/// A drained service is settled once it has had no active connection this long (IPVS
+/// counts a connection being set up as inactive for a moment; upstream checks lag).
+pub const DRAIN_SETTLE: Duration = Duration::from_secs(2);
+/// How long `drain --wait` waits for the services to settle unless told otherwise.
+pub const DRAIN_WAIT_DEFAULT: Duration = Duration::from_secs(300);
+
+fn find_pool<'a>(
+    pools: &'a Pools,
+    name: &str,
+) -> Result<&'a PoolHandle, (StatusCode, Json<ApiError>)> {
+    pools
+        .find(name)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no service named {name:?}")))
+}
+
+async fn drain_one(
+    State(pools): State<Pools>,
+    Path(name): Path<String>,
+    request: Result<Json<DrainRequest>, JsonRejection>,
+) -> ApiResult<DrainReply> {
+    let pool = find_pool(&pools, &name)?.clone();
+    set_drained(vec![pool], true, request).await
+}
+
+async fn drain_all(
+    State(pools): State<Pools>,
+    request: Result<Json<DrainRequest>, JsonRejection>,
+) -> ApiResult<DrainReply> {
+    set_drained(pools.0.to_vec(), true, request).await
+}
+
+async fn undrain_one(
+    State(pools): State<Pools>,
+    Path(name): Path<String>,
+) -> ApiResult<DrainReply> {
+    let pool = find_pool(&pools, &name)?.clone();
+    set_drained(vec![pool], false, Ok(Json(DrainRequest::default()))).await
+}
+
+async fn undrain_all(State(pools): State<Pools>) -> ApiResult<DrainReply> {
+    set_drained(pools.0.to_vec(), false, Ok(Json(DrainRequest::default()))).await
+}
+
+async fn set_drained(
+    pools: Vec<PoolHandle>,
+    drained: bool,
+    request: Result<Json<DrainRequest>, JsonRejection>,
+) -> ApiResult<DrainReply> {
+    let Json(request) =
+        request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let timeout = match request.timeout_secs {
+        None => DRAIN_WAIT_DEFAULT,
+        Some(secs) => Duration::try_from_secs_f64(secs).map_err(|_| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                format!("timeout_secs: {secs} is not a duration in seconds"),
+            )
+        })?,
+    };
+    for pool in &pools {
+        pool.set_drained(drained)
+            .await
+            .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    }
+    let services: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+    let settled = if drained && request.wait {
+        wait_settled(&pools, timeout).await?;
+        true
+    } else {
+        false
+    };
+    Ok(Json(DrainReply {
+        services,
+        drained,
+        settled,
+    }))
+}
+
+/// Waits until every pool has had no active connection for [`DRAIN_SETTLE`].
+async fn wait_settled(
+    pools: &[PoolHandle],
+    timeout: Duration,
+) -> Result<(), (StatusCode, Json<ApiError>)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut idle_since = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let busy: Vec<(String, u64)> = pools
+            .iter()
+            .map(|p| (p.name.clone(), p.status.borrow().active_conns()))
+            .filter(|(_, conns)| *conns > 0)
+            .collect();
+        if busy.is_empty() {
+            let since = *idle_since.get_or_insert(now);
+            if now >= since + DRAIN_SETTLE {
+                return Ok(());
+            }
+        } else {
+            idle_since = None;
+            if now >= deadline {
+                let busy: Vec<String> = busy
+                    .iter()
+                    .map(|(name, conns)| format!("{name} has {conns}"))
+                    .collect();
+                return Err(api_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "drained, but active connections remain after {:.0?}: {}",
+                        timeout,
+                        busy.join(", ")
+                    ),
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn status(State(pools): State<Pools>) -> Json<Vec<ServiceStatus>> {

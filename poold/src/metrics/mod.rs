@@ -259,6 +259,12 @@ impl Metrics {
         }
     }
 
+    /// What the readiness endpoint says of every tracked service, in config order.
+    pub fn readiness(&self) -> Vec<crate::supervisor::Readiness> {
+        let services = self.inner.services.lock().expect("metrics lock");
+        services.iter().map(|s| s.readiness()).collect()
+    }
+
     /// The OpenMetrics text exposition (what `GET /metrics` serves to Prometheus).
     pub fn encode(&self) -> Result<String, MetricsError> {
         let mut out = String::new();

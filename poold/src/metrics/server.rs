@@ -3,7 +3,7 @@
 use super::text::{to_prometheus_text, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use super::{Metrics, MetricsError};
 use crate::conn_limit::{accept_failed, spawn_http_connection, ConnLimiter};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,7 +42,44 @@ impl Drop for MetricsServer {
 pub fn router(metrics: Metrics) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
+        .route("/ready", get(ready_all))
+        .route("/ready/{service}", get(ready_one))
         .with_state(metrics)
+}
+
+fn ready_status(ready: bool) -> StatusCode {
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `GET /ready`: 200 when every service is ready (see [`ready_one`]), else 503; the body
+/// lists each service's readiness.
+async fn ready_all(State(metrics): State<Metrics>) -> Response {
+    let services = metrics.readiness();
+    // No service yet: poold is still starting.
+    let ready = !services.is_empty() && services.iter().all(|s| s.ready);
+    let body = serde_json::json!({ "ready": ready, "services": services });
+    (ready_status(ready), axum::Json(body)).into_response()
+}
+
+/// `GET /ready/SERVICE`: 200 while the service has `min_ready` ready workers and is not
+/// drained, 503 otherwise, 404 for an unknown service; the body says why.
+async fn ready_one(State(metrics): State<Metrics>, Path(service): Path<String>) -> Response {
+    match metrics
+        .readiness()
+        .into_iter()
+        .find(|s| s.service == service)
+    {
+        Some(readiness) => (ready_status(readiness.ready), axum::Json(readiness)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": format!("no service named {service:?}") })),
+        )
+            .into_response(),
+    }
 }
 
 async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {

@@ -53,6 +53,10 @@ impl TrackedService {
         }
     }
 
+    pub(super) fn readiness(&self) -> crate::supervisor::Readiness {
+        self.status.borrow().readiness()
+    }
+
     /// Adds what each worker served since the last scrape to its slot's counter.
     fn account_connections(&mut self, status: &ServiceStatus) {
         let mut seen = HashMap::new();

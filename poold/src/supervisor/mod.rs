@@ -11,7 +11,9 @@ pub use runtime::{
     ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
     WorkerSpec,
 };
-pub use status::{RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus};
+pub use status::{
+    Readiness, RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
+};
 
 #[cfg(test)]
 pub(crate) mod fakes;

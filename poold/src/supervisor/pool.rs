@@ -66,6 +66,9 @@ pub enum PoolCommand {
     /// Stop taking connections, drain and stop every worker, remove the service from the
     /// balancer.
     Shutdown { done: oneshot::Sender<()> },
+    /// Take the service out of (or back into) the fleet: only what the readiness endpoint
+    /// says changes; the workers keep serving.
+    SetDrained { drained: bool },
 }
 
 /// A handle to a running pool.
@@ -96,6 +99,14 @@ impl PoolHandle {
             .await
             .map_err(|_| format!("service {} stopped", self.name))??;
         Ok((slots, finished))
+    }
+
+    /// Marks the service drained (or not) for the readiness endpoint.
+    pub async fn set_drained(&self, drained: bool) -> Result<(), String> {
+        self.commands
+            .send(PoolCommand::SetDrained { drained })
+            .await
+            .map_err(|_| format!("service {} is not running", self.name))
     }
 
     /// Stops the pool gracefully and waits until every worker is gone (at most about
@@ -243,6 +254,8 @@ impl ServicePool {
             balancer: balancer.kind(),
             desired: config.workers,
             ready: 0,
+            min_ready: config.min_ready.unwrap_or(config.workers),
+            drained: false,
             slots: Vec::new(),
             workers: Vec::new(),
         };
@@ -432,6 +445,10 @@ impl ServicePool {
                 let _ = reply.send(result);
             }
             PoolCommand::Shutdown { done } => self.begin_shutdown(Some(done)).await,
+            PoolCommand::SetDrained { drained } => {
+                info!(service = %self.service.name, drained, "readiness drain changed");
+                self.status.send_modify(|status| status.drained = drained);
+            }
         }
     }
 

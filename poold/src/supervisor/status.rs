@@ -128,7 +128,59 @@ pub struct ServiceStatus {
     pub balancer: BalancerKind,
     pub desired: u32,
     pub ready: u32,
+    /// Ready workers the service needs to count as ready upstream (`min_ready`, default
+    /// `workers`).
+    pub min_ready: u32,
+    /// Taken out of the fleet by `poolctl drain`: the readiness endpoint answers 503, the
+    /// workers keep serving whatever still arrives.
+    #[serde(default)]
+    pub drained: bool,
     pub slots: Vec<SlotStatus>,
     /// Every live worker, including starting replacements and draining old workers.
     pub workers: Vec<WorkerStatus>,
 }
+
+/// What the readiness endpoint says of a service: whether an upstream balancer should send
+/// it traffic, and why not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub service: String,
+    pub ready: bool,
+    pub ready_workers: u32,
+    pub min_ready: u32,
+    pub drained: bool,
+    /// Why the service is not ready; absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ServiceStatus {
+    pub fn readiness(&self) -> Readiness {
+        let reason = if self.drained {
+            Some("drained by the operator".to_owned())
+        } else if self.ready < self.min_ready {
+            Some(format!(
+                "{} of at least {} workers ready",
+                self.ready, self.min_ready
+            ))
+        } else {
+            None
+        };
+        Readiness {
+            service: self.name.clone(),
+            ready: reason.is_none(),
+            ready_workers: self.ready,
+            min_ready: self.min_ready,
+            drained: self.drained,
+            reason,
+        }
+    }
+
+    /// Connections the service's workers hold now (ready and draining alike).
+    pub fn active_conns(&self) -> u64 {
+        self.workers.iter().map(|w| w.active_conns).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

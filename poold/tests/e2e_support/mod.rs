@@ -20,6 +20,7 @@
 
 #![allow(dead_code)]
 
+pub mod control;
 pub mod hardening;
 pub mod images;
 
@@ -211,27 +212,10 @@ subnet = "10.215.{tag}.0/24"
     /// poold's /metrics (found in its log: the config asks for port 0), which must pass
     /// `promtool check metrics`.
     fn scrape_metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let log = self.log();
-        let addr = log
-            .lines()
-            .find(|l| l.contains("serving /metrics"))
-            .and_then(|l| field(l, "metrics.listen"))
-            .unwrap_or_else(|| panic!("poold did not log its metrics address; log:\n{log}"));
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: poold\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
+        use std::io::Write;
+        let (code, body) = self.http_get("/metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        let body = body.as_str();
         let mut promtool = Command::new("/usr/bin/promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -257,6 +241,48 @@ subnet = "10.215.{tag}.0/24"
             lint.status
         );
         body.to_owned()
+    }
+
+    /// `poolctl --socket SOCKET ARGS`.
+    fn poolctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_poolctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The address poold serves /metrics and /ready on (from its log: the config asks for
+    /// port 0).
+    fn metrics_addr(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| field(l, "metrics.listen"))
+            .unwrap_or_else(|| panic!("poold did not log its metrics address; log:\n{log}"))
+            .to_owned()
+    }
+
+    /// `GET path` on the metrics endpoint: the status code and the body.
+    fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.metrics_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: poold\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("GET {path}: no header end in {response:?}"));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
+        (code, body.to_owned())
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {

@@ -1,0 +1,9 @@
+//! The operator's verbs (`poolctl drain`, `undrain`) and the readiness endpoint, against the
+//! real poold with the in-process proxy (runs on any Linux host as root).
+
+mod e2e_support;
+
+#[test]
+fn e2e_drain_and_readiness() {
+    e2e_support::control::drain_and_readiness();
+}
