@@ -3,11 +3,13 @@
 //! Every error names the file, the line and column, and the key it is about
 //! (`poold.toml:12:1: service[0].workers: must be at least 1`).
 
+mod diff;
 mod isolation;
 mod locate;
 mod units;
 mod validate;
 
+pub use diff::{ConfigDiff, Refusal, ServiceChange};
 pub use isolation::{TmpfsMount, DOCKER_DEFAULT, DOCKER_DEFAULT_CAPS};
 pub use locate::KeyPath;
 pub use units::{ByteSize, HumanDuration};
