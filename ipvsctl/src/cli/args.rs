@@ -9,7 +9,7 @@
 //! (`commands_v_options`) with ipvsadm's exact error messages. This module mirrors that
 //! table and the popt rules; it is pure (no I/O) and unit-tested.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::names::{self, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -1176,15 +1176,6 @@ pub fn restore_line_argv(prog: &str, line: &str) -> Option<Vec<String>> {
         argv.push(word.to_string());
     }
     (argv.len() > 1).then_some(argv)
-}
-
-/// An unspecified address of family `af`.
-pub fn unspecified(af: u16) -> IpAddr {
-    if af == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
 }
 
 #[cfg(test)]

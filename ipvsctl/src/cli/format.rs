@@ -18,7 +18,7 @@ use super::args::{
 use super::names::{self, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Traffic counters and rates of a service or real server: the library's own type.
-pub type StatsEntry = crate::model::Stats;
+pub type StatsEntry = ipvs::Stats;
 
 /// A real server as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

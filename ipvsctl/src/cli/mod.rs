@@ -1,7 +1,7 @@
 //! The `ipvsctl` command: ipvsadm's command line and output on this crate's client.
 //!
 //! `args` parses (pure), `format` prints (pure), this module runs a parsed command against
-//! an [`Ipvs`] backend (the real [`crate::Client`], or a fake in tests) and maps errors to
+//! an [`Ipvs`] backend (the real [`ipvs::Client`], or a fake in tests) and maps errors to
 //! ipvsadm's messages and exit statuses.
 
 pub mod args;
@@ -10,11 +10,11 @@ pub mod names;
 
 use std::io::{BufRead, Write};
 
-use crate::model::{
+use ipvs::{
     AddressFamily, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags, ServiceKey,
     Timeouts, Tunnel, TunnelType,
 };
-use crate::{Client, Error};
+use ipvs::{Client, Error};
 
 use args::{Cmd, Invocation, Parsed, AF_INET6};
 use format::{DestEntry, InfoEntry, ServiceEntry, TimeoutEntry};

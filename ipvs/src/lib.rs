@@ -25,7 +25,6 @@
 //! # Ok::<(), ipvs::Error>(())
 //! ```
 
-pub mod cli;
 mod client;
 pub mod codec;
 mod error;

@@ -1299,5 +1299,4 @@ where
 }
 
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;

@@ -7,9 +7,9 @@
 //!
 //! ```text
 //! cargo xtask vm-test --filter ipvs_capture -- --nocapture 2>&1 | tee /tmp/capture.log
-//! rm ipvsctl/tests/captured/*.hex
+//! rm ipvs/tests/captured/*.hex
 //! grep -o 'CAPTURE .*' /tmp/capture.log | tr -d '\r' | while read -r _ name hex; do
-//!     printf '%s\n' "$hex" >> ipvsctl/tests/captured/"$name".hex; done
+//!     printf '%s\n' "$hex" >> ipvs/tests/captured/"$name".hex; done
 //! ```
 
 use std::net::IpAddr;

@@ -7,7 +7,7 @@
 //! ```text
 //! cargo xtask vm-test --filter ipvs_capture -- --nocapture 2>&1 | tee /tmp/capture.log
 //! grep -o 'CAPTURE .*' /tmp/capture.log | while read -r _ name hex; do
-//!     printf '%s\n' "$hex" >> ipvsctl/tests/captured/"$name".hex; done
+//!     printf '%s\n' "$hex" >> ipvs/tests/captured/"$name".hex; done
 //! ```
 //!
 //! It runs in every VM run and compares every reply with the stored capture, byte for byte
