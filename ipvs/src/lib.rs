@@ -25,6 +25,8 @@
 //! # Ok::<(), ipvs::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod client;
 pub mod codec;
 mod error;
