@@ -317,10 +317,10 @@ impl Client {
             for attr in &msg.attrs {
                 if let Attr::Dest(dest_attrs) = attr {
                     let dest =
-                        codec::destination_from_attrs(dest_attrs, family).map_err(|reason| {
-                            Error::Decode {
+                        codec::destination_from_attrs(dest_attrs, family).map_err(|source| {
+                            Error::Attributes {
                                 op: cmd.name(),
-                                reason,
+                                source,
                             }
                         })?;
                     dests.push(dest);
@@ -404,9 +404,9 @@ impl Client {
         let cmd = Command::GetInfo;
         let replies = self.execute(cmd, vec![], false, Target::None)?;
         let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::info_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
+        codec::info_from_attrs(&msg.attrs).map_err(|source| Error::Attributes {
             op: cmd.name(),
-            reason,
+            source,
         })
     }
 
@@ -415,9 +415,9 @@ impl Client {
         let cmd = Command::GetConfig;
         let replies = self.execute(cmd, vec![], false, Target::None)?;
         let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::timeouts_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
+        codec::timeouts_from_attrs(&msg.attrs).map_err(|source| Error::Attributes {
             op: cmd.name(),
-            reason,
+            source,
         })
     }
 
@@ -449,10 +449,10 @@ impl Client {
         for msg in self.execute(cmd, vec![], true, Target::None)? {
             for attr in &msg.attrs {
                 if let Attr::Daemon(attrs) = attr {
-                    daemons.push(codec::daemon_from_attrs(attrs).map_err(|reason| {
-                        Error::Decode {
+                    daemons.push(codec::daemon_from_attrs(attrs).map_err(|source| {
+                        Error::Attributes {
                             op: cmd.name(),
-                            reason,
+                            source,
                         }
                     })?);
                 }
@@ -500,9 +500,9 @@ fn service_of(cmd: Command, msg: &IpvsMessage) -> Result<Service> {
             op: cmd.name(),
             reason: "reply without IPVS_CMD_ATTR_SERVICE".into(),
         })?;
-    codec::service_from_attrs(attrs).map_err(|reason| Error::Decode {
+    codec::service_from_attrs(attrs).map_err(|source| Error::Attributes {
         op: cmd.name(),
-        reason,
+        source,
     })
 }
 

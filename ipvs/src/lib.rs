@@ -33,5 +33,5 @@ mod error;
 pub mod model;
 
 pub use client::Client;
-pub use error::{Error, Result};
+pub use error::{AttrError, Error, Result};
 pub use model::*;

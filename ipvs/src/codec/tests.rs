@@ -280,11 +280,49 @@ fn info_and_config_replies_use_their_attribute_spaces() {
 #[test]
 fn missing_required_attributes_are_errors_naming_them() {
     let err = service_from_attrs(&[ServiceAttr::Protocol(6)]).unwrap_err();
-    assert!(err.contains("address family"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Missing {
+            object: "service",
+            attr: "address family (IPVS_SVC_ATTR_AF)"
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "service without address family (IPVS_SVC_ATTR_AF)"
+    );
     let err = service_from_attrs(&[ServiceAttr::Af(2), ServiceAttr::Protocol(99)]).unwrap_err();
-    assert!(err.contains("protocol 99"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Unknown {
+            object: "service",
+            attr: "unknown protocol",
+            value: 99
+        }
+    );
+    assert_eq!(err.to_string(), "service with unknown protocol 99");
     let err = destination_from_attrs(&[DestAttr::Port(1)], AddressFamily::Inet).unwrap_err();
-    assert!(err.contains("address"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Missing {
+            object: "destination",
+            attr: "address"
+        }
+    );
+    let short = [DestAttr::Addr(vec![10, 0]), DestAttr::Port(1)];
+    let err = destination_from_attrs(&short, AddressFamily::Inet).unwrap_err();
+    assert_eq!(
+        err,
+        AttrError::AddressLength {
+            len: 2,
+            family: AddressFamily::Inet
+        }
+    );
+    let key = ServiceKey::tcp(ip("10.0.0.1"), 80);
+    assert_eq!(
+        service_from_attrs(&service_key_attrs(&key)).unwrap_err(),
+        AttrError::NoScheduler { service: key }
+    );
     let err = parse_body(1, &nla(1, &nla(4, &[1, 2, 3]))).unwrap_err();
     assert!(err.to_string().contains("port"), "{err}");
 }
@@ -458,5 +496,5 @@ fn sync_daemon_round_trips_and_defaults_stay_unsent() {
     };
     assert_eq!(daemon_from_attrs(attrs).unwrap(), daemon);
     let err = daemon_from_attrs(&[DaemonAttr::State(3)]).unwrap_err();
-    assert!(err.contains("state 3"), "{err}");
+    assert_eq!(err.to_string(), "sync daemon with state 3");
 }
