@@ -461,6 +461,22 @@ pub struct Tunnel {
     pub flags: u16,
 }
 
+impl Tunnel {
+    /// Flag: checksum the outer header (`--tun-csum`).
+    pub const CSUM: u16 = 0x1;
+    /// Flag: remote checksum offload (`--tun-remcsum`).
+    pub const REMCSUM: u16 = 0x2;
+
+    /// Generic UDP encapsulation to UDP `port` with `flags` ([`Tunnel::CSUM`], ...).
+    pub fn gue(port: u16, flags: u16) -> Tunnel {
+        Tunnel {
+            kind: TunnelType::Gue,
+            port,
+            flags,
+        }
+    }
+}
+
 /// A destination (real server) of a service.
 ///
 /// When adding or editing, `addr`, `port`, `forward`, `weight`, the thresholds and
@@ -506,6 +522,15 @@ impl Destination {
             persistent_conns: 0,
             stats: Stats::default(),
             tunnel: Tunnel::default(),
+        }
+    }
+
+    /// A tunnelled destination (ipvsadm's `-i`) of weight 1 with `tunnel` encapsulation.
+    pub fn tunnelled(addr: IpAddr, port: u16, tunnel: Tunnel) -> Destination {
+        Destination {
+            forward: ForwardMethod::Tunnel,
+            tunnel,
+            ..Destination::new(addr, port)
         }
     }
 

@@ -9,8 +9,11 @@
 //! They need the IPVS kernel and run in the VM (`cargo xtask vm-test --filter ipvs_kernel`);
 //! `client_new_matches_ipvs_availability` also runs on the host.
 
+mod common;
+
 /// Named `ipvs_kernel::*` so `cargo xtask vm-test --filter ipvs_kernel` selects them.
 mod ipvs_kernel {
+    use super::common::{self, ip};
 
     use std::net::IpAddr;
     use std::os::unix::process::CommandExt;
@@ -18,14 +21,10 @@ mod ipvs_kernel {
 
     use ipvs::{
         AddressFamily, Client, DaemonState, Destination, Error, ForwardMethod, Protocol, Service,
-        ServiceFlags, ServiceKey, SyncDaemon, Timeouts, Tunnel, TunnelType,
+        ServiceFlags, ServiceKey, SyncDaemon, Timeouts,
     };
 
     const IPVSADM: &str = "/usr/sbin/ipvsadm";
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
 
     /// Run iproute2 `ip` in the calling thread's namespace (children inherit it).
     fn ip_cmd(args: &[&str]) {
@@ -313,13 +312,7 @@ mod ipvs_kernel {
             route.weight = 65535;
             let mut ipip = Destination::new(ip("10.20.4.12"), 80);
             ipip.forward = ForwardMethod::Tunnel;
-            let mut gue = Destination::new(ip("10.20.4.13"), 80);
-            gue.forward = ForwardMethod::Tunnel;
-            gue.tunnel = Tunnel {
-                kind: TunnelType::Gue,
-                port: 6080,
-                flags: 0x1,
-            };
+            let gue = common::gue_destination(ip("10.20.4.13"));
             let added = [masq, route, ipip, gue];
             for dest in &added {
                 ipvs.add_destination(&key, dest).unwrap();

@@ -96,13 +96,7 @@ fn sample_destinations() -> Vec<Destination> {
     busy.upper_threshold = 1000;
     busy.lower_threshold = 10;
     busy.stats.conns = 99;
-    let mut tun = Destination::new(ip("2001:db8::2"), 0);
-    tun.forward = ForwardMethod::Tunnel;
-    tun.tunnel = Tunnel {
-        kind: TunnelType::Gue,
-        port: 6080,
-        flags: 1,
-    };
+    let tun = Destination::tunnelled(ip("2001:db8::2"), 0, Tunnel::gue(6080, Tunnel::CSUM));
     let mut dr = Destination::new(ip("192.0.2.9"), 80);
     dr.forward = ForwardMethod::DirectRoute;
     dr.weight = 65535;
