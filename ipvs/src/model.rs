@@ -235,6 +235,11 @@ impl ServiceFlags {
         self.0 & other.0 == other.0
     }
 
+    /// Whether any bit of `other` is set.
+    pub const fn intersects(self, other: ServiceFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Set the bits of `other`.
     pub fn insert(&mut self, other: ServiceFlags) {
         self.0 |= other.0;

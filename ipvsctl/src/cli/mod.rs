@@ -10,14 +10,10 @@ pub mod names;
 
 use std::io::{BufRead, Write};
 
-use ipvs::{
-    AddressFamily, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags, ServiceKey,
-    Timeouts, Tunnel, TunnelType,
-};
-use ipvs::{Client, Error};
+use ipvs::{Client, Destination, Error, Info, Protocol, Service, ServiceKey, Timeouts};
 
-use args::{Cmd, Invocation, Parsed, AF_INET6};
-use format::{DestEntry, InfoEntry, ServiceEntry, TimeoutEntry};
+use args::{Cmd, Invocation, Parsed};
+use format::ServiceListing;
 
 /// The operations ipvsctl needs, so the command logic can run against a fake table.
 pub trait Ipvs {
@@ -285,102 +281,11 @@ fn strerror_for(op: Op, e: &Error) -> String {
     }
 }
 
-/// The service key a command line names.
-fn service_key(svc: &args::ServiceArgs) -> ServiceKey {
-    if svc.fwmark != 0 {
-        let family = if svc.af == AF_INET6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        ServiceKey::fwmark(family, svc.fwmark)
-    } else {
-        ServiceKey::Inet {
-            protocol: Protocol::from_number(svc.protocol).unwrap_or(Protocol::Tcp),
-            addr: svc.addr,
-            port: svc.port,
-        }
-    }
-}
-
-fn service_model(svc: &args::ServiceArgs) -> Service {
-    let mut s = Service::new(service_key(svc), svc.sched_name.clone());
-    s.flags = ServiceFlags(svc.flags);
-    s.timeout = svc.timeout;
-    s.netmask = svc.netmask;
-    s.pe_name = (!svc.pe_name.is_empty()).then(|| svc.pe_name.clone());
-    s
-}
-
-fn dest_model(d: &args::DestArgs) -> Destination {
-    let mut dest = Destination::new(d.addr, d.port);
-    dest.forward = ForwardMethod::from_number(d.fwd).unwrap_or(ForwardMethod::DirectRoute);
-    dest.weight = d.weight as i32;
-    dest.upper_threshold = d.u_threshold;
-    dest.lower_threshold = d.l_threshold;
-    dest.tunnel = Tunnel {
-        kind: TunnelType::from_number(d.tun_type),
-        port: d.tun_port,
-        flags: d.tun_flags,
-    };
-    dest
-}
-
-/// A listing entry from the model. Fwmark services get protocol TCP, which is what
-/// ipvsadm gives them when it creates them.
-pub fn service_entry(s: &Service, dests: &[Destination]) -> ServiceEntry {
-    let (af, protocol, addr, port, fwmark) = match s.key {
-        ServiceKey::Inet {
-            protocol,
-            addr,
-            port,
-        } => (
-            AddressFamily::of(&addr).number(),
-            protocol.number(),
-            addr,
-            port,
-            0,
-        ),
-        ServiceKey::Fwmark { family, mark } => (
-            family.number(),
-            names::IPPROTO_TCP,
-            family.unspecified(),
-            0,
-            mark,
-        ),
-    };
-    ServiceEntry {
-        af,
-        protocol,
-        addr,
-        port,
-        fwmark,
-        sched_name: s.scheduler.clone(),
-        flags: s.flags.bits(),
-        timeout: s.timeout,
-        netmask: s.netmask,
-        pe_name: s.pe_name.clone().unwrap_or_default(),
-        stats: s.stats,
-        dests: dests.iter().map(dest_entry).collect(),
-    }
-}
-
-fn dest_entry(d: &Destination) -> DestEntry {
-    DestEntry {
-        af: d.family().number(),
-        addr: d.addr,
-        port: d.port,
-        fwd: d.forward.number(),
-        weight: d.weight as u32,
-        u_threshold: d.upper_threshold,
-        l_threshold: d.lower_threshold,
-        active_conns: d.active_conns,
-        inact_conns: d.inactive_conns,
-        persist_conns: d.persistent_conns,
-        tun_type: d.tunnel.kind.number(),
-        tun_port: d.tunnel.port,
-        tun_flags: d.tunnel.flags,
-        stats: d.stats,
+/// A service with its destinations, for the listings.
+fn listing(s: &Service, dests: Vec<Destination>) -> ServiceListing {
+    ServiceListing {
+        service: s.clone(),
+        dests,
     }
 }
 
@@ -399,15 +304,13 @@ pub fn execute<B: Ipvs>(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let key = service_key(&inv.svc);
+    let key = inv.service.key;
     let result = match inv.cmd {
         Cmd::List | Cmd::Save => return list(inv, b, out, err),
         Cmd::Flush => b.flush().map_err(|e| (Op::Other, e)),
-        Cmd::Add => b
-            .add_service(&service_model(&inv.svc))
-            .map_err(|e| (Op::AddService, e)),
+        Cmd::Add => b.add_service(&inv.service).map_err(|e| (Op::AddService, e)),
         Cmd::Edit => b
-            .edit_service(&service_model(&inv.svc))
+            .edit_service(&inv.service)
             .map_err(|e| (Op::EditService, e)),
         Cmd::Del => b.delete_service(&key).map_err(|e| (Op::DelService, e)),
         Cmd::Zero => {
@@ -415,19 +318,15 @@ pub fn execute<B: Ipvs>(
             b.zero(which).map_err(|e| (Op::ZeroService, e))
         }
         Cmd::AddDest => b
-            .add_destination(&key, &dest_model(&inv.dest))
+            .add_destination(&key, &inv.dest)
             .map_err(|e| (Op::AddDest, e)),
         Cmd::EditDest => b
-            .edit_destination(&key, &dest_model(&inv.dest))
+            .edit_destination(&key, &inv.dest)
             .map_err(|e| (Op::EditDest, e)),
         Cmd::DelDest => b
-            .delete_destination(&key, &dest_model(&inv.dest))
+            .delete_destination(&key, &inv.dest)
             .map_err(|e| (Op::DelDest, e)),
-        Cmd::Timeout => {
-            let [tcp, tcp_fin, udp] = inv.timeouts;
-            b.set_timeouts(&Timeouts { tcp, tcp_fin, udp })
-                .map_err(|e| (Op::Other, e))
-        }
+        Cmd::Timeout => b.set_timeouts(&inv.timeouts).map_err(|e| (Op::Other, e)),
         Cmd::StartDaemon | Cmd::StopDaemon => {
             let _ = writeln!(err, "ipvsctl does not manage the connection sync daemon");
             return 2;
@@ -461,14 +360,7 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
     }
     if inv.cmd == Cmd::List && inv.has(opt::TIMEOUT) {
         return match b.timeouts() {
-            Ok(t) => write_out(
-                out,
-                &format::timeout_line(&TimeoutEntry {
-                    tcp: t.tcp,
-                    tcp_fin: t.tcp_fin,
-                    udp: t.udp,
-                }),
-            ),
+            Ok(t) => write_out(out, &format::timeout_line(&t)),
             Err(e) => {
                 let _ = writeln!(err, "{}", strerror_for(Op::Other, &e));
                 1
@@ -480,10 +372,9 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
         return 0;
     }
     if inv.cmd == Cmd::List && inv.has(opt::SERVICE) {
-        let key = service_key(&inv.svc);
-        let entry = b.service(&key).and_then(|s| {
+        let entry = b.service(&inv.service.key).and_then(|s| {
             let dests = b.destinations(&s.key)?;
-            Ok(service_entry(&s, &dests))
+            Ok(listing(&s, dests))
         });
         return match entry {
             Ok(entry) if fmt.json => {
@@ -491,10 +382,6 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
                     version: 0,
                     conn_table_size: 0,
                 });
-                let info = InfoEntry {
-                    version: info.version,
-                    size: info.conn_table_size,
-                };
                 write_out(out, &format::json(&info, &mut [entry], fmt))
             }
             Ok(entry) => write_out(out, &format::list_service(&entry, fmt)),
@@ -509,16 +396,12 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
         let mut entries = Vec::with_capacity(services.len());
         for s in &services {
             let dests = b.destinations(&s.key)?;
-            entries.push(service_entry(s, &dests));
+            entries.push(listing(s, dests));
         }
         Ok((info, entries))
     });
     match table {
         Ok((info, mut entries)) => {
-            let info = InfoEntry {
-                version: info.version,
-                size: info.conn_table_size,
-            };
             let text = if fmt.json {
                 format::json(&info, &mut entries, fmt)
             } else {
@@ -558,10 +441,10 @@ pub fn connections(proc_text: &str, fmt: &args::Format) -> String {
             continue;
         }
         let proto = match w[0] {
-            "TCP" => names::IPPROTO_TCP,
-            "UDP" => names::IPPROTO_UDP,
-            "SCTP" => names::IPPROTO_SCTP,
-            _ => 0,
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
         };
         let port = |t: &str| u16::from_str_radix(t, 16).unwrap_or(0);
         let name = |a: &str, p: &str| {

@@ -9,20 +9,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::sync::OnceLock;
 
-/// IP protocol numbers used by IPVS services.
-pub const IPPROTO_TCP: u16 = 6;
-/// UDP.
-pub const IPPROTO_UDP: u16 = 17;
-/// SCTP.
-pub const IPPROTO_SCTP: u16 = 132;
+use ipvs::Protocol;
 
-/// The protocol name /etc/services uses for an IP protocol number.
-fn services_proto(proto: u16) -> Option<&'static str> {
-    match proto {
-        IPPROTO_TCP => Some("tcp"),
-        IPPROTO_UDP => Some("udp"),
-        IPPROTO_SCTP => Some("sctp"),
-        _ => None,
+/// The protocol name /etc/services uses (none for a service not yet given).
+fn services_proto(protocol: Option<Protocol>) -> Option<&'static str> {
+    match protocol? {
+        Protocol::Tcp => Some("tcp"),
+        Protocol::Udp => Some("udp"),
+        Protocol::Sctp => Some("sctp"),
     }
 }
 
@@ -91,7 +85,7 @@ fn hosts() -> &'static [HostEntry] {
 }
 
 /// getservbyport: the service name of `port` for `proto`, if /etc/services has one.
-pub fn port_to_service(port: u16, proto: u16) -> Option<&'static str> {
+pub fn port_to_service(port: u16, proto: Option<Protocol>) -> Option<&'static str> {
     let proto = services_proto(proto)?;
     services()
         .iter()
@@ -100,7 +94,7 @@ pub fn port_to_service(port: u16, proto: u16) -> Option<&'static str> {
 }
 
 /// getservbyname: the port of service `name` for `proto`.
-pub fn service_to_port(name: &str, proto: u16) -> Option<u16> {
+pub fn service_to_port(name: &str, proto: Option<Protocol>) -> Option<u16> {
     let proto = services_proto(proto)?;
     services()
         .iter()
@@ -174,7 +168,12 @@ pub fn inet_pton6(text: &str) -> Option<Ipv6Addr> {
 
 /// addrport_to_anyname: `addr:port`, IPv6 in brackets; names unless `numeric`.
 /// Truncated to 59 bytes like ipvsadm's 60-byte snprintf buffer.
-pub fn addrport_to_anyname(addr: IpAddr, port: u16, proto: u16, numeric: bool) -> String {
+pub fn addrport_to_anyname(
+    addr: IpAddr,
+    port: u16,
+    proto: Option<Protocol>,
+    numeric: bool,
+) -> String {
     let (open, close) = if addr.is_ipv4() { ("", "") } else { ("[", "]") };
     let mut text = if numeric {
         format!("{open}{}{close}:{port}", inet_ntop(addr))

@@ -1,4 +1,5 @@
 use super::*;
+use ipvs::ServiceFlags;
 
 /// An in-memory IPVS table with the kernel's errors.
 #[derive(Debug, Default)]

@@ -22,22 +22,26 @@ fn err(line: &str) -> ArgError {
 fn add_service_with_optional_persistence() {
     let inv = run("-A -t 10.0.0.1:80 -s rr -p");
     assert_eq!(inv.cmd, Cmd::Add);
-    assert_eq!(inv.svc.addr, "10.0.0.1".parse::<IpAddr>().unwrap());
-    assert_eq!(inv.svc.port, 80);
-    assert_eq!(inv.svc.protocol, IPPROTO_TCP);
-    assert_eq!(inv.svc.timeout, 360);
-    assert_eq!(inv.svc.flags, SVC_F_PERSISTENT);
+    assert_eq!(
+        inv.service.key,
+        ServiceKey::tcp("10.0.0.1".parse().unwrap(), 80)
+    );
+    assert_eq!(inv.service.timeout, 360);
+    assert_eq!(inv.service.flags, ServiceFlags::PERSISTENT);
     let inv = run("-A -u 10.0.0.1:53 -p 60 -M 255.255.255.0 -o");
-    assert_eq!(inv.svc.timeout, 60);
-    assert_eq!(inv.svc.netmask, 0xffff_ff00);
-    assert_eq!(inv.svc.sched_name, "wlc");
-    assert_eq!(inv.svc.flags, SVC_F_PERSISTENT | SVC_F_ONEPACKET);
+    assert_eq!(inv.service.timeout, 60);
+    assert_eq!(inv.service.netmask, 0xffff_ff00);
+    assert_eq!(inv.service.scheduler, "wlc");
+    assert_eq!(
+        inv.service.flags,
+        ServiceFlags::PERSISTENT | ServiceFlags::ONEPACKET
+    );
     // -p followed by an option takes no argument.
     let inv = run("-A -t 10.0.0.1:80 -p -s sh -b sh-port,sh-fallback");
-    assert_eq!(inv.svc.timeout, 360);
+    assert_eq!(inv.service.timeout, 360);
     assert_eq!(
-        inv.svc.flags,
-        SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
+        inv.service.flags,
+        ServiceFlags::PERSISTENT | ServiceFlags::SH_FALLBACK | ServiceFlags::SH_PORT
     );
 }
 
@@ -47,39 +51,55 @@ fn combined_short_options_and_attached_arguments() {
     assert_eq!(inv.cmd, Cmd::List);
     assert!(inv.format.numeric);
     let inv = run("-At10.0.0.1:80 -p120");
-    assert_eq!(inv.svc.port, 80);
-    assert_eq!(inv.svc.timeout, 120);
+    assert_eq!(
+        inv.service.key,
+        ServiceKey::tcp("10.0.0.1".parse().unwrap(), 80)
+    );
+    assert_eq!(inv.service.timeout, 120);
     let inv = run("--add-service --tcp-service=[2001:db8::1]:443 --persistent=10 -M 64");
-    assert_eq!(inv.svc.af, AF_INET6);
-    assert_eq!(inv.svc.netmask, 64);
+    assert_eq!(inv.service.key.family(), AddressFamily::Inet6);
+    assert_eq!(inv.service.netmask, 64);
 }
 
 #[test]
 fn destinations_default_to_gatewaying_weight_one_and_service_port() {
     let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1");
-    assert_eq!(inv.dest.fwd, FWD_DROUTE);
+    assert_eq!(inv.dest.forward, ForwardMethod::DirectRoute);
     assert_eq!(inv.dest.weight, 1);
     assert_eq!(inv.dest.port, 80);
     let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1:8080 -m -w 0 -x 100 -y 50");
     assert_eq!(
-        (inv.dest.fwd, inv.dest.port, inv.dest.weight),
-        (FWD_MASQ, 8080, 0)
+        (inv.dest.forward, inv.dest.port, inv.dest.weight),
+        (ForwardMethod::Masquerade, 8080, 0)
     );
-    assert_eq!((inv.dest.u_threshold, inv.dest.l_threshold), (100, 50));
+    assert_eq!(
+        (inv.dest.upper_threshold, inv.dest.lower_threshold),
+        (100, 50)
+    );
     // Direct routing forces the service port.
     let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1:8080 -g");
     assert_eq!(inv.dest.port, 80);
     let inv = run("-a -f 5 -6 -r [2001:db8::2]:0 -i --tun-type gue --tun-port 6080");
     assert_eq!(
-        (inv.svc.fwmark, inv.svc.af, inv.dest.tun_type),
-        (5, AF_INET6, TUN_GUE)
+        (inv.service.key, inv.dest.tunnel),
+        (
+            ServiceKey::fwmark(AddressFamily::Inet6, 5),
+            Tunnel::gue(6080, 0)
+        )
     );
 }
 
 #[test]
 fn set_takes_three_values_and_list_options() {
     let inv = run("--set 900 120 300");
-    assert_eq!(inv.timeouts, [900, 120, 300]);
+    assert_eq!(
+        inv.timeouts,
+        Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300
+        }
+    );
     assert_eq!(
         err("--set 900 120").message,
         "--set option requires 3 timeout values"

@@ -1,50 +1,40 @@
 use super::*;
-use crate::cli::args::{FWD_DROUTE, FWD_MASQ, FWD_TUNNEL};
+use ipvs::{ForwardMethod, Protocol};
 use std::collections::HashMap;
 
-fn dest(addr: &str, port: u16, fwd: u32, weight: u32) -> DestEntry {
-    let addr: IpAddr = addr.parse().unwrap();
-    DestEntry {
-        af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
-        addr,
-        port,
-        fwd,
-        weight,
-        u_threshold: 0,
-        l_threshold: 0,
-        active_conns: 0,
-        inact_conns: 0,
-        persist_conns: 0,
-        tun_type: TUN_IPIP,
-        tun_port: 0,
-        tun_flags: 0,
-        stats: StatsEntry::default(),
-    }
+fn dest(addr: &str, port: u16, forward: ForwardMethod, weight: i32) -> Destination {
+    let mut d = Destination::new(addr.parse().unwrap(), port);
+    d.forward = forward;
+    d.weight = weight;
+    d
 }
 
-fn service(proto: u16, addr: &str, port: u16, sched: &str) -> ServiceEntry {
-    let addr: IpAddr = addr.parse().unwrap();
-    ServiceEntry {
-        af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
-        protocol: proto,
-        addr,
+fn service(protocol: Protocol, addr: &str, port: u16, sched: &str) -> ServiceListing {
+    let key = ServiceKey::Inet {
+        protocol,
+        addr: addr.parse().unwrap(),
         port,
-        fwmark: 0,
-        sched_name: sched.to_string(),
-        flags: 0x2, // HASHED, as the kernel reports
-        timeout: 0,
-        netmask: if addr.is_ipv4() { 0xffff_ffff } else { 128 },
-        pe_name: String::new(),
-        stats: StatsEntry::default(),
+    };
+    let mut service = Service::new(key, sched);
+    service.flags = ServiceFlags::HASHED; // as the kernel reports
+    ServiceListing {
+        service,
         dests: Vec::new(),
     }
 }
 
+fn info() -> Info {
+    Info {
+        version: 0x010201,
+        conn_table_size: 4096,
+    }
+}
+
 /// The table of testdata/golden.py, in a scrambled kernel order.
-fn table() -> Vec<ServiceEntry> {
-    let mut web = service(IPPROTO_TCP, "10.0.0.1", 80, "sh");
-    web.flags |= SVC_F_SCHED1 | SVC_F_SCHED2;
-    web.stats = StatsEntry {
+fn table() -> Vec<ServiceListing> {
+    let mut web = service(Protocol::Tcp, "10.0.0.1", 80, "sh");
+    web.service.flags |= ServiceFlags::SCHED1 | ServiceFlags::SCHED2;
+    web.service.stats = Stats {
         conns: 123_456_789,
         inpkts: 99_999_999,
         outpkts: 1_000_000_000,
@@ -56,36 +46,38 @@ fn table() -> Vec<ServiceEntry> {
         inbps: 100_000_000,
         outbps: 12,
     };
-    let mut masq = dest("10.0.1.2", 8080, FWD_MASQ, 1);
+    let mut masq = dest("10.0.1.2", 8080, ForwardMethod::Masquerade, 1);
     masq.active_conns = 3;
-    masq.inact_conns = 12;
+    masq.inactive_conns = 12;
     masq.stats.conns = 5;
     masq.stats.inbps = 250_000_000;
-    web.dests = vec![masq, dest("10.0.1.1", 80, FWD_DROUTE, 0)];
+    web.dests = vec![masq, dest("10.0.1.1", 80, ForwardMethod::DirectRoute, 0)];
 
-    let mut dns = service(IPPROTO_UDP, "10.0.0.2", 53, "rr");
-    dns.flags |= SVC_F_PERSISTENT | SVC_F_ONEPACKET;
-    dns.timeout = 600;
-    dns.netmask = 0xffff_ff00;
-    let mut d = dest("10.0.2.1", 53, FWD_MASQ, 2);
+    let mut dns = service(Protocol::Udp, "10.0.0.2", 53, "rr");
+    dns.service.flags |= ServiceFlags::PERSISTENT | ServiceFlags::ONEPACKET;
+    dns.service.timeout = 600;
+    dns.service.netmask = 0xffff_ff00;
+    let mut d = dest("10.0.2.1", 53, ForwardMethod::Masquerade, 2);
     (
-        d.u_threshold,
-        d.l_threshold,
+        d.upper_threshold,
+        d.lower_threshold,
         d.active_conns,
-        d.inact_conns,
-        d.persist_conns,
+        d.inactive_conns,
+        d.persistent_conns,
     ) = (100, 50, 1, 2, 3);
     dns.dests = vec![d];
 
-    let mut v6 = service(IPPROTO_TCP, "2001:db8::1", 443, "lc");
-    v6.dests = vec![dest("2001:db8::10", 443, FWD_MASQ, 1)];
+    let mut v6 = service(Protocol::Tcp, "2001:db8::1", 443, "lc");
+    v6.dests = vec![dest("2001:db8::10", 443, ForwardMethod::Masquerade, 1)];
 
-    let mut fwm = service(IPPROTO_TCP, "::", 0, "wrr");
-    fwm.fwmark = 7;
-    fwm.flags |= SVC_F_PERSISTENT;
+    let mut fwm = Service::new(ServiceKey::fwmark(AddressFamily::Inet6, 7), "wrr");
+    fwm.flags = ServiceFlags::HASHED | ServiceFlags::PERSISTENT;
     fwm.timeout = 300;
     fwm.netmask = 64;
-    fwm.dests = vec![dest("2001:db8::2", 0, FWD_TUNNEL, 5)];
+    let fwm = ServiceListing {
+        service: fwm,
+        dests: vec![dest("2001:db8::2", 0, ForwardMethod::Tunnel, 5)],
+    };
     vec![fwm, dns, v6, web]
 }
 
@@ -94,11 +86,7 @@ fn golden() -> HashMap<String, String> {
 }
 
 fn check(mode: &str, format: Format) {
-    let info = InfoEntry {
-        version: 0x010201,
-        size: 4096,
-    };
-    let got = list_all(&info, &mut table(), &format);
+    let got = list_all(&info(), &mut table(), &format);
     let want = &golden()[mode];
     assert_eq!(&got, want, "mode {mode}:\n--- got\n{got}--- want\n{want}");
 }
@@ -183,15 +171,16 @@ fn nosort_keeps_kernel_order_and_long_names_are_cut() {
         nosort: true,
         ..numeric()
     };
-    let info = InfoEntry {
-        version: 0x010201,
-        size: 4096,
-    };
-    let text = list_all(&info, &mut table(), &format);
+    let text = list_all(&info(), &mut table(), &format);
     let first = text.lines().nth(3).unwrap();
     assert_eq!(first, "FWM  7 IPv6 wrr persistent 300 mask 64");
-    let mut s = service(IPPROTO_SCTP, "203.0.113.222", 65535, "rr");
-    s.dests = vec![dest("203.0.113.223", 65535, FWD_MASQ, 65535)];
+    let mut s = service(Protocol::Sctp, "203.0.113.222", 65535, "rr");
+    s.dests = vec![dest(
+        "203.0.113.223",
+        65535,
+        ForwardMethod::Masquerade,
+        65535,
+    )];
     let text = list_service(&s, &numeric());
     assert!(text.contains("SCTP 203.0.113.222:65535 rr\n"), "{text}");
     assert!(
@@ -202,26 +191,22 @@ fn nosort_keeps_kernel_order_and_long_names_are_cut() {
 
 #[test]
 fn sorting_uses_libipvs_comparators() {
-    let a = service(IPPROTO_TCP, "10.0.0.2", 80, "rr");
-    let b = service(IPPROTO_TCP, "10.0.0.10", 80, "rr");
+    let a = service(Protocol::Tcp, "10.0.0.2", 80, "rr").service;
+    let b = service(Protocol::Tcp, "10.0.0.10", 80, "rr").service;
     assert!(cmp_services(&a, &b) < 0);
-    let c = service(IPPROTO_UDP, "10.0.0.1", 80, "rr");
+    let c = service(Protocol::Udp, "10.0.0.1", 80, "rr").service;
     assert!(
         cmp_services(&b, &c) < 0,
         "TCP sorts before UDP whatever the address"
     );
-    let d4 = dest("10.0.0.1", 90, FWD_MASQ, 1);
-    let d4b = dest("10.0.0.1", 100, FWD_MASQ, 1);
+    let d4 = dest("10.0.0.1", 90, ForwardMethod::Masquerade, 1);
+    let d4b = dest("10.0.0.1", 100, ForwardMethod::Masquerade, 1);
     assert!(cmp_dests(&d4, &d4b) < 0);
 }
 
 #[test]
 fn json_listing_carries_the_table() {
-    let info = InfoEntry {
-        version: 0x010201,
-        size: 4096,
-    };
-    let text = json(&info, &mut table(), &numeric());
+    let text = json(&info(), &mut table(), &numeric());
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["version"], "1.2.1");
     let services = v["services"].as_array().unwrap();
@@ -241,27 +226,14 @@ const IPVSADM_ORDER: &str = "250.2.0.18:8002 250.7.0.48:8002 1.1.0.11:8001 1.6.0
 #[test]
 fn wrapping_comparator_order_matches_ipvsadm() {
     // The conformance test's insertion order; the kernel lists newest first.
-    let mut kernel: Vec<DestEntry> = (0..60u32)
+    let mut kernel: Vec<Destination> = (0..60u32)
         .map(|i| {
             let j = (i * 37) % 60;
             let first = [10u8, 200, 100, 172, 1, 250][(j % 6) as usize];
             let addr = IpAddr::from([first, (j / 6) as u8, 0, (j + 1) as u8]);
-            DestEntry {
-                af: AF_INET,
-                addr,
-                port: 8000 + (j % 3) as u16,
-                fwd: FWD_MASQ,
-                weight: j % 5,
-                u_threshold: 0,
-                l_threshold: 0,
-                active_conns: 0,
-                inact_conns: 0,
-                persist_conns: 0,
-                tun_type: 0,
-                tun_port: 0,
-                tun_flags: 0,
-                stats: StatsEntry::default(),
-            }
+            let mut d = Destination::new(addr, 8000 + (j % 3) as u16);
+            d.weight = (j % 5) as i32;
+            d
         })
         .collect();
     kernel.reverse();

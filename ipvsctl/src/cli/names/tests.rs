@@ -31,11 +31,11 @@ fn numeric_addrport_brackets_ipv6() {
     let v4: IpAddr = "10.0.0.1".parse().unwrap();
     let v6: IpAddr = "2001:db8::1".parse().unwrap();
     assert_eq!(
-        addrport_to_anyname(v4, 80, IPPROTO_TCP, true),
+        addrport_to_anyname(v4, 80, Some(Protocol::Tcp), true),
         "10.0.0.1:80"
     );
     assert_eq!(
-        addrport_to_anyname(v6, 443, IPPROTO_TCP, true),
+        addrport_to_anyname(v6, 443, Some(Protocol::Tcp), true),
         "[2001:db8::1]:443"
     );
 }
