@@ -271,26 +271,19 @@ impl Client {
     /// [`Error::UnknownScheduler`] if the kernel has no such scheduler (or, with a
     /// `pe_name`, no such persistence engine: the kernel answers both with ENOENT).
     pub fn add_service(&mut self, service: &Service) -> Result<()> {
-        let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(
-            Command::NewService,
-            attrs,
-            false,
-            Target::NewService(service),
-        )?;
-        Ok(())
+        self.send_service(Command::NewService, service)
     }
 
     /// Change a service's scheduler, flags, persistence (`ipvsadm -E`); the service is
     /// found by `service.key`. [`Error::ServiceNotFound`], [`Error::UnknownScheduler`].
     pub fn edit_service(&mut self, service: &Service) -> Result<()> {
+        self.send_service(Command::SetService, service)
+    }
+
+    /// NEW_SERVICE or SET_SERVICE with every field of `service`.
+    fn send_service(&mut self, cmd: Command, service: &Service) -> Result<()> {
         let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(
-            Command::SetService,
-            attrs,
-            false,
-            Target::NewService(service),
-        )?;
+        self.execute(cmd, attrs, false, Target::NewService(service))?;
         Ok(())
     }
 

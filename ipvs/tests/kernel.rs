@@ -92,6 +92,14 @@ mod ipvs_kernel {
             .collect()
     }
 
+    /// `ipvsadm -Sn` shows each of `lines` (a trailing `\n` pins the end of a line).
+    fn assert_saved(lines: &[&str]) {
+        let saved = ipvsadm_save().join("\n");
+        for line in lines {
+            assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
+        }
+    }
+
     fn ipvsadm(args: &[&str]) {
         let out = Command::new(IPVSADM)
             .args(args)
@@ -178,21 +186,14 @@ mod ipvs_kernel {
                 assert_eq!(one.netmask, ipvs::default_netmask(one.key.family()));
             }
             // ipvsadm, reading the same table, agrees on addresses, ports (byte order) and marks.
-            let saved = ipvsadm_save();
-            for line in [
+            assert_saved(&[
                 "-A -t 10.20.0.1:8000 -s rr",
                 "-A -u 10.20.0.1:8001 -s rr",
                 "--sctp-service 10.20.0.1:8002 -s rr",
                 "-A -t [2001:db8::1]:8000 -s rr",
                 "-A -f 65537 -s wlc",
                 "-A -f 65537 -6 -s wlc",
-            ] {
-                assert!(
-                    saved.iter().any(|l| l.contains(line)),
-                    "ipvsadm -Sn lacks {line:?}:\n{}",
-                    saved.join("\n")
-                );
-            }
+            ]);
             for key in &expected {
                 ipvs.delete_service(key).unwrap();
             }
@@ -264,14 +265,11 @@ mod ipvs_kernel {
             assert!(got.flags.contains(ServiceFlags::MH_PORT));
             assert!(!got.flags.contains(ServiceFlags::MH_FALLBACK));
 
-            let saved = ipvsadm_save().join("\n");
-            for line in [
+            assert_saved(&[
                 "-A -t 10.20.2.1:443 -s wlc -p 600 -M 255.255.255.0",
                 "-A -u 10.20.2.1:53 -s rr -o",
                 "-A -t 10.20.2.1:80 -s sh -b sh-fallback,sh-port",
-            ] {
-                assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
-            }
+            ]);
         });
     }
 
@@ -303,13 +301,8 @@ mod ipvs_kernel {
             ipvs.add_service(&Service::new(key, "wrr")).unwrap();
             assert_eq!(ipvs.destinations(&key).unwrap(), vec![]);
 
-            let mut masq = Destination::new(ip("10.20.4.10"), 8080);
-            masq.weight = 3;
-            masq.upper_threshold = 1000;
-            masq.lower_threshold = 100;
-            let mut route = Destination::new(ip("10.20.4.11"), 80);
-            route.forward = ForwardMethod::DirectRoute;
-            route.weight = 65535;
+            let masq = common::masq_destination(ip("10.20.4.10"), 8080, 3, (1000, 100));
+            let route = common::route_destination(ip("10.20.4.11"), 80, 65535);
             let mut ipip = Destination::new(ip("10.20.4.12"), 80);
             ipip.forward = ForwardMethod::Tunnel;
             let gue = common::gue_destination(ip("10.20.4.13"));
@@ -337,15 +330,12 @@ mod ipvs_kernel {
                     assert_eq!(got.tunnel, want.tunnel, "{got:?}");
                 }
             }
-            let saved = ipvsadm_save().join("\n");
-            for line in [
+            assert_saved(&[
                 "-a -t 10.20.4.1:80 -r 10.20.4.10:8080 -m -w 3\n",
                 "-a -t 10.20.4.1:80 -r 10.20.4.11:80 -g -w 65535",
                 "-a -t 10.20.4.1:80 -r 10.20.4.12:80 -i -w 1 --tun-type ipip",
                 "-a -t 10.20.4.1:80 -r 10.20.4.13:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum",
-            ] {
-                assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
-            }
+            ]);
         });
     }
 

@@ -400,21 +400,21 @@ impl Rng {
 fn garbage_never_panics() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut valid = Vec::new();
+    // One dump part: the genl header (command, version 1) then the attribute.
+    let part = |cmd: Command, attr: Attr| {
+        let msg = IpvsMessage::new(cmd, vec![attr]);
+        let mut payload = vec![cmd.number(), 1, 0, 0];
+        payload.extend(emit_attrs(&msg));
+        netlink(0x25, NLM_F_MULTIPART, 1, &payload)
+    };
     for svc in sample_services() {
-        let mut payload = vec![1, 1, 0, 0];
-        payload.extend(emit_attrs(&IpvsMessage::new(
+        valid.push(part(
             Command::NewService,
-            vec![Attr::Service(service_reply_attrs(&svc))],
-        )));
-        valid.push(netlink(0x25, NLM_F_MULTIPART, 1, &payload));
+            Attr::Service(service_reply_attrs(&svc)),
+        ));
     }
     for dest in sample_destinations() {
-        let mut payload = vec![5, 1, 0, 0];
-        payload.extend(emit_attrs(&IpvsMessage::new(
-            Command::NewDest,
-            vec![Attr::Dest(dest_reply_attrs(&dest))],
-        )));
-        valid.push(netlink(0x25, NLM_F_MULTIPART, 1, &payload));
+        valid.push(part(Command::NewDest, Attr::Dest(dest_reply_attrs(&dest))));
     }
     let mut decoded_ok = 0;
     for round in 0..20_000 {

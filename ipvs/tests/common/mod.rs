@@ -17,6 +17,27 @@ pub fn gue_destination(addr: IpAddr) -> Destination {
     Destination::tunnelled(addr, 80, Tunnel::gue(6080, Tunnel::CSUM))
 }
 
+/// A masquerading destination with thresholds (upper, lower).
+pub fn masq_destination(
+    addr: IpAddr,
+    port: u16,
+    weight: i32,
+    thresholds: (u32, u32),
+) -> Destination {
+    let mut d = Destination::new(addr, port);
+    d.weight = weight;
+    (d.upper_threshold, d.lower_threshold) = thresholds;
+    d
+}
+
+/// A direct-routing destination.
+pub fn route_destination(addr: IpAddr, port: u16, weight: i32) -> Destination {
+    let mut d = Destination::new(addr, port);
+    d.forward = ForwardMethod::DirectRoute;
+    d.weight = weight;
+    d
+}
+
 /// The service of the captured table that has destinations.
 pub fn web_key() -> ServiceKey {
     ServiceKey::tcp(ip("10.0.0.1"), 80)
@@ -39,12 +60,9 @@ pub fn captured_services() -> Vec<Service> {
 
 /// The destinations of [`web_key`] in the captured table, in address order.
 pub fn captured_web_destinations() -> Vec<Destination> {
-    let mut masq = Destination::new(ip("10.0.1.1"), 8080);
-    masq.weight = 3;
-    masq.upper_threshold = 100;
-    masq.lower_threshold = 10;
-    let mut route = Destination::new(ip("10.0.1.2"), 80);
-    route.forward = ForwardMethod::DirectRoute;
-    route.weight = 0;
-    vec![masq, route, gue_destination(ip("10.0.1.3"))]
+    vec![
+        masq_destination(ip("10.0.1.1"), 8080, 3, (100, 10)),
+        route_destination(ip("10.0.1.2"), 80, 0),
+        gue_destination(ip("10.0.1.3")),
+    ]
 }

@@ -628,38 +628,50 @@ fn set_option(options: &mut u64, o: usize) -> Result<(), ArgError> {
     Ok(())
 }
 
-fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
-    let row = COMMANDS_V_OPTIONS[cmd as usize];
-    let cmd_name = CMD_NAMES[cmd as usize];
+/// Check the given options against one row of an ipvsadm option table: `+` compulsory,
+/// `x` illegal, `1` exclusive, ` ` optional; `columns[j]` is the option of rule `j` and
+/// `context` ends the messages ("the 'list' command").
+fn check_option_rules(
+    rules: &[u8],
+    columns: impl Fn(usize) -> usize,
+    options: u64,
+    context: &str,
+) -> Result<(), ArgError> {
     let mut last = None;
-    for (j, &rule) in row.iter().enumerate() {
-        let given = options & (1 << j) != 0;
-        if !given {
+    for (j, &rule) in rules.iter().enumerate() {
+        let o = columns(j);
+        if options & (1 << o) == 0 {
             if rule == b'+' {
                 return Err(fail(format!(
-                    "You need to supply the '{}' option for the '{cmd_name}' command",
-                    OPT_NAMES[j]
+                    "You need to supply the '{}' option for {context}",
+                    OPT_NAMES[o]
                 )));
             }
             continue;
         }
         if rule == b'x' {
             return Err(fail(format!(
-                "Illegal '{}' option with the '{cmd_name}' command",
-                OPT_NAMES[j]
+                "Illegal '{}' option with {context}",
+                OPT_NAMES[o]
             )));
         }
         if rule == b'1' {
             if let Some(l) = last {
                 return Err(fail(format!(
-                    "The option '{}' conflicts with the '{}' option in the '{cmd_name}' command",
-                    OPT_NAMES[j], OPT_NAMES[l]
+                    "The option '{}' conflicts with the '{}' option in {context}",
+                    OPT_NAMES[o], OPT_NAMES[l]
                 )));
             }
-            last = Some(j);
+            last = Some(o);
         }
     }
     Ok(())
+}
+
+/// ipvsadm's generic_opt_check: the options legal for `cmd` (`commands_v_options`).
+fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
+    let context = format!("the '{}' command", CMD_NAMES[cmd as usize]);
+    check_option_rules(COMMANDS_V_OPTIONS[cmd as usize], |j| j, options, &context)
 }
 
 /// Tunnel types x options (port, nocsum, csum, remcsum): ipvsadm's tunnel_types_v_options.
@@ -672,37 +684,9 @@ fn tunnel_opt_check(kind: TunnelType, options: u64) -> Result<(), ArgError> {
         opt::TUN_REMCSUM,
     ];
     const ROWS: [&[u8; 4]; 3] = [b"xxxx", b"+111", b"x11x"];
-    let row = ROWS[usize::from(kind.number())];
-    let tname = NAMES[usize::from(kind.number())];
-    let mut last = None;
-    for (j, &rule) in row.iter().enumerate() {
-        let k = COLS[j];
-        if options & (1 << k) == 0 {
-            if rule == b'+' {
-                return Err(fail(format!(
-                    "You need to supply the '{}' option for the '{tname}' tunnel type",
-                    OPT_NAMES[k]
-                )));
-            }
-            continue;
-        }
-        if rule == b'x' {
-            return Err(fail(format!(
-                "Illegal '{}' option with the '{tname}' tunnel type",
-                OPT_NAMES[k]
-            )));
-        }
-        if rule == b'1' {
-            if let Some(l) = last {
-                return Err(fail(format!(
-                    "The option '{}' conflicts with the '{}' option in the '{tname}' tunnel type",
-                    OPT_NAMES[k], OPT_NAMES[l]
-                )));
-            }
-            last = Some(k);
-        }
-    }
-    Ok(())
+    let row = usize::from(kind.number());
+    let context = format!("the '{}' tunnel type", NAMES[row]);
+    check_option_rules(ROWS[row], |j| COLS[j], options, &context)
 }
 
 /// Parse `argv` (with argv[0]) the way ipvsadm's parse_options + process_options do,

@@ -1,4 +1,4 @@
-//! The `ipvsctl` command: ipvsadm's command line and output on this crate's client.
+//! The `ipvsctl` command: ipvsadm's command line and output on the `ipvs` library's client.
 //!
 //! `args` parses (pure), `format` prints (pure), this module runs a parsed command against
 //! an [`Ipvs`] backend (the real [`ipvs::Client`], or a fake in tests) and maps errors to

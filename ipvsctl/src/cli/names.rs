@@ -66,22 +66,21 @@ fn parse_hosts(text: &str) -> Vec<HostEntry> {
         .collect()
 }
 
+/// A local database parsed, or empty if it cannot be read (glibc then finds nothing).
+fn read_db<T>(path: &str, parse: fn(&str) -> Vec<T>) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .map(|text| parse(&text))
+        .unwrap_or_default()
+}
+
 fn services() -> &'static [ServiceEntry] {
     static CELL: OnceLock<Vec<ServiceEntry>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        std::fs::read_to_string("/etc/services")
-            .map(|t| parse_services(&t))
-            .unwrap_or_default()
-    })
+    CELL.get_or_init(|| read_db("/etc/services", parse_services))
 }
 
 fn hosts() -> &'static [HostEntry] {
     static CELL: OnceLock<Vec<HostEntry>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        std::fs::read_to_string("/etc/hosts")
-            .map(|t| parse_hosts(&t))
-            .unwrap_or_default()
-    })
+    CELL.get_or_init(|| read_db("/etc/hosts", parse_hosts))
 }
 
 /// getservbyport: the service name of `port` for `proto`, if /etc/services has one.

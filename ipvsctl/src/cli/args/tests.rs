@@ -182,6 +182,17 @@ fn errors_match_ipvsadm() {
         "You need to supply the 'tun-port' option for the 'gue' tunnel type"
     );
     assert_eq!(
+        err("-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gre --tun-port 6080").message,
+        "Illegal 'tun-port' option with the 'gre' tunnel type"
+    );
+    assert_eq!(
+        err(
+            "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue --tun-port 1 --tun-csum --tun-remcsum"
+        )
+        .message,
+        "The option 'tun-remcsum' conflicts with the 'tun-csum' option in the 'gue' tunnel type"
+    );
+    assert_eq!(
         err("-S --json").message,
         "Illegal 'json' option with the 'save' command"
     );
