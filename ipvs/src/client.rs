@@ -11,7 +11,7 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use crate::codec::{self, Attr, Command, IpvsMessage, Reply};
-use crate::error::{Error, Result};
+use crate::error::{AttrError, Error, Result};
 use crate::model::{DaemonState, Destination, Info, Service, ServiceKey, SyncDaemon, Timeouts};
 
 // Linux errno values the kernel's IPVS code returns (asm-generic/errno-base.h).
@@ -309,13 +309,8 @@ impl Client {
         for msg in &replies {
             for attr in &msg.attrs {
                 if let Attr::Dest(dest_attrs) = attr {
-                    let dest =
-                        codec::destination_from_attrs(dest_attrs, family).map_err(|source| {
-                            Error::Attributes {
-                                op: cmd.name(),
-                                source,
-                            }
-                        })?;
+                    let dest = codec::destination_from_attrs(dest_attrs, family)
+                        .map_err(attributes_error(cmd))?;
                     dests.push(dest);
                 }
             }
@@ -394,24 +389,23 @@ impl Client {
 
     /// Version and connection table size.
     pub fn info(&mut self) -> Result<Info> {
-        let cmd = Command::GetInfo;
-        let replies = self.execute(cmd, vec![], false, Target::None)?;
-        let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::info_from_attrs(&msg.attrs).map_err(|source| Error::Attributes {
-            op: cmd.name(),
-            source,
-        })
+        self.get_global(Command::GetInfo, codec::info_from_attrs)
     }
 
     /// Connection timeouts (`ipvsadm -L --timeout`).
     pub fn timeouts(&mut self) -> Result<Timeouts> {
-        let cmd = Command::GetConfig;
+        self.get_global(Command::GetConfig, codec::timeouts_from_attrs)
+    }
+
+    /// A command without arguments whose one reply message is read by `read`.
+    fn get_global<T>(
+        &mut self,
+        cmd: Command,
+        read: fn(&[Attr]) -> Result<T, AttrError>,
+    ) -> Result<T> {
         let replies = self.execute(cmd, vec![], false, Target::None)?;
         let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::timeouts_from_attrs(&msg.attrs).map_err(|source| Error::Attributes {
-            op: cmd.name(),
-            source,
-        })
+        read(&msg.attrs).map_err(attributes_error(cmd))
     }
 
     /// Set connection timeouts (`ipvsadm --set`); a 0 field is left unchanged.
@@ -442,12 +436,7 @@ impl Client {
         for msg in self.execute(cmd, vec![], true, Target::None)? {
             for attr in &msg.attrs {
                 if let Attr::Daemon(attrs) = attr {
-                    daemons.push(codec::daemon_from_attrs(attrs).map_err(|source| {
-                        Error::Attributes {
-                            op: cmd.name(),
-                            source,
-                        }
-                    })?);
+                    daemons.push(codec::daemon_from_attrs(attrs).map_err(attributes_error(cmd))?);
                 }
             }
         }
@@ -493,10 +482,15 @@ fn service_of(cmd: Command, msg: &IpvsMessage) -> Result<Service> {
             op: cmd.name(),
             reason: "reply without IPVS_CMD_ATTR_SERVICE".into(),
         })?;
-    codec::service_from_attrs(attrs).map_err(|source| Error::Attributes {
+    codec::service_from_attrs(attrs).map_err(attributes_error(cmd))
+}
+
+/// The error for a reply whose attributes do not read as the object asked for.
+fn attributes_error(cmd: Command) -> impl FnOnce(AttrError) -> Error {
+    move |source| Error::Attributes {
         op: cmd.name(),
         source,
-    })
+    }
 }
 
 fn no_reply(cmd: Command) -> Error {

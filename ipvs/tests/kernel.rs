@@ -100,6 +100,20 @@ mod ipvs_kernel {
         }
     }
 
+    /// The service's counters and its first real server's are zero; that real server.
+    fn assert_zeroed(ipvs: &mut Client, key: &ServiceKey) -> Destination {
+        let svc = ipvs.service(key).unwrap();
+        assert_eq!(
+            (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
+            (0, 0, 0),
+            "{:?}",
+            svc.stats
+        );
+        let dest = ipvs.destinations(key).unwrap().remove(0);
+        assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+        dest
+    }
+
     fn ipvsadm(args: &[&str]) {
         let out = Command::new(IPVSADM)
             .args(args)
@@ -551,15 +565,7 @@ mod ipvs_kernel {
 
             // Zeroing one service clears its counters and its real servers', not the other's.
             ipvs.zero(Some(&key)).unwrap();
-            let svc = ipvs.service(&key).unwrap();
-            assert_eq!(
-                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
-                (0, 0, 0),
-                "{:?}",
-                svc.stats
-            );
-            let dest = &ipvs.destinations(&key).unwrap()[0];
-            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+            let dest = assert_zeroed(ipvs, &key);
             // Zeroing counters leaves the connection table alone.
             assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
             assert_eq!(
@@ -570,15 +576,7 @@ mod ipvs_kernel {
 
             // Zeroing everything clears the other service too.
             ipvs.zero(None).unwrap();
-            let svc = ipvs.service(&other).unwrap();
-            assert_eq!(
-                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
-                (0, 0, 0),
-                "{:?}",
-                svc.stats
-            );
-            let dest = &ipvs.destinations(&other).unwrap()[0];
-            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+            assert_zeroed(ipvs, &other);
 
             drop(clients);
             close_tx.send(()).unwrap();
