@@ -1,5 +1,9 @@
-//! `ipvsctl`: ipvsadm-compatible IPVS administration on this crate's library.
-//! Parsing, running and printing live in `ipvs::cli`; this only wires up the process.
+//! `ipvsctl`: ipvsadm-compatible IPVS administration on the `ipvs` library.
+//! Parsing, running and printing live in [`cli`]; this only wires up the process.
+
+#![forbid(unsafe_code)]
+
+mod cli;
 
 use std::io::Write;
 
@@ -7,7 +11,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let status = ipvs::cli::run(
+    let status = cli::run(
         &argv,
         &mut ipvs::Client::new,
         &mut std::io::stdin().lock(),

@@ -8,6 +8,8 @@
 //!
 //! See tests/vm/README.md.
 
+#![forbid(unsafe_code)]
+
 mod artifacts;
 mod image;
 mod kernel;

@@ -9,41 +9,14 @@
 //! (`commands_v_options`) with ipvsadm's exact error messages. This module mirrors that
 //! table and the popt rules; it is pure (no I/O) and unit-tested.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use super::names::{self, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use ipvs::{
+    AddressFamily, Destination, ForwardMethod, Protocol, Service, ServiceFlags, ServiceKey,
+    Timeouts, Tunnel, TunnelType,
+};
 
-/// Address family numbers as the kernel uses them.
-pub const AF_INET: u16 = 2;
-/// IPv6.
-pub const AF_INET6: u16 = 10;
-
-/// Service flags (include/uapi/linux/ip_vs.h).
-pub const SVC_F_PERSISTENT: u32 = 0x0001;
-/// One-packet scheduling.
-pub const SVC_F_ONEPACKET: u32 = 0x0004;
-/// Scheduler flag 1 (sh-fallback / mh-fallback).
-pub const SVC_F_SCHED1: u32 = 0x0008;
-/// Scheduler flag 2 (sh-port / mh-port).
-pub const SVC_F_SCHED2: u32 = 0x0010;
-/// Scheduler flag 3.
-pub const SVC_F_SCHED3: u32 = 0x0020;
-
-/// Forwarding methods (IP_VS_CONN_F_*).
-pub const FWD_MASQ: u32 = 0;
-/// Local node.
-pub const FWD_LOCALNODE: u32 = 1;
-/// IPIP tunnel.
-pub const FWD_TUNNEL: u32 = 2;
-/// Direct routing (gatewaying), ipvsadm's default.
-pub const FWD_DROUTE: u32 = 3;
-
-/// Tunnel types.
-pub const TUN_IPIP: u8 = 0;
-/// GUE.
-pub const TUN_GUE: u8 = 1;
-/// GRE.
-pub const TUN_GRE: u8 = 2;
+use super::names;
 
 /// Default persistence timeout (IPVS_SVC_PERSISTENT_TIMEOUT, 6 minutes).
 pub const DEFAULT_PERSISTENT_TIMEOUT: u32 = 360;
@@ -200,91 +173,6 @@ const COMMANDS_V_OPTIONS: [&[u8; opt::COUNT]; 14] = [
     b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // ZERO
 ];
 
-/// A virtual service as given on the command line (ipvsadm's `ipvs_service_t`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceArgs {
-    /// 0 (none given), AF_INET or AF_INET6.
-    pub af: u16,
-    /// IPPROTO_*; TCP for fwmark services, as ipvsadm sets it.
-    pub protocol: u16,
-    /// Virtual address (unspecified for fwmark services).
-    pub addr: IpAddr,
-    /// Virtual port.
-    pub port: u16,
-    /// Firewall mark, 0 for address services.
-    pub fwmark: u32,
-    /// Scheduler name ("" until defaulted).
-    pub sched_name: String,
-    /// IP_VS_SVC_F_* flags.
-    pub flags: u32,
-    /// Persistence timeout in seconds.
-    pub timeout: u32,
-    /// Persistence netmask: IPv4 mask in network order as a u32 of the octets, or IPv6
-    /// prefix length.
-    pub netmask: u32,
-    /// Persistence engine name.
-    pub pe_name: String,
-}
-
-impl Default for ServiceArgs {
-    fn default() -> Self {
-        Self {
-            af: 0,
-            protocol: 0,
-            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            port: 0,
-            fwmark: 0,
-            sched_name: String::new(),
-            flags: 0,
-            timeout: 0,
-            netmask: 0xffff_ffff,
-            pe_name: String::new(),
-        }
-    }
-}
-
-/// A real server as given on the command line (ipvsadm's `ipvs_dest_t`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestArgs {
-    /// Address family of the real server.
-    pub af: u16,
-    /// Real server address.
-    pub addr: IpAddr,
-    /// Real server port.
-    pub port: u16,
-    /// FWD_* method.
-    pub fwd: u32,
-    /// Weight.
-    pub weight: u32,
-    /// Upper connection threshold.
-    pub u_threshold: u32,
-    /// Lower connection threshold.
-    pub l_threshold: u32,
-    /// Tunnel type (TUN_*).
-    pub tun_type: u8,
-    /// Tunnel port (GUE).
-    pub tun_port: u16,
-    /// Tunnel flags (checksum options).
-    pub tun_flags: u16,
-}
-
-impl Default for DestArgs {
-    fn default() -> Self {
-        Self {
-            af: 0,
-            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            port: 0,
-            fwd: FWD_DROUTE,
-            weight: 1,
-            u_threshold: 0,
-            l_threshold: 0,
-            tun_type: TUN_IPIP,
-            tun_port: 0,
-            tun_flags: 0,
-        }
-    }
-}
-
 /// Listing format flags (ipvsadm's FMT_*).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Format {
@@ -319,12 +207,12 @@ pub struct Invocation {
     pub options: u64,
     /// Listing format.
     pub format: Format,
-    /// The service.
-    pub svc: ServiceArgs,
+    /// The service (TCP 0.0.0.0:0 when none is given).
+    pub service: Service,
     /// The real server.
-    pub dest: DestArgs,
+    pub dest: Destination,
     /// --set tcp tcpfin udp.
-    pub timeouts: [u32; 3],
+    pub timeouts: Timeouts,
 }
 
 impl Invocation {
@@ -662,64 +550,48 @@ fn parse_fwmark(buf: &str) -> Result<u32, ArgError> {
         .ok_or_else(|| fail(format!("invalid fwmark value `{buf}' specified")))
 }
 
-/// What parse_service found.
-const SERVICE_ADDR: u8 = 1;
-const SERVICE_PORT: u8 = 2;
-
-/// ipvsadm's parse_service: `host[:port]`, `[v6]:port` or a bare IPv6 address.
-fn parse_service(buf: &str, svc: &mut ServiceArgs) -> u8 {
+/// ipvsadm's parse_service: `host[:port]`, `[v6]:port` or a bare IPv6 address; the port
+/// may be a name from /etc/services for `protocol`.
+/// The address and the port if one was given; None if the text is not an address.
+fn parse_service(buf: &str, protocol: Option<Protocol>) -> Option<(IpAddr, Option<u16>)> {
     if buf.bytes().all(|b| b.is_ascii_digit()) {
-        return 0;
+        return None;
     }
     let mut host = buf;
     let mut port: Option<&str> = None;
     if let Some(rest) = buf.strip_prefix('[') {
-        let Some((h, after)) = rest.split_once(']') else {
-            return 0;
-        };
-        let Some(p) = after.strip_prefix(':') else {
-            return 0;
-        };
+        let (h, after) = rest.split_once(']')?;
         host = h;
-        port = Some(p);
+        port = Some(after.strip_prefix(':')?);
     }
-    if let Some(a6) = names::inet_pton6(host) {
-        svc.addr = IpAddr::V6(a6);
-        svc.af = AF_INET6;
-        svc.netmask = 128;
-    } else {
-        // ipvsadm re-splits at the last ':' here (for the bracket form too).
-        if let Some((h, p)) = host.rsplit_once(':') {
-            host = h;
-            port = Some(p);
+    let addr = match names::inet_pton6(host) {
+        Some(a6) => IpAddr::V6(a6),
+        None => {
+            // ipvsadm re-splits at the last ':' here (for the bracket form too).
+            if let Some((h, p)) = host.rsplit_once(':') {
+                host = h;
+                port = Some(p);
+            }
+            IpAddr::V4(names::inet_aton(host).or_else(|| names::host_to_addr(host))?)
         }
-        let Some(a4) = names::inet_aton(host).or_else(|| names::host_to_addr(host)) else {
-            return 0;
-        };
-        svc.addr = IpAddr::V4(a4);
-        svc.af = AF_INET;
-    }
-    let mut result = SERVICE_ADDR;
-    if let Some(p) = port {
-        result |= SERVICE_PORT;
-        match string_to_number(p, 0, 65535) {
-            Some(n) => svc.port = n as u16,
-            None => match names::service_to_port(p, svc.protocol) {
-                Some(n) => svc.port = n,
-                None => return 0,
-            },
-        }
-    }
-    result
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(match string_to_number(p, 0, 65535) {
+            Some(n) => n as u16,
+            None => names::service_to_port(p, protocol)?,
+        }),
+    };
+    Some((addr, port))
 }
 
-fn parse_sched_flags(sched: &str, arg: &str) -> Result<u32, ArgError> {
+fn parse_sched_flags(sched: &str, arg: &str) -> Result<ServiceFlags, ArgError> {
     let sched = if sched.is_empty() {
         DEFAULT_SCHEDULER
     } else {
         sched
     };
-    let mut flags = 0;
+    let mut flags = ServiceFlags::empty();
     // strtok skips empty tokens; ipvsadm with an all-comma argument reads a NULL flag (a
     // crash), which we report as an invalid flag instead.
     let tokens: Vec<&str> = arg.split(',').filter(|t| !t.is_empty()).collect();
@@ -728,13 +600,13 @@ fn parse_sched_flags(sched: &str, arg: &str) -> Result<u32, ArgError> {
     }
     for flag in tokens {
         let (bit, needs) = match flag {
-            "flag-1" => (SVC_F_SCHED1, None),
-            "flag-2" => (SVC_F_SCHED2, None),
-            "flag-3" => (SVC_F_SCHED3, None),
-            "sh-fallback" => (SVC_F_SCHED1, Some("sh")),
-            "sh-port" => (SVC_F_SCHED2, Some("sh")),
-            "mh-fallback" => (SVC_F_SCHED1, Some("mh")),
-            "mh-port" => (SVC_F_SCHED2, Some("mh")),
+            "flag-1" => (ServiceFlags::SCHED1, None),
+            "flag-2" => (ServiceFlags::SCHED2, None),
+            "flag-3" => (ServiceFlags::SCHED3, None),
+            "sh-fallback" => (ServiceFlags::SH_FALLBACK, Some("sh")),
+            "sh-port" => (ServiceFlags::SH_PORT, Some("sh")),
+            "mh-fallback" => (ServiceFlags::MH_FALLBACK, Some("mh")),
+            "mh-port" => (ServiceFlags::MH_PORT, Some("mh")),
             _ => return Err(fail(format!("invalid scheduler flag `{flag}'"))),
         };
         flags |= bit;
@@ -756,42 +628,54 @@ fn set_option(options: &mut u64, o: usize) -> Result<(), ArgError> {
     Ok(())
 }
 
-fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
-    let row = COMMANDS_V_OPTIONS[cmd as usize];
-    let cmd_name = CMD_NAMES[cmd as usize];
+/// Check the given options against one row of an ipvsadm option table: `+` compulsory,
+/// `x` illegal, `1` exclusive, ` ` optional; `columns[j]` is the option of rule `j` and
+/// `context` ends the messages ("the 'list' command").
+fn check_option_rules(
+    rules: &[u8],
+    columns: impl Fn(usize) -> usize,
+    options: u64,
+    context: &str,
+) -> Result<(), ArgError> {
     let mut last = None;
-    for (j, &rule) in row.iter().enumerate() {
-        let given = options & (1 << j) != 0;
-        if !given {
+    for (j, &rule) in rules.iter().enumerate() {
+        let o = columns(j);
+        if options & (1 << o) == 0 {
             if rule == b'+' {
                 return Err(fail(format!(
-                    "You need to supply the '{}' option for the '{cmd_name}' command",
-                    OPT_NAMES[j]
+                    "You need to supply the '{}' option for {context}",
+                    OPT_NAMES[o]
                 )));
             }
             continue;
         }
         if rule == b'x' {
             return Err(fail(format!(
-                "Illegal '{}' option with the '{cmd_name}' command",
-                OPT_NAMES[j]
+                "Illegal '{}' option with {context}",
+                OPT_NAMES[o]
             )));
         }
         if rule == b'1' {
             if let Some(l) = last {
                 return Err(fail(format!(
-                    "The option '{}' conflicts with the '{}' option in the '{cmd_name}' command",
-                    OPT_NAMES[j], OPT_NAMES[l]
+                    "The option '{}' conflicts with the '{}' option in {context}",
+                    OPT_NAMES[o], OPT_NAMES[l]
                 )));
             }
-            last = Some(j);
+            last = Some(o);
         }
     }
     Ok(())
 }
 
+/// ipvsadm's generic_opt_check: the options legal for `cmd` (`commands_v_options`).
+fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
+    let context = format!("the '{}' command", CMD_NAMES[cmd as usize]);
+    check_option_rules(COMMANDS_V_OPTIONS[cmd as usize], |j| j, options, &context)
+}
+
 /// Tunnel types x options (port, nocsum, csum, remcsum): ipvsadm's tunnel_types_v_options.
-fn tunnel_opt_check(tun_type: u8, options: u64) -> Result<(), ArgError> {
+fn tunnel_opt_check(kind: TunnelType, options: u64) -> Result<(), ArgError> {
     const NAMES: [&str; 3] = ["ipip", "gue", "gre"];
     const COLS: [usize; 4] = [
         opt::TUN_PORT,
@@ -800,37 +684,9 @@ fn tunnel_opt_check(tun_type: u8, options: u64) -> Result<(), ArgError> {
         opt::TUN_REMCSUM,
     ];
     const ROWS: [&[u8; 4]; 3] = [b"xxxx", b"+111", b"x11x"];
-    let row = ROWS[usize::from(tun_type)];
-    let tname = NAMES[usize::from(tun_type)];
-    let mut last = None;
-    for (j, &rule) in row.iter().enumerate() {
-        let k = COLS[j];
-        if options & (1 << k) == 0 {
-            if rule == b'+' {
-                return Err(fail(format!(
-                    "You need to supply the '{}' option for the '{tname}' tunnel type",
-                    OPT_NAMES[k]
-                )));
-            }
-            continue;
-        }
-        if rule == b'x' {
-            return Err(fail(format!(
-                "Illegal '{}' option with the '{tname}' tunnel type",
-                OPT_NAMES[k]
-            )));
-        }
-        if rule == b'1' {
-            if let Some(l) = last {
-                return Err(fail(format!(
-                    "The option '{}' conflicts with the '{}' option in the '{tname}' tunnel type",
-                    OPT_NAMES[k], OPT_NAMES[l]
-                )));
-            }
-            last = Some(k);
-        }
-    }
-    Ok(())
+    let row = usize::from(kind.number());
+    let context = format!("the '{}' tunnel type", NAMES[row]);
+    check_option_rules(ROWS[row], |j| COLS[j], options, &context)
 }
 
 /// Parse `argv` (with argv[0]) the way ipvsadm's parse_options + process_options do,
@@ -838,18 +694,37 @@ fn tunnel_opt_check(tun_type: u8, options: u64) -> Result<(), ArgError> {
 pub fn parse(argv: &[String]) -> Result<Parsed, ArgError> {
     let prog = argv.first().map_or("ipvsctl", String::as_str);
     let mut sc = Scanner::new(argv);
-    let popt_err = |e: PoptError| ArgError {
-        message: format!("{}: {}", e.word, e.what),
-        code: 255,
+    let cmd = match first_command(&mut sc, prog)? {
+        Ok(cmd) => cmd,
+        Err(parsed) => return Ok(parsed),
     };
+    let mut line = CommandLine::new(cmd);
+    loop {
+        match sc.next_opt() {
+            Ok(Some((tag, arg))) => line.apply(tag, arg.as_deref())?,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ArgError {
+                    message: format!("{}: {}", e.word, e.what),
+                    code: 255,
+                })
+            }
+        }
+    }
+    line.timeouts = leftover_words(cmd, sc.leftovers)?;
+    line.apply_sched_flags()?;
+    line.process_options()?;
+    Ok(Parsed::Run(Box::new(line.into_invocation())))
+}
 
+/// The command word, which must come first; `Err` carries `-h` and `-v`, which need no
+/// more parsing.
+fn first_command(sc: &mut Scanner<'_>, prog: &str) -> Result<Result<Cmd, Parsed>, ArgError> {
     let first = match sc.next_opt() {
         Ok(Some(x)) => x,
         Ok(None) | Err(_) => return Err(tryhelp(prog)),
     };
-    let mut svc = ServiceArgs::default();
-    let mut dest = DestArgs::default();
-    let cmd = match first {
+    match first {
         (Tag::Cmd(c @ (Cmd::StartDaemon | Cmd::StopDaemon)), Some(state)) => {
             if state != "master" && state != "backup" {
                 let which = if c == Cmd::StartDaemon {
@@ -859,249 +734,349 @@ pub fn parse(argv: &[String]) -> Result<Parsed, ArgError> {
                 };
                 return Err(fail(format!("illegal {which} specified")));
             }
-            c
+            Ok(Ok(c))
         }
-        (Tag::Cmd(c), _) => c,
-        (Tag::Help, _) => return Ok(Parsed::Help),
-        (Tag::Version, _) => return Ok(Parsed::Version),
-        _ => return Err(tryhelp(prog)),
-    };
+        (Tag::Cmd(c), _) => Ok(Ok(c)),
+        (Tag::Help, _) => Ok(Err(Parsed::Help)),
+        (Tag::Version, _) => Ok(Err(Parsed::Version)),
+        _ => Err(tryhelp(prog)),
+    }
+}
 
-    let mut options: u64 = 0;
-    let mut format = Format::default();
-    let mut sched_flags_arg: Option<String> = None;
-    loop {
-        let (tag, arg) = match sc.next_opt() {
-            Ok(Some(x)) => x,
-            Ok(None) => break,
-            Err(e) => return Err(popt_err(e)),
+/// The words after the options: `--set`'s three timeouts, nothing else.
+fn leftover_words(cmd: Cmd, words: Vec<String>) -> Result<Timeouts, ArgError> {
+    let mut timeouts = Timeouts::default();
+    let mut words = words.into_iter();
+    if cmd == Cmd::Timeout {
+        let (Some(t), Some(f), Some(u)) = (words.next(), words.next(), words.next()) else {
+            return Err(fail("--set option requires 3 timeout values"));
         };
-        let a = arg.as_deref().unwrap_or("");
+        timeouts = Timeouts {
+            tcp: parse_timeout(Some(&t), 0, MAX_TIMEOUT)?,
+            tcp_fin: parse_timeout(Some(&f), 0, MAX_TIMEOUT)?,
+            udp: parse_timeout(Some(&u), 0, MAX_TIMEOUT)?,
+        };
+    }
+    if let Some(extra) = words.next() {
+        return Err(fail(format!("unexpected argument {extra}")));
+    }
+    Ok(timeouts)
+}
+
+/// A command line being read, option by option.
+struct CommandLine {
+    cmd: Cmd,
+    options: u64,
+    format: Format,
+    service: Service,
+    dest: Destination,
+    timeouts: Timeouts,
+    /// `-b`'s argument, read once the scheduler is known.
+    sched_flags_arg: Option<String>,
+}
+
+impl CommandLine {
+    fn new(cmd: Cmd) -> CommandLine {
+        let nowhere = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        CommandLine {
+            cmd,
+            options: 0,
+            format: Format::default(),
+            // ipvsadm's zeroed ipvs_service_t: no scheduler until defaulted.
+            service: Service::new(ServiceKey::tcp(nowhere, 0), ""),
+            // ipvsadm's defaults for a real server: gatewaying, weight 1.
+            dest: Destination {
+                forward: ForwardMethod::DirectRoute,
+                ..Destination::new(nowhere, 0)
+            },
+            timeouts: Timeouts::default(),
+            sched_flags_arg: None,
+        }
+    }
+
+    fn has(&self, o: usize) -> bool {
+        self.options & (1 << o) != 0
+    }
+
+    /// The service's port (0 for a firewall mark or before one is given).
+    fn service_port(&self) -> u16 {
+        match self.service.key {
+            ServiceKey::Inet { port, .. } => port,
+            ServiceKey::Fwmark { .. } => 0,
+        }
+    }
+
+    /// The protocol real-server port names are looked up for, as ipvsadm's `svc.protocol`:
+    /// none before a service is given, TCP for a firewall mark.
+    fn lookup_protocol(&self) -> Option<Protocol> {
+        match self.service.key {
+            _ if !self.has(opt::SERVICE) => None,
+            ServiceKey::Inet { protocol, .. } => Some(protocol),
+            ServiceKey::Fwmark { .. } => Some(Protocol::Tcp),
+        }
+    }
+
+    fn apply(&mut self, tag: Tag, arg: Option<&str>) -> Result<(), ArgError> {
+        let a = arg.unwrap_or("");
+        match tag {
+            Tag::Tcp | Tag::Udp | Tag::Sctp | Tag::Fwmark | Tag::Ipv6 | Tag::Netmask => {
+                self.service_address_option(tag, a)
+            }
+            Tag::Scheduler | Tag::Persistent | Tag::Ops | Tag::Pe | Tag::SchedFlags => {
+                self.service_option(tag, arg)
+            }
+            Tag::Real
+            | Tag::Ipip
+            | Tag::Gate
+            | Tag::Masq
+            | Tag::Weight
+            | Tag::UThresh
+            | Tag::LThresh => self.dest_option(tag, a),
+            Tag::TunType | Tag::TunPort | Tag::TunNocsum | Tag::TunCsum | Tag::TunRemcsum => {
+                self.tunnel_option(tag, a)
+            }
+            Tag::Numeric
+            | Tag::Stats
+            | Tag::Rate
+            | Tag::Thresholds
+            | Tag::PersistConn
+            | Tag::NoSort
+            | Tag::Exact
+            | Tag::TunInfo
+            | Tag::Json => self.format_option(tag),
+            Tag::Connection => set_option(&mut self.options, opt::CONNECTION),
+            Tag::McastIf => set_option(&mut self.options, opt::MCAST),
+            Tag::SyncId => {
+                set_option(&mut self.options, opt::SYNCID)?;
+                string_to_number(a, 0, 255).ok_or_else(|| fail("illegal syncid specified"))?;
+                Ok(())
+            }
+            Tag::TimeoutList => set_option(&mut self.options, opt::TIMEOUT),
+            Tag::Daemon => set_option(&mut self.options, opt::DAEMON),
+            Tag::McastGroup => set_option(&mut self.options, opt::MCAST_GROUP),
+            Tag::McastPort => set_option(&mut self.options, opt::MCAST_PORT),
+            Tag::McastTtl => set_option(&mut self.options, opt::MCAST_TTL),
+            Tag::SyncMaxlen => set_option(&mut self.options, opt::SYNC_MAXLEN),
+            Tag::Sort => Ok(()),
+            Tag::Cmd(_) => Err(fail("multiple commands specified")),
+            Tag::Help | Tag::Version => {
+                let word = if tag == Tag::Help { "-h" } else { "-v" };
+                Err(fail(format!("invalid option `{word}'")))
+            }
+        }
+    }
+
+    /// `-t`/`-u`/`--sctp-service`, `-f`, `-6` and `-M`: what identifies the service and its
+    /// persistence mask (IPv6 services default to a /128 mask).
+    fn service_address_option(&mut self, tag: Tag, a: &str) -> Result<(), ArgError> {
         match tag {
             Tag::Tcp | Tag::Udp | Tag::Sctp => {
-                set_option(&mut options, opt::SERVICE)?;
-                svc.protocol = match tag {
-                    Tag::Tcp => IPPROTO_TCP,
-                    Tag::Udp => IPPROTO_UDP,
-                    _ => IPPROTO_SCTP,
+                set_option(&mut self.options, opt::SERVICE)?;
+                let protocol = match tag {
+                    Tag::Tcp => Protocol::Tcp,
+                    Tag::Udp => Protocol::Udp,
+                    _ => Protocol::Sctp,
                 };
-                if parse_service(a, &mut svc) & SERVICE_ADDR == 0 {
-                    return Err(fail("illegal virtual server address[:port] specified"));
+                let (addr, port) = parse_service(a, Some(protocol))
+                    .ok_or_else(|| fail("illegal virtual server address[:port] specified"))?;
+                self.service.key = ServiceKey::Inet {
+                    protocol,
+                    addr,
+                    port: port.unwrap_or(0),
+                };
+                if addr.is_ipv6() {
+                    self.service.netmask = 128;
                 }
             }
             Tag::Fwmark => {
-                set_option(&mut options, opt::SERVICE)?;
-                svc.af = AF_INET;
-                svc.protocol = IPPROTO_TCP;
-                svc.fwmark = parse_fwmark(a)?;
+                set_option(&mut self.options, opt::SERVICE)?;
+                self.service.key = ServiceKey::fwmark(AddressFamily::Inet, parse_fwmark(a)?);
             }
+            Tag::Ipv6 => {
+                let ServiceKey::Fwmark { family, .. } = &mut self.service.key else {
+                    return Err(fail("-6 used before -f\n"));
+                };
+                *family = AddressFamily::Inet6;
+                self.service.netmask = 128;
+            }
+            _ => {
+                set_option(&mut self.options, opt::NETMASK)?;
+                self.service.netmask = parse_netmask(self.service.key.family(), a)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `-s`, `-p`, `-o`, `--pe` and `-b`.
+    fn service_option(&mut self, tag: Tag, arg: Option<&str>) -> Result<(), ArgError> {
+        let a = arg.unwrap_or("");
+        match tag {
             Tag::Scheduler => {
-                set_option(&mut options, opt::SCHEDULER)?;
+                set_option(&mut self.options, opt::SCHEDULER)?;
                 // IP_VS_SCHEDNAME_MAXLEN - 1
-                svc.sched_name = a.chars().take(15).collect();
+                self.service.scheduler = a.chars().take(15).collect();
             }
             Tag::Persistent => {
-                set_option(&mut options, opt::PERSISTENT)?;
-                svc.flags |= SVC_F_PERSISTENT;
-                svc.timeout = parse_timeout(arg.as_deref(), 1, MAX_TIMEOUT)?;
+                set_option(&mut self.options, opt::PERSISTENT)?;
+                self.service.flags.insert(ServiceFlags::PERSISTENT);
+                self.service.timeout = parse_timeout(arg, 1, MAX_TIMEOUT)?;
             }
-            Tag::Netmask => {
-                set_option(&mut options, opt::NETMASK)?;
-                if svc.af != AF_INET6 {
-                    let m = names::inet_aton(a)
-                        .or_else(|| names::host_to_addr(a))
-                        .ok_or_else(|| fail("illegal virtual server persistent mask specified"))?;
-                    svc.netmask = u32::from_be_bytes(m.octets());
-                } else {
-                    // atoi
-                    let n = atoi(a);
-                    if !(1..=128).contains(&n) {
-                        return Err(fail("illegal ipv6 netmask specified"));
-                    }
-                    svc.netmask = n as u32;
-                }
+            Tag::Ops => {
+                set_option(&mut self.options, opt::ONEPACKET)?;
+                self.service.flags.insert(ServiceFlags::ONEPACKET);
             }
+            Tag::Pe => {
+                set_option(&mut self.options, opt::PE)?;
+                let name: String = a.chars().take(32).collect();
+                self.service.pe_name = (!name.is_empty()).then_some(name);
+            }
+            _ => {
+                set_option(&mut self.options, opt::SCHED_FLAGS)?;
+                self.sched_flags_arg = Some(a.chars().take(127).collect());
+            }
+        }
+        Ok(())
+    }
+
+    /// `-r`, the forwarding method, `-w`, `-x` and `-y`.
+    fn dest_option(&mut self, tag: Tag, a: &str) -> Result<(), ArgError> {
+        let threshold = |what: &str| {
+            string_to_number(a, 0, i64::from(i32::MAX))
+                .ok_or_else(|| fail(format!("illegal {what} specified")))
+        };
+        match tag {
             Tag::Real => {
-                set_option(&mut options, opt::SERVER)?;
-                let mut t = svc.clone();
-                let parsed = parse_service(a, &mut t);
-                dest.af = t.af;
-                dest.addr = t.addr;
-                dest.port = t.port;
-                if parsed & SERVICE_ADDR == 0 {
-                    return Err(fail("illegal real server address[:port] specified"));
-                }
-                if parsed == SERVICE_ADDR {
-                    dest.port = svc.port;
-                }
+                set_option(&mut self.options, opt::SERVER)?;
+                let (addr, port) = parse_service(a, self.lookup_protocol())
+                    .ok_or_else(|| fail("illegal real server address[:port] specified"))?;
+                self.dest.addr = addr;
+                self.dest.port = port.unwrap_or(self.service_port());
             }
             Tag::Ipip | Tag::Gate | Tag::Masq => {
-                set_option(&mut options, opt::FORWARD)?;
-                dest.fwd = match tag {
-                    Tag::Ipip => FWD_TUNNEL,
-                    Tag::Gate => FWD_DROUTE,
-                    _ => FWD_MASQ,
+                set_option(&mut self.options, opt::FORWARD)?;
+                self.dest.forward = match tag {
+                    Tag::Ipip => ForwardMethod::Tunnel,
+                    Tag::Gate => ForwardMethod::DirectRoute,
+                    _ => ForwardMethod::Masquerade,
                 };
             }
             Tag::Weight => {
-                set_option(&mut options, opt::WEIGHT)?;
-                dest.weight = string_to_number(a, 0, i64::from(i32::MAX))
-                    .ok_or_else(|| fail("illegal weight specified"))?
-                    as u32;
+                set_option(&mut self.options, opt::WEIGHT)?;
+                self.dest.weight = threshold("weight")? as i32;
             }
             Tag::UThresh => {
-                set_option(&mut options, opt::UTHRESHOLD)?;
-                dest.u_threshold = string_to_number(a, 0, i64::from(i32::MAX))
-                    .ok_or_else(|| fail("illegal u_threshold specified"))?
-                    as u32;
+                set_option(&mut self.options, opt::UTHRESHOLD)?;
+                self.dest.upper_threshold = threshold("u_threshold")? as u32;
             }
-            Tag::LThresh => {
-                set_option(&mut options, opt::LTHRESHOLD)?;
-                dest.l_threshold = string_to_number(a, 0, i64::from(i32::MAX))
-                    .ok_or_else(|| fail("illegal l_threshold specified"))?
-                    as u32;
+            _ => {
+                set_option(&mut self.options, opt::LTHRESHOLD)?;
+                self.dest.lower_threshold = threshold("l_threshold")? as u32;
             }
-            Tag::Connection => set_option(&mut options, opt::CONNECTION)?,
-            Tag::Numeric => {
-                set_option(&mut options, opt::NUMERIC)?;
-                format.numeric = true;
-            }
-            Tag::McastIf => set_option(&mut options, opt::MCAST)?,
-            Tag::SyncId => {
-                set_option(&mut options, opt::SYNCID)?;
-                string_to_number(a, 0, 255).ok_or_else(|| fail("illegal syncid specified"))?;
-            }
-            Tag::TimeoutList => set_option(&mut options, opt::TIMEOUT)?,
-            Tag::Daemon => set_option(&mut options, opt::DAEMON)?,
-            Tag::Stats => {
-                set_option(&mut options, opt::STATS)?;
-                format.stats = true;
-            }
-            Tag::Rate => {
-                set_option(&mut options, opt::RATE)?;
-                format.rate = true;
-            }
-            Tag::Thresholds => {
-                set_option(&mut options, opt::THRESHOLDS)?;
-                format.thresholds = true;
-            }
-            Tag::PersistConn => {
-                set_option(&mut options, opt::PERSISTENTCONN)?;
-                format.persistent_conn = true;
-            }
-            Tag::NoSort => {
-                set_option(&mut options, opt::NOSORT)?;
-                format.nosort = true;
-            }
-            Tag::Sort => {}
-            Tag::Exact => {
-                set_option(&mut options, opt::EXACT)?;
-                format.exact = true;
-            }
-            Tag::Ipv6 => {
-                if svc.fwmark == 0 {
-                    return Err(fail("-6 used before -f\n"));
-                }
-                svc.af = AF_INET6;
-                svc.netmask = 128;
-            }
-            Tag::Ops => {
-                set_option(&mut options, opt::ONEPACKET)?;
-                svc.flags |= SVC_F_ONEPACKET;
-            }
-            Tag::Pe => {
-                set_option(&mut options, opt::PE)?;
-                svc.pe_name = a.chars().take(32).collect();
-            }
-            Tag::SchedFlags => {
-                set_option(&mut options, opt::SCHED_FLAGS)?;
-                sched_flags_arg = Some(a.chars().take(127).collect());
-            }
-            Tag::McastGroup => set_option(&mut options, opt::MCAST_GROUP)?,
-            Tag::McastPort => set_option(&mut options, opt::MCAST_PORT)?,
-            Tag::McastTtl => set_option(&mut options, opt::MCAST_TTL)?,
-            Tag::SyncMaxlen => set_option(&mut options, opt::SYNC_MAXLEN)?,
-            Tag::TunInfo => {
-                set_option(&mut options, opt::TUN_INFO)?;
-                format.tun_info = true;
-            }
+        }
+        Ok(())
+    }
+
+    /// `--tun-type`, `--tun-port` and the checksum options.
+    fn tunnel_option(&mut self, tag: Tag, a: &str) -> Result<(), ArgError> {
+        let tunnel = &mut self.dest.tunnel;
+        match tag {
             Tag::TunType => {
-                set_option(&mut options, opt::TUN_TYPE)?;
-                dest.tun_type = match a {
-                    "ipip" => TUN_IPIP,
-                    "gue" => TUN_GUE,
-                    "gre" => TUN_GRE,
+                set_option(&mut self.options, opt::TUN_TYPE)?;
+                tunnel.kind = match a {
+                    "ipip" => TunnelType::Ipip,
+                    "gue" => TunnelType::Gue,
+                    "gre" => TunnelType::Gre,
                     _ => return Err(fail("illegal tunnel type specified")),
                 };
             }
             Tag::TunPort => {
-                set_option(&mut options, opt::TUN_PORT)?;
-                dest.tun_port = string_to_number(a, 1, 65535)
+                set_option(&mut self.options, opt::TUN_PORT)?;
+                tunnel.port = string_to_number(a, 1, 65535)
                     .ok_or_else(|| fail("illegal tunnel port specified"))?
                     as u16;
             }
-            Tag::TunNocsum => {
-                set_option(&mut options, opt::TUN_NOCSUM)?;
-            }
+            Tag::TunNocsum => set_option(&mut self.options, opt::TUN_NOCSUM)?,
             Tag::TunCsum => {
-                set_option(&mut options, opt::TUN_CSUM)?;
-                dest.tun_flags |= 1;
+                set_option(&mut self.options, opt::TUN_CSUM)?;
+                tunnel.flags |= Tunnel::CSUM;
             }
-            Tag::TunRemcsum => {
-                set_option(&mut options, opt::TUN_REMCSUM)?;
-                dest.tun_flags |= 2;
-            }
-            Tag::Json => {
-                set_option(&mut options, opt::JSON)?;
-                format.json = true;
-            }
-            Tag::Cmd(_) => return Err(fail("multiple commands specified")),
-            Tag::Help | Tag::Version => {
-                let word = if tag == Tag::Help { "-h" } else { "-v" };
-                return Err(fail(format!("invalid option `{word}'")));
+            _ => {
+                set_option(&mut self.options, opt::TUN_REMCSUM)?;
+                tunnel.flags |= Tunnel::REMCSUM;
             }
         }
+        Ok(())
     }
 
-    let mut timeouts = [0u32; 3];
-    let mut leftovers = sc.leftovers.into_iter();
-    if cmd == Cmd::Timeout {
-        let (Some(t), Some(f), Some(u)) = (leftovers.next(), leftovers.next(), leftovers.next())
-        else {
-            return Err(fail("--set option requires 3 timeout values"));
+    /// The listing switches: each sets its option and its format flag.
+    fn format_option(&mut self, tag: Tag) -> Result<(), ArgError> {
+        let f = &mut self.format;
+        let (o, flag) = match tag {
+            Tag::Numeric => (opt::NUMERIC, &mut f.numeric),
+            Tag::Stats => (opt::STATS, &mut f.stats),
+            Tag::Rate => (opt::RATE, &mut f.rate),
+            Tag::Thresholds => (opt::THRESHOLDS, &mut f.thresholds),
+            Tag::PersistConn => (opt::PERSISTENTCONN, &mut f.persistent_conn),
+            Tag::NoSort => (opt::NOSORT, &mut f.nosort),
+            Tag::Exact => (opt::EXACT, &mut f.exact),
+            Tag::TunInfo => (opt::TUN_INFO, &mut f.tun_info),
+            _ => (opt::JSON, &mut f.json),
         };
-        for (slot, word) in timeouts.iter_mut().zip([t, f, u]) {
-            *slot = parse_timeout(Some(&word), 0, MAX_TIMEOUT)?;
-        }
-    }
-    if let Some(extra) = leftovers.next() {
-        return Err(fail(format!("unexpected argument {extra}")));
-    }
-    if let Some(arg) = sched_flags_arg {
-        svc.flags &= !(SVC_F_SCHED1 | SVC_F_SCHED2 | SVC_F_SCHED3);
-        svc.flags |= parse_sched_flags(&svc.sched_name, &arg)?;
+        set_option(&mut self.options, o)?;
+        *flag = true;
+        Ok(())
     }
 
-    // process_options
-    generic_opt_check(cmd, options)?;
-    if matches!(cmd, Cmd::Add | Cmd::Edit) {
-        if svc.fwmark == 0 && svc.port == 0 && svc.flags & SVC_F_PERSISTENT == 0 {
-            return Err(fail("Zero port specified for non-persistent service"));
+    /// `-b`: the scheduler flags replace any set before, named for the scheduler given.
+    fn apply_sched_flags(&mut self) -> Result<(), ArgError> {
+        if let Some(arg) = &self.sched_flags_arg {
+            let flags = &mut self.service.flags;
+            flags.remove(ServiceFlags::SCHED1 | ServiceFlags::SCHED2 | ServiceFlags::SCHED3);
+            flags.insert(parse_sched_flags(&self.service.scheduler, arg)?);
         }
-        if svc.flags & SVC_F_ONEPACKET != 0 && svc.fwmark == 0 && svc.protocol != IPPROTO_UDP {
-            return Err(fail(
-                "One-Packet Scheduling is only for UDP virtual services",
-            ));
-        }
-        if svc.sched_name.is_empty() {
-            svc.sched_name = DEFAULT_SCHEDULER.to_string();
-        }
+        Ok(())
     }
-    if matches!(cmd, Cmd::AddDest | Cmd::EditDest) {
-        if svc.fwmark == 0 && (dest.fwd == FWD_TUNNEL || dest.fwd == FWD_DROUTE) {
-            dest.port = svc.port;
+
+    /// ipvsadm's process_options: the option table, then each command's own checks.
+    fn process_options(&mut self) -> Result<(), ArgError> {
+        generic_opt_check(self.cmd, self.options)?;
+        match self.cmd {
+            Cmd::Add | Cmd::Edit => self.check_service()?,
+            Cmd::AddDest | Cmd::EditDest => self.check_dest()?,
+            Cmd::List => self.check_list()?,
+            Cmd::Save => self.format.rule = true,
+            _ => {}
         }
-        if dest.af != svc.af && dest.fwd != FWD_TUNNEL {
+        Ok(())
+    }
+
+    fn check_service(&mut self) -> Result<(), ArgError> {
+        let s = &mut self.service;
+        let persistent = s.flags.contains(ServiceFlags::PERSISTENT);
+        if let ServiceKey::Inet { protocol, port, .. } = s.key {
+            if port == 0 && !persistent {
+                return Err(fail("Zero port specified for non-persistent service"));
+            }
+            if s.flags.contains(ServiceFlags::ONEPACKET) && protocol != Protocol::Udp {
+                return Err(fail(
+                    "One-Packet Scheduling is only for UDP virtual services",
+                ));
+            }
+        }
+        if s.scheduler.is_empty() {
+            s.scheduler = DEFAULT_SCHEDULER.to_string();
+        }
+        Ok(())
+    }
+
+    fn check_dest(&mut self) -> Result<(), ArgError> {
+        let tunnel = self.dest.forward == ForwardMethod::Tunnel;
+        if let ServiceKey::Inet { port, .. } = self.service.key {
+            if tunnel || self.dest.forward == ForwardMethod::DirectRoute {
+                self.dest.port = port;
+            }
+        }
+        if self.dest.family() != self.service.key.family() && !tunnel {
             return Err(fail(
                 "Different address family is allowed only for tunneling servers",
             ));
@@ -1113,31 +1088,50 @@ pub fn parse(argv: &[String]) -> Result<Parsed, ArgError> {
             opt::TUN_CSUM,
             opt::TUN_REMCSUM,
         ];
-        if tun_opts.iter().any(|o| options & (1 << o) != 0) && dest.fwd != FWD_TUNNEL {
+        if tun_opts.iter().any(|&o| self.has(o)) && !tunnel {
             return Err(fail("Tunnel options conflict with forward method"));
         }
-        tunnel_opt_check(dest.tun_type, options)?;
+        tunnel_opt_check(self.dest.tunnel.kind, self.options)
     }
-    if cmd == Cmd::List {
-        let any = |os: &[usize]| os.iter().any(|o| options & (1 << o) != 0);
+
+    fn check_list(&self) -> Result<(), ArgError> {
+        let any = |os: &[usize]| os.iter().any(|&o| self.has(o));
         if (any(&[opt::CONNECTION, opt::TIMEOUT, opt::DAEMON])
             && any(&[opt::STATS, opt::RATE, opt::THRESHOLDS]))
             || (any(&[opt::TIMEOUT, opt::DAEMON]) && any(&[opt::PERSISTENTCONN]))
         {
             return Err(fail("options conflicts in the list command"));
         }
+        Ok(())
     }
-    if cmd == Cmd::Save {
-        format.rule = true;
+
+    fn into_invocation(self) -> Invocation {
+        Invocation {
+            cmd: self.cmd,
+            options: self.options,
+            format: self.format,
+            service: self.service,
+            dest: self.dest,
+            timeouts: self.timeouts,
+        }
     }
-    Ok(Parsed::Run(Box::new(Invocation {
-        cmd,
-        options,
-        format,
-        svc,
-        dest,
-        timeouts,
-    })))
+}
+
+/// `-M`: a dotted IPv4 mask (or host name, as ipvsadm allows), or an IPv6 prefix length.
+fn parse_netmask(family: AddressFamily, a: &str) -> Result<u32, ArgError> {
+    if family != AddressFamily::Inet6 {
+        let m = names::inet_aton(a)
+            .or_else(|| names::host_to_addr(a))
+            .ok_or_else(|| fail("illegal virtual server persistent mask specified"))?;
+        Ok(u32::from_be_bytes(m.octets()))
+    } else {
+        // atoi
+        let n = atoi(a);
+        if !(1..=128).contains(&n) {
+            return Err(fail("illegal ipv6 netmask specified"));
+        }
+        Ok(n as u32)
+    }
 }
 
 /// C atoi: leading whitespace, optional sign, digits; 0 when none.
@@ -1178,205 +1172,5 @@ pub fn restore_line_argv(prog: &str, line: &str) -> Option<Vec<String>> {
     (argv.len() > 1).then_some(argv)
 }
 
-/// An unspecified address of family `af`.
-pub fn unspecified(af: u16) -> IpAddr {
-    if af == AF_INET6 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn argv(line: &str) -> Vec<String> {
-        std::iter::once("ipvsadm")
-            .chain(line.split_whitespace())
-            .map(String::from)
-            .collect()
-    }
-
-    fn run(line: &str) -> Invocation {
-        match parse(&argv(line)) {
-            Ok(Parsed::Run(inv)) => *inv,
-            other => panic!("{line}: {other:?}"),
-        }
-    }
-
-    fn err(line: &str) -> ArgError {
-        parse(&argv(line)).expect_err(line)
-    }
-
-    #[test]
-    fn add_service_with_optional_persistence() {
-        let inv = run("-A -t 10.0.0.1:80 -s rr -p");
-        assert_eq!(inv.cmd, Cmd::Add);
-        assert_eq!(inv.svc.addr, "10.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(inv.svc.port, 80);
-        assert_eq!(inv.svc.protocol, IPPROTO_TCP);
-        assert_eq!(inv.svc.timeout, 360);
-        assert_eq!(inv.svc.flags, SVC_F_PERSISTENT);
-        let inv = run("-A -u 10.0.0.1:53 -p 60 -M 255.255.255.0 -o");
-        assert_eq!(inv.svc.timeout, 60);
-        assert_eq!(inv.svc.netmask, 0xffff_ff00);
-        assert_eq!(inv.svc.sched_name, "wlc");
-        assert_eq!(inv.svc.flags, SVC_F_PERSISTENT | SVC_F_ONEPACKET);
-        // -p followed by an option takes no argument.
-        let inv = run("-A -t 10.0.0.1:80 -p -s sh -b sh-port,sh-fallback");
-        assert_eq!(inv.svc.timeout, 360);
-        assert_eq!(
-            inv.svc.flags,
-            SVC_F_PERSISTENT | SVC_F_SCHED1 | SVC_F_SCHED2
-        );
-    }
-
-    #[test]
-    fn combined_short_options_and_attached_arguments() {
-        let inv = run("-Ln");
-        assert_eq!(inv.cmd, Cmd::List);
-        assert!(inv.format.numeric);
-        let inv = run("-At10.0.0.1:80 -p120");
-        assert_eq!(inv.svc.port, 80);
-        assert_eq!(inv.svc.timeout, 120);
-        let inv = run("--add-service --tcp-service=[2001:db8::1]:443 --persistent=10 -M 64");
-        assert_eq!(inv.svc.af, AF_INET6);
-        assert_eq!(inv.svc.netmask, 64);
-    }
-
-    #[test]
-    fn destinations_default_to_gatewaying_weight_one_and_service_port() {
-        let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1");
-        assert_eq!(inv.dest.fwd, FWD_DROUTE);
-        assert_eq!(inv.dest.weight, 1);
-        assert_eq!(inv.dest.port, 80);
-        let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1:8080 -m -w 0 -x 100 -y 50");
-        assert_eq!(
-            (inv.dest.fwd, inv.dest.port, inv.dest.weight),
-            (FWD_MASQ, 8080, 0)
-        );
-        assert_eq!((inv.dest.u_threshold, inv.dest.l_threshold), (100, 50));
-        // Direct routing forces the service port.
-        let inv = run("-a -t 10.0.0.1:80 -r 10.0.1.1:8080 -g");
-        assert_eq!(inv.dest.port, 80);
-        let inv = run("-a -f 5 -6 -r [2001:db8::2]:0 -i --tun-type gue --tun-port 6080");
-        assert_eq!(
-            (inv.svc.fwmark, inv.svc.af, inv.dest.tun_type),
-            (5, AF_INET6, TUN_GUE)
-        );
-    }
-
-    #[test]
-    fn set_takes_three_values_and_list_options() {
-        let inv = run("--set 900 120 300");
-        assert_eq!(inv.timeouts, [900, 120, 300]);
-        assert_eq!(
-            err("--set 900 120").message,
-            "--set option requires 3 timeout values"
-        );
-        let inv = run("-L -n --stats --exact -t 10.0.0.1:80");
-        assert!(inv.format.stats && inv.format.exact && inv.has(opt::SERVICE));
-        assert!(run("-S -n").format.rule);
-        assert!(run("-L --json").format.json);
-    }
-
-    #[test]
-    fn errors_match_ipvsadm() {
-        assert_eq!(err("-nL").code, 255);
-        assert_eq!(
-            err("").message,
-            "Try `ipvsadm -h' or 'ipvsadm --help' for more information."
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -s rr -s wlc").message,
-            "multiple 'scheduler' options specified"
-        );
-        assert_eq!(
-            err("-A -s rr").message,
-            "You need to supply the 'service-address' option for the 'add-service' command"
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -w 3").message,
-            "Illegal 'weight' option with the 'add-service' command"
-        );
-        assert_eq!(
-            err("-L -c --timeout").message,
-            "The option 'timeout' conflicts with the 'connection' option in the 'list' command"
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1 -s rr").message,
-            "Zero port specified for non-persistent service"
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -o").message,
-            "One-Packet Scheduling is only for UDP virtual services"
-        );
-        assert_eq!(
-            err("-A -t nohost.invalid.:80").message,
-            "illegal virtual server address[:port] specified"
-        );
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -w 2147483648").message,
-            "illegal weight specified"
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -p 0").message,
-            "invalid timeout value `0' specified"
-        );
-        assert_eq!(err("-A -f 0").message, "invalid fwmark value `0' specified");
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -b sh-port").message,
-            "incompatible scheduler flag `sh-port'"
-        );
-        assert_eq!(
-            err("-A -t 10.0.0.1:80 -b bogus").message,
-            "invalid scheduler flag `bogus'"
-        );
-        assert_eq!(err("-L extra").message, "unexpected argument extra");
-        let e = err("-L --bogus");
-        assert_eq!(
-            (e.message.as_str(), e.code),
-            ("--bogus: unknown option", 255)
-        );
-        assert_eq!(err("-A -t").message, "-t: missing argument");
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r [2001:db8::1]:80 -m").message,
-            "Different address family is allowed only for tunneling servers"
-        );
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -m --tun-type gue").message,
-            "Tunnel options conflict with forward method"
-        );
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue").message,
-            "You need to supply the 'tun-port' option for the 'gue' tunnel type"
-        );
-        assert_eq!(
-            err("-S --json").message,
-            "Illegal 'json' option with the 'save' command"
-        );
-    }
-
-    #[test]
-    fn help_and_version() {
-        assert_eq!(parse(&argv("-h")), Ok(Parsed::Help));
-        assert_eq!(parse(&argv("--version")), Ok(Parsed::Version));
-    }
-
-    #[test]
-    fn restore_lines_split_like_config_stream() {
-        assert_eq!(
-            restore_line_argv("ipvsctl", "ipvsadm -A -t 10.0.0.1:80\t-s rr # c"),
-            Some(argv("-A -t 10.0.0.1:80 -s rr").into_iter().skip(1).fold(
-                vec!["ipvsctl".to_string()],
-                |mut v, w| {
-                    v.push(w);
-                    v
-                }
-            ))
-        );
-        assert_eq!(restore_line_argv("ipvsctl", "   "), None);
-        assert_eq!(restore_line_argv("ipvsctl", "# only a comment"), None);
-    }
-}
+mod tests;

@@ -1,121 +1,57 @@
-//! ipvsadm's listings, byte for byte, as pure functions over plain table entries.
-//!
-//! The entries mirror what ipvsadm's print functions read (ipvs_service_entry_t and
-//! ipvs_dest_entry_t); `cli::backend` builds them from the library's model. Formats,
-//! column widths, truncations and the sort order follow ipvsadm 1.31 (`print_title`,
+//! ipvsadm's listings, byte for byte, as pure functions over the library's model
+//! (services with their destinations, [`ServiceListing`]). Formats, column widths, truncations and the sort order follow ipvsadm 1.31 (`print_title`,
 //! `print_service_entry`, `print_largenum`, `list_all`, libipvs' `ipvs_cmp_services` and
 //! `ipvs_cmp_dests`).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipvs::{
+    AddressFamily, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags, ServiceKey,
+    Stats, Timeouts, TunnelType,
+};
 use serde::Serialize;
 
-use super::args::{
-    Format, AF_INET, AF_INET6, FWD_DROUTE, FWD_LOCALNODE, FWD_MASQ, FWD_TUNNEL, SVC_F_ONEPACKET,
-    SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3, TUN_GRE, TUN_GUE, TUN_IPIP,
-};
-use super::names::{self, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use super::args::Format;
+use super::names;
 
-/// Traffic counters and rates of a service or real server: the library's own type.
-pub type StatsEntry = crate::model::Stats;
-
-/// A real server as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DestEntry {
-    /// AF_INET or AF_INET6.
-    pub af: u16,
-    /// Address.
-    pub addr: IpAddr,
-    /// Port.
-    pub port: u16,
-    /// Forwarding method (FWD_*).
-    pub fwd: u32,
-    /// Weight.
-    pub weight: u32,
-    /// Upper threshold.
-    pub u_threshold: u32,
-    /// Lower threshold.
-    pub l_threshold: u32,
-    /// Active connections.
-    pub active_conns: u32,
-    /// Inactive connections.
-    pub inact_conns: u32,
-    /// Persistence templates.
-    pub persist_conns: u32,
-    /// Tunnel type (TUN_*).
-    pub tun_type: u8,
-    /// Tunnel port.
-    pub tun_port: u16,
-    /// Tunnel flags.
-    pub tun_flags: u16,
-    /// Counters.
-    pub stats: StatsEntry,
+/// A service and its real servers, as listed (in kernel order until sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceListing {
+    /// The service.
+    pub service: Service,
+    /// Its real servers.
+    pub dests: Vec<Destination>,
 }
 
-/// A virtual service and its real servers as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServiceEntry {
-    /// AF_INET or AF_INET6.
-    pub af: u16,
-    /// IPPROTO_*.
-    pub protocol: u16,
-    /// Virtual address (unspecified for fwmark services).
-    pub addr: IpAddr,
-    /// Virtual port.
-    pub port: u16,
-    /// Firewall mark, 0 for address services.
-    pub fwmark: u32,
-    /// Scheduler.
-    pub sched_name: String,
-    /// IP_VS_SVC_F_* flags.
-    pub flags: u32,
-    /// Persistence timeout (seconds).
-    pub timeout: u32,
-    /// Persistence netmask: IPv4 mask as a big-endian u32, or IPv6 prefix length.
-    pub netmask: u32,
-    /// Persistence engine ("" for none).
-    pub pe_name: String,
-    /// Counters.
-    pub stats: StatsEntry,
-    /// Real servers, in kernel order until sorted.
-    pub dests: Vec<DestEntry>,
+/// The protocol ipvsadm prints and looks port names up with: fwmark services get TCP,
+/// which is what ipvsadm gives them when it creates them.
+fn listed_protocol(key: &ServiceKey) -> Protocol {
+    match key {
+        ServiceKey::Inet { protocol, .. } => *protocol,
+        ServiceKey::Fwmark { .. } => Protocol::Tcp,
+    }
 }
 
-/// IPVS version and connection table size (GET_INFO).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct InfoEntry {
-    /// Version code, 0x010201 for 1.2.1.
-    pub version: u32,
-    /// Connection hash table size.
-    pub size: u32,
-}
-
-/// The three connection timeouts (seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct TimeoutEntry {
-    /// TCP established.
-    pub tcp: u32,
-    /// TCP after FIN.
-    pub tcp_fin: u32,
-    /// UDP.
-    pub udp: u32,
+/// The persistence engine, if one is named.
+fn pe_name(s: &Service) -> Option<&str> {
+    s.pe_name.as_deref().filter(|name| !name.is_empty())
 }
 
 /// The first line of `ipvsadm -L`.
-pub fn header(info: &InfoEntry) -> String {
+pub fn header(info: &Info) -> String {
     let v = info.version;
     format!(
         "IP Virtual Server version {}.{}.{} (size={})\n",
         (v >> 16) & 0xff,
         (v >> 8) & 0xff,
         v & 0xff,
-        info.size
+        info.conn_table_size
     )
 }
 
 /// `ipvsadm -L --timeout`.
-pub fn timeout_line(t: &TimeoutEntry) -> String {
+pub fn timeout_line(t: &Timeouts) -> String {
     format!(
         "Timeout (tcp tcpfin udp): {} {} {}\n",
         t.tcp, t.tcp_fin, t.udp
@@ -176,44 +112,31 @@ pub fn largenum(out: &mut String, i: u64, exact: bool) {
     };
 }
 
-fn protocol_name(proto: u16) -> &'static str {
-    match proto {
-        IPPROTO_TCP => "TCP",
-        IPPROTO_UDP => "UDP",
-        IPPROTO_SCTP => "SCTP",
-        _ => "?",
+fn protocol_option(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "-t",
+        Protocol::Udp => "-u",
+        Protocol::Sctp => "--sctp-service",
     }
 }
 
-fn protocol_option(proto: u16) -> &'static str {
-    match proto {
-        IPPROTO_TCP => "-t",
-        IPPROTO_UDP => "-u",
-        IPPROTO_SCTP => "--sctp-service",
-        _ => "--xxx-service",
+/// The "Forward" column; ipvsadm knows no name for Bypass.
+fn fwd_name(forward: ForwardMethod) -> &'static str {
+    match forward {
+        ForwardMethod::Bypass => "(null)",
+        other => other.name(),
     }
 }
 
-fn fwd_name(fwd: u32) -> &'static str {
-    match fwd & 7 {
-        FWD_MASQ => "Masq",
-        FWD_LOCALNODE => "Local",
-        FWD_TUNNEL => "Tunnel",
-        FWD_DROUTE => "Route",
-        _ => "(null)",
+fn fwd_switch(forward: ForwardMethod) -> &'static str {
+    match forward {
+        ForwardMethod::Masquerade => "-m",
+        ForwardMethod::Tunnel => "-i",
+        ForwardMethod::Local | ForwardMethod::DirectRoute => "-g",
+        ForwardMethod::Bypass => "(null)",
     }
 }
 
-fn fwd_switch(fwd: u32) -> &'static str {
-    match fwd & 7 {
-        FWD_MASQ => "-m",
-        FWD_TUNNEL => "-i",
-        FWD_LOCALNODE | FWD_DROUTE => "-g",
-        _ => "(null)",
-    }
-}
-
-const TUN_NAMES: [&str; 3] = ["ipip", "gue", "gre"];
 const TUN_FLAGS_SHORT: [&str; 3] = ["-c", "+c", "r+c"];
 const TUN_FLAGS_OPTS: [&str; 3] = ["--tun-nocsum", "--tun-csum", "--tun-remcsum"];
 
@@ -222,240 +145,252 @@ fn tun_flag_index(flags: u16) -> usize {
 }
 
 /// fwd_tun_info: the TunnelInfo column, None for "n/a".
-fn tun_info(d: &DestEntry) -> Option<String> {
-    if d.fwd & 7 != FWD_TUNNEL {
+fn tun_info(d: &Destination) -> Option<String> {
+    if d.forward != ForwardMethod::Tunnel {
         return None;
     }
-    let flags = TUN_FLAGS_SHORT[tun_flag_index(d.tun_flags)];
-    let mut text = match d.tun_type {
-        TUN_IPIP => "ipip".to_string(),
-        TUN_GUE => format!("gue:{}:{flags}", d.tun_port),
-        TUN_GRE => format!("gre:{flags}"),
-        _ => return None,
+    let flags = TUN_FLAGS_SHORT[tun_flag_index(d.tunnel.flags)];
+    let mut text = match d.tunnel.kind {
+        TunnelType::Ipip => "ipip".to_string(),
+        TunnelType::Gue => format!("gue:{}:{flags}", d.tunnel.port),
+        TunnelType::Gre => format!("gre:{flags}"),
+        TunnelType::Other(_) => return None,
     };
     names::truncate_bytes(&mut text, 15);
     Some(text)
 }
 
-/// print_sched_flags: the names of the scheduler flags set, comma separated.
-fn sched_flags(s: &ServiceEntry) -> String {
+/// print_sched_flags: the names of the scheduler flags set, comma separated (sh and mh
+/// name their two flags and ignore the third).
+fn sched_flags(s: &Service) -> String {
+    let (one, two, three) = match s.scheduler.as_str() {
+        "sh" => ("sh-fallback", "sh-port", None),
+        "mh" => ("mh-fallback", "mh-port", None),
+        _ => ("flag-1", "flag-2", Some("flag-3")),
+    };
     let mut names: Vec<&str> = Vec::new();
-    match s.sched_name.as_str() {
-        "sh" | "mh" => {
-            let fallback = if s.sched_name == "sh" {
-                "sh-fallback"
-            } else {
-                "mh-fallback"
-            };
-            let port = if s.sched_name == "sh" {
-                "sh-port"
-            } else {
-                "mh-port"
-            };
-            if s.flags & SVC_F_SCHED1 != 0 {
-                names.push(fallback);
-            }
-            if s.flags & SVC_F_SCHED2 != 0 {
-                names.push(port);
-            }
-        }
-        _ => {
-            for (bit, name) in [
-                (SVC_F_SCHED1, "flag-1"),
-                (SVC_F_SCHED2, "flag-2"),
-                (SVC_F_SCHED3, "flag-3"),
-            ] {
-                if s.flags & bit != 0 {
-                    names.push(name);
-                }
-            }
+    for (bit, name) in [
+        (ServiceFlags::SCHED1, Some(one)),
+        (ServiceFlags::SCHED2, Some(two)),
+        (ServiceFlags::SCHED3, three),
+    ] {
+        if let (true, Some(name)) = (s.flags.contains(bit), name) {
+            names.push(name);
         }
     }
     names.join(",")
+}
+
+fn has_sched_flags(s: &Service) -> bool {
+    s.flags
+        .intersects(ServiceFlags::SCHED1 | ServiceFlags::SCHED2 | ServiceFlags::SCHED3)
 }
 
 fn ipv4_mask_text(netmask: u32) -> String {
     std::net::Ipv4Addr::from(netmask).to_string()
 }
 
-/// print_service_entry: one service and its real servers (sorted unless `nosort`).
-pub fn service_entry(out: &mut String, se: &ServiceEntry, format: &Format) {
-    let svc_name = if se.fwmark != 0 {
-        match (format.rule, se.af == AF_INET6) {
-            // ipvsadm 1.31 prints the mark with %d.
-            (true, true) => format!("-f {} -6", se.fwmark as i32),
-            (true, false) => format!("-f {}", se.fwmark as i32),
-            (false, true) => format!("FWM  {} IPv6", se.fwmark as i32),
-            (false, false) => format!("FWM  {}", se.fwmark as i32),
-        }
-    } else {
-        let vname = names::addrport_to_anyname(se.addr, se.port, se.protocol, format.numeric);
-        if format.rule {
-            format!("{} {vname}", protocol_option(se.protocol))
-        } else {
-            let mut name = format!("{:<4} {vname}", protocol_name(se.protocol));
-            if se.af != AF_INET6 {
-                names::truncate_bytes(&mut name, 33);
-            }
-            name
-        }
-    };
-    let has_sched_flags = se.flags & (SVC_F_SCHED1 | SVC_F_SCHED2 | SVC_F_SCHED3) != 0;
+/// The netmask as `-M`/`mask` shows it, when it is not the family's full mask.
+fn narrowed_netmask(s: &Service) -> Option<String> {
+    match s.key.family() {
+        AddressFamily::Inet if s.netmask != 0xffff_ffff => Some(ipv4_mask_text(s.netmask)),
+        AddressFamily::Inet6 if s.netmask != 128 => Some((s.netmask as i32).to_string()),
+        _ => None,
+    }
+}
 
-    if format.rule {
-        let _ = write!(out, "-A {svc_name} -s {}", se.sched_name);
-        if se.flags & SVC_F_PERSISTENT != 0 {
-            let _ = write!(out, " -p {}", se.timeout);
-            if se.af == AF_INET && se.netmask != 0xffff_ffff {
-                let _ = write!(out, " -M {}", ipv4_mask_text(se.netmask));
+/// How the service is named: `-t 10.0.0.1:80` / `-f 7 -6` in rules, `TCP  10.0.0.1:80`
+/// / `FWM  7 IPv6` in listings.
+fn service_name(s: &Service, format: &Format) -> String {
+    match s.key {
+        ServiceKey::Fwmark { family, mark } => {
+            // ipvsadm 1.31 prints the mark with %d.
+            let mark = mark as i32;
+            match (format.rule, family == AddressFamily::Inet6) {
+                (true, true) => format!("-f {mark} -6"),
+                (true, false) => format!("-f {mark}"),
+                (false, true) => format!("FWM  {mark} IPv6"),
+                (false, false) => format!("FWM  {mark}"),
             }
-            if se.af == AF_INET6 && se.netmask != 128 {
-                let _ = write!(out, " -M {}", se.netmask as i32);
+        }
+        ServiceKey::Inet {
+            protocol,
+            addr,
+            port,
+        } => {
+            let vname = names::addrport_to_anyname(addr, port, Some(protocol), format.numeric);
+            if format.rule {
+                format!("{} {vname}", protocol_option(protocol))
+            } else {
+                let mut name = format!("{:<4} {vname}", protocol.name());
+                if addr.is_ipv4() {
+                    names::truncate_bytes(&mut name, 33);
+                }
+                name
             }
         }
-        if !se.pe_name.is_empty() {
-            let _ = write!(out, " --pe {}", se.pe_name);
+    }
+}
+
+/// The `-S` line of a service, without its newline.
+fn service_rule(out: &mut String, s: &Service, svc_name: &str) {
+    let _ = write!(out, "-A {svc_name} -s {}", s.scheduler);
+    if s.flags.contains(ServiceFlags::PERSISTENT) {
+        let _ = write!(out, " -p {}", s.timeout);
+        if let Some(mask) = narrowed_netmask(s) {
+            let _ = write!(out, " -M {mask}");
         }
-        if se.flags & SVC_F_ONEPACKET != 0 {
-            out.push_str(" -o");
+    }
+    if let Some(pe) = pe_name(s) {
+        let _ = write!(out, " --pe {pe}");
+    }
+    if s.flags.contains(ServiceFlags::ONEPACKET) {
+        out.push_str(" -o");
+    }
+    if has_sched_flags(s) {
+        out.push_str(" -b ");
+        out.push_str(&sched_flags(s));
+    }
+}
+
+/// The `--stats` / `--rate` line of a service, without its newline.
+fn service_counters(out: &mut String, s: &Service, svc_name: &str, format: &Format) {
+    let _ = write!(out, "{svc_name:<33}");
+    let st = &s.stats;
+    let values = if format.stats {
+        [st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes]
+    } else {
+        [st.cps, st.inpps, st.outpps, st.inbps, st.outbps]
+    };
+    for v in values {
+        largenum(out, v, format.exact);
+    }
+}
+
+/// The plain listing line of a service, without its newline.
+fn service_summary(out: &mut String, s: &Service, svc_name: &str) {
+    let _ = write!(out, "{svc_name} {}", s.scheduler);
+    if has_sched_flags(s) {
+        let _ = write!(out, " ({})", sched_flags(s));
+    }
+    if s.flags.contains(ServiceFlags::PERSISTENT) {
+        let _ = write!(out, " persistent {}", s.timeout);
+        if let Some(mask) = narrowed_netmask(s) {
+            let _ = write!(out, " mask {mask}");
         }
-        if has_sched_flags {
-            out.push_str(" -b ");
-            out.push_str(&sched_flags(se));
+        if let Some(pe) = pe_name(s) {
+            let _ = write!(out, " pe {pe}");
         }
-    } else if format.stats || format.rate {
-        let _ = write!(out, "{svc_name:<33}");
-        let s = &se.stats;
-        let values = if format.stats {
-            [s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes]
-        } else {
-            [s.cps, s.inpps, s.outpps, s.inbps, s.outbps]
-        };
-        for v in values {
+    }
+    if s.flags.contains(ServiceFlags::ONEPACKET) {
+        out.push_str(" ops");
+    }
+}
+
+/// One real server's line in a listing (not rules).
+fn dest_line(out: &mut String, d: &Destination, dname: &str, format: &Format) {
+    let _ = if format.stats {
+        let _ = write!(out, "  -> {dname:<28}");
+        let st = &d.stats;
+        for v in [st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes] {
             largenum(out, v, format.exact);
         }
+        writeln!(out)
+    } else if format.rate {
+        let st = &d.stats;
+        let _ = write!(
+            out,
+            "  -> {dname:<28} {:>8} {:>8} {:>8}",
+            st.cps, st.inpps, st.outpps
+        );
+        largenum(out, st.inbps, format.exact);
+        largenum(out, st.outbps, format.exact);
+        writeln!(out)
+    } else if format.thresholds {
+        writeln!(
+            out,
+            "  -> {dname:<28} {:<10} {:<10} {:<10} {:<10}",
+            d.upper_threshold, d.lower_threshold, d.active_conns, d.inactive_conns
+        )
+    } else if format.persistent_conn {
+        writeln!(
+            out,
+            "  -> {dname:<28} {:<9} {:<11} {:<10} {:<10}",
+            d.weight as u32, d.persistent_conns, d.active_conns, d.inactive_conns
+        )
+    } else if format.tun_info {
+        let ti = tun_info(d).unwrap_or_else(|| "n/a".to_string());
+        writeln!(
+            out,
+            "  -> {dname:<28} {:<7} {ti:<13} {:<6} {:<10} {:<10}",
+            fwd_name(d.forward),
+            d.weight,
+            d.active_conns,
+            d.inactive_conns
+        )
     } else {
-        let _ = write!(out, "{svc_name} {}", se.sched_name);
-        if has_sched_flags {
-            let _ = write!(out, " ({})", sched_flags(se));
-        }
-        if se.flags & SVC_F_PERSISTENT != 0 {
-            let _ = write!(out, " persistent {}", se.timeout);
-            if se.af == AF_INET && se.netmask != 0xffff_ffff {
-                let _ = write!(out, " mask {}", ipv4_mask_text(se.netmask));
-            }
-            if se.af == AF_INET6 && se.netmask != 128 {
-                let _ = write!(out, " mask {}", se.netmask as i32);
-            }
-            if !se.pe_name.is_empty() {
-                let _ = write!(out, " pe {}", se.pe_name);
-            }
-        }
-        if se.flags & SVC_F_ONEPACKET != 0 {
-            out.push_str(" ops");
-        }
+        writeln!(
+            out,
+            "  -> {dname:<28} {:<7} {:<6} {:<10} {:<10}",
+            fwd_name(d.forward),
+            d.weight,
+            d.active_conns,
+            d.inactive_conns
+        )
+    };
+}
+
+/// print_service_entry: one service and its real servers (sorted unless `nosort`).
+pub fn service_entry(out: &mut String, listing: &ServiceListing, format: &Format) {
+    let s = &listing.service;
+    let svc_name = service_name(s, format);
+    if format.rule {
+        service_rule(out, s, &svc_name);
+    } else if format.stats || format.rate {
+        service_counters(out, s, &svc_name, format);
+    } else {
+        service_summary(out, s, &svc_name);
     }
     out.push('\n');
 
     let mut sorted;
-    let dests: &[DestEntry] = if format.nosort {
-        &se.dests
+    let dests: &[Destination] = if format.nosort {
+        &listing.dests
     } else {
-        sorted = se.dests.clone();
+        sorted = listing.dests.clone();
         sort_dests(&mut sorted);
         &sorted
     };
-    for e in dests {
-        let mut dname = names::addrport_to_anyname(e.addr, e.port, se.protocol, format.numeric);
-        if !format.rule && e.af != AF_INET6 {
-            names::truncate_bytes(&mut dname, 28);
-        }
-        let _ = if format.rule {
-            tunnel_or_plain_rule(out, &svc_name, &dname, e);
-            Ok(())
-        } else if format.stats {
-            let _ = write!(out, "  -> {dname:<28}");
-            for v in [
-                e.stats.conns,
-                e.stats.inpkts,
-                e.stats.outpkts,
-                e.stats.inbytes,
-            ] {
-                largenum(out, v, format.exact);
-            }
-            largenum(out, e.stats.outbytes, format.exact);
-            writeln!(out)
-        } else if format.rate {
-            let _ = write!(
-                out,
-                "  -> {dname:<28} {:>8} {:>8} {:>8}",
-                e.stats.cps, e.stats.inpps, e.stats.outpps
-            );
-            largenum(out, e.stats.inbps, format.exact);
-            largenum(out, e.stats.outbps, format.exact);
-            writeln!(out)
-        } else if format.thresholds {
-            writeln!(
-                out,
-                "  -> {dname:<28} {:<10} {:<10} {:<10} {:<10}",
-                e.u_threshold, e.l_threshold, e.active_conns, e.inact_conns
-            )
-        } else if format.persistent_conn {
-            writeln!(
-                out,
-                "  -> {dname:<28} {:<9} {:<11} {:<10} {:<10}",
-                e.weight, e.persist_conns, e.active_conns, e.inact_conns
-            )
-        } else if format.tun_info {
-            let ti = tun_info(e).unwrap_or_else(|| "n/a".to_string());
-            writeln!(
-                out,
-                "  -> {dname:<28} {:<7} {ti:<13} {:<6} {:<10} {:<10}",
-                fwd_name(e.fwd),
-                e.weight as i32,
-                e.active_conns,
-                e.inact_conns
-            )
+    let protocol = Some(listed_protocol(&s.key));
+    for d in dests {
+        let mut dname = names::addrport_to_anyname(d.addr, d.port, protocol, format.numeric);
+        if format.rule {
+            dest_rule(out, &svc_name, &dname, d);
         } else {
-            writeln!(
-                out,
-                "  -> {dname:<28} {:<7} {:<6} {:<10} {:<10}",
-                fwd_name(e.fwd),
-                e.weight as i32,
-                e.active_conns,
-                e.inact_conns
-            )
-        };
+            if d.addr.is_ipv4() {
+                names::truncate_bytes(&mut dname, 28);
+            }
+            dest_line(out, d, &dname, format);
+        }
     }
 }
 
 /// The `-S` line of one real server (print_tunnel_rule for tunnels).
-fn tunnel_or_plain_rule(out: &mut String, svc_name: &str, dname: &str, e: &DestEntry) {
-    let fwd = fwd_switch(e.fwd);
-    let weight = e.weight as i32;
-    let _ = if e.fwd & 7 == FWD_TUNNEL {
-        let flags = TUN_FLAGS_OPTS[tun_flag_index(e.tun_flags)];
-        match e.tun_type {
-            TUN_GRE => writeln!(
-                out,
-                "-a {svc_name} -r {dname} {fwd} -w {weight} --tun-type {} {flags}",
-                TUN_NAMES[2]
-            ),
-            TUN_GUE => writeln!(
-                out,
-                "-a {svc_name} -r {dname} {fwd} -w {weight} --tun-type {} --tun-port {} {flags}",
-                TUN_NAMES[1], e.tun_port
-            ),
-            TUN_IPIP => writeln!(
-                out,
-                "-a {svc_name} -r {dname} {fwd} -w {weight} --tun-type {}",
-                TUN_NAMES[0]
-            ),
-            _ => writeln!(out, "-a {svc_name} -r {dname} {fwd} -w {weight}"),
-        }
-    } else {
-        writeln!(out, "-a {svc_name} -r {dname} {fwd} -w {weight}")
-    };
+fn dest_rule(out: &mut String, svc_name: &str, dname: &str, d: &Destination) {
+    let fwd = fwd_switch(d.forward);
+    let weight = d.weight;
+    let _ = write!(out, "-a {svc_name} -r {dname} {fwd} -w {weight}");
+    if d.forward == ForwardMethod::Tunnel {
+        let flags = TUN_FLAGS_OPTS[tun_flag_index(d.tunnel.flags)];
+        let port = d.tunnel.port;
+        let _ = match d.tunnel.kind {
+            TunnelType::Gre => write!(out, " --tun-type gre {flags}"),
+            TunnelType::Gue => write!(out, " --tun-type gue --tun-port {port} {flags}"),
+            TunnelType::Ipip => write!(out, " --tun-type ipip"),
+            TunnelType::Other(_) => Ok(()),
+        };
+    }
+    out.push('\n');
 }
 
 /// The address as libipvs holds it: a 16-byte union, IPv4 in the first four bytes; read as
@@ -478,9 +413,9 @@ fn diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
-fn cmp_addrs(af: u16, a: &IpAddr, b: &IpAddr) -> i32 {
+fn cmp_addrs(family: AddressFamily, a: &IpAddr, b: &IpAddr) -> i32 {
     let (wa, wb) = (addr_words(a), addr_words(b));
-    if af == AF_INET6 {
+    if family == AddressFamily::Inet6 {
         wa.iter()
             .zip(wb.iter())
             .map(|(x, y)| diff(*x, *y))
@@ -491,30 +426,47 @@ fn cmp_addrs(af: u16, a: &IpAddr, b: &IpAddr) -> i32 {
     }
 }
 
+/// The fields libipvs compares services by, as its `ipvs_service_entry_t` holds them:
+/// (fwmark, af, protocol, address, port); fwmark services have the unspecified address,
+/// port 0 and TCP.
+fn libipvs_service_fields(key: &ServiceKey) -> (u32, u16, u16, IpAddr, u16) {
+    let protocol = listed_protocol(key).number();
+    match *key {
+        ServiceKey::Inet { addr, port, .. } => {
+            (0, AddressFamily::of(&addr).number(), protocol, addr, port)
+        }
+        ServiceKey::Fwmark { family, mark } => {
+            (mark, family.number(), protocol, family.unspecified(), 0)
+        }
+    }
+}
+
 /// libipvs' ipvs_cmp_services.
-pub fn cmp_services(a: &ServiceEntry, b: &ServiceEntry) -> i32 {
-    let r = diff(a.fwmark, b.fwmark);
+pub fn cmp_services(a: &Service, b: &Service) -> i32 {
+    let (a_mark, a_af, a_proto, a_addr, a_port) = libipvs_service_fields(&a.key);
+    let (b_mark, b_af, b_proto, b_addr, b_port) = libipvs_service_fields(&b.key);
+    let r = diff(a_mark, b_mark);
     if r != 0 {
         return r;
     }
-    let r = i32::from(a.af) - i32::from(b.af);
+    let r = i32::from(a_af) - i32::from(b_af);
     if r != 0 {
         return r;
     }
-    let r = i32::from(a.protocol) - i32::from(b.protocol);
+    let r = i32::from(a_proto) - i32::from(b_proto);
     if r != 0 {
         return r;
     }
-    let r = cmp_addrs(a.af, &a.addr, &b.addr);
+    let r = cmp_addrs(a.key.family(), &a_addr, &b_addr);
     if r != 0 {
         return r;
     }
-    i32::from(a.port) - i32::from(b.port)
+    i32::from(a_port) - i32::from(b_port)
 }
 
 /// libipvs' ipvs_cmp_dests.
-pub fn cmp_dests(a: &DestEntry, b: &DestEntry) -> i32 {
-    let r = cmp_addrs(a.af, &a.addr, &b.addr);
+pub fn cmp_dests(a: &Destination, b: &Destination) -> i32 {
+    let r = cmp_addrs(a.family(), &a.addr, &b.addr);
     if r != 0 {
         return r;
     }
@@ -522,12 +474,12 @@ pub fn cmp_dests(a: &DestEntry, b: &DestEntry) -> i32 {
 }
 
 /// Sort services as `ipvsadm -L` does (unless --nosort).
-pub fn sort_services(services: &mut [ServiceEntry]) {
-    glibc_msort(services, cmp_services);
+pub fn sort_services(services: &mut [ServiceListing]) {
+    glibc_msort(services, |a, b| cmp_services(&a.service, &b.service));
 }
 
 /// Sort real servers as ipvsadm does.
-pub fn sort_dests(dests: &mut [DestEntry]) {
+pub fn sort_dests(dests: &mut [Destination]) {
     glibc_msort(dests, cmp_dests);
 }
 
@@ -561,7 +513,7 @@ fn glibc_msort<T: Clone>(items: &mut [T], cmp: fn(&T, &T) -> i32) {
 }
 
 /// list_all: the whole table (`-L` or `-S`).
-pub fn list_all(info: &InfoEntry, services: &mut [ServiceEntry], format: &Format) -> String {
+pub fn list_all(info: &Info, services: &mut [ServiceListing], format: &Format) -> String {
     let mut out = String::with_capacity(64 + services.len() * 512);
     if !format.rule {
         out.push_str(&header(info));
@@ -577,7 +529,7 @@ pub fn list_all(info: &InfoEntry, services: &mut [ServiceEntry], format: &Format
 }
 
 /// list_service: one service (`-L -t addr:port`), without the version header.
-pub fn list_service(service: &ServiceEntry, format: &Format) -> String {
+pub fn list_service(service: &ServiceListing, format: &Format) -> String {
     let mut out = title(format);
     service_entry(&mut out, service, format);
     out
@@ -626,7 +578,7 @@ pub struct JsonService<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pe: Option<&'a str>,
     /// Counters.
-    pub stats: &'a StatsEntry,
+    pub stats: &'a Stats,
     /// Real servers.
     pub destinations: Vec<JsonDest<'a>>,
 }
@@ -653,25 +605,25 @@ pub struct JsonDest<'a> {
     /// PersistConn.
     pub persist_conns: u32,
     /// Counters.
-    pub stats: &'a StatsEntry,
+    pub stats: &'a Stats,
 }
 
 /// The `--json` listing.
-pub fn json(info: &InfoEntry, services: &mut [ServiceEntry], format: &Format) -> String {
+pub fn json(info: &Info, services: &mut [ServiceListing], format: &Format) -> String {
     if !format.nosort {
         sort_services(services);
     }
     let v = info.version;
     let table = JsonTable {
         version: format!("{}.{}.{}", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff),
-        size: info.size,
+        size: info.conn_table_size,
         services: services
             .iter_mut()
-            .map(|s| {
+            .map(|listing| {
                 if !format.nosort {
-                    sort_dests(&mut s.dests);
+                    sort_dests(&mut listing.dests);
                 }
-                json_service(s)
+                json_service(listing)
             })
             .collect(),
     };
@@ -680,21 +632,26 @@ pub fn json(info: &InfoEntry, services: &mut [ServiceEntry], format: &Format) ->
     text
 }
 
-fn json_service(s: &ServiceEntry) -> JsonService<'_> {
-    let fwm = s.fwmark != 0;
-    let persistent = s.flags & SVC_F_PERSISTENT != 0;
+fn json_service(listing: &ServiceListing) -> JsonService<'_> {
+    let s = &listing.service;
+    let persistent = s.flags.contains(ServiceFlags::PERSISTENT);
     let flags = sched_flags(s);
+    let (protocol, address, port, fwmark) = match s.key {
+        ServiceKey::Inet {
+            protocol,
+            addr,
+            port,
+        } => (protocol.name(), Some(addr), Some(port), None),
+        ServiceKey::Fwmark { mark, .. } => ("FWM", None, None, Some(mark)),
+    };
+    let inet6 = s.key.family() == AddressFamily::Inet6;
     JsonService {
-        protocol: if fwm {
-            "FWM"
-        } else {
-            protocol_name(s.protocol)
-        },
-        family: if s.af == AF_INET6 { "inet6" } else { "inet" },
-        address: (!fwm).then_some(s.addr),
-        port: (!fwm).then_some(s.port),
-        fwmark: fwm.then_some(s.fwmark),
-        scheduler: &s.sched_name,
+        protocol,
+        family: if inet6 { "inet6" } else { "inet" },
+        address,
+        port,
+        fwmark,
+        scheduler: &s.scheduler,
         sched_flags: if flags.is_empty() {
             Vec::new()
         } else {
@@ -702,314 +659,33 @@ fn json_service(s: &ServiceEntry) -> JsonService<'_> {
         },
         persistent: persistent.then_some(s.timeout),
         netmask: persistent.then(|| {
-            if s.af == AF_INET6 {
+            if inet6 {
                 s.netmask.to_string()
             } else {
                 ipv4_mask_text(s.netmask)
             }
         }),
-        one_packet: s.flags & SVC_F_ONEPACKET != 0,
-        pe: (!s.pe_name.is_empty()).then_some(s.pe_name.as_str()),
+        one_packet: s.flags.contains(ServiceFlags::ONEPACKET),
+        pe: pe_name(s),
         stats: &s.stats,
-        destinations: s
-            .dests
-            .iter()
-            .map(|d| JsonDest {
-                address: d.addr,
-                port: d.port,
-                forward: fwd_name(d.fwd),
-                weight: d.weight,
-                u_threshold: d.u_threshold,
-                l_threshold: d.l_threshold,
-                active_conns: d.active_conns,
-                inact_conns: d.inact_conns,
-                persist_conns: d.persist_conns,
-                stats: &d.stats,
-            })
-            .collect(),
+        destinations: listing.dests.iter().map(json_dest).collect(),
+    }
+}
+
+fn json_dest(d: &Destination) -> JsonDest<'_> {
+    JsonDest {
+        address: d.addr,
+        port: d.port,
+        forward: fwd_name(d.forward),
+        weight: d.weight as u32,
+        u_threshold: d.upper_threshold,
+        l_threshold: d.lower_threshold,
+        active_conns: d.active_conns,
+        inact_conns: d.inactive_conns,
+        persist_conns: d.persistent_conns,
+        stats: &d.stats,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli::args::{FWD_DROUTE, FWD_MASQ, FWD_TUNNEL};
-    use std::collections::HashMap;
-
-    fn dest(addr: &str, port: u16, fwd: u32, weight: u32) -> DestEntry {
-        let addr: IpAddr = addr.parse().unwrap();
-        DestEntry {
-            af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
-            addr,
-            port,
-            fwd,
-            weight,
-            u_threshold: 0,
-            l_threshold: 0,
-            active_conns: 0,
-            inact_conns: 0,
-            persist_conns: 0,
-            tun_type: TUN_IPIP,
-            tun_port: 0,
-            tun_flags: 0,
-            stats: StatsEntry::default(),
-        }
-    }
-
-    fn service(proto: u16, addr: &str, port: u16, sched: &str) -> ServiceEntry {
-        let addr: IpAddr = addr.parse().unwrap();
-        ServiceEntry {
-            af: if addr.is_ipv4() { AF_INET } else { AF_INET6 },
-            protocol: proto,
-            addr,
-            port,
-            fwmark: 0,
-            sched_name: sched.to_string(),
-            flags: 0x2, // HASHED, as the kernel reports
-            timeout: 0,
-            netmask: if addr.is_ipv4() { 0xffff_ffff } else { 128 },
-            pe_name: String::new(),
-            stats: StatsEntry::default(),
-            dests: Vec::new(),
-        }
-    }
-
-    /// The table of testdata/golden.py, in a scrambled kernel order.
-    fn table() -> Vec<ServiceEntry> {
-        let mut web = service(IPPROTO_TCP, "10.0.0.1", 80, "sh");
-        web.flags |= SVC_F_SCHED1 | SVC_F_SCHED2;
-        web.stats = StatsEntry {
-            conns: 123_456_789,
-            inpkts: 99_999_999,
-            outpkts: 1_000_000_000,
-            inbytes: 5_000_000_000,
-            outbytes: 123_456_789_012_345,
-            cps: 7,
-            inpps: 8,
-            outpps: 9,
-            inbps: 100_000_000,
-            outbps: 12,
-        };
-        let mut masq = dest("10.0.1.2", 8080, FWD_MASQ, 1);
-        masq.active_conns = 3;
-        masq.inact_conns = 12;
-        masq.stats.conns = 5;
-        masq.stats.inbps = 250_000_000;
-        web.dests = vec![masq, dest("10.0.1.1", 80, FWD_DROUTE, 0)];
-
-        let mut dns = service(IPPROTO_UDP, "10.0.0.2", 53, "rr");
-        dns.flags |= SVC_F_PERSISTENT | SVC_F_ONEPACKET;
-        dns.timeout = 600;
-        dns.netmask = 0xffff_ff00;
-        let mut d = dest("10.0.2.1", 53, FWD_MASQ, 2);
-        (
-            d.u_threshold,
-            d.l_threshold,
-            d.active_conns,
-            d.inact_conns,
-            d.persist_conns,
-        ) = (100, 50, 1, 2, 3);
-        dns.dests = vec![d];
-
-        let mut v6 = service(IPPROTO_TCP, "2001:db8::1", 443, "lc");
-        v6.dests = vec![dest("2001:db8::10", 443, FWD_MASQ, 1)];
-
-        let mut fwm = service(IPPROTO_TCP, "::", 0, "wrr");
-        fwm.fwmark = 7;
-        fwm.flags |= SVC_F_PERSISTENT;
-        fwm.timeout = 300;
-        fwm.netmask = 64;
-        fwm.dests = vec![dest("2001:db8::2", 0, FWD_TUNNEL, 5)];
-        vec![fwm, dns, v6, web]
-    }
-
-    fn golden() -> HashMap<String, String> {
-        serde_json::from_str(include_str!("testdata/golden.json")).unwrap()
-    }
-
-    fn check(mode: &str, format: Format) {
-        let info = InfoEntry {
-            version: 0x010201,
-            size: 4096,
-        };
-        let got = list_all(&info, &mut table(), &format);
-        let want = &golden()[mode];
-        assert_eq!(&got, want, "mode {mode}:\n--- got\n{got}--- want\n{want}");
-    }
-
-    fn numeric() -> Format {
-        Format {
-            numeric: true,
-            ..Format::default()
-        }
-    }
-
-    #[test]
-    fn listings_match_ipvsadm_formats() {
-        check("plain", numeric());
-        check(
-            "stats",
-            Format {
-                stats: true,
-                ..numeric()
-            },
-        );
-        check(
-            "exact",
-            Format {
-                stats: true,
-                exact: true,
-                ..numeric()
-            },
-        );
-        check(
-            "rate",
-            Format {
-                rate: true,
-                ..numeric()
-            },
-        );
-        check(
-            "thr",
-            Format {
-                thresholds: true,
-                ..numeric()
-            },
-        );
-        check(
-            "pc",
-            Format {
-                persistent_conn: true,
-                ..numeric()
-            },
-        );
-        check(
-            "rule",
-            Format {
-                rule: true,
-                ..numeric()
-            },
-        );
-    }
-
-    #[test]
-    fn largenum_abbreviates_like_ipvsadm() {
-        let cases: [(u64, bool, &str); 8] = [
-            (0, false, "        0"),
-            (99_999_999, false, " 99999999"),
-            (100_000_000, false, "  100000K"),
-            (999_999_999, false, "  999999K"),
-            (1_000_000_000, false, "    1000M"),
-            (100_000_000_000, false, "     100G"),
-            (100_000_000_000_000, false, "     100T"),
-            (123_456_789_012, true, " 123456789012"),
-        ];
-        for (n, exact, want) in cases {
-            let mut s = String::new();
-            largenum(&mut s, n, exact);
-            assert_eq!(s, want, "{n}");
-        }
-    }
-
-    #[test]
-    fn nosort_keeps_kernel_order_and_long_names_are_cut() {
-        let format = Format {
-            nosort: true,
-            ..numeric()
-        };
-        let info = InfoEntry {
-            version: 0x010201,
-            size: 4096,
-        };
-        let text = list_all(&info, &mut table(), &format);
-        let first = text.lines().nth(3).unwrap();
-        assert_eq!(first, "FWM  7 IPv6 wrr persistent 300 mask 64");
-        let mut s = service(IPPROTO_SCTP, "203.0.113.222", 65535, "rr");
-        s.dests = vec![dest("203.0.113.223", 65535, FWD_MASQ, 65535)];
-        let text = list_service(&s, &numeric());
-        assert!(text.contains("SCTP 203.0.113.222:65535 rr\n"), "{text}");
-        assert!(
-            text.contains("  -> 203.0.113.223:65535          Masq    65535  0"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn sorting_uses_libipvs_comparators() {
-        let a = service(IPPROTO_TCP, "10.0.0.2", 80, "rr");
-        let b = service(IPPROTO_TCP, "10.0.0.10", 80, "rr");
-        assert!(cmp_services(&a, &b) < 0);
-        let c = service(IPPROTO_UDP, "10.0.0.1", 80, "rr");
-        assert!(
-            cmp_services(&b, &c) < 0,
-            "TCP sorts before UDP whatever the address"
-        );
-        let d4 = dest("10.0.0.1", 90, FWD_MASQ, 1);
-        let d4b = dest("10.0.0.1", 100, FWD_MASQ, 1);
-        assert!(cmp_dests(&d4, &d4b) < 0);
-    }
-
-    #[test]
-    fn json_listing_carries_the_table() {
-        let info = InfoEntry {
-            version: 0x010201,
-            size: 4096,
-        };
-        let text = json(&info, &mut table(), &numeric());
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["version"], "1.2.1");
-        let services = v["services"].as_array().unwrap();
-        assert_eq!(services.len(), 4);
-        assert_eq!(services[0]["address"], "10.0.0.1");
-        assert_eq!(services[0]["sched_flags"][1], "sh-port");
-        assert_eq!(services[0]["destinations"][0]["address"], "10.0.1.1");
-        assert_eq!(services[1]["netmask"], "255.255.255.0");
-        assert_eq!(services[3]["fwmark"], 7);
-    }
-}
-
-#[cfg(test)]
-mod sort_tests {
-    use super::*;
-
-    /// The order ipvsadm 1.31 (glibc 2.36 qsort) printed in the VM for the
-    /// many_destinations conformance table: libipvs' int-subtraction comparator puts 250.x,
-    /// 1.x, ... in this non-monotonic order.
-    const IPVSADM_ORDER: &str = "250.2.0.18:8002 250.7.0.48:8002 1.1.0.11:8001 1.6.0.41:8001 100.1.0.9:8002 100.2.0.15:8002 100.3.0.21:8002 100.4.0.27:8002 100.6.0.39:8002 100.7.0.45:8002 100.8.0.51:8002 100.9.0.57:8002 172.0.0.4:8000 172.1.0.10:8000 172.2.0.16:8000 172.3.0.22:8000 172.4.0.28:8000 172.5.0.34:8000 172.6.0.40:8000 172.7.0.46:8000 172.8.0.52:8000 172.9.0.58:8000 200.0.0.2:8001 200.1.0.8:8001 200.2.0.14:8001 200.3.0.20:8001 200.5.0.32:8001 200.6.0.38:8001 200.7.0.44:8001 200.8.0.50:8001 250.0.0.6:8002 250.1.0.12:8002 250.3.0.24:8002 250.4.0.30:8002 250.5.0.36:8002 250.6.0.42:8002 250.8.0.54:8002 250.9.0.60:8002 1.0.0.5:8001 1.2.0.17:8001 1.3.0.23:8001 1.4.0.29:8001 1.5.0.35:8001 1.7.0.47:8001 1.8.0.53:8001 1.9.0.59:8001 10.0.0.1:8000 10.1.0.7:8000 10.2.0.13:8000 10.3.0.19:8000 10.4.0.25:8000 10.5.0.31:8000 10.6.0.37:8000 10.7.0.43:8000 10.8.0.49:8000 10.9.0.55:8000 100.0.0.3:8002 100.5.0.33:8002 200.4.0.26:8001 200.9.0.56:8001";
-
-    #[test]
-    fn wrapping_comparator_order_matches_ipvsadm() {
-        // The conformance test's insertion order; the kernel lists newest first.
-        let mut kernel: Vec<DestEntry> = (0..60u32)
-            .map(|i| {
-                let j = (i * 37) % 60;
-                let first = [10u8, 200, 100, 172, 1, 250][(j % 6) as usize];
-                let addr = IpAddr::from([first, (j / 6) as u8, 0, (j + 1) as u8]);
-                DestEntry {
-                    af: AF_INET,
-                    addr,
-                    port: 8000 + (j % 3) as u16,
-                    fwd: FWD_MASQ,
-                    weight: j % 5,
-                    u_threshold: 0,
-                    l_threshold: 0,
-                    active_conns: 0,
-                    inact_conns: 0,
-                    persist_conns: 0,
-                    tun_type: 0,
-                    tun_port: 0,
-                    tun_flags: 0,
-                    stats: StatsEntry::default(),
-                }
-            })
-            .collect();
-        kernel.reverse();
-        sort_dests(&mut kernel);
-        let got: Vec<String> = kernel
-            .iter()
-            .map(|d| format!("{}:{}", d.addr, d.port))
-            .collect();
-        let want: Vec<&str> = IPVSADM_ORDER.split_whitespace().collect();
-        assert_eq!(got, want);
-    }
-}
+mod tests;

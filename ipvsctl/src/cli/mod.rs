@@ -1,7 +1,7 @@
-//! The `ipvsctl` command: ipvsadm's command line and output on this crate's client.
+//! The `ipvsctl` command: ipvsadm's command line and output on the `ipvs` library's client.
 //!
 //! `args` parses (pure), `format` prints (pure), this module runs a parsed command against
-//! an [`Ipvs`] backend (the real [`crate::Client`], or a fake in tests) and maps errors to
+//! an [`Ipvs`] backend (the real [`ipvs::Client`], or a fake in tests) and maps errors to
 //! ipvsadm's messages and exit statuses.
 
 pub mod args;
@@ -10,14 +10,10 @@ pub mod names;
 
 use std::io::{BufRead, Write};
 
-use crate::model::{
-    AddressFamily, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags, ServiceKey,
-    Timeouts, Tunnel, TunnelType,
-};
-use crate::{Client, Error};
+use ipvs::{Client, Destination, Error, Info, Protocol, Service, ServiceKey, Timeouts};
 
-use args::{Cmd, Invocation, Parsed, AF_INET6};
-use format::{DestEntry, InfoEntry, ServiceEntry, TimeoutEntry};
+use args::{Cmd, Invocation, Parsed};
+use format::ServiceListing;
 
 /// The operations ipvsctl needs, so the command logic can run against a fake table.
 pub trait Ipvs {
@@ -285,102 +281,11 @@ fn strerror_for(op: Op, e: &Error) -> String {
     }
 }
 
-/// The service key a command line names.
-fn service_key(svc: &args::ServiceArgs) -> ServiceKey {
-    if svc.fwmark != 0 {
-        let family = if svc.af == AF_INET6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        };
-        ServiceKey::fwmark(family, svc.fwmark)
-    } else {
-        ServiceKey::Inet {
-            protocol: Protocol::from_number(svc.protocol).unwrap_or(Protocol::Tcp),
-            addr: svc.addr,
-            port: svc.port,
-        }
-    }
-}
-
-fn service_model(svc: &args::ServiceArgs) -> Service {
-    let mut s = Service::new(service_key(svc), svc.sched_name.clone());
-    s.flags = ServiceFlags(svc.flags);
-    s.timeout = svc.timeout;
-    s.netmask = svc.netmask;
-    s.pe_name = (!svc.pe_name.is_empty()).then(|| svc.pe_name.clone());
-    s
-}
-
-fn dest_model(d: &args::DestArgs) -> Destination {
-    let mut dest = Destination::new(d.addr, d.port);
-    dest.forward = ForwardMethod::from_number(d.fwd).unwrap_or(ForwardMethod::DirectRoute);
-    dest.weight = d.weight as i32;
-    dest.upper_threshold = d.u_threshold;
-    dest.lower_threshold = d.l_threshold;
-    dest.tunnel = Tunnel {
-        kind: TunnelType::from_number(d.tun_type),
-        port: d.tun_port,
-        flags: d.tun_flags,
-    };
-    dest
-}
-
-/// A listing entry from the model. Fwmark services get protocol TCP, which is what
-/// ipvsadm gives them when it creates them.
-pub fn service_entry(s: &Service, dests: &[Destination]) -> ServiceEntry {
-    let (af, protocol, addr, port, fwmark) = match s.key {
-        ServiceKey::Inet {
-            protocol,
-            addr,
-            port,
-        } => (
-            AddressFamily::of(&addr).number(),
-            protocol.number(),
-            addr,
-            port,
-            0,
-        ),
-        ServiceKey::Fwmark { family, mark } => (
-            family.number(),
-            names::IPPROTO_TCP,
-            family.unspecified(),
-            0,
-            mark,
-        ),
-    };
-    ServiceEntry {
-        af,
-        protocol,
-        addr,
-        port,
-        fwmark,
-        sched_name: s.scheduler.clone(),
-        flags: s.flags.bits(),
-        timeout: s.timeout,
-        netmask: s.netmask,
-        pe_name: s.pe_name.clone().unwrap_or_default(),
-        stats: s.stats,
-        dests: dests.iter().map(dest_entry).collect(),
-    }
-}
-
-fn dest_entry(d: &Destination) -> DestEntry {
-    DestEntry {
-        af: d.family().number(),
-        addr: d.addr,
-        port: d.port,
-        fwd: d.forward.number(),
-        weight: d.weight as u32,
-        u_threshold: d.upper_threshold,
-        l_threshold: d.lower_threshold,
-        active_conns: d.active_conns,
-        inact_conns: d.inactive_conns,
-        persist_conns: d.persistent_conns,
-        tun_type: d.tunnel.kind.number(),
-        tun_port: d.tunnel.port,
-        tun_flags: d.tunnel.flags,
-        stats: d.stats,
+/// A service with its destinations, for the listings.
+fn listing(s: &Service, dests: Vec<Destination>) -> ServiceListing {
+    ServiceListing {
+        service: s.clone(),
+        dests,
     }
 }
 
@@ -399,15 +304,13 @@ pub fn execute<B: Ipvs>(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let key = service_key(&inv.svc);
+    let key = inv.service.key;
     let result = match inv.cmd {
         Cmd::List | Cmd::Save => return list(inv, b, out, err),
         Cmd::Flush => b.flush().map_err(|e| (Op::Other, e)),
-        Cmd::Add => b
-            .add_service(&service_model(&inv.svc))
-            .map_err(|e| (Op::AddService, e)),
+        Cmd::Add => b.add_service(&inv.service).map_err(|e| (Op::AddService, e)),
         Cmd::Edit => b
-            .edit_service(&service_model(&inv.svc))
+            .edit_service(&inv.service)
             .map_err(|e| (Op::EditService, e)),
         Cmd::Del => b.delete_service(&key).map_err(|e| (Op::DelService, e)),
         Cmd::Zero => {
@@ -415,19 +318,15 @@ pub fn execute<B: Ipvs>(
             b.zero(which).map_err(|e| (Op::ZeroService, e))
         }
         Cmd::AddDest => b
-            .add_destination(&key, &dest_model(&inv.dest))
+            .add_destination(&key, &inv.dest)
             .map_err(|e| (Op::AddDest, e)),
         Cmd::EditDest => b
-            .edit_destination(&key, &dest_model(&inv.dest))
+            .edit_destination(&key, &inv.dest)
             .map_err(|e| (Op::EditDest, e)),
         Cmd::DelDest => b
-            .delete_destination(&key, &dest_model(&inv.dest))
+            .delete_destination(&key, &inv.dest)
             .map_err(|e| (Op::DelDest, e)),
-        Cmd::Timeout => {
-            let [tcp, tcp_fin, udp] = inv.timeouts;
-            b.set_timeouts(&Timeouts { tcp, tcp_fin, udp })
-                .map_err(|e| (Op::Other, e))
-        }
+        Cmd::Timeout => b.set_timeouts(&inv.timeouts).map_err(|e| (Op::Other, e)),
         Cmd::StartDaemon | Cmd::StopDaemon => {
             let _ = writeln!(err, "ipvsctl does not manage the connection sync daemon");
             return 2;
@@ -461,14 +360,7 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
     }
     if inv.cmd == Cmd::List && inv.has(opt::TIMEOUT) {
         return match b.timeouts() {
-            Ok(t) => write_out(
-                out,
-                &format::timeout_line(&TimeoutEntry {
-                    tcp: t.tcp,
-                    tcp_fin: t.tcp_fin,
-                    udp: t.udp,
-                }),
-            ),
+            Ok(t) => write_out(out, &format::timeout_line(&t)),
             Err(e) => {
                 let _ = writeln!(err, "{}", strerror_for(Op::Other, &e));
                 1
@@ -480,10 +372,9 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
         return 0;
     }
     if inv.cmd == Cmd::List && inv.has(opt::SERVICE) {
-        let key = service_key(&inv.svc);
-        let entry = b.service(&key).and_then(|s| {
+        let entry = b.service(&inv.service.key).and_then(|s| {
             let dests = b.destinations(&s.key)?;
-            Ok(service_entry(&s, &dests))
+            Ok(listing(&s, dests))
         });
         return match entry {
             Ok(entry) if fmt.json => {
@@ -491,10 +382,6 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
                     version: 0,
                     conn_table_size: 0,
                 });
-                let info = InfoEntry {
-                    version: info.version,
-                    size: info.conn_table_size,
-                };
                 write_out(out, &format::json(&info, &mut [entry], fmt))
             }
             Ok(entry) => write_out(out, &format::list_service(&entry, fmt)),
@@ -509,16 +396,12 @@ fn list<B: Ipvs>(inv: &Invocation, b: &mut B, out: &mut dyn Write, err: &mut dyn
         let mut entries = Vec::with_capacity(services.len());
         for s in &services {
             let dests = b.destinations(&s.key)?;
-            entries.push(service_entry(s, &dests));
+            entries.push(listing(s, dests));
         }
         Ok((info, entries))
     });
     match table {
         Ok((info, mut entries)) => {
-            let info = InfoEntry {
-                version: info.version,
-                size: info.conn_table_size,
-            };
             let text = if fmt.json {
                 format::json(&info, &mut entries, fmt)
             } else {
@@ -558,10 +441,10 @@ pub fn connections(proc_text: &str, fmt: &args::Format) -> String {
             continue;
         }
         let proto = match w[0] {
-            "TCP" => names::IPPROTO_TCP,
-            "UDP" => names::IPPROTO_UDP,
-            "SCTP" => names::IPPROTO_SCTP,
-            _ => 0,
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
         };
         let port = |t: &str| u16::from_str_radix(t, 16).unwrap_or(0);
         let name = |a: &str, p: &str| {
@@ -660,261 +543,4 @@ the default tunnel type is ipip.\n  \
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An in-memory IPVS table with the kernel's errors.
-    #[derive(Debug, Default)]
-    struct FakeIpvs {
-        table: Vec<(Service, Vec<Destination>)>,
-        timeouts: Timeouts,
-    }
-
-    impl FakeIpvs {
-        fn find(&mut self, key: &ServiceKey) -> Result<&mut (Service, Vec<Destination>), Error> {
-            self.table
-                .iter_mut()
-                .find(|(s, _)| s.key == *key)
-                .ok_or(Error::ServiceNotFound {
-                    op: "fake",
-                    service: *key,
-                })
-        }
-    }
-
-    fn dest_missing(key: &ServiceKey, d: &Destination) -> Error {
-        Error::DestinationNotFound {
-            op: "fake",
-            service: *key,
-            addr: d.addr,
-            port: d.port,
-        }
-    }
-
-    impl Ipvs for FakeIpvs {
-        fn info(&mut self) -> Result<Info, Error> {
-            Ok(Info {
-                version: 0x010201,
-                conn_table_size: 4096,
-            })
-        }
-        fn services(&mut self) -> Result<Vec<Service>, Error> {
-            Ok(self.table.iter().map(|(s, _)| s.clone()).collect())
-        }
-        fn service(&mut self, key: &ServiceKey) -> Result<Service, Error> {
-            Ok(self.find(key)?.0.clone())
-        }
-        fn destinations(&mut self, key: &ServiceKey) -> Result<Vec<Destination>, Error> {
-            Ok(self.find(key)?.1.clone())
-        }
-        fn add_service(&mut self, s: &Service) -> Result<(), Error> {
-            if self.find(&s.key).is_ok() {
-                return Err(Error::AlreadyExists {
-                    op: "fake",
-                    what: s.key.to_string(),
-                });
-            }
-            let mut s = s.clone();
-            s.flags |= ServiceFlags::HASHED;
-            self.table.push((s, Vec::new()));
-            Ok(())
-        }
-        fn edit_service(&mut self, s: &Service) -> Result<(), Error> {
-            let entry = self.find(&s.key)?;
-            entry.0 = s.clone();
-            entry.0.flags |= ServiceFlags::HASHED;
-            Ok(())
-        }
-        fn delete_service(&mut self, key: &ServiceKey) -> Result<(), Error> {
-            self.find(key)?;
-            self.table.retain(|(s, _)| s.key != *key);
-            Ok(())
-        }
-        fn add_destination(&mut self, key: &ServiceKey, d: &Destination) -> Result<(), Error> {
-            let dests = &mut self.find(key)?.1;
-            if dests.iter().any(|x| x.addr == d.addr && x.port == d.port) {
-                return Err(Error::AlreadyExists {
-                    op: "fake",
-                    what: "destination".into(),
-                });
-            }
-            dests.push(d.clone());
-            Ok(())
-        }
-        fn edit_destination(&mut self, key: &ServiceKey, d: &Destination) -> Result<(), Error> {
-            let dests = &mut self.find(key)?.1;
-            let slot = dests
-                .iter_mut()
-                .find(|x| x.addr == d.addr && x.port == d.port)
-                .ok_or_else(|| dest_missing(key, d))?;
-            *slot = d.clone();
-            Ok(())
-        }
-        fn delete_destination(&mut self, key: &ServiceKey, d: &Destination) -> Result<(), Error> {
-            let dests = &mut self.find(key)?.1;
-            let before = dests.len();
-            dests.retain(|x| !(x.addr == d.addr && x.port == d.port));
-            if dests.len() == before {
-                return Err(dest_missing(key, d));
-            }
-            Ok(())
-        }
-        fn timeouts(&mut self) -> Result<Timeouts, Error> {
-            Ok(self.timeouts)
-        }
-        fn set_timeouts(&mut self, t: &Timeouts) -> Result<(), Error> {
-            self.timeouts = *t;
-            Ok(())
-        }
-        fn zero(&mut self, key: Option<&ServiceKey>) -> Result<(), Error> {
-            if let Some(key) = key {
-                self.find(key)?;
-            }
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), Error> {
-            self.table.clear();
-            Ok(())
-        }
-    }
-
-    /// Run one command line against `fake`: (status, stdout, stderr).
-    fn sh(fake: &mut FakeIpvs, line: &str, stdin: &str) -> (i32, String, String) {
-        let argv: Vec<String> = std::iter::once("ipvsctl")
-            .chain(line.split_whitespace())
-            .map(String::from)
-            .collect();
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut input = stdin.as_bytes();
-        let status = match args::parse(&argv) {
-            Ok(Parsed::Run(inv)) if inv.cmd == Cmd::Restore => {
-                restore("ipvsctl", fake, &mut input, &mut out, &mut err)
-            }
-            Ok(Parsed::Run(inv)) => execute(&inv, fake, &mut out, &mut err),
-            Ok(_) => 0,
-            Err(e) => {
-                err.extend_from_slice(format!("{}\n", e.message).as_bytes());
-                e.code
-            }
-        };
-        (
-            status,
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
-        )
-    }
-
-    const RULES: &str = "-A -t 10.0.0.1:80 -s wlc -p 60 -M 255.255.255.0\n\
-                         -a -t 10.0.0.1:80 -r 10.0.1.2:8080 -m -w 2\n\
-                         -a -t 10.0.0.1:80 -r 10.0.1.1 -g -w 0\n\
-                         -A -f 9 -6 -s sh -b sh-port\n\
-                         -a -f 9 -6 -r [2001:db8::5]:0 -i -w 1\n";
-
-    #[test]
-    fn restore_then_save_round_trips() {
-        let mut fake = FakeIpvs::default();
-        assert_eq!(
-            sh(&mut fake, "-R", RULES),
-            (0, String::new(), String::new())
-        );
-        let (status, saved, _) = sh(&mut fake, "-Sn", "");
-        assert_eq!(status, 0);
-        assert_eq!(
-            saved,
-            "-A -t 10.0.0.1:80 -s wlc -p 60 -M 255.255.255.0\n\
-             -a -t 10.0.0.1:80 -r 10.0.1.1:80 -g -w 0\n\
-             -a -t 10.0.0.1:80 -r 10.0.1.2:8080 -m -w 2\n\
-             -A -f 9 -6 -s sh -b sh-port\n\
-             -a -f 9 -6 -r [2001:db8::5]:0 -i -w 1 --tun-type ipip\n"
-        );
-        let (_, listed, _) = sh(&mut fake, "-Ln -f 9 -6", "");
-        assert_eq!(
-            listed,
-            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
-             FWM  9 IPv6 sh (sh-port)\n  -> [2001:db8::5]:0              Tunnel  1      0          0         \n"
-        );
-    }
-
-    #[test]
-    fn kernel_errors_use_ipvsadm_wording_and_status() {
-        let mut fake = FakeIpvs::default();
-        sh(&mut fake, "-R", RULES);
-        let cases = [
-            ("-A -t 10.0.0.1:80", "Service already exists\n"),
-            (
-                "-a -t 10.0.0.1:80 -r 10.0.1.2:8080 -m",
-                "Destination already exists\n",
-            ),
-            ("-d -t 10.0.0.1:80 -r 10.0.1.9", "No such destination\n"),
-            ("-a -t 10.0.0.7:80 -r 10.0.1.9", "Service not defined\n"),
-            ("-D -t 10.0.0.7:80", "No such service\n"),
-        ];
-        for (line, msg) in cases {
-            assert_eq!(
-                sh(&mut fake, line, ""),
-                (255, String::new(), msg.to_string()),
-                "{line}"
-            );
-        }
-        assert_eq!(
-            sh(&mut fake, "-L -t 10.0.0.7:80", ""),
-            (1, String::new(), "No such service\n".into())
-        );
-        assert_eq!(
-            sh(&mut fake, "-A -t 10.0.0.1", "").2,
-            "Zero port specified for non-persistent service\n"
-        );
-    }
-
-    #[test]
-    fn restore_reports_bad_lines_and_continues_past_kernel_errors() {
-        let mut fake = FakeIpvs::default();
-        let (status, _, err) = sh(
-            &mut fake,
-            "-R",
-            "-A -t 10.0.0.1:80\n-A -t 10.0.0.1:80\n-A -t 10.0.0.2:80\n",
-        );
-        assert_eq!((status, err.as_str()), (255, "Service already exists\n"));
-        assert_eq!(fake.table.len(), 2);
-        let (status, _, err) = sh(
-            &mut fake,
-            "-R",
-            "-A -t 10.0.0.3:80 -w 1\n-A -t 10.0.0.4:80\n",
-        );
-        assert_eq!(status, 2);
-        assert_eq!(
-            err,
-            "Illegal 'weight' option with the 'add-service' command\n"
-        );
-        assert_eq!(
-            fake.table.len(),
-            2,
-            "restore stops at a line that does not parse"
-        );
-    }
-
-    #[test]
-    fn edit_zero_timeouts_and_clear() {
-        let mut fake = FakeIpvs::default();
-        sh(&mut fake, "-R", RULES);
-        assert_eq!(sh(&mut fake, "-E -t 10.0.0.1:80 -s rr", "").0, 0);
-        assert_eq!(
-            sh(&mut fake, "-e -t 10.0.0.1:80 -r 10.0.1.2:8080 -m -w 7", "").0,
-            0
-        );
-        let saved = sh(&mut fake, "-S -n", "").1;
-        assert!(saved.starts_with("-A -t 10.0.0.1:80 -s rr\n"), "{saved}");
-        assert!(saved.contains("-r 10.0.1.2:8080 -m -w 7\n"), "{saved}");
-        assert_eq!(sh(&mut fake, "--set 900 120 300", "").0, 0);
-        assert_eq!(
-            sh(&mut fake, "-L --timeout", "").1,
-            "Timeout (tcp tcpfin udp): 900 120 300\n"
-        );
-        assert_eq!(sh(&mut fake, "-Z", "").0, 0);
-        assert_eq!(sh(&mut fake, "-C", "").0, 0);
-        assert_eq!(
-            sh(&mut fake, "-Ln", "").1,
-            "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
-        );
-    }
-}
+mod tests;

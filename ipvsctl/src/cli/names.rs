@@ -9,20 +9,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::sync::OnceLock;
 
-/// IP protocol numbers used by IPVS services.
-pub const IPPROTO_TCP: u16 = 6;
-/// UDP.
-pub const IPPROTO_UDP: u16 = 17;
-/// SCTP.
-pub const IPPROTO_SCTP: u16 = 132;
+use ipvs::Protocol;
 
-/// The protocol name /etc/services uses for an IP protocol number.
-fn services_proto(proto: u16) -> Option<&'static str> {
-    match proto {
-        IPPROTO_TCP => Some("tcp"),
-        IPPROTO_UDP => Some("udp"),
-        IPPROTO_SCTP => Some("sctp"),
-        _ => None,
+/// The protocol name /etc/services uses (none for a service not yet given).
+fn services_proto(protocol: Option<Protocol>) -> Option<&'static str> {
+    match protocol? {
+        Protocol::Tcp => Some("tcp"),
+        Protocol::Udp => Some("udp"),
+        Protocol::Sctp => Some("sctp"),
     }
 }
 
@@ -72,26 +66,25 @@ fn parse_hosts(text: &str) -> Vec<HostEntry> {
         .collect()
 }
 
+/// A local database parsed, or empty if it cannot be read (glibc then finds nothing).
+fn read_db<T>(path: &str, parse: fn(&str) -> Vec<T>) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .map(|text| parse(&text))
+        .unwrap_or_default()
+}
+
 fn services() -> &'static [ServiceEntry] {
     static CELL: OnceLock<Vec<ServiceEntry>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        std::fs::read_to_string("/etc/services")
-            .map(|t| parse_services(&t))
-            .unwrap_or_default()
-    })
+    CELL.get_or_init(|| read_db("/etc/services", parse_services))
 }
 
 fn hosts() -> &'static [HostEntry] {
     static CELL: OnceLock<Vec<HostEntry>> = OnceLock::new();
-    CELL.get_or_init(|| {
-        std::fs::read_to_string("/etc/hosts")
-            .map(|t| parse_hosts(&t))
-            .unwrap_or_default()
-    })
+    CELL.get_or_init(|| read_db("/etc/hosts", parse_hosts))
 }
 
 /// getservbyport: the service name of `port` for `proto`, if /etc/services has one.
-pub fn port_to_service(port: u16, proto: u16) -> Option<&'static str> {
+pub fn port_to_service(port: u16, proto: Option<Protocol>) -> Option<&'static str> {
     let proto = services_proto(proto)?;
     services()
         .iter()
@@ -100,7 +93,7 @@ pub fn port_to_service(port: u16, proto: u16) -> Option<&'static str> {
 }
 
 /// getservbyname: the port of service `name` for `proto`.
-pub fn service_to_port(name: &str, proto: u16) -> Option<u16> {
+pub fn service_to_port(name: &str, proto: Option<Protocol>) -> Option<u16> {
     let proto = services_proto(proto)?;
     services()
         .iter()
@@ -174,7 +167,12 @@ pub fn inet_pton6(text: &str) -> Option<Ipv6Addr> {
 
 /// addrport_to_anyname: `addr:port`, IPv6 in brackets; names unless `numeric`.
 /// Truncated to 59 bytes like ipvsadm's 60-byte snprintf buffer.
-pub fn addrport_to_anyname(addr: IpAddr, port: u16, proto: u16, numeric: bool) -> String {
+pub fn addrport_to_anyname(
+    addr: IpAddr,
+    port: u16,
+    proto: Option<Protocol>,
+    numeric: bool,
+) -> String {
     let (open, close) = if addr.is_ipv4() { ("", "") } else { ("[", "]") };
     let mut text = if numeric {
         format!("{open}{}{close}:{port}", inet_ntop(addr))
@@ -219,46 +217,4 @@ pub fn truncate_bytes(text: &mut String, max: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inet_aton_accepts_the_c_forms() {
-        assert_eq!(
-            inet_aton("255.255.255.0"),
-            Some(Ipv4Addr::new(255, 255, 255, 0))
-        );
-        assert_eq!(inet_aton("10.1"), Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(
-            inet_aton("0xff.0377.0.1"),
-            Some(Ipv4Addr::new(255, 255, 0, 1))
-        );
-        assert_eq!(inet_aton("1.2.3.256"), None);
-        assert_eq!(inet_aton("abc"), None);
-        assert_eq!(inet_aton(""), None);
-    }
-
-    #[test]
-    fn services_and_hosts_files_parse() {
-        let s = parse_services("http 80/tcp www # web\nhttp 80/udp\n# c\nbad\n");
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].names, ["http", "www"]);
-        let h = parse_hosts("127.0.0.1 localhost lo\n::1 ip6-localhost\nnot-an-ip x\n");
-        assert_eq!(h.len(), 2);
-        assert_eq!(h[0].names[0], "localhost");
-    }
-
-    #[test]
-    fn numeric_addrport_brackets_ipv6() {
-        let v4: IpAddr = "10.0.0.1".parse().unwrap();
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(
-            addrport_to_anyname(v4, 80, IPPROTO_TCP, true),
-            "10.0.0.1:80"
-        );
-        assert_eq!(
-            addrport_to_anyname(v6, 443, IPPROTO_TCP, true),
-            "[2001:db8::1]:443"
-        );
-    }
-}
+mod tests;

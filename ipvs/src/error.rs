@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::model::ServiceKey;
+use crate::model::{AddressFamily, ServiceKey};
 
 /// What went wrong talking to IPVS. Callers match on the typed variants; every variant
 /// names the operation or object it concerns.
@@ -81,6 +81,16 @@ pub enum Error {
         errno: i32,
     },
 
+    /// A reply's attributes do not describe a valid object.
+    #[error("{op}: cannot decode the kernel's reply: {source}")]
+    Attributes {
+        /// The command whose reply was being read.
+        op: &'static str,
+        /// What was wrong with the attributes.
+        #[source]
+        source: AttrError,
+    },
+
     /// A reply could not be decoded.
     #[error("{op}: cannot decode the kernel's reply: {reason}")]
     Decode {
@@ -88,6 +98,47 @@ pub enum Error {
         op: &'static str,
         /// What was wrong, with the attribute path where it applies.
         reason: String,
+    },
+}
+
+/// Why the codec could not read an object (service, destination, ...) from its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttrError {
+    /// A required attribute is absent.
+    #[error("{object} without {attr}")]
+    Missing {
+        /// The object being read (`service`, `destination`, `info`, ...).
+        object: &'static str,
+        /// The missing attribute, in words.
+        attr: &'static str,
+    },
+
+    /// A service has no scheduler name.
+    #[error("service {service} without scheduler name")]
+    NoScheduler {
+        /// The service.
+        service: ServiceKey,
+    },
+
+    /// A numeric attribute has a value this library does not know.
+    #[error("{object} with {attr} {value}")]
+    Unknown {
+        /// The object being read.
+        object: &'static str,
+        /// The attribute, in words (`address family`, `unknown protocol`, ...).
+        attr: &'static str,
+        /// The value sent.
+        value: u32,
+    },
+
+    /// An address attribute's length does not fit its family.
+    #[error("address of {len} bytes for family {family:?}")]
+    AddressLength {
+        /// The attribute's length.
+        len: usize,
+        /// The family it should belong to.
+        family: AddressFamily,
     },
 }
 

@@ -7,7 +7,7 @@
 //! ```text
 //! cargo xtask vm-test --filter ipvs_capture -- --nocapture 2>&1 | tee /tmp/capture.log
 //! grep -o 'CAPTURE .*' /tmp/capture.log | while read -r _ name hex; do
-//!     printf '%s\n' "$hex" >> ipvsctl/tests/captured/"$name".hex; done
+//!     printf '%s\n' "$hex" >> ipvs/tests/captured/"$name".hex; done
 //! ```
 //!
 //! It runs in every VM run and compares every reply with the stored capture, byte for byte
@@ -16,21 +16,18 @@
 //! kernel that changes its replies fails here even before anyone recaptures. Recapturing
 //! prints the new bytes first, then fails until the files are replaced.
 
+mod common;
+
 /// Named `ipvs_capture::*` for `--filter`.
 mod ipvs_capture {
-    use std::net::IpAddr;
+    use super::common;
 
     use ipvs::codec::{self, Attr, Command, IpvsMessage, Reply};
-    use ipvs::{
-        AddressFamily, Client, Destination, ForwardMethod, Service, ServiceFlags, ServiceKey,
-        Tunnel, TunnelType,
-    };
+    use ipvs::{Client, ServiceKey};
     use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
     use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use super::common::ip;
 
     /// Bring up `lo` in the calling thread's namespace: the kernel creates the namespace's
     /// local routing table then, and IPVS refuses destinations (EINVAL) while
@@ -47,40 +44,14 @@ mod ipvs_capture {
         assert!(status.success(), "ip link set lo up failed: {status}");
     }
 
-    /// The table the captured files describe (also spelled out in tests/captured.rs).
+    /// The table the captured files describe (tests/common, which captured.rs expects).
     fn build_table(ipvs: &mut Client) {
-        let web = ServiceKey::tcp(ip("10.0.0.1"), 80);
-        ipvs.add_service(&Service::new(web, "wlc")).unwrap();
-        let mut tls = Service::new(ServiceKey::tcp(ip("10.0.0.1"), 443), "rr");
-        tls.timeout = 600;
-        tls.netmask = 0xffff_ff00;
-        ipvs.add_service(&tls).unwrap();
-        let mut dns = Service::new(ServiceKey::udp(ip("2001:db8::1"), 53), "rr");
-        dns.timeout = 300;
-        dns.netmask = 64;
-        dns.flags = ServiceFlags::ONEPACKET;
-        ipvs.add_service(&dns).unwrap();
-        let mut fw = Service::new(ServiceKey::fwmark(AddressFamily::Inet, 7), "sh");
-        fw.flags = ServiceFlags::SH_FALLBACK | ServiceFlags::SH_PORT;
-        ipvs.add_service(&fw).unwrap();
-
-        let mut masq = Destination::new(ip("10.0.1.1"), 8080);
-        masq.weight = 3;
-        masq.upper_threshold = 100;
-        masq.lower_threshold = 10;
-        ipvs.add_destination(&web, &masq).unwrap();
-        let mut route = Destination::new(ip("10.0.1.2"), 80);
-        route.forward = ForwardMethod::DirectRoute;
-        route.weight = 0;
-        ipvs.add_destination(&web, &route).unwrap();
-        let mut gue = Destination::new(ip("10.0.1.3"), 80);
-        gue.forward = ForwardMethod::Tunnel;
-        gue.tunnel = Tunnel {
-            kind: TunnelType::Gue,
-            port: 6080,
-            flags: 1,
-        };
-        ipvs.add_destination(&web, &gue).unwrap();
+        for service in common::captured_services() {
+            ipvs.add_service(&service).unwrap();
+        }
+        for dest in common::captured_web_destinations() {
+            ipvs.add_destination(&common::web_key(), &dest).unwrap();
+        }
     }
 
     /// Send one request on a raw socket and return every datagram up to the end.

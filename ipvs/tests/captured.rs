@@ -7,24 +7,17 @@
 //!
 //! ```text
 //! cargo xtask vm-test --filter ipvs_capture -- --nocapture 2>&1 | tee /tmp/capture.log
-//! rm ipvsctl/tests/captured/*.hex
+//! rm ipvs/tests/captured/*.hex
 //! grep -o 'CAPTURE .*' /tmp/capture.log | tr -d '\r' | while read -r _ name hex; do
-//!     printf '%s\n' "$hex" >> ipvsctl/tests/captured/"$name".hex; done
+//!     printf '%s\n' "$hex" >> ipvs/tests/captured/"$name".hex; done
 //! ```
 
-use std::net::IpAddr;
+mod common;
 
 use ipvs::codec::{self, IpvsMessage, Reply};
-use ipvs::{
-    AddressFamily, Destination, ForwardMethod, Service, ServiceFlags, ServiceKey, Timeouts, Tunnel,
-    TunnelType,
-};
+use ipvs::{AddressFamily, Destination, Service, ServiceFlags, Timeouts};
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage};
 use netlink_packet_generic::GenlMessage;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// The datagrams of one capture file.
 fn datagrams(name: &str) -> Vec<Vec<u8>> {
@@ -83,22 +76,17 @@ fn service_of(msg: &IpvsMessage) -> Service {
     codec::service_from_attrs(attrs).unwrap()
 }
 
-/// The services tests/capture.rs builds, as the kernel lists them.
+/// The services tests/capture.rs builds, as the kernel lists them: hashed, and
+/// persistent where a timeout was given.
 fn expected_services() -> Vec<Service> {
-    let hashed = ServiceFlags::HASHED;
-    let mut web = Service::new(ServiceKey::tcp(ip("10.0.0.1"), 80), "wlc");
-    web.flags = hashed;
-    let mut tls = Service::new(ServiceKey::tcp(ip("10.0.0.1"), 443), "rr");
-    tls.timeout = 600;
-    tls.netmask = 0xffff_ff00;
-    tls.flags = hashed | ServiceFlags::PERSISTENT;
-    let mut dns = Service::new(ServiceKey::udp(ip("2001:db8::1"), 53), "rr");
-    dns.timeout = 300;
-    dns.netmask = 64;
-    dns.flags = hashed | ServiceFlags::PERSISTENT | ServiceFlags::ONEPACKET;
-    let mut fw = Service::new(ServiceKey::fwmark(AddressFamily::Inet, 7), "sh");
-    fw.flags = hashed | ServiceFlags::SH_FALLBACK | ServiceFlags::SH_PORT;
-    vec![web, tls, dns, fw]
+    let mut services = common::captured_services();
+    for service in &mut services {
+        service.flags |= ServiceFlags::HASHED;
+        if service.timeout != 0 {
+            service.flags |= ServiceFlags::PERSISTENT;
+        }
+    }
+    services
 }
 
 #[test]
@@ -137,21 +125,7 @@ fn destination_dump_is_the_destinations_that_were_added() {
         .collect::<Result<_, _>>()
         .unwrap();
     dests.sort_by_key(|d| d.addr);
-    let mut masq = Destination::new(ip("10.0.1.1"), 8080);
-    masq.weight = 3;
-    masq.upper_threshold = 100;
-    masq.lower_threshold = 10;
-    let mut route = Destination::new(ip("10.0.1.2"), 80);
-    route.forward = ForwardMethod::DirectRoute;
-    route.weight = 0;
-    let mut gue = Destination::new(ip("10.0.1.3"), 80);
-    gue.forward = ForwardMethod::Tunnel;
-    gue.tunnel = Tunnel {
-        kind: TunnelType::Gue,
-        port: 6080,
-        flags: 1,
-    };
-    assert_eq!(dests, vec![masq, route, gue]);
+    assert_eq!(dests, common::captured_web_destinations());
 }
 
 #[test]

@@ -96,13 +96,7 @@ fn sample_destinations() -> Vec<Destination> {
     busy.upper_threshold = 1000;
     busy.lower_threshold = 10;
     busy.stats.conns = 99;
-    let mut tun = Destination::new(ip("2001:db8::2"), 0);
-    tun.forward = ForwardMethod::Tunnel;
-    tun.tunnel = Tunnel {
-        kind: TunnelType::Gue,
-        port: 6080,
-        flags: 1,
-    };
+    let tun = Destination::tunnelled(ip("2001:db8::2"), 0, Tunnel::gue(6080, Tunnel::CSUM));
     let mut dr = Destination::new(ip("192.0.2.9"), 80);
     dr.forward = ForwardMethod::DirectRoute;
     dr.weight = 65535;
@@ -280,11 +274,49 @@ fn info_and_config_replies_use_their_attribute_spaces() {
 #[test]
 fn missing_required_attributes_are_errors_naming_them() {
     let err = service_from_attrs(&[ServiceAttr::Protocol(6)]).unwrap_err();
-    assert!(err.contains("address family"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Missing {
+            object: "service",
+            attr: "address family (IPVS_SVC_ATTR_AF)"
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "service without address family (IPVS_SVC_ATTR_AF)"
+    );
     let err = service_from_attrs(&[ServiceAttr::Af(2), ServiceAttr::Protocol(99)]).unwrap_err();
-    assert!(err.contains("protocol 99"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Unknown {
+            object: "service",
+            attr: "unknown protocol",
+            value: 99
+        }
+    );
+    assert_eq!(err.to_string(), "service with unknown protocol 99");
     let err = destination_from_attrs(&[DestAttr::Port(1)], AddressFamily::Inet).unwrap_err();
-    assert!(err.contains("address"), "{err}");
+    assert_eq!(
+        err,
+        AttrError::Missing {
+            object: "destination",
+            attr: "address"
+        }
+    );
+    let short = [DestAttr::Addr(vec![10, 0]), DestAttr::Port(1)];
+    let err = destination_from_attrs(&short, AddressFamily::Inet).unwrap_err();
+    assert_eq!(
+        err,
+        AttrError::AddressLength {
+            len: 2,
+            family: AddressFamily::Inet
+        }
+    );
+    let key = ServiceKey::tcp(ip("10.0.0.1"), 80);
+    assert_eq!(
+        service_from_attrs(&service_key_attrs(&key)).unwrap_err(),
+        AttrError::NoScheduler { service: key }
+    );
     let err = parse_body(1, &nla(1, &nla(4, &[1, 2, 3]))).unwrap_err();
     assert!(err.to_string().contains("port"), "{err}");
 }
@@ -368,21 +400,21 @@ impl Rng {
 fn garbage_never_panics() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut valid = Vec::new();
+    // One dump part: the genl header (command, version 1) then the attribute.
+    let part = |cmd: Command, attr: Attr| {
+        let msg = IpvsMessage::new(cmd, vec![attr]);
+        let mut payload = vec![cmd.number(), 1, 0, 0];
+        payload.extend(emit_attrs(&msg));
+        netlink(0x25, NLM_F_MULTIPART, 1, &payload)
+    };
     for svc in sample_services() {
-        let mut payload = vec![1, 1, 0, 0];
-        payload.extend(emit_attrs(&IpvsMessage::new(
+        valid.push(part(
             Command::NewService,
-            vec![Attr::Service(service_reply_attrs(&svc))],
-        )));
-        valid.push(netlink(0x25, NLM_F_MULTIPART, 1, &payload));
+            Attr::Service(service_reply_attrs(&svc)),
+        ));
     }
     for dest in sample_destinations() {
-        let mut payload = vec![5, 1, 0, 0];
-        payload.extend(emit_attrs(&IpvsMessage::new(
-            Command::NewDest,
-            vec![Attr::Dest(dest_reply_attrs(&dest))],
-        )));
-        valid.push(netlink(0x25, NLM_F_MULTIPART, 1, &payload));
+        valid.push(part(Command::NewDest, Attr::Dest(dest_reply_attrs(&dest))));
     }
     let mut decoded_ok = 0;
     for round in 0..20_000 {
@@ -458,5 +490,5 @@ fn sync_daemon_round_trips_and_defaults_stay_unsent() {
     };
     assert_eq!(daemon_from_attrs(attrs).unwrap(), daemon);
     let err = daemon_from_attrs(&[DaemonAttr::State(3)]).unwrap_err();
-    assert!(err.contains("state 3"), "{err}");
+    assert_eq!(err.to_string(), "sync daemon with state 3");
 }

@@ -27,6 +27,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 
+use crate::error::AttrError;
 use crate::model::{
     AddressFamily, DaemonState, Destination, ForwardMethod, Info, Protocol, Service, ServiceFlags,
     ServiceKey, Stats, SyncDaemon, Timeouts, TunnelType,
@@ -839,7 +840,23 @@ fn addr_attr_bytes(addr: &IpAddr) -> Vec<u8> {
     bytes
 }
 
-fn addr_from_bytes(family: AddressFamily, bytes: &[u8]) -> Result<IpAddr, String> {
+const SERVICE: &str = "service";
+const DESTINATION: &str = "destination";
+const DAEMON: &str = "sync daemon";
+
+fn missing(object: &'static str, attr: &'static str) -> AttrError {
+    AttrError::Missing { object, attr }
+}
+
+fn unknown(object: &'static str, attr: &'static str, value: u32) -> AttrError {
+    AttrError::Unknown {
+        object,
+        attr,
+        value,
+    }
+}
+
+fn addr_from_bytes(family: AddressFamily, bytes: &[u8]) -> Result<IpAddr, AttrError> {
     match family {
         AddressFamily::Inet if bytes.len() >= 4 => {
             let octets: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
@@ -849,10 +866,10 @@ fn addr_from_bytes(family: AddressFamily, bytes: &[u8]) -> Result<IpAddr, String
             let octets: [u8; 16] = bytes.try_into().expect("16 bytes");
             Ok(IpAddr::V6(Ipv6Addr::from(octets)))
         }
-        _ => Err(format!(
-            "address of {} bytes for family {family:?}",
-            bytes.len()
-        )),
+        _ => Err(AttrError::AddressLength {
+            len: bytes.len(),
+            family,
+        }),
     }
 }
 
@@ -964,7 +981,7 @@ pub fn stats64_attrs(stats: &Stats) -> Vec<StatsAttr> {
 }
 
 /// Read a service from its attributes (a GET_SERVICE reply). `STATS64` wins over `STATS`.
-pub fn service_from_attrs(attrs: &[ServiceAttr]) -> Result<Service, String> {
+pub fn service_from_attrs(attrs: &[ServiceAttr]) -> Result<Service, AttrError> {
     let mut af = None;
     let mut protocol = None;
     let mut addr = None;
@@ -994,17 +1011,20 @@ pub fn service_from_attrs(attrs: &[ServiceAttr]) -> Result<Service, String> {
             ServiceAttr::Other(_) => {}
         }
     }
-    let af = af.ok_or("service without address family (IPVS_SVC_ATTR_AF)")?;
-    let family = AddressFamily::from_number(af)
-        .ok_or_else(|| format!("service with address family {af}"))?;
+    let af = af.ok_or(missing(SERVICE, "address family (IPVS_SVC_ATTR_AF)"))?;
+    let family =
+        AddressFamily::from_number(af).ok_or(unknown(SERVICE, "address family", af.into()))?;
     let key = match fwmark {
         Some(mark) if mark != 0 => ServiceKey::Fwmark { family, mark },
         _ => {
-            let number = protocol.ok_or("service without protocol or fwmark")?;
-            let protocol = Protocol::from_number(number)
-                .ok_or_else(|| format!("service with unknown protocol {number}"))?;
-            let addr = addr_from_bytes(family, addr.ok_or("service without address")?)?;
-            let port = port.ok_or("service without port")?;
+            let number = protocol.ok_or(missing(SERVICE, "protocol or fwmark"))?;
+            let protocol = Protocol::from_number(number).ok_or(unknown(
+                SERVICE,
+                "unknown protocol",
+                number.into(),
+            ))?;
+            let addr = addr_from_bytes(family, addr.ok_or(missing(SERVICE, "address"))?)?;
+            let port = port.ok_or(missing(SERVICE, "port"))?;
             ServiceKey::Inet {
                 protocol,
                 addr,
@@ -1018,7 +1038,7 @@ pub fn service_from_attrs(attrs: &[ServiceAttr]) -> Result<Service, String> {
     };
     Ok(Service {
         key,
-        scheduler: scheduler.ok_or_else(|| format!("service {key} without scheduler name"))?,
+        scheduler: scheduler.ok_or(AttrError::NoScheduler { service: key })?,
         flags: ServiceFlags(flags),
         timeout,
         netmask,
@@ -1060,7 +1080,7 @@ pub fn destination_attrs(dest: &Destination) -> Vec<DestAttr> {
 pub fn destination_from_attrs(
     attrs: &[DestAttr],
     service_family: AddressFamily,
-) -> Result<Destination, String> {
+) -> Result<Destination, AttrError> {
     let mut family = service_family;
     let mut addr = None;
     let mut port = None;
@@ -1082,8 +1102,11 @@ pub fn destination_from_attrs(
             DestAttr::Stats(s) => stats32 = Some(s.as_slice()),
             DestAttr::Stats64(s) => stats64 = Some(s.as_slice()),
             DestAttr::AddrFamily(af) => {
-                family = AddressFamily::from_number(*af)
-                    .ok_or_else(|| format!("destination with address family {af}"))?
+                family = AddressFamily::from_number(*af).ok_or(unknown(
+                    DESTINATION,
+                    "address family",
+                    (*af).into(),
+                ))?
             }
             DestAttr::TunType(t) => dest.tunnel.kind = TunnelType::from_number(*t),
             DestAttr::TunPort(p) => dest.tunnel.port = *p,
@@ -1091,10 +1114,13 @@ pub fn destination_from_attrs(
             DestAttr::Other(_) => {}
         }
     }
-    dest.addr = addr_from_bytes(family, addr.ok_or("destination without address")?)?;
-    dest.port = port.ok_or("destination without port")?;
-    dest.forward = ForwardMethod::from_number(forward)
-        .ok_or_else(|| format!("destination with forwarding method {forward}"))?;
+    dest.addr = addr_from_bytes(family, addr.ok_or(missing(DESTINATION, "address"))?)?;
+    dest.port = port.ok_or(missing(DESTINATION, "port"))?;
+    dest.forward = ForwardMethod::from_number(forward).ok_or(unknown(
+        DESTINATION,
+        "forwarding method",
+        forward,
+    ))?;
     dest.stats = stats64
         .or(stats32)
         .map(stats_from_attrs)
@@ -1111,7 +1137,7 @@ pub fn service_reply_attrs(service: &Service) -> Vec<ServiceAttr> {
 }
 
 /// Read GET_INFO's reply.
-pub fn info_from_attrs(attrs: &[Attr]) -> Result<Info, String> {
+pub fn info_from_attrs(attrs: &[Attr]) -> Result<Info, AttrError> {
     let mut version = None;
     let mut size = None;
     for attr in attrs {
@@ -1122,13 +1148,13 @@ pub fn info_from_attrs(attrs: &[Attr]) -> Result<Info, String> {
         }
     }
     Ok(Info {
-        version: version.ok_or("info without version")?,
-        conn_table_size: size.ok_or("info without connection table size")?,
+        version: version.ok_or(missing("info", "version"))?,
+        conn_table_size: size.ok_or(missing("info", "connection table size"))?,
     })
 }
 
 /// Read GET_CONFIG's reply.
-pub fn timeouts_from_attrs(attrs: &[Attr]) -> Result<Timeouts, String> {
+pub fn timeouts_from_attrs(attrs: &[Attr]) -> Result<Timeouts, AttrError> {
     let mut t = (None, None, None);
     for attr in attrs {
         match attr {
@@ -1139,9 +1165,9 @@ pub fn timeouts_from_attrs(attrs: &[Attr]) -> Result<Timeouts, String> {
         }
     }
     Ok(Timeouts {
-        tcp: t.0.ok_or("config without TCP timeout")?,
-        tcp_fin: t.1.ok_or("config without TCP FIN timeout")?,
-        udp: t.2.ok_or("config without UDP timeout")?,
+        tcp: t.0.ok_or(missing("config", "TCP timeout"))?,
+        tcp_fin: t.1.ok_or(missing("config", "TCP FIN timeout"))?,
+        udp: t.2.ok_or(missing("config", "UDP timeout"))?,
     })
 }
 
@@ -1179,7 +1205,7 @@ pub fn daemon_attrs(d: &SyncDaemon) -> Vec<DaemonAttr> {
 }
 
 /// Read a sync daemon from its attributes (a GET_DAEMON reply).
-pub fn daemon_from_attrs(attrs: &[DaemonAttr]) -> Result<SyncDaemon, String> {
+pub fn daemon_from_attrs(attrs: &[DaemonAttr]) -> Result<SyncDaemon, AttrError> {
     let mut state = None;
     let mut ifn = None;
     let mut syncid = None;
@@ -1187,10 +1213,7 @@ pub fn daemon_from_attrs(attrs: &[DaemonAttr]) -> Result<SyncDaemon, String> {
     for attr in attrs {
         match attr {
             DaemonAttr::State(n) => {
-                state = Some(
-                    DaemonState::from_number(*n)
-                        .ok_or_else(|| format!("sync daemon with state {n}"))?,
-                )
+                state = Some(DaemonState::from_number(*n).ok_or(unknown(DAEMON, "state", *n))?)
             }
             DaemonAttr::McastIfn(s) => ifn = Some(s.clone()),
             DaemonAttr::SyncId(n) => syncid = Some(*n),
@@ -1202,9 +1225,9 @@ pub fn daemon_from_attrs(attrs: &[DaemonAttr]) -> Result<SyncDaemon, String> {
             DaemonAttr::Other(_) => {}
         }
     }
-    d.state = state.ok_or("sync daemon without state")?;
-    d.mcast_interface = ifn.ok_or("sync daemon without interface")?;
-    d.syncid = syncid.ok_or("sync daemon without sync id")?;
+    d.state = state.ok_or(missing(DAEMON, "state"))?;
+    d.mcast_interface = ifn.ok_or(missing(DAEMON, "interface"))?;
+    d.syncid = syncid.ok_or(missing(DAEMON, "sync id"))?;
     Ok(d)
 }
 
@@ -1299,5 +1322,4 @@ where
 }
 
 #[cfg(test)]
-#[path = "codec_tests.rs"]
 mod tests;

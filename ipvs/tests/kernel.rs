@@ -9,8 +9,11 @@
 //! They need the IPVS kernel and run in the VM (`cargo xtask vm-test --filter ipvs_kernel`);
 //! `client_new_matches_ipvs_availability` also runs on the host.
 
+mod common;
+
 /// Named `ipvs_kernel::*` so `cargo xtask vm-test --filter ipvs_kernel` selects them.
 mod ipvs_kernel {
+    use super::common::{self, ip};
 
     use std::net::IpAddr;
     use std::os::unix::process::CommandExt;
@@ -18,14 +21,10 @@ mod ipvs_kernel {
 
     use ipvs::{
         AddressFamily, Client, DaemonState, Destination, Error, ForwardMethod, Protocol, Service,
-        ServiceFlags, ServiceKey, SyncDaemon, Timeouts, Tunnel, TunnelType,
+        ServiceFlags, ServiceKey, SyncDaemon, Timeouts,
     };
 
     const IPVSADM: &str = "/usr/sbin/ipvsadm";
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
 
     /// Run iproute2 `ip` in the calling thread's namespace (children inherit it).
     fn ip_cmd(args: &[&str]) {
@@ -91,6 +90,28 @@ mod ipvs_kernel {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// `ipvsadm -Sn` shows each of `lines` (a trailing `\n` pins the end of a line).
+    fn assert_saved(lines: &[&str]) {
+        let saved = ipvsadm_save().join("\n");
+        for line in lines {
+            assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
+        }
+    }
+
+    /// The service's counters and its first real server's are zero; that real server.
+    fn assert_zeroed(ipvs: &mut Client, key: &ServiceKey) -> Destination {
+        let svc = ipvs.service(key).unwrap();
+        assert_eq!(
+            (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
+            (0, 0, 0),
+            "{:?}",
+            svc.stats
+        );
+        let dest = ipvs.destinations(key).unwrap().remove(0);
+        assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+        dest
     }
 
     fn ipvsadm(args: &[&str]) {
@@ -179,21 +200,14 @@ mod ipvs_kernel {
                 assert_eq!(one.netmask, ipvs::default_netmask(one.key.family()));
             }
             // ipvsadm, reading the same table, agrees on addresses, ports (byte order) and marks.
-            let saved = ipvsadm_save();
-            for line in [
+            assert_saved(&[
                 "-A -t 10.20.0.1:8000 -s rr",
                 "-A -u 10.20.0.1:8001 -s rr",
                 "--sctp-service 10.20.0.1:8002 -s rr",
                 "-A -t [2001:db8::1]:8000 -s rr",
                 "-A -f 65537 -s wlc",
                 "-A -f 65537 -6 -s wlc",
-            ] {
-                assert!(
-                    saved.iter().any(|l| l.contains(line)),
-                    "ipvsadm -Sn lacks {line:?}:\n{}",
-                    saved.join("\n")
-                );
-            }
+            ]);
             for key in &expected {
                 ipvs.delete_service(key).unwrap();
             }
@@ -265,14 +279,11 @@ mod ipvs_kernel {
             assert!(got.flags.contains(ServiceFlags::MH_PORT));
             assert!(!got.flags.contains(ServiceFlags::MH_FALLBACK));
 
-            let saved = ipvsadm_save().join("\n");
-            for line in [
+            assert_saved(&[
                 "-A -t 10.20.2.1:443 -s wlc -p 600 -M 255.255.255.0",
                 "-A -u 10.20.2.1:53 -s rr -o",
                 "-A -t 10.20.2.1:80 -s sh -b sh-fallback,sh-port",
-            ] {
-                assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
-            }
+            ]);
         });
     }
 
@@ -304,22 +315,11 @@ mod ipvs_kernel {
             ipvs.add_service(&Service::new(key, "wrr")).unwrap();
             assert_eq!(ipvs.destinations(&key).unwrap(), vec![]);
 
-            let mut masq = Destination::new(ip("10.20.4.10"), 8080);
-            masq.weight = 3;
-            masq.upper_threshold = 1000;
-            masq.lower_threshold = 100;
-            let mut route = Destination::new(ip("10.20.4.11"), 80);
-            route.forward = ForwardMethod::DirectRoute;
-            route.weight = 65535;
+            let masq = common::masq_destination(ip("10.20.4.10"), 8080, 3, (1000, 100));
+            let route = common::route_destination(ip("10.20.4.11"), 80, 65535);
             let mut ipip = Destination::new(ip("10.20.4.12"), 80);
             ipip.forward = ForwardMethod::Tunnel;
-            let mut gue = Destination::new(ip("10.20.4.13"), 80);
-            gue.forward = ForwardMethod::Tunnel;
-            gue.tunnel = Tunnel {
-                kind: TunnelType::Gue,
-                port: 6080,
-                flags: 0x1,
-            };
+            let gue = common::gue_destination(ip("10.20.4.13"));
             let added = [masq, route, ipip, gue];
             for dest in &added {
                 ipvs.add_destination(&key, dest).unwrap();
@@ -344,15 +344,12 @@ mod ipvs_kernel {
                     assert_eq!(got.tunnel, want.tunnel, "{got:?}");
                 }
             }
-            let saved = ipvsadm_save().join("\n");
-            for line in [
+            assert_saved(&[
                 "-a -t 10.20.4.1:80 -r 10.20.4.10:8080 -m -w 3\n",
                 "-a -t 10.20.4.1:80 -r 10.20.4.11:80 -g -w 65535",
                 "-a -t 10.20.4.1:80 -r 10.20.4.12:80 -i -w 1 --tun-type ipip",
                 "-a -t 10.20.4.1:80 -r 10.20.4.13:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-csum",
-            ] {
-                assert!(saved.contains(line), "ipvsadm -Sn lacks {line:?}:\n{saved}");
-            }
+            ]);
         });
     }
 
@@ -568,15 +565,7 @@ mod ipvs_kernel {
 
             // Zeroing one service clears its counters and its real servers', not the other's.
             ipvs.zero(Some(&key)).unwrap();
-            let svc = ipvs.service(&key).unwrap();
-            assert_eq!(
-                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
-                (0, 0, 0),
-                "{:?}",
-                svc.stats
-            );
-            let dest = &ipvs.destinations(&key).unwrap()[0];
-            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+            let dest = assert_zeroed(ipvs, &key);
             // Zeroing counters leaves the connection table alone.
             assert_eq!(dest.active_conns, CONNECTIONS as u32, "{dest:?}");
             assert_eq!(
@@ -587,15 +576,7 @@ mod ipvs_kernel {
 
             // Zeroing everything clears the other service too.
             ipvs.zero(None).unwrap();
-            let svc = ipvs.service(&other).unwrap();
-            assert_eq!(
-                (svc.stats.conns, svc.stats.inpkts, svc.stats.inbytes),
-                (0, 0, 0),
-                "{:?}",
-                svc.stats
-            );
-            let dest = &ipvs.destinations(&other).unwrap()[0];
-            assert_eq!(dest.stats.conns, 0, "{:?}", dest.stats);
+            assert_zeroed(ipvs, &other);
 
             drop(clients);
             close_tx.send(()).unwrap();

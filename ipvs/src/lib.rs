@@ -25,12 +25,13 @@
 //! # Ok::<(), ipvs::Error>(())
 //! ```
 
-pub mod cli;
+#![forbid(unsafe_code)]
+
 mod client;
 pub mod codec;
 mod error;
 pub mod model;
 
 pub use client::Client;
-pub use error::{Error, Result};
+pub use error::{AttrError, Error, Result};
 pub use model::*;

@@ -235,6 +235,11 @@ impl ServiceFlags {
         self.0 & other.0 == other.0
     }
 
+    /// Whether any bit of `other` is set.
+    pub const fn intersects(self, other: ServiceFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Set the bits of `other`.
     pub fn insert(&mut self, other: ServiceFlags) {
         self.0 |= other.0;
@@ -461,6 +466,22 @@ pub struct Tunnel {
     pub flags: u16,
 }
 
+impl Tunnel {
+    /// Flag: checksum the outer header (`--tun-csum`).
+    pub const CSUM: u16 = 0x1;
+    /// Flag: remote checksum offload (`--tun-remcsum`).
+    pub const REMCSUM: u16 = 0x2;
+
+    /// Generic UDP encapsulation to UDP `port` with `flags` ([`Tunnel::CSUM`], ...).
+    pub fn gue(port: u16, flags: u16) -> Tunnel {
+        Tunnel {
+            kind: TunnelType::Gue,
+            port,
+            flags,
+        }
+    }
+}
+
 /// A destination (real server) of a service.
 ///
 /// When adding or editing, `addr`, `port`, `forward`, `weight`, the thresholds and
@@ -506,6 +527,15 @@ impl Destination {
             persistent_conns: 0,
             stats: Stats::default(),
             tunnel: Tunnel::default(),
+        }
+    }
+
+    /// A tunnelled destination (ipvsadm's `-i`) of weight 1 with `tunnel` encapsulation.
+    pub fn tunnelled(addr: IpAddr, port: u16, tunnel: Tunnel) -> Destination {
+        Destination {
+            forward: ForwardMethod::Tunnel,
+            tunnel,
+            ..Destination::new(addr, port)
         }
     }
 

@@ -11,7 +11,7 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
 use crate::codec::{self, Attr, Command, IpvsMessage, Reply};
-use crate::error::{Error, Result};
+use crate::error::{AttrError, Error, Result};
 use crate::model::{DaemonState, Destination, Info, Service, ServiceKey, SyncDaemon, Timeouts};
 
 // Linux errno values the kernel's IPVS code returns (asm-generic/errno-base.h).
@@ -271,26 +271,19 @@ impl Client {
     /// [`Error::UnknownScheduler`] if the kernel has no such scheduler (or, with a
     /// `pe_name`, no such persistence engine: the kernel answers both with ENOENT).
     pub fn add_service(&mut self, service: &Service) -> Result<()> {
-        let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(
-            Command::NewService,
-            attrs,
-            false,
-            Target::NewService(service),
-        )?;
-        Ok(())
+        self.send_service(Command::NewService, service)
     }
 
     /// Change a service's scheduler, flags, persistence (`ipvsadm -E`); the service is
     /// found by `service.key`. [`Error::ServiceNotFound`], [`Error::UnknownScheduler`].
     pub fn edit_service(&mut self, service: &Service) -> Result<()> {
+        self.send_service(Command::SetService, service)
+    }
+
+    /// NEW_SERVICE or SET_SERVICE with every field of `service`.
+    fn send_service(&mut self, cmd: Command, service: &Service) -> Result<()> {
         let attrs = vec![Attr::Service(codec::service_attrs(service))];
-        self.execute(
-            Command::SetService,
-            attrs,
-            false,
-            Target::NewService(service),
-        )?;
+        self.execute(cmd, attrs, false, Target::NewService(service))?;
         Ok(())
     }
 
@@ -316,13 +309,8 @@ impl Client {
         for msg in &replies {
             for attr in &msg.attrs {
                 if let Attr::Dest(dest_attrs) = attr {
-                    let dest =
-                        codec::destination_from_attrs(dest_attrs, family).map_err(|reason| {
-                            Error::Decode {
-                                op: cmd.name(),
-                                reason,
-                            }
-                        })?;
+                    let dest = codec::destination_from_attrs(dest_attrs, family)
+                        .map_err(attributes_error(cmd))?;
                     dests.push(dest);
                 }
             }
@@ -401,24 +389,23 @@ impl Client {
 
     /// Version and connection table size.
     pub fn info(&mut self) -> Result<Info> {
-        let cmd = Command::GetInfo;
-        let replies = self.execute(cmd, vec![], false, Target::None)?;
-        let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::info_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
-            op: cmd.name(),
-            reason,
-        })
+        self.get_global(Command::GetInfo, codec::info_from_attrs)
     }
 
     /// Connection timeouts (`ipvsadm -L --timeout`).
     pub fn timeouts(&mut self) -> Result<Timeouts> {
-        let cmd = Command::GetConfig;
+        self.get_global(Command::GetConfig, codec::timeouts_from_attrs)
+    }
+
+    /// A command without arguments whose one reply message is read by `read`.
+    fn get_global<T>(
+        &mut self,
+        cmd: Command,
+        read: fn(&[Attr]) -> Result<T, AttrError>,
+    ) -> Result<T> {
         let replies = self.execute(cmd, vec![], false, Target::None)?;
         let msg = replies.first().ok_or_else(|| no_reply(cmd))?;
-        codec::timeouts_from_attrs(&msg.attrs).map_err(|reason| Error::Decode {
-            op: cmd.name(),
-            reason,
-        })
+        read(&msg.attrs).map_err(attributes_error(cmd))
     }
 
     /// Set connection timeouts (`ipvsadm --set`); a 0 field is left unchanged.
@@ -449,12 +436,7 @@ impl Client {
         for msg in self.execute(cmd, vec![], true, Target::None)? {
             for attr in &msg.attrs {
                 if let Attr::Daemon(attrs) = attr {
-                    daemons.push(codec::daemon_from_attrs(attrs).map_err(|reason| {
-                        Error::Decode {
-                            op: cmd.name(),
-                            reason,
-                        }
-                    })?);
+                    daemons.push(codec::daemon_from_attrs(attrs).map_err(attributes_error(cmd))?);
                 }
             }
         }
@@ -500,10 +482,15 @@ fn service_of(cmd: Command, msg: &IpvsMessage) -> Result<Service> {
             op: cmd.name(),
             reason: "reply without IPVS_CMD_ATTR_SERVICE".into(),
         })?;
-    codec::service_from_attrs(attrs).map_err(|reason| Error::Decode {
+    codec::service_from_attrs(attrs).map_err(attributes_error(cmd))
+}
+
+/// The error for a reply whose attributes do not read as the object asked for.
+fn attributes_error(cmd: Command) -> impl FnOnce(AttrError) -> Error {
+    move |source| Error::Attributes {
         op: cmd.name(),
-        reason,
-    })
+        source,
+    }
 }
 
 fn no_reply(cmd: Command) -> Error {
@@ -514,72 +501,4 @@ fn no_reply(cmd: Command) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Destination;
-
-    #[test]
-    fn enoent_means_scheduler_for_services_and_destination_for_destinations() {
-        let key = ServiceKey::tcp("10.0.0.1".parse().unwrap(), 80);
-        let svc = Service::new(key, "nope");
-        let err = kernel_error(Command::NewService, ENOENT, Target::NewService(&svc));
-        assert!(
-            matches!(&err, Error::UnknownScheduler { name, op: "NEW_SERVICE" } if name == "nope"),
-            "{err:?}"
-        );
-        let dest = Destination::new("10.0.1.1".parse().unwrap(), 8080);
-        let target = Target::Destination(&key, dest.addr, dest.port);
-        let err = kernel_error(Command::DelDest, ENOENT, target);
-        assert!(
-            matches!(err, Error::DestinationNotFound { port: 8080, .. }),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "DEL_DEST: no such destination 10.0.1.1:8080 in service TCP 10.0.0.1:80"
-        );
-    }
-
-    #[test]
-    fn other_errnos_map_to_typed_errors() {
-        let key = ServiceKey::udp("2001:db8::1".parse().unwrap(), 53);
-        let svc = Service::new(key, "rr");
-        let err = kernel_error(Command::DelService, ESRCH, Target::Service(&key));
-        assert_eq!(
-            err.to_string(),
-            "DEL_SERVICE: no such service: UDP [2001:db8::1]:53"
-        );
-        let err = kernel_error(
-            Command::NewDest,
-            ESRCH,
-            Target::Destination(&key, key_addr(), 1),
-        );
-        assert!(matches!(err, Error::ServiceNotFound { .. }), "{err:?}");
-        let err = kernel_error(Command::NewService, EEXIST, Target::NewService(&svc));
-        assert_eq!(
-            err.to_string(),
-            "NEW_SERVICE: service UDP [2001:db8::1]:53 already exists"
-        );
-        let err = kernel_error(Command::GetService, EPERM, Target::None);
-        assert!(matches!(err, Error::PermissionDenied { op: "GET_SERVICE" }));
-        let err = kernel_error(Command::Flush, 22, Target::None);
-        assert!(matches!(
-            err,
-            Error::Kernel {
-                errno: 22,
-                op: "FLUSH"
-            }
-        ));
-        assert!(err.to_string().contains("Invalid argument"), "{err}");
-    }
-
-    #[test]
-    fn client_can_move_to_a_blocking_thread() {
-        fn send<T: Send>() {}
-        send::<Client>();
-    }
-
-    fn key_addr() -> IpAddr {
-        "2001:db8::2".parse().unwrap()
-    }
-}
+mod tests;
