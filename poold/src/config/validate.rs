@@ -344,26 +344,56 @@ fn valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// One service's problems, each located by its key (`service[2].health.timeout`).
+struct ServiceProblems<'a> {
+    index: usize,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl ServiceProblems<'_> {
+    fn at(&self, key: &str) -> KeyPath {
+        KeyPath::service(self.index).key(key)
+    }
+
+    fn sub(&self, table: &str, key: &str) -> KeyPath {
+        KeyPath::service(self.index).key(table).key(key)
+    }
+
+    fn push(&mut self, key: KeyPath, message: String) {
+        self.problems.push(problem(key, message));
+    }
+}
+
+/// Every check of one `[[service]]`, step by step.
 fn validate_service(
     config: &Config,
     index: usize,
     service: &ServiceConfig,
     problems: &mut Vec<Problem>,
 ) {
-    let at = |key: &str| KeyPath::service(index).key(key);
-    let sub = |table: &str, key: &str| KeyPath::service(index).key(table).key(key);
-    let mut push = |key: KeyPath, message: String| problems.push(problem(key, message));
+    let mut out = ServiceProblems { index, problems };
+    check_identity(&mut out, service);
+    check_listen(&mut out, config, service);
+    check_program(&mut out, service);
+    check_syscalls_and_ids(&mut out, service);
+    check_limits(&mut out, service);
+    check_health(&mut out, service);
+    check_recycle(&mut out, service);
+    check_backoff(&mut out, service);
+}
 
+/// The service's name, size and weight, its port and scheduler.
+fn check_identity(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     if !valid_service_name(&service.name) {
-        push(at("name"), format!("{:?}: use 1 to 32 characters from a-z, A-Z, 0-9, '-' and '_' (it names cgroups and links)", service.name));
+        out.push(out.at("name"), format!("{:?}: use 1 to 32 characters from a-z, A-Z, 0-9, '-' and '_' (it names cgroups and links)", service.name));
     }
     if service.workers == 0 {
-        push(at("workers"), "must be at least 1".into());
+        out.push(out.at("workers"), "must be at least 1".into());
     }
     if let Some(min_ready) = service.min_ready {
         if min_ready == 0 || min_ready > service.workers {
-            push(
-                at("min_ready"),
+            out.push(
+                out.at("min_ready"),
                 format!(
                     "{min_ready} is out of range: from 1 to workers ({})",
                     service.workers
@@ -372,8 +402,8 @@ fn validate_service(
         }
     }
     if service.weight == 0 || service.weight > 65535 {
-        push(
-            at("weight"),
+        out.push(
+            out.at("weight"),
             format!(
                 "{} is out of range: a ready worker's weight is 1 to 65535 (0 means drained)",
                 service.weight
@@ -381,17 +411,35 @@ fn validate_service(
         );
     }
     if service.port == 0 {
-        push(at("port"), "must be a port number from 1 to 65535".into());
+        out.push(
+            out.at("port"),
+            "must be a port number from 1 to 65535".into(),
+        );
     }
+    if !IPVS_SCHEDULERS.contains(&service.scheduler.as_str()) {
+        out.push(
+            out.at("scheduler"),
+            format!(
+                "unknown scheduler {:?}; expected one of {}",
+                service.scheduler,
+                IPVS_SCHEDULERS.join(", ")
+            ),
+        );
+    }
+}
+
+/// The virtual address: a concrete IPv4 address and port, outside the worker subnet, and
+/// not loopback for IPVS.
+fn check_listen(out: &mut ServiceProblems<'_>, config: &Config, service: &ServiceConfig) {
     if service.listen.port() == 0 {
-        push(
-            at("listen"),
+        out.push(
+            out.at("listen"),
             format!("{}: the port must be from 1 to 65535", service.listen),
         );
     }
     if service.listen.ip().is_unspecified() {
-        push(
-            at("listen"),
+        out.push(
+            out.at("listen"),
             format!(
                 "{}: a virtual service needs a concrete address, not 0.0.0.0",
                 service.listen
@@ -399,8 +447,8 @@ fn validate_service(
         );
     }
     if !service.listen.is_ipv4() {
-        push(
-            at("listen"),
+        out.push(
+            out.at("listen"),
             format!(
                 "{}: only IPv4 virtual addresses are supported",
                 service.listen
@@ -409,8 +457,7 @@ fn validate_service(
     }
     if let IpAddr::V4(ip) = service.listen.ip() {
         if config.network.subnet.contains(&ip) {
-            push(
-                at("listen"),
+            out.push(out.at("listen"),
                 format!(
                     "{} is inside the worker subnet {} (network.subnet); pick a virtual address outside it",
                     service.listen, config.network.subnet
@@ -419,8 +466,7 @@ fn validate_service(
         }
     }
     if config.daemon.balancer == BalancerChoice::Ipvs && is_loopback(service.listen.ip()) {
-        push(
-            at("listen"),
+        out.push(out.at("listen"),
             format!(
                 "{} is a loopback address, which cannot be an IPVS virtual address: the kernel drops \
                  loopback-sourced packets that MASQ routes to another network namespace. Use an \
@@ -431,30 +477,24 @@ fn validate_service(
             ),
         );
     }
-    if !super::validate::IPVS_SCHEDULERS.contains(&service.scheduler.as_str()) {
-        push(
-            at("scheduler"),
-            format!(
-                "unknown scheduler {:?}; expected one of {}",
-                service.scheduler,
-                IPVS_SCHEDULERS.join(", ")
-            ),
-        );
-    }
+}
+
+/// What runs: the root filesystem, the command, its environment, user and isolation
+/// settings.
+fn check_program(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     match service.rootfs_source() {
         RootfsSource::Host => {}
         RootfsSource::Directory(path) | RootfsSource::Tarball(path) => {
             if !path.is_absolute() {
-                push(at("rootfs"), format!("{:?}: expected \"host\" or an absolute path to a directory or a .tar/.tar.gz/.tgz archive", service.rootfs));
+                out.push(out.at("rootfs"), format!("{:?}: expected \"host\" or an absolute path to a directory or a .tar/.tar.gz/.tgz archive", service.rootfs));
             }
         }
     }
     match service.command.first() {
-        None => push(at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
-        Some(program) if program.is_empty() => push(at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
+        None => out.push(out.at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
+        Some(program) if program.is_empty() => out.push(out.at("command"), "must name the program to run, e.g. [\"/usr/bin/python3\", \"-m\", \"http.server\", \"8080\"]".into()),
         // No PATH search: the program that runs is the one the config names.
-        Some(program) if !program.starts_with('/') => push(
-            at("command"),
+        Some(program) if !program.starts_with('/') => out.push(out.at("command"),
             format!(
                 "{program:?} is not an absolute path: name the program by its full path inside \
                  the root filesystem, e.g. \"/usr/bin/{}\"",
@@ -465,28 +505,31 @@ fn validate_service(
     }
     for key in service.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            push(
-                sub("env", key),
+            out.push(
+                out.sub("env", key),
                 "environment variable names must be non-empty without '=' or NUL".into(),
             );
         }
     }
-    for (key, message) in super::isolation::problems(index, service) {
-        push(key, message);
+    for (key, message) in super::isolation::problems(out.index, service) {
+        out.push(key, message);
     }
     if let Some(user) = &service.user {
         if user.is_empty() {
-            push(
-                at("user"),
+            out.push(
+                out.at("user"),
                 "must be a user name or uid[:gid]; leave it out to run as root".into(),
             );
         }
     }
+}
 
+/// The seccomp allow-list and the user namespace's ids.
+fn check_syscalls_and_ids(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     for (index, name) in service.seccomp_allow.iter().enumerate() {
         if !crate::sandbox::is_known_syscall(name) {
-            push(
-                at("seccomp_allow").index(index),
+            out.push(
+                out.at("seccomp_allow").index(index),
                 format!(
                     "{name:?} is not a syscall name on {}",
                     std::env::consts::ARCH
@@ -497,37 +540,40 @@ fn validate_service(
     if service.seccomp == crate::sandbox::SeccompMode::Unconfined
         && !service.seccomp_allow.is_empty()
     {
-        push(
-            at("seccomp_allow"),
+        out.push(
+            out.at("seccomp_allow"),
             "has no effect with seccomp = \"unconfined\"".into(),
         );
     }
 
     match (service.user_namespace, service.userns_base) {
-        (true, None) => push(
-            at("user_namespace"),
+        (true, None) => out.push(
+            out.at("user_namespace"),
             "needs userns_base, the first of the 65536 host ids the workers get".into(),
         ),
-        (true, Some(base)) if !(USERNS_IDS..=u32::MAX - USERNS_IDS).contains(&base) => push(
-            at("userns_base"),
+        (true, Some(base)) if !(USERNS_IDS..=u32::MAX - USERNS_IDS).contains(&base) => out.push(
+            out.at("userns_base"),
             format!(
                 "{base}: expected {USERNS_IDS} ..= {} (above the host's own users, \
                  and room for {USERNS_IDS} ids below 2^32 - 1)",
                 u32::MAX - USERNS_IDS
             ),
         ),
-        (false, Some(_)) => push(
-            at("userns_base"),
+        (false, Some(_)) => out.push(
+            out.at("userns_base"),
             "has no effect without user_namespace = true".into(),
         ),
         _ => {}
     }
+}
 
+/// `[service.limits]`.
+fn check_limits(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     let limits = &service.limits;
     if let Some(memory) = limits.memory {
         if memory.bytes() < 4 << 20 {
-            push(
-                sub("limits", "memory"),
+            out.push(
+                out.sub("limits", "memory"),
                 format!("{memory} is below the 4M minimum"),
             );
         }
@@ -535,8 +581,8 @@ fn validate_service(
     if let Some(cpu) = limits.cpu {
         // NaN fails both comparisons.
         if !(MIN_CPU..=MAX_CPU).contains(&cpu) {
-            push(
-                sub("limits", "cpu"),
+            out.push(
+                out.sub("limits", "cpu"),
                 format!(
                     "{cpu:?} cores: must be a number from {MIN_CPU} (one millicore) to {MAX_CPU} \
                      (the most CPUs Linux supports); 0.5 = half a core"
@@ -545,16 +591,22 @@ fn validate_service(
         }
     }
     if limits.pids == Some(0) {
-        push(sub("limits", "pids"), "must be at least 1".into());
+        out.push(out.sub("limits", "pids"), "must be at least 1".into());
     }
+}
 
+/// `[service.health]`.
+fn check_health(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     let health = &service.health;
     if health.interval.get().is_zero() {
-        push(sub("health", "interval"), "must be longer than 0s".into());
+        out.push(
+            out.sub("health", "interval"),
+            "must be longer than 0s".into(),
+        );
     }
     if health.timeout.get().is_zero() || health.timeout > health.interval {
-        push(
-            sub("health", "timeout"),
+        out.push(
+            out.sub("health", "timeout"),
             format!(
                 "{} must be longer than 0s and at most the interval ({})",
                 health.timeout, health.interval
@@ -562,20 +614,20 @@ fn validate_service(
         );
     }
     if health.healthy_threshold == 0 {
-        push(
-            sub("health", "healthy_threshold"),
+        out.push(
+            out.sub("health", "healthy_threshold"),
             "must be at least 1".into(),
         );
     }
     if health.unhealthy_threshold == 0 {
-        push(
-            sub("health", "unhealthy_threshold"),
+        out.push(
+            out.sub("health", "unhealthy_threshold"),
             "must be at least 1".into(),
         );
     }
     if health.start_timeout < health.interval {
-        push(
-            sub("health", "start_timeout"),
+        out.push(
+            out.sub("health", "start_timeout"),
             format!(
                 "{} is shorter than the health interval ({})",
                 health.start_timeout, health.interval
@@ -584,14 +636,14 @@ fn validate_service(
     }
     if health.kind == HealthKind::Http {
         if !health.path.starts_with('/') {
-            push(
-                sub("health", "path"),
+            out.push(
+                out.sub("health", "path"),
                 format!("{:?} must start with '/'", health.path),
             );
         }
         if !(100..=599).contains(&health.expect_status) {
-            push(
-                sub("health", "expect_status"),
+            out.push(
+                out.sub("health", "expect_status"),
                 format!(
                     "{} is not an HTTP status (100 to 599)",
                     health.expect_status
@@ -599,12 +651,15 @@ fn validate_service(
             );
         }
     }
+}
 
+/// `[service.recycle]` (max_memory against limits.memory).
+fn check_recycle(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     let recycle = &service.recycle;
     if let Some(max_lifetime) = recycle.max_lifetime {
         if recycle.min_lifetime > max_lifetime {
-            push(
-                sub("recycle", "min_lifetime"),
+            out.push(
+                out.sub("recycle", "min_lifetime"),
                 format!(
                     "{} is longer than max_lifetime ({max_lifetime})",
                     recycle.min_lifetime
@@ -612,8 +667,8 @@ fn validate_service(
             );
         }
         if recycle.lifetime_jitter > max_lifetime {
-            push(
-                sub("recycle", "lifetime_jitter"),
+            out.push(
+                out.sub("recycle", "lifetime_jitter"),
                 format!(
                     "{} is longer than max_lifetime ({max_lifetime})",
                     recycle.lifetime_jitter
@@ -622,36 +677,42 @@ fn validate_service(
         }
     }
     if recycle.max_connections == Some(0) {
-        push(
-            sub("recycle", "max_connections"),
+        out.push(
+            out.sub("recycle", "max_connections"),
             "must be at least 1 (leave it out for no limit)".into(),
         );
     }
-    if let (Some(max_memory), Some(limit)) = (recycle.max_memory, limits.memory) {
+    if let (Some(max_memory), Some(limit)) = (recycle.max_memory, service.limits.memory) {
         if max_memory >= limit {
-            push(sub("recycle", "max_memory"), format!("{max_memory} is not below limits.memory ({limit}): the kernel would OOM-kill before poold recycles"));
+            out.push(out.sub("recycle", "max_memory"), format!("{max_memory} is not below limits.memory ({limit}): the kernel would OOM-kill before poold recycles"));
         }
     }
     if recycle.stop_timeout.get().is_zero() {
-        push(
-            sub("recycle", "stop_timeout"),
+        out.push(
+            out.sub("recycle", "stop_timeout"),
             "must be longer than 0s".into(),
         );
     }
     if recycle.max_concurrent_recycles == 0 {
-        push(
-            sub("recycle", "max_concurrent_recycles"),
+        out.push(
+            out.sub("recycle", "max_concurrent_recycles"),
             "must be at least 1".into(),
         );
     }
+}
 
+/// `[service.backoff]`.
+fn check_backoff(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
     let backoff = &service.backoff;
     if backoff.initial.get().is_zero() {
-        push(sub("backoff", "initial"), "must be longer than 0s".into());
+        out.push(
+            out.sub("backoff", "initial"),
+            "must be longer than 0s".into(),
+        );
     }
     if backoff.max < backoff.initial {
-        push(
-            sub("backoff", "max"),
+        out.push(
+            out.sub("backoff", "max"),
             format!(
                 "{} is shorter than initial ({})",
                 backoff.max, backoff.initial
@@ -659,8 +720,8 @@ fn validate_service(
         );
     }
     if !(backoff.multiplier.is_finite() && backoff.multiplier >= 1.0) {
-        push(
-            sub("backoff", "multiplier"),
+        out.push(
+            out.sub("backoff", "multiplier"),
             format!("{} must be a number >= 1.0", backoff.multiplier),
         );
     }
