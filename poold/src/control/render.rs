@@ -113,7 +113,7 @@ mod tests {
             }],
             workers: vec![WorkerStatus {
                 slot: 0,
-                id: 7,
+                id: crate::runtime::WorkerId(7),
                 state,
                 addr: None,
                 pid: Some(42),

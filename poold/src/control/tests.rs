@@ -3,12 +3,27 @@
 use super::client::ControlClient;
 use super::server::{serve, Pools, ServeOptions};
 use super::{render, ControlError, RecycleRequest};
-use crate::config::Config;
-use crate::supervisor::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
-use crate::supervisor::{PoolOptions, ServicePool, WorkerState};
+use crate::config::{Config, ServiceConfig};
+use crate::runtime::WorkerId;
+use crate::supervisor::testing::{web_service, Harness};
+use crate::supervisor::{PoolHandle, PoolOptions, WorkerState};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A pool of `service` on the fakes, in real time with a short tick.
+async fn fake_pool(service: ServiceConfig) -> PoolHandle {
+    let options = PoolOptions {
+        tick: Duration::from_millis(20),
+        drain_settle: Duration::from_millis(50),
+        seed: 1,
+    };
+    Harness::builder(service)
+        .options(options)
+        .start()
+        .await
+        .pool
+}
 
 #[tokio::test]
 async fn status_and_recycle_with_wait_over_the_socket() {
@@ -18,20 +33,7 @@ async fn status_and_recycle_with_wait_over_the_socket() {
         .unwrap()
         .services
         .remove(0);
-    let options = PoolOptions {
-        tick: Duration::from_millis(20),
-        drain_settle: Duration::from_millis(50),
-        seed: 1,
-    };
-    let pool = ServicePool::start(
-        Arc::new(service),
-        Arc::new(FakeRuntime::default()),
-        Arc::new(FakeBalancer::new(2)),
-        Arc::new(FakeHealth::default()),
-        options,
-    )
-    .await
-    .unwrap();
+    let pool = fake_pool(service).await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/poold.sock");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -57,7 +59,7 @@ async fn status_and_recycle_with_wait_over_the_socket() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = status.expect("pool became ready and the socket answered");
-    let before: Vec<u64> = status[0].workers.iter().map(|w| w.id).collect();
+    let before: Vec<WorkerId> = status[0].workers.iter().map(|w| w.id).collect();
     let table = render::status_table(&status);
     assert!(
         table.contains("web  listen 10.212.0.1:80  balancer proxy  ready 2/2"),
@@ -128,23 +130,11 @@ async fn status_and_recycle_with_wait_over_the_socket() {
 async fn serve_fake_pool(
     socket: &Path,
 ) -> (
-    crate::supervisor::PoolHandle,
+    PoolHandle,
     tokio::task::JoinHandle<Result<(), ControlError>>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let pool = ServicePool::start(
-        Arc::new(crate::supervisor::fakes::web_service(2, "")),
-        Arc::new(FakeRuntime::default()),
-        Arc::new(FakeBalancer::new(2)),
-        Arc::new(FakeHealth::default()),
-        PoolOptions {
-            tick: Duration::from_millis(20),
-            drain_settle: Duration::from_millis(50),
-            seed: 1,
-        },
-    )
-    .await
-    .unwrap();
+    let pool = fake_pool(web_service(2, "")).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
         let socket = socket.to_owned();
@@ -199,7 +189,7 @@ async fn unknown_request_fields_are_rejected_by_name() {
     assert!(error.error.contains("unknown field `bogus`"), "{body}");
     // Nothing was recycled: the same workers, none draining.
     let after = ControlClient::new(&socket).status().await.unwrap();
-    let ids = |s: &[crate::supervisor::ServiceStatus]| -> Vec<u64> {
+    let ids = |s: &[crate::supervisor::ServiceStatus]| -> Vec<WorkerId> {
         s[0].workers.iter().map(|w| w.id).collect()
     };
     assert_eq!(ids(&before), ids(&after));
