@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "poold",
