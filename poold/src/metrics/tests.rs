@@ -205,14 +205,7 @@ async fn manual_recycle_counts_and_times_the_recycle() {
         ),
         1.0
     );
-    for reason in [
-        "lifetime",
-        "connections",
-        "memory",
-        "oom",
-        "health",
-        "crash",
-    ] {
+    for reason in RECYCLE_LABELS.iter().filter(|label| **label != "manual") {
         let series = format!(r#"poold_recycles_total{{service="web",reason="{reason}"}}"#);
         assert_eq!(sample(&text, &series), 0.0, "{series}");
     }
