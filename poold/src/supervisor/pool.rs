@@ -10,7 +10,7 @@ use super::status::{
     RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };
 use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
-use crate::config::{OnOom, ServiceConfig};
+use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
     ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
@@ -294,7 +294,34 @@ struct Slot {
     recycling: bool,
     failures: u32,
     restart_at: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<SlotFailure>,
+}
+
+/// Why a slot lost its worker and backs off; kept typed until status prints it.
+#[derive(Debug, thiserror::Error)]
+enum SlotFailure {
+    #[error("spawn failed: {0}")]
+    Spawn(RuntimeError),
+    #[error("worker {worker} {status} while {state}{}", last_words.as_ref().map(|line| format!(": {line}")).unwrap_or_default())]
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+        state: WorkerState,
+        /// The last line it wrote, if known.
+        last_words: Option<String>,
+    },
+    #[error("worker {worker} not healthy within start_timeout {timeout}")]
+    StartTimeout {
+        worker: WorkerId,
+        timeout: HumanDuration,
+    },
+    #[error("worker {worker} unhealthy: {reason}")]
+    Unhealthy {
+        worker: WorkerId,
+        reason: ProbeError,
+    },
+    #[error("balancer: {0}")]
+    Balancer(BalancerError),
 }
 
 #[derive(Debug)]
@@ -474,7 +501,7 @@ impl ServicePool {
             Err(error) => {
                 // The runtime cleans up after a failed spawn; there is nothing to tear down.
                 self.workers.remove(&id);
-                self.slot_failed(slot, id, format!("spawn failed: {error}"));
+                self.slot_failed(slot, id, SlotFailure::Spawn(error));
             }
         }
     }
@@ -518,11 +545,13 @@ impl ServicePool {
         self.teardown(id);
         if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
             self.observer.worker_crashed(id, status);
-            let mut message = format!("worker {id} {status} while {previous}");
-            if let Some(line) = last_words {
-                message = format!("{message}: {line}");
-            }
-            self.slot_failed(slot, id, message);
+            let failure = SlotFailure::Exited {
+                worker: id,
+                status,
+                state: previous,
+                last_words,
+            };
+            self.slot_failed(slot, id, failure);
         }
     }
 
@@ -702,13 +731,13 @@ impl ServicePool {
                 Phase::Starting { .. } => {
                     if now >= worker.spawned_at + self.config.health.start_timeout.get() {
                         let slot = worker.slot;
-                        let message = format!(
-                            "worker {id} not healthy within start_timeout {}",
-                            self.config.health.start_timeout
-                        );
-                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{message}");
+                        let failure = SlotFailure::StartTimeout {
+                            worker: id,
+                            timeout: self.config.health.start_timeout,
+                        };
+                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
                         self.begin_stop(id, RecycleReason::Unhealthy);
-                        self.slot_failed(slot, id, message);
+                        self.slot_failed(slot, id, failure);
                     } else {
                         self.maybe_probe(id, now);
                     }
@@ -1009,7 +1038,7 @@ impl ServicePool {
         {
             error!(service = %self.service.name, worker.slot = slot, worker.id = %id, %error, "adding the worker to the balancer failed");
             self.begin_stop(id, RecycleReason::Unhealthy);
-            self.slot_failed(slot, id, format!("balancer: {error}"));
+            self.slot_failed(slot, id, SlotFailure::Balancer(error));
             return;
         }
         let now = Instant::now();
@@ -1116,7 +1145,7 @@ impl ServicePool {
         }
         self.recycle_started(id, RecycleReason::Unhealthy);
         self.retire(id, RecycleReason::Unhealthy).await;
-        self.slot_failed(slot, id, format!("worker {id} unhealthy: {reason}"));
+        self.slot_failed(slot, id, SlotFailure::Unhealthy { worker: id, reason });
     }
 
     fn teardown(&mut self, id: WorkerId) {
@@ -1132,7 +1161,7 @@ impl ServicePool {
     }
 
     /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
-    fn slot_failed(&mut self, slot: u32, id: WorkerId, message: String) {
+    fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
         let backoff = &self.config.backoff;
         let entry = &mut self.slots[slot as usize];
         if entry.current == Some(id) {
@@ -1151,13 +1180,13 @@ impl ServicePool {
         entry.failures += 1;
         let delay = backoff.delay(entry.failures);
         entry.restart_at = Some(Instant::now() + delay);
-        entry.last_error = Some(message.clone());
         let failures = entry.failures;
         if failures >= CRASH_LOOP_FAILURES {
-            error!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}; slot is crash-looping");
+            error!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{failure}; slot is crash-looping");
         } else {
-            warn!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}");
+            warn!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{failure}");
         }
+        entry.last_error = Some(failure);
     }
 
     // ----- status ------------------------------------------------------------------------
@@ -1207,7 +1236,7 @@ impl ServicePool {
                     slot: index as u32,
                     state,
                     failures: slot.failures,
-                    last_error: slot.last_error.clone(),
+                    last_error: slot.last_error.as_ref().map(ToString::to_string),
                     retry_in_secs: waiting.map(|at| (at - now).as_secs_f64()),
                 }
             })
