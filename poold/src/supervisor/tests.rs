@@ -594,3 +594,27 @@ async fn dropping_every_handle_stops_the_pool() {
     assert!(runtime.state().workers.values().all(|w| w.torn_down));
     assert!(!balancer.state().service);
 }
+
+/// poolctl and scripts read this JSON: the worker id stays a bare number, the rest as it was.
+#[test]
+fn worker_status_json_is_stable() {
+    let status = WorkerStatus {
+        slot: 1,
+        id: WorkerId(7),
+        state: WorkerState::Draining,
+        addr: Some("10.0.0.2:8080".parse().unwrap()),
+        pid: Some(42),
+        age_secs: 1.5,
+        active_conns: 3,
+        total_conns: 40,
+        memory_bytes: 1024,
+        reason: Some(RecycleReason::MaxMemory),
+    };
+    let json = serde_json::to_string(&status).unwrap();
+    assert_eq!(
+        json,
+        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"reason":"max-memory"}"#
+    );
+    let back: WorkerStatus = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, status);
+}
