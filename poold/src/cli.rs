@@ -1,4 +1,5 @@
-//! Command lines of `poold` and `poolctl`; the binaries only call these.
+//! Command lines of `poold` and `poolctl`: parse arguments, call daemon.rs or the control
+//! client, print. The binaries only call these; nothing is wired here.
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
@@ -6,7 +7,9 @@ use crate::control::{render, DrainReply, DrainRequest, RecycleRequest};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+
+#[cfg(test)]
+mod tests;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +35,7 @@ pub enum PooldCommand {
 pub fn check(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
-            let host = crate::sandbox_runtime::host_problems(&config);
+            let host = crate::daemon::host_problems(&config);
             if !host.is_empty() {
                 let text = std::fs::read_to_string(file).unwrap_or_default();
                 for (key, message) in host {
@@ -58,6 +61,11 @@ pub fn check(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `poold --config FILE`: runs until SIGINT or SIGTERM.
+pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
+    crate::daemon::run_until_signal(config).await
 }
 
 /// Logs to stderr; RUST_LOG overrides the config's log_level.
@@ -213,38 +221,4 @@ fn drain_line(reply: &DrainReply) -> String {
         (false, _) => "undrained (back in rotation)",
     };
     format!("{}: {verb}", reply.services.join(", "))
-}
-
-/// `poold --config FILE`: runs until SIGINT or SIGTERM.
-pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
-    // First of all: a second poold with this state directory must not touch anything
-    // (orphan cleanup would kill the running instance's workers).
-    let daemon = &config.daemon;
-    let group = daemon
-        .control_group
-        .as_deref()
-        .map(crate::daemon::control_group)
-        .transpose()?;
-    // Members of control_group must be able to reach a socket kept in the state directory.
-    let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
-    let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
-    match crate::conn_limit::raise_nofile_limit() {
-        Ok(limits) => crate::sandbox_runtime::set_worker_nofile(limits),
-        Err(error) => tracing::warn!(%error, "raising RLIMIT_NOFILE failed"),
-    }
-    let runtime = Arc::new(crate::sandbox_runtime::SandboxRuntime::start(&config).await?);
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    };
-    let result = crate::daemon::run(config, runtime.clone(), shutdown).await;
-    if let Err(error) = runtime.shutdown().await {
-        tracing::warn!(%error, "removing the bridge or the cgroup parent failed");
-    }
-    state.release();
-    result
 }

@@ -1,4 +1,6 @@
-//! Wiring of a running poold: balancer choice, one pool per service, the control socket.
+//! Wiring of a running poold, and the only place where rooms are wired together: the state
+//! directory lock, the sandbox runtime, the balancer choice, one pool per service with its
+//! metrics observer, the metrics endpoint and the control socket.
 
 use crate::balancer::ipvs::IpvsBalancer;
 use crate::balancer::proxy::ProxyBalancer;
@@ -8,7 +10,9 @@ use crate::control::server::{self, Pools};
 use crate::control::ControlError;
 use crate::health::NetworkHealthChecker;
 use crate::metrics::{Metrics, MetricsError};
-use crate::supervisor::{PoolHandle, PoolOptions, ServicePool, WorkerRuntime};
+use crate::runtime::sandbox::SandboxRuntime;
+use crate::runtime::WorkerRuntime;
+use crate::supervisor::{PoolHandle, PoolOptions, ServicePool};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -28,6 +32,46 @@ pub enum DaemonError {
     StateDir(#[from] crate::state_dir::StateDirError),
     #[error("daemon.control_group = {group:?}: {reason}")]
     ControlGroup { group: String, reason: String },
+}
+
+/// `poold --config FILE`: takes the state directory, starts the sandbox runtime and runs
+/// every service until SIGINT or SIGTERM; then removes what the runtime made.
+pub async fn run_until_signal(config: Config) -> Result<(), DaemonError> {
+    // First of all: a second poold with this state directory must not touch anything
+    // (orphan cleanup would kill the running instance's workers).
+    let daemon = &config.daemon;
+    let group = daemon
+        .control_group
+        .as_deref()
+        .map(control_group)
+        .transpose()?;
+    // Members of control_group must be able to reach a socket kept in the state directory.
+    let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
+    let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
+    match crate::conn_limit::raise_nofile_limit() {
+        Ok(limits) => crate::runtime::sandbox::set_worker_nofile(limits),
+        Err(error) => warn!(%error, "raising RLIMIT_NOFILE failed"),
+    }
+    let runtime = Arc::new(SandboxRuntime::start(&config).await?);
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let result = run(config, runtime.clone(), shutdown).await;
+    if let Err(error) = runtime.shutdown().await {
+        warn!(%error, "removing the bridge or the cgroup parent failed");
+    }
+    state.release();
+    result
+}
+
+/// What `poold check` can see on this host about `config` without changing anything.
+pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
+    crate::runtime::sandbox::host_problems(config)
 }
 
 /// The gid of `daemon.control_group` (a group name or a number).
@@ -94,7 +138,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
 }
 
 /// Runs every service until `shutdown` resolves, then stops every worker.
-pub async fn run(
+async fn run(
     config: Config,
     runtime: Arc<dyn WorkerRuntime>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -119,17 +163,21 @@ pub async fn run(
         crate::metrics::serve(config.daemon.metrics_listen, metrics.clone()).await?;
     let mut pools: Vec<PoolHandle> = Vec::new();
     for service in &config.services {
-        let started = ServicePool::start_with_metrics(
-            Arc::new(service.clone()),
+        let service = Arc::new(service.clone());
+        let started = ServicePool::start(
+            service.clone(),
             runtime.clone(),
             balancer.clone(),
             health.clone(),
             PoolOptions::default(),
-            Some(&metrics),
+            Arc::new(metrics.pool_metrics(&service.name)),
         )
         .await;
         match started {
-            Ok(pool) => pools.push(pool),
+            Ok(pool) => {
+                metrics.track(service, pool.status.clone());
+                pools.push(pool);
+            }
             Err(error) => {
                 for pool in &pools {
                     pool.shutdown().await;

@@ -6,8 +6,9 @@
 use poold::balancer::BalancerKind;
 use poold::config::Config;
 use poold::metrics::{serve, Metrics};
+use poold::runtime::{ExitStatus, WorkerId};
 use poold::supervisor::{
-    RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerId, WorkerState, WorkerStatus,
+    PoolObserver, RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -58,7 +59,7 @@ fn metrics_after_events() -> Metrics {
         .remove(0);
     let worker = |slot, id, state| WorkerStatus {
         slot,
-        id,
+        id: WorkerId(id),
         state,
         addr: Some(format!("10.215.0.{id}:8080").parse().unwrap()),
         pid: Some(4000 + id as u32),
@@ -100,12 +101,18 @@ fn metrics_after_events() -> Metrics {
     let metrics = Metrics::new(BalancerKind::Ipvs);
     // A receiver still reads the last status after its sender is gone.
     let (_, status) = tokio::sync::watch::channel(status);
-    let mut hooks = metrics.track(Arc::new(config), status);
+    let hooks = metrics.pool_metrics(&config.name);
+    metrics.track(Arc::new(config), status);
     hooks.recycle_started(WorkerId(1), RecycleReason::Lifetime);
-    hooks.worker_exited(WorkerId(1));
-    hooks.worker_crashed(WorkerId(3));
-    hooks.health_check_failed();
-    hooks.oom_killed(2);
+    hooks.recycle_finished(
+        WorkerId(1),
+        RecycleReason::Lifetime,
+        std::time::Duration::from_secs(3),
+    );
+    hooks.worker_exited(WorkerId(1), ExitStatus::Signal(15));
+    hooks.worker_crashed(WorkerId(3), ExitStatus::Code(1));
+    hooks.health_check_failed(WorkerId(2));
+    hooks.oom_killed(WorkerId(2), 2);
     metrics
 }
 

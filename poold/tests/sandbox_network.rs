@@ -523,10 +523,10 @@ mod worker_network {
         );
         let config = poold::config::Config::parse(&text, Path::new("test.toml")).unwrap();
         let table = poold::sandbox::firewall_table(
-            &poold::sandbox_runtime::sandbox_config(&config).link_prefix,
+            &poold::runtime::sandbox::sandbox_config(&config).link_prefix,
         );
         let _links = TestLinks(vec![bridge.clone()]);
-        let runtime = poold::sandbox_runtime::SandboxRuntime::start(&config)
+        let runtime = poold::runtime::sandbox::SandboxRuntime::start(&config)
             .await
             .unwrap();
         assert!(link_exists(&bridge) && nft_table_exists(&table));

@@ -4,7 +4,8 @@
 //!   busybox, the host tools and kernel modules the tests need, boot Debian's cloud kernel
 //!   under qemu and run every test (ignored ones included) there.
 //! - `vm-run`: the same VM, running one shell script from the repo instead (benchmarks).
-//! - `test`: the whole suite (fmt, clippy, host tests, then `vm-test`).
+//! - `check-imports`: poold's modules import one way only (the rule table is in imports.rs).
+//! - `test`: the whole suite (fmt, check-imports, clippy, host tests, then `vm-test`).
 //!
 //! See tests/vm/README.md.
 
@@ -12,6 +13,7 @@
 
 mod artifacts;
 mod image;
+mod imports;
 mod kernel;
 mod prereq;
 mod qemu;
@@ -61,7 +63,9 @@ enum Command {
     },
     /// Build (when their recipe changed) the Debian images the real-image tests run.
     Images,
-    /// The whole test suite: fmt, clippy, host tests, then the VM tests.
+    /// Fails naming file:line where a poold module imports against the one-way direction.
+    CheckImports,
+    /// The whole test suite: fmt, check-imports, clippy, host tests, then the VM tests.
     Test {
         #[command(flatten)]
         vm: vm::VmOptions,
@@ -101,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("xtask: {}", path.display());
             }
         }),
+        Command::CheckImports => imports::check(&util::workspace_root()),
         Command::Test { vm } => suite::run_suite(&vm),
     }
 }

@@ -31,6 +31,11 @@ pub fn run_suite(opts: &VmOptions) -> Result<()> {
         ),
         ("host tests", &["test", "--workspace"]),
     ];
+    // The static checks begin with the one-way module rule (no build needed).
+    eprintln!("xtask test: stage `check-imports`: cargo xtask check-imports");
+    if let Err(e) = crate::imports::check(&workspace_root()) {
+        bail!("xtask test: stage `check-imports` failed: {e:#}");
+    }
     for (name, args) in stages {
         eprintln!("xtask test: stage `{name}`: cargo {}", args.join(" "));
         if let Err(e) = run(Command::new(&cargo)

@@ -107,10 +107,9 @@ fn map_ipvs(
         (ipvs::Error::ServiceNotFound { .. }, _) => BalancerError::NoSuchService {
             service: service.name.clone(),
         },
-        (ipvs::Error::DestinationNotFound { .. }, Some(backend)) => BalancerError::NoSuchBackend {
-            service: service.name.clone(),
-            backend,
-        },
+        (ipvs::Error::DestinationNotFound { .. }, Some(backend)) => {
+            BalancerError::no_such_backend(service, backend)
+        }
         (ipvs::Error::AlreadyExists { .. }, Some(backend)) => BalancerError::BackendExists {
             service: service.name.clone(),
             backend,

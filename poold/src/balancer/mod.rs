@@ -4,6 +4,9 @@
 pub mod ipvs;
 pub mod proxy;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,6 +76,16 @@ pub enum BalancerError {
         operation: &'static str,
         message: String,
     },
+}
+
+impl BalancerError {
+    /// `backend` is not one of `service`'s backends.
+    pub fn no_such_backend(service: &VirtualService, backend: SocketAddr) -> Self {
+        Self::NoSuchBackend {
+            service: service.name.clone(),
+            backend,
+        }
+    }
 }
 
 /// Where traffic for a service goes. Implementations must be cheap to call once per

@@ -346,12 +346,10 @@ impl Balancer for ProxyBalancer {
         weight: u32,
     ) -> Result<(), BalancerError> {
         self.with_backends(service, |backends| {
-            let entry = backends.iter().find(|b| b.addr == backend).ok_or_else(|| {
-                BalancerError::NoSuchBackend {
-                    service: service.name.clone(),
-                    backend,
-                }
-            })?;
+            let entry = backends
+                .iter()
+                .find(|b| b.addr == backend)
+                .ok_or_else(|| BalancerError::no_such_backend(service, backend))?;
             entry.weight.store(weight, Ordering::SeqCst);
             Ok(())
         })
@@ -366,10 +364,7 @@ impl Balancer for ProxyBalancer {
             let position = backends
                 .iter()
                 .position(|b| b.addr == backend)
-                .ok_or_else(|| BalancerError::NoSuchBackend {
-                    service: service.name.clone(),
-                    backend,
-                })?;
+                .ok_or_else(|| BalancerError::no_such_backend(service, backend))?;
             // Its worker is stopped or about to be destroyed: close what is left on purpose
             // rather than leave clients talking to an address that is gone.
             let removed = backends.remove(position);

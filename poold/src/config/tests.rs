@@ -49,20 +49,6 @@ fn quickstart_parses() {
     assert_eq!(config.services[0].rootfs_source(), RootfsSource::Host);
 }
 
-/// The README runs `poolctl status` with no --socket: the quick start must use its default.
-#[test]
-fn quickstart_socket_is_poolctls_default() {
-    use clap::Parser;
-    let config = parse(QUICKSTART).expect("quickstart must be valid");
-    let poolctl = crate::cli::PoolctlArgs::parse_from(["poolctl", "status"]);
-    assert_eq!(config.daemon.control_socket, poolctl.socket);
-    assert!(
-        config.daemon.state_dir.starts_with("/run/poold"),
-        "quick-start state lives under /run/poold: {}",
-        config.daemon.state_dir.display()
-    );
-}
-
 /// Every key a fully populated config serializes to. Written with struct literals and no
 /// `..Default::default()`, so adding a field breaks this test's build until it is listed here,
 /// and then the example must document it.

@@ -184,7 +184,7 @@ async fn recycle(
     let (slots, done) = pool
         .recycle(request.slot)
         .await
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let finished = if request.wait {
         done.await.map_err(|_| {
             api_error(

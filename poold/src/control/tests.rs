@@ -3,12 +3,27 @@
 use super::client::ControlClient;
 use super::server::{serve, Pools, ServeOptions};
 use super::{render, ControlError, RecycleRequest};
-use crate::config::Config;
-use crate::supervisor::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
-use crate::supervisor::{PoolOptions, ServicePool, WorkerState};
+use crate::config::{Config, ServiceConfig};
+use crate::runtime::WorkerId;
+use crate::supervisor::testing::{web_service, Harness};
+use crate::supervisor::{PoolHandle, PoolOptions, WorkerState};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A pool of `service` on the fakes, in real time with a short tick.
+async fn fake_pool(service: ServiceConfig) -> PoolHandle {
+    let options = PoolOptions {
+        tick: Duration::from_millis(20),
+        drain_settle: Duration::from_millis(50),
+        seed: 1,
+    };
+    Harness::builder(service)
+        .options(options)
+        .start()
+        .await
+        .pool
+}
 
 #[tokio::test]
 async fn status_and_recycle_with_wait_over_the_socket() {
@@ -18,46 +33,13 @@ async fn status_and_recycle_with_wait_over_the_socket() {
         .unwrap()
         .services
         .remove(0);
-    let options = PoolOptions {
-        tick: Duration::from_millis(20),
-        drain_settle: Duration::from_millis(50),
-        seed: 1,
-    };
-    let pool = ServicePool::start(
-        Arc::new(service),
-        Arc::new(FakeRuntime::default()),
-        Arc::new(FakeBalancer::new(2)),
-        Arc::new(FakeHealth::default()),
-        options,
-    )
-    .await
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/poold.sock");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let socket = socket.clone();
-        let pools = Pools(Arc::new(vec![pool.clone()]));
-        async move {
-            serve(&socket, pools, ServeOptions::default(), async move {
-                let _ = stopped.await;
-            })
-            .await
-        }
-    });
+    let (pool, server, stop) = serve_fake_pool(service, &socket).await;
     let client = ControlClient::new(&socket);
-    let mut status = None;
-    for _ in 0..200 {
-        if let Ok(services) = client.status().await {
-            if services[0].ready == 2 {
-                status = Some(services);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let status = status.expect("pool became ready and the socket answered");
-    let before: Vec<u64> = status[0].workers.iter().map(|w| w.id).collect();
+    let status = client.status().await.expect("the socket answers");
+    assert_eq!(status[0].ready, 2, "pool became ready: {status:?}");
+    let before: Vec<WorkerId> = status[0].workers.iter().map(|w| w.id).collect();
     let table = render::status_table(&status);
     assert!(
         table.contains("web  listen 10.212.0.1:80  balancer proxy  ready 2/2"),
@@ -123,28 +105,17 @@ async fn status_and_recycle_with_wait_over_the_socket() {
     pool.shutdown().await;
 }
 
-/// A two-worker pool on fakes, served on `socket`; returns the pool, the server task and
-/// the sender that stops it.
+/// A pool of `service` (two workers) on fakes, served on `socket` and ready; returns the
+/// pool, the server task and the sender that stops it.
 async fn serve_fake_pool(
+    service: ServiceConfig,
     socket: &Path,
 ) -> (
-    crate::supervisor::PoolHandle,
+    PoolHandle,
     tokio::task::JoinHandle<Result<(), ControlError>>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let pool = ServicePool::start(
-        Arc::new(crate::supervisor::fakes::web_service(2, "")),
-        Arc::new(FakeRuntime::default()),
-        Arc::new(FakeBalancer::new(2)),
-        Arc::new(FakeHealth::default()),
-        PoolOptions {
-            tick: Duration::from_millis(20),
-            drain_settle: Duration::from_millis(50),
-            seed: 1,
-        },
-    )
-    .await
-    .unwrap();
+    let pool = fake_pool(service).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
         let socket = socket.to_owned();
@@ -190,7 +161,7 @@ async fn raw_post(socket: &Path, path: &str, body: &str) -> (u16, String) {
 async fn unknown_request_fields_are_rejected_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("poold.sock");
-    let (pool, server, stop) = serve_fake_pool(&socket).await;
+    let (pool, server, stop) = serve_fake_pool(web_service(2, ""), &socket).await;
     let before = ControlClient::new(&socket).status().await.unwrap();
     let (status, body) = raw_post(&socket, "/v1/services/web/recycle", r#"{"bogus":1}"#).await;
     assert_eq!(status, 400, "{body}");
@@ -199,7 +170,7 @@ async fn unknown_request_fields_are_rejected_by_name() {
     assert!(error.error.contains("unknown field `bogus`"), "{body}");
     // Nothing was recycled: the same workers, none draining.
     let after = ControlClient::new(&socket).status().await.unwrap();
-    let ids = |s: &[crate::supervisor::ServiceStatus]| -> Vec<u64> {
+    let ids = |s: &[crate::supervisor::ServiceStatus]| -> Vec<WorkerId> {
         s[0].workers.iter().map(|w| w.id).collect()
     };
     assert_eq!(ids(&before), ids(&after));
@@ -218,7 +189,7 @@ async fn socket_and_its_new_directory_are_private_and_removed_at_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("ctl");
     let socket = ctl.join("poold.sock");
-    let (pool, server, stop) = serve_fake_pool(&socket).await;
+    let (pool, server, stop) = serve_fake_pool(web_service(2, ""), &socket).await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&socket), 0o600, "socket mode");
     assert_eq!(

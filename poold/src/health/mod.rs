@@ -1,21 +1,64 @@
 //! Health checks of workers: a TCP connect, or an HTTP GET expecting a status.
 
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::{HealthConfig, HealthKind, HumanDuration};
 use async_trait::async_trait;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
+
 /// Why a health check did not pass.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum HealthFailure {
     /// The worker did not answer as expected.
-    #[error("{0}")]
-    Worker(String),
+    #[error(transparent)]
+    Worker(ProbeError),
     /// poold itself is short of a resource (file descriptors, buffers, memory): the check
     /// says nothing about the worker and must not count against it.
     #[error("local error (not the worker's fault): {0}")]
-    Local(String),
+    Local(ProbeError),
+}
+
+/// What a probe saw go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{step}: {source}")]
+    Io {
+        step: ProbeStep,
+        source: std::io::Error,
+    },
+    #[error("no answer within {timeout}")]
+    Timeout { timeout: HumanDuration },
+    #[error("not an HTTP response: {line:?}")]
+    NotHttp { line: String },
+    #[error("GET {path} answered {status}, expected {expected}")]
+    Status {
+        path: String,
+        status: u16,
+        expected: u16,
+    },
+}
+
+/// The socket operation a probe was in when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeStep {
+    Connect(SocketAddr),
+    SendRequest,
+    ReadResponse,
+}
+
+impl std::fmt::Display for ProbeStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(target) => write!(f, "connect {target}"),
+            Self::SendRequest => f.write_str("send request"),
+            Self::ReadResponse => f.write_str("read response"),
+        }
+    }
 }
 
 #[async_trait]
@@ -25,11 +68,13 @@ pub trait HealthChecker: Send + Sync + 'static {
 }
 
 /// A failed socket operation: poold's own shortage, or the worker's failure.
-fn failed(what: String, error: &std::io::Error) -> HealthFailure {
-    if crate::conn_limit::is_local_resource_error(error) {
-        HealthFailure::Local(format!("{what}: {error}"))
+fn failed(step: ProbeStep, source: std::io::Error) -> HealthFailure {
+    let local = crate::conn_limit::is_local_resource_error(&source);
+    let error = ProbeError::Io { step, source };
+    if local {
+        HealthFailure::Local(error)
     } else {
-        HealthFailure::Worker(format!("{what}: {error}"))
+        HealthFailure::Worker(error)
     }
 }
 
@@ -42,10 +87,9 @@ impl HealthChecker for NetworkHealthChecker {
     async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
         match tokio::time::timeout(spec.timeout.get(), probe(target, spec)).await {
             Ok(result) => result,
-            Err(_) => Err(HealthFailure::Worker(format!(
-                "no answer within {}",
-                spec.timeout
-            ))),
+            Err(_) => Err(HealthFailure::Worker(ProbeError::Timeout {
+                timeout: spec.timeout,
+            })),
         }
     }
 }
@@ -53,7 +97,7 @@ impl HealthChecker for NetworkHealthChecker {
 async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
     let mut stream = TcpStream::connect(target)
         .await
-        .map_err(|e| failed(format!("connect {target}"), &e))?;
+        .map_err(|e| failed(ProbeStep::Connect(target), e))?;
     if spec.kind == HealthKind::Tcp {
         return Ok(());
     }
@@ -64,7 +108,7 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFail
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| failed("send request".to_owned(), &e))?;
+        .map_err(|e| failed(ProbeStep::SendRequest, e))?;
     // The status line is all that matters; read until its end.
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
@@ -72,7 +116,7 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFail
         let read = stream
             .read(&mut buf)
             .await
-            .map_err(|e| failed("read response".to_owned(), &e))?;
+            .map_err(|e| failed(ProbeStep::ReadResponse, e))?;
         if read == 0 {
             break;
         }
@@ -84,105 +128,18 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFail
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| HealthFailure::Worker(format!("not an HTTP response: {line:?}")))?;
+        .ok_or_else(|| {
+            HealthFailure::Worker(ProbeError::NotHttp {
+                line: line.to_owned(),
+            })
+        })?;
     if status == spec.expect_status {
         Ok(())
     } else {
-        Err(HealthFailure::Worker(format!(
-            "GET {} answered {status}, expected {}",
-            spec.path, spec.expect_status
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::HumanDuration;
-    use tokio::net::TcpListener;
-
-    async fn http_server(response: &'static str) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream.write_all(response.as_bytes()).await;
-            }
-        });
-        addr
-    }
-
-    fn http(path: &str) -> HealthConfig {
-        HealthConfig {
-            kind: HealthKind::Http,
-            path: path.into(),
-            ..HealthConfig::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn http_status_is_compared() {
-        let ok = http_server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
-        let broken = http_server("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
-        let garbage = http_server("SSH-2.0-OpenSSH\r\n").await;
-        let checker = NetworkHealthChecker;
-        assert_eq!(checker.check(ok, &http("/")).await, Ok(()));
-        let error = checker.check(broken, &http("/healthz")).await.unwrap_err();
-        assert_eq!(
-            error,
-            HealthFailure::Worker("GET /healthz answered 503, expected 200".into())
-        );
-        let error = checker.check(garbage, &http("/")).await.unwrap_err();
-        assert!(
-            error.to_string().contains("not an HTTP response"),
-            "{error}"
-        );
-    }
-
-    #[tokio::test]
-    async fn tcp_check_connects() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let checker = NetworkHealthChecker;
-        assert_eq!(checker.check(addr, &HealthConfig::default()).await, Ok(()));
-        drop(listener);
-        let refused = checker.check(addr, &HealthConfig::default()).await;
-        assert!(
-            matches!(refused, Err(HealthFailure::Worker(_))),
-            "{refused:?}"
-        );
-    }
-
-    #[test]
-    fn poolds_own_shortages_are_local_errors() {
-        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
-        assert!(matches!(
-            failed("connect".into(), &emfile),
-            HealthFailure::Local(_)
-        ));
-        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        assert!(matches!(
-            failed("connect".into(), &refused),
-            HealthFailure::Worker(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn silent_server_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let spec = HealthConfig {
-            timeout: HumanDuration::from_millis(200),
-            ..http("/")
-        };
-        let error = NetworkHealthChecker.check(addr, &spec).await.unwrap_err();
-        assert_eq!(
-            error,
-            HealthFailure::Worker("no answer within 200ms".into())
-        );
-        drop(listener);
+        Err(HealthFailure::Worker(ProbeError::Status {
+            path: spec.path.clone(),
+            status,
+            expected: spec.expect_status,
+        }))
     }
 }

@@ -19,20 +19,19 @@ pub use text::to_prometheus_text;
 
 use crate::balancer::BalancerKind;
 use crate::config::ServiceConfig;
-use crate::supervisor::{RecycleReason, ServiceStatus, WorkerId};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use crate::runtime::{ExitStatus, WorkerId};
+use crate::supervisor::{PoolObserver, RecycleReason, ServiceStatus};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use status::{StatusCollector, TrackedService};
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 /// Upper bounds of the recycle duration histogram, in seconds: a recycle spans a surge
 /// start (spawn + health), the drain (bounded by drain_timeout) and the stop.
@@ -51,59 +50,31 @@ pub enum MetricsError {
     Encode,
 }
 
-/// Why a worker was replaced, as the `reason` label of `poold_recycles_total`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum RecycleCause {
-    Lifetime,
-    Connections,
-    Memory,
-    Oom,
-    Health,
-    Crash,
-    Manual,
-}
+/// Every `reason` label of `poold_recycles_total`.
+const RECYCLE_LABELS: [&str; 7] = [
+    "lifetime",
+    "connections",
+    "memory",
+    "oom",
+    "health",
+    "crash",
+    "manual",
+];
 
-impl RecycleCause {
-    pub const ALL: [RecycleCause; 7] = [
-        Self::Lifetime,
-        Self::Connections,
-        Self::Memory,
-        Self::Oom,
-        Self::Health,
-        Self::Crash,
-        Self::Manual,
-    ];
+/// A worker that exited on its own counts as a recycle with this reason.
+const CRASH_LABEL: &str = "crash";
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lifetime => "lifetime",
-            Self::Connections => "connections",
-            Self::Memory => "memory",
-            Self::Oom => "oom",
-            Self::Health => "health",
-            Self::Crash => "crash",
-            Self::Manual => "manual",
-        }
-    }
-
-    /// The cause of a supervisor recycle; a shutdown replaces nothing, so it has none.
-    pub fn from_reason(reason: RecycleReason) -> Option<Self> {
-        Some(match reason {
-            RecycleReason::Lifetime => Self::Lifetime,
-            RecycleReason::MaxConnections => Self::Connections,
-            RecycleReason::MaxMemory => Self::Memory,
-            RecycleReason::OomKill => Self::Oom,
-            RecycleReason::Manual => Self::Manual,
-            RecycleReason::Unhealthy => Self::Health,
-            RecycleReason::Shutdown => return None,
-        })
-    }
-}
-
-impl EncodeLabelValue for RecycleCause {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
+/// The `reason` label of a supervisor recycle; a shutdown replaces nothing, so it has none.
+fn recycle_label(reason: RecycleReason) -> Option<&'static str> {
+    Some(match reason {
+        RecycleReason::Lifetime => "lifetime",
+        RecycleReason::MaxConnections => "connections",
+        RecycleReason::MaxMemory => "memory",
+        RecycleReason::OomKill => "oom",
+        RecycleReason::Manual => "manual",
+        RecycleReason::Unhealthy => "health",
+        RecycleReason::Shutdown => return None,
+    })
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,7 +85,7 @@ struct ServiceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RecycleLabels {
     service: String,
-    reason: RecycleCause,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,30 +191,24 @@ impl Metrics {
         }
     }
 
-    /// Reports `status` at every scrape, and returns the event hooks for its pool. Every
-    /// per-service counter starts at 0 so `rate()` sees the first event.
-    pub fn track(
-        &self,
-        config: Arc<ServiceConfig>,
-        status: watch::Receiver<ServiceStatus>,
-    ) -> PoolMetrics {
-        let hooks = self.pool_metrics(&config.name);
+    /// Reports `status` (a pool's status channel) as gauges at every scrape.
+    pub fn track(&self, config: Arc<ServiceConfig>, status: watch::Receiver<ServiceStatus>) {
         self.inner
             .services
             .lock()
             .expect("metrics lock")
             .push(TrackedService::new(config, status));
-        hooks
     }
 
-    /// The event hooks of service `service`, without its status gauges.
+    /// The event hooks of service `service` (its pool's observer). Every per-service
+    /// counter starts at 0 so `rate()` sees the first event.
     pub fn pool_metrics(&self, service: &str) -> PoolMetrics {
         let service = service.to_string();
         let labels = ServiceLabels {
             service: service.clone(),
         };
         let inner = &self.inner;
-        let recycles = RecycleCause::ALL.map(|reason| {
+        let recycles = RECYCLE_LABELS.map(|reason| {
             inner.recycles.get_or_create_owned(&RecycleLabels {
                 service: service.clone(),
                 reason,
@@ -255,7 +220,6 @@ impl Metrics {
             oom_kills: inner.oom_kills.get_or_create_owned(&labels),
             health_failures: inner.health_failures.get_or_create_owned(&labels),
             recycle_duration: inner.recycle_duration.get_or_create_owned(&labels),
-            recycle_started: HashMap::new(),
         }
     }
 
@@ -304,8 +268,8 @@ impl Metrics {
     }
 }
 
-/// One pool's event hooks, owned by the pool task. Cheap: each handle shares its series
-/// with the registry.
+/// One pool's event hooks: the [`PoolObserver`] daemon.rs gives its pool. Cheap: each
+/// handle shares its series with the registry.
 #[derive(Debug)]
 pub struct PoolMetrics {
     recycles: [Counter; 7],
@@ -313,58 +277,41 @@ pub struct PoolMetrics {
     oom_kills: Counter,
     health_failures: Counter,
     recycle_duration: Histogram,
-    /// When each worker's recycle began, until it exits.
-    recycle_started: HashMap<WorkerId, Instant>,
 }
 
 impl PoolMetrics {
-    /// Hooks that record into a registry nobody serves (pools started without metrics).
-    pub fn detached() -> Self {
-        Metrics::new(BalancerKind::Proxy).pool_metrics("detached")
-    }
-
-    fn recycle(&self, cause: RecycleCause) -> &Counter {
-        let index = RecycleCause::ALL
+    fn recycles(&self, label: &str) -> &Counter {
+        let index = RECYCLE_LABELS
             .iter()
-            .position(|c| *c == cause)
-            .expect("ALL lists every cause");
+            .position(|l| *l == label)
+            .expect("RECYCLE_LABELS lists every label");
         &self.recycles[index]
     }
+}
 
-    /// The replacement of `worker` began (planned recycle, or an unhealthy worker's drain).
-    /// A retried recycle of the same worker counts once and keeps its first start time.
-    pub fn recycle_started(&mut self, worker: WorkerId, reason: RecycleReason) {
-        let Some(cause) = RecycleCause::from_reason(reason) else {
-            return;
-        };
-        if let std::collections::hash_map::Entry::Vacant(entry) = self.recycle_started.entry(worker)
-        {
-            entry.insert(Instant::now());
-            self.recycle(cause).inc();
+impl PoolObserver for PoolMetrics {
+    fn recycle_started(&self, _worker: WorkerId, reason: RecycleReason) {
+        if let Some(label) = recycle_label(reason) {
+            self.recycles(label).inc();
         }
     }
 
-    /// A worker exited without being asked to.
-    pub fn worker_crashed(&mut self, worker: WorkerId) {
+    fn recycle_finished(&self, _worker: WorkerId, reason: RecycleReason, duration: Duration) {
+        if recycle_label(reason).is_some() {
+            self.recycle_duration.observe(duration.as_secs_f64());
+        }
+    }
+
+    fn worker_crashed(&self, _worker: WorkerId, _status: ExitStatus) {
         self.crashes.inc();
-        self.recycle(RecycleCause::Crash).inc();
-        // A crash ends whatever recycle was under way; its duration would mean nothing.
-        self.recycle_started.remove(&worker);
+        self.recycles(CRASH_LABEL).inc();
     }
 
-    /// A worker's main process exited: ends its recycle, if one was timed.
-    pub fn worker_exited(&mut self, worker: WorkerId) {
-        if let Some(started) = self.recycle_started.remove(&worker) {
-            self.recycle_duration
-                .observe(started.elapsed().as_secs_f64());
-        }
-    }
-
-    pub fn health_check_failed(&self) {
+    fn health_check_failed(&self, _worker: WorkerId) {
         self.health_failures.inc();
     }
 
-    pub fn oom_killed(&self, kills: u64) {
+    fn oom_killed(&self, _worker: WorkerId, kills: u64) {
         self.oom_kills.inc_by(kills);
     }
 }

@@ -8,6 +8,7 @@
 //! connection counter accumulates what every worker of the slot has served.
 
 use crate::config::ServiceConfig;
+use crate::runtime::WorkerId;
 use crate::supervisor::{ServiceStatus, SlotState, WorkerState};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -40,7 +41,7 @@ pub(super) struct TrackedService {
     status: watch::Receiver<ServiceStatus>,
     /// Connections counted so far per slot, and the last total seen per worker id.
     served_by_slot: BTreeMap<u32, u64>,
-    last_total_by_worker: HashMap<u64, u64>,
+    last_total_by_worker: HashMap<WorkerId, u64>,
 }
 
 impl TrackedService {

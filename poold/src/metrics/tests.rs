@@ -1,71 +1,45 @@
-//! The metrics against the supervisor's fakes, in paused time: events are driven through a
+//! The metrics against the shared pool harness, in paused time: events are driven through a
 //! real pool, then the encoded exposition is read back.
 
 use super::process::{parse_boot_time, parse_max_fds, parse_stat, parse_status_kb};
 use super::*;
 use crate::balancer::BalancerKind;
 use crate::config::ByteSize;
-use crate::supervisor::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
-use crate::supervisor::{
-    ExitStatus, PoolHandle, PoolOptions, ResourceUsage, ServicePool, WorkerState,
-};
-use std::time::Duration;
+use crate::runtime::{ExitStatus, ResourceUsage};
+use crate::supervisor::testing::{wait, web_service, Harness};
 
 fn service(workers: u32) -> ServiceConfig {
-    crate::supervisor::fakes::web_service(
+    web_service(
         workers,
         "[service.limits]\nmemory = \"256MiB\"\n\
          [service.recycle]\nmax_memory = \"200MiB\"\ndrain_timeout = \"20s\"\n",
     )
 }
 
-struct Harness {
-    runtime: FakeRuntime,
-    balancer: FakeBalancer,
-    health: FakeHealth,
-    pool: PoolHandle,
+/// A pool on the fakes whose observer is `metrics`' hooks, with its gauges tracked.
+struct Observed {
+    h: Harness,
     metrics: Metrics,
 }
 
-impl Harness {
-    async fn start(config: ServiceConfig) -> Self {
-        let runtime = FakeRuntime::default();
-        let balancer = FakeBalancer::new(config.workers as usize);
-        let health = FakeHealth::default();
-        let metrics = Metrics::new(BalancerKind::Ipvs);
-        let options = PoolOptions {
-            tick: Duration::from_millis(500),
-            drain_settle: Duration::from_secs(1),
-            seed: 7,
-        };
-        let pool = ServicePool::start_with_metrics(
-            Arc::new(config),
-            Arc::new(runtime.clone()),
-            Arc::new(balancer.clone()),
-            Arc::new(health.clone()),
-            options,
-            Some(&metrics),
-        )
-        .await
-        .unwrap();
-        Self {
-            runtime,
-            balancer,
-            health,
-            pool,
-            metrics,
-        }
+impl std::ops::Deref for Observed {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
     }
+}
 
-    fn ready_worker(&self, slot: u32) -> crate::supervisor::WorkerStatus {
-        self.pool
-            .status
-            .borrow()
-            .workers
-            .iter()
-            .find(|w| w.slot == slot && w.state == WorkerState::Ready)
-            .cloned()
-            .expect("slot has a ready worker")
+impl Observed {
+    async fn start(config: ServiceConfig) -> Self {
+        let metrics = Metrics::new(BalancerKind::Ipvs);
+        let observer = Arc::new(metrics.pool_metrics(&config.name));
+        let config = Arc::new(config);
+        let h = Harness::builder((*config).clone())
+            .observer(observer)
+            .start()
+            .await;
+        metrics.track(config, h.pool.status.clone());
+        Self { h, metrics }
     }
 
     /// The value of the sample `series` (name and labels exactly as encoded).
@@ -82,13 +56,9 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-async fn wait(secs: u64) {
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-}
-
 #[tokio::test(start_paused = true)]
 async fn status_gauges_follow_the_pool() {
-    let h = Harness::start(service(2)).await;
+    let h = Observed::start(service(2)).await;
     assert_eq!(
         h.value(r#"poold_service_workers_ready{service="web"}"#),
         0.0
@@ -146,7 +116,7 @@ async fn status_gauges_follow_the_pool() {
     // Usage and connections of slot 1's worker show under slot 1, never under a pid.
     let worker = h.ready_worker(1);
     h.runtime.set_usage(
-        crate::supervisor::WorkerId(worker.id),
+        worker.id,
         ResourceUsage {
             memory_bytes: 50 << 20,
             oom_kills: 0,
@@ -193,7 +163,7 @@ async fn status_gauges_follow_the_pool() {
 
 #[tokio::test(start_paused = true)]
 async fn connections_counter_keeps_what_a_replaced_worker_served() {
-    let h = Harness::start(service(1)).await;
+    let h = Observed::start(service(1)).await;
     wait(2).await;
     let old = h.ready_worker(0);
     h.balancer
@@ -222,7 +192,7 @@ async fn connections_counter_keeps_what_a_replaced_worker_served() {
 
 #[tokio::test(start_paused = true)]
 async fn manual_recycle_counts_and_times_the_recycle() {
-    let h = Harness::start(service(2)).await;
+    let h = Observed::start(service(2)).await;
     wait(2).await;
     let (_, done) = h.pool.recycle(Some(0)).await.unwrap();
     wait(5).await;
@@ -235,14 +205,7 @@ async fn manual_recycle_counts_and_times_the_recycle() {
         ),
         1.0
     );
-    for reason in [
-        "lifetime",
-        "connections",
-        "memory",
-        "oom",
-        "health",
-        "crash",
-    ] {
+    for reason in RECYCLE_LABELS.iter().filter(|label| **label != "manual") {
         let series = format!(r#"poold_recycles_total{{service="web",reason="{reason}"}}"#);
         assert_eq!(sample(&text, &series), 0.0, "{series}");
     }
@@ -277,11 +240,10 @@ async fn manual_recycle_counts_and_times_the_recycle() {
 
 #[tokio::test(start_paused = true)]
 async fn crash_counts_as_crash_and_recycle() {
-    let h = Harness::start(service(2)).await;
+    let h = Observed::start(service(2)).await;
     wait(2).await;
     let victim = h.ready_worker(1);
-    h.runtime
-        .exit(crate::supervisor::WorkerId(victim.id), ExitStatus::Code(1));
+    h.runtime.exit(victim.id, ExitStatus::Code(1));
     wait(1).await;
     assert_eq!(h.value(r#"poold_worker_crashes_total{service="web"}"#), 1.0);
     assert_eq!(
@@ -300,7 +262,7 @@ async fn crash_counts_as_crash_and_recycle() {
 
 #[tokio::test(start_paused = true)]
 async fn health_failures_and_unhealthy_recycle() {
-    let h = Harness::start(service(1)).await;
+    let h = Observed::start(service(1)).await;
     wait(2).await;
     let sick = h.ready_worker(0);
     h.health.set_unhealthy(sick.addr.unwrap().ip(), true);
@@ -323,11 +285,11 @@ async fn health_failures_and_unhealthy_recycle() {
 async fn oom_kills_are_counted_and_recycle() {
     let mut config = service(1);
     config.recycle.max_memory = Some(ByteSize::mib(1000));
-    let h = Harness::start(config).await;
+    let h = Observed::start(config).await;
     wait(2).await;
     let worker = h.ready_worker(0);
     h.runtime.set_usage(
-        crate::supervisor::WorkerId(worker.id),
+        worker.id,
         ResourceUsage {
             memory_bytes: 10 << 20,
             oom_kills: 2,

@@ -5,16 +5,17 @@
 //! The pool task owns all state; slow work (spawn, health probes, waiting for an exit,
 //! teardown) runs in small tasks that report back as events. It makes no syscalls itself.
 
-use super::runtime::{
-    ExitStatus, ResourceUsage, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
-};
+use super::observer::PoolObserver;
 use super::status::{
     RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };
 use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
-use crate::config::{OnOom, ServiceConfig};
-use crate::health::{HealthChecker, HealthFailure};
-use crate::metrics::{Metrics, PoolMetrics};
+use crate::config::{HumanDuration, OnOom, ServiceConfig};
+use crate::health::{HealthChecker, HealthFailure, ProbeError};
+use crate::runtime::{
+    ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
+    WorkerSpec,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +61,7 @@ pub enum PoolCommand {
     /// their slots are ready again.
     Recycle {
         slot: Option<u32>,
-        reply: oneshot::Sender<Result<Vec<u32>, String>>,
+        reply: oneshot::Sender<Result<Vec<u32>, PoolError>>,
         done: Option<oneshot::Sender<()>>,
     },
     /// Stop taking connections, drain and stop every worker, remove the service from the
@@ -69,6 +70,23 @@ pub enum PoolCommand {
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
     /// says changes; the workers keep serving.
     SetDrained { drained: bool },
+}
+
+/// Why a pool refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("service {service} is not running")]
+    NotRunning { service: String },
+    #[error("service {service} stopped")]
+    Stopped { service: String },
+    #[error("service {service} is shutting down")]
+    ShuttingDown { service: String },
+    #[error("service {service} has slots 0 to {last}")]
+    NoSuchSlot {
+        service: String,
+        slot: u32,
+        last: u32,
+    },
 }
 
 /// A handle to a running pool.
@@ -84,7 +102,7 @@ impl PoolHandle {
     pub async fn recycle(
         &self,
         slot: Option<u32>,
-    ) -> Result<(Vec<u32>, oneshot::Receiver<()>), String> {
+    ) -> Result<(Vec<u32>, oneshot::Receiver<()>), PoolError> {
         let (reply, answer) = oneshot::channel();
         let (done, finished) = oneshot::channel();
         self.commands
@@ -94,10 +112,12 @@ impl PoolHandle {
                 done: Some(done),
             })
             .await
-            .map_err(|_| format!("service {} is not running", self.name))?;
-        let slots = answer
-            .await
-            .map_err(|_| format!("service {} stopped", self.name))??;
+            .map_err(|_| PoolError::NotRunning {
+                service: self.name.clone(),
+            })?;
+        let slots = answer.await.map_err(|_| PoolError::Stopped {
+            service: self.name.clone(),
+        })??;
         Ok((slots, finished))
     }
 
@@ -128,7 +148,7 @@ impl PoolHandle {
 enum Event {
     Spawned {
         id: WorkerId,
-        result: Result<SpawnedWorker, String>,
+        result: Result<SpawnedWorker, RuntimeError>,
     },
     Exited {
         id: WorkerId,
@@ -143,30 +163,134 @@ enum Event {
     },
 }
 
+/// One worker as the pool tracks it. What only some states have lives in its [`Phase`].
 #[derive(Debug)]
 struct Worker {
     id: WorkerId,
     slot: u32,
-    state: WorkerState,
-    addr: Option<SocketAddr>,
-    pid: Option<u32>,
+    phase: Phase,
     spawned_at: Instant,
-    ready_at: Option<Instant>,
-    in_balancer: bool,
-    health_in_flight: bool,
-    next_health_at: Instant,
-    ok_streak: u32,
-    fail_streak: u32,
-    /// Lifetime deadline (jittered), set when the worker becomes ready.
-    retire_at: Option<Instant>,
-    reason: Option<RecycleReason>,
-    drain_settled_at: Option<Instant>,
-    drain_deadline: Option<Instant>,
-    kill_at: Option<Instant>,
-    killed: bool,
+    /// Balancer counters from the last tick (None: missing from the dump, never "drained").
     stats: Option<BackendStats>,
     usage: ResourceUsage,
-    oom_baseline: Option<u64>,
+    /// Why and since when the worker is being replaced, for the observer's recycle
+    /// duration: set once (a retried recycle keeps its first start), from Ready (surge) on.
+    recycle_started: Option<(RecycleReason, Instant)>,
+}
+
+/// Where a spawned worker is.
+#[derive(Clone, Copy, Debug)]
+struct Spawned {
+    addr: SocketAddr,
+    pid: u32,
+}
+
+/// Health probing of a starting or ready worker.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    in_flight: bool,
+    next_at: Instant,
+}
+
+/// The state of a worker with the data that state has (see ARCHITECTURE.md, "Slot and
+/// worker states"). [`WorkerState`] is what status shows of it.
+#[derive(Debug)]
+enum Phase {
+    /// The runtime is spawning it: no address yet.
+    Spawning,
+    /// Spawned, probed, not yet healthy; not in the balancer.
+    Starting {
+        spawned: Spawned,
+        probe: Probe,
+        ok_streak: u32,
+    },
+    /// Healthy and in the balancer with the service's weight.
+    Ready {
+        spawned: Spawned,
+        probe: Probe,
+        fail_streak: u32,
+        ready_at: Instant,
+        /// Lifetime deadline (jittered).
+        retire_at: Option<Instant>,
+        /// OOM kills seen at the first usage reading.
+        oom_baseline: Option<u64>,
+        /// A surge replacement is starting for this reason; the worker still serves.
+        replacing: Option<RecycleReason>,
+    },
+    /// Weight 0, waiting for its active connections to end.
+    Draining {
+        spawned: Spawned,
+        reason: RecycleReason,
+        /// Before this, a new connection may still be on its way (not trusted as drained).
+        settled_at: Instant,
+        deadline: Instant,
+    },
+    /// SIGTERM sent; SIGKILL at `kill_at` (None once sent).
+    Stopping {
+        spawned: Spawned,
+        reason: RecycleReason,
+        in_balancer: bool,
+        kill_at: Option<Instant>,
+    },
+    /// Exited; being torn down.
+    Gone {
+        spawned: Spawned,
+        reason: Option<RecycleReason>,
+    },
+}
+
+impl Phase {
+    fn state(&self) -> WorkerState {
+        match self {
+            Self::Spawning | Self::Starting { .. } => WorkerState::Starting,
+            Self::Ready { .. } => WorkerState::Ready,
+            Self::Draining { .. } => WorkerState::Draining,
+            Self::Stopping { .. } => WorkerState::Stopping,
+            Self::Gone { .. } => WorkerState::Gone,
+        }
+    }
+
+    fn spawned(&self) -> Option<Spawned> {
+        match self {
+            Self::Spawning => None,
+            Self::Starting { spawned, .. }
+            | Self::Ready { spawned, .. }
+            | Self::Draining { spawned, .. }
+            | Self::Stopping { spawned, .. }
+            | Self::Gone { spawned, .. } => Some(*spawned),
+        }
+    }
+
+    /// Why the worker is being replaced, drained or stopped.
+    fn reason(&self) -> Option<RecycleReason> {
+        match self {
+            Self::Spawning | Self::Starting { .. } => None,
+            Self::Ready { replacing, .. } => *replacing,
+            Self::Draining { reason, .. } | Self::Stopping { reason, .. } => Some(*reason),
+            Self::Gone { reason, .. } => *reason,
+        }
+    }
+
+    fn in_balancer(&self) -> bool {
+        match self {
+            Self::Ready { .. } | Self::Draining { .. } => true,
+            Self::Stopping { in_balancer, .. } => *in_balancer,
+            Self::Spawning | Self::Starting { .. } | Self::Gone { .. } => false,
+        }
+    }
+
+    fn probe_mut(&mut self) -> Option<&mut Probe> {
+        match self {
+            Self::Starting { probe, .. } | Self::Ready { probe, .. } => Some(probe),
+            _ => None,
+        }
+    }
+}
+
+impl Worker {
+    fn state(&self) -> WorkerState {
+        self.phase.state()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -181,7 +305,34 @@ struct Slot {
     recycling: bool,
     failures: u32,
     restart_at: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<SlotFailure>,
+}
+
+/// Why a slot lost its worker and backs off; kept typed until status prints it.
+#[derive(Debug, thiserror::Error)]
+enum SlotFailure {
+    #[error("spawn failed: {0}")]
+    Spawn(RuntimeError),
+    #[error("worker {worker} {status} while {state}{}", last_words.as_ref().map(|line| format!(": {line}")).unwrap_or_default())]
+    Exited {
+        worker: WorkerId,
+        status: ExitStatus,
+        state: WorkerState,
+        /// The last line it wrote, if known.
+        last_words: Option<String>,
+    },
+    #[error("worker {worker} not healthy within start_timeout {timeout}")]
+    StartTimeout {
+        worker: WorkerId,
+        timeout: HumanDuration,
+    },
+    #[error("worker {worker} unhealthy: {reason}")]
+    Unhealthy {
+        worker: WorkerId,
+        reason: ProbeError,
+    },
+    #[error("balancer: {0}")]
+    Balancer(BalancerError),
 }
 
 #[derive(Debug)]
@@ -207,7 +358,7 @@ pub struct ServicePool {
     waiters: Vec<RecycleWaiter>,
     rng: fastrand::Rng,
     shutdown: Option<Vec<oneshot::Sender<()>>>,
-    metrics: PoolMetrics,
+    observer: Arc<dyn PoolObserver>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -220,25 +371,15 @@ impl std::fmt::Debug for ServicePool {
 }
 
 impl ServicePool {
-    /// Creates the virtual service in the balancer and starts the pool task.
+    /// Creates the virtual service in the balancer and starts the pool task, which reports
+    /// its events to `observer` (`NoObserver`: to nobody).
     pub async fn start(
         config: Arc<ServiceConfig>,
         runtime: Arc<dyn WorkerRuntime>,
         balancer: Arc<dyn Balancer>,
         health: Arc<dyn HealthChecker>,
         options: PoolOptions,
-    ) -> Result<PoolHandle, BalancerError> {
-        Self::start_with_metrics(config, runtime, balancer, health, options, None).await
-    }
-
-    /// [`ServicePool::start`], reporting to `metrics` (status gauges and event counters).
-    pub async fn start_with_metrics(
-        config: Arc<ServiceConfig>,
-        runtime: Arc<dyn WorkerRuntime>,
-        balancer: Arc<dyn Balancer>,
-        health: Arc<dyn HealthChecker>,
-        options: PoolOptions,
-        metrics: Option<&Metrics>,
+        observer: Arc<dyn PoolObserver>,
     ) -> Result<PoolHandle, BalancerError> {
         let service = VirtualService {
             name: config.name.clone(),
@@ -260,10 +401,6 @@ impl ServicePool {
             workers: Vec::new(),
         };
         let (status, status_rx) = watch::channel(initial);
-        let metrics = match metrics {
-            Some(metrics) => metrics.track(config.clone(), status_rx.clone()),
-            None => PoolMetrics::detached(),
-        };
         let pool = ServicePool {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             rng: fastrand::Rng::with_seed(options.seed),
@@ -280,7 +417,7 @@ impl ServicePool {
             status,
             waiters: Vec::new(),
             shutdown: None,
-            metrics,
+            observer,
         };
         let name = pool.config.name.clone();
         tokio::spawn(pool.run());
@@ -344,7 +481,7 @@ impl ServicePool {
         }
     }
 
-    async fn on_spawned(&mut self, id: WorkerId, result: Result<SpawnedWorker, String>) {
+    async fn on_spawned(&mut self, id: WorkerId, result: Result<SpawnedWorker, RuntimeError>) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -352,9 +489,17 @@ impl ServicePool {
         match result {
             Ok(spawned) => {
                 let addr = SocketAddr::new(spawned.addr, self.config.port);
-                worker.addr = Some(addr);
-                worker.pid = Some(spawned.pid);
-                worker.next_health_at = Instant::now();
+                worker.phase = Phase::Starting {
+                    spawned: Spawned {
+                        addr,
+                        pid: spawned.pid,
+                    },
+                    probe: Probe {
+                        in_flight: false,
+                        next_at: Instant::now(),
+                    },
+                    ok_streak: 0,
+                };
                 info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
                 let runtime = self.runtime.clone();
                 let events = self.events_tx.clone();
@@ -366,10 +511,10 @@ impl ServicePool {
                     self.begin_stop(id, RecycleReason::Shutdown);
                 }
             }
-            Err(message) => {
+            Err(error) => {
                 // The runtime cleans up after a failed spawn; there is nothing to tear down.
                 self.workers.remove(&id);
-                self.slot_failed(slot, id, format!("spawn failed: {message}"));
+                self.slot_failed(slot, id, SlotFailure::Spawn(error));
             }
         }
     }
@@ -378,10 +523,22 @@ impl ServicePool {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        let (slot, previous) = (worker.slot, worker.state);
-        worker.state = WorkerState::Gone;
-        let expected = matches!(previous, WorkerState::Stopping);
-        self.metrics.worker_exited(id);
+        // Only a spawned worker is waited for.
+        let Some(spawned) = worker.phase.spawned() else {
+            return;
+        };
+        let (slot, previous) = (worker.slot, worker.state());
+        let in_balancer = worker.phase.in_balancer();
+        worker.phase = Phase::Gone {
+            spawned,
+            reason: worker.phase.reason(),
+        };
+        if let Some((reason, since)) = worker.recycle_started.take() {
+            self.observer
+                .recycle_finished(id, reason, Instant::now().duration_since(since));
+        }
+        self.observer.worker_exited(id, status);
+        let expected = previous == WorkerState::Stopping;
         if expected {
             info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, "worker stopped");
         } else {
@@ -389,15 +546,25 @@ impl ServicePool {
         }
         // Before teardown, which forgets the worker.
         let last_words = self.runtime.last_output(id);
-        self.remove_from_balancer(id).await;
+        if in_balancer {
+            if let Err(error) = self
+                .balancer
+                .remove_backend(&self.service, spawned.addr)
+                .await
+            {
+                error!(service = %self.service.name, worker.id = %id, %error, "removing the backend failed");
+            }
+        }
         self.teardown(id);
         if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
-            self.metrics.worker_crashed(id);
-            let mut message = format!("worker {id} {status} while {previous}");
-            if let Some(line) = last_words {
-                message = format!("{message}: {line}");
-            }
-            self.slot_failed(slot, id, message);
+            self.observer.worker_crashed(id, status);
+            let failure = SlotFailure::Exited {
+                worker: id,
+                status,
+                state: previous,
+                last_words,
+            };
+            self.slot_failed(slot, id, failure);
         }
     }
 
@@ -405,8 +572,10 @@ impl ServicePool {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        worker.health_in_flight = false;
-        worker.next_health_at = Instant::now() + self.config.health.interval.get();
+        if let Some(probe) = worker.phase.probe_mut() {
+            probe.in_flight = false;
+            probe.next_at = Instant::now() + self.config.health.interval.get();
+        }
         let result = match result {
             // poold's own shortage (EMFILE...): no verdict on the worker either way.
             Err(HealthFailure::Local(reason)) => {
@@ -416,19 +585,20 @@ impl ServicePool {
             Err(HealthFailure::Worker(reason)) => Err(reason),
             Ok(()) => Ok(()),
         };
-        match (worker.state, result) {
-            (WorkerState::Starting, Ok(())) => {
-                worker.ok_streak += 1;
-                if worker.ok_streak >= self.config.health.healthy_threshold {
+        let slot = worker.slot;
+        match (&mut worker.phase, result) {
+            (Phase::Starting { ok_streak, .. }, Ok(())) => {
+                *ok_streak += 1;
+                if *ok_streak >= self.config.health.healthy_threshold {
                     self.become_ready(id).await;
                 }
             }
-            (WorkerState::Starting, Err(_)) => worker.ok_streak = 0,
-            (WorkerState::Ready, Ok(())) => worker.fail_streak = 0,
-            (WorkerState::Ready, Err(reason)) => {
-                worker.fail_streak += 1;
-                self.metrics.health_check_failed();
-                let (slot, streak) = (worker.slot, worker.fail_streak);
+            (Phase::Starting { ok_streak, .. }, Err(_)) => *ok_streak = 0,
+            (Phase::Ready { fail_streak, .. }, Ok(())) => *fail_streak = 0,
+            (Phase::Ready { fail_streak, .. }, Err(reason)) => {
+                *fail_streak += 1;
+                let streak = *fail_streak;
+                self.observer.health_check_failed(id);
                 warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, "health check failed");
                 if streak >= self.config.health.unhealthy_threshold {
                     self.unhealthy(id, reason).await;
@@ -456,17 +626,18 @@ impl ServicePool {
         &mut self,
         slot: Option<u32>,
         done: Option<oneshot::Sender<()>>,
-    ) -> Result<Vec<u32>, String> {
+    ) -> Result<Vec<u32>, PoolError> {
+        let service = || self.service.name.clone();
         if self.shutdown.is_some() {
-            return Err(format!("service {} is shutting down", self.service.name));
+            return Err(PoolError::ShuttingDown { service: service() });
         }
         let slots: Vec<u32> = match slot {
             Some(slot) if slot as usize >= self.slots.len() => {
-                return Err(format!(
-                    "service {} has slots 0 to {}",
-                    self.service.name,
-                    self.slots.len() - 1
-                ));
+                return Err(PoolError::NoSuchSlot {
+                    service: service(),
+                    slot,
+                    last: self.slots.len() as u32 - 1,
+                });
             }
             Some(slot) => vec![slot],
             None => (0..self.slots.len() as u32).collect(),
@@ -503,7 +674,7 @@ impl ServicePool {
         // their deadline; starting ones serve nobody and stop now (or once spawned).
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
-            let Some(state) = self.workers.get(&id).map(|w| w.state) else {
+            let Some(state) = self.workers.get(&id).map(Worker::state) else {
                 continue;
             };
             match state {
@@ -517,13 +688,16 @@ impl ServicePool {
     // ----- tick --------------------------------------------------------------------------
 
     async fn on_tick(&mut self) {
-        let in_balancer = self.workers.values().any(|w| w.in_balancer);
+        let in_balancer = self.workers.values().any(|w| w.phase.in_balancer());
         if in_balancer {
             match self.balancer.backend_stats(&self.service).await {
                 Ok(stats) => {
                     for worker in self.workers.values_mut() {
                         // A backend missing from the dump has no stats: never "drained".
-                        worker.stats = worker.addr.and_then(|addr| stats.get(&addr).copied());
+                        worker.stats = worker
+                            .phase
+                            .spawned()
+                            .and_then(|spawned| stats.get(&spawned.addr).copied());
                     }
                 }
                 Err(error) => {
@@ -537,7 +711,7 @@ impl ServicePool {
         let ready: Vec<WorkerId> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready)
+            .filter(|w| w.state() == WorkerState::Ready)
             .map(|w| w.id)
             .collect();
         for id in ready {
@@ -545,11 +719,13 @@ impl ServicePool {
                 Ok(usage) => {
                     if let Some(worker) = self.workers.get_mut(&id) {
                         if usage.oom_kills > worker.usage.oom_kills {
-                            self.metrics
-                                .oom_killed(usage.oom_kills - worker.usage.oom_kills);
+                            self.observer
+                                .oom_killed(id, usage.oom_kills - worker.usage.oom_kills);
                         }
                         worker.usage = usage;
-                        worker.oom_baseline.get_or_insert(usage.oom_kills);
+                        if let Phase::Ready { oom_baseline, .. } = &mut worker.phase {
+                            oom_baseline.get_or_insert(usage.oom_kills);
+                        }
                     }
                 }
                 Err(error) => {
@@ -567,24 +743,23 @@ impl ServicePool {
             let Some(worker) = self.workers.get(&id) else {
                 continue;
             };
-            match worker.state {
-                WorkerState::Starting => {
-                    if worker.addr.is_some()
-                        && now >= worker.spawned_at + self.config.health.start_timeout.get()
-                    {
+            match worker.phase {
+                Phase::Spawning | Phase::Gone { .. } => {}
+                Phase::Starting { .. } => {
+                    if now >= worker.spawned_at + self.config.health.start_timeout.get() {
                         let slot = worker.slot;
-                        let message = format!(
-                            "worker {id} not healthy within start_timeout {}",
-                            self.config.health.start_timeout
-                        );
-                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{message}");
+                        let failure = SlotFailure::StartTimeout {
+                            worker: id,
+                            timeout: self.config.health.start_timeout,
+                        };
+                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
                         self.begin_stop(id, RecycleReason::Unhealthy);
-                        self.slot_failed(slot, id, message);
+                        self.slot_failed(slot, id, failure);
                     } else {
                         self.maybe_probe(id, now);
                     }
                 }
-                WorkerState::Ready => {
+                Phase::Ready { .. } => {
                     self.maybe_probe(id, now);
                     if let Some(reason) = self.planned_recycle_reason(id, now) {
                         let slot = self.workers[&id].slot as usize;
@@ -596,29 +771,38 @@ impl ServicePool {
                         }
                     }
                 }
-                WorkerState::Draining => {
-                    let settled = worker.drain_settled_at.is_some_and(|at| now >= at);
+                Phase::Draining {
+                    reason,
+                    settled_at,
+                    deadline,
+                    ..
+                } => {
                     let active = worker.stats.map(|stats| stats.active);
-                    if settled && active == Some(0) {
+                    if now >= settled_at && active == Some(0) {
                         debug!(service = %self.service.name, worker.id = %id, "worker drained");
-                        self.begin_stop(id, worker.reason.unwrap_or(RecycleReason::Manual));
-                    } else if worker.drain_deadline.is_some_and(|at| now >= at) {
+                        self.begin_stop(id, reason);
+                    } else if now >= deadline {
                         warn!(service = %self.service.name, worker.id = %id, active = ?active, "drain timeout; stopping with connections open");
-                        self.begin_stop(id, worker.reason.unwrap_or(RecycleReason::Manual));
+                        self.begin_stop(id, reason);
                     }
                 }
-                WorkerState::Stopping => {
-                    if !worker.killed && worker.kill_at.is_some_and(|at| now >= at) {
-                        warn!(service = %self.service.name, worker.id = %id, timeout = %self.config.recycle.stop_timeout, "worker ignored SIGTERM; sending SIGKILL");
-                        if let Err(error) = self.runtime.signal(id, StopSignal::Kill) {
-                            error!(service = %self.service.name, worker.id = %id, %error, "SIGKILL failed");
-                        }
-                        if let Some(worker) = self.workers.get_mut(&id) {
-                            worker.killed = true;
-                        }
+                Phase::Stopping {
+                    kill_at: Some(kill_at),
+                    ..
+                } if now >= kill_at => {
+                    warn!(service = %self.service.name, worker.id = %id, timeout = %self.config.recycle.stop_timeout, "worker ignored SIGTERM; sending SIGKILL");
+                    if let Err(error) = self.runtime.signal(id, StopSignal::Kill) {
+                        error!(service = %self.service.name, worker.id = %id, %error, "SIGKILL failed");
+                    }
+                    if let Some(Worker {
+                        phase: Phase::Stopping { kill_at, .. },
+                        ..
+                    }) = self.workers.get_mut(&id)
+                    {
+                        *kill_at = None;
                     }
                 }
-                WorkerState::Gone => {}
+                Phase::Stopping { .. } => {}
             }
         }
         if self.shutdown.is_none() {
@@ -632,8 +816,16 @@ impl ServicePool {
 
     fn planned_recycle_reason(&self, id: WorkerId, now: Instant) -> Option<RecycleReason> {
         let worker = &self.workers[&id];
+        let Phase::Ready {
+            retire_at,
+            oom_baseline,
+            ..
+        } = worker.phase
+        else {
+            return None;
+        };
         let recycle = &self.config.recycle;
-        if worker.retire_at.is_some_and(|at| now >= at) {
+        if retire_at.is_some_and(|at| now >= at) {
             return Some(RecycleReason::Lifetime);
         }
         if let (Some(limit), Some(stats)) = (recycle.max_connections, worker.stats) {
@@ -647,9 +839,7 @@ impl ServicePool {
             }
         }
         if recycle.on_oom == OnOom::Recycle
-            && worker
-                .oom_baseline
-                .is_some_and(|base| worker.usage.oom_kills > base)
+            && oom_baseline.is_some_and(|base| worker.usage.oom_kills > base)
         {
             return Some(RecycleReason::OomKill);
         }
@@ -660,12 +850,12 @@ impl ServicePool {
     fn next_probe_at(&self) -> Option<Instant> {
         self.workers
             .values()
-            .filter(|w| {
-                matches!(w.state, WorkerState::Starting | WorkerState::Ready)
-                    && w.addr.is_some()
-                    && !w.health_in_flight
+            .filter_map(|w| match w.phase {
+                Phase::Starting { probe, .. } | Phase::Ready { probe, .. } if !probe.in_flight => {
+                    Some(probe.next_at)
+                }
+                _ => None,
             })
-            .map(|w| w.next_health_at)
             .min()
     }
 
@@ -673,11 +863,16 @@ impl ServicePool {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        let Some(addr) = worker.addr else { return };
-        if worker.health_in_flight || now < worker.next_health_at {
+        let Some(addr) = worker.phase.spawned().map(|s| s.addr) else {
+            return;
+        };
+        let Some(probe) = worker.phase.probe_mut() else {
+            return;
+        };
+        if probe.in_flight || now < probe.next_at {
             return;
         }
-        worker.health_in_flight = true;
+        probe.in_flight = true;
         let health = self.health.clone();
         let spec = self.config.health.clone();
         let events = self.events_tx.clone();
@@ -690,10 +885,13 @@ impl ServicePool {
     fn reset_failures(&mut self, now: Instant) {
         let steady = self.config.backoff.max.get();
         for slot in &mut self.slots {
-            let ready_since = slot
-                .current
-                .and_then(|id| self.workers.get(&id))
-                .and_then(|w| w.ready_at);
+            let ready_since =
+                slot.current
+                    .and_then(|id| self.workers.get(&id))
+                    .and_then(|w| match w.phase {
+                        Phase::Ready { ready_at, .. } => Some(ready_at),
+                        _ => None,
+                    });
             if slot.failures > 0 && ready_since.is_some_and(|at| now >= at + steady) {
                 slot.failures = 0;
                 slot.last_error = None;
@@ -703,6 +901,11 @@ impl ServicePool {
 
     fn recycles_in_flight(&self) -> usize {
         self.slots.iter().filter(|slot| slot.recycling).count()
+    }
+
+    fn is_ready(&self, id: Option<WorkerId>) -> bool {
+        id.and_then(|id| self.workers.get(&id))
+            .is_some_and(|w| w.state() == WorkerState::Ready)
     }
 
     async fn start_planned_recycles(&mut self, now: Instant) {
@@ -716,11 +919,7 @@ impl ServicePool {
             let Some(current) = slot.current else {
                 continue;
             };
-            let current_ready = self
-                .workers
-                .get(&current)
-                .is_some_and(|w| w.state == WorkerState::Ready);
-            if !current_ready
+            if !self.is_ready(Some(current))
                 || slot.replacement.is_some()
                 || slot.restart_at.is_some_and(|at| now < at)
             {
@@ -730,14 +929,18 @@ impl ServicePool {
             slot.pending = None;
             slot.recycling = true;
             let index = index as u32;
-            self.metrics.recycle_started(current, reason);
+            self.recycle_started(current, reason);
             info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
                 self.slots[index as usize].replacement = Some(replacement);
                 // The old worker keeps its reason for when the replacement is ready.
-                if let Some(worker) = self.workers.get_mut(&current) {
-                    worker.reason = Some(reason);
+                if let Some(Worker {
+                    phase: Phase::Ready { replacing, .. },
+                    ..
+                }) = self.workers.get_mut(&current)
+                {
+                    *replacing = Some(reason);
                 }
             } else {
                 self.slots[index as usize].current = None;
@@ -756,7 +959,7 @@ impl ServicePool {
             let retiring = self
                 .workers
                 .values()
-                .any(|w| w.slot as usize == index && w.state != WorkerState::Starting);
+                .any(|w| w.slot as usize == index && w.state() != WorkerState::Starting);
             if !self.config.recycle.surge && slot.recycling && retiring {
                 continue;
             }
@@ -771,10 +974,7 @@ impl ServicePool {
             if !slot.recycling || slot.replacement.is_some() {
                 continue;
             }
-            let current_ready = slot
-                .current
-                .and_then(|id| self.workers.get(&id))
-                .is_some_and(|w| w.state == WorkerState::Ready);
+            let current_ready = self.is_ready(slot.current);
             let old_left = self
                 .workers
                 .values()
@@ -787,12 +987,7 @@ impl ServicePool {
         waiters.retain(|waiter| !waiter.done.is_closed());
         for waiter in waiters {
             let finished = waiter.old_workers.iter().all(|(slot, old)| {
-                let slot = &self.slots[*slot as usize];
-                !self.workers.contains_key(old)
-                    && slot
-                        .current
-                        .and_then(|id| self.workers.get(&id))
-                        .is_some_and(|w| w.state == WorkerState::Ready)
+                !self.workers.contains_key(old) && self.is_ready(self.slots[*slot as usize].current)
             });
             if finished {
                 let _ = waiter.done.send(());
@@ -806,34 +1001,20 @@ impl ServicePool {
 
     fn spawn_worker(&mut self, slot: u32) -> WorkerId {
         let id = WorkerId(NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed));
-        let now = Instant::now();
         self.workers.insert(
             id,
             Worker {
                 id,
                 slot,
-                state: WorkerState::Starting,
-                addr: None,
-                pid: None,
-                spawned_at: now,
-                ready_at: None,
-                in_balancer: false,
-                health_in_flight: false,
-                next_health_at: now,
-                ok_streak: 0,
-                fail_streak: 0,
-                retire_at: None,
-                reason: None,
-                drain_settled_at: None,
-                drain_deadline: None,
-                kill_at: None,
-                killed: false,
+                phase: Phase::Spawning,
+                spawned_at: Instant::now(),
                 stats: None,
                 usage: ResourceUsage::default(),
-                oom_baseline: None,
+                recycle_started: None,
             },
         );
         debug!(service = %self.service.name, worker.slot = slot, worker.id = %id, "spawning worker");
+        self.observer.worker_spawned(slot, id);
         let spec = WorkerSpec {
             id,
             slot,
@@ -842,19 +1023,31 @@ impl ServicePool {
         let runtime = self.runtime.clone();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
-            let result = runtime.spawn(&spec).await.map_err(|e| e.to_string());
+            let result = runtime.spawn(&spec).await;
             let _ = events.send(Event::Spawned { id, result });
         });
         id
+    }
+
+    /// The replacement of `id` began; reported once per worker, timed from the first time.
+    fn recycle_started(&mut self, id: WorkerId, reason: RecycleReason) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.recycle_started.is_none() {
+            worker.recycle_started = Some((reason, Instant::now()));
+            self.observer.recycle_started(id, reason);
+        }
     }
 
     async fn become_ready(&mut self, id: WorkerId) {
         let Some(worker) = self.workers.get(&id) else {
             return;
         };
-        let (slot, Some(addr)) = (worker.slot, worker.addr) else {
+        let Phase::Starting { spawned, probe, .. } = worker.phase else {
             return;
         };
+        let (slot, addr) = (worker.slot, spawned.addr);
         if let Err(error) = self
             .balancer
             .add_backend(&self.service, addr, self.config.weight)
@@ -862,16 +1055,21 @@ impl ServicePool {
         {
             error!(service = %self.service.name, worker.slot = slot, worker.id = %id, %error, "adding the worker to the balancer failed");
             self.begin_stop(id, RecycleReason::Unhealthy);
-            self.slot_failed(slot, id, format!("balancer: {error}"));
+            self.slot_failed(slot, id, SlotFailure::Balancer(error));
             return;
         }
         let now = Instant::now();
         let lifetime = self.lifetime();
         let worker = self.workers.get_mut(&id).expect("checked above");
-        worker.state = WorkerState::Ready;
-        worker.in_balancer = true;
-        worker.ready_at = Some(now);
-        worker.retire_at = lifetime.map(|lifetime| now + lifetime);
+        worker.phase = Phase::Ready {
+            spawned,
+            probe,
+            fail_streak: 0,
+            ready_at: now,
+            retire_at: lifetime.map(|lifetime| now + lifetime),
+            oom_baseline: None,
+            replacing: None,
+        };
         info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, lifetime = ?lifetime, "worker ready");
 
         let entry = &mut self.slots[slot as usize];
@@ -883,7 +1081,7 @@ impl ServicePool {
                 let reason = self
                     .workers
                     .get(&old)
-                    .and_then(|w| w.reason)
+                    .and_then(|w| w.phase.reason())
                     .unwrap_or(RecycleReason::Manual);
                 self.retire(old, reason).await;
             }
@@ -907,49 +1105,53 @@ impl ServicePool {
         let Some(worker) = self.workers.get(&id) else {
             return;
         };
-        if worker.state != WorkerState::Ready {
+        let Phase::Ready { spawned, .. } = worker.phase else {
             self.begin_stop(id, reason);
             return;
+        };
+        if let Err(error) = self
+            .balancer
+            .set_weight(&self.service, spawned.addr, 0)
+            .await
+        {
+            error!(service = %self.service.name, worker.id = %id, %error, "setting weight 0 failed");
         }
-        self.set_weight_zero(id).await;
         let now = Instant::now();
         let worker = self.workers.get_mut(&id).expect("checked above");
-        worker.state = WorkerState::Draining;
-        worker.reason = Some(reason);
-        worker.drain_settled_at = Some(now + self.options.drain_settle);
-        worker.drain_deadline = Some(now + self.config.recycle.drain_timeout.get());
+        worker.phase = Phase::Draining {
+            spawned,
+            reason,
+            settled_at: now + self.options.drain_settle,
+            deadline: now + self.config.recycle.drain_timeout.get(),
+        };
         info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");
     }
 
-    async fn set_weight_zero(&mut self, id: WorkerId) {
-        let Some(addr) = self.workers.get(&id).and_then(|w| w.addr) else {
-            return;
-        };
-        if let Err(error) = self.balancer.set_weight(&self.service, addr, 0).await {
-            error!(service = %self.service.name, worker.id = %id, %error, "setting weight 0 failed");
-        }
-    }
-
-    /// SIGTERM now, SIGKILL after stop_timeout (-> Stopping).
+    /// SIGTERM now, SIGKILL after stop_timeout (-> Stopping). A worker already being
+    /// replaced keeps its reason.
     fn begin_stop(&mut self, id: WorkerId, reason: RecycleReason) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        if matches!(worker.state, WorkerState::Stopping | WorkerState::Gone)
-            || worker.addr.is_none()
-        {
+        let Some(spawned) = worker.phase.spawned() else {
+            return;
+        };
+        if matches!(worker.phase, Phase::Stopping { .. } | Phase::Gone { .. }) {
             return;
         }
-        worker.state = WorkerState::Stopping;
-        worker.reason.get_or_insert(reason);
-        worker.kill_at = Some(Instant::now() + self.config.recycle.stop_timeout.get());
+        worker.phase = Phase::Stopping {
+            spawned,
+            reason: worker.phase.reason().unwrap_or(reason),
+            in_balancer: worker.phase.in_balancer(),
+            kill_at: Some(Instant::now() + self.config.recycle.stop_timeout.get()),
+        };
         debug!(service = %self.service.name, worker.id = %id, "sending SIGTERM");
         if let Err(error) = self.runtime.signal(id, StopSignal::Term) {
             error!(service = %self.service.name, worker.id = %id, %error, "SIGTERM failed");
         }
     }
 
-    async fn unhealthy(&mut self, id: WorkerId, reason: String) {
+    async fn unhealthy(&mut self, id: WorkerId, reason: ProbeError) {
         let Some(slot) = self.workers.get(&id).map(|w| w.slot) else {
             return;
         };
@@ -958,22 +1160,9 @@ impl ServicePool {
         if self.slots[slot as usize].current == Some(id) {
             self.slots[slot as usize].current = None;
         }
-        self.metrics.recycle_started(id, RecycleReason::Unhealthy);
+        self.recycle_started(id, RecycleReason::Unhealthy);
         self.retire(id, RecycleReason::Unhealthy).await;
-        self.slot_failed(slot, id, format!("worker {id} unhealthy: {reason}"));
-    }
-
-    async fn remove_from_balancer(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get_mut(&id) else {
-            return;
-        };
-        let (true, Some(addr)) = (worker.in_balancer, worker.addr) else {
-            return;
-        };
-        worker.in_balancer = false;
-        if let Err(error) = self.balancer.remove_backend(&self.service, addr).await {
-            error!(service = %self.service.name, worker.id = %id, %error, "removing the backend failed");
-        }
+        self.slot_failed(slot, id, SlotFailure::Unhealthy { worker: id, reason });
     }
 
     fn teardown(&mut self, id: WorkerId) {
@@ -989,7 +1178,7 @@ impl ServicePool {
     }
 
     /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
-    fn slot_failed(&mut self, slot: u32, id: WorkerId, message: String) {
+    fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
         let backoff = &self.config.backoff;
         let entry = &mut self.slots[slot as usize];
         if entry.current == Some(id) {
@@ -1002,19 +1191,19 @@ impl ServicePool {
             let old_reason = entry
                 .current
                 .and_then(|old| self.workers.get(&old))
-                .and_then(|w| w.reason);
+                .and_then(|w| w.phase.reason());
             entry.pending = Some(old_reason.unwrap_or(RecycleReason::Manual));
         }
         entry.failures += 1;
         let delay = backoff.delay(entry.failures);
         entry.restart_at = Some(Instant::now() + delay);
-        entry.last_error = Some(message.clone());
         let failures = entry.failures;
         if failures >= CRASH_LOOP_FAILURES {
-            error!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}; slot is crash-looping");
+            error!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{failure}; slot is crash-looping");
         } else {
-            warn!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{message}");
+            warn!(service = %self.service.name, worker.slot = slot, failures, retry_in = ?delay, "{failure}");
         }
+        entry.last_error = Some(failure);
     }
 
     // ----- status ------------------------------------------------------------------------
@@ -1024,17 +1213,20 @@ impl ServicePool {
         let mut workers: Vec<WorkerStatus> = self
             .workers
             .values()
-            .map(|w| WorkerStatus {
-                slot: w.slot,
-                id: w.id.0,
-                state: w.state,
-                addr: w.addr,
-                pid: w.pid,
-                age_secs: now.duration_since(w.spawned_at).as_secs_f64(),
-                active_conns: w.stats.map_or(0, |s| s.active),
-                total_conns: w.stats.map_or(0, |s| s.total),
-                memory_bytes: w.usage.memory_bytes,
-                reason: w.reason,
+            .map(|w| {
+                let spawned = w.phase.spawned();
+                WorkerStatus {
+                    slot: w.slot,
+                    id: w.id,
+                    state: w.state(),
+                    addr: spawned.map(|s| s.addr),
+                    pid: spawned.map(|s| s.pid),
+                    age_secs: now.duration_since(w.spawned_at).as_secs_f64(),
+                    active_conns: w.stats.map_or(0, |s| s.active),
+                    total_conns: w.stats.map_or(0, |s| s.total),
+                    memory_bytes: w.usage.memory_bytes,
+                    reason: w.phase.reason(),
+                }
             })
             .collect();
         let slots = self
@@ -1052,7 +1244,7 @@ impl ServicePool {
                     }
                 } else if slot.recycling {
                     SlotState::Recycling
-                } else if current.is_some_and(|w| w.state == WorkerState::Ready) {
+                } else if current.is_some_and(|w| w.state() == WorkerState::Ready) {
                     SlotState::Ok
                 } else {
                     SlotState::Starting
@@ -1061,7 +1253,7 @@ impl ServicePool {
                     slot: index as u32,
                     state,
                     failures: slot.failures,
-                    last_error: slot.last_error.clone(),
+                    last_error: slot.last_error.as_ref().map(ToString::to_string),
                     retry_in_secs: waiting.map(|at| (at - now).as_secs_f64()),
                 }
             })

@@ -1,6 +1,7 @@
 //! What the supervisor reports about a service (poolctl status, the control API, metrics).
 
 use crate::balancer::BalancerKind;
+use crate::runtime::WorkerId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,13 +45,6 @@ pub enum RecycleReason {
     Manual,
     Unhealthy,
     Shutdown,
-}
-
-impl RecycleReason {
-    /// Planned recycles keep capacity (surge) and wait for a recycle permit.
-    pub fn is_planned(self) -> bool {
-        !matches!(self, Self::Unhealthy | Self::Shutdown)
-    }
 }
 
 impl fmt::Display for RecycleReason {
@@ -98,7 +92,7 @@ impl fmt::Display for SlotState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: u32,
-    pub id: u64,
+    pub id: WorkerId,
     pub state: WorkerState,
     pub addr: Option<SocketAddr>,
     pub pid: Option<u32>,

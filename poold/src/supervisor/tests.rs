@@ -1,71 +1,12 @@
 //! The supervisor's state machine against recording fakes, in paused tokio time.
 
-use super::fakes::{FakeBalancer, FakeHealth, FakeRuntime};
+use super::testing::{wait, web_service, Harness};
 use super::*;
 use crate::config::{ByteSize, HumanDuration, OnOom, ServiceConfig};
-use std::sync::Arc;
-use std::time::Duration;
+use crate::runtime::{ExitStatus, ResourceUsage, StopSignal, WorkerId};
 
 fn service(workers: u32) -> ServiceConfig {
-    super::fakes::web_service(workers, "")
-}
-
-struct Harness {
-    runtime: FakeRuntime,
-    balancer: FakeBalancer,
-    health: FakeHealth,
-    pool: PoolHandle,
-}
-
-impl Harness {
-    async fn start(config: ServiceConfig) -> Self {
-        let runtime = FakeRuntime::default();
-        let balancer = FakeBalancer::new(config.workers as usize);
-        let health = FakeHealth::default();
-        let options = PoolOptions {
-            tick: Duration::from_millis(500),
-            drain_settle: Duration::from_secs(1),
-            seed: 7,
-        };
-        let pool = ServicePool::start(
-            Arc::new(config),
-            Arc::new(runtime.clone()),
-            Arc::new(balancer.clone()),
-            Arc::new(health.clone()),
-            options,
-        )
-        .await
-        .unwrap();
-        Self {
-            runtime,
-            balancer,
-            health,
-            pool,
-        }
-    }
-
-    fn status(&self) -> ServiceStatus {
-        self.pool.status.borrow().clone()
-    }
-
-    fn workers_in(&self, state: WorkerState) -> Vec<WorkerStatus> {
-        self.status()
-            .workers
-            .into_iter()
-            .filter(|w| w.state == state)
-            .collect()
-    }
-
-    fn ready_worker(&self, slot: u32) -> WorkerStatus {
-        self.workers_in(WorkerState::Ready)
-            .into_iter()
-            .find(|w| w.slot == slot)
-            .expect("slot has a ready worker")
-    }
-}
-
-async fn wait(secs: u64) {
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    web_service(workers, "")
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,7 +30,7 @@ async fn fills_the_pool_with_fresh_addresses() {
 async fn a_crash_reports_the_workers_last_output_line() {
     let h = Harness::start(service(1)).await;
     wait(2).await;
-    let victim = WorkerId(h.ready_worker(0).id);
+    let victim = h.ready_worker(0).id;
     h.runtime
         .state()
         .workers
@@ -114,7 +55,7 @@ async fn crash_is_replaced_with_exponential_backoff_and_crash_loop_shows() {
     wait(2).await;
     let victim = h.ready_worker(1);
     h.runtime.state().fail_spawns = true;
-    h.runtime.exit(WorkerId(victim.id), ExitStatus::Code(1));
+    h.runtime.exit(victim.id, ExitStatus::Code(1));
     wait(1).await;
     let status = h.status();
     assert_eq!(status.ready, 1);
@@ -129,7 +70,7 @@ async fn crash_is_replaced_with_exponential_backoff_and_crash_loop_shows() {
             .contains_key(&victim.addr.unwrap()),
         "crashed backend removed"
     );
-    assert!(h.runtime.state().workers[&WorkerId(victim.id)].torn_down);
+    assert!(h.runtime.state().workers[&victim.id].torn_down);
 
     wait(60).await;
     let attempts: Vec<_> = h
@@ -180,7 +121,7 @@ async fn lifetime_recycles_are_staggered_and_keep_capacity() {
     config.recycle.min_lifetime = HumanDuration::from_secs(90);
     let h = Harness::start(config).await;
     wait(2).await;
-    let first: Vec<u64> = h
+    let first: Vec<WorkerId> = h
         .workers_in(WorkerState::Ready)
         .iter()
         .map(|w| w.id)
@@ -208,7 +149,7 @@ async fn lifetime_recycles_are_staggered_and_keep_capacity() {
         most_in_flight = most_in_flight.max(in_flight);
         assert!(status.ready >= 4, "ready dropped below desired: {status:?}");
     }
-    let now: Vec<u64> = h
+    let now: Vec<WorkerId> = h
         .workers_in(WorkerState::Ready)
         .iter()
         .map(|w| w.id)
@@ -255,16 +196,13 @@ async fn manual_recycle_drains_before_stopping() {
     assert_eq!(h.balancer.state().backends[&old_addr].weight, 0);
     assert_eq!(h.status().ready, 2, "replacement is ready");
     assert!(
-        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        h.runtime.signals_to(old.id).is_empty(),
         "not stopped while connections are active"
     );
 
     h.balancer.set_active(old_addr, 0);
     wait(2).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(old.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(old.id), vec![StopSignal::Term]);
     assert!(!h.balancer.state().backends.contains_key(&old_addr));
     done.await.expect("recycle finished");
     assert!(h.balancer.state().removed_with_active.is_empty());
@@ -283,16 +221,13 @@ async fn drain_timeout_then_sigterm_then_sigkill() {
     h.runtime.state().ignore_term = true;
     h.pool.recycle(None).await.unwrap();
     wait(15).await;
-    assert!(h.runtime.signals_to(WorkerId(old.id)).is_empty());
+    assert!(h.runtime.signals_to(old.id).is_empty());
     wait(7).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(old.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(old.id), vec![StopSignal::Term]);
     assert_eq!(h.workers_in(WorkerState::Stopping).len(), 1);
     wait(6).await;
     assert_eq!(
-        h.runtime.signals_to(WorkerId(old.id)),
+        h.runtime.signals_to(old.id),
         vec![StopSignal::Term, StopSignal::Kill]
     );
     wait(1).await;
@@ -311,21 +246,18 @@ async fn missing_stats_are_never_read_as_drained() {
     h.pool.recycle(None).await.unwrap();
     wait(10).await;
     assert!(
-        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        h.runtime.signals_to(old.id).is_empty(),
         "hidden backend is not drained"
     );
     h.balancer.state().hidden.clear();
     h.balancer.state().fail_stats = true;
     wait(5).await;
     assert!(
-        h.runtime.signals_to(WorkerId(old.id)).is_empty(),
+        h.runtime.signals_to(old.id).is_empty(),
         "failed dump is not drained"
     );
     wait(8).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(old.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(old.id), vec![StopSignal::Term]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -343,7 +275,7 @@ async fn max_connections_recycles() {
         .unwrap()
         .total = 999;
     wait(5).await;
-    assert!(h.runtime.signals_to(WorkerId(busy.id)).is_empty());
+    assert!(h.runtime.signals_to(busy.id).is_empty());
     h.balancer
         .state()
         .backends
@@ -351,11 +283,8 @@ async fn max_connections_recycles() {
         .unwrap()
         .total = 1000;
     wait(5).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(busy.id)),
-        vec![StopSignal::Term]
-    );
-    assert!(h.runtime.signals_to(WorkerId(calm.id)).is_empty());
+    assert_eq!(h.runtime.signals_to(busy.id), vec![StopSignal::Term]);
+    assert!(h.runtime.signals_to(calm.id).is_empty());
     assert_eq!(h.status().ready, 2);
 }
 
@@ -367,36 +296,30 @@ async fn max_memory_and_oom_kill_recycle() {
     wait(2).await;
     let (fat, oom, fine) = (h.ready_worker(0), h.ready_worker(1), h.ready_worker(2));
     h.runtime.set_usage(
-        WorkerId(fat.id),
+        fat.id,
         ResourceUsage {
             memory_bytes: 101 << 20,
             oom_kills: 0,
         },
     );
     h.runtime.set_usage(
-        WorkerId(fine.id),
+        fine.id,
         ResourceUsage {
             memory_bytes: 99 << 20,
             oom_kills: 0,
         },
     );
     h.runtime.set_usage(
-        WorkerId(oom.id),
+        oom.id,
         ResourceUsage {
             memory_bytes: 10 << 20,
             oom_kills: 1,
         },
     );
     wait(10).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(fat.id)),
-        vec![StopSignal::Term]
-    );
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(oom.id)),
-        vec![StopSignal::Term]
-    );
-    assert!(h.runtime.signals_to(WorkerId(fine.id)).is_empty());
+    assert_eq!(h.runtime.signals_to(fat.id), vec![StopSignal::Term]);
+    assert_eq!(h.runtime.signals_to(oom.id), vec![StopSignal::Term]);
+    assert!(h.runtime.signals_to(fine.id).is_empty());
     assert_eq!(h.balancer.state().min_weighted_after_full, Some(3));
 }
 
@@ -408,14 +331,14 @@ async fn oom_kill_ignored_when_configured() {
     wait(2).await;
     let worker = h.ready_worker(0);
     h.runtime.set_usage(
-        WorkerId(worker.id),
+        worker.id,
         ResourceUsage {
             memory_bytes: 1,
             oom_kills: 4,
         },
     );
     wait(10).await;
-    assert!(h.runtime.signals_to(WorkerId(worker.id)).is_empty());
+    assert!(h.runtime.signals_to(worker.id).is_empty());
 }
 
 /// An unhealthy worker loses traffic at once (no waiting for a replacement) and is replaced.
@@ -454,12 +377,12 @@ async fn failed_health_checks_replace_the_worker() {
 async fn local_errors_of_health_checks_never_replace_a_worker() {
     let h = Harness::start(service(2)).await;
     wait(2).await;
-    let before: Vec<u64> = h.status().workers.iter().map(|w| w.id).collect();
+    let before: Vec<WorkerId> = h.status().workers.iter().map(|w| w.id).collect();
     h.health.all_local_errors(true);
     wait(60).await;
     let status = h.status();
     assert_eq!(status.ready, 2);
-    let after: Vec<u64> = status.workers.iter().map(|w| w.id).collect();
+    let after: Vec<WorkerId> = status.workers.iter().map(|w| w.id).collect();
     assert_eq!(
         before, after,
         "a worker was replaced for poold's own shortage"
@@ -503,14 +426,11 @@ async fn failed_surge_replacement_keeps_the_old_worker() {
     h.pool.recycle(None).await.unwrap();
     wait(5).await;
     assert_eq!(h.ready_worker(0).id, old.id);
-    assert!(h.runtime.signals_to(WorkerId(old.id)).is_empty());
+    assert!(h.runtime.signals_to(old.id).is_empty());
     h.runtime.state().fail_spawns = false;
     wait(10).await;
     assert_ne!(h.ready_worker(0).id, old.id);
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(old.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(old.id), vec![StopSignal::Term]);
     assert_eq!(h.balancer.state().min_weighted_after_full, Some(1));
 }
 
@@ -518,7 +438,7 @@ async fn failed_surge_replacement_keeps_the_old_worker() {
 async fn recycle_all_with_wait_replaces_every_worker_one_at_a_time() {
     let h = Harness::start(service(3)).await;
     wait(2).await;
-    let before: Vec<u64> = h
+    let before: Vec<WorkerId> = h
         .workers_in(WorkerState::Ready)
         .iter()
         .map(|w| w.id)
@@ -526,7 +446,7 @@ async fn recycle_all_with_wait_replaces_every_worker_one_at_a_time() {
     let (slots, done) = h.pool.recycle(None).await.unwrap();
     assert_eq!(slots, vec![0, 1, 2]);
     done.await.unwrap();
-    let after: Vec<u64> = h
+    let after: Vec<WorkerId> = h
         .workers_in(WorkerState::Ready)
         .iter()
         .map(|w| w.id)
@@ -543,12 +463,19 @@ async fn recycle_all_with_wait_replaces_every_worker_one_at_a_time() {
         assert_eq!(balancer.min_weighted_after_full, Some(3));
         assert_eq!(balancer.max_backends, 4);
     }
-    assert!(h
-        .pool
-        .recycle(Some(3))
-        .await
-        .unwrap_err()
-        .contains("slots 0 to 2"));
+    let error = h.pool.recycle(Some(3)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PoolError::NoSuchSlot {
+                slot: 3,
+                last: 2,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.to_string(), "service web has slots 0 to 2");
 }
 
 /// Without surge the old worker drains and stops before its replacement starts.
@@ -565,7 +492,7 @@ async fn without_surge_drain_comes_first() {
     let term_at = state
         .signals
         .iter()
-        .find(|(w, _, _)| w.0 == old.id)
+        .find(|(w, _, _)| *w == old.id)
         .unwrap()
         .2;
     let respawn_at = state
@@ -614,21 +541,15 @@ async fn shutdown_waits_for_active_connections_to_end() {
     );
     assert_eq!(h.balancer.state().backends[&busy_addr].weight, 0);
     assert!(
-        h.runtime.signals_to(WorkerId(busy.id)).is_empty(),
+        h.runtime.signals_to(busy.id).is_empty(),
         "not stopped while connections are active"
     );
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(idle.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(idle.id), vec![StopSignal::Term]);
     assert!(!shutdown.is_finished());
 
     h.balancer.set_active(busy_addr, 0);
     wait(2).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(busy.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(busy.id), vec![StopSignal::Term]);
     shutdown.await.unwrap();
     assert!(h.balancer.state().removed_with_active.is_empty());
     assert!(!h.balancer.state().service);
@@ -647,13 +568,10 @@ async fn shutdown_gives_up_draining_at_drain_timeout() {
     let pool = h.pool.clone();
     let shutdown = tokio::spawn(async move { pool.shutdown().await });
     wait(15).await;
-    assert!(h.runtime.signals_to(WorkerId(busy.id)).is_empty());
+    assert!(h.runtime.signals_to(busy.id).is_empty());
     assert!(!shutdown.is_finished());
     wait(7).await;
-    assert_eq!(
-        h.runtime.signals_to(WorkerId(busy.id)),
-        vec![StopSignal::Term]
-    );
+    assert_eq!(h.runtime.signals_to(busy.id), vec![StopSignal::Term]);
     shutdown.await.unwrap();
     assert!(!h.balancer.state().service);
 }
@@ -675,4 +593,28 @@ async fn dropping_every_handle_stops_the_pool() {
     wait(1).await;
     assert!(runtime.state().workers.values().all(|w| w.torn_down));
     assert!(!balancer.state().service);
+}
+
+/// poolctl and scripts read this JSON: the worker id stays a bare number, the rest as it was.
+#[test]
+fn worker_status_json_is_stable() {
+    let status = WorkerStatus {
+        slot: 1,
+        id: WorkerId(7),
+        state: WorkerState::Draining,
+        addr: Some("10.0.0.2:8080".parse().unwrap()),
+        pid: Some(42),
+        age_secs: 1.5,
+        active_conns: 3,
+        total_conns: 40,
+        memory_bytes: 1024,
+        reason: Some(RecycleReason::MaxMemory),
+    };
+    let json = serde_json::to_string(&status).unwrap();
+    assert_eq!(
+        json,
+        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"reason":"max-memory"}"#
+    );
+    let back: WorkerStatus = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, status);
 }

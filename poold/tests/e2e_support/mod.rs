@@ -107,7 +107,7 @@ subnet = "10.215.{tag}.0/24"
         std::fs::write(&config_path, config).unwrap();
         let parsed = poold::config::Config::load(&config_path)
             .unwrap_or_else(|e| panic!("the e2e config does not load: {e}"));
-        let link_prefix = poold::sandbox_runtime::sandbox_config(&parsed).link_prefix;
+        let link_prefix = poold::runtime::sandbox::sandbox_config(&parsed).link_prefix;
         let links_before = links_with_prefix(&link_prefix);
         let cgroups_before = poold_cgroups();
         let log = std::fs::File::create(dir.path().join("poold.log")).unwrap();

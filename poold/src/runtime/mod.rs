@@ -1,15 +1,26 @@
 //! The worker runtime as the supervisor sees it: spawn a sandboxed worker, signal it, learn
-//! when it exits, read its resource use, tear it down.
+//! when it exits, read its resource use, tear it down. [`sandbox::SandboxRuntime`] is the
+//! real one (over [`crate::sandbox`]); `fake.rs` records calls for unit tests.
+//!
+//! These are the supervisor's words: a *worker* is one attempt at filling a slot; the
+//! sandbox's own objects (containers) appear only in `sandbox.rs`.
+
+pub mod sandbox;
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 use crate::config::ServiceConfig;
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Identifies one worker (one container) for its whole life. Never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// Identifies one worker for its whole life, in the supervisor, the runtime, status and
+/// logs (JSON: the bare number). Never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct WorkerId(pub u64);
 
 impl fmt::Display for WorkerId {
@@ -67,11 +78,26 @@ pub struct ResourceUsage {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("worker {worker}: {operation}: {message}")]
+#[error("worker {worker}: {operation}: {source}")]
 pub struct RuntimeError {
     pub worker: WorkerId,
     pub operation: &'static str,
-    pub message: String,
+    pub source: RuntimeFailure,
+}
+
+/// What went wrong in a runtime operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeFailure {
+    #[error("no such worker")]
+    NoSuchWorker,
+    #[error("the sandbox gave the worker no address")]
+    NoAddress,
+    #[error("worker task is gone")]
+    TaskGone,
+    #[error("worker task ended without an answer")]
+    NoAnswer,
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 #[async_trait]

@@ -4,14 +4,14 @@
 //! teardown requests meanwhile (`Worker::wait` is cancel-safe, so a request interrupts the
 //! wait, is carried out, and the wait resumes).
 
+use super::{
+    ExitStatus, ResourceUsage, RuntimeError, RuntimeFailure, SpawnedWorker, StopSignal, WorkerId,
+    WorkerRuntime, WorkerSpec,
+};
 use crate::config::{Config, RootfsSource, ServiceConfig};
 use crate::sandbox::{
     self, BridgeConfig, Limits, NetworkMode, Output, ResourceReader, RootFs, Sandbox,
     SandboxConfig, Tmpfs,
-};
-use crate::supervisor::{
-    ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
-    WorkerSpec,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
@@ -33,7 +33,7 @@ pub const ADDRESS_QUARANTINE: Duration = Duration::from_secs(150);
 
 enum Request {
     Signal(Signal),
-    Destroy(oneshot::Sender<Result<(), String>>),
+    Destroy(oneshot::Sender<Result<(), sandbox::SandboxError>>),
 }
 
 struct Entry {
@@ -212,18 +212,29 @@ impl SandboxRuntime {
         f: impl FnOnce(&Entry) -> T,
     ) -> Result<T, RuntimeError> {
         let workers = self.workers.lock().expect("workers lock");
-        workers.get(&worker).map(f).ok_or_else(|| RuntimeError {
+        workers.get(&worker).map(f).ok_or(RuntimeError {
             worker,
             operation,
-            message: "no such worker".into(),
+            source: RuntimeFailure::NoSuchWorker,
         })
     }
 }
 
-fn convert(status: sandbox::ExitStatus) -> ExitStatus {
-    match status {
-        sandbox::ExitStatus::Code(code) => ExitStatus::Code(code),
-        sandbox::ExitStatus::Signal(signal) => ExitStatus::Signal(signal),
+impl From<sandbox::ExitStatus> for ExitStatus {
+    fn from(status: sandbox::ExitStatus) -> Self {
+        match status {
+            sandbox::ExitStatus::Code(code) => Self::Code(code),
+            sandbox::ExitStatus::Signal(signal) => Self::Signal(signal),
+        }
+    }
+}
+
+impl From<sandbox::ResourceUsage> for ResourceUsage {
+    fn from(usage: sandbox::ResourceUsage) -> Self {
+        Self {
+            memory_bytes: usage.memory_bytes,
+            oom_kills: usage.oom_kills,
+        }
     }
 }
 
@@ -238,7 +249,7 @@ async fn own_worker(
         let request = if exit.borrow().is_none() {
             tokio::select! {
                 ended = worker.wait() => {
-                    let status = ended.map(|e| convert(e.status)).unwrap_or_else(|error| {
+                    let status = ended.map(|e| e.status.into()).unwrap_or_else(|error| {
                         error!(worker.id = %id, %error, "waiting for the worker failed; counting it as killed");
                         ExitStatus::Signal(libc::SIGKILL)
                     });
@@ -265,7 +276,7 @@ async fn own_worker(
             None => break None,
         }
     };
-    let result = worker.destroy().await.map_err(|e| e.to_string());
+    let result = worker.destroy().await;
     if let Some(reply) = reply {
         let _ = reply.send(result);
     } else if let Err(error) = result {
@@ -276,16 +287,16 @@ async fn own_worker(
 #[async_trait]
 impl WorkerRuntime for SandboxRuntime {
     async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
-        let error = |message: String| RuntimeError {
+        let error = |source: RuntimeFailure| RuntimeError {
             worker: spec.id,
             operation: "spawn",
-            message,
+            source,
         };
         let mut worker = self
             .sandbox
             .spawn(worker_spec(&spec.service, spec.slot, spec.id))
             .await
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(e.into()))?;
         let capture = worker.take_output().map(|(stdout, stderr)| {
             let labels = worker_output::Labels {
                 service: spec.service.name.clone(),
@@ -297,7 +308,7 @@ impl WorkerRuntime for SandboxRuntime {
         let output = capture.as_ref().map(|c| c.tail.clone());
         let Some(addr) = worker.address() else {
             let _ = worker.destroy().await;
-            return Err(error("the sandbox gave the worker no address".into()));
+            return Err(error(RuntimeFailure::NoAddress));
         };
         let pid = worker.pid();
         let reader = worker.resource_reader();
@@ -346,12 +357,9 @@ impl WorkerRuntime for SandboxRuntime {
         let usage = reader.usage().map_err(|e| RuntimeError {
             worker,
             operation: "usage",
-            message: e.to_string(),
+            source: e.into(),
         })?;
-        Ok(ResourceUsage {
-            memory_bytes: usage.memory_bytes,
-            oom_kills: usage.oom_kills,
-        })
+        Ok(usage.into())
     }
 
     fn last_output(&self, worker: WorkerId) -> Option<String> {
@@ -365,44 +373,21 @@ impl WorkerRuntime for SandboxRuntime {
         let entry = self.workers.lock().expect("workers lock").remove(&worker);
         let Some(entry) = entry else { return Ok(()) };
         let (reply, result) = oneshot::channel();
-        let error = |message: String| RuntimeError {
+        let error = |source: RuntimeFailure| RuntimeError {
             worker,
             operation: "teardown",
-            message,
+            source,
         };
         entry
             .requests
             .send(Request::Destroy(reply))
-            .map_err(|_| error("worker task is gone".into()))?;
+            .map_err(|_| error(RuntimeFailure::TaskGone))?;
         result
             .await
-            .map_err(|_| error("worker task ended without an answer".into()))?
-            .map_err(error)
+            .map_err(|_| error(RuntimeFailure::NoAnswer))?
+            .map_err(|e| error(e.into()))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config_with_state_dir(dir: &str) -> Config {
-        let text = format!(
-            "[daemon]\nstate_dir = \"{dir}\"\n\n[[service]]\nname = \"web\"\n\
-             listen = \"127.0.0.1:8080\"\nworkers = 1\nport = 8080\nrootfs = \"host\"\n\
-             command = [\"/bin/true\"]\n"
-        );
-        Config::parse(&text, std::path::Path::new("test.toml")).expect("valid config")
-    }
-
-    #[test]
-    fn instances_with_other_state_dirs_never_share_a_link_prefix() {
-        let a = sandbox_config(&config_with_state_dir("/run/poold-a"));
-        let b = sandbox_config(&config_with_state_dir("/run/poold-b"));
-        assert_ne!(a.link_prefix, b.link_prefix);
-        // Stable across restarts of the same instance.
-        let a_again = sandbox_config(&config_with_state_dir("/run/poold-a"));
-        assert_eq!(a.link_prefix, a_again.link_prefix);
-        // pd + tag + 8 hex worker id fits IFNAMSIZ - 1.
-        assert!(a.link_prefix.len() + 8 <= 15, "{}", a.link_prefix);
-    }
-}
+mod tests;

@@ -1,0 +1,136 @@
+//! A recording fake of [`WorkerRuntime`] for unit tests of what drives it (the supervisor
+//! and everything that runs a pool in tests).
+
+use super::*;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct FakeWorker {
+    pub exit: watch::Sender<Option<ExitStatus>>,
+    pub usage: ResourceUsage,
+    pub torn_down: bool,
+    /// What the worker "wrote" last (its stdout/stderr).
+    pub last_output: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RuntimeState {
+    next_host: u32,
+    pub workers: HashMap<WorkerId, FakeWorker>,
+    /// Every spawn attempt, with its time.
+    pub spawn_attempts: Vec<(u32, Instant)>,
+    pub fail_spawns: bool,
+    pub ignore_term: bool,
+    pub signals: Vec<(WorkerId, StopSignal, Instant)>,
+    pub addresses_handed_out: Vec<IpAddr>,
+}
+
+/// A runtime whose workers are entries in a map. Addresses are never reused, as the real
+/// allocator's quarantine guarantees within its window.
+#[derive(Debug, Default, Clone)]
+pub struct FakeRuntime(pub Arc<Mutex<RuntimeState>>);
+
+impl FakeRuntime {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
+        self.0.lock().unwrap()
+    }
+    pub fn exit(&self, id: WorkerId, status: ExitStatus) {
+        let state = self.state();
+        state.workers[&id].exit.send_replace(Some(status));
+    }
+    pub fn set_usage(&self, id: WorkerId, usage: ResourceUsage) {
+        self.state().workers.get_mut(&id).unwrap().usage = usage;
+    }
+    pub fn signals_to(&self, id: WorkerId) -> Vec<StopSignal> {
+        self.state()
+            .signals
+            .iter()
+            .filter(|(w, _, _)| *w == id)
+            .map(|(_, s, _)| *s)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl WorkerRuntime for FakeRuntime {
+    async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
+        let mut state = self.state();
+        state.spawn_attempts.push((spec.slot, Instant::now()));
+        if state.fail_spawns {
+            return Err(RuntimeError {
+                worker: spec.id,
+                operation: "spawn",
+                source: RuntimeFailure::Sandbox(crate::sandbox::SandboxError::Setup {
+                    worker: spec.id.to_string(),
+                    reason: "exec failed".into(),
+                }),
+            });
+        }
+        state.next_host += 1;
+        let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + state.next_host));
+        state.addresses_handed_out.push(addr);
+        let (exit, _) = watch::channel(None);
+        state.workers.insert(
+            spec.id,
+            FakeWorker {
+                exit,
+                usage: ResourceUsage::default(),
+                last_output: None,
+                torn_down: false,
+            },
+        );
+        Ok(SpawnedWorker {
+            addr,
+            pid: 1000 + state.next_host,
+        })
+    }
+
+    async fn wait(&self, worker: WorkerId) -> ExitStatus {
+        let mut exit = self.state().workers[&worker].exit.subscribe();
+        let status = *exit
+            .wait_for(Option::is_some)
+            .await
+            .expect("sender lives in the map");
+        status.expect("waited for Some")
+    }
+
+    fn signal(&self, worker: WorkerId, signal: StopSignal) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.signals.push((worker, signal, Instant::now()));
+        let exit = match signal {
+            StopSignal::Term if state.ignore_term => None,
+            StopSignal::Term => Some(ExitStatus::Signal(15)),
+            StopSignal::Kill => Some(ExitStatus::Signal(9)),
+        };
+        if let Some(status) = exit {
+            state.workers[&worker]
+                .exit
+                .send_if_modified(|current| current.is_none() && current.replace(status).is_none());
+        }
+        Ok(())
+    }
+
+    fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError> {
+        Ok(self.state().workers[&worker].usage)
+    }
+
+    fn last_output(&self, worker: WorkerId) -> Option<String> {
+        self.state().workers.get(&worker)?.last_output.clone()
+    }
+
+    async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        let entry = state.workers.get_mut(&worker).unwrap();
+        assert!(
+            entry.exit.borrow().is_some(),
+            "teardown of a running worker"
+        );
+        assert!(!entry.torn_down, "double teardown");
+        entry.torn_down = true;
+        Ok(())
+    }
+}
