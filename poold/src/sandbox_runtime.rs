@@ -6,8 +6,8 @@
 
 use crate::config::{Config, RootfsSource, ServiceConfig};
 use crate::sandbox::{
-    self, BridgeConfig, Limits, NetworkMode, Output, ResourceReader, RootFs, Sandbox,
-    SandboxConfig, Tmpfs,
+    self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
+    UsageReader,
 };
 use crate::supervisor::{
     ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
@@ -39,7 +39,7 @@ enum Request {
 struct Entry {
     requests: mpsc::UnboundedSender<Request>,
     exit: watch::Receiver<Option<ExitStatus>>,
-    reader: Arc<dyn ResourceReader>,
+    reader: Arc<dyn UsageReader>,
     output: Option<Arc<Tail>>,
 }
 
@@ -124,7 +124,7 @@ pub fn set_worker_nofile(limits: crate::conn_limit::NofileLimits) {
 }
 
 /// The sandbox's spec for one worker of `service`.
-pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::WorkerSpec {
+pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::ContainerSpec {
     let rootfs = match service.rootfs_source() {
         RootfsSource::Host => RootFs::Host,
         RootfsSource::Directory(path) => RootFs::Dir(path),
@@ -135,7 +135,7 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         .split_first()
         .map_or((String::new(), &[][..]), |(p, a)| (p.clone(), a));
     let mut spec =
-        sandbox::WorkerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
+        sandbox::ContainerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
     spec.args = args.to_vec();
     spec.env = service
         .env
@@ -220,16 +220,16 @@ impl SandboxRuntime {
     }
 }
 
-fn convert(status: sandbox::ExitStatus) -> ExitStatus {
+fn convert(status: sandbox::ContainerExit) -> ExitStatus {
     match status {
-        sandbox::ExitStatus::Code(code) => ExitStatus::Code(code),
-        sandbox::ExitStatus::Signal(signal) => ExitStatus::Signal(signal),
+        sandbox::ContainerExit::Code(code) => ExitStatus::Code(code),
+        sandbox::ContainerExit::Signal(signal) => ExitStatus::Signal(signal),
     }
 }
 
 async fn own_worker(
     id: WorkerId,
-    mut worker: sandbox::Worker,
+    mut worker: sandbox::Container,
     mut requests: mpsc::UnboundedReceiver<Request>,
     exit: watch::Sender<Option<ExitStatus>>,
     mut output: Option<Capture>,
@@ -238,7 +238,7 @@ async fn own_worker(
         let request = if exit.borrow().is_none() {
             tokio::select! {
                 ended = worker.wait() => {
-                    let status = ended.map(|e| convert(e.status)).unwrap_or_else(|error| {
+                    let status = ended.map(convert).unwrap_or_else(|error| {
                         error!(worker.id = %id, %error, "waiting for the worker failed; counting it as killed");
                         ExitStatus::Signal(libc::SIGKILL)
                     });
@@ -300,7 +300,7 @@ impl WorkerRuntime for SandboxRuntime {
             return Err(error("the sandbox gave the worker no address".into()));
         };
         let pid = worker.pid();
-        let reader = worker.resource_reader();
+        let reader = worker.usage_reader();
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx, capture));

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use poold::sandbox::{NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
+use poold::sandbox::{ContainerSpec, NetworkMode, Output, RootFs, SandboxError};
 use sandbox_support::{eventually, TestSandbox};
 
 /// Wrapped in `worker_network` so `--filter worker_network` selects every test here.
@@ -52,16 +52,16 @@ mod worker_network {
         format!("pdf{what}{}x{tag}", std::process::id() % 100_000)
     }
 
-    fn sleeper(t: &TestSandbox) -> WorkerSpec {
-        let mut spec = WorkerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
+    fn sleeper(t: &TestSandbox) -> ContainerSpec {
+        let mut spec = ContainerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
         spec.args = vec!["600".into()];
         spec.network = NetworkMode::Bridged;
         spec.output = Output::Null;
         spec
     }
 
-    fn httpd(t: &TestSandbox) -> WorkerSpec {
-        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+    fn httpd(t: &TestSandbox) -> ContainerSpec {
+        let mut spec = ContainerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
         spec.args = ["-f", "-p", "8080", "-h", "/www"]
             .map(String::from)
             .to_vec();
@@ -307,7 +307,7 @@ mod worker_network {
         }
         let out = t.dir.path().join("probe.txt");
         let _ = std::fs::remove_file(&out);
-        let mut spec = WorkerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
+        let mut spec = ContainerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
         spec.args = vec!["-c".into(), script];
         spec.network = NetworkMode::Bridged;
         spec.output = Output::File(out.clone());

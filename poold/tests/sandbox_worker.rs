@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use poold::sandbox::{
-    ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, Tmpfs, WorkerSpec,
+    ContainerExit, ContainerSpec, Limits, NetworkMode, Output, RootFs, SandboxError, Tmpfs,
 };
 use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 
@@ -17,14 +17,14 @@ use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 mod sandbox {
     use super::*;
 
-    fn sh(t: &TestSandbox, name: &str, script: &str) -> WorkerSpec {
-        let mut spec = WorkerSpec::new(name, RootFs::Dir(t.rootfs.clone()), "sh");
+    fn sh(t: &TestSandbox, name: &str, script: &str) -> ContainerSpec {
+        let mut spec = ContainerSpec::new(name, RootFs::Dir(t.rootfs.clone()), "sh");
         spec.args = vec!["-c".into(), script.into()];
         spec.network = NetworkMode::Isolated;
         spec
     }
 
-    fn output_to(spec: &mut WorkerSpec, path: &Path) {
+    fn output_to(spec: &mut ContainerSpec, path: &Path) {
         spec.output = Output::File(path.to_path_buf());
     }
 
@@ -52,7 +52,7 @@ mod sandbox {
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         let exit = w.wait().await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(0));
+        assert_eq!(exit, ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
@@ -98,7 +98,7 @@ mod sandbox {
         spec.capabilities = vec![caps::Capability::CAP_NET_BIND_SERVICE];
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
@@ -143,7 +143,7 @@ mod sandbox {
         ];
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("root=read-only"), "{text}");
@@ -208,7 +208,7 @@ mod sandbox {
             .config()
             .state_dir
             .join("workers")
-            .join(w.id())
+            .join(w.id().as_str())
             .join("upper");
         if t.config().writable_tmpfs_mib.is_none() {
             assert_eq!(
@@ -224,8 +224,8 @@ mod sandbox {
         let spec = sh(&t, "reader", "test -e /written && exit 3; exit 0");
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         assert_eq!(
-            w.wait().await.unwrap().status,
-            ExitStatus::Code(0),
+            w.wait().await.unwrap(),
+            ContainerExit::Code(0),
             "the write is gone"
         );
         w.destroy().await.unwrap();
@@ -242,7 +242,7 @@ mod sandbox {
         );
         spec.read_only_root = true;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -271,7 +271,7 @@ mod sandbox {
             },
         ];
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         assert!(!ro.join("new").exists());
         assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "out\n");
@@ -289,9 +289,8 @@ mod sandbox {
         spec.output = Output::Null;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         let exit = w.wait().await.unwrap();
-        assert!(exit.oom_killed, "{exit:?}");
-        assert_ne!(exit.status, ExitStatus::Code(0));
-        assert!(w.resource_reader().usage().unwrap().oom_kills >= 1);
+        assert_ne!(exit, ContainerExit::Code(0));
+        assert!(w.usage_reader().usage().unwrap().oom_kills >= 1);
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -353,7 +352,7 @@ mod sandbox {
             "{cpu}"
         );
         assert_eq!(cgroup_file(&cg, "pids", "pids.max").unwrap().trim(), "100");
-        let usage = w.resource_reader().usage().unwrap();
+        let usage = w.usage_reader().usage().unwrap();
         assert!(usage.memory_bytes > 0, "{usage:?}");
         assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
         assert_eq!(usage.oom_kills, 0);
@@ -397,7 +396,7 @@ mod sandbox {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_bridged_worker_answers_at_its_address() {
         let t = TestSandbox::new(6);
-        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+        let mut spec = ContainerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
         spec.args = ["-f", "-p", "8080", "-h", "/www"]
             .map(String::from)
             .to_vec();
@@ -434,7 +433,7 @@ mod sandbox {
         let t = TestSandbox::new(17);
         let spawns = (0..6).map(|i| {
             let mut spec =
-                WorkerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
+                ContainerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
             spec.args = ["-f", "-p", "8080", "-h", "/www"]
                 .map(String::from)
                 .to_vec();
@@ -489,8 +488,8 @@ mod sandbox {
         })
         .await;
         let exit = w.stop(Duration::from_secs(30)).await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(42));
-        assert!(!exit.oom_killed);
+        assert_eq!(exit, ContainerExit::Code(42));
+        assert_eq!(w.usage_reader().usage().unwrap().oom_kills, 0);
         assert!(std::fs::read_to_string(&out).unwrap().contains("got-term"));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
@@ -514,7 +513,7 @@ mod sandbox {
         })
         .await;
         let exit = w.stop(Duration::from_millis(300)).await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Signal(9));
+        assert_eq!(exit, ContainerExit::Signal(9));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -528,7 +527,7 @@ mod sandbox {
         let cg = w.cgroup().unwrap().to_string();
         w.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
         let exit = w.wait().await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Signal(9));
+        assert_eq!(exit, ContainerExit::Signal(9));
         // The init and the program die with the helper (nothing needs the cgroup kill).
         eventually("worker processes gone", || {
             read_pids_file(&cg, "cgroup.procs").filter(|p| p.trim().is_empty())
@@ -541,9 +540,9 @@ mod sandbox {
     #[tokio::test(flavor = "multi_thread")]
     async fn bad_specs_fail_clearly_and_leave_nothing() {
         let t = TestSandbox::new(9);
-        let cases: Vec<(WorkerSpec, &str)> = vec![
+        let cases: Vec<(ContainerSpec, &str)> = vec![
             (
-                WorkerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"),
+                ContainerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"),
                 "`rootfs`",
             ),
             (
@@ -596,7 +595,7 @@ mod sandbox {
     trait Tap: Sized {
         fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
     }
-    impl Tap for WorkerSpec {
+    impl Tap for ContainerSpec {
         fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
             f(&mut self);
             self
@@ -616,19 +615,19 @@ mod sandbox {
             b.into_inner().unwrap().finish().unwrap();
         }
         let out = t.dir.path().join("out.txt");
-        let mut spec = WorkerSpec::new("tar", RootFs::Tarball(tarball), "cat");
+        let mut spec = ContainerSpec::new("tar", RootFs::Tarball(tarball), "cat");
         spec.args = vec!["/www/index.html".into()];
         spec.network = NetworkMode::Host;
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
             "hello from the worker\n"
         );
 
-        let mut spec = WorkerSpec::new("host", RootFs::Host, "/bin/sh");
+        let mut spec = ContainerSpec::new("host", RootFs::Host, "/bin/sh");
         spec.args = vec![
             "-c".into(),
             // The host root is read-only apart from /tmp.
@@ -638,7 +637,7 @@ mod sandbox {
         ];
         spec.network = NetworkMode::Isolated;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -652,7 +651,7 @@ mod sandbox {
         let t = TestSandbox::new(40);
         let host_hosts = std::fs::read("/etc/hosts").unwrap();
         let out = t.dir.path().join("host-root.txt");
-        let mut spec = WorkerSpec::new("pd-hosts", RootFs::Host, "/bin/sh");
+        let mut spec = ContainerSpec::new("pd-hosts", RootFs::Host, "/bin/sh");
         spec.args = vec![
             "-c".into(),
             // ahostsv4: `getent hosts` asks for IPv6 first, which falls through to DNS.
@@ -668,7 +667,7 @@ mod sandbox {
         let exit = w.wait().await.unwrap();
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(0), "{text}");
+        assert_eq!(exit, ContainerExit::Code(0), "{text}");
         let parts: Vec<&str> = text.split("---\n").collect();
         assert_eq!(parts.len(), 3, "{text}");
         // The VM's root has busybox only (no getent): there the hosts file alone is checked.
@@ -700,7 +699,7 @@ mod sandbox {
         let mut spec = sh(&t, "pd-noaddr", "cat /etc/hosts");
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let hosts = std::fs::read_to_string(&out).unwrap();
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
@@ -730,7 +729,7 @@ mod sandbox {
         assert!(report.links.iter().any(|l| l.ends_with(&id)), "{report:?}");
         assert_eq!(report.netns.len(), 1, "{report:?}");
         assert!(
-            report.worker_dirs.is_empty(),
+            report.container_dirs.is_empty(),
             "tmpfs layers leave no directories: {report:?}"
         );
         t.assert_nothing_left();

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use super::ContainerId;
+
 /// Errors of the sandbox module.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// The worker spec is invalid; `field` names the spec field, `reason` what was expected.
-    #[error("invalid worker spec: field `{field}`: {reason}")]
+    /// The container spec is invalid; `field` names the spec field, `reason` what was expected.
+    #[error("invalid container spec: field `{field}`: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
 
     /// The sandbox configuration is invalid.
@@ -52,7 +54,7 @@ pub enum SandboxError {
         problem: ForeignLink,
     },
 
-    /// Installing or removing the workers' nftables table failed.
+    /// Installing or removing the containers' nftables table failed.
     #[error("firewall: {action} nftables table inet {table}: {source}")]
     Firewall {
         table: String,
@@ -65,42 +67,49 @@ pub enum SandboxError {
     #[error("no free address in {subnet} ({quarantined} in quarantine)")]
     AddressesExhausted { subnet: String, quarantined: usize },
 
-    /// The worker helper process could not be started.
-    #[error("starting worker helper {exe}: {source}")]
+    /// The container helper process could not be started.
+    #[error("starting container helper {exe}: {source}")]
     HelperSpawn {
         exe: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    /// The worker's setup inside its namespaces failed (the helper reported `reason`).
-    #[error("worker {worker}: setup failed: {reason}")]
-    Setup { worker: String, reason: String },
+    /// The container's setup inside its namespaces failed (the helper reported `reason`).
+    #[error("container {container}: setup failed: {reason}")]
+    Setup {
+        container: ContainerId,
+        reason: String,
+    },
 
-    /// Talking to the worker helper over its control socket failed.
-    #[error("worker {worker}: control channel: {reason}")]
-    Control { worker: String, reason: String },
+    /// Talking to the container helper over its control socket failed.
+    #[error("container {container}: control channel: {reason}")]
+    Control {
+        container: ContainerId,
+        reason: String,
+    },
 
     /// Sending a signal failed.
-    #[error("worker {worker}: signal {signal}: {source}")]
+    #[error("container {container}: signal {signal}: {source}")]
     Signal {
-        worker: String,
+        container: ContainerId,
         signal: String,
         #[source]
         source: nix::Error,
     },
 
-    /// The worker's seccomp filter could not be compiled.
-    #[error("compiling the worker's seccomp filter: {source}")]
+    /// The container's seccomp filter could not be compiled.
+    #[error("compiling the container's seccomp filter: {source}")]
     Seccomp {
         #[source]
         source: seccompiler::Error,
     },
 
     /// Some teardown steps failed; each entry names the object and the error.
-    #[error("worker {worker}: teardown incomplete: {}", failures.join("; "))]
+    #[error("{subject}: teardown incomplete: {}", failures.join("; "))]
     Teardown {
-        worker: String,
+        /// `container <id>`, or `orphans`.
+        subject: String,
         failures: Vec<String>,
     },
 }

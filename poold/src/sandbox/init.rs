@@ -1,16 +1,16 @@
-//! The worker helper: poold re-executes itself (`/proc/self/exe __poold-worker-init`) to get
+//! The container helper: poold re-executes itself (`/proc/self/exe __poold-worker-init`) to get
 //! a fresh single-threaded process that may allocate freely between fork and exec. The
 //! helper reads its [`HelperPlan`] as one JSON line from its control socket (fd 0), joins or
 //! creates the network namespace, unshares mount/pid/uts/ipc/cgroup namespaces and forks the
-//! worker's init (PID 1 of the new pid namespace). The init builds the root (overlay or host
+//! container's init (PID 1 of the new pid namespace). The init builds the root (overlay or host
 //! binds, /proc, /dev, copied resolv.conf/hosts, bind mounts), pivots into it, sets the
 //! hostname and forks the program, which sets rlimits, groups/gid/uid, capabilities and
 //! no_new_privs and execs. The init then forwards SIGTERM/INT/HUP/USR1/USR2 to the program,
 //! reaps zombies and exits with the program's status, which it also reports on the socket.
 //!
 //! Process tree: poold -> helper ("monitor", host pid ns, forwards signals to init)
-//! -> init (pid 1) -> program (pid 2). The parent attaches the helper to the worker's cgroup
-//! before it sends the plan, so every process of the worker is accounted from the start.
+//! -> init (pid 1) -> program (pid 2). The parent attaches the helper to the container's cgroup
+//! before it sends the plan, so every process of the container is accounted from the start.
 //!
 //! pivot_root is used everywhere; only when it fails with EINVAL (a root with no parent
 //! mount, e.g. an initramfs rootfs) the init falls back to MS_MOVE + chroot, as runc's
@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::spec::{HelperPlan, IdMap, NetnsPlan, RlimitResource, RootPlan};
 use super::{seccomp, sys};
 
-/// The hidden argv[1] that turns the poold binary into the worker helper.
+/// The hidden argv[1] that turns the poold binary into the container helper.
 pub const HELPER_ARG: &str = "__poold-worker-init";
 
 /// Signals the helper and the init forward to the program.
@@ -50,19 +50,19 @@ pub(crate) const FORWARDED: [Signal; 5] = [
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
+pub enum ContainerExit {
     /// exited with this code
     Code(i32),
     /// killed by this signal number
     Signal(i32),
 }
 
-impl ExitStatus {
+impl ContainerExit {
     /// The shell convention: the code, or 128 + signal.
     pub fn as_code(self) -> i32 {
         match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ContainerExit::Code(c) => c,
+            ContainerExit::Signal(s) => 128 + s,
         }
     }
 }
@@ -76,7 +76,7 @@ pub(crate) enum HelperMsg {
     /// Setup failed before the program ran.
     Error(String),
     /// The program ended.
-    Exited(ExitStatus),
+    Exited(ContainerExit),
 }
 
 /// Call this first thing in `main` of any binary used as the helper executable (the `poold`
@@ -196,7 +196,7 @@ fn monitor(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, String> {
     }
 }
 
-/// What the monitor prepares for a worker in a user namespace.
+/// What the monitor prepares for a container in a user namespace.
 struct UsernsSetup {
     /// The namespace (kept alive by this fd), with its id maps written.
     ns: OwnedFd,
@@ -211,13 +211,13 @@ enum LowerSource {
     Copy(PathBuf),
 }
 
-/// Makes the worker's user namespace and the view of the image it needs. Runs in the
+/// Makes the container's user namespace and the view of the image it needs. Runs in the
 /// monitor, which is still root in the host's namespaces (writing id maps and making an
 /// idmapped mount both need that).
 fn user_namespace_setup(plan: &HelperPlan, map: IdMap) -> Result<UsernsSetup, String> {
     if !matches!(plan.netns, NetnsPlan::Host) {
-        // The worker's network namespace belongs to the host's user namespace, so binding a
-        // port below 1024 would need a capability there. This namespace is the worker's own.
+        // The container's network namespace belongs to the host's user namespace, so binding a
+        // port below 1024 would need a capability there. This namespace is the container's own.
         fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
             .map_err(|e| format!("ip_unprivileged_port_start in the worker's netns: {e}"))?;
     }
@@ -276,8 +276,8 @@ fn new_user_namespace(map: IdMap) -> Result<OwnedFd, String> {
 }
 
 /// Copies the image at `src` to `dest` with every owner shifted into `map` (ids outside it
-/// become the namespace's nobody), once: later workers of the same image and range reuse it.
-/// Device nodes, FIFOs and sockets are not copied (a worker gets its own /dev).
+/// become the namespace's nobody), once: later containers of the same image and range reuse it.
+/// Device nodes, FIFOs and sockets are not copied (a container gets its own /dev).
 fn shifted_copy(src: &Path, dest: &Path, map: IdMap) -> Result<(), String> {
     if dest.is_dir() {
         return Ok(());
@@ -297,7 +297,7 @@ fn shifted_copy(src: &Path, dest: &Path, map: IdMap) -> Result<(), String> {
     })?;
     match fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
-        // Another worker finished the same copy first.
+        // Another container finished the same copy first.
         Err(_) if dest.is_dir() => {
             let _ = fs::remove_dir_all(&tmp);
             Ok(())
@@ -337,7 +337,7 @@ fn copy_shifted(src: &Path, dst: &Path, map: IdMap) -> std::io::Result<()> {
     Ok(())
 }
 
-/// PID 1 of the worker.
+/// PID 1 of the container.
 fn init_main(
     plan: &HelperPlan,
     userns: Option<&UsernsSetup>,
@@ -402,7 +402,7 @@ fn drop_init_privileges() {
     let _ = nix::sys::prctl::set_no_new_privs();
 }
 
-fn reap_until_exit(program: Pid) -> ExitStatus {
+fn reap_until_exit(program: Pid) -> ContainerExit {
     let signals = forwarded_and_chld();
     loop {
         let Ok(sig) = signals.wait() else { continue };
@@ -413,10 +413,10 @@ fn reap_until_exit(program: Pid) -> ExitStatus {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == program => {
-                    return ExitStatus::Code(code)
+                    return ContainerExit::Code(code)
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) if pid == program => {
-                    return ExitStatus::Signal(s as i32)
+                    return ContainerExit::Signal(s as i32)
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
@@ -542,7 +542,7 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
                 }
             };
             if let Some(map) = plan.userns {
-                // The root directory's owner is the upper layer's: make it the worker's root.
+                // The root directory's owner is the upper layer's: make it the container's root.
                 let root_id = Some(map.host_first);
                 std::os::unix::fs::chown(upper, root_id, root_id)
                     .map_err(|e| format!("chown {}: {e}", upper.display()))?;
@@ -593,7 +593,7 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
                 std::os::unix::fs::PermissionsExt::from_mode(0o1777),
             )
             .map_err(|e| format!("chmod /tmp: {e}"))?;
-            // /etc is the host's, read-only: put the worker's own files over it.
+            // /etc is the host's, read-only: put the container's own files over it.
             let private = plan.private_dir.join("etc");
             mkdir_p(&private, 0o755)?;
             write_etc_file(&private, "resolv.conf", plan.resolv_conf.as_deref())?;
@@ -670,7 +670,7 @@ fn build_root(plan: &HelperPlan, userns: Option<&UsernsSetup>) -> Result<(), Str
 }
 
 /// /proc entries made read-only: runc's and Docker's readonlyPaths. The kernel checks only
-/// euid 0 for most sysctls, so a root worker without capabilities could otherwise set
+/// euid 0 for most sysctls, so a root container without capabilities could otherwise set
 /// host-global kernel settings (core_pattern runs a program as host root).
 const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
@@ -690,7 +690,7 @@ const PROC_MASKED: [&str; 10] = [
 ];
 
 /// Read-only binds over [`PROC_READ_ONLY`], /dev/null over masked files and an empty
-/// read-only tmpfs over masked directories. The worker has no CAP_SYS_ADMIN, so it can
+/// read-only tmpfs over masked directories. The container has no CAP_SYS_ADMIN, so it can
 /// neither unmount nor remount them.
 fn harden_proc(proc: &Path) -> Result<(), String> {
     let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

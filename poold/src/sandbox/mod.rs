@@ -1,18 +1,18 @@
-//! Making and destroying workers: a worker is a program in its own mount, pid, uts, ipc,
+//! Making and destroying containers: a container is a program in its own mount, pid, uts, ipc,
 //! cgroup and network namespaces, on a pivot_root'ed overlay root, in its own cgroup, with
 //! its own veth and address, running under a minimal init.
 //!
 //! API in brief (see each item's docs):
 //! - [`Sandbox::new`]`(`[`SandboxConfig`]`)`, then [`Sandbox::cleanup_orphans`] once at start.
-//! - [`Sandbox::spawn`]`(`[`WorkerSpec`]`) -> `[`Worker`]: returns once the program was exec'd.
-//! - [`Worker::address`], [`Worker::signal`], [`Worker::wait`], [`Worker::stop`] (SIGTERM,
-//!   grace, SIGKILL of the whole cgroup), [`Worker::resource_reader`] (memory, CPU, OOM kills)
-//!   and [`Worker::destroy`] (removes everything; Drop does the same, best effort).
+//! - [`Sandbox::spawn`]`(`[`ContainerSpec`]`) -> `[`Container`]: returns once the program was exec'd.
+//! - [`Container::address`], [`Container::signal`], [`Container::wait`], [`Container::stop`] (SIGTERM,
+//!   grace, SIGKILL of the whole cgroup), [`Container::usage_reader`] (memory, CPU, OOM kills)
+//!   and [`Container::destroy`] (removes everything; Drop does the same, best effort).
 //! - Binaries used as the helper must call [`init::maybe_run_helper`] first thing in main.
 //!
 //! Every kernel object carries a recognisable name: links `<link_prefix><id>` (prefix `pd`),
 //! cgroups `<cgroup_parent>/<id>` (parent `poold`), namespaces
-//! `<state_dir>/netns/poold-<id>`, per-worker directories `<state_dir>/workers/<id>`.
+//! `<state_dir>/netns/poold-<id>`, per-container directories `<state_dir>/workers/<id>`.
 //! Invariant: `unsafe` lives only in `sys`.
 
 mod cgroup;
@@ -25,15 +25,15 @@ mod seccomp;
 mod spec;
 mod sys;
 
-pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
+pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
 pub use error::{ForeignLink, Result, SandboxError};
-pub use init::ExitStatus;
+pub use init::ContainerExit;
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
-    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, Tmpfs,
-    WorkerSpec,
+    BindMount, ContainerSpec, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs,
+    Tmpfs,
 };
 
 use std::net::Ipv4Addr;
@@ -50,21 +50,21 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::Instrument;
 
-use cgroup::WorkerCgroup;
+use cgroup::ContainerCgroup;
 use init::HelperMsg;
-use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, WorkerNet};
+use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, ContainerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
-/// The bridge workers attach to.
+/// The bridge containers attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeConfig {
     /// Bridge link name (≤ 15 chars), created when missing, e.g. `pdbr0`.
     pub name: String,
-    /// Service subnet; the first host address goes to the bridge (the workers' gateway).
+    /// Service subnet; the first host address goes to the bridge (the containers' gateway).
     pub subnet: Ipv4Net,
-    /// How long a freed worker address rests before reuse (≥ 150 s in production).
+    /// How long a freed container address rests before reuse (≥ 150 s in production).
     pub quarantine: Duration,
-    /// Host ports (TCP and UDP) workers may connect to; every other service of the host is
+    /// Host ports (TCP and UDP) containers may connect to; every other service of the host is
     /// closed to them (nftables table `inet poold_<link_prefix>`, made with the bridge).
     pub allow_host_ports: Vec<u16>,
 }
@@ -72,24 +72,24 @@ pub struct BridgeConfig {
 /// Where the sandbox keeps its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
-    /// Per-worker directories and network namespaces (default /run/poold).
+    /// Per-container directories and network namespaces (default /run/poold).
     pub state_dir: PathBuf,
     /// Unpacked tarball images (default /run/poold/images).
     pub image_cache: PathBuf,
     /// Largest unpacked size of one image; unpacking stops with an error past it.
     pub image_max_bytes: u64,
-    /// cgroup directory holding one cgroup per worker (default `poold`).
+    /// cgroup directory holding one cgroup per container (default `poold`).
     pub cgroup_parent: String,
     /// Host veth names are `<link_prefix><8 hex>`; starts with `pd`, at most 7 chars.
     pub link_prefix: String,
-    /// The executable re-run as the worker helper (default /proc/self/exe); it must call
+    /// The executable re-run as the container helper (default /proc/self/exe); it must call
     /// [`init::maybe_run_helper`] first thing in main.
     pub helper_exe: PathBuf,
-    /// Needed for [`NetworkMode::Bridged`] workers.
+    /// Needed for [`NetworkMode::Bridged`] containers.
     pub bridge: Option<BridgeConfig>,
-    /// `Some(MiB)`: each worker's writable layer (overlay upper) lives on a tmpfs of at most
-    /// this size that only the worker's mount namespace sees: RAM charged to the worker's
-    /// memory cgroup, gone with the worker even after a crash, and no per-worker host
+    /// `Some(MiB)`: each container's writable layer (overlay upper) lives on a tmpfs of at most
+    /// this size that only the container's mount namespace sees: RAM charged to the container's
+    /// memory cgroup, gone with the container even after a crash, and no per-container host
     /// directories to create or remove (the fast path). `None`: on disk, in
     /// `<state_dir>/workers/<id>`, removed at teardown.
     pub writable_tmpfs_mib: Option<u64>,
@@ -118,11 +118,11 @@ pub struct CleanupReport {
     /// Bridges marked as this instance's (see [`Sandbox::bridge_marker`]).
     pub bridges: Vec<String>,
     pub netns: Vec<PathBuf>,
-    pub worker_dirs: Vec<PathBuf>,
+    pub container_dirs: Vec<PathBuf>,
     pub image_temp_dirs: Vec<PathBuf>,
 }
 
-/// Makes and destroys workers. Cheap to clone; share one per poold.
+/// Makes and destroys containers. Cheap to clone; share one per poold.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -182,7 +182,7 @@ impl Inner {
 
     /// The watcher's check: makes the bridge again when it is missing, down or without its
     /// address, restores the unreachable route and the firewall table when they are gone,
-    /// and puts live workers' host veths back on the bridge. Workers keep running: their
+    /// and puts live containers' host veths back on the bridge. Containers keep running: their
     /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
     /// bridge comes back with the same MAC, so their neighbour caches stay valid.
     fn repair_bridge(&self) {
@@ -242,14 +242,14 @@ impl Inner {
     }
 }
 
-/// The nftables table of the instance whose worker links start with `link_prefix`.
+/// The nftables table of the instance whose container links start with `link_prefix`.
 pub fn firewall_table(link_prefix: &str) -> String {
     format!("poold_{link_prefix}")
 }
 
-/// Sets up the workers' network on the host: checks the link under the bridge's name
+/// Sets up the containers' network on the host: checks the link under the bridge's name
 /// (refusing a foreign one before touching anything), installs the firewall (before the
-/// bridge exists, so no worker ever runs without it), then makes or takes over the bridge.
+/// bridge exists, so no container ever runs without it), then makes or takes over the bridge.
 fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
     net::check_bridge(spec)?;
     firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
@@ -286,19 +286,32 @@ fn hex_digest(s: &str) -> String {
         .collect()
 }
 
-fn new_worker_id() -> String {
-    let h = Sha256::digest(format!("{}-{}", std::process::id(), unique_suffix()));
-    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+/// A container's id: 8 hex chars, unique per poold run, part of every kernel object's name
+/// (links `<link_prefix><id>`, cgroups `<cgroup_parent>/<id>`, `netns/poold-<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    fn new_unique() -> Self {
+        let h = Sha256::digest(format!("{}-{}", std::process::id(), unique_suffix()));
+        ContainerId(h[..4].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Sandbox {
     /// Checks the config; creates nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self> {
-        Self::with_clock(config, Arc::new(SystemClock))
-    }
-
-    /// As [`Sandbox::new`], with the clock used for address quarantine.
-    pub fn with_clock(config: SandboxConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let bad = |field, reason: &str| SandboxError::InvalidConfig {
             field,
             reason: reason.into(),
@@ -332,7 +345,7 @@ impl Sandbox {
                 Some(Mutex::new(AddressAllocator::new(
                     b.subnet,
                     b.quarantine,
-                    clock,
+                    Arc::new(SystemClock),
                 )))
             }
             None => None,
@@ -362,12 +375,13 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// Starts a worker; returns when its program has been exec'd (or with the reason it was
+    /// Starts a container; returns when its program has been exec'd (or with the reason it was
     /// not). Nothing is left behind on error.
-    pub async fn spawn(&self, spec: WorkerSpec) -> Result<Worker> {
+    pub async fn spawn(&self, spec: ContainerSpec) -> Result<Container> {
         spec.validate()?;
-        let id = new_worker_id();
-        let span = tracing::info_span!("sandbox.spawn", worker.name = %spec.name, worker.id = %id);
+        let id = ContainerId::new_unique();
+        let span =
+            tracing::info_span!("sandbox.spawn", container.name = %spec.name, container.id = %id);
         let inner = self.inner.clone();
         async move {
             let (id2, spec2) = (id.clone(), spec.clone());
@@ -375,7 +389,7 @@ impl Sandbox {
                 tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
                     .await
                     .map_err(|e| SandboxError::Setup {
-                        worker: id.clone(),
+                        container: id.clone(),
                         reason: e.to_string(),
                     })??;
             start(resources, plan, &spec).await
@@ -386,15 +400,15 @@ impl Sandbox {
 
     /// Removes everything a previous run left under this config: kills and removes every
     /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
-    /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
+    /// namespaces under `<state_dir>/netns`, removes container directories and half-unpacked
     /// images, and the cgroup parent itself once empty. Call once at start, before spawning:
-    /// it does not spare live workers.
+    /// it does not spare live containers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
             .await
             .map_err(|e| SandboxError::Teardown {
-                worker: "*".into(),
+                subject: "orphans".into(),
                 failures: vec![e.to_string()],
             })?
     }
@@ -427,7 +441,7 @@ impl Sandbox {
 
     /// Watches the bridge from now on (rtnetlink link events, in a task of the current
     /// runtime): when it vanishes, goes down or loses its address, it is made again and live
-    /// workers' host veths are put back on it, within moments, with a warning in the log.
+    /// containers' host veths are put back on it, within moments, with a warning in the log.
     /// Stops at [`Sandbox::remove_bridge`]. Needs a tokio runtime.
     pub fn watch_bridge(&self) -> Result<()> {
         let Some(spec) = &self.inner.bridge else {
@@ -455,7 +469,7 @@ impl Sandbox {
     }
 
     /// Removes the cgroup parent from every hierarchy where it is empty (at shutdown, after
-    /// every worker is destroyed). A parent that still has child cgroups is left alone.
+    /// every container is destroyed). A parent that still has child cgroups is left alone.
     pub async fn remove_cgroup_parent(&self) -> Result<()> {
         let parent = self.inner.config.cgroup_parent.clone();
         tokio::task::spawn_blocking(move || remove_cgroup_parent(&parent))
@@ -463,8 +477,8 @@ impl Sandbox {
             .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
     }
 
-    /// Removes the state directory's empty working directories (netns, scratch, workers) and
-    /// the state directory itself if nothing else is in it, at shutdown after every worker is
+    /// Removes the state directory's empty working directories (netns, scratch, containers) and
+    /// the state directory itself if nothing else is in it, at shutdown after every container is
     /// destroyed. Anything not empty (the image cache) stays.
     pub fn remove_empty_state_dirs(&self) {
         let state = &self.inner.config.state_dir;
@@ -489,14 +503,14 @@ impl Sandbox {
     }
 }
 
-/// Kernel objects and directories of one worker; torn down exactly once (Drop as fallback).
+/// Kernel objects and directories of one container; torn down exactly once (Drop as fallback).
 #[derive(Debug)]
 struct Resources {
-    id: String,
+    id: ContainerId,
     inner: Arc<Inner>,
     dir: Option<PathBuf>,
-    cgroup: Option<Arc<WorkerCgroup>>,
-    net: Option<WorkerNet>,
+    cgroup: Option<Arc<ContainerCgroup>>,
+    net: Option<ContainerNet>,
     address: Option<Ipv4Addr>,
 }
 
@@ -509,7 +523,7 @@ impl Resources {
             }
         }
         if let Some(n) = self.net.take() {
-            if let Err(e) = net::teardown_worker_net(&n) {
+            if let Err(e) = net::teardown_container_net(&n) {
                 failures.push(e.to_string());
             }
         }
@@ -527,7 +541,7 @@ impl Resources {
             Ok(())
         } else {
             Err(SandboxError::Teardown {
-                worker: self.id.clone(),
+                subject: format!("container {}", self.id),
                 failures,
             })
         }
@@ -537,7 +551,7 @@ impl Resources {
 impl Drop for Resources {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            tracing::warn!(worker.id = %self.id, error = %e, "teardown on drop incomplete");
+            tracing::warn!(container.id = %self.id, error = %e, "teardown on drop incomplete");
         }
     }
 }
@@ -546,10 +560,10 @@ fn read_host_file(path: &str) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-/// A worker's /etc/hosts, as Docker writes it: loopback names and the worker's own address
+/// A container's /etc/hosts, as Docker writes it: loopback names and the container's own address
 /// (127.0.1.1 without one, as Debian does) with its hostname, so resolving the hostname
-/// (Python's getfqdn, many servers at start) never asks a DNS server the worker may not reach.
-fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
+/// (Python's getfqdn, many servers at start) never asks a DNS server the container may not reach.
+fn container_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
     let me = address.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
     format!(
         "127.0.0.1\tlocalhost\n\
@@ -564,7 +578,11 @@ fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
 }
 
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
-fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
+fn prepare(
+    inner: Arc<Inner>,
+    id: ContainerId,
+    spec: &ContainerSpec,
+) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
     let lower = match &spec.rootfs {
         RootFs::Dir(p) => p.clone(),
@@ -591,7 +609,9 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         hex_digest(&lower.to_string_lossy())
     ));
     let seccomp = match spec.seccomp {
-        SeccompMode::Default => seccomp::worker_filters(&spec.capabilities, &spec.seccomp_allow)?,
+        SeccompMode::Default => {
+            seccomp::container_filters(&spec.capabilities, &spec.seccomp_allow)?
+        }
         SeccompMode::Unconfined => Vec::new(),
     };
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
@@ -609,9 +629,9 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         address: None,
     };
     let base = match cfg.writable_tmpfs_mib {
-        // Shared mount point: each worker mounts its own tmpfs there, privately.
+        // Shared mount point: each container mounts its own tmpfs there, privately.
         Some(_) => cfg.state_dir.join("scratch"),
-        None => cfg.state_dir.join("workers").join(&id),
+        None => cfg.state_dir.join("workers").join(id.as_str()),
     };
     let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
     if cfg.writable_tmpfs_mib.is_some() {
@@ -622,9 +642,9 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
         }
     }
-    res.cgroup = Some(Arc::new(WorkerCgroup::create(
+    res.cgroup = Some(Arc::new(ContainerCgroup::create(
         &cfg.cgroup_parent,
-        &id,
+        id.as_str(),
         &spec.limits,
     )?));
     let netns = match spec.network {
@@ -640,7 +660,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             res.address = Some(addr);
             let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
             let link = format!("{}{id}", cfg.link_prefix);
-            match net::setup_worker_net(&path, &link, &b.name, b.subnet, addr) {
+            match net::setup_container_net(&path, &link, &b.name, b.subnet, addr) {
                 Ok(n) => res.net = Some(n),
                 Err(e) => {
                     // The bridge may have been removed behind our back: check it next time.
@@ -651,13 +671,13 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             NetnsPlan::Join(path)
         }
     };
-    let hosts = worker_hosts(res.address, spec.hostname());
+    let hosts = container_hosts(res.address, spec.hostname());
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     let plan = HelperPlan {
-        worker: id,
+        container: id,
         root: match spec.rootfs {
             RootFs::Host => RootPlan::Host,
             _ => RootPlan::Overlay { lower, upper, work },
@@ -710,10 +730,10 @@ type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
 
 /// The async half of spawn: start the helper, put it in the cgroup, send the plan, wait for
 /// Ready.
-async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Worker> {
+async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result<Container> {
     let id = res.id.clone();
     let ctl_err = |reason: String| SandboxError::Control {
-        worker: id.clone(),
+        container: id.clone(),
         reason,
     };
     let (ours, theirs) =
@@ -732,7 +752,7 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
             source: e,
         })?;
     let pid = child.id().unwrap_or(0);
-    let mut worker = Worker {
+    let mut container = Container {
         id: id.clone(),
         name: spec.name.clone(),
         address: res.address,
@@ -743,7 +763,7 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
         exit: None,
         res,
     };
-    if let Some(cg) = &worker.res.cgroup {
+    if let Some(cg) = &container.res.cgroup {
         cg.attach(pid)?;
     }
     ours.set_nonblocking(true)
@@ -761,54 +781,49 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
         Ok(Some(l)) => match serde_json::from_str::<HelperMsg>(&l) {
             Ok(HelperMsg::Ready) => {}
             Ok(HelperMsg::Error(reason)) => {
-                worker.kill_and_reap().await;
-                return Err(SandboxError::Setup { worker: id, reason });
+                container.kill_and_reap().await;
+                return Err(SandboxError::Setup {
+                    container: id,
+                    reason,
+                });
             }
             other => {
-                worker.kill_and_reap().await;
+                container.kill_and_reap().await;
                 return Err(ctl_err(format!("unexpected message {other:?}")));
             }
         },
         Ok(None) => {
-            let status = worker.kill_and_reap().await;
+            let status = container.kill_and_reap().await;
             return Err(ctl_err(format!("helper exited during setup ({status:?})")));
         }
         Err(e) => {
-            worker.kill_and_reap().await;
+            container.kill_and_reap().await;
             return Err(ctl_err(e.to_string()));
         }
     }
-    worker.lines = Some(lines);
-    tracing::info!(worker.id = %worker.id, worker.pid = pid, address = ?worker.address, "worker started");
-    Ok(worker)
+    container.lines = Some(lines);
+    tracing::info!(container.id = %container.id, container.pid = pid, address = ?container.address, "container started");
+    Ok(container)
 }
 
-/// How a worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerExit {
-    pub status: ExitStatus,
-    /// The kernel OOM-killed a process of the worker (its cgroup's oom_kill counter > 0).
-    pub oom_killed: bool,
-}
-
-/// A running (or ended but not yet destroyed) worker. Dropping it tears it down (best
-/// effort, blocking); prefer [`Worker::destroy`].
+/// A running (or ended but not yet destroyed) container. Dropping it tears it down (best
+/// effort, blocking); prefer [`Container::destroy`].
 #[derive(Debug)]
-pub struct Worker {
-    id: String,
+pub struct Container {
+    id: ContainerId,
     name: String,
     address: Option<Ipv4Addr>,
     pid: u32,
     reader: Option<CgroupReader>,
     child: Option<tokio::process::Child>,
     lines: Option<CtlLines>,
-    exit: Option<WorkerExit>,
+    exit: Option<ContainerExit>,
     res: Resources,
 }
 
-impl Worker {
+impl Container {
     /// Sandbox-assigned id (8 hex chars), part of every kernel object's name.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &ContainerId {
         &self.id
     }
 
@@ -826,22 +841,22 @@ impl Worker {
         &self.name
     }
 
-    /// The worker's address (bridged workers only).
+    /// The container's address (bridged containers only).
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.address
     }
 
-    /// Host pid of the worker's helper process (signals sent to it reach the program).
+    /// Host pid of the container's helper process (signals sent to it reach the program).
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Name of the worker's cgroup (relative to the hierarchy root).
+    /// Name of the container's cgroup (relative to the hierarchy root).
     pub fn cgroup(&self) -> Option<&str> {
-        self.res.cgroup.as_deref().map(WorkerCgroup::name)
+        self.res.cgroup.as_deref().map(ContainerCgroup::name)
     }
 
-    /// Host-side veth name and network namespace path (bridged workers only).
+    /// Host-side veth name and network namespace path (bridged containers only).
     pub fn net_objects(&self) -> Option<(&str, &Path)> {
         self.res
             .net
@@ -849,8 +864,8 @@ impl Worker {
             .map(|n| (n.host_link.as_str(), n.netns.as_path()))
     }
 
-    /// Reader of this worker's cgroup usage (memory, CPU time, OOM kills).
-    pub fn resource_reader(&self) -> Arc<dyn ResourceReader> {
+    /// Reader of this container's cgroup usage (memory, CPU time, OOM kills).
+    pub fn usage_reader(&self) -> Arc<dyn UsageReader> {
         match &self.reader {
             Some(r) => Arc::new(r.clone()),
             None => Arc::new(cgroup::CgroupReader::empty()),
@@ -866,7 +881,7 @@ impl Worker {
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).map_err(|e| {
             SandboxError::Signal {
-                worker: self.id.clone(),
+                container: self.id.clone(),
                 signal: signal.to_string(),
                 source: e,
             }
@@ -874,7 +889,7 @@ impl Worker {
     }
 
     /// Waits until the program ends (cancel-safe).
-    pub async fn wait(&mut self) -> Result<WorkerExit> {
+    pub async fn wait(&mut self) -> Result<ContainerExit> {
         if let Some(e) = self.exit {
             return Ok(e);
         }
@@ -891,32 +906,25 @@ impl Worker {
             Some(c) => c.wait().await.ok(),
             None => None,
         };
-        let status = status.unwrap_or_else(|| {
+        let exit = status.unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
             match helper.and_then(|h| {
                 h.code()
-                    .map(ExitStatus::Code)
-                    .or(h.signal().map(ExitStatus::Signal))
+                    .map(ContainerExit::Code)
+                    .or(h.signal().map(ContainerExit::Signal))
             }) {
                 Some(s) => s,
-                None => ExitStatus::Signal(libc::SIGKILL),
+                None => ContainerExit::Signal(libc::SIGKILL),
             }
         });
-        let oom_killed = self
-            .reader
-            .as_ref()
-            .and_then(|r| r.usage().ok())
-            .map(|u| u.oom_kills > 0)
-            .unwrap_or(false);
-        let exit = WorkerExit { status, oom_killed };
-        tracing::info!(worker.id = %self.id, ?exit, "worker ended");
+        tracing::info!(container.id = %self.id, ?exit, "container ended");
         self.exit = Some(exit);
         Ok(exit)
     }
 
-    /// SIGTERM, then after `grace` SIGKILL to every process of the worker; returns how it
+    /// SIGTERM, then after `grace` SIGKILL to every process of the container; returns how it
     /// ended.
-    pub async fn stop(&mut self, grace: Duration) -> Result<WorkerExit> {
+    pub async fn stop(&mut self, grace: Duration) -> Result<ContainerExit> {
         if self.exit.is_none() {
             match self.signal(Signal::SIGTERM) {
                 // Already gone: wait() collects the status.
@@ -950,7 +958,7 @@ impl Worker {
         c.wait().await.ok()
     }
 
-    /// Kills what is left of the worker and removes its cgroup, veth, namespace, address
+    /// Kills what is left of the container and removes its cgroup, veth, namespace, address
     /// lease (into quarantine) and directories.
     pub async fn destroy(mut self) -> Result<()> {
         if self.exit.is_none() {
@@ -992,7 +1000,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
     for child in cgroup::list_children(&cfg.cgroup_parent) {
-        let cg = WorkerCgroup::open(&cfg.cgroup_parent, &child);
+        let cg = ContainerCgroup::open(&cfg.cgroup_parent, &child);
         match cg.destroy() {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
             Err(e) => failures.push(e.to_string()),
@@ -1048,7 +1056,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     for d in list(&cfg.state_dir.join("workers")) {
         let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
         match std::fs::remove_dir_all(&d) {
-            Ok(()) => report.worker_dirs.push(d),
+            Ok(()) => report.container_dirs.push(d),
             Err(e) => failures.push(format!("remove {}: {e}", d.display())),
         }
     }
@@ -1064,7 +1072,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     }
     if !failures.is_empty() {
         return Err(SandboxError::Teardown {
-            worker: "orphans".into(),
+            subject: "orphans".into(),
             failures,
         });
     }

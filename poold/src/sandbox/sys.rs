@@ -1,5 +1,5 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
-//! All of these run only in the single-threaded worker helper process (see `init`), never in
+//! All of these run only in the single-threaded container helper process (see `init`), never in
 //! poold's multithreaded runtime.
 #![allow(unsafe_code)]
 
@@ -8,7 +8,7 @@ use nix::unistd::ForkResult;
 
 /// fork(2) in the helper.
 pub(crate) fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: only called from the worker helper, a freshly exec'd process that never starts
+    // SAFETY: only called from the container helper, a freshly exec'd process that never starts
     // a second thread, so the child cannot inherit a lock held by another thread.
     unsafe { nix::unistd::fork() }
 }
