@@ -18,7 +18,7 @@ use poold::sandbox::{
 };
 
 fn main() -> anyhow::Result<()> {
-    poold::sandbox::init::maybe_run_helper();
+    poold::sandbox::maybe_run_helper();
     let mut args = std::env::args().skip(1);
     let (mut rootfs, mut network, mut loops) = (None, NetworkMode::Isolated, None);
     let mut serve = false;

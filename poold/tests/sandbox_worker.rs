@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use poold::sandbox::{
-    ContainerExit, ContainerSpec, Limits, NetworkMode, Output, RootFs, SandboxError, Tmpfs,
+    ContainerExit, ContainerSpec, Limits, NetworkMode, Output, RootFs, RootSwitch, SandboxError,
+    Tmpfs,
 };
 use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
 
@@ -26,6 +27,32 @@ mod sandbox {
 
     fn output_to(spec: &mut ContainerSpec, path: &Path) {
         spec.output = Output::File(path.to_path_buf());
+    }
+
+    /// Whether this host's `/` is the initramfs (mountinfo says `rootfs`), where pivot_root
+    /// cannot work: the VM harness boots into one.
+    fn host_root_is_initramfs() -> bool {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .rfind(|l| l.split(' ').nth(4) == Some("/"))
+            .unwrap();
+        root.split(" - ").nth(1).unwrap().starts_with("rootfs ")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_root_is_pivoted_into_and_chroot_only_on_the_initramfs() {
+        let t = TestSandbox::new(18);
+        let mut c = t.sandbox.spawn(sh(&t, "pivot", "true")).await.unwrap();
+        let expected = if host_root_is_initramfs() {
+            RootSwitch::Chroot
+        } else {
+            RootSwitch::PivotRoot
+        };
+        assert_eq!(c.root_switch(), expected);
+        assert_eq!(c.wait().await.unwrap(), ContainerExit::Code(0));
+        c.destroy().await.unwrap();
+        t.assert_nothing_left();
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -563,7 +590,7 @@ mod sandbox {
             ),
             (
                 sh(&t, "f", "").tap(|s| s.workdir = "/no/such/dir".into()),
-                "workdir /no/such/dir",
+                "workdir: chdir /no/such/dir",
             ),
             (
                 sh(&t, "g", "")

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::ContainerId;
+use super::{ContainerId, HelperError};
 
 /// Errors of the sandbox module.
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +75,28 @@ pub enum SandboxError {
         source: std::io::Error,
     },
 
-    /// The container's setup inside its namespaces failed (the helper reported `reason`).
-    #[error("container {container}: setup failed: {reason}")]
+    /// The container's setup inside its namespaces failed (the helper reported `source`).
+    #[error("container {container}: setup failed: {source}")]
     Setup {
         container: ContainerId,
-        reason: String,
+        #[source]
+        source: HelperError,
     },
 
     /// Talking to the container helper over its control socket failed.
-    #[error("container {container}: control channel: {reason}")]
+    #[error("container {container}: control channel: {source}")]
     Control {
         container: ContainerId,
-        reason: String,
+        #[source]
+        source: ControlError,
+    },
+
+    /// A blocking step run on tokio's blocking pool panicked or was cancelled.
+    #[error("{action}: {source}")]
+    Task {
+        action: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
 
     /// Sending a signal failed.
@@ -111,6 +121,25 @@ pub enum SandboxError {
         /// `container <id>`, or `orphans`.
         subject: String,
         failures: Vec<String>,
+    },
+}
+
+/// What went wrong on a container helper's control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{action}: {source}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding the plan: {0}")]
+    EncodePlan(#[source] serde_json::Error),
+    #[error("unexpected message {line:?}")]
+    Unexpected { line: String },
+    #[error("the helper exited during setup ({status:?})")]
+    HelperExited {
+        status: Option<std::process::ExitStatus>,
     },
 }
 

@@ -8,17 +8,17 @@
 //! - [`Container::address`], [`Container::signal`], [`Container::wait`], [`Container::stop`] (SIGTERM,
 //!   grace, SIGKILL of the whole cgroup), [`Container::usage_reader`] (memory, CPU, OOM kills)
 //!   and [`Container::destroy`] (removes everything; Drop does the same, best effort).
-//! - Binaries used as the helper must call [`init::maybe_run_helper`] first thing in main.
+//! - Binaries used as the helper must call [`maybe_run_helper`] first thing in main.
 //!
 //! Every kernel object carries a recognisable name: links `<link_prefix><id>` (prefix `pd`),
 //! cgroups `<cgroup_parent>/<id>` (parent `poold`), namespaces
 //! `<state_dir>/netns/poold-<id>`, per-container directories `<state_dir>/workers/<id>`.
-//! Invariant: `unsafe` lives only in `sys`.
+//! Invariant: `unsafe` lives only in `sys` (and at the calls of its `unsafe fn fork`).
 
 mod cgroup;
 mod error;
 mod firewall;
-pub mod init;
+mod helper;
 mod net;
 mod rootfs;
 mod seccomp;
@@ -26,8 +26,10 @@ mod spec;
 mod sys;
 
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
-pub use error::{ForeignLink, Result, SandboxError};
-pub use init::ContainerExit;
+pub use error::{ControlError, ForeignLink, Result, SandboxError};
+pub use helper::{
+    maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch, HELPER_ARG,
+};
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
@@ -51,7 +53,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::Instrument;
 
 use cgroup::ContainerCgroup;
-use init::HelperMsg;
+use helper::HelperMsg;
 use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, ContainerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
@@ -83,7 +85,7 @@ pub struct SandboxConfig {
     /// Host veth names are `<link_prefix><8 hex>`; starts with `pd`, at most 7 chars.
     pub link_prefix: String,
     /// The executable re-run as the container helper (default /proc/self/exe); it must call
-    /// [`init::maybe_run_helper`] first thing in main.
+    /// [`maybe_run_helper`] first thing in main.
     pub helper_exe: PathBuf,
     /// Needed for [`NetworkMode::Bridged`] containers.
     pub bridge: Option<BridgeConfig>,
@@ -388,9 +390,9 @@ impl Sandbox {
             let (plan, resources) =
                 tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
                     .await
-                    .map_err(|e| SandboxError::Setup {
-                        container: id.clone(),
-                        reason: e.to_string(),
+                    .map_err(|source| SandboxError::Task {
+                        action: "preparing the container",
+                        source,
                     })??;
             start(resources, plan, &spec).await
         }
@@ -732,16 +734,16 @@ type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
 /// Ready.
 async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result<Container> {
     let id = res.id.clone();
-    let ctl_err = |reason: String| SandboxError::Control {
+    let ctl_err = |source: ControlError| SandboxError::Control {
         container: id.clone(),
-        reason,
+        source,
     };
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| ctl_err(format!("socketpair: {e}")))?;
+    let io = |action| move |source| ctl_err(ControlError::Io { action, source });
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
     let (out, err) = output_stdio(&spec.output)?;
     let exe = &res.inner.config.helper_exe;
     let child = tokio::process::Command::new(exe)
-        .arg(init::HELPER_ARG)
+        .arg(HELPER_ARG)
         .env_clear()
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(out)
@@ -757,6 +759,7 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
         name: spec.name.clone(),
         address: res.address,
         pid,
+        root_switch: RootSwitch::PivotRoot,
         reader: res.cgroup.as_ref().map(|c| c.reader()),
         child: Some(child),
         lines: None,
@@ -766,44 +769,65 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
     if let Some(cg) = &container.res.cgroup {
         cg.attach(pid)?;
     }
-    ours.set_nonblocking(true)
-        .map_err(|e| ctl_err(e.to_string()))?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| ctl_err(e.to_string()))?;
+    ours.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(io("register"))?;
     let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_string(&plan).map_err(|e| ctl_err(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(&plan).map_err(|e| ctl_err(ControlError::EncodePlan(e)))?;
     line.push('\n');
     wr.write_all(line.as_bytes())
         .await
-        .map_err(|e| ctl_err(format!("sending plan: {e}")))?;
+        .map_err(io("sending the plan"))?;
     drop(wr);
     let mut lines = BufReader::new(rd).lines();
-    match lines.next_line().await {
-        Ok(Some(l)) => match serde_json::from_str::<HelperMsg>(&l) {
-            Ok(HelperMsg::Ready) => {}
-            Ok(HelperMsg::Error(reason)) => {
-                container.kill_and_reap().await;
-                return Err(SandboxError::Setup {
-                    container: id,
-                    reason,
-                });
-            }
-            other => {
-                container.kill_and_reap().await;
-                return Err(ctl_err(format!("unexpected message {other:?}")));
-            }
-        },
-        Ok(None) => {
-            let status = container.kill_and_reap().await;
-            return Err(ctl_err(format!("helper exited during setup ({status:?})")));
-        }
-        Err(e) => {
-            container.kill_and_reap().await;
-            return Err(ctl_err(e.to_string()));
-        }
+    let reply = lines.next_line().await;
+    let msg = match &reply {
+        Ok(Some(line)) => serde_json::from_str::<HelperMsg>(line).ok(),
+        _ => None,
+    };
+    if let Some(HelperMsg::Ready { root_switch }) = msg {
+        container.root_switch = root_switch;
+        container.lines = Some(lines);
+        log_started(&container);
+        return Ok(container);
     }
-    container.lines = Some(lines);
-    tracing::info!(container.id = %container.id, container.pid = pid, address = ?container.address, "container started");
-    Ok(container)
+    let status = container.kill_and_reap().await;
+    Err(match (reply, msg) {
+        (_, Some(HelperMsg::Failed(source))) => SandboxError::Setup {
+            container: id,
+            source,
+        },
+        (Ok(Some(line)), _) => ctl_err(ControlError::Unexpected { line }),
+        (Ok(None), _) => ctl_err(ControlError::HelperExited { status }),
+        (Err(source), _) => ctl_err(ControlError::Io {
+            action: "reading",
+            source,
+        }),
+    })
+}
+
+/// Logs the new container; a chroot'ed one (a weaker root, only on an initramfs) as a
+/// warning.
+fn log_started(c: &Container) {
+    match c.root_switch {
+        RootSwitch::PivotRoot => tracing::info!(
+            container.id = %c.id,
+            container.name = %c.name,
+            container.pid = c.pid,
+            address = ?c.address,
+            root_switch = "pivot_root",
+            "container started"
+        ),
+        RootSwitch::Chroot => tracing::warn!(
+            container.id = %c.id,
+            container.name = %c.name,
+            container.pid = c.pid,
+            address = ?c.address,
+            root_switch = "chroot",
+            "container started in a chroot: pivot_root is impossible on the initramfs root, \
+             so the container's root is escapable with CAP_SYS_CHROOT"
+        ),
+    }
 }
 
 /// A running (or ended but not yet destroyed) container. Dropping it tears it down (best
@@ -814,6 +838,7 @@ pub struct Container {
     name: String,
     address: Option<Ipv4Addr>,
     pid: u32,
+    root_switch: RootSwitch,
     reader: Option<CgroupReader>,
     child: Option<tokio::process::Child>,
     lines: Option<CtlLines>,
@@ -844,6 +869,12 @@ impl Container {
     /// The container's address (bridged containers only).
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.address
+    }
+
+    /// How the container's init entered its root: [`RootSwitch::PivotRoot`] everywhere
+    /// but on an initramfs host root, where only [`RootSwitch::Chroot`] is possible.
+    pub fn root_switch(&self) -> RootSwitch {
+        self.root_switch
     }
 
     /// Host pid of the container's helper process (signals sent to it reach the program).

@@ -397,9 +397,14 @@ fn compile_worker_filters(capabilities: &[Capability], extra: &[String]) -> Resu
 
 /// Installs `programs` on the calling thread, in order (needs no_new_privs, which
 /// seccompiler sets too).
-pub(crate) fn install(programs: &[Program]) -> std::result::Result<(), String> {
+pub(crate) fn install(programs: &[Program]) -> nix::Result<()> {
     for p in programs {
-        seccompiler::apply_filter(&p.0).map_err(|e| format!("installing seccomp filter: {e}"))?;
+        seccompiler::apply_filter(&p.0).map_err(|e| match e {
+            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => io
+                .raw_os_error()
+                .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw),
+            _ => nix::errno::Errno::EINVAL,
+        })?;
     }
     Ok(())
 }
