@@ -15,7 +15,7 @@ use cgroups_rs::fs::{cpu::CpuController, freezer::FreezerController};
 use cgroups_rs::fs::{memory::MemController, pid::PidController};
 use cgroups_rs::CgroupPid;
 
-use super::error::{Result, SandboxError};
+use super::error::{CgroupFailure, Result, SandboxError};
 use super::spec::Limits;
 
 /// Resource usage of one container, from its cgroup.
@@ -114,13 +114,17 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    fn controller<'a, T>(&'a self, what: &str) -> Result<&'a T>
+    fn controller<'a, T>(&'a self, what: &'static str) -> Result<&'a T>
     where
         &'a T: From<&'a cgroups_rs::fs::Subsystem>,
         T: Controller + cgroups_rs::fs::ControllIdentifier,
     {
         self.cg.controller_of::<T>().ok_or_else(|| {
-            SandboxError::cgroup(&self.name, "find controller", format!("{what} not mounted"))
+            SandboxError::cgroup(
+                &self.name,
+                "find controller",
+                CgroupFailure::NotMounted(what),
+            )
         })
     }
 
@@ -172,7 +176,7 @@ impl ContainerCgroup {
         Err(SandboxError::cgroup(
             &self.name,
             "kill",
-            format!("processes left: {:?}", self.procs()),
+            CgroupFailure::ProcessesLeft(self.procs()),
         ))
     }
 

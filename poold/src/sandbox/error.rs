@@ -29,19 +29,21 @@ pub enum SandboxError {
     Image(#[from] super::rootfs::ImageError),
 
     /// A cgroup operation failed.
-    #[error("cgroup {cgroup}: {action}: {reason}")]
+    #[error("cgroup {cgroup}: {action}: {source}")]
     Cgroup {
         cgroup: String,
         action: &'static str,
-        reason: String,
+        #[source]
+        source: CgroupFailure,
     },
 
     /// A netlink / network namespace operation failed.
-    #[error("network: {action} ({object}): {reason}")]
+    #[error("network: {action} ({object}): {source}")]
     Network {
         action: &'static str,
         object: String,
-        reason: String,
+        #[source]
+        source: NetFailure,
     },
 
     /// The configured bridge name belongs to a link poold did not make and cannot share.
@@ -116,11 +118,11 @@ pub enum SandboxError {
     },
 
     /// Some teardown steps failed; each entry names the object and the error.
-    #[error("{subject}: teardown incomplete: {}", failures.join("; "))]
+    #[error("{subject}: teardown incomplete: {}", joined(failures))]
     Teardown {
         /// `container <id>`, or `orphans`.
         subject: String,
-        failures: Vec<String>,
+        failures: Vec<SandboxError>,
     },
 }
 
@@ -141,6 +143,34 @@ pub enum ControlError {
     HelperExited {
         status: Option<std::process::ExitStatus>,
     },
+}
+
+/// Why a cgroup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupFailure {
+    #[error(transparent)]
+    Kernel(#[from] cgroups_rs::fs::error::Error),
+    #[error("the {0} controller is not mounted")]
+    NotMounted(&'static str),
+    #[error("processes left: {0:?}")]
+    ProcessesLeft(Vec<u64>),
+}
+
+/// Why a netlink or network namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetFailure {
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+    #[error(transparent)]
+    Errno(#[from] nix::errno::Errno),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the netlink thread panicked")]
+    ThreadPanicked,
+    #[error("not found")]
+    Missing,
+    #[error("another program created a link of that name at the same time")]
+    Raced,
 }
 
 /// Why an existing link cannot be poold's bridge.
@@ -174,25 +204,34 @@ impl SandboxError {
         }
     }
 
-    pub(crate) fn cgroup(cgroup: &str, action: &'static str, reason: impl ToString) -> Self {
+    pub(crate) fn cgroup(
+        cgroup: &str,
+        action: &'static str,
+        source: impl Into<CgroupFailure>,
+    ) -> Self {
         SandboxError::Cgroup {
             cgroup: cgroup.to_string(),
             action,
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 
     pub(crate) fn net(
         action: &'static str,
         object: impl Into<String>,
-        reason: impl ToString,
+        source: impl Into<NetFailure>,
     ) -> Self {
         SandboxError::Network {
             action,
             object: object.into(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
+}
+
+fn joined(errors: &[SandboxError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
 }
 
 /// Result alias of the sandbox module.

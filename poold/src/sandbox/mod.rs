@@ -26,7 +26,7 @@ mod spec;
 mod sys;
 
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
-pub use error::{ControlError, ForeignLink, Result, SandboxError};
+pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError};
 pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch, HELPER_ARG,
 };
@@ -409,9 +409,9 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
             .await
-            .map_err(|e| SandboxError::Teardown {
-                subject: "orphans".into(),
-                failures: vec![e.to_string()],
+            .map_err(|source| SandboxError::Task {
+                action: "removing orphans",
+                source,
             })?
     }
 
@@ -438,7 +438,10 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.ensure_bridge())
             .await
-            .map_err(|e| SandboxError::net("ensure bridge", "", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "ensuring the bridge",
+                source,
+            })?
     }
 
     /// Watches the bridge from now on (rtnetlink link events, in a task of the current
@@ -476,7 +479,10 @@ impl Sandbox {
         let parent = self.inner.config.cgroup_parent.clone();
         tokio::task::spawn_blocking(move || remove_cgroup_parent(&parent))
             .await
-            .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "removing the cgroup parent",
+                source,
+            })?
     }
 
     /// Removes the state directory's empty working directories (netns, scratch, containers) and
@@ -501,7 +507,10 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.remove_bridge())
             .await
-            .map_err(|e| SandboxError::net("delete bridge", "", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "deleting the bridge",
+                source,
+            })?
     }
 }
 
@@ -521,12 +530,12 @@ impl Resources {
         let mut failures = Vec::new();
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
-                failures.push(e.to_string());
+                failures.push(e);
             }
         }
         if let Some(n) = self.net.take() {
             if let Err(e) = net::teardown_container_net(&n) {
-                failures.push(e.to_string());
+                failures.push(e);
             }
         }
         if let (Some(a), Some(alloc)) = (self.address.take(), &self.inner.addresses) {
@@ -535,7 +544,7 @@ impl Resources {
         if let Some(d) = self.dir.take() {
             if let Err(e) = std::fs::remove_dir_all(&d) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    failures.push(format!("remove {}: {e}", d.display()));
+                    failures.push(SandboxError::io("remove", &d, e));
                 }
             }
         }
@@ -977,7 +986,10 @@ impl Container {
         match self.res.cgroup.clone() {
             Some(cg) => tokio::task::spawn_blocking(move || cg.kill_all())
                 .await
-                .map_err(|e| SandboxError::cgroup("", "kill", e))?,
+                .map_err(|source| SandboxError::Task {
+                    action: "killing the container",
+                    source,
+                })?,
             None => Ok(()),
         }
     }
@@ -1001,7 +1013,10 @@ impl Container {
         drop(self);
         tokio::task::spawn_blocking(move || res.teardown())
             .await
-            .map_err(|e| SandboxError::cgroup("", "teardown", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "tearing the container down",
+                source,
+            })?
     }
 }
 
@@ -1034,11 +1049,11 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         let cg = ContainerCgroup::open(&cfg.cgroup_parent, &child);
         match cg.destroy() {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push(e),
         }
     }
     if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
-        failures.push(e.to_string());
+        failures.push(e);
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {
@@ -1050,22 +1065,22 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             for l in links.into_iter().filter(ours) {
                 match net::delete_link(&l) {
                     Ok(()) => report.links.push(l),
-                    Err(e) => failures.push(e.to_string()),
+                    Err(e) => failures.push(e),
                 }
             }
         }
-        Err(e) => failures.push(e.to_string()),
+        Err(e) => failures.push(e),
     }
     if let Some(b) = &cfg.bridge {
         match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
             Ok(bridges) => report.bridges = bridges,
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push(e),
         }
         if let Err(e) = net::delete_unreachable_route(b.subnet) {
-            failures.push(e.to_string());
+            failures.push(e);
         }
         if let Err(e) = firewall::remove(&firewall_table(&cfg.link_prefix)) {
-            failures.push(e.to_string());
+            failures.push(e);
         }
     }
     let list = |dir: &Path| -> Vec<PathBuf> {
@@ -1080,7 +1095,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         {
             match net::delete_netns(&ns) {
                 Ok(()) => report.netns.push(ns),
-                Err(e) => failures.push(e.to_string()),
+                Err(e) => failures.push(e),
             }
         }
     }
@@ -1088,7 +1103,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
         match std::fs::remove_dir_all(&d) {
             Ok(()) => report.container_dirs.push(d),
-            Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+            Err(e) => failures.push(SandboxError::io("remove", &d, e)),
         }
     }
     for d in list(&cfg.image_cache) {
@@ -1097,7 +1112,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => report.image_temp_dirs.push(d),
-                Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+                Err(e) => failures.push(SandboxError::io("remove", &d, e)),
             }
         }
     }

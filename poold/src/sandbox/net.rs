@@ -33,7 +33,7 @@ use rtnetlink::{
 /// The container's side of its veth pair.
 const WORKER_IF: &str = "eth0";
 
-use super::error::{ForeignLink, Result, SandboxError};
+use super::error::{ForeignLink, NetFailure, Result, SandboxError};
 
 /// Time source of the address allocator (injectable for tests).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -174,7 +174,13 @@ where
         })
     })
     .join()
-    .unwrap_or_else(|_| Err(SandboxError::net("thread", "netlink", "panicked")))
+    .unwrap_or_else(|_| {
+        Err(SandboxError::net(
+            "thread",
+            "netlink",
+            NetFailure::ThreadPanicked,
+        ))
+    })
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
@@ -396,9 +402,9 @@ pub(crate) fn ensure_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
                     // Made by someone else meanwhile: look again.
                     Err(_) => return adopt_raced(&h, &spec).await,
                 }
-                let index = link_index(&h, &name)
-                    .await?
-                    .ok_or_else(|| SandboxError::net("create bridge", &name, "vanished"))?;
+                let index = link_index(&h, &name).await?.ok_or_else(|| {
+                    SandboxError::net("create bridge", &name, NetFailure::Missing)
+                })?;
                 // The kernel ignores IFLA_IFALIAS when it creates a link: mark it now.
                 h.link()
                     .set(
@@ -449,7 +455,7 @@ async fn adopt_raced(h: &Handle, spec: &BridgeSpec) -> Result<BridgeOwnership> {
         _ => Err(SandboxError::net(
             "create bridge",
             &spec.name,
-            "another program created a link of that name at the same time",
+            NetFailure::Raced,
         )),
     }
 }
@@ -764,7 +770,13 @@ pub(crate) fn create_netns(path: &Path) -> Result<()> {
         .map_err(|e| SandboxError::net("bind netns", p.display().to_string(), e))
     })
     .join()
-    .unwrap_or_else(|_| Err(SandboxError::net("thread", "netns", "panicked")));
+    .unwrap_or_else(|_| {
+        Err(SandboxError::net(
+            "thread",
+            "netns",
+            NetFailure::ThreadPanicked,
+        ))
+    });
     if made.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -821,7 +833,7 @@ pub(crate) fn setup_container_net(
         with_netlink(None, move |h| async move {
             let bridge_index = link_index(&h, &br)
                 .await?
-                .ok_or_else(|| SandboxError::net("find bridge", &br, "missing"))?;
+                .ok_or_else(|| SandboxError::net("find bridge", &br, NetFailure::Missing))?;
             let nsfile = std::fs::File::open(&ns).map_err(|e| SandboxError::io("open", &ns, e))?;
             use std::os::fd::AsRawFd;
             // The peer is born in the container's namespace as eth0 and the host end on the
@@ -845,15 +857,19 @@ pub(crate) fn setup_container_net(
         with_netlink(Some(netns), move |h| async move {
             let lo = link_index(&h, "lo")
                 .await?
-                .ok_or_else(|| SandboxError::net("find", "lo", "missing"))?;
+                .ok_or_else(|| SandboxError::net("find", "lo", NetFailure::Missing))?;
             h.link()
                 .set(LinkUnspec::new_with_index(lo).up().build())
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("set up", "lo", e))?;
-            let idx = link_index(&h, WORKER_IF)
-                .await?
-                .ok_or_else(|| SandboxError::net("find", WORKER_IF, "missing in netns"))?;
+            let idx = link_index(&h, WORKER_IF).await?.ok_or_else(|| {
+                SandboxError::net(
+                    "find in the container's netns",
+                    WORKER_IF,
+                    NetFailure::Missing,
+                )
+            })?;
             h.address()
                 .add(idx, IpAddr::V4(addr), subnet.prefix_len())
                 .execute()
