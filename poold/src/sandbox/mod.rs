@@ -595,30 +595,12 @@ fn prepare(
     spec: &ContainerSpec,
 ) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
-    let lower = match &spec.rootfs {
-        RootFs::Dir(p) => p.clone(),
-        RootFs::Tarball(t) => inner.images.prepare(t)?,
-        RootFs::Host => PathBuf::from("/"),
-    };
+    let lower = image_root(&inner, &spec.rootfs)?;
     let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
     if let Some(map) = spec.user_namespace {
-        let outside = std::iter::once(user.uid)
-            .chain(std::iter::once(user.gid))
-            .chain(user.groups.iter().copied())
-            .find(|id| *id >= map.count);
-        if let Some(id) = outside {
-            return Err(SandboxError::spec(
-                "user",
-                format!("id {id} is outside the user namespace's {} ids", map.count),
-            ));
-        }
+        check_ids_in_user_namespace(&user, map)?;
     }
-    let userns_copy = cfg.image_cache.join(format!(
-        "userns-{}-{}",
-        spec.user_namespace.map_or(0, |m| m.host_first),
-        hex_digest(&lower.to_string_lossy())
-    ));
     let seccomp = match spec.seccomp {
         SeccompMode::Default => {
             seccomp::container_filters(&spec.capabilities, &spec.seccomp_allow)?
@@ -631,6 +613,7 @@ fn prepare(
             "bridged needs a bridge in the sandbox config",
         ));
     }
+    // From here on, what is made is recorded in `res` and removed if a later step fails.
     let mut res = Resources {
         id: id.clone(),
         inner: inner.clone(),
@@ -639,68 +622,31 @@ fn prepare(
         net: None,
         address: None,
     };
-    let base = match cfg.writable_tmpfs_mib {
-        // Shared mount point: each container mounts its own tmpfs there, privately.
-        Some(_) => cfg.state_dir.join("scratch"),
-        None => cfg.state_dir.join("workers").join(id.as_str()),
-    };
-    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
-    if cfg.writable_tmpfs_mib.is_some() {
-        std::fs::create_dir_all(&base).map_err(|e| SandboxError::io("create", &base, e))?;
-    } else {
-        res.dir = Some(base.clone());
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
-        }
-    }
+    let layer = writable_layer(cfg, &id, &mut res)?;
     res.cgroup = Some(Arc::new(ContainerCgroup::create(
         &cfg.cgroup_parent,
         id.as_str(),
         &spec.limits,
     )?));
-    let netns = match spec.network {
-        NetworkMode::Host => NetnsPlan::Host,
-        NetworkMode::Isolated => NetnsPlan::New,
-        NetworkMode::Bridged => {
-            let (b, alloc) = (cfg.bridge.as_ref(), inner.addresses.as_ref());
-            let (Some(b), Some(alloc)) = (b, alloc) else {
-                unreachable!("checked above")
-            };
-            inner.ensure_bridge()?;
-            let addr = alloc.lock().unwrap_or_else(|e| e.into_inner()).allocate()?;
-            res.address = Some(addr);
-            let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
-            let link = format!("{}{id}", cfg.link_prefix);
-            match net::setup_container_net(&path, &link, &b.name, b.subnet, addr) {
-                Ok(n) => res.net = Some(n),
-                Err(e) => {
-                    // The bridge may have been removed behind our back: check it next time.
-                    *inner.bridge_state() = None;
-                    return Err(e);
-                }
-            }
-            NetnsPlan::Join(path)
-        }
-    };
-    let hosts = container_hosts(res.address, spec.hostname());
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if !spec.env.iter().any(|(k, _)| k == "PATH") {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
+    let netns = network(&inner, spec.network, &id, &mut res)?;
     let plan = HelperPlan {
         container: id,
         root: match spec.rootfs {
             RootFs::Host => RootPlan::Host,
-            _ => RootPlan::Overlay { lower, upper, work },
+            _ => RootPlan::Overlay {
+                lower: lower.clone(),
+                upper: layer.upper,
+                work: layer.work,
+            },
         },
-        merged,
-        scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (base.clone(), mib)),
-        private_dir: base.clone(),
+        merged: layer.merged,
+        scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (layer.base.clone(), mib)),
+        private_dir: layer.base,
         read_only_root: spec.read_only_root,
         argv: std::iter::once(argv0)
             .chain(spec.args.iter().cloned())
             .collect(),
-        env,
+        env: container_env(spec),
         workdir: spec.workdir.clone(),
         user,
         hostname: spec.hostname().to_string(),
@@ -709,13 +655,130 @@ fn prepare(
         tmpfs: spec.tmpfs.clone(),
         capabilities: spec.capabilities.clone(),
         userns: spec.user_namespace,
-        userns_copy,
+        userns_copy: userns_copy_dir(cfg, spec.user_namespace, &lower),
         seccomp,
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
-        hosts,
+        hosts: container_hosts(res.address, spec.hostname()),
     };
     Ok((plan, res))
+}
+
+/// The image directory: as given, unpacked from the tarball (cached), or the host's `/`.
+fn image_root(inner: &Inner, rootfs: &RootFs) -> Result<PathBuf> {
+    Ok(match rootfs {
+        RootFs::Dir(p) => p.clone(),
+        RootFs::Tarball(t) => inner.images.prepare(t)?,
+        RootFs::Host => PathBuf::from("/"),
+    })
+}
+
+/// Every id the program runs with must exist inside the user namespace.
+fn check_ids_in_user_namespace(user: &spec::ResolvedUser, map: IdMap) -> Result<()> {
+    let outside = std::iter::once(user.uid)
+        .chain(std::iter::once(user.gid))
+        .chain(user.groups.iter().copied())
+        .find(|id| *id >= map.count);
+    match outside {
+        Some(id) => Err(SandboxError::spec(
+            "user",
+            format!("id {id} is outside the user namespace's {} ids", map.count),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where the copy of the image with shifted owners goes, for filesystems that cannot idmap
+/// (one per image and id range, shared by their containers).
+fn userns_copy_dir(cfg: &SandboxConfig, map: Option<IdMap>, lower: &Path) -> PathBuf {
+    cfg.image_cache.join(format!(
+        "userns-{}-{}",
+        map.map_or(0, |m| m.host_first),
+        hex_digest(&lower.to_string_lossy())
+    ))
+}
+
+/// The directories of a container's writable overlay layer.
+struct WritableLayer {
+    /// Holds upper, work and merged; the container's private directory.
+    base: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+}
+
+/// With a writable tmpfs, a shared mount point (each container mounts its own tmpfs there,
+/// privately); else a directory of the container's own on disk, recorded in `res`.
+fn writable_layer(
+    cfg: &SandboxConfig,
+    id: &ContainerId,
+    res: &mut Resources,
+) -> Result<WritableLayer> {
+    let base = match cfg.writable_tmpfs_mib {
+        Some(_) => cfg.state_dir.join("scratch"),
+        None => cfg.state_dir.join("workers").join(id.as_str()),
+    };
+    let layer = WritableLayer {
+        upper: base.join("upper"),
+        work: base.join("work"),
+        merged: base.join("merged"),
+        base,
+    };
+    if cfg.writable_tmpfs_mib.is_some() {
+        std::fs::create_dir_all(&layer.base)
+            .map_err(|e| SandboxError::io("create", &layer.base, e))?;
+    } else {
+        res.dir = Some(layer.base.clone());
+        for d in [&layer.upper, &layer.work, &layer.merged] {
+            std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
+        }
+    }
+    Ok(layer)
+}
+
+/// The container's network namespace; a bridged one gets its address, veth and namespace
+/// here (recorded in `res`).
+fn network(
+    inner: &Inner,
+    mode: NetworkMode,
+    id: &ContainerId,
+    res: &mut Resources,
+) -> Result<NetnsPlan> {
+    let (bridge, addresses) = match mode {
+        NetworkMode::Host => return Ok(NetnsPlan::Host),
+        NetworkMode::Isolated => return Ok(NetnsPlan::New),
+        NetworkMode::Bridged => match (inner.config.bridge.as_ref(), inner.addresses.as_ref()) {
+            (Some(b), Some(a)) => (b, a),
+            _ => unreachable!("checked by prepare"),
+        },
+    };
+    inner.ensure_bridge()?;
+    let addr = addresses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allocate()?;
+    res.address = Some(addr);
+    let cfg = &inner.config;
+    let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
+    let link = format!("{}{id}", cfg.link_prefix);
+    match net::setup_container_net(&path, &link, &bridge.name, bridge.subnet, addr) {
+        Ok(n) => res.net = Some(n),
+        Err(e) => {
+            // The bridge may have been removed behind our back: check it next time.
+            *inner.bridge_state() = None;
+            return Err(e);
+        }
+    }
+    Ok(NetnsPlan::Join(path))
+}
+
+/// The spec's environment, with a default PATH unless it sets one.
+fn container_env(spec: &ContainerSpec) -> Vec<String> {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    env
 }
 
 fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
