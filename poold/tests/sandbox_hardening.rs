@@ -11,7 +11,7 @@ use poold::sandbox::{
 };
 use std::io::{Read, Write};
 
-use sandbox_support::{eventually, TestSandbox};
+use sandbox_support::{eventually, output_containing, TestSandbox};
 
 /// Wrapped in `sandbox_hardening` so `--filter sandbox_hardening` selects every test here.
 mod sandbox_hardening {
@@ -375,12 +375,7 @@ mod sandbox_hardening {
             read_only: false,
         }];
         let w = t.sandbox.spawn(spec).await.unwrap();
-        let text = eventually("the worker reports", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        let text = output_containing(&out, "ready").await;
         let program = eventually("the program runs", || program_pid(w.pid())).await;
         let status = std::fs::read_to_string(format!("/proc/{program}/status")).unwrap();
         let host_ids = |key: &str| {

@@ -52,6 +52,16 @@ mod worker_network {
         format!("pdf{what}{}x{tag}", std::process::id() % 100_000)
     }
 
+    /// A veth pair (not a bridge) under the name a test then gives as `network.bridge`;
+    /// removed when the guard drops.
+    fn foreign_veth(tag: u8) -> (String, TestLinks) {
+        let name = test_link(tag, "v");
+        let peer = test_link(tag, "w");
+        let links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        (name, links)
+    }
+
     fn sleeper(t: &TestSandbox) -> ContainerSpec {
         let mut spec = ContainerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
         spec.args = vec!["600".into()];
@@ -172,10 +182,7 @@ mod worker_network {
     #[test]
     fn poold_check_names_a_link_that_is_not_a_bridge() {
         let dir = tempfile::tempdir().unwrap();
-        let name = test_link(74, "v");
-        let peer = test_link(74, "w");
-        let _links = TestLinks(vec![name.clone()]);
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let (name, _links) = foreign_veth(74);
         let path = dir.path().join("poold.toml");
         std::fs::write(
             &path,
@@ -420,10 +427,7 @@ mod worker_network {
     #[test]
     fn poold_refuses_to_start_on_a_foreign_link_and_leaves_it() {
         let dir = tempfile::tempdir().unwrap();
-        let name = test_link(77, "v");
-        let peer = test_link(77, "w");
-        let _links = TestLinks(vec![name.clone()]);
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let (name, _links) = foreign_veth(77);
         let path = dir.path().join("poold.toml");
         std::fs::write(
             &path,

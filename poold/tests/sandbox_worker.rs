@@ -11,7 +11,7 @@ use poold::sandbox::{
     ContainerExit, ContainerSpec, Limits, NetworkMode, Output, RootFs, RootSwitch, SandboxError,
     Tmpfs,
 };
-use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
+use sandbox_support::{cgroup_dirs_named, eventually, output_containing, TestSandbox};
 
 /// Wrapped in `sandbox` so `--filter sandbox` (e.g. `cargo xtask vm-test --filter sandbox`)
 /// selects every test here.
@@ -213,12 +213,7 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("worker wrote", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("done"))
-        })
-        .await;
+        output_containing(&out, "done").await;
         // The worker's view (through its helper, which shares its mount namespace and root).
         let inside = Path::new("/proc").join(w.pid().to_string()).join("root");
         assert_eq!(
@@ -360,12 +355,7 @@ mod sandbox {
         output_to(&mut spec, &out);
         let w = t.sandbox.spawn(spec).await.unwrap();
         let cg = w.cgroup().unwrap().to_string();
-        let text = eventually("busy loop done", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("busy-done"))
-        })
-        .await;
+        let text = output_containing(&out, "busy-done").await;
         assert!(text.contains("nofile=64"), "{text}");
         let mem = cgroup_file(&cg, "memory", "memory.limit_in_bytes")
             .or_else(|| cgroup_file(&cg, "memory", "memory.max"))
@@ -508,12 +498,7 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("trap set", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        output_containing(&out, "ready").await;
         let exit = w.stop(Duration::from_secs(30)).await.unwrap();
         assert_eq!(exit, ContainerExit::Code(42));
         assert_eq!(w.usage_reader().usage().unwrap().oom_kills, 0);
@@ -533,12 +518,7 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("trap set", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        output_containing(&out, "ready").await;
         let exit = w.stop(Duration::from_millis(300)).await.unwrap();
         assert_eq!(exit, ContainerExit::Signal(9));
         w.destroy().await.unwrap();
