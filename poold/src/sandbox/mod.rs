@@ -228,14 +228,14 @@ impl Inner {
         let reattached = match net::reattach_ports(spec) {
             Ok(r) => r,
             Err(error) => {
-                tracing::error!(bridge = %spec.name, %error, "reattaching worker veths failed");
+                tracing::error!(bridge = %spec.name, %error, "reattaching container veths failed");
                 return;
             }
         };
         if problem.is_some() || !reattached.is_empty() {
             tracing::warn!(
                 bridge = %spec.name,
-                problem = problem.unwrap_or("worker veths detached"),
+                problem = problem.unwrap_or("container veths detached"),
                 reattached = reattached.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "bridge repaired"

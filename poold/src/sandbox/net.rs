@@ -31,7 +31,7 @@ use rtnetlink::{
 };
 
 /// The container's side of its veth pair.
-const WORKER_IF: &str = "eth0";
+const CONTAINER_IF: &str = "eth0";
 
 use super::error::{ForeignLink, NetFailure, Result, SandboxError};
 
@@ -839,7 +839,7 @@ pub(crate) fn setup_container_net(
             // The peer is born in the container's namespace as eth0 and the host end on the
             // bridge and up: one request, no move between namespaces (which costs a
             // synchronize_net) and no rename.
-            let peer = LinkUnspec::new_with_name(WORKER_IF)
+            let peer = LinkUnspec::new_with_name(CONTAINER_IF)
                 .setns_by_fd(nsfile.as_raw_fd())
                 .build();
             let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -863,10 +863,10 @@ pub(crate) fn setup_container_net(
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("set up", "lo", e))?;
-            let idx = link_index(&h, WORKER_IF).await?.ok_or_else(|| {
+            let idx = link_index(&h, CONTAINER_IF).await?.ok_or_else(|| {
                 SandboxError::net(
                     "find in the container's netns",
-                    WORKER_IF,
+                    CONTAINER_IF,
                     NetFailure::Missing,
                 )
             })?;
@@ -949,7 +949,7 @@ mod tests {
 
     #[test]
     fn released_addresses_wait_out_the_quarantine() {
-        let (mut a, clock) = alloc(30, 150); // only .2 is a worker address
+        let (mut a, clock) = alloc(30, 150); // only .2 is a container address
         let first = a.allocate().unwrap();
         a.release(first);
         let e = a.allocate().unwrap_err();

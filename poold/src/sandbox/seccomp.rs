@@ -297,7 +297,7 @@ pub(crate) fn container_filters(
     if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(hit.clone());
     }
-    let programs = compile_worker_filters(capabilities, extra)?;
+    let programs = compile_container_filters(capabilities, extra)?;
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -305,7 +305,10 @@ pub(crate) fn container_filters(
     Ok(programs)
 }
 
-fn compile_worker_filters(capabilities: &[Capability], extra: &[String]) -> Result<Vec<Program>> {
+fn compile_container_filters(
+    capabilities: &[Capability],
+    extra: &[String],
+) -> Result<Vec<Program>> {
     let arch = arch()?;
     for name in extra {
         if !is_known_syscall(name) {
