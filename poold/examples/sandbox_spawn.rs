@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use poold::sandbox::{
-    BridgeConfig, IdMap, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, SeccompMode,
-    WorkerSpec,
+    BridgeConfig, ContainerSpec, IdMap, NetworkMode, Output, RootFs, Sandbox, SandboxConfig,
+    SeccompMode,
 };
 
 fn main() -> anyhow::Result<()> {
-    poold::sandbox::init::maybe_run_helper();
+    poold::sandbox::maybe_run_helper();
     let mut args = std::env::args().skip(1);
     let (mut rootfs, mut network, mut loops) = (None, NetworkMode::Isolated, None);
     let mut serve = false;
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let life = || async {
             let mut spec =
-                WorkerSpec::new("bench", RootFs::Dir(rootfs.clone().into()), &command[0]);
+                ContainerSpec::new("bench", RootFs::Dir(rootfs.clone().into()), &command[0]);
             spec.args = command[1..].to_vec();
             spec.network = network;
             spec.output = Output::Null;
@@ -90,8 +90,8 @@ fn main() -> anyhow::Result<()> {
             let mut w = sandbox.spawn(spec).await?;
             let exit = w.wait().await?;
             w.destroy().await?;
-            if exit.status.as_code() != 0 {
-                bail!("worker exited with {:?}", exit.status);
+            if exit.as_code() != 0 {
+                bail!("worker exited with {:?}", exit);
             }
             Ok(t.elapsed())
         };

@@ -1,6 +1,7 @@
 //! poold: an IPVS-fronted prefork container pool manager.
 //!
-//! Invariant: `unsafe` lives only in `sandbox::sys` (the only module that allows it).
+//! Invariant: `unsafe` lives only in `sandbox::sys` (the only module that allows it), except
+//! the calls of its `unsafe fn fork`, each allowed at the call with a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod balancer;

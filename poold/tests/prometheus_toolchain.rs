@@ -68,6 +68,7 @@ fn metrics_after_events() -> Metrics {
         total_conns: 40,
         memory_bytes: 50 << 20,
         reason: None,
+        chroot: false,
     };
     let status = ServiceStatus {
         name: "web".into(),

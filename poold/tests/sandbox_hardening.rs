@@ -7,11 +7,11 @@ mod sandbox_support;
 use std::path::{Path, PathBuf};
 
 use poold::sandbox::{
-    BindMount, ExitStatus, IdMap, NetworkMode, Output, RootFs, SeccompMode, WorkerSpec,
+    BindMount, ContainerExit, ContainerSpec, IdMap, NetworkMode, Output, RootFs, SeccompMode,
 };
 use std::io::{Read, Write};
 
-use sandbox_support::{eventually, TestSandbox};
+use sandbox_support::{eventually, output_containing, TestSandbox};
 
 /// Wrapped in `sandbox_hardening` so `--filter sandbox_hardening` selects every test here.
 mod sandbox_hardening {
@@ -34,20 +34,20 @@ mod sandbox_hardening {
     }
 
     /// A root worker (no `user`) running `script` with busybox sh, isolated network.
-    fn root_sh(t: &TestSandbox, name: &str, script: &str, out: &Path) -> WorkerSpec {
-        let mut spec = WorkerSpec::new(name, RootFs::Dir(hostile_root(t)), "sh");
+    fn root_sh(t: &TestSandbox, name: &str, script: &str, out: &Path) -> ContainerSpec {
+        let mut spec = ContainerSpec::new(name, RootFs::Dir(hostile_root(t)), "sh");
         spec.args = vec!["-c".into(), script.into()];
         spec.network = NetworkMode::Isolated;
         spec.output = Output::File(out.to_path_buf());
         spec
     }
 
-    async fn run_to_end(t: &TestSandbox, spec: WorkerSpec, out: &Path) -> String {
+    async fn run_to_end(t: &TestSandbox, spec: ContainerSpec, out: &Path) -> String {
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         let exit = w.wait().await.unwrap();
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(out).unwrap_or_default();
-        assert_eq!(exit.status, ExitStatus::Code(0), "{text}");
+        assert_eq!(exit, ContainerExit::Code(0), "{text}");
         text
     }
 
@@ -209,13 +209,13 @@ mod sandbox_hardening {
 
     /// Runs this test binary's [`hostile_probe`] inside a worker on the host root (its
     /// libraries are the host's), and returns what it printed.
-    async fn run_probe(t: &TestSandbox, mut spec_change: impl FnMut(&mut WorkerSpec)) -> String {
+    async fn run_probe(t: &TestSandbox, mut spec_change: impl FnMut(&mut ContainerSpec)) -> String {
         let out = t
             .dir
             .path()
             .join(format!("probe-{}.txt", sandbox_support_unique()));
         let exe = std::env::current_exe().unwrap();
-        let mut spec = WorkerSpec::new("probe", RootFs::Host, "/probe");
+        let mut spec = ContainerSpec::new("probe", RootFs::Host, "/probe");
         spec.args = [
             "--exact",
             "sandbox_hardening::hostile_probe",
@@ -375,12 +375,7 @@ mod sandbox_hardening {
             read_only: false,
         }];
         let w = t.sandbox.spawn(spec).await.unwrap();
-        let text = eventually("the worker reports", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        let text = output_containing(&out, "ready").await;
         let program = eventually("the program runs", || program_pid(w.pid())).await;
         let status = std::fs::read_to_string(format!("/proc/{program}/status")).unwrap();
         let host_ids = |key: &str| {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use poold::sandbox::{NetworkMode, Output, RootFs, SandboxError, WorkerSpec};
+use poold::sandbox::{ContainerSpec, NetworkMode, Output, RootFs, SandboxError};
 use sandbox_support::{eventually, TestSandbox};
 
 /// Wrapped in `worker_network` so `--filter worker_network` selects every test here.
@@ -52,16 +52,26 @@ mod worker_network {
         format!("pdf{what}{}x{tag}", std::process::id() % 100_000)
     }
 
-    fn sleeper(t: &TestSandbox) -> WorkerSpec {
-        let mut spec = WorkerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
+    /// A veth pair (not a bridge) under the name a test then gives as `network.bridge`;
+    /// removed when the guard drops.
+    fn foreign_veth(tag: u8) -> (String, TestLinks) {
+        let name = test_link(tag, "v");
+        let peer = test_link(tag, "w");
+        let links = TestLinks(vec![name.clone()]);
+        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        (name, links)
+    }
+
+    fn sleeper(t: &TestSandbox) -> ContainerSpec {
+        let mut spec = ContainerSpec::new("net", RootFs::Dir(t.rootfs.clone()), "sleep");
         spec.args = vec!["600".into()];
         spec.network = NetworkMode::Bridged;
         spec.output = Output::Null;
         spec
     }
 
-    fn httpd(t: &TestSandbox) -> WorkerSpec {
-        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+    fn httpd(t: &TestSandbox) -> ContainerSpec {
+        let mut spec = ContainerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
         spec.args = ["-f", "-p", "8080", "-h", "/www"]
             .map(String::from)
             .to_vec();
@@ -172,10 +182,7 @@ mod worker_network {
     #[test]
     fn poold_check_names_a_link_that_is_not_a_bridge() {
         let dir = tempfile::tempdir().unwrap();
-        let name = test_link(74, "v");
-        let peer = test_link(74, "w");
-        let _links = TestLinks(vec![name.clone()]);
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let (name, _links) = foreign_veth(74);
         let path = dir.path().join("poold.toml");
         std::fs::write(
             &path,
@@ -307,7 +314,7 @@ mod worker_network {
         }
         let out = t.dir.path().join("probe.txt");
         let _ = std::fs::remove_file(&out);
-        let mut spec = WorkerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
+        let mut spec = ContainerSpec::new("probe", RootFs::Dir(t.rootfs.clone()), "sh");
         spec.args = vec!["-c".into(), script];
         spec.network = NetworkMode::Bridged;
         spec.output = Output::File(out.clone());
@@ -420,10 +427,7 @@ mod worker_network {
     #[test]
     fn poold_refuses_to_start_on_a_foreign_link_and_leaves_it() {
         let dir = tempfile::tempdir().unwrap();
-        let name = test_link(77, "v");
-        let peer = test_link(77, "w");
-        let _links = TestLinks(vec![name.clone()]);
-        ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        let (name, _links) = foreign_veth(77);
         let path = dir.path().join("poold.toml");
         std::fs::write(
             &path,

@@ -8,24 +8,51 @@ use std::path::Path;
 use std::time::Duration;
 
 use poold::sandbox::{
-    ExitStatus, Limits, NetworkMode, Output, RootFs, SandboxError, Tmpfs, WorkerSpec,
+    ContainerExit, ContainerSpec, Limits, NetworkMode, Output, RootFs, RootSwitch, SandboxError,
+    Tmpfs,
 };
-use sandbox_support::{cgroup_dirs_named, eventually, TestSandbox};
+use sandbox_support::{cgroup_dirs_named, eventually, output_containing, TestSandbox};
 
 /// Wrapped in `sandbox` so `--filter sandbox` (e.g. `cargo xtask vm-test --filter sandbox`)
 /// selects every test here.
 mod sandbox {
     use super::*;
 
-    fn sh(t: &TestSandbox, name: &str, script: &str) -> WorkerSpec {
-        let mut spec = WorkerSpec::new(name, RootFs::Dir(t.rootfs.clone()), "sh");
+    fn sh(t: &TestSandbox, name: &str, script: &str) -> ContainerSpec {
+        let mut spec = ContainerSpec::new(name, RootFs::Dir(t.rootfs.clone()), "sh");
         spec.args = vec!["-c".into(), script.into()];
         spec.network = NetworkMode::Isolated;
         spec
     }
 
-    fn output_to(spec: &mut WorkerSpec, path: &Path) {
+    fn output_to(spec: &mut ContainerSpec, path: &Path) {
         spec.output = Output::File(path.to_path_buf());
+    }
+
+    /// Whether this host's `/` is the initramfs (mountinfo says `rootfs`), where pivot_root
+    /// cannot work: the VM harness boots into one.
+    fn host_root_is_initramfs() -> bool {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .rfind(|l| l.split(' ').nth(4) == Some("/"))
+            .unwrap();
+        root.split(" - ").nth(1).unwrap().starts_with("rootfs ")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_root_is_pivoted_into_and_chroot_only_on_the_initramfs() {
+        let t = TestSandbox::new(18);
+        let mut c = t.sandbox.spawn(sh(&t, "pivot", "true")).await.unwrap();
+        let expected = if host_root_is_initramfs() {
+            RootSwitch::Chroot
+        } else {
+            RootSwitch::PivotRoot
+        };
+        assert_eq!(c.root_switch(), expected);
+        assert_eq!(c.wait().await.unwrap(), ContainerExit::Code(0));
+        c.destroy().await.unwrap();
+        t.assert_nothing_left();
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -52,7 +79,7 @@ mod sandbox {
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         let exit = w.wait().await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(0));
+        assert_eq!(exit, ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
@@ -98,7 +125,7 @@ mod sandbox {
         spec.capabilities = vec![caps::Capability::CAP_NET_BIND_SERVICE];
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
@@ -143,7 +170,7 @@ mod sandbox {
         ];
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("root=read-only"), "{text}");
@@ -186,12 +213,7 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("worker wrote", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("done"))
-        })
-        .await;
+        output_containing(&out, "done").await;
         // The worker's view (through its helper, which shares its mount namespace and root).
         let inside = Path::new("/proc").join(w.pid().to_string()).join("root");
         assert_eq!(
@@ -208,7 +230,7 @@ mod sandbox {
             .config()
             .state_dir
             .join("workers")
-            .join(w.id())
+            .join(w.id().as_str())
             .join("upper");
         if t.config().writable_tmpfs_mib.is_none() {
             assert_eq!(
@@ -224,8 +246,8 @@ mod sandbox {
         let spec = sh(&t, "reader", "test -e /written && exit 3; exit 0");
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         assert_eq!(
-            w.wait().await.unwrap().status,
-            ExitStatus::Code(0),
+            w.wait().await.unwrap(),
+            ContainerExit::Code(0),
             "the write is gone"
         );
         w.destroy().await.unwrap();
@@ -242,7 +264,7 @@ mod sandbox {
         );
         spec.read_only_root = true;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -271,7 +293,7 @@ mod sandbox {
             },
         ];
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         assert!(!ro.join("new").exists());
         assert_eq!(std::fs::read_to_string(rw.join("new")).unwrap(), "out\n");
@@ -289,9 +311,8 @@ mod sandbox {
         spec.output = Output::Null;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
         let exit = w.wait().await.unwrap();
-        assert!(exit.oom_killed, "{exit:?}");
-        assert_ne!(exit.status, ExitStatus::Code(0));
-        assert!(w.resource_reader().usage().unwrap().oom_kills >= 1);
+        assert_ne!(exit, ContainerExit::Code(0));
+        assert!(w.usage_reader().usage().unwrap().oom_kills >= 1);
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -334,12 +355,7 @@ mod sandbox {
         output_to(&mut spec, &out);
         let w = t.sandbox.spawn(spec).await.unwrap();
         let cg = w.cgroup().unwrap().to_string();
-        let text = eventually("busy loop done", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("busy-done"))
-        })
-        .await;
+        let text = output_containing(&out, "busy-done").await;
         assert!(text.contains("nofile=64"), "{text}");
         let mem = cgroup_file(&cg, "memory", "memory.limit_in_bytes")
             .or_else(|| cgroup_file(&cg, "memory", "memory.max"))
@@ -353,7 +369,7 @@ mod sandbox {
             "{cpu}"
         );
         assert_eq!(cgroup_file(&cg, "pids", "pids.max").unwrap().trim(), "100");
-        let usage = w.resource_reader().usage().unwrap();
+        let usage = w.usage_reader().usage().unwrap();
         assert!(usage.memory_bytes > 0, "{usage:?}");
         assert!(usage.cpu_time > Duration::ZERO, "{usage:?}");
         assert_eq!(usage.oom_kills, 0);
@@ -397,7 +413,7 @@ mod sandbox {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_bridged_worker_answers_at_its_address() {
         let t = TestSandbox::new(6);
-        let mut spec = WorkerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
+        let mut spec = ContainerSpec::new("web", RootFs::Dir(t.rootfs.clone()), "httpd");
         spec.args = ["-f", "-p", "8080", "-h", "/www"]
             .map(String::from)
             .to_vec();
@@ -434,7 +450,7 @@ mod sandbox {
         let t = TestSandbox::new(17);
         let spawns = (0..6).map(|i| {
             let mut spec =
-                WorkerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
+                ContainerSpec::new(format!("web{i}"), RootFs::Dir(t.rootfs.clone()), "httpd");
             spec.args = ["-f", "-p", "8080", "-h", "/www"]
                 .map(String::from)
                 .to_vec();
@@ -482,15 +498,10 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("trap set", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        output_containing(&out, "ready").await;
         let exit = w.stop(Duration::from_secs(30)).await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(42));
-        assert!(!exit.oom_killed);
+        assert_eq!(exit, ContainerExit::Code(42));
+        assert_eq!(w.usage_reader().usage().unwrap().oom_kills, 0);
         assert!(std::fs::read_to_string(&out).unwrap().contains("got-term"));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
@@ -507,14 +518,9 @@ mod sandbox {
         );
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        eventually("trap set", || {
-            std::fs::read_to_string(&out)
-                .ok()
-                .filter(|s| s.contains("ready"))
-        })
-        .await;
+        output_containing(&out, "ready").await;
         let exit = w.stop(Duration::from_millis(300)).await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Signal(9));
+        assert_eq!(exit, ContainerExit::Signal(9));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -528,7 +534,7 @@ mod sandbox {
         let cg = w.cgroup().unwrap().to_string();
         w.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
         let exit = w.wait().await.unwrap();
-        assert_eq!(exit.status, ExitStatus::Signal(9));
+        assert_eq!(exit, ContainerExit::Signal(9));
         // The init and the program die with the helper (nothing needs the cgroup kill).
         eventually("worker processes gone", || {
             read_pids_file(&cg, "cgroup.procs").filter(|p| p.trim().is_empty())
@@ -541,9 +547,9 @@ mod sandbox {
     #[tokio::test(flavor = "multi_thread")]
     async fn bad_specs_fail_clearly_and_leave_nothing() {
         let t = TestSandbox::new(9);
-        let cases: Vec<(WorkerSpec, &str)> = vec![
+        let cases: Vec<(ContainerSpec, &str)> = vec![
             (
-                WorkerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"),
+                ContainerSpec::new("a", RootFs::Dir("/nonexistent/poold-root".into()), "sh"),
                 "`rootfs`",
             ),
             (
@@ -564,7 +570,7 @@ mod sandbox {
             ),
             (
                 sh(&t, "f", "").tap(|s| s.workdir = "/no/such/dir".into()),
-                "workdir /no/such/dir",
+                "workdir: chdir /no/such/dir",
             ),
             (
                 sh(&t, "g", "")
@@ -596,7 +602,7 @@ mod sandbox {
     trait Tap: Sized {
         fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
     }
-    impl Tap for WorkerSpec {
+    impl Tap for ContainerSpec {
         fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
             f(&mut self);
             self
@@ -616,19 +622,19 @@ mod sandbox {
             b.into_inner().unwrap().finish().unwrap();
         }
         let out = t.dir.path().join("out.txt");
-        let mut spec = WorkerSpec::new("tar", RootFs::Tarball(tarball), "cat");
+        let mut spec = ContainerSpec::new("tar", RootFs::Tarball(tarball), "cat");
         spec.args = vec!["/www/index.html".into()];
         spec.network = NetworkMode::Host;
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
             "hello from the worker\n"
         );
 
-        let mut spec = WorkerSpec::new("host", RootFs::Host, "/bin/sh");
+        let mut spec = ContainerSpec::new("host", RootFs::Host, "/bin/sh");
         spec.args = vec![
             "-c".into(),
             // The host root is read-only apart from /tmp.
@@ -638,7 +644,7 @@ mod sandbox {
         ];
         spec.network = NetworkMode::Isolated;
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         t.assert_nothing_left();
     }
@@ -652,7 +658,7 @@ mod sandbox {
         let t = TestSandbox::new(40);
         let host_hosts = std::fs::read("/etc/hosts").unwrap();
         let out = t.dir.path().join("host-root.txt");
-        let mut spec = WorkerSpec::new("pd-hosts", RootFs::Host, "/bin/sh");
+        let mut spec = ContainerSpec::new("pd-hosts", RootFs::Host, "/bin/sh");
         spec.args = vec![
             "-c".into(),
             // ahostsv4: `getent hosts` asks for IPv6 first, which falls through to DNS.
@@ -668,7 +674,7 @@ mod sandbox {
         let exit = w.wait().await.unwrap();
         w.destroy().await.unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(exit.status, ExitStatus::Code(0), "{text}");
+        assert_eq!(exit, ContainerExit::Code(0), "{text}");
         let parts: Vec<&str> = text.split("---\n").collect();
         assert_eq!(parts.len(), 3, "{text}");
         // The VM's root has busybox only (no getent): there the hosts file alone is checked.
@@ -700,7 +706,7 @@ mod sandbox {
         let mut spec = sh(&t, "pd-noaddr", "cat /etc/hosts");
         output_to(&mut spec, &out);
         let mut w = t.sandbox.spawn(spec).await.unwrap();
-        assert_eq!(w.wait().await.unwrap().status, ExitStatus::Code(0));
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
         w.destroy().await.unwrap();
         let hosts = std::fs::read_to_string(&out).unwrap();
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");
@@ -730,7 +736,7 @@ mod sandbox {
         assert!(report.links.iter().any(|l| l.ends_with(&id)), "{report:?}");
         assert_eq!(report.netns.len(), 1, "{report:?}");
         assert!(
-            report.worker_dirs.is_empty(),
+            report.container_dirs.is_empty(),
             "tmpfs layers leave no directories: {report:?}"
         );
         t.assert_nothing_left();

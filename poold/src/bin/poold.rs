@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> anyhow::Result<ExitCode> {
     // Must come first: the sandbox re-executes this binary as the worker helper.
-    poold::sandbox::init::maybe_run_helper();
+    poold::sandbox::maybe_run_helper();
     let args = PooldArgs::parse();
     if let Some(PooldCommand::Check { file }) = &args.command {
         return Ok(poold::cli::check(file));

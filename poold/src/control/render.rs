@@ -52,6 +52,7 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                     Some(reason),
                     _,
                 ) => reason.to_string(),
+                _ if worker.chroot => "root by chroot (initramfs host), not pivot_root".to_owned(),
                 (WorkerState::Starting, _, Some(slot)) => format!(
                     "after {} failure{}: {}",
                     slot.failures,

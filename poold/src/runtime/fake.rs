@@ -64,10 +64,11 @@ impl WorkerRuntime for FakeRuntime {
             return Err(RuntimeError {
                 worker: spec.id,
                 operation: "spawn",
-                source: RuntimeFailure::Sandbox(crate::sandbox::SandboxError::Setup {
-                    worker: spec.id.to_string(),
+                source: crate::sandbox::SandboxError::InvalidSpec {
+                    field: "command",
                     reason: "exec failed".into(),
-                }),
+                }
+                .into(),
             });
         }
         state.next_host += 1;
@@ -86,6 +87,7 @@ impl WorkerRuntime for FakeRuntime {
         Ok(SpawnedWorker {
             addr,
             pid: 1000 + state.next_host,
+            chroot: false,
         })
     }
 

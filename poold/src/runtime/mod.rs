@@ -44,6 +44,9 @@ pub struct SpawnedWorker {
     pub addr: IpAddr,
     /// Host pid of the worker's init / main process.
     pub pid: u32,
+    /// The worker's root was entered with chroot, the weaker fallback allowed only where
+    /// the host runs from its initramfs (pivot_root everywhere else).
+    pub chroot: bool,
 }
 
 /// How a worker's main process ended.
@@ -96,8 +99,15 @@ pub enum RuntimeFailure {
     TaskGone,
     #[error("worker task ended without an answer")]
     NoAnswer,
+    /// Boxed: the sandbox's errors are large, and every runtime call returns this.
     #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(Box<crate::sandbox::SandboxError>),
+}
+
+impl From<crate::sandbox::SandboxError> for RuntimeFailure {
+    fn from(error: crate::sandbox::SandboxError) -> Self {
+        Self::Sandbox(Box::new(error))
+    }
 }
 
 #[async_trait]

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::config::{Config, RootfsSource, ServiceConfig};
 use crate::sandbox::{
-    self, BridgeConfig, Limits, NetworkMode, Output, ResourceReader, RootFs, Sandbox,
-    SandboxConfig, Tmpfs,
+    self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
+    UsageReader,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::worker_output::{self, Capture, Tail};
 
@@ -39,7 +39,7 @@ enum Request {
 struct Entry {
     requests: mpsc::UnboundedSender<Request>,
     exit: watch::Receiver<Option<ExitStatus>>,
-    reader: Arc<dyn ResourceReader>,
+    reader: Arc<dyn UsageReader>,
     output: Option<Arc<Tail>>,
 }
 
@@ -124,7 +124,7 @@ pub fn set_worker_nofile(limits: crate::conn_limit::NofileLimits) {
 }
 
 /// The sandbox's spec for one worker of `service`.
-pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::WorkerSpec {
+pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox::ContainerSpec {
     let rootfs = match service.rootfs_source() {
         RootfsSource::Host => RootFs::Host,
         RootfsSource::Directory(path) => RootFs::Dir(path),
@@ -135,7 +135,7 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         .split_first()
         .map_or((String::new(), &[][..]), |(p, a)| (p.clone(), a));
     let mut spec =
-        sandbox::WorkerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
+        sandbox::ContainerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
     spec.args = args.to_vec();
     spec.env = service
         .env
@@ -220,17 +220,17 @@ impl SandboxRuntime {
     }
 }
 
-impl From<sandbox::ExitStatus> for ExitStatus {
-    fn from(status: sandbox::ExitStatus) -> Self {
+impl From<sandbox::ContainerExit> for ExitStatus {
+    fn from(status: sandbox::ContainerExit) -> Self {
         match status {
-            sandbox::ExitStatus::Code(code) => Self::Code(code),
-            sandbox::ExitStatus::Signal(signal) => Self::Signal(signal),
+            sandbox::ContainerExit::Code(code) => Self::Code(code),
+            sandbox::ContainerExit::Signal(signal) => Self::Signal(signal),
         }
     }
 }
 
-impl From<sandbox::ResourceUsage> for ResourceUsage {
-    fn from(usage: sandbox::ResourceUsage) -> Self {
+impl From<sandbox::ContainerUsage> for ResourceUsage {
+    fn from(usage: sandbox::ContainerUsage) -> Self {
         Self {
             memory_bytes: usage.memory_bytes,
             oom_kills: usage.oom_kills,
@@ -240,7 +240,7 @@ impl From<sandbox::ResourceUsage> for ResourceUsage {
 
 async fn own_worker(
     id: WorkerId,
-    mut worker: sandbox::Worker,
+    mut worker: sandbox::Container,
     mut requests: mpsc::UnboundedReceiver<Request>,
     exit: watch::Sender<Option<ExitStatus>>,
     mut output: Option<Capture>,
@@ -249,7 +249,7 @@ async fn own_worker(
         let request = if exit.borrow().is_none() {
             tokio::select! {
                 ended = worker.wait() => {
-                    let status = ended.map(|e| e.status.into()).unwrap_or_else(|error| {
+                    let status = ended.map(ExitStatus::from).unwrap_or_else(|error| {
                         error!(worker.id = %id, %error, "waiting for the worker failed; counting it as killed");
                         ExitStatus::Signal(libc::SIGKILL)
                     });
@@ -311,7 +311,12 @@ impl WorkerRuntime for SandboxRuntime {
             return Err(error(RuntimeFailure::NoAddress));
         };
         let pid = worker.pid();
-        let reader = worker.resource_reader();
+        let chroot = worker.root_switch() == sandbox::RootSwitch::Chroot;
+        if chroot {
+            warn!(service = %spec.service.name, worker.slot = spec.slot, worker.id = %spec.id,
+                "worker root entered with chroot (the initramfs fallback), not pivot_root");
+        }
+        let reader = worker.usage_reader();
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx, capture));
@@ -327,6 +332,7 @@ impl WorkerRuntime for SandboxRuntime {
         Ok(SpawnedWorker {
             addr: IpAddr::V4(addr),
             pid,
+            chroot,
         })
     }
 

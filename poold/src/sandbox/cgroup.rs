@@ -1,4 +1,4 @@
-//! One cgroup per worker, `<parent>/<worker id>` (parent `poold` by default), made with
+//! One cgroup per container, `<parent>/<container id>` (parent `poold` by default), made with
 //! cgroups-rs on whichever hierarchy `hierarchies::auto()` finds: v1 on a hybrid host (it
 //! checks whether /sys/fs/cgroup itself is cgroup2, so the empty /sys/fs/cgroup/unified tree
 //! is ignored), v2 on a unified host. cgroups-rs does create/limits/attach/delete; the usage
@@ -15,12 +15,12 @@ use cgroups_rs::fs::{cpu::CpuController, freezer::FreezerController};
 use cgroups_rs::fs::{memory::MemController, pid::PidController};
 use cgroups_rs::CgroupPid;
 
-use super::error::{Result, SandboxError};
+use super::error::{CgroupFailure, Result, SandboxError};
 use super::spec::Limits;
 
-/// Resource usage of one worker, from its cgroup.
+/// Resource usage of one container, from its cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ResourceUsage {
+pub struct ContainerUsage {
     /// Memory in use now (page cache included), bytes.
     pub memory_bytes: u64,
     /// CPU time used by all its processes so far.
@@ -29,20 +29,20 @@ pub struct ResourceUsage {
     pub oom_kills: u64,
 }
 
-/// Reads a worker's resource usage; the supervisor holds it as `Arc<dyn ResourceReader>` and
+/// Reads a container's resource usage; the supervisor holds it as `Arc<dyn UsageReader>` and
 /// tests can substitute a fake.
-pub trait ResourceReader: Send + Sync + fmt::Debug {
-    fn usage(&self) -> Result<ResourceUsage>;
+pub trait UsageReader: Send + Sync + fmt::Debug {
+    fn usage(&self) -> Result<ContainerUsage>;
 }
 
 const CFS_PERIOD_US: u64 = 100_000;
 
-/// How long [`WorkerCgroup::kill_all`] waits for the killed processes to be gone.
+/// How long [`ContainerCgroup::kill_all`] waits for the killed processes to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The cgroup of one worker.
+/// The cgroup of one container.
 #[derive(Debug)]
-pub(crate) struct WorkerCgroup {
+pub(crate) struct ContainerCgroup {
     cg: Cgroup,
     name: String,
 }
@@ -62,14 +62,14 @@ fn load(name: &str) -> Cgroup {
     Cgroup::load_with_specified_controllers(hier, name, controllers(v2))
 }
 
-impl WorkerCgroup {
+impl ContainerCgroup {
     /// Creates `<parent>/<id>` with `limits`. On error nothing is left.
     pub(crate) fn create(parent: &str, id: &str, limits: &Limits) -> Result<Self> {
         let name = format!("{parent}/{id}");
         let cg = load(&name);
         cg.create()
             .map_err(|e| SandboxError::cgroup(&name, "create", e))?;
-        let this = WorkerCgroup { cg, name };
+        let this = ContainerCgroup { cg, name };
         if let Err(e) = this.apply(limits) {
             let _ = this.destroy();
             return Err(e);
@@ -77,10 +77,10 @@ impl WorkerCgroup {
         Ok(this)
     }
 
-    /// Handle of an existing worker cgroup (for orphan cleanup).
+    /// Handle of an existing container cgroup (for orphan cleanup).
     pub(crate) fn open(parent: &str, id: &str) -> Self {
         let name = format!("{parent}/{id}");
-        WorkerCgroup {
+        ContainerCgroup {
             cg: load(&name),
             name,
         }
@@ -93,7 +93,7 @@ impl WorkerCgroup {
             let mem: &MemController = self.controller("memory")?;
             mem.set_limit(bytes as i64)
                 .map_err(err("set memory limit"))?;
-            // No swap for workers: the limit must mean OOM, not swapping (v2 only; v1's
+            // No swap for containers: the limit must mean OOM, not swapping (v2 only; v1's
             // memsw files exist only with swap accounting).
             if self.cg.v2() {
                 let _ = mem.set_swappiness(0);
@@ -114,13 +114,17 @@ impl WorkerCgroup {
         Ok(())
     }
 
-    fn controller<'a, T>(&'a self, what: &str) -> Result<&'a T>
+    fn controller<'a, T>(&'a self, what: &'static str) -> Result<&'a T>
     where
         &'a T: From<&'a cgroups_rs::fs::Subsystem>,
         T: Controller + cgroups_rs::fs::ControllIdentifier,
     {
         self.cg.controller_of::<T>().ok_or_else(|| {
-            SandboxError::cgroup(&self.name, "find controller", format!("{what} not mounted"))
+            SandboxError::cgroup(
+                &self.name,
+                "find controller",
+                CgroupFailure::NotMounted(what),
+            )
         })
     }
 
@@ -144,7 +148,7 @@ impl WorkerCgroup {
         if !self.cg.exists() {
             return Ok(());
         }
-        // Killed processes can take a while to leave: the last one tears down the worker's
+        // Killed processes can take a while to leave: the last one tears down the container's
         // mount namespace (unmounting an on-disk overlay can mean a filesystem sync).
         let deadline = std::time::Instant::now() + KILL_TIMEOUT;
         let mut pause = Duration::from_millis(1);
@@ -172,7 +176,7 @@ impl WorkerCgroup {
         Err(SandboxError::cgroup(
             &self.name,
             "kill",
-            format!("processes left: {:?}", self.procs()),
+            CgroupFailure::ProcessesLeft(self.procs()),
         ))
     }
 
@@ -223,7 +227,7 @@ impl WorkerCgroup {
     }
 }
 
-/// Names of the worker cgroups under `parent` (for orphan cleanup).
+/// Names of the container cgroups under `parent` (for orphan cleanup).
 pub(crate) fn list_children(parent: &str) -> Vec<String> {
     let cg = load(parent);
     let Some(dir) = cg
@@ -244,7 +248,7 @@ pub(crate) fn list_children(parent: &str) -> Vec<String> {
 
 /// Removes the parent cgroup `parent` from every hierarchy where it is empty. rmdir is the
 /// whole check: the kernel refuses (EBUSY) while it has child cgroups or processes, so a
-/// parent still holding workers (or another poold's nested parent) stays. Returns the
+/// parent still holding containers (or another poold's nested parent) stays. Returns the
 /// directories removed.
 pub(crate) fn remove_parent(parent: &str) -> Result<Vec<PathBuf>> {
     let cg = load(parent);
@@ -260,7 +264,7 @@ pub(crate) fn remove_parent(parent: &str) -> Result<Vec<PathBuf>> {
         match std::fs::remove_dir(&dir) {
             Ok(()) => removed.push(dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // Busy or not empty: in use, by our workers or someone else's.
+            // Busy or not empty: in use, by our containers or someone else's.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
             Err(e) => return Err(SandboxError::io("remove cgroup", &dir, e)),
         }
@@ -299,9 +303,9 @@ impl CgroupReader {
     }
 }
 
-impl ResourceReader for CgroupReader {
-    fn usage(&self) -> Result<ResourceUsage> {
-        let mut u = ResourceUsage::default();
+impl UsageReader for CgroupReader {
+    fn usage(&self) -> Result<ContainerUsage> {
+        let mut u = ContainerUsage::default();
         if let Some(m) = &self.memory_dir {
             let (cur, oom) = if self.v2 {
                 ("memory.current", m.join("memory.events"))

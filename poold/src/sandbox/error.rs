@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use super::{ContainerId, HelperError};
+
 /// Errors of the sandbox module.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// The worker spec is invalid; `field` names the spec field, `reason` what was expected.
-    #[error("invalid worker spec: field `{field}`: {reason}")]
+    /// The container spec is invalid; `field` names the spec field, `reason` what was expected.
+    #[error("invalid container spec: field `{field}`: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
 
     /// The sandbox configuration is invalid.
@@ -27,19 +29,21 @@ pub enum SandboxError {
     Image(#[from] super::rootfs::ImageError),
 
     /// A cgroup operation failed.
-    #[error("cgroup {cgroup}: {action}: {reason}")]
+    #[error("cgroup {cgroup}: {action}: {source}")]
     Cgroup {
         cgroup: String,
         action: &'static str,
-        reason: String,
+        #[source]
+        source: CgroupFailure,
     },
 
     /// A netlink / network namespace operation failed.
-    #[error("network: {action} ({object}): {reason}")]
+    #[error("network: {action} ({object}): {source}")]
     Network {
         action: &'static str,
         object: String,
-        reason: String,
+        #[source]
+        source: NetFailure,
     },
 
     /// The configured bridge name belongs to a link poold did not make and cannot share.
@@ -52,7 +56,7 @@ pub enum SandboxError {
         problem: ForeignLink,
     },
 
-    /// Installing or removing the workers' nftables table failed.
+    /// Installing or removing the containers' nftables table failed.
     #[error("firewall: {action} nftables table inet {table}: {source}")]
     Firewall {
         table: String,
@@ -65,44 +69,108 @@ pub enum SandboxError {
     #[error("no free address in {subnet} ({quarantined} in quarantine)")]
     AddressesExhausted { subnet: String, quarantined: usize },
 
-    /// The worker helper process could not be started.
-    #[error("starting worker helper {exe}: {source}")]
+    /// The container helper process could not be started.
+    #[error("starting container helper {exe}: {source}")]
     HelperSpawn {
         exe: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    /// The worker's setup inside its namespaces failed (the helper reported `reason`).
-    #[error("worker {worker}: setup failed: {reason}")]
-    Setup { worker: String, reason: String },
+    /// The container's setup inside its namespaces failed (the helper reported `source`).
+    #[error("container {container}: setup failed: {source}")]
+    Setup {
+        container: ContainerId,
+        #[source]
+        source: HelperError,
+    },
 
-    /// Talking to the worker helper over its control socket failed.
-    #[error("worker {worker}: control channel: {reason}")]
-    Control { worker: String, reason: String },
+    /// Talking to the container helper over its control socket failed.
+    #[error("container {container}: control channel: {source}")]
+    Control {
+        container: ContainerId,
+        #[source]
+        source: ControlError,
+    },
+
+    /// A blocking step run on tokio's blocking pool panicked or was cancelled.
+    #[error("{action}: {source}")]
+    Task {
+        action: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 
     /// Sending a signal failed.
-    #[error("worker {worker}: signal {signal}: {source}")]
+    #[error("container {container}: signal {signal}: {source}")]
     Signal {
-        worker: String,
+        container: ContainerId,
         signal: String,
         #[source]
         source: nix::Error,
     },
 
-    /// The worker's seccomp filter could not be compiled.
-    #[error("compiling the worker's seccomp filter: {source}")]
+    /// The container's seccomp filter could not be compiled.
+    #[error("compiling the container's seccomp filter: {source}")]
     Seccomp {
         #[source]
         source: seccompiler::Error,
     },
 
     /// Some teardown steps failed; each entry names the object and the error.
-    #[error("worker {worker}: teardown incomplete: {}", failures.join("; "))]
+    #[error("{subject}: teardown incomplete: {}", joined(failures))]
     Teardown {
-        worker: String,
-        failures: Vec<String>,
+        /// `container <id>`, or `orphans`.
+        subject: String,
+        failures: Vec<SandboxError>,
     },
+}
+
+/// What went wrong on a container helper's control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{action}: {source}")]
+    Io {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding the plan: {0}")]
+    EncodePlan(#[source] serde_json::Error),
+    #[error("unexpected message {line:?}")]
+    Unexpected { line: String },
+    #[error("the helper exited during setup ({status:?})")]
+    HelperExited {
+        status: Option<std::process::ExitStatus>,
+    },
+}
+
+/// Why a cgroup operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupFailure {
+    #[error(transparent)]
+    Kernel(#[from] cgroups_rs::fs::error::Error),
+    #[error("the {0} controller is not mounted")]
+    NotMounted(&'static str),
+    #[error("processes left: {0:?}")]
+    ProcessesLeft(Vec<u64>),
+}
+
+/// Why a netlink or network namespace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetFailure {
+    #[error(transparent)]
+    Netlink(#[from] rtnetlink::Error),
+    #[error(transparent)]
+    Errno(#[from] nix::errno::Errno),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the netlink thread panicked")]
+    ThreadPanicked,
+    #[error("not found")]
+    Missing,
+    #[error("another program created a link of that name at the same time")]
+    Raced,
 }
 
 /// Why an existing link cannot be poold's bridge.
@@ -136,25 +204,34 @@ impl SandboxError {
         }
     }
 
-    pub(crate) fn cgroup(cgroup: &str, action: &'static str, reason: impl ToString) -> Self {
+    pub(crate) fn cgroup(
+        cgroup: &str,
+        action: &'static str,
+        source: impl Into<CgroupFailure>,
+    ) -> Self {
         SandboxError::Cgroup {
             cgroup: cgroup.to_string(),
             action,
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 
     pub(crate) fn net(
         action: &'static str,
         object: impl Into<String>,
-        reason: impl ToString,
+        source: impl Into<NetFailure>,
     ) -> Self {
         SandboxError::Network {
             action,
             object: object.into(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
+}
+
+fn joined(errors: &[SandboxError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
 }
 
 /// Result alias of the sandbox module.

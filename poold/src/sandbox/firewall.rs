@@ -1,11 +1,11 @@
-//! The workers' firewall: an nftables table per poold instance (`inet poold_<link prefix>`)
-//! that keeps workers off the host's own services. Its input chain, for packets from the
+//! The containers' firewall: an nftables table per poold instance (`inet poold_<link prefix>`)
+//! that keeps containers off the host's own services. Its input chain, for packets from the
 //! bridge: listed host ports (TCP and UDP) pass; a TCP connection request (SYN without ACK)
 //! is dropped; the rest of TCP (the host's health checks, proxy and IPVS connections), ICMP
 //! and ICMPv6 (errors, echo, neighbour discovery) pass; everything else (UDP and other
 //! protocols, to any host address: the gateway, the host's other addresses, a VIP, the
 //! bridge's IPv6 link-local address) is dropped. No conntrack: see [`ruleset`].
-//! Forwarded traffic (workers answering remote clients, workers reaching other machines) is
+//! Forwarded traffic (containers answering remote clients, containers reaching other machines) is
 //! not touched. The table is replaced atomically (one `nft` transaction) and made and removed
 //! with the bridge.
 //!
@@ -137,7 +137,7 @@ fn rule(table: &str, statements: Vec<Statement<'static>>, comment: &str) -> NfLi
 /// Stateless on purpose: a `ct state` match makes the kernel track every connection of the
 /// host's network namespace (loopback and the proxy's clients too); under a busy proxy that
 /// filled the conntrack table (262,144 entries) within a minute and the kernel dropped new
-/// connections to every worker. Without a SYN, no TCP connection to the host can open.
+/// connections to every container. Without a SYN, no TCP connection to the host can open.
 pub(crate) fn ruleset(
     table_name: &str,
     bridge: &str,

@@ -1,39 +1,41 @@
-//! Making and destroying workers: a worker is a program in its own mount, pid, uts, ipc,
+//! Making and destroying containers: a container is a program in its own mount, pid, uts, ipc,
 //! cgroup and network namespaces, on a pivot_root'ed overlay root, in its own cgroup, with
 //! its own veth and address, running under a minimal init.
 //!
 //! API in brief (see each item's docs):
 //! - [`Sandbox::new`]`(`[`SandboxConfig`]`)`, then [`Sandbox::cleanup_orphans`] once at start.
-//! - [`Sandbox::spawn`]`(`[`WorkerSpec`]`) -> `[`Worker`]: returns once the program was exec'd.
-//! - [`Worker::address`], [`Worker::signal`], [`Worker::wait`], [`Worker::stop`] (SIGTERM,
-//!   grace, SIGKILL of the whole cgroup), [`Worker::resource_reader`] (memory, CPU, OOM kills)
-//!   and [`Worker::destroy`] (removes everything; Drop does the same, best effort).
-//! - Binaries used as the helper must call [`init::maybe_run_helper`] first thing in main.
+//! - [`Sandbox::spawn`]`(`[`ContainerSpec`]`) -> `[`Container`]: returns once the program was exec'd.
+//! - [`Container::address`], [`Container::signal`], [`Container::wait`], [`Container::stop`] (SIGTERM,
+//!   grace, SIGKILL of the whole cgroup), [`Container::usage_reader`] (memory, CPU, OOM kills)
+//!   and [`Container::destroy`] (removes everything; Drop does the same, best effort).
+//! - Binaries used as the helper must call [`maybe_run_helper`] first thing in main.
 //!
 //! Every kernel object carries a recognisable name: links `<link_prefix><id>` (prefix `pd`),
 //! cgroups `<cgroup_parent>/<id>` (parent `poold`), namespaces
-//! `<state_dir>/netns/poold-<id>`, per-worker directories `<state_dir>/workers/<id>`.
-//! Invariant: `unsafe` lives only in `sys`.
+//! `<state_dir>/netns/poold-<id>`, per-container directories `<state_dir>/workers/<id>`.
+//! Invariant: `unsafe` lives only in `sys` (and at the calls of its `unsafe fn fork`).
 
 mod cgroup;
 mod error;
 mod firewall;
-pub mod init;
+mod helper;
 mod net;
 mod rootfs;
 mod seccomp;
 mod spec;
 mod sys;
 
-pub use cgroup::{CgroupReader, ResourceReader, ResourceUsage};
-pub use error::{ForeignLink, Result, SandboxError};
-pub use init::ExitStatus;
+pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
+pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError};
+pub use helper::{
+    maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch, HELPER_ARG,
+};
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
-    BindMount, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs, Tmpfs,
-    WorkerSpec,
+    BindMount, ContainerSpec, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs,
+    Tmpfs,
 };
 
 use std::net::Ipv4Addr;
@@ -50,21 +52,21 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::Instrument;
 
-use cgroup::WorkerCgroup;
-use init::HelperMsg;
-use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, WorkerNet};
+use cgroup::ContainerCgroup;
+use helper::HelperMsg;
+use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, ContainerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
-/// The bridge workers attach to.
+/// The bridge containers attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeConfig {
     /// Bridge link name (≤ 15 chars), created when missing, e.g. `pdbr0`.
     pub name: String,
-    /// Service subnet; the first host address goes to the bridge (the workers' gateway).
+    /// Service subnet; the first host address goes to the bridge (the containers' gateway).
     pub subnet: Ipv4Net,
-    /// How long a freed worker address rests before reuse (≥ 150 s in production).
+    /// How long a freed container address rests before reuse (≥ 150 s in production).
     pub quarantine: Duration,
-    /// Host ports (TCP and UDP) workers may connect to; every other service of the host is
+    /// Host ports (TCP and UDP) containers may connect to; every other service of the host is
     /// closed to them (nftables table `inet poold_<link_prefix>`, made with the bridge).
     pub allow_host_ports: Vec<u16>,
 }
@@ -72,24 +74,24 @@ pub struct BridgeConfig {
 /// Where the sandbox keeps its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
-    /// Per-worker directories and network namespaces (default /run/poold).
+    /// Per-container directories and network namespaces (default /run/poold).
     pub state_dir: PathBuf,
     /// Unpacked tarball images (default /run/poold/images).
     pub image_cache: PathBuf,
     /// Largest unpacked size of one image; unpacking stops with an error past it.
     pub image_max_bytes: u64,
-    /// cgroup directory holding one cgroup per worker (default `poold`).
+    /// cgroup directory holding one cgroup per container (default `poold`).
     pub cgroup_parent: String,
     /// Host veth names are `<link_prefix><8 hex>`; starts with `pd`, at most 7 chars.
     pub link_prefix: String,
-    /// The executable re-run as the worker helper (default /proc/self/exe); it must call
-    /// [`init::maybe_run_helper`] first thing in main.
+    /// The executable re-run as the container helper (default /proc/self/exe); it must call
+    /// [`maybe_run_helper`] first thing in main.
     pub helper_exe: PathBuf,
-    /// Needed for [`NetworkMode::Bridged`] workers.
+    /// Needed for [`NetworkMode::Bridged`] containers.
     pub bridge: Option<BridgeConfig>,
-    /// `Some(MiB)`: each worker's writable layer (overlay upper) lives on a tmpfs of at most
-    /// this size that only the worker's mount namespace sees: RAM charged to the worker's
-    /// memory cgroup, gone with the worker even after a crash, and no per-worker host
+    /// `Some(MiB)`: each container's writable layer (overlay upper) lives on a tmpfs of at most
+    /// this size that only the container's mount namespace sees: RAM charged to the container's
+    /// memory cgroup, gone with the container even after a crash, and no per-container host
     /// directories to create or remove (the fast path). `None`: on disk, in
     /// `<state_dir>/workers/<id>`, removed at teardown.
     pub writable_tmpfs_mib: Option<u64>,
@@ -118,11 +120,11 @@ pub struct CleanupReport {
     /// Bridges marked as this instance's (see [`Sandbox::bridge_marker`]).
     pub bridges: Vec<String>,
     pub netns: Vec<PathBuf>,
-    pub worker_dirs: Vec<PathBuf>,
+    pub container_dirs: Vec<PathBuf>,
     pub image_temp_dirs: Vec<PathBuf>,
 }
 
-/// Makes and destroys workers. Cheap to clone; share one per poold.
+/// Makes and destroys containers. Cheap to clone; share one per poold.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -182,7 +184,7 @@ impl Inner {
 
     /// The watcher's check: makes the bridge again when it is missing, down or without its
     /// address, restores the unreachable route and the firewall table when they are gone,
-    /// and puts live workers' host veths back on the bridge. Workers keep running: their
+    /// and puts live containers' host veths back on the bridge. Containers keep running: their
     /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
     /// bridge comes back with the same MAC, so their neighbour caches stay valid.
     fn repair_bridge(&self) {
@@ -226,14 +228,14 @@ impl Inner {
         let reattached = match net::reattach_ports(spec) {
             Ok(r) => r,
             Err(error) => {
-                tracing::error!(bridge = %spec.name, %error, "reattaching worker veths failed");
+                tracing::error!(bridge = %spec.name, %error, "reattaching container veths failed");
                 return;
             }
         };
         if problem.is_some() || !reattached.is_empty() {
             tracing::warn!(
                 bridge = %spec.name,
-                problem = problem.unwrap_or("worker veths detached"),
+                problem = problem.unwrap_or("container veths detached"),
                 reattached = reattached.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "bridge repaired"
@@ -242,14 +244,14 @@ impl Inner {
     }
 }
 
-/// The nftables table of the instance whose worker links start with `link_prefix`.
+/// The nftables table of the instance whose container links start with `link_prefix`.
 pub fn firewall_table(link_prefix: &str) -> String {
     format!("poold_{link_prefix}")
 }
 
-/// Sets up the workers' network on the host: checks the link under the bridge's name
+/// Sets up the containers' network on the host: checks the link under the bridge's name
 /// (refusing a foreign one before touching anything), installs the firewall (before the
-/// bridge exists, so no worker ever runs without it), then makes or takes over the bridge.
+/// bridge exists, so no container ever runs without it), then makes or takes over the bridge.
 fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
     net::check_bridge(spec)?;
     firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
@@ -286,19 +288,32 @@ fn hex_digest(s: &str) -> String {
         .collect()
 }
 
-fn new_worker_id() -> String {
-    let h = Sha256::digest(format!("{}-{}", std::process::id(), unique_suffix()));
-    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+/// A container's id: 8 hex chars, unique per poold run, part of every kernel object's name
+/// (links `<link_prefix><id>`, cgroups `<cgroup_parent>/<id>`, `netns/poold-<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    fn new_unique() -> Self {
+        let h = Sha256::digest(format!("{}-{}", std::process::id(), unique_suffix()));
+        ContainerId(h[..4].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Sandbox {
     /// Checks the config; creates nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self> {
-        Self::with_clock(config, Arc::new(SystemClock))
-    }
-
-    /// As [`Sandbox::new`], with the clock used for address quarantine.
-    pub fn with_clock(config: SandboxConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let bad = |field, reason: &str| SandboxError::InvalidConfig {
             field,
             reason: reason.into(),
@@ -332,7 +347,7 @@ impl Sandbox {
                 Some(Mutex::new(AddressAllocator::new(
                     b.subnet,
                     b.quarantine,
-                    clock,
+                    Arc::new(SystemClock),
                 )))
             }
             None => None,
@@ -362,21 +377,22 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// Starts a worker; returns when its program has been exec'd (or with the reason it was
+    /// Starts a container; returns when its program has been exec'd (or with the reason it was
     /// not). Nothing is left behind on error.
-    pub async fn spawn(&self, spec: WorkerSpec) -> Result<Worker> {
+    pub async fn spawn(&self, spec: ContainerSpec) -> Result<Container> {
         spec.validate()?;
-        let id = new_worker_id();
-        let span = tracing::info_span!("sandbox.spawn", worker.name = %spec.name, worker.id = %id);
+        let id = ContainerId::new_unique();
+        let span =
+            tracing::info_span!("sandbox.spawn", container.name = %spec.name, container.id = %id);
         let inner = self.inner.clone();
         async move {
             let (id2, spec2) = (id.clone(), spec.clone());
             let (plan, resources) =
                 tokio::task::spawn_blocking(move || prepare(inner, id2, &spec2))
                     .await
-                    .map_err(|e| SandboxError::Setup {
-                        worker: id.clone(),
-                        reason: e.to_string(),
+                    .map_err(|source| SandboxError::Task {
+                        action: "preparing the container",
+                        source,
                     })??;
             start(resources, plan, &spec).await
         }
@@ -386,16 +402,16 @@ impl Sandbox {
 
     /// Removes everything a previous run left under this config: kills and removes every
     /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
-    /// namespaces under `<state_dir>/netns`, removes worker directories and half-unpacked
+    /// namespaces under `<state_dir>/netns`, removes container directories and half-unpacked
     /// images, and the cgroup parent itself once empty. Call once at start, before spawning:
-    /// it does not spare live workers.
+    /// it does not spare live containers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
             .await
-            .map_err(|e| SandboxError::Teardown {
-                worker: "*".into(),
-                failures: vec![e.to_string()],
+            .map_err(|source| SandboxError::Task {
+                action: "removing orphans",
+                source,
             })?
     }
 
@@ -422,12 +438,15 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.ensure_bridge())
             .await
-            .map_err(|e| SandboxError::net("ensure bridge", "", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "ensuring the bridge",
+                source,
+            })?
     }
 
     /// Watches the bridge from now on (rtnetlink link events, in a task of the current
     /// runtime): when it vanishes, goes down or loses its address, it is made again and live
-    /// workers' host veths are put back on it, within moments, with a warning in the log.
+    /// containers' host veths are put back on it, within moments, with a warning in the log.
     /// Stops at [`Sandbox::remove_bridge`]. Needs a tokio runtime.
     pub fn watch_bridge(&self) -> Result<()> {
         let Some(spec) = &self.inner.bridge else {
@@ -455,16 +474,19 @@ impl Sandbox {
     }
 
     /// Removes the cgroup parent from every hierarchy where it is empty (at shutdown, after
-    /// every worker is destroyed). A parent that still has child cgroups is left alone.
+    /// every container is destroyed). A parent that still has child cgroups is left alone.
     pub async fn remove_cgroup_parent(&self) -> Result<()> {
         let parent = self.inner.config.cgroup_parent.clone();
         tokio::task::spawn_blocking(move || remove_cgroup_parent(&parent))
             .await
-            .map_err(|e| SandboxError::cgroup("", "remove parent", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "removing the cgroup parent",
+                source,
+            })?
     }
 
-    /// Removes the state directory's empty working directories (netns, scratch, workers) and
-    /// the state directory itself if nothing else is in it, at shutdown after every worker is
+    /// Removes the state directory's empty working directories (netns, scratch, containers) and
+    /// the state directory itself if nothing else is in it, at shutdown after every container is
     /// destroyed. Anything not empty (the image cache) stays.
     pub fn remove_empty_state_dirs(&self) {
         let state = &self.inner.config.state_dir;
@@ -485,18 +507,21 @@ impl Sandbox {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.remove_bridge())
             .await
-            .map_err(|e| SandboxError::net("delete bridge", "", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "deleting the bridge",
+                source,
+            })?
     }
 }
 
-/// Kernel objects and directories of one worker; torn down exactly once (Drop as fallback).
+/// Kernel objects and directories of one container; torn down exactly once (Drop as fallback).
 #[derive(Debug)]
 struct Resources {
-    id: String,
+    id: ContainerId,
     inner: Arc<Inner>,
     dir: Option<PathBuf>,
-    cgroup: Option<Arc<WorkerCgroup>>,
-    net: Option<WorkerNet>,
+    cgroup: Option<Arc<ContainerCgroup>>,
+    net: Option<ContainerNet>,
     address: Option<Ipv4Addr>,
 }
 
@@ -505,12 +530,12 @@ impl Resources {
         let mut failures = Vec::new();
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
-                failures.push(e.to_string());
+                failures.push(e);
             }
         }
         if let Some(n) = self.net.take() {
-            if let Err(e) = net::teardown_worker_net(&n) {
-                failures.push(e.to_string());
+            if let Err(e) = net::teardown_container_net(&n) {
+                failures.push(e);
             }
         }
         if let (Some(a), Some(alloc)) = (self.address.take(), &self.inner.addresses) {
@@ -519,7 +544,7 @@ impl Resources {
         if let Some(d) = self.dir.take() {
             if let Err(e) = std::fs::remove_dir_all(&d) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    failures.push(format!("remove {}: {e}", d.display()));
+                    failures.push(SandboxError::io("remove", &d, e));
                 }
             }
         }
@@ -527,7 +552,7 @@ impl Resources {
             Ok(())
         } else {
             Err(SandboxError::Teardown {
-                worker: self.id.clone(),
+                subject: format!("container {}", self.id),
                 failures,
             })
         }
@@ -537,7 +562,7 @@ impl Resources {
 impl Drop for Resources {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            tracing::warn!(worker.id = %self.id, error = %e, "teardown on drop incomplete");
+            tracing::warn!(container.id = %self.id, error = %e, "teardown on drop incomplete");
         }
     }
 }
@@ -546,10 +571,10 @@ fn read_host_file(path: &str) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-/// A worker's /etc/hosts, as Docker writes it: loopback names and the worker's own address
+/// A container's /etc/hosts, as Docker writes it: loopback names and the container's own address
 /// (127.0.1.1 without one, as Debian does) with its hostname, so resolving the hostname
-/// (Python's getfqdn, many servers at start) never asks a DNS server the worker may not reach.
-fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
+/// (Python's getfqdn, many servers at start) never asks a DNS server the container may not reach.
+fn container_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
     let me = address.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
     format!(
         "127.0.0.1\tlocalhost\n\
@@ -564,34 +589,22 @@ fn worker_hosts(address: Option<Ipv4Addr>, hostname: &str) -> Vec<u8> {
 }
 
 /// The blocking half of spawn: image, user, command, dirs, cgroup, network.
-fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPlan, Resources)> {
+fn prepare(
+    inner: Arc<Inner>,
+    id: ContainerId,
+    spec: &ContainerSpec,
+) -> Result<(HelperPlan, Resources)> {
     let cfg = &inner.config;
-    let lower = match &spec.rootfs {
-        RootFs::Dir(p) => p.clone(),
-        RootFs::Tarball(t) => inner.images.prepare(t)?,
-        RootFs::Host => PathBuf::from("/"),
-    };
+    let lower = image_root(&inner, &spec.rootfs)?;
     let user = spec::resolve_user(spec.user.as_deref(), &lower)?;
     let argv0 = spec::resolve_command(spec, &lower)?;
     if let Some(map) = spec.user_namespace {
-        let outside = std::iter::once(user.uid)
-            .chain(std::iter::once(user.gid))
-            .chain(user.groups.iter().copied())
-            .find(|id| *id >= map.count);
-        if let Some(id) = outside {
-            return Err(SandboxError::spec(
-                "user",
-                format!("id {id} is outside the user namespace's {} ids", map.count),
-            ));
-        }
+        check_ids_in_user_namespace(&user, map)?;
     }
-    let userns_copy = cfg.image_cache.join(format!(
-        "userns-{}-{}",
-        spec.user_namespace.map_or(0, |m| m.host_first),
-        hex_digest(&lower.to_string_lossy())
-    ));
     let seccomp = match spec.seccomp {
-        SeccompMode::Default => seccomp::worker_filters(&spec.capabilities, &spec.seccomp_allow)?,
+        SeccompMode::Default => {
+            seccomp::container_filters(&spec.capabilities, &spec.seccomp_allow)?
+        }
         SeccompMode::Unconfined => Vec::new(),
     };
     if spec.network == NetworkMode::Bridged && cfg.bridge.is_none() {
@@ -600,6 +613,7 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
             "bridged needs a bridge in the sandbox config",
         ));
     }
+    // From here on, what is made is recorded in `res` and removed if a later step fails.
     let mut res = Resources {
         id: id.clone(),
         inner: inner.clone(),
@@ -608,68 +622,31 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         net: None,
         address: None,
     };
-    let base = match cfg.writable_tmpfs_mib {
-        // Shared mount point: each worker mounts its own tmpfs there, privately.
-        Some(_) => cfg.state_dir.join("scratch"),
-        None => cfg.state_dir.join("workers").join(&id),
-    };
-    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
-    if cfg.writable_tmpfs_mib.is_some() {
-        std::fs::create_dir_all(&base).map_err(|e| SandboxError::io("create", &base, e))?;
-    } else {
-        res.dir = Some(base.clone());
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
-        }
-    }
-    res.cgroup = Some(Arc::new(WorkerCgroup::create(
+    let layer = writable_layer(cfg, &id, &mut res)?;
+    res.cgroup = Some(Arc::new(ContainerCgroup::create(
         &cfg.cgroup_parent,
-        &id,
+        id.as_str(),
         &spec.limits,
     )?));
-    let netns = match spec.network {
-        NetworkMode::Host => NetnsPlan::Host,
-        NetworkMode::Isolated => NetnsPlan::New,
-        NetworkMode::Bridged => {
-            let (b, alloc) = (cfg.bridge.as_ref(), inner.addresses.as_ref());
-            let (Some(b), Some(alloc)) = (b, alloc) else {
-                unreachable!("checked above")
-            };
-            inner.ensure_bridge()?;
-            let addr = alloc.lock().unwrap_or_else(|e| e.into_inner()).allocate()?;
-            res.address = Some(addr);
-            let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
-            let link = format!("{}{id}", cfg.link_prefix);
-            match net::setup_worker_net(&path, &link, &b.name, b.subnet, addr) {
-                Ok(n) => res.net = Some(n),
-                Err(e) => {
-                    // The bridge may have been removed behind our back: check it next time.
-                    *inner.bridge_state() = None;
-                    return Err(e);
-                }
-            }
-            NetnsPlan::Join(path)
-        }
-    };
-    let hosts = worker_hosts(res.address, spec.hostname());
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if !spec.env.iter().any(|(k, _)| k == "PATH") {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
+    let netns = network(&inner, spec.network, &id, &mut res)?;
     let plan = HelperPlan {
-        worker: id,
+        container: id,
         root: match spec.rootfs {
             RootFs::Host => RootPlan::Host,
-            _ => RootPlan::Overlay { lower, upper, work },
+            _ => RootPlan::Overlay {
+                lower: lower.clone(),
+                upper: layer.upper,
+                work: layer.work,
+            },
         },
-        merged,
-        scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (base.clone(), mib)),
-        private_dir: base.clone(),
+        merged: layer.merged,
+        scratch_tmpfs: cfg.writable_tmpfs_mib.map(|mib| (layer.base.clone(), mib)),
+        private_dir: layer.base,
         read_only_root: spec.read_only_root,
         argv: std::iter::once(argv0)
             .chain(spec.args.iter().cloned())
             .collect(),
-        env,
+        env: container_env(spec),
         workdir: spec.workdir.clone(),
         user,
         hostname: spec.hostname().to_string(),
@@ -678,13 +655,130 @@ fn prepare(inner: Arc<Inner>, id: String, spec: &WorkerSpec) -> Result<(HelperPl
         tmpfs: spec.tmpfs.clone(),
         capabilities: spec.capabilities.clone(),
         userns: spec.user_namespace,
-        userns_copy,
+        userns_copy: userns_copy_dir(cfg, spec.user_namespace, &lower),
         seccomp,
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
-        hosts,
+        hosts: container_hosts(res.address, spec.hostname()),
     };
     Ok((plan, res))
+}
+
+/// The image directory: as given, unpacked from the tarball (cached), or the host's `/`.
+fn image_root(inner: &Inner, rootfs: &RootFs) -> Result<PathBuf> {
+    Ok(match rootfs {
+        RootFs::Dir(p) => p.clone(),
+        RootFs::Tarball(t) => inner.images.prepare(t)?,
+        RootFs::Host => PathBuf::from("/"),
+    })
+}
+
+/// Every id the program runs with must exist inside the user namespace.
+fn check_ids_in_user_namespace(user: &spec::ResolvedUser, map: IdMap) -> Result<()> {
+    let outside = std::iter::once(user.uid)
+        .chain(std::iter::once(user.gid))
+        .chain(user.groups.iter().copied())
+        .find(|id| *id >= map.count);
+    match outside {
+        Some(id) => Err(SandboxError::spec(
+            "user",
+            format!("id {id} is outside the user namespace's {} ids", map.count),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Where the copy of the image with shifted owners goes, for filesystems that cannot idmap
+/// (one per image and id range, shared by their containers).
+fn userns_copy_dir(cfg: &SandboxConfig, map: Option<IdMap>, lower: &Path) -> PathBuf {
+    cfg.image_cache.join(format!(
+        "userns-{}-{}",
+        map.map_or(0, |m| m.host_first),
+        hex_digest(&lower.to_string_lossy())
+    ))
+}
+
+/// The directories of a container's writable overlay layer.
+struct WritableLayer {
+    /// Holds upper, work and merged; the container's private directory.
+    base: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+}
+
+/// With a writable tmpfs, a shared mount point (each container mounts its own tmpfs there,
+/// privately); else a directory of the container's own on disk, recorded in `res`.
+fn writable_layer(
+    cfg: &SandboxConfig,
+    id: &ContainerId,
+    res: &mut Resources,
+) -> Result<WritableLayer> {
+    let base = match cfg.writable_tmpfs_mib {
+        Some(_) => cfg.state_dir.join("scratch"),
+        None => cfg.state_dir.join("workers").join(id.as_str()),
+    };
+    let layer = WritableLayer {
+        upper: base.join("upper"),
+        work: base.join("work"),
+        merged: base.join("merged"),
+        base,
+    };
+    if cfg.writable_tmpfs_mib.is_some() {
+        std::fs::create_dir_all(&layer.base)
+            .map_err(|e| SandboxError::io("create", &layer.base, e))?;
+    } else {
+        res.dir = Some(layer.base.clone());
+        for d in [&layer.upper, &layer.work, &layer.merged] {
+            std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create", d, e))?;
+        }
+    }
+    Ok(layer)
+}
+
+/// The container's network namespace; a bridged one gets its address, veth and namespace
+/// here (recorded in `res`).
+fn network(
+    inner: &Inner,
+    mode: NetworkMode,
+    id: &ContainerId,
+    res: &mut Resources,
+) -> Result<NetnsPlan> {
+    let (bridge, addresses) = match mode {
+        NetworkMode::Host => return Ok(NetnsPlan::Host),
+        NetworkMode::Isolated => return Ok(NetnsPlan::New),
+        NetworkMode::Bridged => match (inner.config.bridge.as_ref(), inner.addresses.as_ref()) {
+            (Some(b), Some(a)) => (b, a),
+            _ => unreachable!("checked by prepare"),
+        },
+    };
+    inner.ensure_bridge()?;
+    let addr = addresses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allocate()?;
+    res.address = Some(addr);
+    let cfg = &inner.config;
+    let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
+    let link = format!("{}{id}", cfg.link_prefix);
+    match net::setup_container_net(&path, &link, &bridge.name, bridge.subnet, addr) {
+        Ok(n) => res.net = Some(n),
+        Err(e) => {
+            // The bridge may have been removed behind our back: check it next time.
+            *inner.bridge_state() = None;
+            return Err(e);
+        }
+    }
+    Ok(NetnsPlan::Join(path))
+}
+
+/// The spec's environment, with a default PATH unless it sets one.
+fn container_env(spec: &ContainerSpec) -> Vec<String> {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    env
 }
 
 fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
@@ -710,18 +804,18 @@ type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
 
 /// The async half of spawn: start the helper, put it in the cgroup, send the plan, wait for
 /// Ready.
-async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Worker> {
+async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result<Container> {
     let id = res.id.clone();
-    let ctl_err = |reason: String| SandboxError::Control {
-        worker: id.clone(),
-        reason,
+    let ctl_err = |source: ControlError| SandboxError::Control {
+        container: id.clone(),
+        source,
     };
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| ctl_err(format!("socketpair: {e}")))?;
+    let io = |action| move |source| ctl_err(ControlError::Io { action, source });
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
     let (out, err) = output_stdio(&spec.output)?;
     let exe = &res.inner.config.helper_exe;
     let child = tokio::process::Command::new(exe)
-        .arg(init::HELPER_ARG)
+        .arg(HELPER_ARG)
         .env_clear()
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(out)
@@ -732,83 +826,101 @@ async fn start(res: Resources, plan: HelperPlan, spec: &WorkerSpec) -> Result<Wo
             source: e,
         })?;
     let pid = child.id().unwrap_or(0);
-    let mut worker = Worker {
+    let mut container = Container {
         id: id.clone(),
         name: spec.name.clone(),
         address: res.address,
         pid,
+        root_switch: RootSwitch::PivotRoot,
         reader: res.cgroup.as_ref().map(|c| c.reader()),
         child: Some(child),
         lines: None,
         exit: None,
         res,
     };
-    if let Some(cg) = &worker.res.cgroup {
+    if let Some(cg) = &container.res.cgroup {
         cg.attach(pid)?;
     }
-    ours.set_nonblocking(true)
-        .map_err(|e| ctl_err(e.to_string()))?;
-    let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| ctl_err(e.to_string()))?;
+    ours.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+    let stream = tokio::net::UnixStream::from_std(ours).map_err(io("register"))?;
     let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_string(&plan).map_err(|e| ctl_err(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(&plan).map_err(|e| ctl_err(ControlError::EncodePlan(e)))?;
     line.push('\n');
     wr.write_all(line.as_bytes())
         .await
-        .map_err(|e| ctl_err(format!("sending plan: {e}")))?;
+        .map_err(io("sending the plan"))?;
     drop(wr);
     let mut lines = BufReader::new(rd).lines();
-    match lines.next_line().await {
-        Ok(Some(l)) => match serde_json::from_str::<HelperMsg>(&l) {
-            Ok(HelperMsg::Ready) => {}
-            Ok(HelperMsg::Error(reason)) => {
-                worker.kill_and_reap().await;
-                return Err(SandboxError::Setup { worker: id, reason });
-            }
-            other => {
-                worker.kill_and_reap().await;
-                return Err(ctl_err(format!("unexpected message {other:?}")));
-            }
-        },
-        Ok(None) => {
-            let status = worker.kill_and_reap().await;
-            return Err(ctl_err(format!("helper exited during setup ({status:?})")));
-        }
-        Err(e) => {
-            worker.kill_and_reap().await;
-            return Err(ctl_err(e.to_string()));
-        }
+    let reply = lines.next_line().await;
+    let msg = match &reply {
+        Ok(Some(line)) => serde_json::from_str::<HelperMsg>(line).ok(),
+        _ => None,
+    };
+    if let Some(HelperMsg::Ready { root_switch }) = msg {
+        container.root_switch = root_switch;
+        container.lines = Some(lines);
+        log_started(&container);
+        return Ok(container);
     }
-    worker.lines = Some(lines);
-    tracing::info!(worker.id = %worker.id, worker.pid = pid, address = ?worker.address, "worker started");
-    Ok(worker)
+    let status = container.kill_and_reap().await;
+    Err(match (reply, msg) {
+        (_, Some(HelperMsg::Failed(source))) => SandboxError::Setup {
+            container: id,
+            source,
+        },
+        (Ok(Some(line)), _) => ctl_err(ControlError::Unexpected { line }),
+        (Ok(None), _) => ctl_err(ControlError::HelperExited { status }),
+        (Err(source), _) => ctl_err(ControlError::Io {
+            action: "reading",
+            source,
+        }),
+    })
 }
 
-/// How a worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerExit {
-    pub status: ExitStatus,
-    /// The kernel OOM-killed a process of the worker (its cgroup's oom_kill counter > 0).
-    pub oom_killed: bool,
+/// Logs the new container; a chroot'ed one (a weaker root, only on an initramfs) as a
+/// warning.
+fn log_started(c: &Container) {
+    match c.root_switch {
+        RootSwitch::PivotRoot => tracing::info!(
+            container.id = %c.id,
+            container.name = %c.name,
+            container.pid = c.pid,
+            address = ?c.address,
+            root_switch = "pivot_root",
+            "container started"
+        ),
+        RootSwitch::Chroot => tracing::warn!(
+            container.id = %c.id,
+            container.name = %c.name,
+            container.pid = c.pid,
+            address = ?c.address,
+            root_switch = "chroot",
+            "container started in a chroot: pivot_root is impossible on the initramfs root, \
+             so the container's root is escapable with CAP_SYS_CHROOT"
+        ),
+    }
 }
 
-/// A running (or ended but not yet destroyed) worker. Dropping it tears it down (best
-/// effort, blocking); prefer [`Worker::destroy`].
+/// A running (or ended but not yet destroyed) container. Dropping it tears it down (best
+/// effort, blocking); prefer [`Container::destroy`].
 #[derive(Debug)]
-pub struct Worker {
-    id: String,
+pub struct Container {
+    id: ContainerId,
     name: String,
     address: Option<Ipv4Addr>,
     pid: u32,
+    root_switch: RootSwitch,
     reader: Option<CgroupReader>,
     child: Option<tokio::process::Child>,
     lines: Option<CtlLines>,
-    exit: Option<WorkerExit>,
+    exit: Option<ContainerExit>,
     res: Resources,
 }
 
-impl Worker {
+impl Container {
     /// Sandbox-assigned id (8 hex chars), part of every kernel object's name.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &ContainerId {
         &self.id
     }
 
@@ -826,22 +938,28 @@ impl Worker {
         &self.name
     }
 
-    /// The worker's address (bridged workers only).
+    /// The container's address (bridged containers only).
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.address
     }
 
-    /// Host pid of the worker's helper process (signals sent to it reach the program).
+    /// How the container's init entered its root: [`RootSwitch::PivotRoot`] everywhere
+    /// but on an initramfs host root, where only [`RootSwitch::Chroot`] is possible.
+    pub fn root_switch(&self) -> RootSwitch {
+        self.root_switch
+    }
+
+    /// Host pid of the container's helper process (signals sent to it reach the program).
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Name of the worker's cgroup (relative to the hierarchy root).
+    /// Name of the container's cgroup (relative to the hierarchy root).
     pub fn cgroup(&self) -> Option<&str> {
-        self.res.cgroup.as_deref().map(WorkerCgroup::name)
+        self.res.cgroup.as_deref().map(ContainerCgroup::name)
     }
 
-    /// Host-side veth name and network namespace path (bridged workers only).
+    /// Host-side veth name and network namespace path (bridged containers only).
     pub fn net_objects(&self) -> Option<(&str, &Path)> {
         self.res
             .net
@@ -849,8 +967,8 @@ impl Worker {
             .map(|n| (n.host_link.as_str(), n.netns.as_path()))
     }
 
-    /// Reader of this worker's cgroup usage (memory, CPU time, OOM kills).
-    pub fn resource_reader(&self) -> Arc<dyn ResourceReader> {
+    /// Reader of this container's cgroup usage (memory, CPU time, OOM kills).
+    pub fn usage_reader(&self) -> Arc<dyn UsageReader> {
         match &self.reader {
             Some(r) => Arc::new(r.clone()),
             None => Arc::new(cgroup::CgroupReader::empty()),
@@ -866,7 +984,7 @@ impl Worker {
         }
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).map_err(|e| {
             SandboxError::Signal {
-                worker: self.id.clone(),
+                container: self.id.clone(),
                 signal: signal.to_string(),
                 source: e,
             }
@@ -874,7 +992,7 @@ impl Worker {
     }
 
     /// Waits until the program ends (cancel-safe).
-    pub async fn wait(&mut self) -> Result<WorkerExit> {
+    pub async fn wait(&mut self) -> Result<ContainerExit> {
         if let Some(e) = self.exit {
             return Ok(e);
         }
@@ -891,32 +1009,25 @@ impl Worker {
             Some(c) => c.wait().await.ok(),
             None => None,
         };
-        let status = status.unwrap_or_else(|| {
+        let exit = status.unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
             match helper.and_then(|h| {
                 h.code()
-                    .map(ExitStatus::Code)
-                    .or(h.signal().map(ExitStatus::Signal))
+                    .map(ContainerExit::Code)
+                    .or(h.signal().map(ContainerExit::Signal))
             }) {
                 Some(s) => s,
-                None => ExitStatus::Signal(libc::SIGKILL),
+                None => ContainerExit::Signal(libc::SIGKILL),
             }
         });
-        let oom_killed = self
-            .reader
-            .as_ref()
-            .and_then(|r| r.usage().ok())
-            .map(|u| u.oom_kills > 0)
-            .unwrap_or(false);
-        let exit = WorkerExit { status, oom_killed };
-        tracing::info!(worker.id = %self.id, ?exit, "worker ended");
+        tracing::info!(container.id = %self.id, ?exit, "container ended");
         self.exit = Some(exit);
         Ok(exit)
     }
 
-    /// SIGTERM, then after `grace` SIGKILL to every process of the worker; returns how it
+    /// SIGTERM, then after `grace` SIGKILL to every process of the container; returns how it
     /// ended.
-    pub async fn stop(&mut self, grace: Duration) -> Result<WorkerExit> {
+    pub async fn stop(&mut self, grace: Duration) -> Result<ContainerExit> {
         if self.exit.is_none() {
             match self.signal(Signal::SIGTERM) {
                 // Already gone: wait() collects the status.
@@ -938,7 +1049,10 @@ impl Worker {
         match self.res.cgroup.clone() {
             Some(cg) => tokio::task::spawn_blocking(move || cg.kill_all())
                 .await
-                .map_err(|e| SandboxError::cgroup("", "kill", e))?,
+                .map_err(|source| SandboxError::Task {
+                    action: "killing the container",
+                    source,
+                })?,
             None => Ok(()),
         }
     }
@@ -950,7 +1064,7 @@ impl Worker {
         c.wait().await.ok()
     }
 
-    /// Kills what is left of the worker and removes its cgroup, veth, namespace, address
+    /// Kills what is left of the container and removes its cgroup, veth, namespace, address
     /// lease (into quarantine) and directories.
     pub async fn destroy(mut self) -> Result<()> {
         if self.exit.is_none() {
@@ -962,7 +1076,10 @@ impl Worker {
         drop(self);
         tokio::task::spawn_blocking(move || res.teardown())
             .await
-            .map_err(|e| SandboxError::cgroup("", "teardown", e))?
+            .map_err(|source| SandboxError::Task {
+                action: "tearing the container down",
+                source,
+            })?
     }
 }
 
@@ -992,14 +1109,14 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
     for child in cgroup::list_children(&cfg.cgroup_parent) {
-        let cg = WorkerCgroup::open(&cfg.cgroup_parent, &child);
+        let cg = ContainerCgroup::open(&cfg.cgroup_parent, &child);
         match cg.destroy() {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push(e),
         }
     }
     if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
-        failures.push(e.to_string());
+        failures.push(e);
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {
@@ -1011,22 +1128,22 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             for l in links.into_iter().filter(ours) {
                 match net::delete_link(&l) {
                     Ok(()) => report.links.push(l),
-                    Err(e) => failures.push(e.to_string()),
+                    Err(e) => failures.push(e),
                 }
             }
         }
-        Err(e) => failures.push(e.to_string()),
+        Err(e) => failures.push(e),
     }
     if let Some(b) = &cfg.bridge {
         match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
             Ok(bridges) => report.bridges = bridges,
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push(e),
         }
         if let Err(e) = net::delete_unreachable_route(b.subnet) {
-            failures.push(e.to_string());
+            failures.push(e);
         }
         if let Err(e) = firewall::remove(&firewall_table(&cfg.link_prefix)) {
-            failures.push(e.to_string());
+            failures.push(e);
         }
     }
     let list = |dir: &Path| -> Vec<PathBuf> {
@@ -1041,15 +1158,15 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         {
             match net::delete_netns(&ns) {
                 Ok(()) => report.netns.push(ns),
-                Err(e) => failures.push(e.to_string()),
+                Err(e) => failures.push(e),
             }
         }
     }
     for d in list(&cfg.state_dir.join("workers")) {
         let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
         match std::fs::remove_dir_all(&d) {
-            Ok(()) => report.worker_dirs.push(d),
-            Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+            Ok(()) => report.container_dirs.push(d),
+            Err(e) => failures.push(SandboxError::io("remove", &d, e)),
         }
     }
     for d in list(&cfg.image_cache) {
@@ -1058,13 +1175,13 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => report.image_temp_dirs.push(d),
-                Err(e) => failures.push(format!("remove {}: {e}", d.display())),
+                Err(e) => failures.push(SandboxError::io("remove", &d, e)),
             }
         }
     }
     if !failures.is_empty() {
         return Err(SandboxError::Teardown {
-            worker: "orphans".into(),
+            subject: "orphans".into(),
             failures,
         });
     }

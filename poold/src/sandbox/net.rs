@@ -1,5 +1,5 @@
-//! Worker networking: a named network namespace per worker (`<state>/netns/poold-<id>`), a
-//! veth pair whose host end (`<link prefix><id>`) joins the service bridge, the worker's
+//! Container networking: a named network namespace per container (`<state>/netns/poold-<id>`), a
+//! veth pair whose host end (`<link prefix><id>`) joins the service bridge, the container's
 //! address from the service subnet with a default route via the bridge, and an address
 //! allocator that quarantines freed addresses.
 //!
@@ -30,10 +30,10 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-/// The worker's side of its veth pair.
-const WORKER_IF: &str = "eth0";
+/// The container's side of its veth pair.
+const CONTAINER_IF: &str = "eth0";
 
-use super::error::{ForeignLink, Result, SandboxError};
+use super::error::{ForeignLink, NetFailure, Result, SandboxError};
 
 /// Time source of the address allocator (injectable for tests).
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -50,7 +50,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// Hands out worker addresses from a subnet. The first host address is the gateway (the
+/// Hands out container addresses from a subnet. The first host address is the gateway (the
 /// bridge). Never-used addresses go first; a released address is reused only after
 /// `quarantine`, because IPVS revives a deleted destination's old connection entries when
 /// the same address:port comes back soon (DESIGN 4).
@@ -119,7 +119,7 @@ impl AddressAllocator {
         })
     }
 
-    /// Marks `addr` as in use (e.g. a live worker adopted after a restart).
+    /// Marks `addr` as in use (e.g. a live container adopted after a restart).
     pub fn reserve(&mut self, addr: Ipv4Addr) {
         self.released.retain(|(a, _)| *a != addr);
         self.in_use.insert(addr);
@@ -174,7 +174,13 @@ where
         })
     })
     .join()
-    .unwrap_or_else(|_| Err(SandboxError::net("thread", "netlink", "panicked")))
+    .unwrap_or_else(|_| {
+        Err(SandboxError::net(
+            "thread",
+            "netlink",
+            NetFailure::ThreadPanicked,
+        ))
+    })
 }
 
 async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
@@ -189,17 +195,17 @@ pub(crate) struct BridgeSpec {
     /// The link alias (`ifalias`) poold puts on a bridge it makes: the kernel-side record
     /// that the bridge is this instance's, which survives a crash of poold.
     pub marker: String,
-    /// Host veth names of this instance's workers: `<prefix><8 hex>`.
+    /// Host veth names of this instance's containers: `<prefix><8 hex>`.
     pub port_prefix: String,
     /// This instance's nftables table (`inet poold_<link prefix>`).
     pub firewall_table: String,
-    /// Host ports workers may open connections to (every other one is closed to them).
+    /// Host ports containers may open connections to (every other one is closed to them).
     pub allow_host_ports: Vec<u16>,
 }
 
 impl BridgeSpec {
     /// A stable, locally administered MAC address: a bridge made again after it vanished
-    /// keeps the MAC its workers have in their neighbour caches, so they reach it at once.
+    /// keeps the MAC its containers have in their neighbour caches, so they reach it at once.
     fn mac(&self) -> Vec<u8> {
         use sha2::{Digest, Sha256};
         let h = Sha256::digest(self.marker.as_bytes());
@@ -396,9 +402,9 @@ pub(crate) fn ensure_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
                     // Made by someone else meanwhile: look again.
                     Err(_) => return adopt_raced(&h, &spec).await,
                 }
-                let index = link_index(&h, &name)
-                    .await?
-                    .ok_or_else(|| SandboxError::net("create bridge", &name, "vanished"))?;
+                let index = link_index(&h, &name).await?.ok_or_else(|| {
+                    SandboxError::net("create bridge", &name, NetFailure::Missing)
+                })?;
                 // The kernel ignores IFLA_IFALIAS when it creates a link: mark it now.
                 h.link()
                     .set(
@@ -449,7 +455,7 @@ async fn adopt_raced(h: &Handle, spec: &BridgeSpec) -> Result<BridgeOwnership> {
         _ => Err(SandboxError::net(
             "create bridge",
             &spec.name,
-            "another program created a link of that name at the same time",
+            NetFailure::Raced,
         )),
     }
 }
@@ -525,9 +531,9 @@ pub(crate) fn delete_marked_bridges(marker: &str) -> Result<Vec<String>> {
     })
 }
 
-/// Metric of the unreachable route for the worker subnet: above the bridge's connected
+/// Metric of the unreachable route for the container subnet: above the bridge's connected
 /// route (metric 0), so it only answers while the bridge (or its address) is gone. Then
-/// packets for workers fail on the host instead of following the default route off it.
+/// packets for containers fail on the host instead of following the default route off it.
 pub(crate) const UNREACHABLE_METRIC: u32 = 1_000_000;
 
 fn unreachable_route(subnet: Ipv4Net) -> netlink_packet_route::route::RouteMessage {
@@ -597,7 +603,7 @@ pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
     })
 }
 
-/// Puts the host veths of this instance's workers that hang off no bridge (their bridge was
+/// Puts the host veths of this instance's containers that hang off no bridge (their bridge was
 /// deleted under them) back on the bridge; returns their names.
 pub(crate) fn reattach_ports(spec: &BridgeSpec) -> Result<Vec<String>> {
     let spec = spec.clone();
@@ -623,7 +629,7 @@ pub(crate) fn reattach_ports(spec: &BridgeSpec) -> Result<Vec<String>> {
                     .execute()
                     .await
                 {
-                    // Gone meanwhile (its worker was torn down): nothing to attach.
+                    // Gone meanwhile (its container was torn down): nothing to attach.
                     Err(e) if errno(&e) == Some(libc::ENODEV) => {}
                     Err(e) => return Err(SandboxError::net("attach to bridge", name, e)),
                     Ok(()) => attached.push(name),
@@ -764,7 +770,13 @@ pub(crate) fn create_netns(path: &Path) -> Result<()> {
         .map_err(|e| SandboxError::net("bind netns", p.display().to_string(), e))
     })
     .join()
-    .unwrap_or_else(|_| Err(SandboxError::net("thread", "netns", "panicked")));
+    .unwrap_or_else(|_| {
+        Err(SandboxError::net(
+            "thread",
+            "netns",
+            NetFailure::ThreadPanicked,
+        ))
+    });
     if made.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -791,23 +803,23 @@ pub(crate) fn delete_netns(path: &Path) -> Result<()> {
     }
 }
 
-/// What [`setup_worker_net`] made.
+/// What [`setup_container_net`] made.
 #[derive(Debug, Clone)]
-pub(crate) struct WorkerNet {
+pub(crate) struct ContainerNet {
     pub netns: PathBuf,
     pub host_link: String,
 }
 
-/// Makes the namespace, the veth pair (host end on `bridge`), the worker's address and
+/// Makes the namespace, the veth pair (host end on `bridge`), the container's address and
 /// default route. On error everything made so far is removed.
-pub(crate) fn setup_worker_net(
+pub(crate) fn setup_container_net(
     netns: &Path,
     host_link: &str,
     bridge: &str,
     subnet: Ipv4Net,
     addr: Ipv4Addr,
-) -> Result<WorkerNet> {
-    let net = WorkerNet {
+) -> Result<ContainerNet> {
+    let net = ContainerNet {
         netns: netns.to_path_buf(),
         host_link: host_link.to_string(),
     };
@@ -821,13 +833,13 @@ pub(crate) fn setup_worker_net(
         with_netlink(None, move |h| async move {
             let bridge_index = link_index(&h, &br)
                 .await?
-                .ok_or_else(|| SandboxError::net("find bridge", &br, "missing"))?;
+                .ok_or_else(|| SandboxError::net("find bridge", &br, NetFailure::Missing))?;
             let nsfile = std::fs::File::open(&ns).map_err(|e| SandboxError::io("open", &ns, e))?;
             use std::os::fd::AsRawFd;
-            // The peer is born in the worker's namespace as eth0 and the host end on the
+            // The peer is born in the container's namespace as eth0 and the host end on the
             // bridge and up: one request, no move between namespaces (which costs a
             // synchronize_net) and no rename.
-            let peer = LinkUnspec::new_with_name(WORKER_IF)
+            let peer = LinkUnspec::new_with_name(CONTAINER_IF)
                 .setns_by_fd(nsfile.as_raw_fd())
                 .build();
             let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
@@ -845,15 +857,19 @@ pub(crate) fn setup_worker_net(
         with_netlink(Some(netns), move |h| async move {
             let lo = link_index(&h, "lo")
                 .await?
-                .ok_or_else(|| SandboxError::net("find", "lo", "missing"))?;
+                .ok_or_else(|| SandboxError::net("find", "lo", NetFailure::Missing))?;
             h.link()
                 .set(LinkUnspec::new_with_index(lo).up().build())
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("set up", "lo", e))?;
-            let idx = link_index(&h, WORKER_IF)
-                .await?
-                .ok_or_else(|| SandboxError::net("find", WORKER_IF, "missing in netns"))?;
+            let idx = link_index(&h, CONTAINER_IF).await?.ok_or_else(|| {
+                SandboxError::net(
+                    "find in the container's netns",
+                    CONTAINER_IF,
+                    NetFailure::Missing,
+                )
+            })?;
             h.address()
                 .add(idx, IpAddr::V4(addr), subnet.prefix_len())
                 .execute()
@@ -878,14 +894,14 @@ pub(crate) fn setup_worker_net(
         })
     })();
     if let Err(e) = made {
-        let _ = teardown_worker_net(&net);
+        let _ = teardown_container_net(&net);
         return Err(e);
     }
     Ok(net)
 }
 
 /// Removes the veth and the namespace; missing pieces are fine.
-pub(crate) fn teardown_worker_net(net: &WorkerNet) -> Result<()> {
+pub(crate) fn teardown_container_net(net: &ContainerNet) -> Result<()> {
     let link = delete_link(&net.host_link);
     let ns = delete_netns(&net.netns);
     link.and(ns)
@@ -933,7 +949,7 @@ mod tests {
 
     #[test]
     fn released_addresses_wait_out_the_quarantine() {
-        let (mut a, clock) = alloc(30, 150); // only .2 is a worker address
+        let (mut a, clock) = alloc(30, 150); // only .2 is a container address
         let first = a.allocate().unwrap();
         a.release(first);
         let e = a.allocate().unwrap_err();

@@ -1,9 +1,9 @@
 //! Root filesystem images: `docker export` tarballs unpacked once into a content-addressed
 //! cache, `<cache>/<sha256 of the tarball>`. Unpacking goes to `<cache>/.tmp-*` and is
 //! renamed into place only when complete, so a crash mid-unpack never leaves a half image
-//! that a later worker would use; `cleanup_orphans` removes leftover `.tmp-*` directories.
+//! that a later container would use; `cleanup_orphans` removes leftover `.tmp-*` directories.
 //!
-//! [`ImageCache`] unpacks each image once however many workers ask at the same time (the
+//! [`ImageCache`] unpacks each image once however many containers ask at the same time (the
 //! others wait for it), refuses an image whose unpacked size would pass a limit while it
 //! unpacks (before writing the member that would cross it), and remembers failures, so a
 //! broken image is not unpacked again at every respawn.
@@ -690,7 +690,7 @@ mod image_cache_tests {
         })
     }
 
-    /// Eight workers of one service start at once: the image is unpacked once and every
+    /// Eight containers of one service start at once: the image is unpacked once and every
     /// one of them gets the same root.
     #[test]
     fn concurrent_spawns_unpack_an_image_once() {
@@ -1032,7 +1032,7 @@ mod hostile_image_tests {
         host.assert_victim_untouched();
     }
 
-    /// Device nodes in an image would hand a root worker the host's disks: they are
+    /// Device nodes in an image would hand a root container the host's disks: they are
     /// unpacked as empty regular files, never as devices.
     #[test]
     fn device_nodes_become_plain_files() {

@@ -1,9 +1,9 @@
-//! The workers' default seccomp filter: Docker's default profile (moby/profiles
+//! The containers' default seccomp filter: Docker's default profile (moby/profiles
 //! `seccomp/default.json`, vendored by moby at 3579736, 2026-05), built with seccompiler.
 //!
 //! Why an allow-list, as Docker does, and not a deny-list: a syscall the kernel adds later
 //! (or one nobody thought of) is refused until it is listed, instead of reaching the kernel
-//! by default. What it refuses matters to a root worker without capabilities: new user
+//! by default. What it refuses matters to a root container without capabilities: new user
 //! namespaces (`unshare`, `clone` with namespace flags: the way to regain capabilities and
 //! reach unprivileged kernel attack surface), the kernel keyring (`keyctl`, `add_key`,
 //! `request_key`: not namespaced), `mount`, `bpf`, `perf_event_open`, `kexec_*`,
@@ -12,7 +12,7 @@
 //! Differences from Docker, on purpose: `ptrace`, `process_vm_readv`/`writev` are refused
 //! unless CAP_SYS_PTRACE is kept (Docker allows them on kernels >= 4.8); x86 32-bit and x32
 //! syscalls are refused (the filter checks the audit architecture and kills a process that
-//! uses another one). As in Docker, capabilities a worker keeps unlock the syscalls they
+//! uses another one). As in Docker, capabilities a container keeps unlock the syscalls they
 //! govern (CAP_SYS_ADMIN: mount, unshare, clone with namespace flags...), `clone3` fails with
 //! ENOSYS (so C libraries fall back to `clone`, whose flags a filter can check) and every
 //! other refused syscall with EPERM.
@@ -281,10 +281,10 @@ fn cond(index: u8, op: Value, val: u64) -> Value {
     json!({ "index": index, "type": "dword", "op": op, "val": val })
 }
 
-/// The filters for a worker keeping `capabilities` and allowed `extra` syscalls, in the order
+/// The filters for a container keeping `capabilities` and allowed `extra` syscalls, in the order
 /// they must be installed (the last one installed wins among equal actions). Compiled once
 /// per distinct set (a few ms in a debug build) and cached.
-pub(crate) fn worker_filters(
+pub(crate) fn container_filters(
     capabilities: &[Capability],
     extra: &[String],
 ) -> Result<Vec<Program>> {
@@ -297,7 +297,7 @@ pub(crate) fn worker_filters(
     if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(hit.clone());
     }
-    let programs = compile_worker_filters(capabilities, extra)?;
+    let programs = compile_container_filters(capabilities, extra)?;
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -305,7 +305,10 @@ pub(crate) fn worker_filters(
     Ok(programs)
 }
 
-fn compile_worker_filters(capabilities: &[Capability], extra: &[String]) -> Result<Vec<Program>> {
+fn compile_container_filters(
+    capabilities: &[Capability],
+    extra: &[String],
+) -> Result<Vec<Program>> {
     let arch = arch()?;
     for name in extra {
         if !is_known_syscall(name) {
@@ -397,9 +400,14 @@ fn compile_worker_filters(capabilities: &[Capability], extra: &[String]) -> Resu
 
 /// Installs `programs` on the calling thread, in order (needs no_new_privs, which
 /// seccompiler sets too).
-pub(crate) fn install(programs: &[Program]) -> std::result::Result<(), String> {
+pub(crate) fn install(programs: &[Program]) -> nix::Result<()> {
     for p in programs {
-        seccompiler::apply_filter(&p.0).map_err(|e| format!("installing seccomp filter: {e}"))?;
+        seccompiler::apply_filter(&p.0).map_err(|e| match e {
+            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => io
+                .raw_os_error()
+                .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw),
+            _ => nix::errno::Errno::EINVAL,
+        })?;
     }
     Ok(())
 }
@@ -419,15 +427,15 @@ mod tests {
 
     #[test]
     fn the_default_filter_compiles_with_and_without_extras() {
-        let base = worker_filters(&[], &[]).unwrap();
+        let base = container_filters(&[], &[]).unwrap();
         assert_eq!(base.len(), 2, "allow-list and clone3 -> ENOSYS");
-        let with = worker_filters(&[Capability::CAP_SYS_ADMIN], &["keyctl".into()]).unwrap();
+        let with = container_filters(&[Capability::CAP_SYS_ADMIN], &["keyctl".into()]).unwrap();
         assert_eq!(with.len(), 1, "CAP_SYS_ADMIN unlocks clone3");
         assert_ne!(base[0], with[0]);
         let text = serde_json::to_string(&base).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Program>>(&text).unwrap(), base);
         assert!(serde_json::from_str::<Program>("\"12345\"").is_err());
-        let e = worker_filters(&[], &["bogus".into()])
+        let e = container_filters(&[], &["bogus".into()])
             .unwrap_err()
             .to_string();
         assert!(e.contains("seccomp_allow") && e.contains("bogus"), "{e}");

@@ -1,4 +1,4 @@
-//! What a worker is made of ([`WorkerSpec`]), its validation, and the resolved plan the
+//! What a container is made of ([`ContainerSpec`]), its validation, and the resolved plan the
 //! helper process executes ([`HelperPlan`]).
 
 use std::path::{Component, Path, PathBuf};
@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use super::error::{Result, SandboxError};
 use super::seccomp::{Program, SeccompMode};
 
-/// Where a worker's root filesystem comes from.
+/// Where a container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RootFs {
     /// An unpacked root filesystem directory (e.g. an extracted `docker export`). Shared,
-    /// never written: each worker writes to its own overlay upper layer.
+    /// never written: each container writes to its own overlay upper layer.
     Dir(PathBuf),
     /// A `docker export` tarball (`.tar`, `.tar.gz`/`.tgz`), unpacked once into the
     /// content-addressed image cache (keyed by the file's sha256).
@@ -21,11 +21,11 @@ pub enum RootFs {
     /// No image: the host's /usr, /bin, /sbin, /lib, /lib64 and /etc bind-mounted read-only
     /// on an empty tmpfs root (jailing style), so a host program runs without an image.
     /// The root is read-only apart from /tmp; /etc is the host's own (read-only), with the
-    /// worker's own hosts and a copy of resolv.conf bind-mounted over the host's files.
+    /// container's own hosts and a copy of resolv.conf bind-mounted over the host's files.
     Host,
 }
 
-/// How the worker is networked.
+/// How the container is networked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
@@ -50,18 +50,18 @@ pub enum Output {
     Null,
     /// Append both to this host file (created if missing).
     File(PathBuf),
-    /// Pipes the caller reads ([`super::Worker::take_output`]).
+    /// Pipes the caller reads ([`super::Container::take_output`]).
     Piped,
 }
 
 /// cgroup limits. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Limits {
-    /// Memory limit in bytes (4 MiB ..= 1 TiB). Exceeding it gets the worker OOM-killed.
+    /// Memory limit in bytes (4 MiB ..= 1 TiB). Exceeding it gets the container OOM-killed.
     pub memory_bytes: Option<u64>,
     /// CPU quota in millicores (1000 = one full CPU), 10 ..= 1_024_000.
     pub cpu_millicores: Option<u64>,
-    /// Maximum number of tasks (processes and threads) in the worker, 1 ..= 4_194_304.
+    /// Maximum number of tasks (processes and threads) in the container, 1 ..= 4_194_304.
     pub pids: Option<u64>,
 }
 
@@ -87,21 +87,21 @@ pub enum RlimitResource {
     Cpu,
 }
 
-/// An empty tmpfs mounted in the worker (it takes the mode and owner of the directory it
+/// An empty tmpfs mounted in the container (it takes the mode and owner of the directory it
 /// covers in the image, so a service's own directories stay its own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tmpfs {
-    /// Absolute path inside the worker (created if missing).
+    /// Absolute path inside the container (created if missing).
     pub target: PathBuf,
     pub size_bytes: u64,
 }
 
-/// A host path bind-mounted into the worker.
+/// A host path bind-mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
     /// Absolute host path (must exist).
     pub source: PathBuf,
-    /// Absolute path inside the worker (created if missing).
+    /// Absolute path inside the container (created if missing).
     pub target: PathBuf,
     pub read_only: bool,
 }
@@ -114,14 +114,14 @@ pub struct IdMap {
     pub count: u32,
 }
 
-/// Everything needed to start one worker.
+/// Everything needed to start one container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerSpec {
+pub struct ContainerSpec {
     /// Used in logs and as the default hostname: `[A-Za-z0-9._-]`, 1..=63 chars.
     pub name: String,
     pub rootfs: RootFs,
     /// Mount the root read-only (a tmpfs is mounted on /tmp). Otherwise writes land in the
-    /// worker's own overlay upper layer, thrown away at teardown.
+    /// container's own overlay upper layer, thrown away at teardown.
     pub read_only_root: bool,
     /// The program: an absolute path inside the root, or a name looked up in `PATH` (from
     /// `env`, else a standard PATH) inside the root.
@@ -155,11 +155,11 @@ pub struct WorkerSpec {
     pub user_namespace: Option<IdMap>,
 }
 
-impl WorkerSpec {
+impl ContainerSpec {
     /// A spec with defaults: writable overlay root, workdir `/`, root user, no limits, bridged
     /// network, inherited output.
     pub fn new(name: impl Into<String>, rootfs: RootFs, command: impl Into<String>) -> Self {
-        WorkerSpec {
+        ContainerSpec {
             name: name.into(),
             rootfs,
             read_only_root: false,
@@ -449,8 +449,8 @@ pub(crate) fn resolve_user(user: Option<&str>, root: &Path) -> Result<ResolvedUs
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Resolves the command to an absolute path inside the root whose files are at `lower`
-/// (symlinks are not followed, since absolute ones point into the worker's root).
-pub(crate) fn resolve_command(spec: &WorkerSpec, lower: &Path) -> Result<String> {
+/// (symlinks are not followed, since absolute ones point into the container's root).
+pub(crate) fn resolve_command(spec: &ContainerSpec, lower: &Path) -> Result<String> {
     let exists = |inner: &Path| {
         let rel = inner.strip_prefix("/").unwrap_or(inner);
         lower.join(rel).symlink_metadata().is_ok()
@@ -504,7 +504,7 @@ pub(crate) enum NetnsPlan {
 /// The root the helper builds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum RootPlan {
-    /// overlay of `lower` with the worker's upper/work dirs.
+    /// overlay of `lower` with the container's upper/work dirs.
     Overlay {
         lower: PathBuf,
         upper: PathBuf,
@@ -517,15 +517,15 @@ pub(crate) enum RootPlan {
 /// The fully resolved instructions for the helper, sent as JSON over its control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct HelperPlan {
-    pub worker: String,
+    pub container: super::ContainerId,
     pub root: RootPlan,
     /// Mount point of the new root.
     pub merged: PathBuf,
-    /// Mount a tmpfs of this many MiB on this directory first (in the worker's private mount
+    /// Mount a tmpfs of this many MiB on this directory first (in the container's private mount
     /// namespace) and make the overlay's upper, work and merged directories inside it.
     pub scratch_tmpfs: Option<(PathBuf, u64)>,
-    /// The worker's private directory (the scratch tmpfs, or its directory on disk removed at
-    /// teardown): where a host-root worker's generated /etc files live.
+    /// The container's private directory (the scratch tmpfs, or its directory on disk removed at
+    /// teardown): where a host-root container's generated /etc files live.
     pub private_dir: PathBuf,
     pub read_only_root: bool,
     pub argv: Vec<String>,
@@ -546,7 +546,7 @@ pub(crate) struct HelperPlan {
     pub seccomp: Vec<Program>,
     pub netns: NetnsPlan,
     /// Contents copied to /etc/resolv.conf and /etc/hosts (copied, not bound, so a host-side
-    /// rename of the file cannot leave the worker with a stale view).
+    /// rename of the file cannot leave the container with a stale view).
     pub resolv_conf: Option<Vec<u8>>,
     pub hosts: Vec<u8>,
 }
@@ -656,7 +656,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let mut s = WorkerSpec::new("w", RootFs::Host, "/bin/true");
+        let mut s = ContainerSpec::new("w", RootFs::Host, "/bin/true");
         s.validate().unwrap();
         s.limits.memory_bytes = Some(10);
         let e = s.validate().unwrap_err().to_string();
@@ -664,12 +664,12 @@ mod tests {
             e.contains("limits.memory_bytes") && e.contains("out of range"),
             "{e}"
         );
-        let mut s = WorkerSpec::new("w", RootFs::Dir("/nonexistent-poold".into()), "/x");
+        let mut s = ContainerSpec::new("w", RootFs::Dir("/nonexistent-poold".into()), "/x");
         assert!(s.validate().unwrap_err().to_string().contains("`rootfs`"));
         s.rootfs = RootFs::Host;
         s.command.clear();
         assert!(s.validate().unwrap_err().to_string().contains("`command`"));
-        let s = WorkerSpec::new("bad name", RootFs::Host, "/bin/true");
+        let s = ContainerSpec::new("bad name", RootFs::Host, "/bin/true");
         assert!(s.validate().unwrap_err().to_string().contains("`name`"));
     }
 
@@ -678,9 +678,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("bin")).unwrap();
         std::os::unix::fs::symlink("/bin/busybox", d.path().join("bin/sh")).unwrap();
-        let s = WorkerSpec::new("w", RootFs::Dir(d.path().into()), "sh");
+        let s = ContainerSpec::new("w", RootFs::Dir(d.path().into()), "sh");
         assert_eq!(resolve_command(&s, d.path()).unwrap(), "/bin/sh");
-        let s = WorkerSpec::new("w", RootFs::Dir(d.path().into()), "nope");
+        let s = ContainerSpec::new("w", RootFs::Dir(d.path().into()), "nope");
         assert!(resolve_command(&s, d.path()).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
-//! All of these run only in the single-threaded worker helper process (see `init`), never in
+//! All of these run only in the single-threaded container helper process (see `helper`), never in
 //! poold's multithreaded runtime.
 #![allow(unsafe_code)]
 
@@ -7,9 +7,17 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::ForkResult;
 
 /// fork(2) in the helper.
-pub(crate) fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: only called from the worker helper, a freshly exec'd process that never starts
-    // a second thread, so the child cannot inherit a lock held by another thread.
+///
+/// # Safety
+///
+/// The calling process must have a single thread. In a multithreaded process the child
+/// inherits only the calling thread: a lock another thread held (the allocator's, stdio's)
+/// stays locked forever in the child, and anything but async-signal-safe calls may
+/// deadlock or corrupt state there. The container helper is a freshly exec'd process that
+/// never starts a second thread, and so are the processes it forks; poold's own tokio
+/// process must never call this.
+pub(crate) unsafe fn fork() -> nix::Result<ForkResult> {
+    // SAFETY: the caller guarantees a single-threaded process (see # Safety).
     unsafe { nix::unistd::fork() }
 }
 

@@ -183,6 +183,7 @@ struct Worker {
 struct Spawned {
     addr: SocketAddr,
     pid: u32,
+    chroot: bool,
 }
 
 /// Health probing of a starting or ready worker.
@@ -493,6 +494,7 @@ impl ServicePool {
                     spawned: Spawned {
                         addr,
                         pid: spawned.pid,
+                        chroot: spawned.chroot,
                     },
                     probe: Probe {
                         in_flight: false,
@@ -1226,6 +1228,7 @@ impl ServicePool {
                     total_conns: w.stats.map_or(0, |s| s.total),
                     memory_bytes: w.usage.memory_bytes,
                     reason: w.phase.reason(),
+                    chroot: spawned.is_some_and(|s| s.chroot),
                 }
             })
             .collect();

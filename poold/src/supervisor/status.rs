@@ -102,6 +102,9 @@ pub struct WorkerStatus {
     pub memory_bytes: u64,
     /// Why the worker is draining or stopping.
     pub reason: Option<RecycleReason>,
+    /// Its root was entered with chroot (initramfs hosts only), not pivot_root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chroot: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

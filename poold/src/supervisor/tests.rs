@@ -609,6 +609,7 @@ fn worker_status_json_is_stable() {
         total_conns: 40,
         memory_bytes: 1024,
         reason: Some(RecycleReason::MaxMemory),
+        chroot: false,
     };
     let json = serde_json::to_string(&status).unwrap();
     assert_eq!(

@@ -171,3 +171,13 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
     panic!("never happened: {what}");
 }
+
+/// Waits until the file at `path` (a container's output) contains `needle`; returns its text.
+pub async fn output_containing(path: &Path, needle: &str) -> String {
+    eventually(&format!("{} contains {needle:?}", path.display()), || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|s| s.contains(needle))
+    })
+    .await
+}

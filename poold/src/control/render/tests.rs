@@ -28,6 +28,7 @@ fn service(failures: u32, state: WorkerState) -> ServiceStatus {
             total_conns: 0,
             memory_bytes: 0,
             reason: None,
+            chroot: false,
         }],
     }
 }
