@@ -381,3 +381,20 @@ async fn backend_closing_first_is_answered_with_a_reset() {
     );
     stats_until(&proxy, &service, |s| s[&backend].active == 0).await;
 }
+
+/// The proxy's listening sockets share their address among its threads (SO_REUSEPORT), yet
+/// a second proxy (another poold) on that address is refused rather than silently given
+/// part of the clients.
+#[tokio::test]
+async fn a_second_proxy_on_the_same_address_is_refused() {
+    let (_first, service) = proxy_on("127.0.0.90").await;
+    let error = ProxyBalancer::new()
+        .ensure_service(&service)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!("service web: cannot listen on {}", service.listen)),
+        "{error}"
+    );
+}
