@@ -291,8 +291,8 @@ async fn splice(
     if matches!(ended, SpliceEnd::BackendDone(Ok(_))) {
         // The worker closed first and all it sent has been relayed: end our side with a
         // reset rather than a FIN it would have to acknowledge (haproxy's `option nolinger`
-        // on the server side). Saves a packet each way per connection, and the worker's
-        // socket leaves TIME_WAIT at once.
+        // on the server side): one packet instead of a FIN and the ACK it needs, and the
+        // worker's socket leaves TIME_WAIT at once.
         let _ = upstream.set_zero_linger();
     }
     ended
