@@ -11,18 +11,26 @@
 //!
 //! Each service holds at most `max_client_connections` clients; beyond, the client idle the
 //! longest makes room ([`crate::conn_limit`]).
+//!
+//! Connections run on the proxy's own threads, one per CPU, each with a current-thread tokio
+//! runtime and its own epoll instance ([`Shards`]), as haproxy's threads do: every thread
+//! accepts from every listening socket and keeps the connections it accepted, so a
+//! connection's reads, writes and wake-ups stay on one thread (no work stealing, no
+//! cross-thread wake-ups; profiled against the daemon's multi-thread runtime in
+//! tests/bench/README.md). The daemon's runtime only changes backends and reads counters.
 
 use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
 use crate::conn_limit::{accept_failed, Admission, ConnLimiter, Tracked};
 use async_trait::async_trait;
+use nix::sys::socket::{setsockopt, sockopt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -43,12 +51,58 @@ struct Backend {
 struct ProxyService {
     listen: SocketAddr,
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
-    acceptor: JoinHandle<()>,
+    /// One accept loop per proxy thread, each on its own descriptor of the listening socket:
+    /// the socket closes when the last one ends.
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+impl ProxyService {
+    fn stop_accepting(&self) {
+        for acceptor in &self.acceptors {
+            acceptor.abort();
+        }
+    }
 }
 
 impl Drop for ProxyService {
     fn drop(&mut self) {
-        self.acceptor.abort();
+        self.stop_accepting();
+    }
+}
+
+/// The proxy's threads: one current-thread runtime each. Dropping this ends them, and with
+/// their runtimes every connection they hold.
+#[derive(Debug)]
+struct Shards {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropped with the balancer: each thread's `block_on` returns and its runtime drops.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Shards {
+    fn start() -> std::io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut handles = Vec::with_capacity(threads);
+        let mut stop = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            handles.push(runtime.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("proxy-{index}"))
+                .spawn(move || {
+                    // Ends when the balancer is dropped (the sender with it).
+                    let _ = runtime.block_on(stop_rx);
+                })?;
+            stop.push(stop_tx);
+        }
+        debug!(threads, "proxy threads started");
+        Ok(Self {
+            handles,
+            _stop: stop,
+        })
     }
 }
 
@@ -66,6 +120,8 @@ pub struct ProxyBalancer {
     services: Mutex<HashMap<String, ProxyService>>,
     /// `max_client_connections` per service name; others get [`DEFAULT_MAX_CLIENTS`].
     client_limits: HashMap<String, usize>,
+    /// Started with the first service.
+    shards: OnceLock<Shards>,
 }
 
 /// Client connections of a service not given a limit with [`ProxyBalancer::with_client_limits`].
@@ -99,6 +155,15 @@ impl ProxyBalancer {
             })?;
         let mut backends = entry.backends.lock().expect("proxy backends lock");
         f(&mut backends)
+    }
+
+    fn shards(&self) -> std::io::Result<&Shards> {
+        if let Some(shards) = self.shards.get() {
+            return Ok(shards);
+        }
+        let started = Shards::start()?;
+        // Only the supervisor's task adds services; a lost race just drops the spare threads.
+        Ok(self.shards.get_or_init(|| started))
     }
 }
 
@@ -150,7 +215,7 @@ async fn serve_client(
         match connected {
             Ok(Ok(upstream)) => {
                 guard.0.total.fetch_add(1, Ordering::SeqCst);
-                let _ = client.set_nodelay(true);
+                // The client's socket has TCP_NODELAY from the listening socket.
                 let _ = upstream.set_nodelay(true);
                 let ended = splice(client, upstream, &admission, removed).await;
                 debug!(service = %service, client = %peer, %backend, %ended, "connection closed");
@@ -197,29 +262,74 @@ impl std::fmt::Display for SpliceEnd {
 /// Copies both ways until one of the [`SpliceEnd`]s, then drops (closes) both sockets. A
 /// client that closes its sending side (half-close) still gets the rest of the answer.
 async fn splice(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     admission: &Admission,
     mut removed: watch::Receiver<bool>,
 ) -> SpliceEnd {
-    let (client_read, mut client_write) = client.into_split();
-    let (upstream_read, mut upstream_write) = upstream.into_split();
-    let mut client_read = Tracked::new(client_read, admission.activity());
-    let mut upstream_read = Tracked::new(upstream_read, admission.activity());
-    let to_backend = async {
-        match tokio::io::copy(&mut client_read, &mut upstream_write).await {
-            Ok(_) => {
-                let _ = upstream_write.shutdown().await;
-                std::future::pending().await
+    let ended = {
+        let (client_read, mut client_write) = client.split();
+        let (upstream_read, mut upstream_write) = upstream.split();
+        let mut client_read = Tracked::new(client_read, admission.activity());
+        let mut upstream_read = Tracked::new(upstream_read, admission.activity());
+        let to_backend = async {
+            match tokio::io::copy(&mut client_read, &mut upstream_write).await {
+                Ok(_) => {
+                    let _ = upstream_write.shutdown().await;
+                    std::future::pending().await
+                }
+                Err(error) => error,
             }
-            Err(error) => error,
+        };
+        tokio::select! {
+            copied = tokio::io::copy(&mut upstream_read, &mut client_write) => SpliceEnd::BackendDone(copied),
+            error = to_backend => SpliceEnd::ClientFailed(error),
+            _ = removed.wait_for(|removed| *removed) => SpliceEnd::BackendRemoved,
+            () = admission.evicted() => SpliceEnd::Evicted,
         }
     };
-    tokio::select! {
-        copied = tokio::io::copy(&mut upstream_read, &mut client_write) => SpliceEnd::BackendDone(copied),
-        error = to_backend => SpliceEnd::ClientFailed(error),
-        _ = removed.wait_for(|removed| *removed) => SpliceEnd::BackendRemoved,
-        () = admission.evicted() => SpliceEnd::Evicted,
+    if matches!(ended, SpliceEnd::BackendDone(Ok(_))) {
+        // The worker closed first and all it sent has been relayed: end our side with a
+        // reset rather than a FIN it would have to acknowledge (haproxy's `option nolinger`
+        // on the server side): one packet instead of a FIN and the ACK it needs, and the
+        // worker's socket leaves TIME_WAIT at once.
+        let _ = upstream.set_zero_linger();
+    }
+    ended
+}
+
+/// Accepts on one proxy thread; each client is served by a task on the same thread.
+async fn accept_loop(
+    name: String,
+    listener: std::net::TcpListener,
+    backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    limiter: ConnLimiter,
+) {
+    // Registered with this thread's epoll.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            warn!(service = %name, %error, "proxy thread cannot poll the listening socket");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let Some(admission) = limiter.admit() else {
+                    debug!(service = %name, client = %peer, "client limit reached, nothing idle to close; refusing");
+                    continue;
+                };
+                tokio::spawn(serve_client(
+                    name.clone(),
+                    client,
+                    peer,
+                    backends.clone(),
+                    admission,
+                ));
+            }
+            Err(error) => accept_failed("proxy", &error).await,
+        }
     }
 }
 
@@ -240,17 +350,21 @@ impl Balancer for ProxyBalancer {
                 return Ok(());
             }
         }
-        let listener =
-            TcpListener::bind(service.listen)
-                .await
-                .map_err(|source| BalancerError::Listen {
-                    service: service.name.clone(),
-                    listen: service.listen,
-                    source,
-                })?;
+        let listen_error = |source| BalancerError::Listen {
+            service: service.name.clone(),
+            listen: service.listen,
+            source,
+        };
+        let shards = self.shards().map_err(listen_error)?;
+        // Bound here (tokio's backlog of 1024), then one descriptor per proxy thread.
+        let listener = TcpListener::bind(service.listen)
+            .await
+            .and_then(TcpListener::into_std)
+            .map_err(listen_error)?;
+        // Accepted sockets inherit it: one setsockopt per service, not per client.
+        setsockopt(&listener, sockopt::TcpNoDelay, &true)
+            .map_err(|errno| listen_error(errno.into()))?;
         let backends: Arc<Mutex<Vec<Arc<Backend>>>> = Arc::default();
-        let name = service.name.clone();
-        let accept_backends = backends.clone();
         let max_clients = self
             .client_limits
             .get(&service.name)
@@ -258,33 +372,23 @@ impl Balancer for ProxyBalancer {
             .unwrap_or(DEFAULT_MAX_CLIENTS);
         // Two descriptors per client: its own socket and the one to the worker.
         let limiter = ConnLimiter::new("proxy", max_clients, CLIENT_MIN_IDLE, 2);
-        let acceptor = tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((client, peer)) => {
-                        let Some(admission) = limiter.admit() else {
-                            debug!(service = %name, client = %peer, "client limit reached, nothing idle to close; refusing");
-                            continue;
-                        };
-                        tokio::spawn(serve_client(
-                            name.clone(),
-                            client,
-                            peer,
-                            accept_backends.clone(),
-                            admission,
-                        ));
-                    }
-                    Err(error) => accept_failed("proxy", &error).await,
-                }
-            }
-        });
+        let mut acceptors = Vec::with_capacity(shards.handles.len());
+        for shard in &shards.handles {
+            let listener = listener.try_clone().map_err(listen_error)?;
+            acceptors.push(shard.spawn(accept_loop(
+                service.name.clone(),
+                listener,
+                backends.clone(),
+                limiter.clone(),
+            )));
+        }
         info!(service = %service.name, listen = %service.listen, "proxy listening");
         self.services.lock().expect("proxy services lock").insert(
             service.name.clone(),
             ProxyService {
                 listen: service.listen,
                 backends,
-                acceptor,
+                acceptors,
             },
         );
         Ok(())
@@ -297,9 +401,9 @@ impl Balancer for ProxyBalancer {
             .ok_or_else(|| BalancerError::NoSuchService {
                 service: service.name.clone(),
             })?;
-        // Ending the acceptor closes the listening socket; spliced connections are tasks
+        // Ending the acceptors closes the listening socket; spliced connections are tasks
         // of their own and continue.
-        entry.acceptor.abort();
+        entry.stop_accepting();
         info!(service = %service.name, listen = %service.listen, "proxy stopped accepting");
         Ok(())
     }

@@ -303,3 +303,98 @@ async fn listen_conflict_names_the_service_and_address() {
         "{error}"
     );
 }
+
+/// Connections run on the proxy's own threads: they are relayed while the runtime that
+/// made the balancer (the daemon's) is not running at all.
+#[test]
+fn connections_are_served_on_the_proxy_threads() {
+    use std::io::{BufRead, Write};
+    let backend = std::net::TcpListener::bind("127.0.0.80:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = backend.accept().unwrap();
+        let mut write = stream.try_clone().unwrap();
+        write.write_all(b"one\n").unwrap();
+        for line in std::io::BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if write.write_all(format!("{line}\n").as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (proxy, service) = runtime.block_on(async {
+        let (proxy, service) = proxy_on("127.0.0.81").await;
+        proxy.add_backend(&service, backend_addr, 1).await.unwrap();
+        (proxy, service)
+    });
+    // From here on nothing drives `runtime`.
+    let client = std::net::TcpStream::connect(service.listen).unwrap();
+    // Bounds the wait for a failure; the proxy answers at once when it works.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut write = client.try_clone().unwrap();
+    let mut lines = std::io::BufReader::new(client).lines();
+    let greeting = lines.next().expect("greeting").map_err(|e| e.kind());
+    assert_eq!(
+        greeting,
+        Ok("one".to_owned()),
+        "not relayed while the caller's runtime is idle"
+    );
+    write.write_all(b"ping\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ping");
+    drop((write, lines));
+    runtime.block_on(async {
+        stats_until(&proxy, &service, |s| s[&backend_addr].active == 0).await;
+    });
+}
+
+/// A worker that closes first gets a reset, not a FIN to acknowledge: its socket is gone at
+/// once instead of waiting in TIME_WAIT (the client's side still ends with a FIN after all
+/// the data).
+#[tokio::test]
+async fn backend_closing_first_is_answered_with_a_reset() {
+    let (proxy, service) = proxy_on("127.0.0.85").await;
+    let listener = TcpListener::bind("127.0.0.86:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let mut client = TcpStream::connect(service.listen).await.unwrap();
+    let (mut upstream, _) = listener.accept().await.unwrap();
+    upstream.write_all(b"bye\n").await.unwrap();
+    // Half-close: the proxy sees the end of the answer; this socket can still see the reply.
+    upstream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer)
+        .await
+        .unwrap();
+    assert_eq!(answer, b"bye\n", "the client gets all the data, then a FIN");
+    let mut buf = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut upstream, &mut buf).await;
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the proxy answered the worker's FIN with a FIN, not a reset"
+    );
+    stats_until(&proxy, &service, |s| s[&backend].active == 0).await;
+}
+
+/// The proxy's listening sockets share their address among its threads (SO_REUSEPORT), yet
+/// a second proxy (another poold) on that address is refused rather than silently given
+/// part of the clients.
+#[tokio::test]
+async fn a_second_proxy_on_the_same_address_is_refused() {
+    let (_first, service) = proxy_on("127.0.0.90").await;
+    let error = ProxyBalancer::new()
+        .ensure_service(&service)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!("service web: cannot listen on {}", service.listen)),
+        "{error}"
+    );
+}
