@@ -3,7 +3,9 @@
 
 use crate::config::Config;
 use crate::control::client::ControlClient;
-use crate::control::{render, DrainReply, DrainRequest, RecycleRequest};
+use crate::control::{
+    render, DeployRequest, DrainReply, DrainRequest, RecycleRequest, ReloadReply,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,8 +66,11 @@ pub fn check(file: &std::path::Path) -> ExitCode {
 }
 
 /// `poold --config FILE`: runs until SIGINT or SIGTERM.
-pub async fn run_daemon(config: Config) -> Result<(), crate::daemon::DaemonError> {
-    crate::daemon::run_until_signal(config).await
+pub async fn run_daemon(
+    config: Config,
+    path: std::path::PathBuf,
+) -> Result<(), crate::daemon::DaemonError> {
+    crate::daemon::run_until_signal(config, path).await
 }
 
 /// Logs to stderr; RUST_LOG overrides the config's log_level.
@@ -133,6 +138,21 @@ pub enum PoolctlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Re-read poold's config file and apply the difference (as SIGHUP does): a bad file
+    /// or a change that needs a restart changes nothing.
+    Reload,
+    /// Replace every worker of a service with one on another root file system, one at a
+    /// time, surge first; the first failure rolls the replaced workers back. Lasts until
+    /// the next reload.
+    Deploy {
+        service: String,
+        /// "host", a directory or a .tar/.tar.gz/.tgz archive (absolute path).
+        #[arg(long, value_name = "PATH")]
+        rootfs: String,
+        /// Return when every worker runs the new root, or fail when it was rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
@@ -194,6 +214,31 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
                 };
                 format!("{}: {verb} slots {:?}", reply.service, reply.slots)
             }),
+        PoolctlCommand::Reload => client.reload().await.map(|reply| {
+            if json {
+                pretty_json(&reply)
+            } else {
+                reload_lines(&reply)
+            }
+        }),
+        PoolctlCommand::Deploy {
+            service,
+            rootfs,
+            wait,
+        } => client
+            .deploy(&service, &DeployRequest { rootfs, wait })
+            .await
+            .map(|reply| {
+                if json {
+                    return pretty_json(&reply);
+                }
+                let verb = if reply.finished {
+                    "deployed"
+                } else {
+                    "deploying"
+                };
+                format!("{}: {verb} generation {}", reply.service, reply.generation)
+            }),
     };
     match result {
         Ok(text) => {
@@ -212,6 +257,36 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
 
 fn pretty_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).expect("API replies serialize")
+}
+
+fn reload_lines(reply: &ReloadReply) -> String {
+    let mut lines = Vec::new();
+    for name in &reply.added {
+        lines.push(format!("{name}: added"));
+    }
+    for name in &reply.removed {
+        lines.push(format!("{name}: removed (draining)"));
+    }
+    for change in &reply.changed {
+        let mut line = format!("{}: generation {}", change.service, change.generation);
+        if !change.in_place.is_empty() {
+            line.push_str(&format!(
+                "; changed in place: {}",
+                change.in_place.join(", ")
+            ));
+        }
+        if !change.rolling.is_empty() {
+            line.push_str(&format!(
+                "; rolling every worker for: {}",
+                change.rolling.join(", ")
+            ));
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        lines.push("reloaded: nothing changed".to_owned());
+    }
+    lines.join("\n")
 }
 
 fn drain_line(reply: &DrainReply) -> String {

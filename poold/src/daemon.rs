@@ -12,9 +12,27 @@ use crate::health::NetworkHealthChecker;
 use crate::metrics::{Metrics, MetricsError};
 use crate::runtime::sandbox::SandboxRuntime;
 use crate::runtime::WorkerRuntime;
-use crate::supervisor::{PoolHandle, PoolOptions, ServicePool};
+use crate::supervisor::PoolHandle;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
+
+mod reload;
+
+/// What every pool of this poold shares: how a reload starts a new one.
+#[derive(Clone)]
+pub struct DaemonParts {
+    runtime: Arc<dyn WorkerRuntime>,
+    balancer: Arc<dyn Balancer>,
+    health: Arc<NetworkHealthChecker>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for DaemonParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonParts").finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -35,8 +53,9 @@ pub enum DaemonError {
 }
 
 /// `poold --config FILE`: takes the state directory, starts the sandbox runtime and runs
-/// every service until SIGINT or SIGTERM; then removes what the runtime made.
-pub async fn run_until_signal(config: Config) -> Result<(), DaemonError> {
+/// every service until SIGINT or SIGTERM (SIGHUP re-reads `path`); then removes what the
+/// runtime made.
+pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     // First of all: a second poold with this state directory must not touch anything
     // (orphan cleanup would kill the running instance's workers).
     let daemon = &config.daemon;
@@ -61,7 +80,7 @@ pub async fn run_until_signal(config: Config) -> Result<(), DaemonError> {
             _ = terminate.recv() => {}
         }
     };
-    let result = run(config, runtime.clone(), shutdown).await;
+    let result = run(config, path, runtime.clone(), shutdown).await;
     if let Err(error) = runtime.shutdown().await {
         warn!(%error, "removing the bridge or the cgroup parent failed");
     }
@@ -140,6 +159,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
 /// Runs every service until `shutdown` resolves, then stops every worker.
 async fn run(
     config: Config,
+    path: PathBuf,
     runtime: Arc<dyn WorkerRuntime>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
@@ -161,23 +181,16 @@ async fn run(
     // Bound before any worker starts, so a taken port fails fast; dropped (stopped) on return.
     let _metrics_server =
         crate::metrics::serve(config.daemon.metrics_listen, metrics.clone()).await?;
+    let parts = DaemonParts {
+        runtime,
+        balancer,
+        health,
+        metrics,
+    };
     let mut pools: Vec<PoolHandle> = Vec::new();
     for service in &config.services {
-        let service = Arc::new(service.clone());
-        let started = ServicePool::start(
-            service.clone(),
-            runtime.clone(),
-            balancer.clone(),
-            health.clone(),
-            PoolOptions::default(),
-            Arc::new(metrics.pool_metrics(&service.name)),
-        )
-        .await;
-        match started {
-            Ok(pool) => {
-                metrics.track(service, pool.status.clone());
-                pools.push(pool);
-            }
+        match parts.start_pool(Arc::new(service.clone())).await {
+            Ok(pool) => pools.push(pool),
             Err(error) => {
                 for pool in &pools {
                     pool.shutdown().await;
@@ -186,7 +199,15 @@ async fn run(
             }
         }
     }
-    let pools = Pools(Arc::new(pools));
+    let pools = Pools::new(pools);
+    let reloader = Arc::new(reload::ConfigReloader::new(
+        path,
+        config.clone(),
+        pools.clone(),
+        parts,
+    ));
+    let pools = pools.with_reloader(reloader.clone());
+    let hangup = tokio::spawn(reload_on_sighup(reloader.clone()));
     let served = server::serve(
         &config.daemon.control_socket,
         pools.clone(),
@@ -194,12 +215,28 @@ async fn run(
         shutdown,
     )
     .await;
+    hangup.abort();
     info!("shutting down: draining every service");
+    let pools = pools.snapshot();
     // Upstream balancers see 503 on /ready before any worker loses its weight.
-    for pool in pools.0.iter() {
+    for pool in &pools {
         let _ = pool.set_drained(true).await;
     }
     // All at once: every service stops taking connections before any one finishes draining.
-    futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;
+    futures::future::join_all(pools.iter().map(PoolHandle::shutdown)).await;
+    reloader.finish_retiring().await;
     served.map_err(Into::into)
+}
+
+/// SIGHUP means `poolctl reload`; the outcome is logged (by the reloader).
+async fn reload_on_sighup(reloader: Arc<reload::ConfigReloader>) {
+    use crate::control::Reloader;
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        warn!("no SIGHUP handler: reload only through poolctl");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let _ = reloader.reload().await;
+    }
 }

@@ -69,6 +69,7 @@ fn metrics_after_events() -> Metrics {
         memory_bytes: 50 << 20,
         reason: None,
         chroot: false,
+        generation: 1,
     };
     let status = ServiceStatus {
         name: "web".into(),
@@ -78,6 +79,9 @@ fn metrics_after_events() -> Metrics {
         ready: 1,
         min_ready: 2,
         drained: false,
+        generation: 1,
+        deployed_rootfs: None,
+        rolling_out: false,
         slots: vec![
             SlotStatus {
                 slot: 0,

@@ -17,6 +17,6 @@ fn main() -> anyhow::Result<ExitCode> {
     let config = poold::config::Config::load(&path)?;
     poold::cli::init_logging(&config.daemon.log_level);
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(poold::cli::run_daemon(config))?;
+    runtime.block_on(poold::cli::run_daemon(config, path))?;
     Ok(ExitCode::SUCCESS)
 }

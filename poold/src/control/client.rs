@@ -1,6 +1,9 @@
 //! poolctl's side of the control socket: HTTP/1.1 over a Unix stream (hyper).
 
-use super::{ApiError, ControlError, DrainReply, DrainRequest, RecycleReply, RecycleRequest};
+use super::{
+    ApiError, ControlError, DeployReply, DeployRequest, DrainReply, DrainRequest, RecycleReply,
+    RecycleRequest, ReloadReply,
+};
 use crate::supervisor::ServiceStatus;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -67,6 +70,24 @@ impl ControlClient {
             None => "/v1/undrain".to_owned(),
         };
         self.call("POST", &path, None).await
+    }
+
+    pub async fn reload(&self) -> Result<ReloadReply, ControlError> {
+        self.call("POST", "/v1/reload", None).await
+    }
+
+    pub async fn deploy(
+        &self,
+        service: &str,
+        request: &DeployRequest,
+    ) -> Result<DeployReply, ControlError> {
+        let body = serde_json::to_vec(request).expect("request serializes");
+        self.call(
+            "POST",
+            &format!("/v1/services/{service}/deploy"),
+            Some(body),
+        )
+        .await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -5,6 +5,8 @@
 //! - `POST /v1/services/{name}/drain`, `POST /v1/drain` (every service) with
 //!   `{"wait": bool, "timeout_secs": S|null}` -> `DrainReply`
 //! - `POST /v1/services/{name}/undrain`, `POST /v1/undrain` -> `DrainReply`
+//! - `POST /v1/reload` -> `ReloadReply` (re-reads the config file, applies the difference)
+//! - `POST /v1/services/{name}/deploy` with `{"rootfs": "...", "wait": bool}` -> `DeployReply`
 
 pub mod client;
 pub mod render;
@@ -47,6 +49,76 @@ pub struct DrainReply {
     pub drained: bool,
     /// With `wait`: the services had no active connection for the settle period.
     pub settled: bool,
+}
+
+/// What a reload applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<ServiceReload>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReload {
+    pub service: String,
+    /// Keys applied without replacing workers.
+    pub in_place: Vec<String>,
+    /// Keys that change what a worker is: every worker is being replaced.
+    pub rolling: Vec<String>,
+    /// The service's generation after the reload.
+    pub generation: u64,
+}
+
+/// Why a reload changed nothing (or, for `Pool`/`Start`, stopped part way).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}\nreload refused: nothing changed")]
+    Invalid(#[from] crate::config::ConfigError),
+    #[error(
+        "{}\nreload refused: nothing changed",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    )]
+    Refused(Vec<crate::config::Refusal>),
+    #[error("{0}\nreload refused: nothing changed")]
+    InFlight(crate::supervisor::PoolError),
+    #[error("service {service}: {source}")]
+    Pool {
+        service: String,
+        source: crate::supervisor::PoolError,
+    },
+    #[error("service {service}: starting its pool failed: {source}")]
+    Start {
+        service: String,
+        source: crate::balancer::BalancerError,
+    },
+    #[error("reload is not available here")]
+    Unavailable,
+}
+
+/// Re-reads and applies the config file; provided by the daemon, which owns the pools.
+#[async_trait::async_trait]
+pub trait Reloader: Send + Sync + std::fmt::Debug {
+    async fn reload(&self) -> Result<ReloadReply, ReloadError>;
+}
+
+/// Replace every worker of a service with one on a new root file system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// `host`, an absolute directory or a .tar/.tar.gz/.tgz archive (as `rootfs` in the
+    /// config).
+    pub rootfs: String,
+    /// Answer only when every worker runs the new root, or the deploy was rolled back.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployReply {
+    pub service: String,
+    pub generation: u64,
+    pub finished: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

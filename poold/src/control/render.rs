@@ -21,13 +21,24 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
         let healthy = service.ready >= service.desired;
         let _ = writeln!(
             out,
-            "{} {}  listen {}  balancer {}  ready {}/{}{}",
+            "{} {}  listen {}  balancer {}  ready {}/{}  generation {}{}{}{}",
             if healthy { "●" } else { "×" },
             service.name,
             service.listen,
             service.balancer,
             service.ready,
             service.desired,
+            service.generation,
+            if service.rolling_out {
+                " (rolling out)"
+            } else {
+                ""
+            },
+            service
+                .deployed_rootfs
+                .as_deref()
+                .map(|root| format!("  deployed rootfs {root} (until the next reload)"))
+                .unwrap_or_default(),
             if service.drained {
                 "  DRAINED (readiness 503)"
             } else {
@@ -36,8 +47,8 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9}  NOTE",
-            "SLOT", "STATE", "ADDRESS", "PID", "AGE", "CONNS", "SERVED"
+            "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9} {:>4}  NOTE",
+            "SLOT", "STATE", "ADDRESS", "PID", "AGE", "CONNS", "SERVED", "GEN"
         );
         for worker in &service.workers {
             // A start that follows failures keeps showing the last one: the slot
@@ -62,7 +73,7 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                 _ => String::new(),
             };
             let row = format!(
-                "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9}  {note}",
+                "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9} {:>4}  {note}",
                 worker.slot,
                 worker.state.to_string(),
                 worker
@@ -72,6 +83,7 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                 age(worker.age_secs),
                 worker.active_conns,
                 worker.total_conns,
+                worker.generation,
             );
             let _ = writeln!(out, "{}", row.trim_end());
         }

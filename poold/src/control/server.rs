@@ -1,6 +1,9 @@
 //! poold's side of the control socket.
 
-use super::{ApiError, DrainReply, DrainRequest, RecycleReply, RecycleRequest};
+use super::{
+    ApiError, DeployReply, DeployRequest, DrainReply, DrainRequest, RecycleReply, RecycleRequest,
+    ReloadError, ReloadReply, Reloader,
+};
 use crate::conn_limit::{accept_failed, spawn_http_connection, ConnLimiter};
 use crate::supervisor::{PoolHandle, ServiceStatus};
 use axum::extract::rejection::JsonRejection;
@@ -11,17 +14,55 @@ use axum::{Json, Router};
 use nix::unistd::{chown, Gid};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::info;
 
-/// The pools the API can see, in config order.
+/// The pools the API can see, in config order; a reload adds and removes pools while
+/// poold runs (the daemon owns the list, the API reads it).
 #[derive(Clone, Debug, Default)]
-pub struct Pools(pub Arc<Vec<PoolHandle>>);
+pub struct Pools {
+    list: Arc<RwLock<Vec<PoolHandle>>>,
+    reloader: Option<Arc<dyn Reloader>>,
+}
 
 impl Pools {
-    fn find(&self, name: &str) -> Option<&PoolHandle> {
-        self.0.iter().find(|pool| pool.name == name)
+    pub fn new(pools: Vec<PoolHandle>) -> Self {
+        Self {
+            list: Arc::new(RwLock::new(pools)),
+            reloader: None,
+        }
+    }
+
+    /// What `POST /v1/reload` calls.
+    pub fn with_reloader(mut self, reloader: Arc<dyn Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// The pools now, in config order.
+    pub fn snapshot(&self) -> Vec<PoolHandle> {
+        self.list.read().expect("pools lock").clone()
+    }
+
+    pub fn push(&self, pool: PoolHandle) {
+        self.list.write().expect("pools lock").push(pool);
+    }
+
+    /// Takes service `name` out of the list (it disappears from status); returns its pool.
+    pub fn remove(&self, name: &str) -> Option<PoolHandle> {
+        let mut list = self.list.write().expect("pools lock");
+        let index = list.iter().position(|pool| pool.name == name)?;
+        Some(list.remove(index))
+    }
+
+    pub fn find(&self, name: &str) -> Option<PoolHandle> {
+        self.list
+            .read()
+            .expect("pools lock")
+            .iter()
+            .find(|pool| pool.name == name)
+            .cloned()
     }
 }
 
@@ -39,6 +80,8 @@ pub fn router(pools: Pools) -> Router {
         .route("/v1/services/{name}/undrain", post(undrain_one))
         .route("/v1/drain", post(drain_all))
         .route("/v1/undrain", post(undrain_all))
+        .route("/v1/reload", post(reload))
+        .route("/v1/services/{name}/deploy", post(deploy))
         .with_state(pools)
 }
 
@@ -48,10 +91,7 @@ pub const DRAIN_SETTLE: Duration = Duration::from_secs(2);
 /// How long `drain --wait` waits for the services to settle unless told otherwise.
 pub const DRAIN_WAIT_DEFAULT: Duration = Duration::from_secs(300);
 
-fn find_pool<'a>(
-    pools: &'a Pools,
-    name: &str,
-) -> Result<&'a PoolHandle, (StatusCode, Json<ApiError>)> {
+fn find_pool(pools: &Pools, name: &str) -> Result<PoolHandle, (StatusCode, Json<ApiError>)> {
     pools
         .find(name)
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no service named {name:?}")))
@@ -62,7 +102,7 @@ async fn drain_one(
     Path(name): Path<String>,
     request: Result<Json<DrainRequest>, JsonRejection>,
 ) -> ApiResult<DrainReply> {
-    let pool = find_pool(&pools, &name)?.clone();
+    let pool = find_pool(&pools, &name)?;
     set_drained(vec![pool], true, request).await
 }
 
@@ -70,19 +110,19 @@ async fn drain_all(
     State(pools): State<Pools>,
     request: Result<Json<DrainRequest>, JsonRejection>,
 ) -> ApiResult<DrainReply> {
-    set_drained(pools.0.to_vec(), true, request).await
+    set_drained(pools.snapshot(), true, request).await
 }
 
 async fn undrain_one(
     State(pools): State<Pools>,
     Path(name): Path<String>,
 ) -> ApiResult<DrainReply> {
-    let pool = find_pool(&pools, &name)?.clone();
+    let pool = find_pool(&pools, &name)?;
     set_drained(vec![pool], false, Ok(Json(DrainRequest::default()))).await
 }
 
 async fn undrain_all(State(pools): State<Pools>) -> ApiResult<DrainReply> {
-    set_drained(pools.0.to_vec(), false, Ok(Json(DrainRequest::default()))).await
+    set_drained(pools.snapshot(), false, Ok(Json(DrainRequest::default()))).await
 }
 
 async fn set_drained(
@@ -163,7 +203,7 @@ async fn wait_settled(
 async fn status(State(pools): State<Pools>) -> Json<Vec<ServiceStatus>> {
     Json(
         pools
-            .0
+            .snapshot()
             .iter()
             .map(|pool| pool.status.borrow().clone())
             .collect(),
@@ -178,9 +218,7 @@ async fn recycle(
     // serde's message names the offending field ("unknown field `bogus`, expected ...").
     let Json(request) =
         request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-    let pool = pools
-        .find(&name)
-        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, format!("no service named {name:?}")))?;
+    let pool = find_pool(&pools, &name)?;
     let (slots, done) = pool
         .recycle(request.slot)
         .await
@@ -201,6 +239,86 @@ async fn recycle(
         slots,
         finished,
     }))
+}
+
+async fn reload(State(pools): State<Pools>) -> ApiResult<ReloadReply> {
+    let reloader = pools.reloader.clone().ok_or_else(|| {
+        api_error(
+            StatusCode::NOT_IMPLEMENTED,
+            ReloadError::Unavailable.to_string(),
+        )
+    })?;
+    match reloader.reload().await {
+        Ok(reply) => Ok(Json(reply)),
+        Err(error) => {
+            let status = match error {
+                ReloadError::Invalid(_) | ReloadError::Refused(_) => StatusCode::BAD_REQUEST,
+                ReloadError::InFlight(_) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Err(api_error(status, error.to_string()))
+        }
+    }
+}
+
+async fn deploy(
+    State(pools): State<Pools>,
+    Path(name): Path<String>,
+    request: Result<Json<DeployRequest>, JsonRejection>,
+) -> ApiResult<DeployReply> {
+    let Json(request) =
+        request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let pool = find_pool(&pools, &name)?;
+    check_rootfs(&request.rootfs).map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    let (generation, ended) = pool.deploy(request.rootfs).await.map_err(|e| {
+        let status = match e {
+            crate::supervisor::PoolError::RolloutInFlight { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        api_error(status, e.to_string())
+    })?;
+    if request.wait {
+        match ended.await {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => {
+                return Err(api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("service {name}: {failure}"),
+                ))
+            }
+            Err(_) => {
+                return Err(api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("service {name} stopped before the deploy finished"),
+                ))
+            }
+        }
+    }
+    Ok(Json(DeployReply {
+        service: name,
+        generation,
+        finished: request.wait,
+    }))
+}
+
+/// The deploy's root as the config reads `rootfs`, and there (as poold sees it).
+fn check_rootfs(rootfs: &str) -> Result<(), String> {
+    use crate::config::RootfsSource;
+    match RootfsSource::parse(rootfs) {
+        RootfsSource::Host => Ok(()),
+        RootfsSource::Directory(path) | RootfsSource::Tarball(path) => {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "rootfs {rootfs:?}: expected \"host\" or an absolute path to a directory \
+                     or a .tar/.tar.gz/.tgz archive"
+                ));
+            }
+            match std::fs::metadata(&path) {
+                Ok(_) => Ok(()),
+                Err(error) => Err(format!("rootfs {}: {error}", path.display())),
+            }
+        }
+    }
 }
 
 /// Connections the control socket holds at once; beyond, the one idle the longest (at least

@@ -8,7 +8,6 @@ use crate::runtime::WorkerId;
 use crate::supervisor::testing::{web_service, Harness};
 use crate::supervisor::{PoolHandle, PoolOptions, WorkerState};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A pool of `service` on the fakes, in real time with a short tick.
@@ -119,7 +118,7 @@ async fn serve_fake_pool(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
         let socket = socket.to_owned();
-        let pools = Pools(Arc::new(vec![pool.clone()]));
+        let pools = Pools::new(vec![pool.clone()]);
         async move {
             serve(&socket, pools, ServeOptions::default(), async move {
                 let _ = stopped.await;

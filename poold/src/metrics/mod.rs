@@ -51,7 +51,7 @@ pub enum MetricsError {
 }
 
 /// Every `reason` label of `poold_recycles_total`.
-const RECYCLE_LABELS: [&str; 7] = [
+const RECYCLE_LABELS: [&str; 8] = [
     "lifetime",
     "connections",
     "memory",
@@ -59,6 +59,7 @@ const RECYCLE_LABELS: [&str; 7] = [
     "health",
     "crash",
     "manual",
+    "rollout",
 ];
 
 /// A worker that exited on its own counts as a recycle with this reason.
@@ -72,6 +73,7 @@ fn recycle_label(reason: RecycleReason) -> Option<&'static str> {
         RecycleReason::MaxMemory => "memory",
         RecycleReason::OomKill => "oom",
         RecycleReason::Manual => "manual",
+        RecycleReason::Rollout => "rollout",
         RecycleReason::Unhealthy => "health",
         RecycleReason::Shutdown => return None,
     })
@@ -200,6 +202,22 @@ impl Metrics {
             .push(TrackedService::new(config, status));
     }
 
+    /// Stops reporting service `name` (removed by a reload); returns whether it was tracked.
+    pub fn untrack(&self, name: &str) -> bool {
+        let mut services = self.inner.services.lock().expect("metrics lock");
+        let before = services.len();
+        services.retain(|tracked| tracked.name() != name);
+        services.len() != before
+    }
+
+    /// Reports service `config.name` under its reloaded config (limits, drain timeout).
+    pub fn retrack(&self, config: Arc<ServiceConfig>) {
+        let mut services = self.inner.services.lock().expect("metrics lock");
+        if let Some(tracked) = services.iter_mut().find(|t| t.name() == config.name) {
+            tracked.set_config(config);
+        }
+    }
+
     /// The event hooks of service `service` (its pool's observer). Every per-service
     /// counter starts at 0 so `rate()` sees the first event.
     pub fn pool_metrics(&self, service: &str) -> PoolMetrics {
@@ -272,7 +290,7 @@ impl Metrics {
 /// handle shares its series with the registry.
 #[derive(Debug)]
 pub struct PoolMetrics {
-    recycles: [Counter; 7],
+    recycles: [Counter; 8],
     crashes: Counter,
     oom_kills: Counter,
     health_failures: Counter,

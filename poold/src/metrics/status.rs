@@ -54,6 +54,14 @@ impl TrackedService {
         }
     }
 
+    pub(super) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(super) fn set_config(&mut self, config: Arc<ServiceConfig>) {
+        self.config = config;
+    }
+
     pub(super) fn readiness(&self) -> crate::supervisor::Readiness {
         self.status.borrow().readiness()
     }

@@ -15,6 +15,8 @@ pub struct FakeWorker {
     pub torn_down: bool,
     /// What the worker "wrote" last (its stdout/stderr).
     pub last_output: Option<String>,
+    /// The service's `rootfs` it was spawned with.
+    pub rootfs: String,
 }
 
 #[derive(Debug, Default)]
@@ -24,6 +26,8 @@ pub struct RuntimeState {
     /// Every spawn attempt, with its time.
     pub spawn_attempts: Vec<(u32, Instant)>,
     pub fail_spawns: bool,
+    /// Spawns on this root fail (as when it lacks the command).
+    pub fail_rootfs: Option<String>,
     pub ignore_term: bool,
     pub signals: Vec<(WorkerId, StopSignal, Instant)>,
     pub addresses_handed_out: Vec<IpAddr>,
@@ -60,7 +64,7 @@ impl WorkerRuntime for FakeRuntime {
     async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
         let mut state = self.state();
         state.spawn_attempts.push((spec.slot, Instant::now()));
-        if state.fail_spawns {
+        if state.fail_spawns || state.fail_rootfs.as_ref() == Some(&spec.service.rootfs) {
             return Err(RuntimeError {
                 worker: spec.id,
                 operation: "spawn",
@@ -82,6 +86,7 @@ impl WorkerRuntime for FakeRuntime {
                 usage: ResourceUsage::default(),
                 last_output: None,
                 torn_down: false,
+                rootfs: spec.service.rootfs.clone(),
             },
         );
         Ok(SpawnedWorker {

@@ -10,7 +10,10 @@ mod pool;
 pub mod status;
 
 pub use observer::{NoObserver, PoolObserver};
-pub use pool::{PoolCommand, PoolError, PoolHandle, PoolOptions, ServicePool, CRASH_LOOP_FAILURES};
+pub use pool::{
+    DeployFailure, PoolCommand, PoolError, PoolHandle, PoolOptions, ServicePool,
+    CRASH_LOOP_FAILURES,
+};
 pub use status::{
     Readiness, RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };

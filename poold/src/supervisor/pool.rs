@@ -70,6 +70,36 @@ pub enum PoolCommand {
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
     /// says changes; the workers keep serving.
     SetDrained { drained: bool },
+    /// A reloaded config for this service: in-place keys apply at once, the pool resizes
+    /// to its `workers`; with `roll` (a key that changes what a worker is) the generation
+    /// goes up and every worker is replaced by a surge recycle. Replies the generation.
+    Reconfigure {
+        config: Arc<ServiceConfig>,
+        roll: bool,
+        reply: oneshot::Sender<Result<u64, PoolError>>,
+    },
+    /// Replace every worker with one on `rootfs` (a new generation); the first worker of it
+    /// that fails rolls the replaced ones back. `done` says how it ended.
+    Deploy {
+        rootfs: String,
+        reply: oneshot::Sender<Result<u64, PoolError>>,
+        done: oneshot::Sender<Result<(), DeployFailure>>,
+    },
+}
+
+/// Why a deploy stopped and was rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "deploy of generation {generation} failed at slot {slot} (worker {worker}): {failure}; \
+     rolled back to generation {rolled_back_to}, the previous workers keep serving"
+)]
+pub struct DeployFailure {
+    pub generation: u64,
+    pub slot: u32,
+    pub worker: WorkerId,
+    /// The slot's failure as status shows it.
+    pub failure: String,
+    pub rolled_back_to: u64,
 }
 
 /// Why a pool refused a request.
@@ -81,6 +111,11 @@ pub enum PoolError {
     Stopped { service: String },
     #[error("service {service} is shutting down")]
     ShuttingDown { service: String },
+    #[error(
+        "service {service}: a deploy or reload is still rolling out generation {generation}; \
+         try again when it has finished"
+    )]
+    RolloutInFlight { service: String, generation: u64 },
     #[error("service {service} has slots 0 to {last}")]
     NoSuchSlot {
         service: String,
@@ -127,6 +162,52 @@ impl PoolHandle {
             .send(PoolCommand::SetDrained { drained })
             .await
             .map_err(|_| format!("service {} is not running", self.name))
+    }
+
+    /// Applies a reloaded config (see [`PoolCommand::Reconfigure`]); returns the generation.
+    pub async fn reconfigure(
+        &self,
+        config: Arc<ServiceConfig>,
+        roll: bool,
+    ) -> Result<u64, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(PoolCommand::Reconfigure {
+            config,
+            roll,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| PoolError::Stopped {
+            service: self.name.clone(),
+        })?
+    }
+
+    /// Starts a deploy of `rootfs`; returns its generation and a receiver for how it ended.
+    pub async fn deploy(
+        &self,
+        rootfs: String,
+    ) -> Result<(u64, oneshot::Receiver<Result<(), DeployFailure>>), PoolError> {
+        let (reply, answer) = oneshot::channel();
+        let (done, ended) = oneshot::channel();
+        self.send(PoolCommand::Deploy {
+            rootfs,
+            reply,
+            done,
+        })
+        .await?;
+        let generation = answer.await.map_err(|_| PoolError::Stopped {
+            service: self.name.clone(),
+        })??;
+        Ok((generation, ended))
+    }
+
+    async fn send(&self, command: PoolCommand) -> Result<(), PoolError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| PoolError::NotRunning {
+                service: self.name.clone(),
+            })
     }
 
     /// Stops the pool gracefully and waits until every worker is gone (at most about
@@ -176,6 +257,8 @@ struct Worker {
     /// Why and since when the worker is being replaced, for the observer's recycle
     /// duration: set once (a retried recycle keeps its first start), from Ready (surge) on.
     recycle_started: Option<(RecycleReason, Instant)>,
+    /// The pool's generation when it was spawned.
+    generation: u64,
 }
 
 /// Where a spawned worker is.
@@ -336,6 +419,16 @@ enum SlotFailure {
     Balancer(BalancerError),
 }
 
+/// A deploy under way: what a failure of its generation rolls back to.
+#[derive(Debug)]
+struct Deploy {
+    generation: u64,
+    previous: Arc<ServiceConfig>,
+    previous_generation: u64,
+    previous_rootfs: Option<String>,
+    done: Option<oneshot::Sender<Result<(), DeployFailure>>>,
+}
+
 #[derive(Debug)]
 struct RecycleWaiter {
     old_workers: Vec<(u32, WorkerId)>,
@@ -360,6 +453,11 @@ pub struct ServicePool {
     rng: fastrand::Rng,
     shutdown: Option<Vec<oneshot::Sender<()>>>,
     observer: Arc<dyn PoolObserver>,
+    /// Which config or deploy new workers get; workers of another one are rolled.
+    generation: u64,
+    deploy: Option<Deploy>,
+    /// The root a deploy put in place of the config's, until the next reload.
+    deployed_rootfs: Option<String>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -398,6 +496,9 @@ impl ServicePool {
             ready: 0,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
+            generation: 1,
+            deployed_rootfs: None,
+            rolling_out: false,
             slots: Vec::new(),
             workers: Vec::new(),
         };
@@ -419,6 +520,9 @@ impl ServicePool {
             waiters: Vec::new(),
             shutdown: None,
             observer,
+            generation: 1,
+            deploy: None,
+            deployed_rootfs: None,
         };
         let name = pool.config.name.clone();
         tokio::spawn(pool.run());
@@ -509,14 +613,16 @@ impl ServicePool {
                     let status = runtime.wait(id).await;
                     let _ = events.send(Event::Exited { id, status });
                 });
-                if self.shutdown.is_some() {
+                // Shutting down, or its slot was taken away by a smaller `workers`.
+                if self.shutdown.is_some() || self.slot_removed(slot) {
                     self.begin_stop(id, RecycleReason::Shutdown);
                 }
             }
             Err(error) => {
                 // The runtime cleans up after a failed spawn; there is nothing to tear down.
-                self.workers.remove(&id);
+                // Forgotten after slot_failed, which looks at the worker's generation.
                 self.slot_failed(slot, id, SlotFailure::Spawn(error));
+                self.workers.remove(&id);
             }
         }
     }
@@ -620,6 +726,185 @@ impl ServicePool {
             PoolCommand::SetDrained { drained } => {
                 info!(service = %self.service.name, drained, "readiness drain changed");
                 self.status.send_modify(|status| status.drained = drained);
+            }
+            PoolCommand::Reconfigure {
+                config,
+                roll,
+                reply,
+            } => {
+                let result = self.reconfigure(config, roll).await;
+                let _ = reply.send(result);
+            }
+            PoolCommand::Deploy {
+                rootfs,
+                reply,
+                done,
+            } => {
+                let _ = reply.send(self.start_deploy(rootfs, done));
+            }
+        }
+    }
+
+    // ----- reload and deploy -------------------------------------------------------------
+
+    /// Workers of another generation that still serve or start (or a deploy not finished).
+    fn rolling_out(&self) -> bool {
+        self.deploy.is_some()
+            || self.workers.values().any(|w| {
+                w.generation != self.generation
+                    && matches!(
+                        w.phase,
+                        Phase::Spawning | Phase::Starting { .. } | Phase::Ready { .. }
+                    )
+            })
+    }
+
+    fn refuse_busy(&self) -> Result<(), PoolError> {
+        let service = self.service.name.clone();
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown { service });
+        }
+        if self.rolling_out() {
+            return Err(PoolError::RolloutInFlight {
+                service,
+                generation: self.generation,
+            });
+        }
+        Ok(())
+    }
+
+    async fn reconfigure(
+        &mut self,
+        config: Arc<ServiceConfig>,
+        roll: bool,
+    ) -> Result<u64, PoolError> {
+        self.refuse_busy()?;
+        // A reload ends a deploy: the config's root comes back.
+        let roll = self.deployed_rootfs.take().is_some() || roll;
+        let old = std::mem::replace(&mut self.config, config);
+        if old.scheduler != self.config.scheduler {
+            self.service.scheduler = self.config.scheduler.clone();
+            if let Err(error) = self.balancer.ensure_service(&self.service).await {
+                warn!(service = %self.service.name, %error, "changing the scheduler failed");
+            }
+        }
+        if old.weight != self.config.weight {
+            let ready: Vec<SocketAddr> = self
+                .workers
+                .values()
+                .filter_map(|w| match w.phase {
+                    Phase::Ready { spawned, .. } => Some(spawned.addr),
+                    _ => None,
+                })
+                .collect();
+            for addr in ready {
+                if let Err(error) = self
+                    .balancer
+                    .set_weight(&self.service, addr, self.config.weight)
+                    .await
+                {
+                    warn!(service = %self.service.name, worker.addr = %addr, %error, "changing the weight failed");
+                }
+            }
+        }
+        self.resize(self.config.workers).await;
+        if roll {
+            self.generation += 1;
+        }
+        let (workers, min_ready) = (
+            self.config.workers,
+            self.config.min_ready.unwrap_or(self.config.workers),
+        );
+        self.status.send_modify(|status| {
+            status.desired = workers;
+            status.min_ready = min_ready;
+        });
+        info!(service = %self.service.name, generation = self.generation, roll, workers, "config reloaded");
+        Ok(self.generation)
+    }
+
+    /// Grows or shrinks the pool to `workers` slots; the workers of removed slots drain
+    /// and stop.
+    async fn resize(&mut self, workers: u32) {
+        let workers = workers as usize;
+        if self.slots.len() < workers {
+            self.slots.resize_with(workers, Slot::default);
+            return;
+        }
+        let removed: Vec<WorkerId> = self
+            .slots
+            .drain(workers..)
+            .flat_map(|slot| [slot.current, slot.replacement])
+            .flatten()
+            .collect();
+        for id in removed {
+            self.retire(id, RecycleReason::Shutdown).await;
+        }
+    }
+
+    /// A slot that a smaller `workers` took away: its workers only drain and stop.
+    fn slot_removed(&self, slot: u32) -> bool {
+        slot as usize >= self.slots.len()
+    }
+
+    fn start_deploy(
+        &mut self,
+        rootfs: String,
+        done: oneshot::Sender<Result<(), DeployFailure>>,
+    ) -> Result<u64, PoolError> {
+        self.refuse_busy()?;
+        let mut config = (*self.config).clone();
+        config.rootfs.clone_from(&rootfs);
+        let previous = std::mem::replace(&mut self.config, Arc::new(config));
+        let previous_rootfs = self.deployed_rootfs.replace(rootfs.clone());
+        self.deploy = Some(Deploy {
+            generation: self.generation + 1,
+            previous,
+            previous_generation: self.generation,
+            previous_rootfs,
+            done: Some(done),
+        });
+        self.generation += 1;
+        info!(service = %self.service.name, generation = self.generation, %rootfs, "deploy started");
+        Ok(self.generation)
+    }
+
+    /// A worker of the deploy's generation failed: back to the previous config and
+    /// generation, so the workers already replaced are rolled back.
+    fn roll_back(&mut self, slot: u32, id: WorkerId, failure: &SlotFailure) {
+        let Some(deploy) = self.deploy.take() else {
+            return;
+        };
+        self.config = deploy.previous;
+        self.generation = deploy.previous_generation;
+        self.deployed_rootfs = deploy.previous_rootfs;
+        let failure = DeployFailure {
+            generation: deploy.generation,
+            slot,
+            worker: id,
+            failure: failure.to_string(),
+            rolled_back_to: self.generation,
+        };
+        error!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
+        if let Some(done) = deploy.done {
+            let _ = done.send(Err(failure));
+        }
+    }
+
+    /// The deploy is done once every worker is of its generation and every slot is ready.
+    fn finish_deploy(&mut self) {
+        let Some(deploy) = &self.deploy else {
+            return;
+        };
+        let all_new = self
+            .workers
+            .values()
+            .all(|w| w.generation == deploy.generation);
+        let all_ready = self.slots.iter().all(|slot| self.is_ready(slot.current));
+        if all_new && all_ready {
+            info!(service = %self.service.name, generation = deploy.generation, "deploy finished");
+            if let Some(done) = self.deploy.take().and_then(|d| d.done) {
+                let _ = done.send(Ok(()));
             }
         }
     }
@@ -765,7 +1050,9 @@ impl ServicePool {
                     self.maybe_probe(id, now);
                     if let Some(reason) = self.planned_recycle_reason(id, now) {
                         let slot = self.workers[&id].slot as usize;
-                        let entry = &mut self.slots[slot];
+                        let Some(entry) = self.slots.get_mut(slot) else {
+                            continue;
+                        };
                         if entry.current == Some(id) && entry.pending.is_none() && !entry.recycling
                         {
                             info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, "worker due for recycling");
@@ -813,6 +1100,7 @@ impl ServicePool {
             self.fill_slots(now);
         }
         self.finish_recycles();
+        self.finish_deploy();
         self.publish();
     }
 
@@ -826,6 +1114,9 @@ impl ServicePool {
         else {
             return None;
         };
+        if worker.generation != self.generation {
+            return Some(RecycleReason::Rollout);
+        }
         let recycle = &self.config.recycle;
         if retire_at.is_some_and(|at| now >= at) {
             return Some(RecycleReason::Lifetime);
@@ -921,6 +1212,22 @@ impl ServicePool {
             let Some(current) = slot.current else {
                 continue;
             };
+            // A rollout queued before a rollback that made this worker current again.
+            if reason == RecycleReason::Rollout
+                && self
+                    .workers
+                    .get(&current)
+                    .is_some_and(|w| w.generation == self.generation)
+            {
+                self.slots[index].pending = None;
+                if let Some(worker) = self.workers.get_mut(&current) {
+                    worker.recycle_started = None;
+                    if let Phase::Ready { replacing, .. } = &mut worker.phase {
+                        *replacing = None;
+                    }
+                }
+                continue;
+            }
             if !self.is_ready(Some(current))
                 || slot.replacement.is_some()
                 || slot.restart_at.is_some_and(|at| now < at)
@@ -989,7 +1296,11 @@ impl ServicePool {
         waiters.retain(|waiter| !waiter.done.is_closed());
         for waiter in waiters {
             let finished = waiter.old_workers.iter().all(|(slot, old)| {
-                !self.workers.contains_key(old) && self.is_ready(self.slots[*slot as usize].current)
+                !self.workers.contains_key(old)
+                    && self
+                        .slots
+                        .get(*slot as usize)
+                        .is_none_or(|slot| self.is_ready(slot.current))
             });
             if finished {
                 let _ = waiter.done.send(());
@@ -1013,6 +1324,7 @@ impl ServicePool {
                 stats: None,
                 usage: ResourceUsage::default(),
                 recycle_started: None,
+                generation: self.generation,
             },
         );
         debug!(service = %self.service.name, worker.slot = slot, worker.id = %id, "spawning worker");
@@ -1050,6 +1362,10 @@ impl ServicePool {
             return;
         };
         let (slot, addr) = (worker.slot, spawned.addr);
+        if self.slot_removed(slot) {
+            self.begin_stop(id, RecycleReason::Shutdown);
+            return;
+        }
         if let Err(error) = self
             .balancer
             .add_backend(&self.service, addr, self.config.weight)
@@ -1157,6 +1473,10 @@ impl ServicePool {
         let Some(slot) = self.workers.get(&id).map(|w| w.slot) else {
             return;
         };
+        if self.slot_removed(slot) {
+            self.retire(id, RecycleReason::Unhealthy).await;
+            return;
+        }
         // An unhealthy worker gets no new connections at once, without waiting for a
         // replacement; the slot refills after the backoff.
         if self.slots[slot as usize].current == Some(id) {
@@ -1181,6 +1501,17 @@ impl ServicePool {
 
     /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
     fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
+        if self.slot_removed(slot) {
+            return;
+        }
+        let deploy_failed = self.deploy.as_ref().is_some_and(|deploy| {
+            self.workers
+                .get(&id)
+                .is_some_and(|w| w.generation == deploy.generation)
+        });
+        if deploy_failed {
+            self.roll_back(slot, id, &failure);
+        }
         let backoff = &self.config.backoff;
         let entry = &mut self.slots[slot as usize];
         if entry.current == Some(id) {
@@ -1229,6 +1560,7 @@ impl ServicePool {
                     memory_bytes: w.usage.memory_bytes,
                     reason: w.phase.reason(),
                     chroot: spawned.is_some_and(|s| s.chroot),
+                    generation: w.generation,
                 }
             })
             .collect();
@@ -1266,7 +1598,12 @@ impl ServicePool {
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count() as u32;
+        let (generation, deployed_rootfs) = (self.generation, self.deployed_rootfs.clone());
+        let rolling_out = self.rolling_out();
         self.status.send_modify(|status| {
+            status.generation = generation;
+            status.deployed_rootfs = deployed_rootfs;
+            status.rolling_out = rolling_out;
             status.ready = ready;
             status.workers = workers;
             status.slots = slots;

@@ -45,6 +45,9 @@ pub enum RecycleReason {
     Manual,
     Unhealthy,
     Shutdown,
+    /// A reload or deploy changed what a worker is (a new generation), or a failed deploy
+    /// is rolled back.
+    Rollout,
 }
 
 impl fmt::Display for RecycleReason {
@@ -57,6 +60,7 @@ impl fmt::Display for RecycleReason {
             Self::Manual => "manual",
             Self::Unhealthy => "unhealthy",
             Self::Shutdown => "shutdown",
+            Self::Rollout => "rollout",
         })
     }
 }
@@ -105,6 +109,9 @@ pub struct WorkerStatus {
     /// Its root was entered with chroot (initramfs hosts only), not pivot_root.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub chroot: bool,
+    /// The service generation (config or deploy) it was started with.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +140,16 @@ pub struct ServiceStatus {
     #[serde(default)]
     pub drained: bool,
     pub slots: Vec<SlotStatus>,
+    /// Starts at 1; each applied reload or deploy that replaces workers adds one (a rolled
+    /// back deploy returns to the generation before it).
+    #[serde(default)]
+    pub generation: u64,
+    /// The root file system a deploy put in place of the config's (until the next reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_rootfs: Option<String>,
+    /// A reload or deploy is replacing workers (another one is refused until it ends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_out: bool,
     /// Every live worker, including starting replacements and draining old workers.
     pub workers: Vec<WorkerStatus>,
 }

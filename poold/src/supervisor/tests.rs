@@ -4,6 +4,7 @@ use super::testing::{wait, web_service, Harness};
 use super::*;
 use crate::config::{ByteSize, HumanDuration, OnOom, ServiceConfig};
 use crate::runtime::{ExitStatus, ResourceUsage, StopSignal, WorkerId};
+use std::sync::Arc;
 
 fn service(workers: u32) -> ServiceConfig {
     web_service(workers, "")
@@ -610,12 +611,177 @@ fn worker_status_json_is_stable() {
         memory_bytes: 1024,
         reason: Some(RecycleReason::MaxMemory),
         chroot: false,
+        generation: 1,
     };
     let json = serde_json::to_string(&status).unwrap();
     assert_eq!(
         json,
-        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"reason":"max-memory"}"#
+        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"reason":"max-memory","generation":1}"#
     );
     let back: WorkerStatus = serde_json::from_str(&json).unwrap();
     assert_eq!(back, status);
+}
+
+// ----- reload and deploy -------------------------------------------------------------------
+
+/// Waits (paused time, 100 ms steps, at most `secs`) until `done` holds of the status.
+async fn until(h: &Harness, secs: u64, done: impl Fn(&ServiceStatus) -> bool) -> ServiceStatus {
+    for _ in 0..secs * 10 {
+        let status = h.status();
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("not reached within {secs}s: {:#?}", h.status());
+}
+
+/// `future`'s output, or a panic after two minutes (paused time).
+async fn deadline<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(120), future)
+        .await
+        .expect("finished within 120s")
+}
+
+fn all_ready_at(generation: u64) -> impl Fn(&ServiceStatus) -> bool {
+    move |status| {
+        status.generation == generation
+            && !status.rolling_out
+            && status.workers.len() == status.desired as usize
+            && status
+                .workers
+                .iter()
+                .all(|w| w.state == WorkerState::Ready && w.generation == generation)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_reload_replaces_every_worker_one_at_a_time_surge_first() {
+    let h = Harness::start(service(3)).await;
+    let before = until(&h, 5, all_ready_at(1)).await;
+    let mut changed = service(3);
+    changed.command = vec!["/bin/app".into(), "--v2".into()];
+    let generation = h.pool.reconfigure(Arc::new(changed), true).await.unwrap();
+    assert_eq!(generation, 2);
+    // One rollout at a time per service.
+    let second = h.pool.reconfigure(Arc::new(service(3)), true).await;
+    assert!(
+        matches!(second, Err(PoolError::RolloutInFlight { .. })),
+        "{second:?}"
+    );
+    let mut most_recycling = 0;
+    for _ in 0..600 {
+        let status = h.status();
+        most_recycling = most_recycling.max(
+            status
+                .slots
+                .iter()
+                .filter(|s| s.state == SlotState::Recycling)
+                .count(),
+        );
+        if all_ready_at(2)(&status) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = until(&h, 1, all_ready_at(2)).await;
+    assert_eq!(most_recycling, 1, "one worker at a time");
+    let old: Vec<_> = before.workers.iter().map(|w| w.id).collect();
+    assert!(after.workers.iter().all(|w| !old.contains(&w.id)));
+    assert_eq!(
+        h.balancer.state().min_weighted_after_full,
+        Some(3),
+        "never fewer than 3 serving"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_place_reload_changes_weights_and_scales_without_a_new_generation() {
+    let h = Harness::start(service(3)).await;
+    let before = until(&h, 5, all_ready_at(1)).await;
+    let mut changed = service(1);
+    changed.weight = 5;
+    let generation = h.pool.reconfigure(Arc::new(changed), false).await.unwrap();
+    assert_eq!(generation, 1);
+    let after = until(&h, 30, |s| s.workers.len() == 1 && s.ready == 1).await;
+    assert_eq!((after.desired, after.min_ready), (1, 1));
+    let kept = &after.workers[0];
+    assert_eq!(kept.id, before.workers[0].id, "slot 0 keeps its worker");
+    let weights: Vec<u32> = h
+        .balancer
+        .state()
+        .backends
+        .values()
+        .map(|b| b.weight)
+        .collect();
+    assert_eq!(weights, vec![5]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_replaces_every_worker_with_one_on_the_new_root() {
+    let h = Harness::start(service(2)).await;
+    until(&h, 5, all_ready_at(1)).await;
+    let (generation, done) = h.pool.deploy("/srv/v2".into()).await.unwrap();
+    assert_eq!(generation, 2);
+    let refused = h.pool.deploy("/srv/v3".into()).await;
+    assert!(
+        matches!(refused, Err(PoolError::RolloutInFlight { .. })),
+        "{refused:?}"
+    );
+    deadline(done).await.unwrap().unwrap();
+    let after = until(&h, 1, all_ready_at(2)).await;
+    assert_eq!(after.deployed_rootfs.as_deref(), Some("/srv/v2"));
+    {
+        let state = h.runtime.state();
+        for worker in &after.workers {
+            assert_eq!(state.workers[&worker.id].rootfs, "/srv/v2");
+        }
+    }
+    // The next reload brings the config's root back.
+    h.pool
+        .reconfigure(Arc::new(service(2)), false)
+        .await
+        .unwrap();
+    let back = until(&h, 60, all_ready_at(3)).await;
+    assert_eq!(back.deployed_rootfs, None);
+    let state = h.runtime.state();
+    assert!(back
+        .workers
+        .iter()
+        .all(|w| state.workers[&w.id].rootfs == "host"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_deploy_rolls_the_replaced_workers_back() {
+    let h = Harness::start(service(3)).await;
+    let before = until(&h, 5, all_ready_at(1)).await;
+    let (_, done) = h.pool.deploy("/srv/broken".into()).await.unwrap();
+    // The first new worker serves; then the new root turns out broken.
+    until(&h, 30, |s| {
+        s.workers
+            .iter()
+            .any(|w| w.generation == 2 && w.state == WorkerState::Ready)
+    })
+    .await;
+    h.runtime.state().fail_rootfs = Some("/srv/broken".into());
+    let failure = deadline(done).await.unwrap().unwrap_err();
+    assert_eq!((failure.generation, failure.rolled_back_to), (2, 1));
+    assert!(failure.failure.contains("spawn failed"), "{failure}");
+    let after = until(&h, 60, all_ready_at(1)).await;
+    assert_eq!(after.deployed_rootfs, None);
+    // Two of the original workers never stopped; the replaced one was rolled back.
+    let original: Vec<_> = before.workers.iter().map(|w| w.id).collect();
+    let kept = after
+        .workers
+        .iter()
+        .filter(|w| original.contains(&w.id))
+        .count();
+    assert_eq!(kept, 2, "{after:#?}");
+    let state = h.runtime.state();
+    assert!(after
+        .workers
+        .iter()
+        .all(|w| state.workers[&w.id].rootfs == "host"));
+    drop(state);
+    assert_eq!(h.balancer.state().min_weighted_after_full, Some(3));
 }

@@ -10,6 +10,9 @@ fn service(failures: u32, state: WorkerState) -> ServiceStatus {
         ready: 0,
         min_ready: 1,
         drained: false,
+        generation: 1,
+        deployed_rootfs: None,
+        rolling_out: false,
         slots: vec![SlotStatus {
             slot: 0,
             state: SlotState::Starting,
@@ -29,6 +32,7 @@ fn service(failures: u32, state: WorkerState) -> ServiceStatus {
             memory_bytes: 0,
             reason: None,
             chroot: false,
+            generation: 1,
         }],
     }
 }

@@ -9,6 +9,9 @@ fn service(ready: u32, min_ready: u32, drained: bool) -> ServiceStatus {
         ready,
         min_ready,
         drained,
+        generation: 1,
+        deployed_rootfs: None,
+        rolling_out: false,
         slots: Vec::new(),
         workers: Vec::new(),
     }
