@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The daemon's side of a reload: what it runs now and how to start a pool.
 #[derive(Debug)]
@@ -119,8 +119,15 @@ impl Reloader for ConfigReloader {
     async fn reload(&self) -> Result<ReloadReply, ReloadError> {
         info!(config = %self.path.display(), "reloading the config");
         let result = self.apply().await;
-        if let Err(error) = &result {
-            error!(config = %self.path.display(), "reload: {error}");
+        match &result {
+            // Refused as a whole: nothing changed, poold runs on as before.
+            Err(
+                error @ (ReloadError::Invalid(_)
+                | ReloadError::Refused(_)
+                | ReloadError::InFlight(_)),
+            ) => warn!(config = %self.path.display(), "reload refused: {error}"),
+            Err(error) => error!(config = %self.path.display(), "reload failed part way: {error}"),
+            Ok(_) => {}
         }
         result
     }

@@ -115,7 +115,7 @@ fn wait_ready(daemon: &mut Daemon, service: &str, workers: u64) -> Value {
     daemon.wait_ready_within(service, workers, Duration::from_secs(900))
 }
 
-fn start_wrk(url: &str) -> Child {
+pub(super) fn start_wrk(url: &str) -> Child {
     let (threads, connections) = if std::env::var_os("POOLD_IN_VM").is_some() {
         ("-t1", "-c2")
     } else {
@@ -134,7 +134,7 @@ fn start_wrk(url: &str) -> Child {
 }
 
 /// Stops wrk (SIGINT makes it print its report) and checks it saw no failure.
-fn finish_wrk(wrk: Child, what: &str, daemon: &Daemon) -> u64 {
+pub(super) fn finish_wrk(wrk: Child, what: &str, daemon: &Daemon) -> u64 {
     let mut wrk = wrk;
     assert!(
         wrk.try_wait().unwrap().is_none(),

@@ -23,6 +23,7 @@
 pub mod control;
 pub mod hardening;
 pub mod images;
+pub mod reload;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
