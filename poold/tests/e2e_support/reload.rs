@@ -18,6 +18,19 @@ fn text(output: &Output) -> (bool, String, String) {
     )
 }
 
+/// `poolctl ARGS` killed after two minutes (a deploy --wait that never ends fails the test
+/// instead of hanging it).
+fn poolctl_bounded(daemon: &Daemon, args: &[&str]) -> Output {
+    std::process::Command::new("timeout")
+        .args(["-s", "KILL", "120"])
+        .arg(env!("CARGO_BIN_EXE_poolctl"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The config file's `[daemon]` and `[network]` part (everything before the services).
 fn config_head(daemon: &Daemon) -> String {
     let text = std::fs::read_to_string(daemon.config_path()).unwrap();
@@ -206,13 +219,16 @@ pub fn deploy_and_roll_back() {
 
     let v2 = daemon.dir().join("rootfs-v2");
     make_root(&v2, "hello from generation two\n", true);
-    let (ok, out, err) = text(&daemon.poolctl(&[
-        "deploy",
-        "web",
-        "--rootfs",
-        &v2.display().to_string(),
-        "--wait",
-    ]));
+    let (ok, out, err) = text(&poolctl_bounded(
+        &daemon,
+        &[
+            "deploy",
+            "web",
+            "--rootfs",
+            &v2.display().to_string(),
+            "--wait",
+        ],
+    ));
     assert!(ok, "deploy failed: {err}\nlog:\n{}", daemon.log());
     assert_eq!(out, "web: deployed generation 2");
     let deployed = wait_for(&daemon, "web", "all at generation 2", |s| all_at(s, 2, 2));
@@ -225,13 +241,16 @@ pub fn deploy_and_roll_back() {
 
     let broken = daemon.dir().join("rootfs-broken");
     make_root(&broken, "never served\n", false);
-    let (ok, _, err) = text(&daemon.poolctl(&[
-        "deploy",
-        "web",
-        "--rootfs",
-        &broken.display().to_string(),
-        "--wait",
-    ]));
+    let (ok, _, err) = text(&poolctl_bounded(
+        &daemon,
+        &[
+            "deploy",
+            "web",
+            "--rootfs",
+            &broken.display().to_string(),
+            "--wait",
+        ],
+    ));
     assert!(!ok, "a deploy of a root without the command succeeded");
     assert!(
         err.starts_with("poolctl: service web: deploy of generation 3 failed at slot ")
