@@ -1,6 +1,6 @@
 //! Health checks of workers: a TCP connect, or an HTTP GET expecting a status.
 
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::{HealthConfig, HealthKind, HumanDuration};
 use async_trait::async_trait;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -9,9 +9,13 @@ use tokio::net::TcpStream;
 /// Why a health check did not pass.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HealthFailure {
-    /// The worker did not answer as expected.
+    /// The worker did not answer as expected (refused, reset, a wrong answer).
     #[error("{0}")]
     Worker(String),
+    /// The worker did not answer within the check's timeout: dead, or only slow (a worker
+    /// starved of CPU is slow). The supervisor tells the two apart by the balancer's counters.
+    #[error("no answer within {0}")]
+    Timeout(HumanDuration),
     /// poold itself is short of a resource (file descriptors, buffers, memory): the check
     /// says nothing about the worker and must not count against it.
     #[error("local error (not the worker's fault): {0}")]
@@ -42,10 +46,7 @@ impl HealthChecker for NetworkHealthChecker {
     async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
         match tokio::time::timeout(spec.timeout.get(), probe(target, spec)).await {
             Ok(result) => result,
-            Err(_) => Err(HealthFailure::Worker(format!(
-                "no answer within {}",
-                spec.timeout
-            ))),
+            Err(_) => Err(HealthFailure::Timeout(spec.timeout)),
         }
     }
 }
@@ -98,7 +99,6 @@ async fn probe(target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFail
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HumanDuration;
     use tokio::net::TcpListener;
 
     async fn http_server(response: &'static str) -> SocketAddr {
@@ -181,8 +181,9 @@ mod tests {
         let error = NetworkHealthChecker.check(addr, &spec).await.unwrap_err();
         assert_eq!(
             error,
-            HealthFailure::Worker("no answer within 200ms".into())
+            HealthFailure::Timeout(HumanDuration::from_millis(200))
         );
+        assert_eq!(error.to_string(), "no answer within 200ms");
         drop(listener);
     }
 }

@@ -182,6 +182,12 @@ impl FakeBalancer {
     pub fn set_active(&self, backend: SocketAddr, active: u64) {
         self.state().backends.get_mut(&backend).unwrap().active = active;
     }
+    /// The backend sent `bytes` more to its clients (if it is still there).
+    pub fn add_out_bytes(&self, backend: SocketAddr, bytes: u64) {
+        if let Some(backend) = self.state().backends.get_mut(&backend) {
+            backend.out_bytes += bytes;
+        }
+    }
     pub fn weighted_backends(&self) -> Vec<SocketAddr> {
         let mut list: Vec<_> = self
             .state()
@@ -297,11 +303,23 @@ impl Balancer for FakeBalancer {
     }
 }
 
-/// Healthy unless told otherwise, per address.
+/// Healthy unless told otherwise, per address: refused (field 0) or timing out (field 1).
 #[derive(Debug, Default, Clone)]
-pub struct FakeHealth(pub Arc<Mutex<HashSet<IpAddr>>>);
+pub struct FakeHealth(
+    pub Arc<Mutex<HashSet<IpAddr>>>,
+    pub Arc<Mutex<HashSet<IpAddr>>>,
+);
 
 impl FakeHealth {
+    /// Checks of `addr` time out (a starved or hung worker), or not.
+    pub fn set_timing_out(&self, addr: IpAddr, timing_out: bool) {
+        let mut set = self.1.lock().unwrap();
+        if timing_out {
+            set.insert(addr);
+        } else {
+            set.remove(&addr);
+        }
+    }
     pub fn set_unhealthy(&self, addr: IpAddr, unhealthy: bool) {
         let mut set = self.0.lock().unwrap();
         if unhealthy {
@@ -330,7 +348,10 @@ impl FakeHealth {
 
 #[async_trait]
 impl HealthChecker for FakeHealth {
-    async fn check(&self, target: SocketAddr, _spec: &HealthConfig) -> Result<(), HealthFailure> {
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
+        if self.1.lock().unwrap().contains(&target.ip()) {
+            return Err(HealthFailure::Timeout(spec.timeout));
+        }
         let set = self.0.lock().unwrap();
         if set.contains(&IpAddr::V4(Ipv4Addr::BROADCAST)) {
             Err(HealthFailure::Local(

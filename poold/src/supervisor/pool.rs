@@ -154,6 +154,8 @@ struct Worker {
     kill_at: Option<Instant>,
     killed: bool,
     stats: Option<BackendStats>,
+    /// The balancer's `out_bytes` for this worker when its previous probe answered or failed.
+    out_bytes_at_last_probe: Option<u64>,
     usage: ResourceUsage,
     oom_baseline: Option<u64>,
 }
@@ -394,13 +396,28 @@ impl ServicePool {
         };
         worker.health_in_flight = false;
         worker.next_health_at = Instant::now() + self.config.health.interval.get();
+        let out_bytes = worker.stats.map(|stats| stats.out_bytes);
+        let previous_out_bytes = std::mem::replace(&mut worker.out_bytes_at_last_probe, out_bytes);
+        let answering_clients = worker.state == WorkerState::Ready
+            && out_bytes
+                .zip(previous_out_bytes)
+                .is_some_and(|(now, before)| now > before);
         let result = match result {
             // poold's own shortage (EMFILE...): no verdict on the worker either way.
             Err(HealthFailure::Local(reason)) => {
                 warn!(service = %self.service.name, worker.id = %id, %reason, "health check could not run; not counted against the worker");
                 return;
             }
-            Err(HealthFailure::Worker(reason)) => Err(reason),
+            // A ready worker that answered its clients since the previous probe is slow (a
+            // host starved of CPU), not dead: killing it would only add a replacement's start
+            // to the load and cut its open connections at the drain timeout. A refusal or a
+            // wrong answer always counts; so does a timeout while nothing flows.
+            Err(HealthFailure::Timeout(timeout)) if answering_clients => {
+                self.metrics.health_check_failed();
+                warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, streak = worker.fail_streak, "health check timed out, but the worker is answering its clients; not counted against it");
+                return;
+            }
+            Err(failure) => Err(failure.to_string()),
             Ok(()) => Ok(()),
         };
         match (worker.state, result) {
@@ -812,6 +829,7 @@ impl ServicePool {
                 kill_at: None,
                 killed: false,
                 stats: None,
+                out_bytes_at_last_probe: None,
                 usage: ResourceUsage::default(),
                 oom_baseline: None,
             },
