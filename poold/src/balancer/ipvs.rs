@@ -401,6 +401,7 @@ impl Balancer for IpvsBalancer {
                     active: u64::from(d.active_conns),
                     inactive: u64::from(d.inactive_conns),
                     total: d.stats.conns,
+                    out_bytes: d.stats.outbytes,
                 };
                 (SocketAddr::new(d.addr, d.port), stats)
             })

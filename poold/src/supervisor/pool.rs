@@ -191,6 +191,8 @@ struct Spawned {
 struct Probe {
     in_flight: bool,
     next_at: Instant,
+    /// The balancer's `out_bytes` of the worker when its previous probe ended.
+    out_bytes: Option<u64>,
 }
 
 /// The state of a worker with the data that state has (see ARCHITECTURE.md, "Slot and
@@ -499,6 +501,7 @@ impl ServicePool {
                     probe: Probe {
                         in_flight: false,
                         next_at: Instant::now(),
+                        out_bytes: None,
                     },
                     ok_streak: 0,
                 };
@@ -574,14 +577,30 @@ impl ServicePool {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
+        let out_bytes = worker.stats.map(|stats| stats.out_bytes);
+        let mut previous_out_bytes = None;
         if let Some(probe) = worker.phase.probe_mut() {
             probe.in_flight = false;
             probe.next_at = Instant::now() + self.config.health.interval.get();
+            previous_out_bytes = std::mem::replace(&mut probe.out_bytes, out_bytes);
         }
+        let answering_clients = matches!(worker.phase, Phase::Ready { .. })
+            && out_bytes
+                .zip(previous_out_bytes)
+                .is_some_and(|(now, before)| now > before);
         let result = match result {
             // poold's own shortage (EMFILE...): no verdict on the worker either way.
             Err(HealthFailure::Local(reason)) => {
                 warn!(service = %self.service.name, worker.id = %id, %reason, "health check could not run; not counted against the worker");
+                return;
+            }
+            // A ready worker that answered its clients since the previous probe is slow (a
+            // host starved of CPU), not dead: killing it would only add a replacement's start
+            // to the load and cut its open connections at the drain timeout. A refusal or a
+            // wrong answer always counts; so does a timeout while nothing flows.
+            Err(HealthFailure::Worker(ProbeError::Timeout { timeout })) if answering_clients => {
+                self.observer.health_check_failed(id);
+                warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
                 return;
             }
             Err(HealthFailure::Worker(reason)) => Err(reason),

@@ -371,6 +371,65 @@ async fn failed_health_checks_replace_the_worker() {
     assert_eq!(h.status().slots[0].failures, 1);
 }
 
+/// Issue 9: under CPU starvation a worker's probes time out while it keeps answering its
+/// clients. Such a worker is slow, not dead: timeouts while its byte count in the balancer
+/// grows are never counted against it. Once nothing flows, the same timeouts replace it.
+#[tokio::test(start_paused = true)]
+async fn probe_timeouts_of_a_worker_answering_its_clients_do_not_count() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let busy = h.ready_worker(0);
+    let addr = busy.addr.unwrap();
+    h.health.set_timing_out(addr.ip(), true);
+    // Interval 2s, threshold 3: replaced within about 8s if the timeouts counted.
+    for _ in 0..30 {
+        h.balancer.add_out_bytes(addr, 1500);
+        wait(1).await;
+    }
+    let status = h.status();
+    assert_eq!(status.ready, 2);
+    assert_eq!(
+        h.ready_worker(0).id,
+        busy.id,
+        "a serving worker was replaced"
+    );
+    assert_eq!(h.balancer.state().backends[&addr].weight, 1);
+    assert_eq!(status.slots[0].failures, 0, "{:?}", status.slots);
+
+    // It stops answering anyone: now the timeouts count.
+    wait(20).await;
+    let status = h.status();
+    assert!(
+        status.workers.iter().all(|w| w.id != busy.id),
+        "a silent worker whose probes time out was kept: {:?}",
+        status.workers
+    );
+    assert_eq!(status.ready, 2);
+    assert_eq!(status.slots[0].failures, 1, "{:?}", status.slots);
+}
+
+/// Bytes flowing excuse only timeouts: a worker that refuses its probes (or answers them
+/// wrongly) is replaced even while it sends something to its clients.
+#[tokio::test(start_paused = true)]
+async fn refused_probes_count_even_while_the_worker_answers_clients() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let sick = h.ready_worker(0);
+    let addr = sick.addr.unwrap();
+    h.health.set_unhealthy(addr.ip(), true);
+    for _ in 0..20 {
+        h.balancer.add_out_bytes(addr, 1500);
+        wait(1).await;
+    }
+    let status = h.status();
+    assert!(
+        status.workers.iter().all(|w| w.id != sick.id),
+        "{:?}",
+        status.workers
+    );
+    assert_eq!(status.slots[0].failures, 1, "{:?}", status.slots);
+}
+
 /// poold out of file descriptors is poold's problem: checks that cannot even run never
 /// count against the workers, however long it lasts.
 #[tokio::test(start_paused = true)]
