@@ -63,7 +63,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
     };
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(proxy()),
-        BalancerChoice::Ipvs => match IpvsBalancer::new().await {
+        BalancerChoice::Ipvs => match IpvsBalancer::with_upstream(config.daemon.upstream).await {
             Ok(ipvs) => Ok(Arc::new(ipvs)),
             Err(error) => Err(DaemonError::IpvsUnavailable {
                 reason: error.to_string(),

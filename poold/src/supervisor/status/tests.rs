@@ -22,7 +22,10 @@ fn readiness_needs_min_ready_workers_and_no_drain() {
     assert!(service(3, 2, false).readiness().ready);
     let short = service(1, 2, false).readiness();
     assert!(!short.ready);
-    assert_eq!(short.reason.as_deref(), Some("1 of at least 2 workers ready"));
+    assert_eq!(
+        short.reason.as_deref(),
+        Some("1 of at least 2 workers ready")
+    );
     let drained = service(4, 2, true).readiness();
     assert!(!drained.ready);
     assert_eq!(drained.reason.as_deref(), Some("drained by the operator"));
