@@ -151,6 +151,11 @@ pub async fn run(
     for pool in pools.0.iter() {
         let _ = pool.set_drained(true).await;
     }
+    let delay = config.daemon.shutdown_delay.get();
+    if !delay.is_zero() {
+        info!(delay = %config.daemon.shutdown_delay, "readiness 503; serving on until upstream checks notice");
+        tokio::time::sleep(delay).await;
+    }
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;
     served.map_err(Into::into)

@@ -328,6 +328,24 @@ fn fleet_scenario() {
     wait_for("both hosts serve through director 2", poll, || {
         (a.served() > a1 + 20 && b.served() > b1 + 20).then_some(())
     });
+
+    // Step 6: host B is stopped without a drain: its shutdown_delay keeps it serving, with
+    // /ready 503, until the director has given it weight 0.
+    let next = Load::start(&client, "stop B without a drain");
+    reports.push(load.stop());
+    let load = next;
+    let stopping = Instant::now();
+    b.stop_and_check_clean(&hb, &arp_before);
+    let b_stopped = stopping.elapsed();
+    assert_eq!(
+        d2.weight_of(b.address),
+        Some(0),
+        "B stopped before dir2 took it out"
+    );
+    let a2 = a.served();
+    wait_for("host A serves alone", poll, || {
+        (a.served() > a2 + 20).then_some(())
+    });
     reports.push(load.stop());
 
     // Shut everything down and check that nothing is left.
@@ -335,8 +353,6 @@ fn fleet_scenario() {
     assert!(kept.running(), "keepalived dir2 died:\n{}", dir2.log());
     let exit = kept.stop(Duration::from_secs(60));
     eprintln!("keepalived dir2 stopped: {exit:?}");
-    let arp_b = ("0".to_owned(), "0".to_owned());
-    b.stop_and_check_clean(&hb, &arp_b);
     a.stop_and_check_clean(&ha, &arp_before);
     drop((dir1, dir2));
     drop((a, b));
@@ -382,6 +398,10 @@ fn fleet_scenario() {
     eprintln!(
         "  poolctl undrain --all on A -> dir1 weight 1 for A: {:.2} s",
         back_in.as_secs_f64()
+    );
+    eprintln!(
+        "  SIGTERM to poold B (shutdown_delay 3s) -> exited after {:.2} s",
+        b_stopped.as_secs_f64()
     );
     eprintln!("  connections synced to director 2 before the failure: {synced}");
     eprintln!(

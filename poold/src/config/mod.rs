@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     pub balancer: BalancerChoice,
     /// How client packets reach the virtual addresses: directly, or from LVS directors.
     pub upstream: Upstream,
+    /// At shutdown, how long poold keeps serving after marking every service drained, so
+    /// upstream health checks take the host out of rotation before its workers stop.
+    pub shutdown_delay: HumanDuration,
     /// A tracing-subscriber filter ("info", "poold=debug,info"); RUST_LOG overrides it.
     pub log_level: String,
     /// The cgroup (in every hierarchy) holding one cgroup per worker. Everything under it
@@ -65,6 +68,7 @@ impl Default for DaemonConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9460)),
             balancer: BalancerChoice::Auto,
             upstream: Upstream::None,
+            shutdown_delay: HumanDuration::from_secs(0),
             log_level: "info".to_owned(),
             cgroup_parent: "poold".to_owned(),
             image_max_size: ByteSize(crate::sandbox::DEFAULT_IMAGE_MAX_BYTES),

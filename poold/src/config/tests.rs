@@ -73,6 +73,7 @@ fn fully_populated() -> Config {
         metrics_listen,
         balancer,
         upstream,
+        shutdown_delay,
         log_level,
         cgroup_parent,
         image_max_size,
@@ -106,6 +107,7 @@ fn fully_populated() -> Config {
             metrics_listen,
             balancer,
             upstream,
+            shutdown_delay,
             log_level,
             cgroup_parent,
             image_max_size,
@@ -767,4 +769,27 @@ fn upstream_dr_needs_ipvs_and_a_reachable_readiness_endpoint() {
         "[daemon]\nupstream = \"tunnel\"\n\n[[service]]",
     ));
     assert!(message.contains("daemon.upstream"), "{message}");
+}
+
+#[test]
+fn upstream_dr_without_shutdown_delay_is_warned_about() {
+    let dr = |extra: &str| {
+        parse(&MINIMAL.replace(
+            "[[service]]",
+            &format!(
+                "[daemon]\nupstream = \"dr\"\nbalancer = \"ipvs\"\nmetrics_listen = \"0.0.0.0:9460\"\n{extra}\n[[service]]"
+            ),
+        ))
+        .unwrap()
+    };
+    let warnings = dr("").warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("shutdown_delay = \"0s\"")),
+        "{warnings:?}"
+    );
+    let config = dr("shutdown_delay = \"3s\"\n");
+    assert_eq!(config.daemon.shutdown_delay, HumanDuration::from_secs(3));
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
 }

@@ -275,6 +275,19 @@ fn upstream_dr_problems(config: &Config, problems: &mut Vec<Problem>) {
     // Loopback and wildcard listen addresses are refused for IPVS by validate_service.
 }
 
+/// A direct-routing host without a shutdown delay refuses what the directors send it
+/// between its shutdown and their next check.
+fn upstream_warnings(config: &Config, warnings: &mut Vec<String>) {
+    if config.daemon.upstream == Upstream::Dr && config.daemon.shutdown_delay.get().is_zero() {
+        warnings.push(
+            "upstream = \"dr\" with shutdown_delay = \"0s\": connections the directors send \
+             before their next check of /ready are refused at shutdown; set shutdown_delay to \
+             a check interval plus its timeout (or drain and wait before stopping poold)"
+                .to_owned(),
+        );
+    }
+}
+
 /// Two listeners collide when they share a port and an address, a wildcard address
 /// (0.0.0.0, ::) taking the port on every address.
 fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
@@ -705,6 +718,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
+    upstream_warnings(config, &mut warnings);
     let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
     for service in &config.services {
         if let Some(cpu) = service.limits.cpu {
