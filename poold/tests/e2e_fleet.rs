@@ -18,10 +18,16 @@ fn e2e_fleet_keepalived_examples_pass_the_config_check() {
         "keepalived is required (apt-get install keepalived; cargo xtask installs it)"
     );
     for conf in ["keepalived-master.conf", "keepalived-backup.conf"] {
-        let output = Command::new(KEEPALIVED)
-            .arg("--config-test")
-            .arg("--use-file")
-            .arg(Path::new(CONFIG_DIR).join(conf))
+        // keepalived -t also checks that the interfaces exist: give it an eth0, in a
+        // network namespace of its own.
+        let file = Path::new(CONFIG_DIR).join(conf);
+        let output = Command::new("unshare")
+            .args(["-n", "/bin/sh", "-c"])
+            .arg(format!(
+                "/usr/bin/ip link add eth0 type veth peer name eth0peer && \
+                 exec {KEEPALIVED} --config-test --use-file {}",
+                file.display()
+            ))
             .output()
             .unwrap();
         assert!(
@@ -219,6 +225,16 @@ fn fleet_scenario() {
     };
     dir1.start(&d1);
     dir2.start(&d2);
+    // Declared after every process guard: on a panic it reports before they are stopped.
+    let _report = PanicReport {
+        namespaces: ns_names.clone(),
+        logs: vec![
+            a.dir.join("poold.log"),
+            b.dir.join("poold.log"),
+            dir.path().join("dir1-keepalived.log"),
+            dir.path().join("dir2-keepalived.log"),
+        ],
+    };
     let setup = Duration::from_secs(120);
     wait_for("director 1 holds the VIP", setup, || {
         d1.has_address(VIP).then_some(())

@@ -532,6 +532,51 @@ impl Drop for Director {
     }
 }
 
+/// When the test panics, prints each namespace's addresses, neighbours and IPVS table and
+/// the tails of the daemons' logs (the temporary directory goes with the test).
+pub struct PanicReport {
+    pub namespaces: Vec<String>,
+    pub logs: Vec<PathBuf>,
+}
+
+impl Drop for PanicReport {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let shell = |ns: &str, script: &str| {
+            let output = Command::new(IP)
+                .args(["netns", "exec", ns, "/bin/sh", "-c", script])
+                .output();
+            output
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_else(|e| e.to_string())
+        };
+        for ns in &self.namespaces {
+            eprintln!(
+                "=== {ns}\n{}",
+                shell(
+                    ns,
+                    "/usr/bin/ip -o addr show; /usr/bin/ip neigh; /usr/sbin/ipvsadm -Ln --stats; \
+                     /usr/sbin/ipvsadm -Lnc | /bin/head -15"
+                )
+            );
+        }
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("=== {} (last 40 lines)\n{tail}", log.display());
+        }
+    }
+}
+
 /// Every running process whose executable is keepalived.
 pub fn keepalived_processes() -> BTreeSet<i32> {
     std::fs::read_dir("/proc")
