@@ -426,8 +426,18 @@ fn fleet_scenario() {
     );
     for report in &reports {
         eprintln!(
-            "  step {:32} {:6} requests in {:6.1} s, {} failed",
-            report.step, report.requests, report.seconds, report.failed
+            "  step {:32} {:6} requests in {:6.1} s, {} failed {}",
+            report.step,
+            report.requests,
+            report.seconds,
+            report.failed,
+            report
+                .report
+                .lines()
+                .filter(|l| l.contains("errors") || l.contains("Non-2xx"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     // Not asserted yet, only reported: a host rejoining ("start A, undrain": 5 failed of 495
