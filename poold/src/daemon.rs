@@ -107,7 +107,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
     };
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(proxy()),
-        BalancerChoice::Ipvs => match IpvsBalancer::new().await {
+        BalancerChoice::Ipvs => match IpvsBalancer::with_upstream(config.daemon.upstream).await {
             Ok(ipvs) => Ok(Arc::new(ipvs)),
             Err(error) => Err(DaemonError::IpvsUnavailable {
                 reason: error.to_string(),
@@ -198,6 +198,11 @@ async fn run(
     // Upstream balancers see 503 on /ready before any worker loses its weight.
     for pool in pools.0.iter() {
         let _ = pool.set_drained(true).await;
+    }
+    let delay = config.daemon.shutdown_delay.get();
+    if !delay.is_zero() {
+        info!(delay = %config.daemon.shutdown_delay, "readiness 503; serving on until upstream checks notice");
+        tokio::time::sleep(delay).await;
     }
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.0.iter().map(PoolHandle::shutdown)).await;
