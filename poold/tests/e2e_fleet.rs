@@ -1,6 +1,7 @@
 //! poold hosts behind a keepalived LVS director pair, proven on a real kernel: the files of
 //! config/keepalived/ run in network namespaces of the test VM (see fleet_support).
 
+mod e2e_support;
 mod fleet_support;
 
 use fleet_support::*;

@@ -671,17 +671,7 @@ impl Drop for Load {
     }
 }
 
-/// The request count in wrk's report ("N requests in ...").
-pub fn wrk_requests(report: &str) -> u64 {
-    report
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"))
-}
+pub use crate::e2e_support::wrk_requests;
 
 /// Failed requests in wrk's report: socket errors (connect, read, write, timeout) and
 /// responses other than 2xx/3xx.
