@@ -17,6 +17,7 @@ async fn fake_pool(service: ServiceConfig) -> PoolHandle {
         tick: Duration::from_millis(20),
         drain_settle: Duration::from_millis(50),
         seed: 1,
+        worker_capacity: u64::MAX,
     };
     Harness::builder(service)
         .options(options)
