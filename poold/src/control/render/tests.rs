@@ -57,3 +57,41 @@ fn a_start_after_failures_shows_the_last_failure() {
         "{table}"
     );
 }
+
+#[test]
+fn status_shows_memory_against_the_limit_cpu_recycles_and_drained() {
+    let mut status = service(0, WorkerState::Drained);
+    status.workers[0].memory_bytes = 12 << 20;
+    status.workers[0].memory_limit_bytes = Some(256 << 20);
+    status.workers[0].cpu_secs = 1.25;
+    status.slots[0].recycles = 2;
+    status.slots[0].last_recycle = Some(crate::supervisor::RecycleReason::Lifetime);
+    status.scaled_from = Some(3);
+    let table = status_table(&[status]);
+    assert!(table.contains("12.0M/256.0M"), "{table}");
+    assert!(table.contains("1.2s"), "{table}");
+    assert!(table.contains("2 lifetime"), "{table}");
+    assert!(table.contains("drained by the operator"), "{table}");
+    assert!(
+        table.contains("(scaled from 3 until the next reload)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn wait_progress_prints_each_step_once() {
+    let mut status = service(0, WorkerState::Ready);
+    let first = recycle_steps(std::slice::from_ref(&status));
+    assert_eq!(first, vec!["web/0 worker w7 ready"]);
+    assert!(new_steps(None, &first).is_empty(), "nothing moving yet");
+    status.workers[0].state = WorkerState::Draining;
+    status.workers[0].reason = Some(crate::supervisor::RecycleReason::Manual);
+    status.workers[0].active_conns = 3;
+    let next = recycle_steps(std::slice::from_ref(&status));
+    assert_eq!(
+        new_steps(Some(&first), &next),
+        vec!["web/0 worker w7 draining (manual, 3 connections)"]
+    );
+    assert!(new_steps(Some(&next), &next).is_empty());
+    assert_eq!(drain_steps(&[status]), vec!["web: 3 active connections"]);
+}
