@@ -769,3 +769,19 @@ async fn scale_refuses_out_of_range_counts() {
     assert!(h.pool.scale(8, 3).await.is_err());
     assert!(h.pool.scale(7, 3).await.is_ok());
 }
+
+/// A worker still being spawned when its slot is scaled away stops once spawned, rather
+/// than serving from a slot that no longer exists.
+#[tokio::test(start_paused = true)]
+async fn a_worker_spawning_for_a_scaled_away_slot_is_stopped() {
+    let h = Harness::start(service(1)).await;
+    wait(2).await;
+    h.runtime.state().spawn_delay = Some(std::time::Duration::from_secs(1));
+    h.pool.scale(2, 0).await.unwrap();
+    h.pool.scale(1, 0).await.unwrap();
+    wait(10).await;
+    let status = h.status();
+    assert_eq!(status.slots.len(), 1, "{status:?}");
+    assert!(status.workers.iter().all(|w| w.slot == 0), "{status:?}");
+    assert_eq!(h.runtime.state().spawn_attempts.len(), 2);
+}
