@@ -290,7 +290,8 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
                 };
                 let call = client.recycle(&target.service, &request);
                 let reply = if wait && !json {
-                    with_progress(&client, Some(&target.service), Waiting::Recycle, call).await
+                    let waiting = Waiting::Recycle(request.slot);
+                    with_progress(&client, Some(&target.service), waiting, call).await
                 } else {
                     call.await
                 };
@@ -347,7 +348,8 @@ fn output(json: bool, text: String, reply: &impl serde::Serialize) -> String {
 /// What a `--wait` is waiting for, for its progress lines.
 #[derive(Clone, Copy, Debug)]
 enum Waiting {
-    Recycle,
+    /// Of one slot (its workers only) or of the whole service.
+    Recycle(Option<u32>),
     Drain,
 }
 
@@ -383,7 +385,12 @@ async fn with_progress<T>(
             services.retain(|s| s.name == name);
         }
         let steps = match waiting {
-            Waiting::Recycle => render::recycle_steps(&services),
+            Waiting::Recycle(slot) => {
+                for service in &mut services {
+                    service.workers.retain(|w| slot.is_none_or(|n| w.slot == n));
+                }
+                render::recycle_steps(&services)
+            }
             Waiting::Drain => render::drain_steps(&services),
         };
         let elapsed = started.elapsed().as_secs_f64();
