@@ -859,8 +859,15 @@ impl ServicePool {
             }
         }
         info!(service = %service, from, to = workers, configured = self.config.workers, "scaled");
+        // Readiness follows the new count: min_ready when set (never above the count),
+        // else every desired worker.
+        let min_ready = self
+            .config
+            .min_ready
+            .map_or(workers, |min| min.min(workers));
         self.status.send_modify(|status| {
             status.desired = workers;
+            status.min_ready = min_ready;
             status.scaled_from = (workers != self.config.workers).then_some(self.config.workers);
         });
         Ok(ScaleChange {

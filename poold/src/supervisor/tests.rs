@@ -725,6 +725,7 @@ async fn scale_up_then_down_drains_the_highest_slots_first() {
     let status = h.status();
     assert_eq!((status.desired, status.ready), (4, 4));
     assert_eq!(status.scaled_from, Some(2));
+    assert_eq!(status.min_ready, 4, "readiness wants the new count");
     assert_eq!(status.slots.len(), 4);
 
     let (two, three) = (h.ready_worker(2), h.ready_worker(3));
@@ -743,6 +744,7 @@ async fn scale_up_then_down_drains_the_highest_slots_first() {
         (2, 2, 2)
     );
     assert_eq!(status.scaled_from, None, "back at the configured count");
+    assert_eq!(status.min_ready, 2);
 
     h.balancer.set_active(three.addr.unwrap(), 0);
     wait(3).await;
@@ -768,6 +770,7 @@ async fn scale_refuses_out_of_range_counts() {
     );
     assert!(h.pool.scale(8, 3).await.is_err());
     assert!(h.pool.scale(7, 3).await.is_ok());
+    assert_eq!(h.status().min_ready, 7);
 }
 
 /// A worker still being spawned when its slot is scaled away stops once spawned, rather
