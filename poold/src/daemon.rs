@@ -169,7 +169,10 @@ async fn run(
             runtime.clone(),
             balancer.clone(),
             health.clone(),
-            PoolOptions::default(),
+            PoolOptions {
+                worker_capacity: crate::config::worker_capacity(config.network.subnet),
+                ..PoolOptions::default()
+            },
             Arc::new(metrics.pool_metrics(&service.name)),
         )
         .await;

@@ -67,6 +67,8 @@ fn metrics_after_events() -> Metrics {
         active_conns: 3,
         total_conns: 40,
         memory_bytes: 50 << 20,
+        memory_limit_bytes: None,
+        cpu_secs: 0.0,
         reason: None,
         chroot: false,
     };
@@ -75,6 +77,7 @@ fn metrics_after_events() -> Metrics {
         listen: config.listen,
         balancer: BalancerKind::Ipvs,
         desired: 2,
+        scaled_from: None,
         ready: 1,
         min_ready: 2,
         drained: false,
@@ -85,6 +88,8 @@ fn metrics_after_events() -> Metrics {
                 failures: 0,
                 last_error: None,
                 retry_in_secs: None,
+                recycles: 0,
+                last_recycle: None,
             },
             SlotStatus {
                 slot: 1,
@@ -92,6 +97,8 @@ fn metrics_after_events() -> Metrics {
                 failures: 1,
                 last_error: Some("worker w3 exit code 1 while ready".into()),
                 retry_in_secs: Some(1.0),
+                recycles: 0,
+                last_recycle: None,
             },
         ],
         workers: vec![

@@ -13,6 +13,7 @@ pub use diff::{ConfigDiff, Refusal, ServiceChange};
 pub use isolation::{TmpfsMount, DOCKER_DEFAULT, DOCKER_DEFAULT_CAPS};
 pub use locate::KeyPath;
 pub use units::{ByteSize, HumanDuration};
+pub use validate::worker_capacity;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};

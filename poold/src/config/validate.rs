@@ -177,7 +177,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let total_workers: u64 = config.services.iter().map(|s| u64::from(s.workers)).sum();
     let needed = 1 + 4 * total_workers;
     let subnet = config.network.subnet;
-    let usable = (1u64 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(2);
+    let usable = subnet_hosts(subnet);
     if usable < needed {
         problems.push(problem(
             network.key("subnet"),
@@ -817,4 +817,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     warnings
+}
+
+fn subnet_hosts(subnet: ipnet::Ipv4Net) -> u64 {
+    (1u64 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(2)
+}
+
+/// Workers `subnet` holds across every service, by the rule [`validate`] checks: the
+/// bridge's address, then 4 per worker (surge and quarantine). `poolctl scale` stays below.
+pub fn worker_capacity(subnet: ipnet::Ipv4Net) -> u64 {
+    subnet_hosts(subnet).saturating_sub(1) / 4
 }

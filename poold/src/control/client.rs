@@ -1,6 +1,9 @@
 //! poolctl's side of the control socket: HTTP/1.1 over a Unix stream (hyper).
 
-use super::{ApiError, ControlError, DrainReply, DrainRequest, RecycleReply, RecycleRequest};
+use super::{
+    ApiError, ControlError, DrainReply, DrainRequest, RecycleReply, RecycleRequest, ScaleReply,
+    ScaleRequest, SlotDrainReply,
+};
 use crate::supervisor::ServiceStatus;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -69,6 +72,28 @@ impl ControlClient {
         self.call("POST", &path, None).await
     }
 
+    /// Drains one slot's worker (weight 0, kept alive) or undrains it.
+    pub async fn drain_slot(
+        &self,
+        service: &str,
+        slot: u32,
+        drained: bool,
+    ) -> Result<SlotDrainReply, ControlError> {
+        let verb = if drained { "drain" } else { "undrain" };
+        self.call(
+            "POST",
+            &format!("/v1/services/{service}/slots/{slot}/{verb}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn scale(&self, service: &str, workers: u32) -> Result<ScaleReply, ControlError> {
+        let body = serde_json::to_vec(&ScaleRequest { workers }).expect("request serializes");
+        self.call("POST", &format!("/v1/services/{service}/scale"), Some(body))
+            .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
@@ -84,6 +109,17 @@ impl ControlClient {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(ControlError::PermissionDenied { path: socket });
+            }
+            Ok(Err(source))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ControlError::NotRunning {
+                    path: socket,
+                    source,
+                });
             }
             Ok(Err(source)) => {
                 return Err(ControlError::Socket {

@@ -24,6 +24,8 @@ pub struct RuntimeState {
     /// Every spawn attempt, with its time.
     pub spawn_attempts: Vec<(u32, Instant)>,
     pub fail_spawns: bool,
+    /// How long a spawn takes (none: at once).
+    pub spawn_delay: Option<std::time::Duration>,
     pub ignore_term: bool,
     pub signals: Vec<(WorkerId, StopSignal, Instant)>,
     pub addresses_handed_out: Vec<IpAddr>,
@@ -58,6 +60,10 @@ impl FakeRuntime {
 #[async_trait]
 impl WorkerRuntime for FakeRuntime {
     async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
+        let delay = self.state().spawn_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state();
         state.spawn_attempts.push((spec.slot, Instant::now()));
         if state.fail_spawns {

@@ -10,7 +10,9 @@ mod pool;
 pub mod status;
 
 pub use observer::{NoObserver, PoolObserver};
-pub use pool::{PoolCommand, PoolError, PoolHandle, PoolOptions, ServicePool, CRASH_LOOP_FAILURES};
+pub use pool::{
+    PoolCommand, PoolError, PoolHandle, PoolOptions, ScaleChange, ServicePool, CRASH_LOOP_FAILURES,
+};
 pub use status::{
     Readiness, RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };

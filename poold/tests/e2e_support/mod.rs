@@ -978,9 +978,12 @@ stop_timeout = "3s"
             String::from_utf8_lossy(&output.stderr),
             daemon.log()
         );
+        // Progress lines (not a terminal: plain), then the answer.
+        let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
-            String::from_utf8_lossy(&output.stdout).trim(),
-            "e2e: recycled slots [0, 1, 2, 3]"
+            stdout.trim().lines().last(),
+            Some("e2e: recycled slots [0, 1, 2, 3]"),
+            "{stdout}"
         );
     }
     // The lifetime wave: every worker present after the manual recycles is replaced again,
