@@ -4,11 +4,12 @@
 use crate::config::Config;
 use crate::control::client::ControlClient;
 use crate::control::{
-    render, DeployRequest, DrainReply, DrainRequest, RecycleRequest, ReloadReply,
+    render, ControlError, DeployRequest, DrainReply, DrainRequest, RecycleRequest, ReloadReply,
 };
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 #[cfg(test)]
 mod tests;
@@ -103,13 +104,21 @@ pub struct PoolctlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolctlCommand {
-    /// Show services and workers.
-    Status,
-    /// Take a service (or with --all every service) out of the fleet: /ready answers 503 at
-    /// once, the workers keep serving whatever still arrives.
-    Drain {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+    /// Show services and workers (memory against the limit, CPU, recycles, drained).
+    Status {
+        /// Only this service.
         service: Option<String>,
+    },
+    /// Take a service (or with --all every service) out of the fleet: /ready answers 503 at
+    /// once, the workers keep serving whatever still arrives. SERVICE/SLOT takes that one
+    /// worker out of rotation (weight 0, kept alive for inspection, not replaced).
+    Drain {
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "SERVICE[/SLOT]"
+        )]
+        service: Option<Target>,
         /// Every service of this poold (the whole host).
         #[arg(long)]
         all: bool,
@@ -120,18 +129,23 @@ pub enum PoolctlCommand {
         #[arg(long, requires = "wait", value_name = "DURATION")]
         timeout: Option<crate::config::HumanDuration>,
     },
-    /// Put drained services back into the fleet.
+    /// Put drained services (or one drained slot, SERVICE/SLOT) back into the fleet.
     Undrain {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        service: Option<String>,
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "SERVICE[/SLOT]"
+        )]
+        service: Option<Target>,
         /// Every service of this poold.
         #[arg(long)]
         all: bool,
     },
     /// Replace workers of a service (surge: replacements first, then drain).
     Recycle {
-        service: String,
-        /// Only this slot.
+        #[arg(value_name = "SERVICE[/SLOT]")]
+        service: Target,
+        /// Only this slot (same as SERVICE/SLOT).
         #[arg(long)]
         slot: Option<u32>,
         /// Return when the old workers are gone and the slots are ready again.
@@ -153,19 +167,93 @@ pub enum PoolctlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Change how many workers a service runs, until the next reload (more start at once;
+    /// fewer drain the highest slots before stopping them).
+    Scale {
+        service: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        workers: u32,
+    },
+}
+
+/// `SERVICE` or `SERVICE/SLOT` on poolctl's command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub service: String,
+    pub slot: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: expected SERVICE or SERVICE/SLOT with SLOT a number from 0")]
+pub struct BadTarget(String);
+
+impl FromStr for Target {
+    type Err = BadTarget;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadTarget(text.to_owned());
+        match text.split_once('/') {
+            None if !text.is_empty() => Ok(Self {
+                service: text.to_owned(),
+                slot: None,
+            }),
+            Some((service, slot)) if !service.is_empty() => Ok(Self {
+                service: service.to_owned(),
+                slot: Some(slot.parse().map_err(|_| bad())?),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A mistake on the command line clap cannot see.
+fn usage_error(message: String) -> ControlError {
+    ControlError::Api {
+        status: 400,
+        message,
+    }
 }
 
 pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
     let client = ControlClient::new(&args.socket);
     let json = args.json;
     let result = match args.command {
-        PoolctlCommand::Status => client.status().await.map(|services| {
-            if json {
-                pretty_json(&services)
-            } else {
-                render::status_table(&services)
+        PoolctlCommand::Status { service } => client.status().await.and_then(|mut services| {
+            if let Some(name) = service {
+                services.retain(|s| s.name == name);
+                if services.is_empty() {
+                    return Err(ControlError::Api {
+                        status: 404,
+                        message: format!("no service named {name:?}"),
+                    });
+                }
             }
+            Ok(output(json, render::status_table(&services), &services))
         }),
+        PoolctlCommand::Drain {
+            service:
+                Some(Target {
+                    service,
+                    slot: Some(slot),
+                }),
+            wait,
+            ..
+        } => {
+            if wait {
+                Err(usage_error(format!(
+                    "drain {service}/{slot}: --wait is for a whole service; a drained worker \
+                     keeps its connections until they end"
+                )))
+            } else {
+                client.drain_slot(&service, slot, true).await.map(|reply| {
+                    let text = format!(
+                        "{}/{}: worker {} drained (weight 0, kept alive, no replacement)",
+                        reply.service, reply.slot, reply.worker
+                    );
+                    output(json, text, &reply)
+                })
+            }
+        }
         PoolctlCommand::Drain {
             service,
             all: _,
@@ -176,51 +264,86 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
                 wait,
                 timeout_secs: timeout.map(|t| t.get().as_secs_f64()),
             };
-            client
-                .drain(service.as_deref(), &request)
-                .await
-                .map(|reply| {
-                    if json {
-                        pretty_json(&reply)
-                    } else {
-                        drain_line(&reply)
-                    }
-                })
+            let service = service.map(|target| target.service);
+            let call = client.drain(service.as_deref(), &request);
+            let reply = if wait && !json {
+                with_progress(&client, service.as_deref(), Waiting::Drain, call).await
+            } else {
+                call.await
+            };
+            reply.map(|reply| output(json, drain_line(&reply), &reply))
         }
+        PoolctlCommand::Undrain {
+            service:
+                Some(Target {
+                    service,
+                    slot: Some(slot),
+                }),
+            ..
+        } => client.drain_slot(&service, slot, false).await.map(|reply| {
+            let text = format!(
+                "{}/{}: worker {} undrained (back in rotation)",
+                reply.service, reply.slot, reply.worker
+            );
+            output(json, text, &reply)
+        }),
         PoolctlCommand::Undrain { service, all: _ } => {
-            client.undrain(service.as_deref()).await.map(|reply| {
-                if json {
-                    pretty_json(&reply)
-                } else {
-                    drain_line(&reply)
-                }
-            })
+            let service = service.map(|target| target.service);
+            client
+                .undrain(service.as_deref())
+                .await
+                .map(|reply| output(json, drain_line(&reply), &reply))
         }
         PoolctlCommand::Recycle {
-            service,
+            service: target,
             slot,
             wait,
-        } => client
-            .recycle(&service, &RecycleRequest { slot, wait })
-            .await
-            .map(|reply| {
-                if json {
-                    return pretty_json(&reply);
-                }
-                let verb = if reply.finished {
-                    "recycled"
-                } else {
-                    "recycling"
+        } => match (target.slot, slot) {
+            (Some(a), Some(b)) if a != b => Err(usage_error(format!(
+                "recycle {}/{a} --slot {b}: two different slots",
+                target.service
+            ))),
+            (path_slot, flag_slot) => {
+                let request = RecycleRequest {
+                    slot: path_slot.or(flag_slot),
+                    wait,
                 };
-                format!("{}: {verb} slots {:?}", reply.service, reply.slots)
-            }),
-        PoolctlCommand::Reload => client.reload().await.map(|reply| {
-            if json {
-                pretty_json(&reply)
-            } else {
-                reload_lines(&reply)
+                let call = client.recycle(&target.service, &request);
+                let reply = if wait && !json {
+                    let waiting = Waiting::Recycle(request.slot);
+                    with_progress(&client, Some(&target.service), waiting, call).await
+                } else {
+                    call.await
+                };
+                reply.map(|reply| {
+                    let verb = if reply.finished {
+                        "recycled"
+                    } else {
+                        "recycling"
+                    };
+                    let text = format!("{}: {verb} slots {:?}", reply.service, reply.slots);
+                    output(json, text, &reply)
+                })
             }
-        }),
+        },
+        PoolctlCommand::Scale { service, workers } => {
+            client.scale(&service, workers).await.map(|reply| {
+                let lasts = if reply.to == reply.configured {
+                    "the configured count".to_owned()
+                } else {
+                    format!("configured {}; until the next reload", reply.configured)
+                };
+                let text = format!(
+                    "{}: scaled from {} to {} workers ({lasts})",
+                    reply.service, reply.from, reply.to
+                );
+                output(json, text, &reply)
+            })
+        }
+        PoolctlCommand::Reload => client
+            .reload()
+            .await
+            .map(|reply| output(json, reload_lines(&reply), &reply)),
         PoolctlCommand::Deploy {
             service,
             rootfs,
@@ -229,15 +352,13 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
             .deploy(&service, &DeployRequest { rootfs, wait })
             .await
             .map(|reply| {
-                if json {
-                    return pretty_json(&reply);
-                }
                 let verb = if reply.finished {
                     "deployed"
                 } else {
                     "deploying"
                 };
-                format!("{}: {verb} generation {}", reply.service, reply.generation)
+                let text = format!("{}: {verb} generation {}", reply.service, reply.generation);
+                output(json, text, &reply)
             }),
     };
     match result {
@@ -255,8 +376,77 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
     }
 }
 
-fn pretty_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string_pretty(value).expect("API replies serialize")
+/// What poolctl prints of a reply: `text`, or the reply's JSON with `--json`.
+fn output(json: bool, text: String, reply: &impl serde::Serialize) -> String {
+    if json {
+        serde_json::to_string_pretty(reply).expect("API replies serialize")
+    } else {
+        text
+    }
+}
+
+/// What a `--wait` is waiting for, for its progress lines.
+#[derive(Clone, Copy, Debug)]
+enum Waiting {
+    /// Of one slot (its workers only) or of the whole service.
+    Recycle(Option<u32>),
+    Drain,
+}
+
+/// Runs `call` and, until it answers, polls status and prints what changes: which worker,
+/// which step, since when. On a terminal a last line counts the seconds in place; plain
+/// lines otherwise (logs, pipes).
+async fn with_progress<T>(
+    client: &ControlClient,
+    service: Option<&str>,
+    waiting: Waiting,
+    call: impl std::future::Future<Output = Result<T, ControlError>>,
+) -> Result<T, ControlError> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let started = tokio::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut shown: Option<Vec<String>> = None;
+    loop {
+        tokio::select! {
+            result = &mut call => {
+                if terminal {
+                    print!("\r\x1b[K");
+                }
+                return result;
+            }
+            _ = poll.tick() => {}
+        }
+        let Ok(mut services) = client.status().await else {
+            continue;
+        };
+        if let Some(name) = service {
+            services.retain(|s| s.name == name);
+        }
+        let steps = match waiting {
+            Waiting::Recycle(slot) => {
+                for service in &mut services {
+                    service.workers.retain(|w| slot.is_none_or(|n| w.slot == n));
+                }
+                render::recycle_steps(&services)
+            }
+            Waiting::Drain => render::drain_steps(&services),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            let _ = write!(out, "\r\x1b[K");
+        }
+        for step in render::new_steps(shown.as_deref(), &steps) {
+            let _ = writeln!(out, "{elapsed:>6.1}s  {step}");
+        }
+        if terminal {
+            let _ = write!(out, "{elapsed:>6.1}s  waiting...");
+        }
+        let _ = out.flush();
+        shown = Some(steps);
+    }
 }
 
 fn reload_lines(reply: &ReloadReply) -> String {

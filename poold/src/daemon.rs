@@ -26,6 +26,8 @@ pub struct DaemonParts {
     balancer: Arc<dyn Balancer>,
     health: Arc<NetworkHealthChecker>,
     metrics: Metrics,
+    /// How many workers `network.subnet` holds (a reload cannot change it).
+    worker_capacity: u64,
 }
 
 impl std::fmt::Debug for DaemonParts {
@@ -126,7 +128,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
     };
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(proxy()),
-        BalancerChoice::Ipvs => match IpvsBalancer::new().await {
+        BalancerChoice::Ipvs => match IpvsBalancer::with_upstream(config.daemon.upstream).await {
             Ok(ipvs) => Ok(Arc::new(ipvs)),
             Err(error) => Err(DaemonError::IpvsUnavailable {
                 reason: error.to_string(),
@@ -186,6 +188,7 @@ async fn run(
         balancer,
         health,
         metrics,
+        worker_capacity: crate::config::worker_capacity(config.network.subnet),
     };
     let mut pools: Vec<PoolHandle> = Vec::new();
     for service in &config.services {
@@ -221,6 +224,11 @@ async fn run(
     // Upstream balancers see 503 on /ready before any worker loses its weight.
     for pool in &pools {
         let _ = pool.set_drained(true).await;
+    }
+    let delay = config.daemon.shutdown_delay.get();
+    if !delay.is_zero() {
+        info!(delay = %config.daemon.shutdown_delay, "readiness 503; serving on until upstream checks notice");
+        tokio::time::sleep(delay).await;
     }
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.iter().map(PoolHandle::shutdown)).await;

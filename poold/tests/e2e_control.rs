@@ -7,3 +7,8 @@ mod e2e_support;
 fn e2e_drain_and_readiness() {
     e2e_support::control::drain_and_readiness();
 }
+
+#[test]
+fn e2e_slot_drain_scale_and_recycle() {
+    e2e_support::control::slot_drain_scale_and_recycle();
+}

@@ -29,6 +29,7 @@ pub const HOST_TEST_PACKAGES: &[&str] = &[
     "cpio",        // lists the archives xtask writes (image tests)
     "wrk",         // load for the host end-to-end tests
     "util-linux",  // setpriv: the hardening tests act as user nobody
+    "keepalived",  // `keepalived -t` checks config/keepalived/ (never started: policy-rc.d)
 ];
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
@@ -59,6 +60,7 @@ pub fn ensure_packages<'a>(packages: impl IntoIterator<Item = &'a str>) -> Resul
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
+    let _no_service_starts = NoServiceStarts::install()?;
     let install = || {
         run(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -80,6 +82,41 @@ pub fn ensure_packages<'a>(packages: impl IntoIterator<Item = &'a str>) -> Resul
         install().with_context(|| format!("cannot install {}", missing.join(" ")))?;
     }
     Ok(())
+}
+
+/// Keeps dpkg from starting the daemons it installs (keepalived is a test tool here, run by
+/// the tests in their own namespaces): a `policy-rc.d` that exits 101 ("action not allowed")
+/// while the guard lives, unless the machine has one already.
+struct NoServiceStarts {
+    written: Option<&'static str>,
+}
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(Self::PATH).exists() {
+            return Ok(Self { written: None });
+        }
+        std::fs::write(
+            Self::PATH,
+            "#!/bin/sh\n# written by cargo xtask during apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {}", Self::PATH))?;
+        std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self {
+            written: Some(Self::PATH),
+        })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.written {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// rustfmt and clippy, for `cargo xtask test`, via rustup when they are missing.

@@ -51,6 +51,12 @@ impl FakeBalancer {
     pub fn set_active(&self, backend: SocketAddr, active: u64) {
         self.state().backends.get_mut(&backend).unwrap().active = active;
     }
+    /// The backend sent `bytes` more to its clients (if it is still there).
+    pub fn add_out_bytes(&self, backend: SocketAddr, bytes: u64) {
+        if let Some(backend) = self.state().backends.get_mut(&backend) {
+            backend.out_bytes += bytes;
+        }
+    }
     pub fn weighted_backends(&self) -> Vec<SocketAddr> {
         let mut list: Vec<_> = self
             .state()

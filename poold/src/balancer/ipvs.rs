@@ -1,12 +1,14 @@
 //! The kernel IPVS balancer, on the project's `ipvs` library: one virtual service per
 //! service (TCP VIP:port, MASQ to the workers' own addresses), the VIP bound as /32 to a
 //! dummy device `pdvip0` (or to `lo` where the kernel has no dummy links), and the sysctls
-//! kube-proxy sets for the same job.
+//! kube-proxy sets for the same job. Behind LVS directors in direct-routing mode
+//! (`upstream = "dr"`) the host also stops answering ARP for those addresses.
 //!
 //! Everything acts on the network namespace of the thread that called [`IpvsBalancer::new`]
 //! (the netlink sockets and the /proc/sys/net files are bound to it there).
 
 use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
+use crate::config::Upstream;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipvs::{Client, Destination, ForwardMethod, Service, ServiceKey};
@@ -28,6 +30,75 @@ pub const SYSCTLS: &[(&str, &str)] = &[
     ("net/ipv4/vs/expire_nodest_conn", "1"),
     ("net/ipv4/vs/expire_quiescent_template", "1"),
 ];
+
+/// (path under /proc/sys, value) for a real server behind direct-routing directors: the
+/// host must take packets for the virtual addresses (bound on [`VIP_DEVICE`]) without
+/// claiming them on the shared segment, where they are the director's. The kernel takes the
+/// larger of `all` and the receiving (arp_ignore) or sending (arp_announce) device's value,
+/// so the setting on the uplink counts, not the one on `pdvip0`: poold sets `all`.
+/// arp_ignore 1: answer ARP only for addresses of the interface asked on.
+/// arp_announce 2: never use a virtual address as the source of an ARP request (peers learn
+/// the sender's address from it).
+pub const DR_ARP_SYSCTLS: &[(&str, u32)] = &[
+    ("net/ipv4/conf/all/arp_ignore", 1),
+    ("net/ipv4/conf/all/arp_announce", 2),
+];
+
+/// The ARP sysctls poold raised for direct routing, with the values to restore: open files,
+/// so the restore reaches the namespace they were set in from any thread.
+#[derive(Debug, Default)]
+struct ArpQuiet {
+    raised: Vec<(std::fs::File, String, u32)>,
+}
+
+impl ArpQuiet {
+    /// Raises each of [`DR_ARP_SYSCTLS`] that is below its value (a stricter setting stays).
+    fn raise(&mut self) -> Result<(), BalancerError> {
+        use std::io::{Read, Seek, Write};
+        if !self.raised.is_empty() {
+            return Ok(());
+        }
+        for (path, wanted) in DR_ARP_SYSCTLS {
+            let file = format!("/proc/sys/{path}");
+            let fail = |e: std::io::Error| kernel("*", "sysctl", format!("{file}: {e}"));
+            let mut handle = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .map_err(fail)?;
+            let mut text = String::new();
+            handle.read_to_string(&mut text).map_err(fail)?;
+            let current: u32 = text
+                .trim()
+                .parse()
+                .map_err(|_| kernel("*", "sysctl", format!("{file}: not a number: {text:?}")))?;
+            if current >= *wanted {
+                continue;
+            }
+            handle.rewind().map_err(fail)?;
+            handle
+                .write_all(wanted.to_string().as_bytes())
+                .map_err(fail)?;
+            info!(sysctl = %file, from = current, to = wanted, "direct routing: not answering ARP for virtual addresses");
+            self.raised.push((handle, file, current));
+        }
+        Ok(())
+    }
+
+    /// Puts back what [`ArpQuiet::raise`] changed.
+    fn restore(&mut self) {
+        use std::io::{Seek, Write};
+        for (mut handle, file, previous) in self.raised.drain(..).rev() {
+            let restored = handle
+                .rewind()
+                .and_then(|()| handle.write_all(previous.to_string().as_bytes()));
+            match restored {
+                Ok(()) => info!(sysctl = %file, to = previous, "restored"),
+                Err(error) => warn!(sysctl = %file, %error, "cannot restore"),
+            }
+        }
+    }
+}
 
 const EEXIST: i32 = 17;
 const EADDRNOTAVAIL: i32 = 99;
@@ -73,12 +144,15 @@ pub struct IpvsBalancer {
     connection: JoinHandle<()>,
     device: VipDevice,
     services: Mutex<HashMap<String, ServiceKey>>,
+    upstream: Upstream,
+    arp: Mutex<ArpQuiet>,
 }
 
 impl std::fmt::Debug for IpvsBalancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IpvsBalancer")
             .field("device", &self.device)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +160,7 @@ impl std::fmt::Debug for IpvsBalancer {
 impl Drop for IpvsBalancer {
     fn drop(&mut self) {
         self.connection.abort();
+        self.arp.lock().expect("arp lock").restore();
     }
 }
 
@@ -133,6 +208,11 @@ impl IpvsBalancer {
     /// Opens IPVS ([`BalancerError::Kernel`] naming "IPVS is not available" when the kernel
     /// has none), sets the sysctls and prepares the VIP device.
     pub async fn new() -> Result<Self, BalancerError> {
+        Self::with_upstream(Upstream::None).await
+    }
+
+    /// As [`IpvsBalancer::new`], for a host whose virtual addresses `upstream` sends packets to.
+    pub async fn with_upstream(upstream: Upstream) -> Result<Self, BalancerError> {
         let client = Client::new().map_err(|e| kernel("*", "open IPVS", e))?;
         // Synchronously, on the caller's thread: /proc/sys/net is the caller's namespace.
         for (path, value) in SYSCTLS {
@@ -150,13 +230,15 @@ impl IpvsBalancer {
                 return Err(error);
             }
         };
-        info!(device = %device.name, "IPVS balancer ready");
+        info!(device = %device.name, %upstream, "IPVS balancer ready");
         Ok(Self {
             client: Arc::new(Mutex::new(client)),
             netlink,
             connection,
             device,
             services: Mutex::default(),
+            upstream,
+            arp: Mutex::default(),
         })
     }
 
@@ -280,6 +362,11 @@ impl Balancer for IpvsBalancer {
         if let Some(reason) = vip_problem(service.listen) {
             return Err(kernel(&service.name, "add service", reason));
         }
+        if self.upstream == Upstream::Dr {
+            // Before the address is bound: one ARP answer for it would take the director's
+            // traffic (peers cache the answer).
+            self.arp.lock().expect("arp lock").raise()?;
+        }
         self.bind_vip(service).await?;
         let key = key_of(service);
         let definition = Service::new(key, service.scheduler.clone());
@@ -337,6 +424,9 @@ impl Balancer for IpvsBalancer {
             services.remove(&service.name);
             services.is_empty()
         };
+        if none_left {
+            self.arp.lock().expect("arp lock").restore();
+        }
         if none_left && self.device.created {
             match self.netlink.link().del(self.device.index).execute().await {
                 Err(error) if errno(&error) != Some(ENODEV) => {
@@ -401,6 +491,7 @@ impl Balancer for IpvsBalancer {
                     active: u64::from(d.active_conns),
                     inactive: u64::from(d.inactive_conns),
                     total: d.stats.conns,
+                    out_bytes: d.stats.outbytes,
                 };
                 (SocketAddr::new(d.addr, d.port), stats)
             })

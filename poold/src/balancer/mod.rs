@@ -31,6 +31,9 @@ pub struct BackendStats {
     pub inactive: u64,
     /// Connections served since the backend was added.
     pub total: u64,
+    /// Bytes the backend sent to its clients since it was added (IPVS OutBytes; the proxy
+    /// counts what it copied from the backend): grows only while the worker answers.
+    pub out_bytes: u64,
 }
 
 /// Which balancer implementation runs.

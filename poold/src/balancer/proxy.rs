@@ -7,7 +7,7 @@
 //! backend that closes its side ends the client's connection too. Either way no client
 //! stays connected to a worker that is gone, and no backend socket lingers in CLOSE-WAIT.
 //! Counts are exact: `active` is the number of spliced (or connecting) connections, `total`
-//! the connections ever established.
+//! the connections ever established, `out_bytes` what the backend sent, as it is copied.
 //!
 //! Each service holds at most `max_client_connections` clients; beyond, the client idle the
 //! longest makes room ([`crate::conn_limit`]).
@@ -43,6 +43,7 @@ struct Backend {
     weight: AtomicU32,
     active: AtomicU64,
     total: AtomicU64,
+    out_bytes: AtomicU64,
     /// Set when the backend is removed: its connections close.
     removed: watch::Sender<bool>,
 }
@@ -217,7 +218,7 @@ async fn serve_client(
                 guard.0.total.fetch_add(1, Ordering::SeqCst);
                 // The client's socket has TCP_NODELAY from the listening socket.
                 let _ = upstream.set_nodelay(true);
-                let ended = splice(client, upstream, &admission, removed).await;
+                let ended = splice(client, upstream, &guard.0, &admission, removed).await;
                 debug!(service = %service, client = %peer, %backend, %ended, "connection closed");
                 drop(guard);
                 return;
@@ -264,6 +265,7 @@ impl std::fmt::Display for SpliceEnd {
 async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
+    backend: &Arc<Backend>,
     admission: &Admission,
     mut removed: watch::Receiver<bool>,
 ) -> SpliceEnd {
@@ -271,7 +273,13 @@ async fn splice(
         let (client_read, mut client_write) = client.split();
         let (upstream_read, mut upstream_write) = upstream.split();
         let mut client_read = Tracked::new(client_read, admission.activity());
-        let mut upstream_read = Tracked::new(upstream_read, admission.activity());
+        let mut upstream_read = Tracked::new(
+            CountedRead {
+                inner: upstream_read,
+                backend: backend.clone(),
+            },
+            admission.activity(),
+        );
         let to_backend = async {
             match tokio::io::copy(&mut client_read, &mut upstream_write).await {
                 Ok(_) => {
@@ -330,6 +338,28 @@ async fn accept_loop(
             }
             Err(error) => accept_failed("proxy", &error).await,
         }
+    }
+}
+
+/// Adds what is read from a backend to its `out_bytes`.
+struct CountedRead<R> {
+    inner: R,
+    backend: Arc<Backend>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedRead<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.backend.out_bytes.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -437,6 +467,7 @@ impl Balancer for ProxyBalancer {
                 weight: AtomicU32::new(weight),
                 active: AtomicU64::new(0),
                 total: AtomicU64::new(0),
+                out_bytes: AtomicU64::new(0),
                 removed: watch::Sender::new(false),
             }));
             Ok(())
@@ -490,6 +521,7 @@ impl Balancer for ProxyBalancer {
                         active: b.active.load(Ordering::SeqCst),
                         inactive: 0,
                         total: b.total.load(Ordering::SeqCst),
+                        out_bytes: b.out_bytes.load(Ordering::SeqCst),
                     };
                     (b.addr, stats)
                 })

@@ -17,3 +17,22 @@ fn quickstart_socket_is_poolctls_default() {
         config.daemon.state_dir.display()
     );
 }
+
+#[test]
+fn targets_are_service_or_service_slash_slot() {
+    let target: Target = "web/2".parse().unwrap();
+    assert_eq!((target.service.as_str(), target.slot), ("web", Some(2)));
+    let target: Target = "web".parse().unwrap();
+    assert_eq!((target.service.as_str(), target.slot), ("web", None));
+    for bad in ["web/x", "/1", "", "web/-1"] {
+        let error = bad.parse::<Target>().unwrap_err().to_string();
+        assert!(error.contains("SERVICE/SLOT"), "{bad}: {error}");
+    }
+    // `--slot N` keeps working beside SERVICE/SLOT.
+    let args = PoolctlArgs::parse_from(["poolctl", "recycle", "web", "--slot", "1"]);
+    assert!(matches!(
+        args.command,
+        PoolctlCommand::Recycle { slot: Some(1), .. }
+    ));
+    assert!(PoolctlArgs::try_parse_from(["poolctl", "scale", "web", "0"]).is_err());
+}

@@ -13,6 +13,7 @@ pub use diff::{ConfigDiff, Refusal, ServiceChange};
 pub use isolation::{TmpfsMount, DOCKER_DEFAULT, DOCKER_DEFAULT_CAPS};
 pub use locate::KeyPath;
 pub use units::{ByteSize, HumanDuration};
+pub use validate::worker_capacity;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,11 @@ pub struct DaemonConfig {
     /// Address of the Prometheus /metrics endpoint.
     pub metrics_listen: SocketAddr,
     pub balancer: BalancerChoice,
+    /// How client packets reach the virtual addresses: directly, or from LVS directors.
+    pub upstream: Upstream,
+    /// At shutdown, how long poold keeps serving after marking every service drained, so
+    /// upstream health checks take the host out of rotation before its workers stop.
+    pub shutdown_delay: HumanDuration,
     /// A tracing-subscriber filter ("info", "poold=debug,info"); RUST_LOG overrides it.
     pub log_level: String,
     /// The cgroup (in every hierarchy) holding one cgroup per worker. Everything under it
@@ -64,6 +70,8 @@ impl Default for DaemonConfig {
             control_socket: PathBuf::from("/run/poold/poold.sock"),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9460)),
             balancer: BalancerChoice::Auto,
+            upstream: Upstream::None,
+            shutdown_delay: HumanDuration::from_secs(0),
             log_level: "info".to_owned(),
             cgroup_parent: "poold".to_owned(),
             image_max_size: ByteSize(crate::sandbox::DEFAULT_IMAGE_MAX_BYTES),
@@ -90,6 +98,28 @@ impl fmt::Display for BalancerChoice {
             Self::Ipvs => "ipvs",
             Self::Proxy => "proxy",
             Self::Auto => "auto",
+        })
+    }
+}
+
+/// Who sends client packets to this host's virtual addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    /// Clients (or their routers) reach the virtual addresses on this host.
+    #[default]
+    None,
+    /// LVS directors in direct-routing mode (keepalived `lb_kind DR`) forward packets for
+    /// the virtual addresses unchanged: this host accepts them but must not answer ARP
+    /// for them (`arp_ignore=1`, `arp_announce=2`), or it would steal them from the director.
+    Dr,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Dr => "dr",
         })
     }
 }

@@ -58,6 +58,8 @@ fn fully_populated() -> Config {
         control_socket,
         metrics_listen,
         balancer,
+        upstream,
+        shutdown_delay,
         log_level,
         cgroup_parent,
         image_max_size,
@@ -90,6 +92,8 @@ fn fully_populated() -> Config {
             control_socket,
             metrics_listen,
             balancer,
+            upstream,
+            shutdown_delay,
             log_level,
             cgroup_parent,
             image_max_size,
@@ -710,4 +714,68 @@ fn min_ready_is_between_one_and_workers() {
     assert!(error_text(&text).contains("service[0].min_ready: 0 is out of range"));
     let text = MINIMAL.replace("workers = 2", "workers = 2\nmin_ready = 1");
     assert_eq!(parse(&text).unwrap().services[0].min_ready, Some(1));
+}
+
+#[test]
+fn upstream_dr_needs_ipvs_and_a_reachable_readiness_endpoint() {
+    let dr = |daemon: &str| {
+        MINIMAL.replace(
+            "[[service]]",
+            &format!("[daemon]\nupstream = \"dr\"\n{daemon}\n[[service]]"),
+        )
+    };
+    let config = parse(&dr(
+        "balancer = \"ipvs\"\nmetrics_listen = \"0.0.0.0:9460\"\n",
+    ))
+    .expect("valid");
+    assert_eq!(config.daemon.upstream, Upstream::Dr);
+    assert_eq!(parse(MINIMAL).unwrap().daemon.upstream, Upstream::None);
+
+    let message = error_text(&dr(
+        "balancer = \"proxy\"\nmetrics_listen = \"10.0.0.5:9460\"\n",
+    ));
+    assert!(
+        message
+            .starts_with("/etc/poold.toml:4:1: daemon.balancer: \"proxy\" with upstream = \"dr\"")
+            && message.contains("set balancer = \"ipvs\""),
+        "{message}"
+    );
+    // The default balancer ("auto") could fall back to the proxy: refused too, and the
+    // default metrics address (127.0.0.1) is out of the directors' reach.
+    let message = error_text(&dr(""));
+    assert!(
+        message.contains("daemon.balancer: \"auto\" with upstream = \"dr\"")
+            && message.contains(
+                "daemon.metrics_listen: 127.0.0.1:9460 is loopback, but with upstream = \"dr\""
+            ),
+        "{message}"
+    );
+    let message = error_text(&MINIMAL.replace(
+        "[[service]]",
+        "[daemon]\nupstream = \"tunnel\"\n\n[[service]]",
+    ));
+    assert!(message.contains("daemon.upstream"), "{message}");
+}
+
+#[test]
+fn upstream_dr_without_shutdown_delay_is_warned_about() {
+    let dr = |extra: &str| {
+        parse(&MINIMAL.replace(
+            "[[service]]",
+            &format!(
+                "[daemon]\nupstream = \"dr\"\nbalancer = \"ipvs\"\nmetrics_listen = \"0.0.0.0:9460\"\n{extra}\n[[service]]"
+            ),
+        ))
+        .unwrap()
+    };
+    let warnings = dr("").warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("shutdown_delay = \"0s\"")),
+        "{warnings:?}"
+    );
+    let config = dr("shutdown_delay = \"3s\"\n");
+    assert_eq!(config.daemon.shutdown_delay, HumanDuration::from_secs(3));
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
 }

@@ -1,6 +1,8 @@
 //! Semantic checks that serde cannot express.
 
-use super::{BalancerChoice, Config, HealthKind, KeyPath, RootfsSource, ServiceConfig, USERNS_IDS};
+use super::{
+    BalancerChoice, Config, HealthKind, KeyPath, RootfsSource, ServiceConfig, Upstream, USERNS_IDS,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
@@ -144,6 +146,10 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ));
     }
 
+    if config.daemon.upstream == Upstream::Dr {
+        upstream_dr_problems(config, &mut problems);
+    }
+
     let network = KeyPath::root().key("network");
     let bridge = &config.network.bridge;
     if bridge.is_empty() || bridge.len() > MAX_IFNAME_LEN || bridge.contains(['/', ' ', ':']) {
@@ -171,7 +177,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let total_workers: u64 = config.services.iter().map(|s| u64::from(s.workers)).sum();
     let needed = 1 + 4 * total_workers;
     let subnet = config.network.subnet;
-    let usable = (1u64 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(2);
+    let usable = subnet_hosts(subnet);
     if usable < needed {
         problems.push(problem(
             network.key("subnet"),
@@ -240,6 +246,46 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Behind LVS directors in direct-routing mode the kernel must own the virtual addresses
+/// (IPVS, never the proxy's sockets), and the directors must reach `/ready`.
+fn upstream_dr_problems(config: &Config, problems: &mut Vec<Problem>) {
+    let daemon = KeyPath::root().key("daemon");
+    if config.daemon.balancer != BalancerChoice::Ipvs {
+        problems.push(problem(
+            daemon.clone().key("balancer"),
+            format!(
+                "{:?} with upstream = \"dr\": directors forward packets for the virtual \
+                 addresses to this host's kernel, which only IPVS serves; set balancer = \"ipvs\"",
+                config.daemon.balancer.to_string()
+            ),
+        ));
+    }
+    let metrics = config.daemon.metrics_listen;
+    if metrics.ip().is_loopback() {
+        problems.push(problem(
+            daemon.key("metrics_listen"),
+            format!(
+                "{metrics} is loopback, but with upstream = \"dr\" the directors check \
+                 GET /ready/SERVICE there; listen on this host's address (or 0.0.0.0)"
+            ),
+        ));
+    }
+    // Loopback and wildcard listen addresses are refused for IPVS by validate_service.
+}
+
+/// A direct-routing host without a shutdown delay refuses what the directors send it
+/// between its shutdown and their next check.
+fn upstream_warnings(config: &Config, warnings: &mut Vec<String>) {
+    if config.daemon.upstream == Upstream::Dr && config.daemon.shutdown_delay.get().is_zero() {
+        warnings.push(
+            "upstream = \"dr\" with shutdown_delay = \"0s\": connections the directors send \
+             before their next check of /ready are refused at shutdown; set shutdown_delay to \
+             a check interval plus its timeout (or drain and wait before stopping poold)"
+                .to_owned(),
+        );
+    }
 }
 
 /// Two listeners collide when they share a port and an address, a wildcard address
@@ -733,6 +779,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 pub fn warnings(config: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
+    upstream_warnings(config, &mut warnings);
     let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
     for service in &config.services {
         if let Some(cpu) = service.limits.cpu {
@@ -770,4 +817,14 @@ pub fn warnings(config: &Config) -> Vec<String> {
         }
     }
     warnings
+}
+
+fn subnet_hosts(subnet: ipnet::Ipv4Net) -> u64 {
+    (1u64 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(2)
+}
+
+/// Workers `subnet` holds across every service, by the rule [`validate`] checks: the
+/// bridge's address, then 4 per worker (surge and quarantine). `poolctl scale` stays below.
+pub fn worker_capacity(subnet: ipnet::Ipv4Net) -> u64 {
+    subnet_hosts(subnet).saturating_sub(1) / 4
 }

@@ -2,7 +2,7 @@
 
 use super::{
     ApiError, ControlError, DeployReply, DeployRequest, DrainReply, DrainRequest, RecycleReply,
-    RecycleRequest, ReloadReply,
+    RecycleRequest, ReloadReply, ScaleReply, ScaleRequest, SlotDrainReply,
 };
 use crate::supervisor::ServiceStatus;
 use http_body_util::{BodyExt, Full};
@@ -90,6 +90,28 @@ impl ControlClient {
         .await
     }
 
+    /// Drains one slot's worker (weight 0, kept alive) or undrains it.
+    pub async fn drain_slot(
+        &self,
+        service: &str,
+        slot: u32,
+        drained: bool,
+    ) -> Result<SlotDrainReply, ControlError> {
+        let verb = if drained { "drain" } else { "undrain" };
+        self.call(
+            "POST",
+            &format!("/v1/services/{service}/slots/{slot}/{verb}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn scale(&self, service: &str, workers: u32) -> Result<ScaleReply, ControlError> {
+        let body = serde_json::to_vec(&ScaleRequest { workers }).expect("request serializes");
+        self.call("POST", &format!("/v1/services/{service}/scale"), Some(body))
+            .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
@@ -105,6 +127,17 @@ impl ControlClient {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(ControlError::PermissionDenied { path: socket });
+            }
+            Ok(Err(source))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ControlError::NotRunning {
+                    path: socket,
+                    source,
+                });
             }
             Ok(Err(source)) => {
                 return Err(ControlError::Socket {

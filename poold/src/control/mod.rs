@@ -7,6 +7,8 @@
 //! - `POST /v1/services/{name}/undrain`, `POST /v1/undrain` -> `DrainReply`
 //! - `POST /v1/reload` -> `ReloadReply` (re-reads the config file, applies the difference)
 //! - `POST /v1/services/{name}/deploy` with `{"rootfs": "...", "wait": bool}` -> `DeployReply`
+//! - `POST /v1/services/{name}/slots/{slot}/drain` and `.../undrain` -> `SlotDrainReply`
+//! - `POST /v1/services/{name}/scale` with `{"workers": N}` -> `ScaleReply`
 
 pub mod client;
 pub mod render;
@@ -121,6 +123,30 @@ pub struct DeployReply {
     pub finished: bool,
 }
 
+/// One slot's worker out of rotation (or back): `poolctl drain SERVICE/SLOT`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotDrainReply {
+    pub service: String,
+    pub slot: u32,
+    pub worker: crate::runtime::WorkerId,
+    pub drained: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub workers: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleReply {
+    pub service: String,
+    pub from: u32,
+    pub to: u32,
+    /// The count in the config file; it comes back at the next reload.
+    pub configured: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
@@ -128,6 +154,11 @@ pub struct ApiError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    #[error("poold is not running (control socket {path}: {source})")]
+    NotRunning {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {source}")]
     Socket {
         path: String,

@@ -2,10 +2,10 @@
 
 use super::{
     ApiError, DeployReply, DeployRequest, DrainReply, DrainRequest, RecycleReply, RecycleRequest,
-    ReloadError, ReloadReply, Reloader,
+    ReloadError, ReloadReply, Reloader, ScaleReply, ScaleRequest, SlotDrainReply,
 };
 use crate::conn_limit::{accept_failed, spawn_http_connection, ConnLimiter};
-use crate::supervisor::{PoolHandle, ServiceStatus};
+use crate::supervisor::{PoolError, PoolHandle, ServiceStatus};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -82,6 +82,12 @@ pub fn router(pools: Pools) -> Router {
         .route("/v1/undrain", post(undrain_all))
         .route("/v1/reload", post(reload))
         .route("/v1/services/{name}/deploy", post(deploy))
+        .route("/v1/services/{name}/slots/{slot}/drain", post(drain_slot))
+        .route(
+            "/v1/services/{name}/slots/{slot}/undrain",
+            post(undrain_slot),
+        )
+        .route("/v1/services/{name}/scale", post(scale))
         .with_state(pools)
 }
 
@@ -200,6 +206,83 @@ async fn wait_settled(
     }
 }
 
+/// The HTTP status of a pool's refusal: what the operator asked for is wrong (400, 404), in
+/// conflict with what the slot is doing (409), or the service is going away (503).
+fn pool_error(error: PoolError) -> (StatusCode, Json<ApiError>) {
+    let status = match error {
+        PoolError::NoSuchSlot { .. } => StatusCode::NOT_FOUND,
+        PoolError::SlotAlreadyDrained { .. }
+        | PoolError::SlotNotDrained { .. }
+        | PoolError::SlotNotReady { .. }
+        | PoolError::SlotBusy { .. }
+        | PoolError::RolloutInFlight { .. } => StatusCode::CONFLICT,
+        PoolError::ScaleOutOfRange { .. } => StatusCode::BAD_REQUEST,
+        PoolError::NotRunning { .. }
+        | PoolError::Stopped { .. }
+        | PoolError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    api_error(status, error.to_string())
+}
+
+async fn drain_slot(
+    State(pools): State<Pools>,
+    Path((name, slot)): Path<(String, u32)>,
+) -> ApiResult<SlotDrainReply> {
+    set_slot_drained(&pools, name, slot, true).await
+}
+
+async fn undrain_slot(
+    State(pools): State<Pools>,
+    Path((name, slot)): Path<(String, u32)>,
+) -> ApiResult<SlotDrainReply> {
+    set_slot_drained(&pools, name, slot, false).await
+}
+
+async fn set_slot_drained(
+    pools: &Pools,
+    name: String,
+    slot: u32,
+    drained: bool,
+) -> ApiResult<SlotDrainReply> {
+    let worker = find_pool(pools, &name)?
+        .drain_slot(slot, drained)
+        .await
+        .map_err(pool_error)?;
+    Ok(Json(SlotDrainReply {
+        service: name,
+        slot,
+        worker,
+        drained,
+    }))
+}
+
+async fn scale(
+    State(pools): State<Pools>,
+    Path(name): Path<String>,
+    request: Result<Json<ScaleRequest>, JsonRejection>,
+) -> ApiResult<ScaleReply> {
+    let Json(request) =
+        request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let pool = find_pool(&pools, &name)?;
+    // What the host's other services want, against the subnet's capacity.
+    let others: u64 = pools
+        .snapshot()
+        .iter()
+        .filter(|other| other.name != name)
+        .map(|other| u64::from(other.status.borrow().desired))
+        .sum();
+    let change = pool
+        .scale(request.workers, others)
+        .await
+        .map_err(pool_error)?;
+    Ok(Json(ScaleReply {
+        service: name,
+        from: change.from,
+        to: change.to,
+        configured: change.configured,
+    }))
+}
+
 async fn status(State(pools): State<Pools>) -> Json<Vec<ServiceStatus>> {
     Json(
         pools
@@ -219,10 +302,7 @@ async fn recycle(
     let Json(request) =
         request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pool = find_pool(&pools, &name)?;
-    let (slots, done) = pool
-        .recycle(request.slot)
-        .await
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (slots, done) = pool.recycle(request.slot).await.map_err(pool_error)?;
     let finished = if request.wait {
         done.await.map_err(|_| {
             api_error(
@@ -270,13 +350,7 @@ async fn deploy(
         request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pool = find_pool(&pools, &name)?;
     check_rootfs(&request.rootfs).map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
-    let (generation, ended) = pool.deploy(request.rootfs).await.map_err(|e| {
-        let status = match e {
-            crate::supervisor::PoolError::RolloutInFlight { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        api_error(status, e.to_string())
-    })?;
+    let (generation, ended) = pool.deploy(request.rootfs).await.map_err(pool_error)?;
     if request.wait {
         match ended.await {
             Ok(Ok(())) => {}

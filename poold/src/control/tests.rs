@@ -16,6 +16,7 @@ async fn fake_pool(service: ServiceConfig) -> PoolHandle {
         tick: Duration::from_millis(20),
         drain_settle: Duration::from_millis(50),
         seed: 1,
+        worker_capacity: u64::MAX,
     };
     Harness::builder(service)
         .options(options)
@@ -208,4 +209,44 @@ async fn socket_and_its_new_directory_are_private_and_removed_at_shutdown() {
         dir.path().exists(),
         "a directory poold did not make was removed"
     );
+}
+
+/// The HTTP status and message of a refusal.
+fn status_of<T: std::fmt::Debug>(result: Result<T, ControlError>) -> (u16, String) {
+    match result {
+        Err(ControlError::Api { status, message }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Slot drain and scale over the socket: each refusal with the HTTP status of its cause.
+#[tokio::test]
+async fn slot_drain_and_scale_refusals_carry_their_status() {
+    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 2\nport = 8080\n\
+                rootfs = \"host\"\ncommand = [\"/bin/app\"]\n[service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
+    let service = Config::parse(text, Path::new("t.toml"))
+        .unwrap()
+        .services
+        .remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("poold.sock");
+    let (_pool, server, stop) = serve_fake_pool(service, &socket).await;
+    let client = ControlClient::new(&socket);
+
+    let reply = client.drain_slot("web", 1, true).await.unwrap();
+    assert_eq!((reply.slot, reply.drained), (1, true));
+    assert_eq!(
+        status_of(client.drain_slot("web", 1, true).await),
+        (409, "web/1 is already drained".to_owned())
+    );
+    assert_eq!(status_of(client.drain_slot("web", 2, true).await).0, 404);
+    assert_eq!(status_of(client.drain_slot("api", 0, true).await).0, 404);
+    assert!(client.drain_slot("web", 1, false).await.is_ok());
+
+    let reply = client.scale("web", 3).await.unwrap();
+    assert_eq!((reply.from, reply.to, reply.configured), (2, 3, 2));
+    assert_eq!(status_of(client.scale("web", 0).await).0, 400);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

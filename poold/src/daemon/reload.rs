@@ -50,15 +50,16 @@ impl ConfigReloader {
             return Err(ReloadError::Refused(diff.refused));
         }
         // Refused before anything changes: one rollout per service at a time.
-        for change in &diff.changed {
-            if let Some(pool) = self.pools.find(&change.name) {
-                let status = pool.status.borrow();
-                if status.rolling_out {
-                    return Err(ReloadError::InFlight(PoolError::RolloutInFlight {
-                        service: change.name.clone(),
-                        generation: status.generation,
-                    }));
-                }
+        // (A scaled service is reconfigured too: its count comes back.)
+        for pool in self.pools.snapshot() {
+            let status = pool.status.borrow();
+            let touched = status.scaled_from.is_some()
+                || diff.changed.iter().any(|change| change.name == pool.name);
+            if touched && status.rolling_out {
+                return Err(ReloadError::InFlight(PoolError::RolloutInFlight {
+                    service: pool.name.clone(),
+                    generation: status.generation,
+                }));
             }
         }
         let mut reply = ReloadReply::default();
@@ -87,6 +88,7 @@ impl ConfigReloader {
             self.pools.push(pool);
             reply.added.push(service.name.clone());
         }
+        let changed: Vec<String> = diff.changed.iter().map(|c| c.name.clone()).collect();
         for change in diff.changed {
             let Some(pool) = self.pools.find(&change.name) else {
                 continue;
@@ -106,6 +108,31 @@ impl ConfigReloader {
                 service: change.name,
                 in_place: change.in_place,
                 rolling: change.rolling,
+                generation,
+            });
+        }
+        // A `poolctl scale` lasts until the next reload, even one that leaves the service's
+        // config as it was: the configured count comes back.
+        for pool in self.pools.snapshot() {
+            let scaled = pool.status.borrow().scaled_from.is_some();
+            let Some(config) = new.services.iter().find(|s| s.name == pool.name) else {
+                continue;
+            };
+            if !scaled || changed.contains(&pool.name) {
+                continue;
+            }
+            let generation = pool
+                .reconfigure(Arc::new(config.clone()), false)
+                .await
+                .map_err(|source| ReloadError::Pool {
+                    service: pool.name.clone(),
+                    source,
+                })?;
+            info!(service = %pool.name, workers = config.workers, "reload: scaled count back to the config's");
+            reply.changed.push(ServiceReload {
+                service: pool.name.clone(),
+                in_place: vec!["workers".to_owned()],
+                rolling: Vec::new(),
                 generation,
             });
         }
@@ -144,7 +171,10 @@ impl DaemonParts {
             self.runtime.clone(),
             self.balancer.clone(),
             self.health.clone(),
-            PoolOptions::default(),
+            PoolOptions {
+                worker_capacity: self.worker_capacity,
+                ..PoolOptions::default()
+            },
             Arc::new(self.metrics.pool_metrics(&service.name)),
         )
         .await?;

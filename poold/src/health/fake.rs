@@ -5,11 +5,23 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
-/// Healthy unless told otherwise, per address.
+/// Healthy unless told otherwise, per address: refused (field 0) or timing out (field 1).
 #[derive(Debug, Default, Clone)]
-pub struct FakeHealth(pub Arc<Mutex<HashSet<IpAddr>>>);
+pub struct FakeHealth(
+    pub Arc<Mutex<HashSet<IpAddr>>>,
+    pub Arc<Mutex<HashSet<IpAddr>>>,
+);
 
 impl FakeHealth {
+    /// Checks of `addr` time out (a starved or hung worker), or not.
+    pub fn set_timing_out(&self, addr: IpAddr, timing_out: bool) {
+        let mut set = self.1.lock().unwrap();
+        if timing_out {
+            set.insert(addr);
+        } else {
+            set.remove(&addr);
+        }
+    }
     pub fn set_unhealthy(&self, addr: IpAddr, unhealthy: bool) {
         let mut set = self.0.lock().unwrap();
         if unhealthy {
@@ -38,7 +50,12 @@ impl FakeHealth {
 
 #[async_trait]
 impl HealthChecker for FakeHealth {
-    async fn check(&self, target: SocketAddr, _spec: &HealthConfig) -> Result<(), HealthFailure> {
+    async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
+        if self.1.lock().unwrap().contains(&target.ip()) {
+            return Err(HealthFailure::Worker(ProbeError::Timeout {
+                timeout: spec.timeout,
+            }));
+        }
         let set = self.0.lock().unwrap();
         if set.contains(&IpAddr::V4(Ipv4Addr::BROADCAST)) {
             Err(HealthFailure::Local(ProbeError::Io {

@@ -19,20 +19,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-const WORKER_STATES: [WorkerState; 5] = [
+const WORKER_STATES: [WorkerState; 6] = [
     WorkerState::Starting,
     WorkerState::Ready,
+    WorkerState::Drained,
     WorkerState::Draining,
     WorkerState::Stopping,
     WorkerState::Gone,
 ];
 
-const SLOT_STATES: [SlotState; 5] = [
+const SLOT_STATES: [SlotState; 6] = [
     SlotState::Ok,
     SlotState::Starting,
     SlotState::Recycling,
     SlotState::Backoff,
     SlotState::CrashLoop,
+    SlotState::Drained,
 ];
 
 #[derive(Debug)]

@@ -120,6 +120,7 @@ async fn status_gauges_follow_the_pool() {
         ResourceUsage {
             memory_bytes: 50 << 20,
             oom_kills: 0,
+            ..Default::default()
         },
     );
     {
@@ -293,6 +294,7 @@ async fn oom_kills_are_counted_and_recycle() {
         ResourceUsage {
             memory_bytes: 10 << 20,
             oom_kills: 2,
+            ..Default::default()
         },
     );
     wait(1).await;

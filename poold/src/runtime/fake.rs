@@ -28,6 +28,8 @@ pub struct RuntimeState {
     pub fail_spawns: bool,
     /// Spawns on this root fail (as when it lacks the command).
     pub fail_rootfs: Option<String>,
+    /// How long a spawn takes (none: at once).
+    pub spawn_delay: Option<std::time::Duration>,
     pub ignore_term: bool,
     pub signals: Vec<(WorkerId, StopSignal, Instant)>,
     pub addresses_handed_out: Vec<IpAddr>,
@@ -62,6 +64,10 @@ impl FakeRuntime {
 #[async_trait]
 impl WorkerRuntime for FakeRuntime {
     async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
+        let delay = self.state().spawn_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state();
         state.spawn_attempts.push((spec.slot, Instant::now()));
         if state.fail_spawns || state.fail_rootfs.as_ref() == Some(&spec.service.rootfs) {

@@ -78,6 +78,8 @@ pub struct ResourceUsage {
     pub memory_bytes: u64,
     /// OOM kills inside the worker's cgroup since it started.
     pub oom_kills: u64,
+    /// CPU time its processes used so far.
+    pub cpu_time: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -234,6 +234,7 @@ impl From<sandbox::ContainerUsage> for ResourceUsage {
         Self {
             memory_bytes: usage.memory_bytes,
             oom_kills: usage.oom_kills,
+            cpu_time: usage.cpu_time,
         }
     }
 }

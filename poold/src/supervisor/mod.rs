@@ -11,7 +11,7 @@ pub mod status;
 
 pub use observer::{NoObserver, PoolObserver};
 pub use pool::{
-    DeployFailure, PoolCommand, PoolError, PoolHandle, PoolOptions, ServicePool,
+    DeployFailure, PoolCommand, PoolError, PoolHandle, PoolOptions, ScaleChange, ServicePool,
     CRASH_LOOP_FAILURES,
 };
 pub use status::{

@@ -42,6 +42,8 @@ pub struct PoolOptions {
     pub drain_settle: Duration,
     /// Seed of the lifetime jitter.
     pub seed: u64,
+    /// Workers the host's subnet holds across every service (`poolctl scale` stays below).
+    pub worker_capacity: u64,
 }
 
 impl Default for PoolOptions {
@@ -50,6 +52,7 @@ impl Default for PoolOptions {
             tick: Duration::from_millis(500),
             drain_settle: Duration::from_secs(1),
             seed: fastrand::u64(..),
+            worker_capacity: u64::MAX,
         }
     }
 }
@@ -85,6 +88,20 @@ pub enum PoolCommand {
         reply: oneshot::Sender<Result<u64, PoolError>>,
         done: oneshot::Sender<Result<(), DeployFailure>>,
     },
+    /// Take one slot's worker out of rotation (weight 0, kept alive, not replaced) or put it
+    /// back.
+    DrainSlot {
+        slot: u32,
+        drained: bool,
+        reply: oneshot::Sender<Result<WorkerId, PoolError>>,
+    },
+    /// Change the desired worker count until the next reload; `others` is what the other
+    /// services of the host want, for the subnet's capacity.
+    Scale {
+        workers: u32,
+        others: u64,
+        reply: oneshot::Sender<Result<ScaleChange, PoolError>>,
+    },
 }
 
 /// Why a deploy stopped and was rolled back.
@@ -100,6 +117,15 @@ pub struct DeployFailure {
     /// The slot's failure as status shows it.
     pub failure: String,
     pub rolled_back_to: u64,
+}
+
+/// What `poolctl scale` changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScaleChange {
+    pub from: u32,
+    pub to: u32,
+    /// The configured count.
+    pub configured: u32,
 }
 
 /// Why a pool refused a request.
@@ -121,6 +147,26 @@ pub enum PoolError {
         service: String,
         slot: u32,
         last: u32,
+    },
+    #[error("{service}/{slot} is already drained")]
+    SlotAlreadyDrained { service: String, slot: u32 },
+    #[error("{service}/{slot} is not drained")]
+    SlotNotDrained { service: String, slot: u32 },
+    #[error("{service}/{slot} has no ready worker to drain (slot is {state})")]
+    SlotNotReady {
+        service: String,
+        slot: u32,
+        state: SlotState,
+    },
+    #[error("{service}/{slot} is being recycled; try again when it is done")]
+    SlotBusy { service: String, slot: u32 },
+    #[error("{service}: {workers} workers is out of range: from 1 to {max} (the subnet holds {capacity} workers, other services want {others})")]
+    ScaleOutOfRange {
+        service: String,
+        workers: u32,
+        max: u64,
+        capacity: u64,
+        others: u64,
     },
 }
 
@@ -171,9 +217,23 @@ impl PoolHandle {
         roll: bool,
     ) -> Result<u64, PoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(PoolCommand::Reconfigure {
+        self.ask(PoolCommand::Reconfigure {
             config,
             roll,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| PoolError::Stopped {
+            service: self.name.clone(),
+        })?
+    }
+
+    /// Drains one slot's worker (weight 0, kept alive) or undrains it; returns its id.
+    pub async fn drain_slot(&self, slot: u32, drained: bool) -> Result<WorkerId, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(PoolCommand::DrainSlot {
+            slot,
+            drained,
             reply,
         })
         .await?;
@@ -189,7 +249,7 @@ impl PoolHandle {
     ) -> Result<(u64, oneshot::Receiver<Result<(), DeployFailure>>), PoolError> {
         let (reply, answer) = oneshot::channel();
         let (done, ended) = oneshot::channel();
-        self.send(PoolCommand::Deploy {
+        self.ask(PoolCommand::Deploy {
             rootfs,
             reply,
             done,
@@ -201,7 +261,21 @@ impl PoolHandle {
         Ok((generation, ended))
     }
 
-    async fn send(&self, command: PoolCommand) -> Result<(), PoolError> {
+    /// Changes the desired worker count; `others`: what the host's other services want.
+    pub async fn scale(&self, workers: u32, others: u64) -> Result<ScaleChange, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask(PoolCommand::Scale {
+            workers,
+            others,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| PoolError::Stopped {
+            service: self.name.clone(),
+        })?
+    }
+
+    async fn ask(&self, command: PoolCommand) -> Result<(), PoolError> {
         self.commands
             .send(command)
             .await
@@ -274,6 +348,8 @@ struct Spawned {
 struct Probe {
     in_flight: bool,
     next_at: Instant,
+    /// The balancer's `out_bytes` of the worker when its previous probe ended.
+    out_bytes: Option<u64>,
 }
 
 /// The state of a worker with the data that state has (see ARCHITECTURE.md, "Slot and
@@ -300,6 +376,9 @@ enum Phase {
         oom_baseline: Option<u64>,
         /// A surge replacement is starting for this reason; the worker still serves.
         replacing: Option<RecycleReason>,
+        /// Out of rotation by the operator (weight 0): kept alive and probed, never
+        /// replaced for its lifetime, connections or memory; a recycle or undrain ends it.
+        drained: bool,
     },
     /// Weight 0, waiting for its active connections to end.
     Draining {
@@ -327,6 +406,7 @@ impl Phase {
     fn state(&self) -> WorkerState {
         match self {
             Self::Spawning | Self::Starting { .. } => WorkerState::Starting,
+            Self::Ready { drained: true, .. } => WorkerState::Drained,
             Self::Ready { .. } => WorkerState::Ready,
             Self::Draining { .. } => WorkerState::Draining,
             Self::Stopping { .. } => WorkerState::Stopping,
@@ -390,6 +470,9 @@ struct Slot {
     failures: u32,
     restart_at: Option<Instant>,
     last_error: Option<SlotFailure>,
+    /// Workers of this slot replaced so far, and why the last one was.
+    recycles: u32,
+    last_recycle: Option<RecycleReason>,
 }
 
 /// Why a slot lost its worker and backs off; kept typed until status prints it.
@@ -440,6 +523,9 @@ pub struct ServicePool {
     config: Arc<ServiceConfig>,
     service: VirtualService,
     options: PoolOptions,
+    /// Slots to keep filled: `config.workers` unless `poolctl scale` changed it. Slots at
+    /// or beyond it are being scaled away and go once their workers are gone.
+    desired: u32,
     runtime: Arc<dyn WorkerRuntime>,
     balancer: Arc<dyn Balancer>,
     health: Arc<dyn HealthChecker>,
@@ -493,6 +579,7 @@ impl ServicePool {
             listen: config.listen,
             balancer: balancer.kind(),
             desired: config.workers,
+            scaled_from: None,
             ready: 0,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
@@ -506,6 +593,7 @@ impl ServicePool {
         let pool = ServicePool {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             rng: fastrand::Rng::with_seed(options.seed),
+            desired: config.workers,
             config,
             service,
             options,
@@ -603,6 +691,7 @@ impl ServicePool {
                     probe: Probe {
                         in_flight: false,
                         next_at: Instant::now(),
+                        out_bytes: None,
                     },
                     ok_streak: 0,
                 };
@@ -613,9 +702,11 @@ impl ServicePool {
                     let status = runtime.wait(id).await;
                     let _ = events.send(Event::Exited { id, status });
                 });
-                // Shutting down, or its slot was taken away by a smaller `workers`.
-                if self.shutdown.is_some() || self.slot_removed(slot) {
+                if self.shutdown.is_some() {
                     self.begin_stop(id, RecycleReason::Shutdown);
+                } else if self.slot_removed(slot) {
+                    // Spawned for a slot that was scaled away meanwhile.
+                    self.begin_stop(id, RecycleReason::Manual);
                 }
             }
             Err(error) => {
@@ -680,14 +771,30 @@ impl ServicePool {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
+        let out_bytes = worker.stats.map(|stats| stats.out_bytes);
+        let mut previous_out_bytes = None;
         if let Some(probe) = worker.phase.probe_mut() {
             probe.in_flight = false;
             probe.next_at = Instant::now() + self.config.health.interval.get();
+            previous_out_bytes = std::mem::replace(&mut probe.out_bytes, out_bytes);
         }
+        let answering_clients = matches!(worker.phase, Phase::Ready { .. })
+            && out_bytes
+                .zip(previous_out_bytes)
+                .is_some_and(|(now, before)| now > before);
         let result = match result {
             // poold's own shortage (EMFILE...): no verdict on the worker either way.
             Err(HealthFailure::Local(reason)) => {
                 warn!(service = %self.service.name, worker.id = %id, %reason, "health check could not run; not counted against the worker");
+                return;
+            }
+            // A ready worker that answered its clients since the previous probe is slow (a
+            // host starved of CPU), not dead: killing it would only add a replacement's start
+            // to the load and cut its open connections at the drain timeout. A refusal or a
+            // wrong answer always counts; so does a timeout while nothing flows.
+            Err(HealthFailure::Worker(ProbeError::Timeout { timeout })) if answering_clients => {
+                self.observer.health_check_failed(id);
+                warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
                 return;
             }
             Err(HealthFailure::Worker(reason)) => Err(reason),
@@ -703,12 +810,22 @@ impl ServicePool {
             }
             (Phase::Starting { ok_streak, .. }, Err(_)) => *ok_streak = 0,
             (Phase::Ready { fail_streak, .. }, Ok(())) => *fail_streak = 0,
-            (Phase::Ready { fail_streak, .. }, Err(reason)) => {
+            (
+                Phase::Ready {
+                    fail_streak,
+                    drained,
+                    ..
+                },
+                Err(reason),
+            ) => {
                 *fail_streak += 1;
                 let streak = *fail_streak;
+                let drained = *drained;
                 self.observer.health_check_failed(id);
-                warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, "health check failed");
-                if streak >= self.config.health.unhealthy_threshold {
+                warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, drained, "health check failed");
+                // A drained worker serves nobody and is kept for inspection: its failures
+                // show in the log and the metrics, but only a recycle or undrain ends it.
+                if !drained && streak >= self.config.health.unhealthy_threshold {
                     self.unhealthy(id, reason).await;
                 }
             }
@@ -742,6 +859,22 @@ impl ServicePool {
             } => {
                 let _ = reply.send(self.start_deploy(rootfs, done));
             }
+            PoolCommand::DrainSlot {
+                slot,
+                drained,
+                reply,
+            } => {
+                let result = self.drain_slot(slot, drained).await;
+                let _ = reply.send(result);
+            }
+            PoolCommand::Scale {
+                workers,
+                others,
+                reply,
+            } => {
+                let result = self.scale(workers, others).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -773,6 +906,22 @@ impl ServicePool {
         Ok(())
     }
 
+    fn check_slot(&self, slot: u32) -> Result<(), PoolError> {
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown {
+                service: self.service.name.clone(),
+            });
+        }
+        if slot >= self.desired {
+            return Err(PoolError::NoSuchSlot {
+                service: self.service.name.clone(),
+                slot,
+                last: self.desired - 1,
+            });
+        }
+        Ok(())
+    }
+
     async fn reconfigure(
         &mut self,
         config: Arc<ServiceConfig>,
@@ -793,7 +942,12 @@ impl ServicePool {
                 .workers
                 .values()
                 .filter_map(|w| match w.phase {
-                    Phase::Ready { spawned, .. } => Some(spawned.addr),
+                    // A drained slot stays at weight 0 until `undrain`.
+                    Phase::Ready {
+                        spawned,
+                        drained: false,
+                        ..
+                    } => Some(spawned.addr),
                     _ => None,
                 })
                 .collect();
@@ -807,44 +961,14 @@ impl ServicePool {
                 }
             }
         }
-        self.resize(self.config.workers).await;
+        // The config's count comes back: a reload ends a `poolctl scale`.
+        let workers = self.config.workers;
+        self.set_desired(workers).await;
         if roll {
             self.generation += 1;
         }
-        let (workers, min_ready) = (
-            self.config.workers,
-            self.config.min_ready.unwrap_or(self.config.workers),
-        );
-        self.status.send_modify(|status| {
-            status.desired = workers;
-            status.min_ready = min_ready;
-        });
         info!(service = %self.service.name, generation = self.generation, roll, workers, "config reloaded");
         Ok(self.generation)
-    }
-
-    /// Grows or shrinks the pool to `workers` slots; the workers of removed slots drain
-    /// and stop.
-    async fn resize(&mut self, workers: u32) {
-        let workers = workers as usize;
-        if self.slots.len() < workers {
-            self.slots.resize_with(workers, Slot::default);
-            return;
-        }
-        let removed: Vec<WorkerId> = self
-            .slots
-            .drain(workers..)
-            .flat_map(|slot| [slot.current, slot.replacement])
-            .flatten()
-            .collect();
-        for id in removed {
-            self.retire(id, RecycleReason::Shutdown).await;
-        }
-    }
-
-    /// A slot that a smaller `workers` took away: its workers only drain and stop.
-    fn slot_removed(&self, slot: u32) -> bool {
-        slot as usize >= self.slots.len()
     }
 
     fn start_deploy(
@@ -900,12 +1024,153 @@ impl ServicePool {
             .workers
             .values()
             .all(|w| w.generation == deploy.generation);
-        let all_ready = self.slots.iter().all(|slot| self.is_ready(slot.current));
+        let all_ready = self
+            .slots
+            .iter()
+            .take(self.desired as usize)
+            .all(|slot| self.is_ready(slot.current));
         if all_new && all_ready {
             info!(service = %self.service.name, generation = deploy.generation, "deploy finished");
             if let Some(done) = self.deploy.take().and_then(|d| d.done) {
                 let _ = done.send(Ok(()));
             }
+        }
+    }
+
+    /// `poolctl drain/undrain SERVICE/SLOT`: the slot's ready worker to weight 0 and out of
+    /// rotation (no replacement: capacity drops by one), or back to the service's weight.
+    async fn drain_slot(&mut self, slot: u32, drain: bool) -> Result<WorkerId, PoolError> {
+        self.check_slot(slot)?;
+        let service = self.service.name.clone();
+        let entry = &self.slots[slot as usize];
+        if entry.recycling || entry.pending.is_some() || entry.replacement.is_some() {
+            return Err(PoolError::SlotBusy { service, slot });
+        }
+        let state = self.slot_state(slot as usize, Instant::now());
+        let worker = entry.current.and_then(|id| self.workers.get_mut(&id));
+        let Some(Worker {
+            id,
+            phase: Phase::Ready {
+                spawned, drained, ..
+            },
+            ..
+        }) = worker
+        else {
+            return Err(if drain {
+                PoolError::SlotNotReady {
+                    service,
+                    slot,
+                    state,
+                }
+            } else {
+                PoolError::SlotNotDrained { service, slot }
+            });
+        };
+        match (drain, *drained) {
+            (true, true) => return Err(PoolError::SlotAlreadyDrained { service, slot }),
+            (false, false) => return Err(PoolError::SlotNotDrained { service, slot }),
+            _ => {}
+        }
+        let (id, addr) = (*id, spawned.addr);
+        let weight = if drain { 0 } else { self.config.weight };
+        self.balancer
+            .set_weight(&self.service, addr, weight)
+            .await
+            .map_err(|error| {
+                error!(service = %service, worker.slot = slot, worker.id = %id, %error, "setting the weight failed");
+                PoolError::Stopped {
+                    service: service.clone(),
+                }
+            })?;
+        if let Some(Worker {
+            phase: Phase::Ready { drained, .. },
+            ..
+        }) = self.workers.get_mut(&id)
+        {
+            *drained = drain;
+        }
+        info!(service = %service, worker.slot = slot, worker.id = %id, drained = drain, "slot drain changed");
+        self.publish();
+        Ok(id)
+    }
+
+    /// `poolctl scale SERVICE N`: more slots start at once; fewer drain their highest slots
+    /// (weight 0, until the connections end) before stopping them.
+    async fn scale(&mut self, workers: u32, others: u64) -> Result<ScaleChange, PoolError> {
+        let service = self.service.name.clone();
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown { service });
+        }
+        let capacity = self.options.worker_capacity;
+        let max = capacity.saturating_sub(others);
+        if workers == 0 || u64::from(workers) > max {
+            return Err(PoolError::ScaleOutOfRange {
+                service,
+                workers,
+                max,
+                capacity,
+                others,
+            });
+        }
+        let from = self.desired;
+        self.set_desired(workers).await;
+        info!(service = %service, from, to = workers, configured = self.config.workers, "scaled");
+        Ok(ScaleChange {
+            from,
+            to: workers,
+            configured: self.config.workers,
+        })
+    }
+
+    /// Sets the worker count (`poolctl scale`, or a reload's `workers`): more slots start at
+    /// once; fewer drain their highest slots (weight 0, until the connections end) before
+    /// stopping them.
+    async fn set_desired(&mut self, workers: u32) {
+        self.desired = workers;
+        while self.slots.len() < workers as usize {
+            self.slots.push(Slot::default());
+        }
+        for index in workers as usize..self.slots.len() {
+            let entry = &mut self.slots[index];
+            entry.pending = None;
+            entry.restart_at = None;
+            entry.recycling = false;
+            let current = entry.current.take();
+            let replacement = entry.replacement.take();
+            if let Some(id) = replacement {
+                self.begin_stop(id, RecycleReason::Manual);
+            }
+            if let Some(id) = current {
+                self.retire(id, RecycleReason::Manual).await;
+            }
+        }
+        // Readiness follows the new count: min_ready when set (never above the count),
+        // else every desired worker.
+        let min_ready = self
+            .config
+            .min_ready
+            .map_or(workers, |min| min.min(workers));
+        let configured = self.config.workers;
+        self.status.send_modify(|status| {
+            status.desired = workers;
+            status.min_ready = min_ready;
+            status.scaled_from = (workers != configured).then_some(configured);
+        });
+    }
+
+    /// A slot that `scale` or a smaller `workers` took away: its workers only drain and stop.
+    fn slot_removed(&self, slot: u32) -> bool {
+        slot >= self.desired
+    }
+
+    /// Forgets the slots beyond `desired` once no worker of theirs is left.
+    fn drop_scaled_away_slots(&mut self) {
+        while self.slots.len() > self.desired as usize {
+            let last = self.slots.len() as u32 - 1;
+            if self.workers.values().any(|w| w.slot == last) {
+                return;
+            }
+            self.slots.pop();
         }
     }
 
@@ -919,15 +1184,15 @@ impl ServicePool {
             return Err(PoolError::ShuttingDown { service: service() });
         }
         let slots: Vec<u32> = match slot {
-            Some(slot) if slot as usize >= self.slots.len() => {
+            Some(slot) if slot >= self.desired => {
                 return Err(PoolError::NoSuchSlot {
                     service: service(),
                     slot,
-                    last: self.slots.len() as u32 - 1,
+                    last: self.desired - 1,
                 });
             }
             Some(slot) => vec![slot],
-            None => (0..self.slots.len() as u32).collect(),
+            None => (0..self.desired).collect(),
         };
         let mut old_workers = Vec::new();
         for &slot in &slots {
@@ -965,7 +1230,9 @@ impl ServicePool {
                 continue;
             };
             match state {
-                WorkerState::Ready => self.retire(id, RecycleReason::Shutdown).await,
+                WorkerState::Ready | WorkerState::Drained => {
+                    self.retire(id, RecycleReason::Shutdown).await
+                }
                 WorkerState::Starting => self.begin_stop(id, RecycleReason::Shutdown),
                 WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone => {}
             }
@@ -998,7 +1265,7 @@ impl ServicePool {
         let ready: Vec<WorkerId> = self
             .workers
             .values()
-            .filter(|w| w.state() == WorkerState::Ready)
+            .filter(|w| matches!(w.phase, Phase::Ready { .. }))
             .map(|w| w.id)
             .collect();
         for id in ready {
@@ -1101,6 +1368,7 @@ impl ServicePool {
         }
         self.finish_recycles();
         self.finish_deploy();
+        self.drop_scaled_away_slots();
         self.publish();
     }
 
@@ -1109,13 +1377,19 @@ impl ServicePool {
         let Phase::Ready {
             retire_at,
             oom_baseline,
+            drained,
             ..
         } = worker.phase
         else {
             return None;
         };
+        // A rollout replaces a drained worker too (as `recycle` does; the new one serves).
         if worker.generation != self.generation {
             return Some(RecycleReason::Rollout);
+        }
+        // A drained worker is kept for inspection: its limits wait until `undrain`.
+        if drained {
+            return None;
         }
         let recycle = &self.config.recycle;
         if retire_at.is_some_and(|at| now >= at) {
@@ -1201,9 +1475,16 @@ impl ServicePool {
             .is_some_and(|w| w.state() == WorkerState::Ready)
     }
 
+    /// Ready, in rotation or drained by the operator: a worker a recycle can replace.
+    fn is_up(&self, id: WorkerId) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| matches!(w.phase, Phase::Ready { .. }))
+    }
+
     async fn start_planned_recycles(&mut self, now: Instant) {
         let cap = self.config.recycle.max_concurrent_recycles as usize;
-        for index in 0..self.slots.len() {
+        for index in 0..self.desired as usize {
             if self.recycles_in_flight() >= cap {
                 return;
             }
@@ -1228,7 +1509,7 @@ impl ServicePool {
                 }
                 continue;
             }
-            if !self.is_ready(Some(current))
+            if !self.is_up(current)
                 || slot.replacement.is_some()
                 || slot.restart_at.is_some_and(|at| now < at)
             {
@@ -1259,7 +1540,7 @@ impl ServicePool {
     }
 
     fn fill_slots(&mut self, now: Instant) {
-        for index in 0..self.slots.len() {
+        for index in 0..self.desired as usize {
             let slot = &self.slots[index];
             if slot.current.is_some() || slot.restart_at.is_some_and(|at| now < at) {
                 continue;
@@ -1297,10 +1578,8 @@ impl ServicePool {
         for waiter in waiters {
             let finished = waiter.old_workers.iter().all(|(slot, old)| {
                 !self.workers.contains_key(old)
-                    && self
-                        .slots
-                        .get(*slot as usize)
-                        .is_none_or(|slot| self.is_ready(slot.current))
+                    && (*slot >= self.desired
+                        || self.is_ready(self.slots.get(*slot as usize).and_then(|s| s.current)))
             });
             if finished {
                 let _ = waiter.done.send(());
@@ -1351,6 +1630,10 @@ impl ServicePool {
         if worker.recycle_started.is_none() {
             worker.recycle_started = Some((reason, Instant::now()));
             self.observer.recycle_started(id, reason);
+            if let Some(slot) = self.slots.get_mut(worker.slot as usize) {
+                slot.recycles += 1;
+                slot.last_recycle = Some(reason);
+            }
         }
     }
 
@@ -1387,6 +1670,7 @@ impl ServicePool {
             retire_at: lifetime.map(|lifetime| now + lifetime),
             oom_baseline: None,
             replacing: None,
+            drained: false,
         };
         info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, lifetime = ?lifetime, "worker ready");
 
@@ -1541,6 +1825,27 @@ impl ServicePool {
 
     // ----- status ------------------------------------------------------------------------
 
+    fn slot_state(&self, index: usize, now: Instant) -> SlotState {
+        let slot = &self.slots[index];
+        let current = slot.current.and_then(|id| self.workers.get(&id));
+        let waiting = slot.restart_at.is_some_and(|at| at > now);
+        if current.is_none() && waiting {
+            if slot.failures >= CRASH_LOOP_FAILURES {
+                SlotState::CrashLoop
+            } else {
+                SlotState::Backoff
+            }
+        } else if slot.recycling {
+            SlotState::Recycling
+        } else {
+            match current.map(Worker::state) {
+                Some(WorkerState::Ready) => SlotState::Ok,
+                Some(WorkerState::Drained) => SlotState::Drained,
+                _ => SlotState::Starting,
+            }
+        }
+    }
+
     fn publish(&self) {
         let now = Instant::now();
         let mut workers: Vec<WorkerStatus> = self
@@ -1558,6 +1863,8 @@ impl ServicePool {
                     active_conns: w.stats.map_or(0, |s| s.active),
                     total_conns: w.stats.map_or(0, |s| s.total),
                     memory_bytes: w.usage.memory_bytes,
+                    memory_limit_bytes: self.config.limits.memory.map(|limit| limit.bytes()),
+                    cpu_secs: w.usage.cpu_time.as_secs_f64(),
                     reason: w.phase.reason(),
                     chroot: spawned.is_some_and(|s| s.chroot),
                     generation: w.generation,
@@ -1568,29 +1875,18 @@ impl ServicePool {
             .slots
             .iter()
             .enumerate()
-            .map(|(index, slot)| {
-                let current = slot.current.and_then(|id| self.workers.get(&id));
-                let waiting = slot.restart_at.filter(|at| *at > now);
-                let state = if current.is_none() && waiting.is_some() {
-                    if slot.failures >= CRASH_LOOP_FAILURES {
-                        SlotState::CrashLoop
-                    } else {
-                        SlotState::Backoff
-                    }
-                } else if slot.recycling {
-                    SlotState::Recycling
-                } else if current.is_some_and(|w| w.state() == WorkerState::Ready) {
-                    SlotState::Ok
-                } else {
-                    SlotState::Starting
-                };
-                SlotStatus {
-                    slot: index as u32,
-                    state,
-                    failures: slot.failures,
-                    last_error: slot.last_error.as_ref().map(ToString::to_string),
-                    retry_in_secs: waiting.map(|at| (at - now).as_secs_f64()),
-                }
+            .take(self.desired as usize)
+            .map(|(index, slot)| SlotStatus {
+                slot: index as u32,
+                state: self.slot_state(index, now),
+                failures: slot.failures,
+                last_error: slot.last_error.as_ref().map(ToString::to_string),
+                retry_in_secs: slot
+                    .restart_at
+                    .filter(|at| *at > now)
+                    .map(|at| (at - now).as_secs_f64()),
+                recycles: slot.recycles,
+                last_recycle: slot.last_recycle,
             })
             .collect();
         workers.sort_by_key(|w| (w.slot, w.id));

@@ -14,6 +14,9 @@ pub enum WorkerState {
     Starting,
     /// Healthy and in the balancer with the service's weight.
     Ready,
+    /// Taken out of rotation by `poolctl drain SERVICE/SLOT`: weight 0, alive and probed
+    /// for inspection, not replaced, until `undrain` or a recycle.
+    Drained,
     /// Weight 0: no new connections; waiting for active connections to end.
     Draining,
     /// SIGTERM sent (SIGKILL after stop_timeout); waiting for the exit.
@@ -27,6 +30,7 @@ impl fmt::Display for WorkerState {
         f.write_str(match self {
             Self::Starting => "starting",
             Self::Ready => "ready",
+            Self::Drained => "drained",
             Self::Draining => "draining",
             Self::Stopping => "stopping",
             Self::Gone => "gone",
@@ -79,6 +83,8 @@ pub enum SlotState {
     Backoff,
     /// Waiting after several failures in a row: the worker keeps failing.
     CrashLoop,
+    /// Its worker was taken out of rotation by the operator (`poolctl drain SERVICE/SLOT`).
+    Drained,
 }
 
 impl fmt::Display for SlotState {
@@ -89,6 +95,7 @@ impl fmt::Display for SlotState {
             Self::Recycling => "recycling",
             Self::Backoff => "backoff",
             Self::CrashLoop => "crash-loop",
+            Self::Drained => "drained",
         })
     }
 }
@@ -104,6 +111,12 @@ pub struct WorkerStatus {
     pub active_conns: u64,
     pub total_conns: u64,
     pub memory_bytes: u64,
+    /// The worker's memory limit (`limits.memory`), bytes; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU time its cgroup has used so far, seconds.
+    #[serde(default)]
+    pub cpu_secs: f64,
     /// Why the worker is draining or stopping.
     pub reason: Option<RecycleReason>,
     /// Its root was entered with chroot (initramfs hosts only), not pivot_root.
@@ -123,6 +136,11 @@ pub struct SlotStatus {
     pub last_error: Option<String>,
     /// Seconds until the next start attempt while backing off.
     pub retry_in_secs: Option<f64>,
+    /// Workers of this slot replaced so far (planned or unhealthy), and the last reason.
+    #[serde(default)]
+    pub recycles: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recycle: Option<RecycleReason>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +149,9 @@ pub struct ServiceStatus {
     pub listen: SocketAddr,
     pub balancer: BalancerKind,
     pub desired: u32,
+    /// The configured count when `poolctl scale` changed `desired` (until the next reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_from: Option<u32>,
     pub ready: u32,
     /// Ready workers the service needs to count as ready upstream (`min_ready`, default
     /// `workers`).

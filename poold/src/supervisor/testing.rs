@@ -43,6 +43,11 @@ pub struct HarnessBuilder {
 }
 
 impl HarnessBuilder {
+    /// The harness's default options, to change one.
+    pub fn options_default(&self) -> PoolOptions {
+        self.options.clone()
+    }
+
     pub fn options(mut self, options: PoolOptions) -> Self {
         self.options = options;
         self
@@ -84,6 +89,7 @@ impl Harness {
                 tick: Duration::from_millis(500),
                 drain_settle: Duration::from_secs(1),
                 seed: 7,
+                worker_capacity: u64::MAX,
             },
             observer: Arc::new(NoObserver),
         }

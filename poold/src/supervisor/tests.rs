@@ -301,6 +301,7 @@ async fn max_memory_and_oom_kill_recycle() {
         ResourceUsage {
             memory_bytes: 101 << 20,
             oom_kills: 0,
+            ..Default::default()
         },
     );
     h.runtime.set_usage(
@@ -308,6 +309,7 @@ async fn max_memory_and_oom_kill_recycle() {
         ResourceUsage {
             memory_bytes: 99 << 20,
             oom_kills: 0,
+            ..Default::default()
         },
     );
     h.runtime.set_usage(
@@ -315,6 +317,7 @@ async fn max_memory_and_oom_kill_recycle() {
         ResourceUsage {
             memory_bytes: 10 << 20,
             oom_kills: 1,
+            ..Default::default()
         },
     );
     wait(10).await;
@@ -336,6 +339,7 @@ async fn oom_kill_ignored_when_configured() {
         ResourceUsage {
             memory_bytes: 1,
             oom_kills: 4,
+            ..Default::default()
         },
     );
     wait(10).await;
@@ -370,6 +374,65 @@ async fn failed_health_checks_replace_the_worker() {
         "sick worker is gone"
     );
     assert_eq!(h.status().slots[0].failures, 1);
+}
+
+/// Issue 9: under CPU starvation a worker's probes time out while it keeps answering its
+/// clients. Such a worker is slow, not dead: timeouts while its byte count in the balancer
+/// grows are never counted against it. Once nothing flows, the same timeouts replace it.
+#[tokio::test(start_paused = true)]
+async fn probe_timeouts_of_a_worker_answering_its_clients_do_not_count() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let busy = h.ready_worker(0);
+    let addr = busy.addr.unwrap();
+    h.health.set_timing_out(addr.ip(), true);
+    // Interval 2s, threshold 3: replaced within about 8s if the timeouts counted.
+    for _ in 0..30 {
+        h.balancer.add_out_bytes(addr, 1500);
+        wait(1).await;
+    }
+    let status = h.status();
+    assert_eq!(status.ready, 2);
+    assert_eq!(
+        h.ready_worker(0).id,
+        busy.id,
+        "a serving worker was replaced"
+    );
+    assert_eq!(h.balancer.state().backends[&addr].weight, 1);
+    assert_eq!(status.slots[0].failures, 0, "{:?}", status.slots);
+
+    // It stops answering anyone: now the timeouts count.
+    wait(20).await;
+    let status = h.status();
+    assert!(
+        status.workers.iter().all(|w| w.id != busy.id),
+        "a silent worker whose probes time out was kept: {:?}",
+        status.workers
+    );
+    assert_eq!(status.ready, 2);
+    assert_eq!(status.slots[0].failures, 1, "{:?}", status.slots);
+}
+
+/// Bytes flowing excuse only timeouts: a worker that refuses its probes (or answers them
+/// wrongly) is replaced even while it sends something to its clients.
+#[tokio::test(start_paused = true)]
+async fn refused_probes_count_even_while_the_worker_answers_clients() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let sick = h.ready_worker(0);
+    let addr = sick.addr.unwrap();
+    h.health.set_unhealthy(addr.ip(), true);
+    for _ in 0..20 {
+        h.balancer.add_out_bytes(addr, 1500);
+        wait(1).await;
+    }
+    let status = h.status();
+    assert!(
+        status.workers.iter().all(|w| w.id != sick.id),
+        "{:?}",
+        status.workers
+    );
+    assert_eq!(status.slots[0].failures, 1, "{:?}", status.slots);
 }
 
 /// poold out of file descriptors is poold's problem: checks that cannot even run never
@@ -609,6 +672,8 @@ fn worker_status_json_is_stable() {
         active_conns: 3,
         total_conns: 40,
         memory_bytes: 1024,
+        memory_limit_bytes: Some(1 << 20),
+        cpu_secs: 0.25,
         reason: Some(RecycleReason::MaxMemory),
         chroot: false,
         generation: 1,
@@ -616,7 +681,7 @@ fn worker_status_json_is_stable() {
     let json = serde_json::to_string(&status).unwrap();
     assert_eq!(
         json,
-        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"reason":"max-memory","generation":1}"#
+        r#"{"slot":1,"id":7,"state":"draining","addr":"10.0.0.2:8080","pid":42,"age_secs":1.5,"active_conns":3,"total_conns":40,"memory_bytes":1024,"memory_limit_bytes":1048576,"cpu_secs":0.25,"reason":"max-memory","generation":1}"#
     );
     let back: WorkerStatus = serde_json::from_str(&json).unwrap();
     assert_eq!(back, status);
@@ -784,4 +849,167 @@ async fn a_failed_deploy_rolls_the_replaced_workers_back() {
         .all(|w| state.workers[&w.id].rootfs == "host"));
     drop(state);
     assert_eq!(h.balancer.state().min_weighted_after_full, Some(3));
+}
+
+/// `poolctl drain web/0`: weight 0, kept alive and not replaced, not counted ready; errors
+/// for an unknown or already drained slot; `undrain` restores the weight.
+#[tokio::test(start_paused = true)]
+async fn drained_slot_stays_out_of_rotation_until_undrain() {
+    let mut config = service(2);
+    config.recycle.max_lifetime = Some(HumanDuration::from_secs(60));
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let worker = h.ready_worker(0);
+    let addr = worker.addr.unwrap();
+    assert_eq!(h.pool.drain_slot(0, true).await, Ok(worker.id));
+    assert_eq!(h.balancer.state().backends[&addr].weight, 0);
+    let status = h.status();
+    assert_eq!(status.ready, 1, "a drained worker is not ready");
+    assert_eq!(status.slots[0].state, SlotState::Drained);
+    assert_eq!(h.workers_in(WorkerState::Drained)[0].id, worker.id);
+
+    assert_eq!(
+        h.pool.drain_slot(0, true).await.unwrap_err().to_string(),
+        "web/0 is already drained"
+    );
+    assert_eq!(
+        h.pool.drain_slot(2, true).await.unwrap_err().to_string(),
+        "service web has slots 0 to 1"
+    );
+    assert_eq!(
+        h.pool.drain_slot(1, false).await.unwrap_err().to_string(),
+        "web/1 is not drained"
+    );
+
+    // Past its lifetime and failing probes: kept for inspection, no replacement started.
+    h.health.set_unhealthy(addr.ip(), true);
+    wait(120).await;
+    assert!(h.runtime.signals_to(worker.id).is_empty());
+    let status = h.status();
+    assert_eq!(status.slots[0].state, SlotState::Drained, "{status:?}");
+    assert_eq!(status.workers.iter().filter(|w| w.slot == 0).count(), 1);
+
+    // Undrained, the deferred lifetime recycle replaces it (surge: capacity kept).
+    h.health.set_unhealthy(addr.ip(), false);
+    assert_eq!(h.pool.drain_slot(0, false).await, Ok(worker.id));
+    wait(5).await;
+    let status = h.status();
+    assert_eq!(status.ready, 2);
+    assert_eq!(status.slots[0].state, SlotState::Ok);
+    assert_eq!(status.slots[0].last_recycle, Some(RecycleReason::Lifetime));
+    assert!(status.workers.iter().all(|w| w.id != worker.id));
+}
+
+/// A recycle replaces a drained worker like any other: the replacement serves, the
+/// drained one drains and stops, the slot counts the recycle.
+#[tokio::test(start_paused = true)]
+async fn recycling_a_drained_slot_replaces_it() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let worker = h.ready_worker(1);
+    let addr = worker.addr.unwrap();
+    h.pool.drain_slot(1, true).await.unwrap();
+    h.pool.drain_slot(1, false).await.unwrap();
+    assert_eq!(h.balancer.state().backends[&addr].weight, 1, "undrained");
+    assert_eq!(h.status().ready, 2);
+    h.pool.drain_slot(1, true).await.unwrap();
+    let (_, done) = h.pool.recycle(Some(1)).await.unwrap();
+    done.await.expect("recycle finished");
+    let status = h.status();
+    assert_eq!(status.ready, 2);
+    assert_eq!(status.slots[1].state, SlotState::Ok);
+    assert_eq!(
+        (status.slots[1].recycles, status.slots[1].last_recycle),
+        (1, Some(RecycleReason::Manual))
+    );
+    assert_eq!(h.runtime.signals_to(worker.id), vec![StopSignal::Term]);
+    assert!(status.workers.iter().all(|w| w.id != worker.id));
+}
+
+/// A slot being recycled cannot be drained meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_slot_being_recycled_refuses_drain() {
+    let h = Harness::start(service(1)).await;
+    wait(2).await;
+    h.pool.recycle(Some(0)).await.unwrap();
+    assert_eq!(
+        h.pool.drain_slot(0, true).await.unwrap_err().to_string(),
+        "web/0 is being recycled; try again when it is done"
+    );
+}
+
+/// `poolctl scale`: up starts new slots at once, down drains the highest slots (weight 0
+/// until their connections end) before stopping them; status says what was configured.
+#[tokio::test(start_paused = true)]
+async fn scale_up_then_down_drains_the_highest_slots_first() {
+    let h = Harness::start(service(2)).await;
+    wait(2).await;
+    let change = h.pool.scale(4, 0).await.unwrap();
+    assert_eq!((change.from, change.to, change.configured), (2, 4, 2));
+    wait(2).await;
+    let status = h.status();
+    assert_eq!((status.desired, status.ready), (4, 4));
+    assert_eq!(status.scaled_from, Some(2));
+    assert_eq!(status.min_ready, 4, "readiness wants the new count");
+    assert_eq!(status.slots.len(), 4);
+
+    let (two, three) = (h.ready_worker(2), h.ready_worker(3));
+    h.balancer.set_active(three.addr.unwrap(), 2);
+    h.pool.scale(2, 0).await.unwrap();
+    wait(3).await;
+    assert_eq!(h.balancer.state().backends[&three.addr.unwrap()].weight, 0);
+    assert!(
+        h.runtime.signals_to(three.id).is_empty(),
+        "still has connections"
+    );
+    assert_eq!(h.runtime.signals_to(two.id), vec![StopSignal::Term]);
+    let status = h.status();
+    assert_eq!(
+        (status.desired, status.ready, status.slots.len()),
+        (2, 2, 2)
+    );
+    assert_eq!(status.scaled_from, None, "back at the configured count");
+    assert_eq!(status.min_ready, 2);
+
+    h.balancer.set_active(three.addr.unwrap(), 0);
+    wait(3).await;
+    assert!(h.status().workers.iter().all(|w| w.slot < 2));
+    assert!(h.balancer.state().removed_with_active.is_empty());
+    wait(10).await;
+    assert_eq!(
+        h.runtime.state().addresses_handed_out.len(),
+        4,
+        "nothing respawned"
+    );
+}
+
+/// Scale stays within 1 and what the subnet holds besides the other services.
+#[tokio::test(start_paused = true)]
+async fn scale_refuses_out_of_range_counts() {
+    let mut options = Harness::builder(service(1)).options_default();
+    options.worker_capacity = 10;
+    let h = Harness::builder(service(1)).options(options).start().await;
+    assert_eq!(
+        h.pool.scale(0, 3).await.unwrap_err().to_string(),
+        "web: 0 workers is out of range: from 1 to 7 (the subnet holds 10 workers, other services want 3)"
+    );
+    assert!(h.pool.scale(8, 3).await.is_err());
+    assert!(h.pool.scale(7, 3).await.is_ok());
+    assert_eq!(h.status().min_ready, 7);
+}
+
+/// A worker still being spawned when its slot is scaled away stops once spawned, rather
+/// than serving from a slot that no longer exists.
+#[tokio::test(start_paused = true)]
+async fn a_worker_spawning_for_a_scaled_away_slot_is_stopped() {
+    let h = Harness::start(service(1)).await;
+    wait(2).await;
+    h.runtime.state().spawn_delay = Some(std::time::Duration::from_secs(1));
+    h.pool.scale(2, 0).await.unwrap();
+    h.pool.scale(1, 0).await.unwrap();
+    wait(10).await;
+    let status = h.status();
+    assert_eq!(status.slots.len(), 1, "{status:?}");
+    assert!(status.workers.iter().all(|w| w.slot == 0), "{status:?}");
+    assert_eq!(h.runtime.state().spawn_attempts.len(), 2);
 }

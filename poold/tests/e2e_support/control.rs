@@ -123,7 +123,17 @@ pub fn drain_and_readiness() {
     drop(held);
     let (ok, out, err) = text(&daemon.poolctl(&["drain", "web", "--wait"]));
     assert!(ok, "{err}");
-    assert_eq!(out, "web: drained, no active connections");
+    // Not a terminal: plain progress lines, then the answer.
+    assert_eq!(
+        out.lines().last(),
+        Some("web: drained, no active connections"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with("s  web: no active connections")),
+        "no progress line: {out}"
+    );
 
     let (ok, out, err) = text(&daemon.poolctl(&["undrain", "web"]));
     assert!(ok, "{err}");
@@ -187,4 +197,236 @@ pub fn drain_and_readiness() {
             && l.contains("service=api")),
         "shutdown did not drain readiness first; log:\n{log}"
     );
+}
+
+/// `status` of one service, with `--json`.
+fn service_status(daemon: &Daemon, service: &str) -> Value {
+    let (ok, out, err) = text(&daemon.poolctl(&["--json", "status", service]));
+    assert!(ok, "{err}");
+    let mut services: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(services.len(), 1, "{out}");
+    services.remove(0)
+}
+
+/// Polls `service`'s status until `done` holds (two minutes at most).
+fn wait_for(daemon: &Daemon, service: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = service_status(daemon, service);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {what}: {status}; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One failing poolctl: non-zero, one line on stderr containing `expected`.
+fn refused(daemon: &Daemon, args: &[&str], expected: &str) {
+    let (ok, out, err) = text(&daemon.poolctl(args));
+    assert!(!ok, "{args:?} succeeded: {out}");
+    assert!(
+        err.starts_with("poolctl: ") && err.contains(expected) && err.lines().count() == 1,
+        "{args:?}: expected one line with {expected:?}, got: {err}"
+    );
+}
+
+/// One worker out of rotation and back, recycle by SERVICE/SLOT with progress, scale up and
+/// down, status of one service with memory, CPU and recycles, and every error of these.
+pub fn slot_drain_scale_and_recycle() {
+    let web = format!("127.0.0.1:{}", super::free_port());
+    let api = format!("127.0.0.1:{}", super::free_port());
+    let services = format!(
+        "{}{}",
+        http_service("web", &web, 2, "[service.limits]\nmemory = \"64M\"\n"),
+        http_service("api", &api, 1, "")
+    );
+    let mut daemon = Daemon::start("proxy", &services);
+    daemon.wait_ready("web", 2);
+    daemon.wait_ready("api", 1);
+
+    // status SERVICE: that service only, with the new per-worker columns.
+    let (ok, out, err) = text(&daemon.poolctl(&["status", "api"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("api") && !out.contains("web"), "{out}");
+    assert!(out.contains("MEMORY") && out.contains("RECYCLED"), "{out}");
+    let (ok, out, _) = text(&daemon.poolctl(&["status", "web"]));
+    assert!(
+        ok && out.contains("/64.0M"),
+        "memory against its limit: {out}"
+    );
+    let status = service_status(&daemon, "web");
+    let worker = &status["workers"][0];
+    assert_eq!(worker["memory_limit_bytes"], 64 << 20, "{worker}");
+    assert!(worker["cpu_secs"].as_f64().is_some(), "{worker}");
+    assert_eq!(status["slots"][0]["recycles"], 0, "{status}");
+    refused(&daemon, &["status", "nope"], "no service named \"nope\"");
+
+    // drain web/1: out of rotation, alive, not replaced; web/0 serves.
+    let drained_pid = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["slot"] == 1)
+        .unwrap()["pid"]
+        .clone();
+    let (ok, out, err) = text(&daemon.poolctl(&["drain", "web/1"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("web/1: worker w")
+            && out.ends_with("drained (weight 0, kept alive, no replacement)"),
+        "{out}"
+    );
+    let status = service_status(&daemon, "web");
+    assert_eq!(status["ready"], 1, "{status}");
+    assert_eq!(status["slots"][1]["state"], "drained", "{status}");
+    let drained: Vec<&Value> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "drained")
+        .collect();
+    assert_eq!(drained.len(), 1, "{status}");
+    assert_eq!(drained[0]["pid"], drained_pid, "the drained worker is kept");
+    for _ in 0..4 {
+        assert!(served(&web), "web/0 must serve while web/1 is drained");
+    }
+    let (ok, out, _) = text(&daemon.poolctl(&["status", "web"]));
+    assert!(ok && out.contains("drained by the operator"), "{out}");
+    refused(&daemon, &["drain", "web/1"], "web/1 is already drained");
+    refused(&daemon, &["drain", "web/5"], "service web has slots 0 to 1");
+    refused(&daemon, &["undrain", "web/0"], "web/0 is not drained");
+    refused(&daemon, &["drain", "nope/0"], "no service named \"nope\"");
+    refused(
+        &daemon,
+        &["drain", "web/1", "--wait"],
+        "--wait is for a whole service",
+    );
+    let (ok, _, err) = text(&daemon.poolctl(&["drain", "web/x"]));
+    assert!(!ok && err.contains("SERVICE/SLOT"), "{err}");
+    // A few health intervals later it is still the same worker, still drained.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = service_status(&daemon, "web");
+    assert_eq!(
+        status["workers"].as_array().unwrap().len(),
+        2,
+        "no replacement: {status}"
+    );
+    assert_eq!(status["slots"][1]["state"], "drained", "{status}");
+
+    let (ok, out, err) = text(&daemon.poolctl(&["undrain", "web/1"]));
+    assert!(ok, "{err}");
+    assert!(out.ends_with("undrained (back in rotation)"), "{out}");
+    assert_eq!(service_status(&daemon, "web")["ready"], 2);
+
+    // recycle SERVICE/SLOT --wait replaces a drained worker, printing its steps.
+    assert!(text(&daemon.poolctl(&["drain", "web/1"])).0);
+    let (ok, out, err) = text(&daemon.poolctl(&["recycle", "web/1", "--wait"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last(), Some("web: recycled slots [1]"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("s  web/1 worker w") && l.contains(" starting")),
+        "no progress line for the replacement: {out}"
+    );
+    let status = service_status(&daemon, "web");
+    assert_eq!(status["slots"][1]["state"], "ok", "{status}");
+    assert_eq!(
+        (
+            &status["slots"][1]["recycles"],
+            &status["slots"][1]["last_recycle"]
+        ),
+        (&1.into(), &"manual".into()),
+        "{status}"
+    );
+    assert!(status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["pid"] != drained_pid));
+    // The old spelling still works.
+    let (ok, out, err) = text(&daemon.poolctl(&["recycle", "web", "--slot", "0", "--wait"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last(), Some("web: recycled slots [0]"), "{out}");
+    refused(
+        &daemon,
+        &["recycle", "web/0", "--slot", "1"],
+        "two different slots",
+    );
+    refused(
+        &daemon,
+        &["recycle", "web/7"],
+        "service web has slots 0 to 1",
+    );
+    refused(&daemon, &["recycle", "nope"], "no service named \"nope\"");
+    // An operation in flight on the slot: a queued recycle refuses a drain.
+    assert!(text(&daemon.poolctl(&["recycle", "web/0"])).0);
+    refused(&daemon, &["drain", "web/0"], "web/0 is being recycled");
+    wait_for(&daemon, "web", "done recycling web/0", |s| {
+        s["slots"][0]["recycles"] == 2
+            && s["slots"][0]["state"] == "ok"
+            && s["workers"].as_array().unwrap().len() == 2
+    });
+
+    // scale up and back down: surge-safe, status says so.
+    let (ok, out, err) = text(&daemon.poolctl(&["scale", "web", "3"]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "web: scaled from 2 to 3 workers (configured 2; until the next reload)"
+    );
+    daemon.wait_ready("web", 3);
+    let (_, out, _) = text(&daemon.poolctl(&["status", "web"]));
+    assert!(
+        out.contains("ready 3/3 (scaled from 2 until the next reload)"),
+        "{out}"
+    );
+    assert_eq!(service_status(&daemon, "web")["scaled_from"], 2);
+    let (ok, out, err) = text(&daemon.poolctl(&["scale", "web", "2"]));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "web: scaled from 3 to 2 workers (the configured count)"
+    );
+    let status = wait_for(&daemon, "web", "back at 2 workers", |s| {
+        s["workers"].as_array().unwrap().len() == 2 && s["ready"] == 2
+    });
+    assert!(status.get("scaled_from").is_none(), "{status}");
+    assert!(status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["slot"].as_u64() < Some(2)));
+    refused(
+        &daemon,
+        &["scale", "web", "100000"],
+        "out of range: from 1 to",
+    );
+    refused(
+        &daemon,
+        &["scale", "nope", "2"],
+        "no service named \"nope\"",
+    );
+    let (ok, _, err) = text(&daemon.poolctl(&["scale", "web", "0"]));
+    assert!(!ok && err.contains("error:"), "{err}");
+
+    // poold not running: one line, non-zero.
+    let missing = daemon.dir().join("missing.sock");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_poolctl"))
+        .arg("--socket")
+        .arg(&missing)
+        .arg("status")
+        .output()
+        .unwrap();
+    let (ok, _, err) = text(&run);
+    assert!(
+        !ok && err.starts_with("poolctl: poold is not running") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    daemon.stop_and_check_clean("127.0.0.1");
 }

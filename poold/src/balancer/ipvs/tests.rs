@@ -106,7 +106,8 @@ fn service_lifecycle_in_the_kernel() {
                 weight: 3,
                 active: 0,
                 inactive: 0,
-                total: 0
+                total: 0,
+                out_bytes: 0
             }
         );
         let listing = ipvsadm_listing();

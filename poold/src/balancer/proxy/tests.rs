@@ -398,3 +398,17 @@ async fn a_second_proxy_on_the_same_address_is_refused() {
         "{error}"
     );
 }
+
+/// What a backend sends is counted as it is copied, while its connection is still open: the
+/// supervisor reads a growing count as "this worker is answering its clients".
+#[tokio::test]
+async fn bytes_from_a_backend_are_counted_as_they_flow() {
+    let (proxy, service) = proxy_on("127.0.0.92").await;
+    let backend = echo_backend("127.0.0.93", "one").await;
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let mut client = Client::connect(service.listen).await;
+    // "one\n"
+    stats_until(&proxy, &service, |s| s[&backend].out_bytes == 4).await;
+    assert_eq!(client.echo("hello").await, "hello");
+    stats_until(&proxy, &service, |s| s[&backend].out_bytes == 10).await;
+}

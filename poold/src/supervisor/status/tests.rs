@@ -6,6 +6,7 @@ fn service(ready: u32, min_ready: u32, drained: bool) -> ServiceStatus {
         listen: "127.0.0.1:80".parse().unwrap(),
         balancer: BalancerKind::Proxy,
         desired: 4,
+        scaled_from: None,
         ready,
         min_ready,
         drained,
