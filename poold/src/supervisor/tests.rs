@@ -1013,3 +1013,37 @@ async fn a_worker_spawning_for_a_scaled_away_slot_is_stopped() {
     assert!(status.workers.iter().all(|w| w.slot == 0), "{status:?}");
     assert_eq!(h.runtime.state().spawn_attempts.len(), 2);
 }
+
+// ----- reload and deploy with scale and slot drain -------------------------------------------
+
+/// `poolctl scale` lasts until the next reload: the configured count comes back.
+#[tokio::test(start_paused = true)]
+async fn a_reload_brings_a_scaled_count_back() {
+    let h = Harness::start(service(2)).await;
+    until(&h, 5, all_ready_at(1)).await;
+    h.pool.scale(4, 0).await.unwrap();
+    let scaled = until(&h, 30, all_ready_at(1)).await;
+    assert_eq!((scaled.desired, scaled.scaled_from), (4, Some(2)));
+    h.pool
+        .reconfigure(Arc::new(service(2)), false)
+        .await
+        .unwrap();
+    let back = until(&h, 60, all_ready_at(1)).await;
+    assert_eq!((back.desired, back.scaled_from), (2, None), "{back:#?}");
+    assert_eq!(back.workers.len(), 2);
+}
+
+/// A rollout replaces a drained slot's worker too (as `recycle` does): the rollout ends and
+/// the new worker serves.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_replaces_a_drained_worker() {
+    let h = Harness::start(service(2)).await;
+    let before = until(&h, 5, all_ready_at(1)).await;
+    let drained = before.workers.iter().find(|w| w.slot == 0).unwrap().id;
+    h.pool.drain_slot(0, true).await.unwrap();
+    let mut changed = service(2);
+    changed.command = vec!["/bin/app".into(), "--v2".into()];
+    h.pool.reconfigure(Arc::new(changed), true).await.unwrap();
+    let after = until(&h, 60, all_ready_at(2)).await;
+    assert!(after.workers.iter().all(|w| w.id != drained), "{after:#?}");
+}
