@@ -551,7 +551,8 @@ pub fn hostile_clients_change_nothing(test_name: &str) {
     assert_eq!(
         (worker_ids(&after), after["ready"].as_u64()),
         (worker_ids(&before), Some(2)),
-        "workers were replaced under attack; poold:\n{}",
+        "workers were replaced under attack (each worker's state and reason: {}); poold:\n{}",
+        after["workers"],
         trouble()
     );
     // A probe answered late under load is the worker's, and harmless below the threshold;
