@@ -328,9 +328,11 @@ pub fn slot_drain_scale_and_recycle() {
     let (ok, out, err) = text(&daemon.poolctl(&["recycle", "web/1", "--wait"]));
     assert!(ok, "{err}");
     assert_eq!(out.lines().last(), Some("web: recycled slots [1]"), "{out}");
+    // Progress is sampled from status: a replacement that starts between two samples
+    // shows up first as ready (seen on a quiet host: "0.5s  web/1 worker w4 ready").
     assert!(
-        out.lines()
-            .any(|l| l.contains("s  web/1 worker w") && l.contains(" starting")),
+        out.lines().any(|l| l.contains("s  web/1 worker w")
+            && (l.contains(" starting") || l.ends_with(" ready"))),
         "no progress line for the replacement: {out}"
     );
     let status = service_status(&daemon, "web");
