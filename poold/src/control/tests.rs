@@ -3,7 +3,7 @@
 use super::client::ControlClient;
 use super::server::{serve, Pools, ServeOptions};
 use super::{render, ControlError, RecycleRequest};
-use crate::config::{Config, ServiceConfig};
+use crate::config::ServiceConfig;
 use crate::runtime::WorkerId;
 use crate::supervisor::testing::{web_service, Harness};
 use crate::supervisor::{PoolHandle, PoolOptions, WorkerState};
@@ -25,14 +25,17 @@ async fn fake_pool(service: ServiceConfig) -> PoolHandle {
         .pool
 }
 
+/// Two workers probed every 100 ms, so the fake pool is ready at once.
+fn fast_health_web_service() -> ServiceConfig {
+    crate::supervisor::testing::web_service(
+        2,
+        "[service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+    )
+}
+
 #[tokio::test]
 async fn status_and_recycle_with_wait_over_the_socket() {
-    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 2\nport = 8080\n\
-                rootfs = \"host\"\ncommand = [\"/bin/app\"]\n[service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
-    let service = Config::parse(text, Path::new("t.toml"))
-        .unwrap()
-        .services
-        .remove(0);
+    let service = fast_health_web_service();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/poold.sock");
     let (pool, server, stop) = serve_fake_pool(service, &socket).await;
@@ -222,12 +225,7 @@ fn status_of<T: std::fmt::Debug>(result: Result<T, ControlError>) -> (u16, Strin
 /// Slot drain and scale over the socket: each refusal with the HTTP status of its cause.
 #[tokio::test]
 async fn slot_drain_and_scale_refusals_carry_their_status() {
-    let text = "[[service]]\nname = \"web\"\nlisten = \"10.212.0.1:80\"\nworkers = 2\nport = 8080\n\
-                rootfs = \"host\"\ncommand = [\"/bin/app\"]\n[service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n";
-    let service = Config::parse(text, Path::new("t.toml"))
-        .unwrap()
-        .services
-        .remove(0);
+    let service = fast_health_web_service();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("poold.sock");
     let (_pool, server, stop) = serve_fake_pool(service, &socket).await;
