@@ -103,7 +103,8 @@ struct Conn {
 #[derive(Debug)]
 struct Inner {
     what: &'static str,
-    max: usize,
+    /// Changed at run time by a reload.
+    max: AtomicUsize,
     min_idle: Duration,
     /// Descriptors one connection holds (the proxy: client and backend socket).
     fds_per_conn: usize,
@@ -132,7 +133,7 @@ impl ConnLimiter {
         Self {
             inner: Arc::new(Inner {
                 what,
-                max: max.max(1),
+                max: AtomicUsize::new(max.max(1)),
                 min_idle,
                 fds_per_conn,
                 epoch: Instant::now(),
@@ -141,6 +142,12 @@ impl ConnLimiter {
                 pending_evictions: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// A new limit for the connections admitted from now on; connections beyond it stay
+    /// until they close or are evicted by new ones.
+    pub fn set_max(&self, max: usize) {
+        self.inner.max.store(max.max(1), Ordering::SeqCst);
     }
 
     /// Connections currently admitted.
@@ -153,7 +160,7 @@ impl ConnLimiter {
     pub fn admit(&self) -> Option<Admission> {
         let inner = &self.inner;
         let mut open = inner.open.lock().expect("conn limiter lock");
-        let over_limit = open.len() >= inner.max;
+        let over_limit = open.len() >= inner.max.load(Ordering::SeqCst);
         let fds_taken = !over_limit && take_fds(inner.fds_per_conn);
         if !fds_taken {
             if inner.pending_evictions.load(Ordering::SeqCst) >= MAX_PENDING_EVICTIONS {

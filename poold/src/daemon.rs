@@ -116,16 +116,7 @@ pub fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
 /// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
 /// service listens on loopback (which IPVS cannot serve), else the proxy, loudly.
 pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
-    let proxy = || {
-        Arc::new(ProxyBalancer::with_client_limits(
-            config.services.iter().map(|s| {
-                (
-                    s.name.clone(),
-                    usize::try_from(s.max_client_connections).unwrap_or(usize::MAX),
-                )
-            }),
-        ))
-    };
+    let proxy = || Arc::new(ProxyBalancer::new());
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(proxy()),
         BalancerChoice::Ipvs => match IpvsBalancer::with_upstream(config.daemon.upstream).await {

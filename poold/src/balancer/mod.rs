@@ -7,6 +7,7 @@ pub mod proxy;
 #[cfg(test)]
 pub(crate) mod fake;
 
+pub use crate::config::BackendConnect;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -19,6 +20,26 @@ pub struct VirtualService {
     pub name: String,
     pub listen: SocketAddr,
     pub scheduler: String,
+    /// How the proxy balancer treats the service's clients; IPVS ignores it.
+    pub clients: ClientPolicy,
+}
+
+/// The proxy balancer's rules for one service's client connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientPolicy {
+    /// Clients held open at once; beyond, the one idle the longest makes room.
+    pub max: usize,
+    pub connect: BackendConnect,
+}
+
+impl Default for ClientPolicy {
+    /// The config's defaults.
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            connect: BackendConnect::OnAccept,
+        }
+    }
 }
 
 /// Counters of one backend (IPVS: real server).

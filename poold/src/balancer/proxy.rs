@@ -10,7 +10,10 @@
 //! the connections ever established, `out_bytes` what the backend sent, as it is copied.
 //!
 //! Each service holds at most `max_client_connections` clients; beyond, the client idle the
-//! longest makes room ([`crate::conn_limit`]).
+//! longest makes room ([`crate::conn_limit`]). With `backend_connect = "on-client-data"` a
+//! client is connected to a worker only once it has sent something, so idle connections
+//! (a flood of them, or a browser's speculative preconnects) never reach the workers.
+//! Both apply at once when changed (a reload calls `ensure_service` again).
 //!
 //! Connections run on the proxy's own threads, one per CPU, each with a current-thread tokio
 //! runtime and its own epoll instance ([`Shards`]), as haproxy's threads do: every thread
@@ -19,13 +22,16 @@
 //! cross-thread wake-ups; profiled against the daemon's multi-thread runtime in
 //! tests/bench/README.md). The daemon's runtime only changes backends and reads counters.
 
-use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
+use super::{
+    BackendConnect, BackendStats, Balancer, BalancerError, BalancerKind, ClientPolicy,
+    VirtualService,
+};
 use crate::conn_limit::{accept_failed, Admission, ConnLimiter, Tracked};
 use async_trait::async_trait;
 use nix::sys::socket::{setsockopt, sockopt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -52,12 +58,23 @@ struct Backend {
 struct ProxyService {
     listen: SocketAddr,
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    limiter: ConnLimiter,
+    wait_for_data: Arc<AtomicBool>,
     /// One accept loop per proxy thread, each on its own descriptor of the listening socket:
     /// the socket closes when the last one ends.
     acceptors: Vec<JoinHandle<()>>,
 }
 
 impl ProxyService {
+    /// New clients follow `policy` from now on; a lower limit makes room as clients come.
+    fn set_client_policy(&self, policy: ClientPolicy) {
+        self.limiter.set_max(policy.max);
+        self.wait_for_data.store(
+            policy.connect == BackendConnect::OnClientData,
+            Ordering::Relaxed,
+        );
+    }
+
     fn stop_accepting(&self) {
         for acceptor in &self.acceptors {
             acceptor.abort();
@@ -119,28 +136,16 @@ impl Drop for ActiveGuard {
 #[derive(Debug, Default)]
 pub struct ProxyBalancer {
     services: Mutex<HashMap<String, ProxyService>>,
-    /// `max_client_connections` per service name; others get [`DEFAULT_MAX_CLIENTS`].
-    client_limits: HashMap<String, usize>,
     /// Started with the first service.
     shards: OnceLock<Shards>,
 }
 
-/// Client connections of a service not given a limit with [`ProxyBalancer::with_client_limits`].
-pub const DEFAULT_MAX_CLIENTS: usize = 4096;
 /// A client idle at least this long may be closed to make room for a new one at the limit.
 pub const CLIENT_MIN_IDLE: Duration = Duration::from_secs(1);
 
 impl ProxyBalancer {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Sets the client connection limit of each named service.
-    pub fn with_client_limits(limits: impl IntoIterator<Item = (String, usize)>) -> Self {
-        Self {
-            client_limits: limits.into_iter().collect(),
-            ..Self::default()
-        }
     }
 
     fn with_backends<T>(
@@ -194,7 +199,29 @@ async fn serve_client(
     peer: SocketAddr,
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
     admission: Admission,
+    wait_for_data: bool,
 ) {
+    if wait_for_data {
+        // Until its first bytes the client is idle (evictable) and no worker is involved.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = client.peek(&mut first) => match peeked {
+                Ok(0) => {
+                    debug!(service = %service, client = %peer, "closed before sending anything");
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    debug!(service = %service, client = %peer, %error, "failed before sending anything");
+                    return;
+                }
+            },
+            () = admission.evicted() => {
+                debug!(service = %service, client = %peer, "closed before sending anything, to make room for a new client");
+                return;
+            }
+        }
+    }
     let mut tried = Vec::new();
     loop {
         let Some(guard) = choose(&backends, &tried) else {
@@ -312,6 +339,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
     limiter: ConnLimiter,
+    wait_for_data: Arc<AtomicBool>,
 ) {
     // Registered with this thread's epoll.
     let listener = match TcpListener::from_std(listener) {
@@ -334,6 +362,7 @@ async fn accept_loop(
                     peer,
                     backends.clone(),
                     admission,
+                    wait_for_data.load(Ordering::Relaxed),
                 ));
             }
             Err(error) => accept_failed("proxy", &error).await,
@@ -377,6 +406,7 @@ impl Balancer for ProxyBalancer {
             .get(&service.name)
         {
             if existing.listen == service.listen {
+                existing.set_client_policy(service.clients);
                 return Ok(());
             }
         }
@@ -395,13 +425,11 @@ impl Balancer for ProxyBalancer {
         setsockopt(&listener, sockopt::TcpNoDelay, &true)
             .map_err(|errno| listen_error(errno.into()))?;
         let backends: Arc<Mutex<Vec<Arc<Backend>>>> = Arc::default();
-        let max_clients = self
-            .client_limits
-            .get(&service.name)
-            .copied()
-            .unwrap_or(DEFAULT_MAX_CLIENTS);
         // Two descriptors per client: its own socket and the one to the worker.
-        let limiter = ConnLimiter::new("proxy", max_clients, CLIENT_MIN_IDLE, 2);
+        let limiter = ConnLimiter::new("proxy", service.clients.max, CLIENT_MIN_IDLE, 2);
+        let wait_for_data = Arc::new(AtomicBool::new(
+            service.clients.connect == BackendConnect::OnClientData,
+        ));
         let mut acceptors = Vec::with_capacity(shards.handles.len());
         for shard in &shards.handles {
             let listener = listener.try_clone().map_err(listen_error)?;
@@ -410,6 +438,7 @@ impl Balancer for ProxyBalancer {
                 listener,
                 backends.clone(),
                 limiter.clone(),
+                wait_for_data.clone(),
             )));
         }
         info!(service = %service.name, listen = %service.listen, "proxy listening");
@@ -418,6 +447,8 @@ impl Balancer for ProxyBalancer {
             ProxyService {
                 listen: service.listen,
                 backends,
+                limiter,
+                wait_for_data,
                 acceptors,
             },
         );

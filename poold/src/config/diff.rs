@@ -15,6 +15,7 @@ const IN_PLACE_KEYS: &[&str] = &[
     "weight",
     "scheduler",
     "max_client_connections",
+    "backend_connect",
     "workers",
     "min_ready",
     "health",

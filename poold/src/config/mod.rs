@@ -171,6 +171,9 @@ pub struct ServiceConfig {
     /// idle the longest makes room (IPVS does not apply it).
     #[serde(default = "defaults::max_client_connections")]
     pub max_client_connections: u32,
+    /// When the proxy balancer connects a client to a worker (IPVS does not apply it).
+    #[serde(default)]
+    pub backend_connect: BackendConnect,
     /// The port the workers listen on inside their namespaces.
     pub port: u16,
     /// "host", a directory, or a .tar / .tar.gz / .tgz archive.
@@ -222,6 +225,20 @@ impl ServiceConfig {
     pub fn rootfs_source(&self) -> RootfsSource {
         RootfsSource::parse(&self.rootfs)
     }
+}
+
+/// When the proxy balancer picks a worker for a new client and connects to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendConnect {
+    /// As soon as the client is accepted: right for every protocol, including those where
+    /// the server speaks first (SMTP, MySQL).
+    #[default]
+    OnAccept,
+    /// Once the client has sent its first bytes (HTTP and other client-first protocols):
+    /// a client that connects and says nothing costs the proxy one descriptor and a worker
+    /// nothing, so a flood of idle connections never reaches the workers.
+    OnClientData,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,7 @@ fn fully_populated() -> Config {
             min_ready: Some(1),
             weight: 1,
             max_client_connections: 4096,
+            backend_connect: BackendConnect::OnAccept,
             port: 8080,
             rootfs: "host".into(),
             command: vec!["/bin/true".into()],

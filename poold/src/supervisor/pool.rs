@@ -9,7 +9,7 @@ use super::observer::PoolObserver;
 use super::status::{
     RecycleReason, ServiceStatus, SlotState, SlotStatus, WorkerState, WorkerStatus,
 };
-use crate::balancer::{BackendStats, Balancer, BalancerError, VirtualService};
+use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, VirtualService};
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
@@ -570,6 +570,7 @@ impl ServicePool {
             name: config.name.clone(),
             listen: config.listen,
             scheduler: config.scheduler.clone(),
+            clients: client_policy(&config),
         };
         balancer.ensure_service(&service).await?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -931,10 +932,12 @@ impl ServicePool {
         // A reload ends a deploy: the config's root comes back.
         let roll = self.deployed_rootfs.take().is_some() || roll;
         let old = std::mem::replace(&mut self.config, config);
-        if old.scheduler != self.config.scheduler {
+        let clients = client_policy(&self.config);
+        if old.scheduler != self.config.scheduler || clients != self.service.clients {
             self.service.scheduler = self.config.scheduler.clone();
+            self.service.clients = clients;
             if let Err(error) = self.balancer.ensure_service(&self.service).await {
-                warn!(service = %self.service.name, %error, "changing the scheduler failed");
+                warn!(service = %self.service.name, %error, "changing the scheduler or client policy failed");
             }
         }
         if old.weight != self.config.weight {
@@ -1912,5 +1915,13 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The proxy balancer's rules for the service's clients, from its config.
+fn client_policy(config: &ServiceConfig) -> ClientPolicy {
+    ClientPolicy {
+        max: usize::try_from(config.max_client_connections).unwrap_or(usize::MAX),
+        connect: config.backend_connect,
     }
 }

@@ -1,6 +1,7 @@
 //! IPVS for real, in a fresh network namespace per test (VM only: this host has no IPVS).
 
 use super::*;
+use crate::balancer::ClientPolicy;
 use std::process::Command;
 
 #[test]
@@ -77,6 +78,7 @@ fn service_lifecycle_in_the_kernel() {
             name: "web".into(),
             listen: "10.212.0.1:80".parse().unwrap(),
             scheduler: "wlc".into(),
+            clients: ClientPolicy::default(),
         };
         balancer.ensure_service(&service).await.unwrap();
         balancer.ensure_service(&service).await.unwrap(); // idempotent
@@ -185,6 +187,7 @@ fn stale_service_of_an_earlier_run_is_taken_over() {
             name: "web".into(),
             listen: "10.212.0.3:80".parse().unwrap(),
             scheduler: "rr".into(),
+            clients: ClientPolicy::default(),
         };
         let first = IpvsBalancer::new().await.unwrap();
         first.ensure_service(&service).await.unwrap();

@@ -64,6 +64,7 @@ async fn proxy_on(ip: &str) -> (ProxyBalancer, VirtualService) {
         name: "web".into(),
         listen,
         scheduler: "wlc".into(),
+        clients: ClientPolicy::default(),
     };
     let proxy = ProxyBalancer::new();
     proxy.ensure_service(&service).await.unwrap();
@@ -182,8 +183,16 @@ async fn at_the_client_limit_the_longest_idle_client_makes_room() {
         name: "web".into(),
         listen,
         scheduler: "wlc".into(),
+        clients: ClientPolicy::default(),
     };
-    let proxy = ProxyBalancer::with_client_limits([("web".to_owned(), 2)]);
+    let service = VirtualService {
+        clients: ClientPolicy {
+            max: 2,
+            ..ClientPolicy::default()
+        },
+        ..service
+    };
+    let proxy = ProxyBalancer::new();
     proxy.ensure_service(&service).await.unwrap();
     let backend = echo_backend("127.0.0.76", "one").await;
     proxy.add_backend(&service, backend, 1).await.unwrap();
@@ -205,6 +214,78 @@ async fn at_the_client_limit_the_longest_idle_client_makes_room() {
     let read = tokio::io::AsyncReadExt::read(&mut refused, &mut buf).await;
     assert!(matches!(read, Ok(0) | Err(_)), "refused: {read:?}");
     assert_eq!(new.echo("kept").await, "kept");
+
+    // A reload raises the limit: the next client gets in with nobody cut.
+    let raised = VirtualService {
+        clients: ClientPolicy {
+            max: 3,
+            ..service.clients
+        },
+        ..service.clone()
+    };
+    proxy.ensure_service(&raised).await.unwrap();
+    let mut third = Client::connect(listen).await;
+    assert_eq!(third.echo("room").await, "room");
+    assert_eq!(busy.echo("busy").await, "busy");
+    assert_eq!(new.echo("kept").await, "kept");
+}
+
+/// `backend_connect = "on-client-data"`: a client that connects and says nothing never
+/// reaches a backend; its first bytes, sent before any backend was chosen, arrive intact.
+/// Switched back by a reload, the next client is connected at once.
+#[tokio::test]
+async fn on_client_data_an_idle_client_never_reaches_a_backend() {
+    let (proxy, service) = proxy_on("127.0.0.77").await;
+    let service = VirtualService {
+        clients: ClientPolicy {
+            connect: BackendConnect::OnClientData,
+            ..service.clients
+        },
+        ..service
+    };
+    proxy.ensure_service(&service).await.unwrap();
+    let backend = echo_backend("127.0.0.78", "one").await;
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(service.listen).await.unwrap());
+    }
+    let (read, mut write) = TcpStream::connect(service.listen)
+        .await
+        .unwrap()
+        .into_split();
+    // Long enough for a connect-on-accept proxy to have reached the backend.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = proxy.backend_stats(&service).await.unwrap();
+    assert_eq!(
+        (stats[&backend].active, stats[&backend].total),
+        (0, 0),
+        "silent clients reached the backend"
+    );
+    write.write_all(b"first words\n").await.unwrap();
+    let mut lines = BufReader::new(read).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("one"));
+    assert_eq!(
+        lines.next_line().await.unwrap().as_deref(),
+        Some("first words")
+    );
+    let stats = proxy.backend_stats(&service).await.unwrap();
+    assert_eq!((stats[&backend].active, stats[&backend].total), (1, 1));
+    // A silent client that gives up leaves nothing behind.
+    drop(idle);
+
+    let on_accept = VirtualService {
+        clients: ClientPolicy {
+            connect: BackendConnect::OnAccept,
+            ..service.clients
+        },
+        ..service.clone()
+    };
+    proxy.ensure_service(&on_accept).await.unwrap();
+    let greeted = Client::connect(service.listen).await;
+    assert_eq!(greeted.name, "one");
+    stats_until(&proxy, &service, |s| s[&backend].total == 2).await;
 }
 
 /// Shutdown: the listening socket closes, open connections continue and stay counted until
@@ -292,6 +373,7 @@ async fn listen_conflict_names_the_service_and_address() {
         name: "web".into(),
         listen: taken.local_addr().unwrap(),
         scheduler: "wlc".into(),
+        clients: ClientPolicy::default(),
     };
     let error = ProxyBalancer::new()
         .ensure_service(&service)
