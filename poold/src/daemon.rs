@@ -15,6 +15,7 @@ use crate::runtime::WorkerRuntime;
 use crate::supervisor::PoolHandle;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 mod reload;
@@ -74,20 +75,30 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         Err(error) => warn!(%error, "raising RLIMIT_NOFILE failed"),
     }
     let runtime = Arc::new(SandboxRuntime::start(&config).await?);
-    let shutdown = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-    };
-    let result = run(config, path, runtime.clone(), shutdown).await;
+    let result = run(config, path, runtime.clone(), stop_signals()).await;
     if let Err(error) = runtime.shutdown().await {
         warn!(%error, "removing the bridge or the cgroup parent failed");
     }
     state.release();
     result
+}
+
+/// Counts SIGINT and SIGTERM: the first stops poold gracefully, the second hurries it.
+fn stop_signals() -> watch::Receiver<u32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (count, signals) = watch::channel(0);
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    signals
 }
 
 /// What `poold check` can see on this host about `config` without changing anything.
@@ -149,12 +160,13 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
     }
 }
 
-/// Runs every service until `shutdown` resolves, then stops every worker.
+/// Runs every service until the first stop signal counted by `signals`, then drains and
+/// stops every worker; a second signal cuts the waits short (shutdown_delay, drains).
 async fn run(
     config: Config,
     path: PathBuf,
     runtime: Arc<dyn WorkerRuntime>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    signals: watch::Receiver<u32>,
 ) -> Result<(), DaemonError> {
     for warning in config.warnings() {
         warn!("{warning}");
@@ -202,16 +214,34 @@ async fn run(
     ));
     let pools = pools.with_reloader(reloader.clone());
     let hangup = tokio::spawn(reload_on_sighup(reloader.clone()));
+    let nth_signal = |n: u32| {
+        let mut signals = signals.clone();
+        async move {
+            // The sender lives as long as the process: an error cannot happen.
+            let _ = signals.wait_for(|count| *count >= n).await;
+        }
+    };
     let served = server::serve(
         &config.daemon.control_socket,
         pools.clone(),
         control_options,
-        shutdown,
+        nth_signal(1),
     )
     .await;
     hangup.abort();
-    info!("shutting down: draining every service");
+    info!("shutting down: draining every service (a second SIGTERM or Ctrl-C hurries it)");
     let pools = pools.snapshot();
+    let hurry = {
+        let pools = pools.clone();
+        let second = nth_signal(2);
+        tokio::spawn(async move {
+            second.await;
+            info!("second stop signal: hurrying the shutdown (open connections are cut)");
+            for pool in &pools {
+                pool.hurry_shutdown().await;
+            }
+        })
+    };
     // Upstream balancers see 503 on /ready before any worker loses its weight.
     for pool in &pools {
         let _ = pool.set_drained(true).await;
@@ -219,10 +249,14 @@ async fn run(
     let delay = config.daemon.shutdown_delay.get();
     if !delay.is_zero() {
         info!(delay = %config.daemon.shutdown_delay, "readiness 503; serving on until upstream checks notice");
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = nth_signal(2) => {}
+        }
     }
     // All at once: every service stops taking connections before any one finishes draining.
     futures::future::join_all(pools.iter().map(PoolHandle::shutdown)).await;
+    hurry.abort();
     reloader.finish_retiring().await;
     served.map_err(Into::into)
 }

@@ -12,3 +12,8 @@ fn e2e_drain_and_readiness() {
 fn e2e_slot_drain_scale_and_recycle() {
     e2e_support::control::slot_drain_scale_and_recycle();
 }
+
+#[test]
+fn e2e_second_signal_hurries_shutdown() {
+    e2e_support::control::second_signal_hurries_shutdown();
+}

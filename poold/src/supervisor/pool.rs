@@ -70,6 +70,9 @@ pub enum PoolCommand {
     /// Stop taking connections, drain and stop every worker, remove the service from the
     /// balancer.
     Shutdown { done: oneshot::Sender<()> },
+    /// A shutdown under way stops waiting for connections: every draining worker is
+    /// stopped now, as at its drain timeout (the operator's second SIGTERM or Ctrl-C).
+    HurryShutdown,
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
     /// says changes; the workers keep serving.
     SetDrained { drained: bool },
@@ -282,6 +285,12 @@ impl PoolHandle {
             .map_err(|_| PoolError::NotRunning {
                 service: self.name.clone(),
             })
+    }
+
+    /// Ends the waits of a shutdown under way: draining workers stop now. Does nothing to
+    /// a pool that is not shutting down.
+    pub async fn hurry_shutdown(&self) {
+        let _ = self.commands.send(PoolCommand::HurryShutdown).await;
     }
 
     /// Stops the pool gracefully and waits until every worker is gone (at most about
@@ -841,6 +850,7 @@ impl ServicePool {
                 let _ = reply.send(result);
             }
             PoolCommand::Shutdown { done } => self.begin_shutdown(Some(done)).await,
+            PoolCommand::HurryShutdown => self.hurry_shutdown(),
             PoolCommand::SetDrained { drained } => {
                 info!(service = %self.service.name, drained, "readiness drain changed");
                 self.status.send_modify(|status| status.drained = drained);
@@ -1240,6 +1250,21 @@ impl ServicePool {
                 WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone => {}
             }
         }
+    }
+
+    fn hurry_shutdown(&mut self) {
+        if self.shutdown.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut hurried = 0;
+        for worker in self.workers.values_mut() {
+            if let Phase::Draining { deadline, .. } = &mut worker.phase {
+                *deadline = (*deadline).min(now);
+                hurried += 1;
+            }
+        }
+        info!(service = %self.service.name, workers = hurried, "hurrying the shutdown: draining workers stop now");
     }
 
     // ----- tick --------------------------------------------------------------------------

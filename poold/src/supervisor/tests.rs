@@ -640,6 +640,36 @@ async fn shutdown_gives_up_draining_at_drain_timeout() {
     assert!(!h.balancer.state().service);
 }
 
+/// A second signal hurries the shutdown: connections that would hold it up for the whole
+/// drain_timeout are cut at once; a hurry before any shutdown changes nothing.
+#[tokio::test(start_paused = true)]
+async fn hurrying_a_shutdown_stops_draining_workers_at_once() {
+    let mut config = service(2);
+    config.recycle.drain_timeout = HumanDuration::from_secs(300);
+    let h = Harness::start(config).await;
+    wait(2).await;
+    let (busy, other) = (h.ready_worker(0), h.ready_worker(1));
+    h.balancer.set_active(busy.addr.unwrap(), 3);
+    h.balancer.set_active(other.addr.unwrap(), 1);
+    h.pool.hurry_shutdown().await;
+    wait(2).await;
+    assert_eq!(h.balancer.state().backends[&busy.addr.unwrap()].weight, 1);
+    assert!(h.runtime.signals_to(busy.id).is_empty());
+
+    let pool = h.pool.clone();
+    let shutdown = tokio::spawn(async move { pool.shutdown().await });
+    wait(10).await;
+    assert!(h.runtime.signals_to(busy.id).is_empty(), "still draining");
+    assert!(!shutdown.is_finished());
+    h.pool.hurry_shutdown().await;
+    wait(2).await;
+    assert_eq!(h.runtime.signals_to(busy.id), vec![StopSignal::Term]);
+    assert_eq!(h.runtime.signals_to(other.id), vec![StopSignal::Term]);
+    shutdown.await.unwrap();
+    assert!(!h.balancer.state().service);
+    assert!(h.runtime.state().workers.values().all(|w| w.torn_down));
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_stops_the_pool() {
     let h = Harness::start(service(2)).await;

@@ -432,3 +432,58 @@ pub fn slot_drain_scale_and_recycle() {
 
     daemon.stop_and_check_clean("127.0.0.1");
 }
+
+/// SIGTERM drains: a client holding a connection keeps poold waiting (drain_timeout is
+/// 300 s here). A second SIGTERM hurries it: the worker stops with the connection cut,
+/// poold exits cleanly and leaves nothing behind.
+pub fn second_signal_hurries_shutdown() {
+    let port = super::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let service = http_service(
+        "hurry",
+        &listen,
+        1,
+        "\n[service.recycle]\ndrain_timeout = \"300s\"\nstop_timeout = \"5s\"\n",
+    );
+    let mut daemon = Daemon::start("proxy", &service);
+    daemon.wait_ready("hurry", 1);
+    // Half a request: the worker waits for the rest, the connection stays active.
+    let mut held = TcpStream::connect(&listen).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.status("hurry").unwrap()["workers"][0]["active_conns"].as_u64() != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the held connection never became active"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("draining worker") {
+        assert!(
+            Instant::now() < deadline,
+            "no drain after SIGTERM:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.assert_running();
+    assert!(
+        !daemon.log().contains("hurrying"),
+        "hurried without a second signal:\n{}",
+        daemon.log()
+    );
+    // stop_and_check_clean sends the second SIGTERM and waits (60 s at most, far below
+    // the drain timeout) for a clean exit.
+    daemon.stop_and_check_clean("127.0.0.1");
+    let log = daemon.log();
+    assert!(
+        log.contains("second stop signal: hurrying the shutdown")
+            && log.contains("drain timeout; stopping with connections open"),
+        "the second signal did not hurry the drain:\n{log}"
+    );
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest);
+}
