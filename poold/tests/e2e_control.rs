@@ -17,3 +17,8 @@ fn e2e_slot_drain_scale_and_recycle() {
 fn e2e_second_signal_hurries_shutdown() {
     e2e_support::control::second_signal_hurries_shutdown();
 }
+
+#[test]
+fn e2e_stop_signal_reaches_the_program() {
+    e2e_support::control::stop_signal_reaches_the_program();
+}

@@ -180,6 +180,10 @@ pub struct ServiceConfig {
     pub rootfs: String,
     /// argv of the worker's main process.
     pub command: Vec<String>,
+    /// The signal that asks the program to stop gracefully (after its drain); SIGKILL
+    /// follows after `recycle.stop_timeout`.
+    #[serde(default)]
+    pub stop_signal: SignalName,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// User name or uid[:gid] to run as; unset keeps root (inside the sandbox).
@@ -224,6 +228,54 @@ impl ServiceConfig {
     /// Where the worker file system comes from.
     pub fn rootfs_source(&self) -> RootfsSource {
         RootfsSource::parse(&self.rootfs)
+    }
+}
+
+/// A worker's graceful stop signal: one the sandbox forwards to the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalName(pub nix::sys::signal::Signal);
+
+impl Default for SignalName {
+    fn default() -> Self {
+        Self(nix::sys::signal::Signal::SIGTERM)
+    }
+}
+
+impl std::str::FromStr for SignalName {
+    type Err = String;
+
+    /// "SIGQUIT" or "QUIT".
+    fn from_str(name: &str) -> Result<Self, String> {
+        let full = if name.starts_with("SIG") {
+            name.to_owned()
+        } else {
+            format!("SIG{name}")
+        };
+        let allowed = crate::sandbox::FORWARDED_SIGNALS;
+        full.parse::<nix::sys::signal::Signal>()
+            .ok()
+            .filter(|signal| allowed.contains(signal))
+            .map(Self)
+            .ok_or_else(|| {
+                let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown stop signal {name:?}: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl Serialize for SignalName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

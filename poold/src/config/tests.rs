@@ -117,6 +117,7 @@ fn fully_populated() -> Config {
             port: 8080,
             rootfs: "host".into(),
             command: vec!["/bin/true".into()],
+            stop_signal: SignalName(nix::sys::signal::Signal::SIGQUIT),
             env: [("A".to_owned(), "b".to_owned())].into(),
             user: Some("nobody".into()),
             seccomp: crate::sandbox::SeccompMode::Default,
@@ -424,6 +425,28 @@ fn absurd_cpu_limits_are_refused() {
         let text = format!("{MINIMAL}\n[service.limits]\ncpu = {ok}\n");
         assert!(parse(&text).is_ok(), "{ok}");
     }
+}
+
+#[test]
+fn stop_signal_takes_forwarded_names_with_or_without_sig() {
+    for (name, signal) in [
+        ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
+        ("WINCH", nix::sys::signal::Signal::SIGWINCH),
+    ] {
+        let config = parse(&format!("{MINIMAL}stop_signal = \"{name}\"\n")).unwrap();
+        assert_eq!(config.services[0].stop_signal, SignalName(signal));
+    }
+    assert_eq!(
+        parse(MINIMAL).unwrap().services[0].stop_signal.0,
+        nix::sys::signal::Signal::SIGTERM
+    );
+    let message = error_text(&format!("{MINIMAL}stop_signal = \"SIGKILL\"\n"));
+    assert!(
+        message.starts_with("/etc/poold.toml:9:")
+            && message
+                .contains("unknown stop signal \"SIGKILL\": expected one of SIGTERM, SIGINT,"),
+        "{message}"
+    );
 }
 
 #[test]

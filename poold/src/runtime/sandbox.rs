@@ -38,6 +38,8 @@ enum Request {
 
 struct Entry {
     requests: mpsc::UnboundedSender<Request>,
+    /// What [`StopSignal::Term`] sends: the service's `stop_signal`.
+    stop_signal: Signal,
     exit: watch::Receiver<Option<ExitStatus>>,
     reader: Arc<dyn UsageReader>,
     output: Option<Arc<Tail>>,
@@ -325,6 +327,7 @@ impl WorkerRuntime for SandboxRuntime {
             spec.id,
             Entry {
                 requests,
+                stop_signal: spec.service.stop_signal.0,
                 exit,
                 reader,
                 output,
@@ -349,11 +352,11 @@ impl WorkerRuntime for SandboxRuntime {
     }
 
     fn signal(&self, worker: WorkerId, signal: StopSignal) -> Result<(), RuntimeError> {
-        let signal = match signal {
-            StopSignal::Term => Signal::SIGTERM,
-            StopSignal::Kill => Signal::SIGKILL,
-        };
         self.entry(worker, "signal", |e| {
+            let signal = match signal {
+                StopSignal::Term => e.stop_signal,
+                StopSignal::Kill => Signal::SIGKILL,
+            };
             e.requests.send(Request::Signal(signal)).is_ok()
         })?;
         Ok(())

@@ -28,7 +28,8 @@ mod sys;
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
 pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError};
 pub use helper::{
-    maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch, HELPER_ARG,
+    maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch,
+    FORWARDED as FORWARDED_SIGNALS, HELPER_ARG,
 };
 pub use net::{AddressAllocator, Clock, SystemClock};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};

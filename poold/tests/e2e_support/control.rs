@@ -487,3 +487,35 @@ pub fn second_signal_hurries_shutdown() {
     let mut rest = Vec::new();
     let _ = held.read_to_end(&mut rest);
 }
+
+/// `stop_signal = "SIGQUIT"` (nginx's graceful stop) reaches the program when poold stops
+/// it; the default SIGTERM does not come first.
+pub fn stop_signal_reaches_the_program() {
+    let port = super::free_port();
+    let service = format!(
+        r#"
+[[service]]
+name = "quits"
+listen = "127.0.0.1:{port}"
+workers = 1
+port = 8080
+rootfs = "{{rootfs}}"
+stop_signal = "SIGQUIT"
+command = ["/bin/busybox", "sh", "-c", """
+trap 'echo stopped by SIGQUIT; exit 0' QUIT
+trap 'echo stopped by SIGTERM; exit 3' TERM
+/bin/busybox httpd -p 8080 -h /www
+echo serving
+while :; do /bin/busybox sleep 0.1; done
+"""]
+"#
+    );
+    let mut daemon = Daemon::start("proxy", &service);
+    daemon.wait_ready("quits", 1);
+    daemon.stop_and_check_clean("127.0.0.1");
+    let log = daemon.log();
+    assert!(
+        log.contains("stopped by SIGQUIT") && !log.contains("stopped by SIGTERM"),
+        "the worker was not stopped by SIGQUIT:\n{log}"
+    );
+}

@@ -38,13 +38,16 @@ use super::sys;
 /// The hidden argv[1] that turns the poold binary into the container helper.
 pub const HELPER_ARG: &str = "__poold-worker-init";
 
-/// Signals the monitor and the init forward to the program.
-pub(crate) const FORWARDED: [Signal; 5] = [
+/// Signals the monitor and the init forward to the program (SIGQUIT and SIGWINCH are the
+/// graceful stops of nginx and Apache httpd).
+pub const FORWARDED: [Signal; 7] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
+    Signal::SIGQUIT,
+    Signal::SIGWINCH,
 ];
 
 /// How a container's program ended.
