@@ -125,6 +125,31 @@ impl AddressAllocator {
         self.in_use.insert(addr);
     }
 
+    /// The quarantined addresses, each with the rest of its quarantine.
+    pub fn quarantined(&self) -> Vec<(Ipv4Addr, Duration)> {
+        let now = self.clock.now();
+        self.released
+            .iter()
+            .map(|(a, at)| (*a, self.quarantine.saturating_sub(now.duration_since(*at))))
+            .filter(|(_, left)| !left.is_zero())
+            .collect()
+    }
+
+    /// Quarantines `addr` (not in use) for `left` more (at most the quarantine), as if
+    /// released earlier: what a restart restores.
+    pub fn quarantine_for(&mut self, addr: Ipv4Addr, left: Duration) {
+        if self.in_use.contains(&addr) || !self.subnet.contains(&addr) {
+            return;
+        }
+        let now = self.clock.now();
+        let served = self.quarantine.saturating_sub(left);
+        let at = now.checked_sub(served).unwrap_or(now);
+        self.released.retain(|(a, _)| *a != addr);
+        // Oldest first, as allocate() expects.
+        let index = self.released.partition_point(|(_, t)| *t <= at);
+        self.released.insert(index, (addr, at));
+    }
+
     /// Returns `addr`; it is quarantined before it can be handed out again.
     pub fn release(&mut self, addr: Ipv4Addr) {
         if self.in_use.remove(&addr) {
