@@ -374,13 +374,12 @@ impl Balancer for IpvsBalancer {
             .ipvs(move |client| match client.add_service(&definition) {
                 Ok(()) => Ok(Vec::new()),
                 Err(ipvs::Error::AlreadyExists { .. }) => {
-                    // Left by an earlier run: take it over, without its dead workers.
+                    // Left by an earlier run: take it over with its real servers, which
+                    // keep forwarding; the pool keeps its adopted workers' and removes
+                    // the rest (backend_stats, remove_backend).
                     client.edit_service(&definition)?;
-                    let stale = client.destinations(&key)?;
-                    for dest in &stale {
-                        client.delete_destination(&key, dest.addr, dest.port)?;
-                    }
-                    Ok(stale
+                    Ok(client
+                        .destinations(&key)?
                         .into_iter()
                         .map(|d| SocketAddr::new(d.addr, d.port))
                         .collect())
@@ -390,7 +389,7 @@ impl Balancer for IpvsBalancer {
             .await?
             .map_err(|e| map_ipvs(service, None, "add service", e))?;
         if !leftovers.is_empty() {
-            warn!(service = %service.name, ?leftovers, "took over an existing IPVS service; removed its stale real servers");
+            info!(service = %service.name, ?leftovers, "took over an existing IPVS service with its real servers");
         }
         self.services
             .lock()
