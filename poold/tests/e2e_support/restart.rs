@@ -196,9 +196,16 @@ pub fn kill9_and_restart_adopts_the_workers(balancer: &str, listen_ip: &str) {
         );
         eprintln!("wrk across the restart:\n{report}");
     } else {
-        // The proxy listens again as soon as poold has adopted its workers.
+        // The proxy listens again as soon as poold has adopted its workers: within a
+        // second on a host (about 60 ms seen); qemu TCG runs everything 10 to 20 times
+        // slower (3.5 s seen), so the VM gets ten.
+        let bound = if std::env::var_os("POOLD_IN_VM").is_some() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        };
         assert!(
-            serving_after < Duration::from_secs(1),
+            serving_after < bound,
             "serving only {serving_after:?} after the restart; log:\n{second_run}"
         );
     }
