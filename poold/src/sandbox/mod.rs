@@ -885,12 +885,16 @@ fn open_output(dir: &Path) -> Result<OutputPipes> {
 }
 
 /// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
-/// with the pid, it names one process for the host's uptime.
+/// with the pid, it names one process for the host's uptime. None when there is no such
+/// process or it has ended (a zombie whose parent has not reaped it yet).
 fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// How the program ended as its init wrote it; none written (the init was killed): SIGKILL.
