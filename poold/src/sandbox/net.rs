@@ -973,6 +973,26 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_quarantine_keeps_what_was_left_of_it() {
+        let (mut before, clock) = alloc(30, 150); // only .2 is a container address
+        let addr = before.allocate().unwrap();
+        before.release(addr);
+        clock.advance(Duration::from_secs(50));
+        let saved = before.quarantined();
+        assert_eq!(saved, vec![(addr, Duration::from_secs(100))]);
+        // The next run (after a restart) restores it: 100 s more, not 150 nor none.
+        let (mut after, clock) = alloc(30, 150);
+        for (a, left) in &saved {
+            after.quarantine_for(*a, *left);
+        }
+        assert!(after.allocate().is_err(), "quarantined after the restart");
+        clock.advance(Duration::from_secs(99));
+        assert!(after.allocate().is_err());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(after.allocate().unwrap(), addr);
+    }
+
+    #[test]
     fn released_addresses_wait_out_the_quarantine() {
         let (mut a, clock) = alloc(30, 150); // only .2 is a container address
         let first = a.allocate().unwrap();
