@@ -205,6 +205,9 @@ async fn run(
             }
         }
     }
+    // Adopted workers of services no longer configured: stopped once every pool took its own.
+    let unclaimed = parts.runtime.clone();
+    tokio::spawn(async move { unclaimed.stop_unclaimed().await });
     let pools = Pools::new(pools);
     let reloader = Arc::new(reload::ConfigReloader::new(
         path,

@@ -148,6 +148,24 @@ impl StateDir {
     }
 }
 
+/// Replaces `dir/name` with `bytes` so that a crash at any moment leaves either the old
+/// or the new file, never a mix: a temporary file in `dir`, fsync, rename over the old one,
+/// fsync of the directory (which makes the rename itself durable). The file is 0600.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
 /// Creates `dir` and its missing parents, each 0700 (DirBuilder's mode passes through the
 /// umask, which can only take bits away).
 fn create_private(dir: &Path) -> std::io::Result<()> {

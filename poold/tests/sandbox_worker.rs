@@ -735,9 +735,11 @@ mod sandbox {
         );
         assert!(report.links.iter().any(|l| l.ends_with(&id)), "{report:?}");
         assert_eq!(report.netns.len(), 1, "{report:?}");
-        assert!(
-            report.container_dirs.is_empty(),
-            "tmpfs layers leave no directories: {report:?}"
+        // Only its run directory (exit file, output FIFOs): tmpfs layers leave none.
+        assert_eq!(
+            report.container_dirs,
+            vec![t.config().state_dir.join("workers").join(&id)],
+            "{report:?}"
         );
         t.assert_nothing_left();
         let parent = &t.config().cgroup_parent;

@@ -133,8 +133,9 @@ pub fn vip_problem(listen: SocketAddr) -> Option<String> {
 struct VipDevice {
     name: String,
     index: u32,
-    /// poold made it (and deletes it when the last service goes).
-    created: bool,
+    /// It is poold's `pdvip0` (made by this run or an earlier one that crashed): deleted
+    /// when the last service goes and no virtual address is left on it (another instance's).
+    ours: bool,
 }
 
 /// The IPVS balancer.
@@ -261,8 +262,9 @@ impl IpvsBalancer {
     }
 
     async fn prepare_device(netlink: &rtnetlink::Handle) -> Result<VipDevice, BalancerError> {
-        let (name, created) = match Self::link_index(netlink, VIP_DEVICE).await? {
-            Some(_) => (VIP_DEVICE, false),
+        let (name, ours) = match Self::link_index(netlink, VIP_DEVICE).await? {
+            // The name is poold's: left by an earlier run (a crash) or another instance.
+            Some(_) => (VIP_DEVICE, true),
             None => match netlink
                 .link()
                 .add(rtnetlink::LinkDummy::new(VIP_DEVICE).build())
@@ -288,7 +290,7 @@ impl IpvsBalancer {
         Ok(VipDevice {
             name: name.to_owned(),
             index,
-            created,
+            ours,
         })
     }
 
@@ -311,6 +313,36 @@ impl IpvsBalancer {
                 format!("{} on {}: {error}", service.listen.ip(), self.device.name),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// Whether a virtual address (not the kernel's own IPv6 link-local one) is still bound to
+    /// the VIP device; when unsure, yes (the device stays).
+    async fn device_has_addresses(&self) -> bool {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut addresses = self
+            .netlink
+            .address()
+            .get()
+            .set_link_index_filter(self.device.index)
+            .execute();
+        loop {
+            match addresses.try_next().await {
+                Ok(Some(message)) => {
+                    let bound = message.attributes.iter().any(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V6(v6)) => {
+                            v6.segments()[0] & 0xffc0 != 0xfe80
+                        }
+                        AddressAttribute::Address(IpAddr::V4(_)) => true,
+                        _ => false,
+                    });
+                    if bound {
+                        return true;
+                    }
+                }
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
         }
     }
 
@@ -374,13 +406,12 @@ impl Balancer for IpvsBalancer {
             .ipvs(move |client| match client.add_service(&definition) {
                 Ok(()) => Ok(Vec::new()),
                 Err(ipvs::Error::AlreadyExists { .. }) => {
-                    // Left by an earlier run: take it over, without its dead workers.
+                    // Left by an earlier run: take it over with its real servers, which
+                    // keep forwarding; the pool keeps its adopted workers' and removes
+                    // the rest (backend_stats, remove_backend).
                     client.edit_service(&definition)?;
-                    let stale = client.destinations(&key)?;
-                    for dest in &stale {
-                        client.delete_destination(&key, dest.addr, dest.port)?;
-                    }
-                    Ok(stale
+                    Ok(client
+                        .destinations(&key)?
                         .into_iter()
                         .map(|d| SocketAddr::new(d.addr, d.port))
                         .collect())
@@ -390,7 +421,7 @@ impl Balancer for IpvsBalancer {
             .await?
             .map_err(|e| map_ipvs(service, None, "add service", e))?;
         if !leftovers.is_empty() {
-            warn!(service = %service.name, ?leftovers, "took over an existing IPVS service; removed its stale real servers");
+            info!(service = %service.name, ?leftovers, "took over an existing IPVS service with its real servers");
         }
         self.services
             .lock()
@@ -427,7 +458,7 @@ impl Balancer for IpvsBalancer {
         if none_left {
             self.arp.lock().expect("arp lock").restore();
         }
-        if none_left && self.device.created {
+        if none_left && self.device.ours && !self.device_has_addresses().await {
             match self.netlink.link().del(self.device.index).execute().await {
                 Err(error) if errno(&error) != Some(ENODEV) => {
                     warn!(%error, "deleting {VIP_DEVICE} failed")

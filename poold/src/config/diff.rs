@@ -126,6 +126,29 @@ impl ConfigDiff {
     }
 }
 
+/// The keys that change what a worker is (those a reload rolls) whose values differ
+/// between `old` (a service config as serialized when a worker was started, e.g. in the
+/// state record) and `new`: a worker started on `old` no longer matches `new` when any is.
+pub fn rolling_keys(old: &serde_json::Value, new: &ServiceConfig) -> Vec<String> {
+    let old: BTreeMap<String, serde_json::Value> = match old {
+        serde_json::Value::Object(map) => map.clone().into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    let new = as_map(new);
+    let mut keys: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|key| old.get(*key) != new.get(*key))
+        .filter(|key| {
+            !IN_PLACE_KEYS.contains(&key.as_str()) && !IDENTITY_KEYS.contains(&key.as_str())
+        })
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The top-level keys whose values differ between `old` and `new` (both serialized as
 /// poold.toml would name them), in key order.
 fn changed_keys<T: Serialize>(old: &T, new: &T) -> Vec<String> {

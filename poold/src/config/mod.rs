@@ -9,7 +9,7 @@ mod locate;
 mod units;
 mod validate;
 
-pub use diff::{ConfigDiff, Refusal, ServiceChange};
+pub use diff::{rolling_keys, ConfigDiff, Refusal, ServiceChange};
 pub use isolation::{TmpfsMount, DOCKER_DEFAULT, DOCKER_DEFAULT_CAPS};
 pub use locate::KeyPath;
 pub use units::{ByteSize, HumanDuration};

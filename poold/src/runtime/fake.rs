@@ -17,6 +17,11 @@ pub struct FakeWorker {
     pub last_output: Option<String>,
     /// The service's `rootfs` it was spawned with.
     pub rootfs: String,
+    pub slot: u32,
+    pub addr: IpAddr,
+    pub pid: u32,
+    /// The service config it was spawned with.
+    pub config: Arc<ServiceConfig>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +38,9 @@ pub struct RuntimeState {
     pub ignore_term: bool,
     pub signals: Vec<(WorkerId, StopSignal, Instant)>,
     pub addresses_handed_out: Vec<IpAddr>,
+    /// Workers of an earlier run offered for adoption ([`FakeRuntime::restarted`]).
+    pub adoptable: Vec<WorkerId>,
+    pub highest_adopted: Option<WorkerId>,
 }
 
 /// A runtime whose workers are entries in a map. Addresses are never reused, as the real
@@ -51,6 +59,42 @@ impl FakeRuntime {
     pub fn set_usage(&self, id: WorkerId, usage: ResourceUsage) {
         self.state().workers.get_mut(&id).unwrap().usage = usage;
     }
+    /// What a poold started after a crash of the one using this runtime finds: every
+    /// worker still running lives on (same id, slot, address, pid) and is offered for
+    /// adoption, as the real runtime does from its state record; the rest is gone. The old
+    /// runtime is left alone (a pool still running on it acts on it only).
+    pub fn restarted(&self) -> FakeRuntime {
+        let old = self.state();
+        let mut state = RuntimeState {
+            next_host: old.next_host,
+            ..RuntimeState::default()
+        };
+        for (id, worker) in &old.workers {
+            if worker.torn_down || worker.exit.borrow().is_some() {
+                continue;
+            }
+            let (exit, _) = watch::channel(None);
+            state.workers.insert(
+                *id,
+                FakeWorker {
+                    exit,
+                    usage: worker.usage,
+                    torn_down: false,
+                    last_output: None,
+                    rootfs: worker.rootfs.clone(),
+                    slot: worker.slot,
+                    addr: worker.addr,
+                    pid: worker.pid,
+                    config: worker.config.clone(),
+                },
+            );
+            state.adoptable.push(*id);
+        }
+        state.adoptable.sort();
+        state.highest_adopted = state.adoptable.last().copied();
+        FakeRuntime(Arc::new(Mutex::new(state)))
+    }
+
     pub fn signals_to(&self, id: WorkerId) -> Vec<StopSignal> {
         self.state()
             .signals
@@ -85,6 +129,7 @@ impl WorkerRuntime for FakeRuntime {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + state.next_host));
         state.addresses_handed_out.push(addr);
         let (exit, _) = watch::channel(None);
+        let pid = 1000 + state.next_host;
         state.workers.insert(
             spec.id,
             FakeWorker {
@@ -93,11 +138,15 @@ impl WorkerRuntime for FakeRuntime {
                 last_output: None,
                 torn_down: false,
                 rootfs: spec.service.rootfs.clone(),
+                slot: spec.slot,
+                addr,
+                pid,
+                config: spec.service.clone(),
             },
         );
         Ok(SpawnedWorker {
             addr,
-            pid: 1000 + state.next_host,
+            pid,
             chroot: false,
         })
     }
@@ -133,6 +182,32 @@ impl WorkerRuntime for FakeRuntime {
 
     fn last_output(&self, worker: WorkerId) -> Option<String> {
         self.state().workers.get(&worker)?.last_output.clone()
+    }
+
+    fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {
+        let mut state = self.state();
+        let ids = std::mem::take(&mut state.adoptable);
+        let (mine, others): (Vec<WorkerId>, Vec<WorkerId>) = ids
+            .into_iter()
+            .partition(|id| state.workers[id].config.name == service.name);
+        state.adoptable = others;
+        mine.into_iter()
+            .map(|id| {
+                let worker = &state.workers[&id];
+                let was = serde_json::to_value(&*worker.config).unwrap();
+                AdoptedWorker {
+                    id,
+                    slot: worker.slot,
+                    addr: worker.addr,
+                    pid: worker.pid,
+                    matches_config: crate::config::rolling_keys(&was, service).is_empty(),
+                }
+            })
+            .collect()
+    }
+
+    fn highest_adopted(&self) -> Option<WorkerId> {
+        self.state().highest_adopted
     }
 
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {

@@ -35,6 +35,20 @@ pub struct WorkerSpec {
     pub id: WorkerId,
     pub slot: u32,
     pub service: Arc<ServiceConfig>,
+    /// The pool's generation (config or deploy) the worker is started for.
+    pub generation: u64,
+}
+
+/// A worker an earlier run of poold started that still lives and was taken over at start
+/// (see [`WorkerRuntime::take_adopted`]); the runtime watches it like one it spawned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdoptedWorker {
+    pub id: WorkerId,
+    pub slot: u32,
+    pub addr: IpAddr,
+    pub pid: u32,
+    /// Whether it was started on what the service's config says now (else it is rolled).
+    pub matches_config: bool,
 }
 
 /// A spawned worker.
@@ -125,4 +139,17 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     }
     /// Destroys everything the worker had (processes, mounts, cgroup, netns, address).
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError>;
+    /// The live workers of `service` an earlier run left (once: a second call returns
+    /// none). Adopted workers are waited for, signalled and torn down like spawned ones.
+    fn take_adopted(&self, _service: &ServiceConfig) -> Vec<AdoptedWorker> {
+        Vec::new()
+    }
+    /// The highest id of any worker adopted at start (of any service): new workers get
+    /// higher ones.
+    fn highest_adopted(&self) -> Option<WorkerId> {
+        None
+    }
+    /// Stops and tears down the adopted workers no pool took (their service is gone from
+    /// the config), once every pool has started.
+    async fn stop_unclaimed(&self) {}
 }

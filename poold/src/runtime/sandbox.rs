@@ -5,18 +5,19 @@
 //! wait, is carried out, and the wait resumes).
 
 use super::{
-    ExitStatus, ResourceUsage, RuntimeError, RuntimeFailure, SpawnedWorker, StopSignal, WorkerId,
-    WorkerRuntime, WorkerSpec,
+    AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, RuntimeFailure, SpawnedWorker,
+    StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
-use crate::config::{Config, RootfsSource, ServiceConfig};
+use crate::config::{Config, RootfsSource, ServiceConfig, SignalName};
 use crate::sandbox::{
     self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
     UsageReader,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,10 +46,56 @@ struct Entry {
     output: Option<Arc<Tail>>,
 }
 
+/// The state record's file name in the state directory.
+pub const RECORD_FILE: &str = "workers.json";
+/// The record's format; a record of another version is not read (nothing adopted).
+const RECORD_VERSION: u32 = 1;
+
+/// What poold keeps in `STATE/workers.json`, rewritten (atomically) on every spawn and
+/// teardown, so that a poold started after a crash finds its live workers and the address
+/// quarantine.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct StateRecord {
+    version: u32,
+    workers: Vec<WorkerRecord>,
+    quarantine: Vec<QuarantinedAddress>,
+}
+
+/// One live worker: the supervisor's names for it and the sandbox's objects.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct WorkerRecord {
+    worker: WorkerId,
+    service: String,
+    slot: u32,
+    generation: u64,
+    #[serde(flatten)]
+    container: sandbox::ContainerRecord,
+    /// The service's config the worker was started with (to tell whether it still matches).
+    config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct QuarantinedAddress {
+    address: Ipv4Addr,
+    /// Wall-clock end of the quarantine, in milliseconds since the Unix epoch.
+    until_unix_ms: u64,
+}
+
+fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Real workers: namespaces, overlay root, cgroup, veth on the bridge, own address.
 pub struct SandboxRuntime {
     sandbox: Sandbox,
     workers: Mutex<HashMap<WorkerId, Entry>>,
+    /// The state directory the record lives in; the record of every live worker.
+    state_dir: PathBuf,
+    records: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+    /// Workers adopted at start that no pool has taken yet.
+    adopted: Mutex<Vec<WorkerRecord>>,
+    highest_adopted: Option<WorkerId>,
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -184,23 +231,147 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
 }
 
 impl SandboxRuntime {
-    /// Sets up the sandbox and removes what an earlier run left behind.
+    /// Sets up the sandbox, adopts the live workers the state record names (an earlier run
+    /// that crashed or was killed) and removes everything else an earlier run left behind.
     pub async fn start(config: &Config) -> Result<Self, sandbox::SandboxError> {
         let sandbox = Sandbox::new(sandbox_config(config))?;
-        sandbox.cleanup_orphans().await?;
-        // Before any worker: a foreign link under the bridge's name fails the start here.
-        sandbox.ensure_bridge().await?;
-        // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).
-        sandbox.watch_bridge()?;
-        Ok(Self {
+        let state_dir = config.daemon.state_dir.clone();
+        let record = read_record(&state_dir);
+        let now = std::time::SystemTime::now();
+        let quarantine: Vec<(Ipv4Addr, Duration)> = record
+            .quarantine
+            .iter()
+            .filter_map(|q| {
+                let left = q.until_unix_ms.checked_sub(unix_ms(now))?;
+                Some((q.address, Duration::from_millis(left)))
+            })
+            .collect();
+        sandbox.restore_quarantine(&quarantine);
+        let mut runtime = Self {
             sandbox,
             workers: Mutex::default(),
-        })
+            state_dir,
+            records: Mutex::default(),
+            adopted: Mutex::default(),
+            highest_adopted: None,
+        };
+        let mut kept = HashSet::new();
+        for worker in record.workers {
+            match runtime.sandbox.adopt(&worker.container) {
+                Ok(container) => {
+                    kept.insert(worker.container.id.clone());
+                    // The program's own stop signal: from the config it was started with.
+                    let stop_signal = worker
+                        .config
+                        .get("stop_signal")
+                        .and_then(|name| name.as_str()?.parse::<SignalName>().ok())
+                        .unwrap_or_default();
+                    runtime.own(
+                        worker.worker,
+                        &worker.service,
+                        worker.slot,
+                        stop_signal.0,
+                        container,
+                    );
+                    runtime.records_lock().insert(worker.worker, worker.clone());
+                    runtime.adopted_lock().push(worker);
+                }
+                Err(error) => {
+                    tracing::info!(service = %worker.service, worker.slot = worker.slot,
+                        worker.id = %worker.worker, %error, "recorded worker not adopted; its leftovers are removed");
+                }
+            }
+        }
+        let highest = runtime.records_lock().keys().next_back().copied();
+        runtime.highest_adopted = highest;
+        runtime.sandbox.cleanup_orphans_except(kept).await?;
+        // Before any worker: a foreign link under the bridge's name fails the start here.
+        runtime.sandbox.ensure_bridge().await?;
+        // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).
+        runtime.sandbox.watch_bridge()?;
+        runtime.write_record();
+        Ok(runtime)
     }
 
-    /// Removes the bridge, the (empty) cgroup parent and the empty state directories, at
-    /// shutdown after every worker is gone; all are tried, the first error is returned.
+    fn records_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<WorkerId, WorkerRecord>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn adopted_lock(&self) -> std::sync::MutexGuard<'_, Vec<WorkerRecord>> {
+        self.adopted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the record of every live worker and the quarantine (under the records lock,
+    /// so writes never interleave). A failure is logged: it costs adoption after a crash,
+    /// not the running pool.
+    fn write_record(&self) {
+        let records = self.records_lock();
+        let now = std::time::SystemTime::now();
+        let record = StateRecord {
+            version: RECORD_VERSION,
+            workers: records.values().cloned().collect(),
+            quarantine: self
+                .sandbox
+                .quarantine()
+                .into_iter()
+                .map(|(address, left)| QuarantinedAddress {
+                    address,
+                    until_unix_ms: unix_ms(now + left),
+                })
+                .collect(),
+        };
+        let written = serde_json::to_vec_pretty(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::state_dir::write_atomic(&self.state_dir, RECORD_FILE, &bytes));
+        if let Err(error) = written {
+            error!(path = %self.state_dir.join(RECORD_FILE).display(), %error,
+                "writing the state record failed: a restart cannot adopt the workers");
+        }
+    }
+
+    /// Starts the task that owns `container` and registers the worker.
+    fn own(
+        &self,
+        id: WorkerId,
+        service: &str,
+        slot: u32,
+        stop_signal: Signal,
+        mut container: sandbox::Container,
+    ) {
+        let capture = container.take_output().map(|(stdout, stderr)| {
+            let labels = worker_output::Labels {
+                service: service.to_owned(),
+                slot,
+                worker: id.to_string(),
+            };
+            Capture::start(labels, stdout, stderr)
+        });
+        let output = capture.as_ref().map(|c| c.tail.clone());
+        let reader = container.usage_reader();
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit) = watch::channel(None);
+        tokio::spawn(own_worker(id, container, requests_rx, exit_tx, capture));
+        self.workers.lock().expect("workers lock").insert(
+            id,
+            Entry {
+                requests,
+                stop_signal,
+                exit,
+                reader,
+                output,
+            },
+        );
+    }
+
+    /// Removes the bridge, the (empty) cgroup parent, the state record and the empty state
+    /// directories, at shutdown after every worker is gone; all are tried, the first error
+    /// is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
+        if self.records_lock().is_empty() {
+            let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
+        } else {
+            warn!("workers left at shutdown: the state record stays for the next start");
+        }
         let bridge = self.sandbox.remove_bridge().await;
         let parent = self.sandbox.remove_cgroup_parent().await;
         self.sandbox.remove_empty_state_dirs();
@@ -295,20 +466,11 @@ impl WorkerRuntime for SandboxRuntime {
             operation: "spawn",
             source,
         };
-        let mut worker = self
+        let worker = self
             .sandbox
             .spawn(worker_spec(&spec.service, spec.slot, spec.id))
             .await
             .map_err(|e| error(e.into()))?;
-        let capture = worker.take_output().map(|(stdout, stderr)| {
-            let labels = worker_output::Labels {
-                service: spec.service.name.clone(),
-                slot: spec.slot,
-                worker: spec.id.to_string(),
-            };
-            Capture::start(labels, stdout, stderr)
-        });
-        let output = capture.as_ref().map(|c| c.tail.clone());
         let Some(addr) = worker.address() else {
             let _ = worker.destroy().await;
             return Err(error(RuntimeFailure::NoAddress));
@@ -319,20 +481,18 @@ impl WorkerRuntime for SandboxRuntime {
             warn!(service = %spec.service.name, worker.slot = spec.slot, worker.id = %spec.id,
                 "worker root entered with chroot (the initramfs fallback), not pivot_root");
         }
-        let reader = worker.usage_reader();
-        let (requests, requests_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit) = watch::channel(None);
-        tokio::spawn(own_worker(spec.id, worker, requests_rx, exit_tx, capture));
-        self.workers.lock().expect("workers lock").insert(
-            spec.id,
-            Entry {
-                requests,
-                stop_signal: spec.service.stop_signal.0,
-                exit,
-                reader,
-                output,
-            },
-        );
+        let record = WorkerRecord {
+            worker: spec.id,
+            service: spec.service.name.clone(),
+            slot: spec.slot,
+            generation: spec.generation,
+            container: worker.record(),
+            config: serde_json::to_value(&*spec.service).unwrap_or_default(),
+        };
+        let stop_signal = spec.service.stop_signal.0;
+        self.own(spec.id, &spec.service.name, spec.slot, stop_signal, worker);
+        self.records_lock().insert(spec.id, record);
+        self.write_record();
         Ok(SpawnedWorker {
             addr: IpAddr::V4(addr),
             pid,
@@ -382,6 +542,89 @@ impl WorkerRuntime for SandboxRuntime {
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {
         let entry = self.workers.lock().expect("workers lock").remove(&worker);
         let Some(entry) = entry else { return Ok(()) };
+        let result = Self::destroy(worker, entry).await;
+        // Gone (or its teardown failed, and orphan cleanup at the next start finishes it):
+        // either way nothing to adopt; its address is in quarantine now.
+        self.records_lock().remove(&worker);
+        self.write_record();
+        result
+    }
+
+    fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {
+        let mut adopted = self.adopted_lock();
+        let (mine, others) = std::mem::take(&mut *adopted)
+            .into_iter()
+            .partition::<Vec<_>, _>(|w| w.service == service.name);
+        *adopted = others;
+        mine.into_iter()
+            .filter_map(|w| {
+                let stale = crate::config::rolling_keys(&w.config, service);
+                if !stale.is_empty() {
+                    tracing::info!(service = %service.name, worker.id = %w.worker, changed = ?stale,
+                        "adopted worker does not match the config; it is rolled");
+                }
+                Some(AdoptedWorker {
+                    id: w.worker,
+                    slot: w.slot,
+                    addr: IpAddr::V4(w.container.address?),
+                    pid: w.container.pid,
+                    matches_config: stale.is_empty(),
+                })
+            })
+            .collect()
+    }
+
+    fn highest_adopted(&self) -> Option<WorkerId> {
+        self.highest_adopted
+    }
+
+    async fn stop_unclaimed(&self) {
+        let unclaimed = std::mem::take(&mut *self.adopted_lock());
+        for worker in unclaimed {
+            tracing::info!(service = %worker.service, worker.id = %worker.worker,
+                "adopted worker of a service no longer configured: stopping it");
+            let _ = self.signal(worker.worker, StopSignal::Term);
+            let stopped =
+                tokio::time::timeout(UNCLAIMED_STOP_GRACE, self.wait(worker.worker)).await;
+            if stopped.is_err() {
+                let _ = self.signal(worker.worker, StopSignal::Kill);
+            }
+            if let Err(error) = WorkerRuntime::teardown(self, worker.worker).await {
+                error!(worker.id = %worker.worker, %error, "teardown failed");
+            }
+        }
+    }
+}
+
+/// How long an adopted worker of a removed service has to end after SIGTERM.
+const UNCLAIMED_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The record an earlier run left; none (or an unreadable one, logged) is an empty record.
+fn read_record(state_dir: &std::path::Path) -> StateRecord {
+    let path = state_dir.join(RECORD_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StateRecord::default(),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "reading the state record failed: nothing adopted");
+            return StateRecord::default();
+        }
+    };
+    match serde_json::from_slice::<StateRecord>(&bytes) {
+        Ok(record) if record.version == RECORD_VERSION => record,
+        Ok(record) => {
+            warn!(path = %path.display(), version = record.version, "state record of another version: nothing adopted");
+            StateRecord::default()
+        }
+        Err(error) => {
+            warn!(path = %path.display(), %error, "state record unreadable: nothing adopted");
+            StateRecord::default()
+        }
+    }
+}
+
+impl SandboxRuntime {
+    async fn destroy(worker: WorkerId, entry: Entry) -> Result<(), RuntimeError> {
         let (reply, result) = oneshot::channel();
         let error = |source: RuntimeFailure| RuntimeError {
             worker,

@@ -7,6 +7,13 @@ use super::{ContainerId, HelperError};
 /// Errors of the sandbox module.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// A container of an earlier run is not (or no longer) what its record says.
+    #[error("container {container} cannot be adopted: {reason}")]
+    NotAdoptable {
+        container: super::ContainerId,
+        reason: AdoptRefusal,
+    },
+
     /// The container spec is invalid; `field` names the spec field, `reason` what was expected.
     #[error("invalid container spec: field `{field}`: {reason}")]
     InvalidSpec { field: &'static str, reason: String },
@@ -236,3 +243,20 @@ fn joined(errors: &[SandboxError]) -> String {
 
 /// Result alias of the sandbox module.
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
+
+/// Why a recorded container is not adopted (its leftovers are removed as orphans).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdoptRefusal {
+    #[error("process {pid} is gone")]
+    Gone { pid: u32 },
+    #[error("pid {pid} is another process now (started at tick {found}, recorded {recorded})")]
+    PidReused { pid: u32, recorded: u64, found: u64 },
+    #[error("process {pid} is not in its cgroup {cgroup}")]
+    NotInCgroup { pid: u32, cgroup: String },
+    #[error("the record names {field} {found:?}, expected {expected:?}")]
+    Mismatch {
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+}

@@ -26,7 +26,9 @@ mod spec;
 mod sys;
 
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
-pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError};
+pub use error::{
+    AdoptRefusal, CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError,
+};
 pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch,
     FORWARDED as FORWARDED_SIGNALS, HELPER_ARG,
@@ -39,6 +41,7 @@ pub use spec::{
     Tmpfs,
 };
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -401,14 +404,164 @@ impl Sandbox {
         .await
     }
 
+    /// Takes over a container an earlier run of this instance started (after a crash or a
+    /// `kill -9` of poold), when it still is what `record` says: the helper process with
+    /// that pid and start time, in the container's cgroup. It is watched with a pidfd (it is
+    /// not our child), its address is marked in use and its output FIFOs are read again.
+    /// Anything else is [`SandboxError::NotAdoptable`]; nothing is changed then (its
+    /// leftovers are orphans for [`Sandbox::cleanup_orphans_except`]).
+    pub fn adopt(&self, record: &ContainerRecord) -> Result<Container> {
+        let cfg = &self.inner.config;
+        let refuse = |reason| SandboxError::NotAdoptable {
+            container: record.id.clone(),
+            reason,
+        };
+        // What the record names must be this instance's objects for this id: a record is
+        // trusted no further than the names poold would have given.
+        let expected_cgroup = format!("{}/{}", cfg.cgroup_parent, record.id);
+        let expected_netns = cfg
+            .state_dir
+            .join("netns")
+            .join(format!("poold-{}", record.id));
+        let expected_veth = format!("{}{}", cfg.link_prefix, record.id);
+        let mismatch = |field, found: String, expected: String| {
+            refuse(AdoptRefusal::Mismatch {
+                field,
+                found,
+                expected,
+            })
+        };
+        if record.cgroup.as_deref() != Some(expected_cgroup.as_str()) {
+            return Err(mismatch(
+                "cgroup",
+                format!("{:?}", record.cgroup),
+                expected_cgroup,
+            ));
+        }
+        if record.netns.as_ref().is_some_and(|n| *n != expected_netns) {
+            return Err(mismatch(
+                "netns",
+                format!("{:?}", record.netns),
+                expected_netns.display().to_string(),
+            ));
+        }
+        if record.veth.as_ref().is_some_and(|v| *v != expected_veth) {
+            return Err(mismatch(
+                "veth",
+                format!("{:?}", record.veth),
+                expected_veth,
+            ));
+        }
+        let pid = record.pid;
+        let pidfd = sys::pidfd_open(pid).map_err(|_| refuse(AdoptRefusal::Gone { pid }))?;
+        // Read after the pidfd is open: if the start time still matches, the pidfd is that
+        // process and no later one that got its pid.
+        let found = process_start_time(pid).ok_or(refuse(AdoptRefusal::Gone { pid }))?;
+        if found != record.start_time {
+            return Err(refuse(AdoptRefusal::PidReused {
+                pid,
+                recorded: record.start_time,
+                found,
+            }));
+        }
+        let cgroup = ContainerCgroup::open(&cfg.cgroup_parent, record.id.as_str());
+        if !cgroup.procs().contains(&u64::from(pid)) {
+            return Err(refuse(AdoptRefusal::NotInCgroup {
+                pid,
+                cgroup: cgroup.name().to_owned(),
+            }));
+        }
+        let dir = run_dir(cfg, &record.id);
+        let output = if record.piped {
+            Some(open_output(&dir)?)
+        } else {
+            None
+        };
+        let pidfd = sys::watch_pidfd(pidfd).map_err(|e| {
+            SandboxError::io("watch the pidfd of", Path::new(&format!("/proc/{pid}")), e)
+        })?;
+        if let (Some(address), Some(alloc)) = (record.address, &self.inner.addresses) {
+            alloc
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reserve(address);
+        }
+        let cgroup = Arc::new(cgroup);
+        let res = Resources {
+            id: record.id.clone(),
+            inner: self.inner.clone(),
+            dir: Some(dir.clone()),
+            cgroup: Some(cgroup.clone()),
+            net: match (&record.netns, &record.veth) {
+                (Some(netns), Some(veth)) => Some(ContainerNet {
+                    netns: netns.clone(),
+                    host_link: veth.clone(),
+                }),
+                _ => None,
+            },
+            address: record.address,
+        };
+        tracing::info!(
+            container.id = %record.id,
+            container.name = %record.name,
+            container.pid = pid,
+            address = ?record.address,
+            "container adopted"
+        );
+        Ok(Container {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            address: record.address,
+            pid,
+            start_time: record.start_time,
+            root_switch: RootSwitch::PivotRoot,
+            reader: Some(cgroup.reader()),
+            child: None,
+            lines: None,
+            pidfd: Some(pidfd),
+            output,
+            exit_file: dir.join(EXIT_FILE),
+            exit: None,
+            res,
+        })
+    }
+
+    /// The quarantined container addresses and how long each still rests.
+    pub fn quarantine(&self) -> Vec<(Ipv4Addr, Duration)> {
+        match &self.inner.addresses {
+            Some(a) => a.lock().unwrap_or_else(|e| e.into_inner()).quarantined(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Puts addresses back into quarantine for what is left of it (after a restart).
+    pub fn restore_quarantine(&self, addresses: &[(Ipv4Addr, Duration)]) {
+        if let Some(a) = &self.inner.addresses {
+            let mut alloc = a.lock().unwrap_or_else(|e| e.into_inner());
+            for (addr, left) in addresses {
+                alloc.quarantine_for(*addr, *left);
+            }
+        }
+    }
+
     /// Removes everything a previous run left under this config: kills and removes every
     /// cgroup under `cgroup_parent`, deletes links named `<link_prefix><8 hex>`, unmounts and removes
     /// namespaces under `<state_dir>/netns`, removes container directories and half-unpacked
     /// images, and the cgroup parent itself once empty. Call once at start, before spawning:
     /// it does not spare live containers.
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
+        self.cleanup_orphans_except(HashSet::new()).await
+    }
+
+    /// [`Sandbox::cleanup_orphans`] sparing the objects of the containers in `keep` (adopted
+    /// after a restart); while any is kept, the bridge, its route, the firewall table and the
+    /// cgroup parent stay too (the kept containers use them).
+    pub async fn cleanup_orphans_except(
+        &self,
+        keep: HashSet<ContainerId>,
+    ) -> Result<CleanupReport> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config))
+        tokio::task::spawn_blocking(move || cleanup_orphans_blocking(&inner.config, &keep))
             .await
             .map_err(|source| SandboxError::Task {
                 action: "removing orphans",
@@ -418,7 +571,7 @@ impl Sandbox {
 
     /// Blocking [`Sandbox::cleanup_orphans`], for Drop guards and non-async callers.
     pub fn cleanup_orphans_blocking(&self) -> Result<CleanupReport> {
-        cleanup_orphans_blocking(&self.inner.config)
+        cleanup_orphans_blocking(&self.inner.config, &HashSet::new())
     }
 
     /// Blocking [`Sandbox::remove_bridge`], for Drop guards and non-async callers.
@@ -623,6 +776,7 @@ fn prepare(
         net: None,
         address: None,
     };
+    let run = run_files(cfg, &id, &spec.output, &mut res)?;
     let layer = writable_layer(cfg, &id, &mut res)?;
     res.cgroup = Some(Arc::new(ContainerCgroup::create(
         &cfg.cgroup_parent,
@@ -661,8 +815,95 @@ fn prepare(
         netns,
         resolv_conf: read_host_file("/etc/resolv.conf"),
         hosts: container_hosts(res.address, spec.hostname()),
+        keep_open: run.fifos,
+        exit_file: run.exit_file,
     };
     Ok((plan, res))
+}
+
+/// A container's run files: its output FIFOs (with [`Output::Piped`]) and exit file.
+struct RunFiles {
+    fifos: Vec<PathBuf>,
+    exit_file: PathBuf,
+}
+
+/// `<state_dir>/workers/<id>` (recorded in `res`): the output FIFOs and the exit file, what
+/// a restarted poold needs to read a container it did not start.
+fn run_files(
+    cfg: &SandboxConfig,
+    id: &ContainerId,
+    output: &Output,
+    res: &mut Resources,
+) -> Result<RunFiles> {
+    let dir = run_dir(cfg, id);
+    std::fs::create_dir_all(&dir).map_err(|e| SandboxError::io("create", &dir, e))?;
+    res.dir = Some(dir.clone());
+    let mut fifos = Vec::new();
+    if *output == Output::Piped {
+        for name in OUTPUT_FIFOS {
+            let path = dir.join(name);
+            nix::unistd::mkfifo(
+                &path,
+                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+            )
+            .map_err(|e| SandboxError::io("mkfifo", &path, e.into()))?;
+            fifos.push(path);
+        }
+    }
+    Ok(RunFiles {
+        fifos,
+        exit_file: dir.join(EXIT_FILE),
+    })
+}
+
+/// The program's stdout and stderr FIFOs in its run directory.
+const OUTPUT_FIFOS: [&str; 2] = ["stdout", "stderr"];
+/// Where the init writes the program's [`ContainerExit`].
+const EXIT_FILE: &str = "exit";
+/// Each output FIFO's buffer: what a worker may write while no poold reads (a restart)
+/// before its writes block.
+const OUTPUT_PIPE_BYTES: i32 = 1 << 20;
+
+fn run_dir(cfg: &SandboxConfig, id: &ContainerId) -> PathBuf {
+    cfg.state_dir.join("workers").join(id.as_str())
+}
+
+/// The read ends of a container's output FIFOs.
+pub type OutputPipes = (
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Receiver,
+);
+
+/// Opens the read ends of the output FIFOs in `dir` (nonblocking, so no writer is needed).
+fn open_output(dir: &Path) -> Result<OutputPipes> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&path)
+            .map_err(|e| SandboxError::io("open", &path, e))
+    };
+    Ok((open(OUTPUT_FIFOS[0])?, open(OUTPUT_FIFOS[1])?))
+}
+
+/// The start time of process `pid` (clock ticks after boot, field 22 of /proc/PID/stat):
+/// with the pid, it names one process for the host's uptime. None when there is no such
+/// process or it has ended (a zombie whose parent has not reaped it yet).
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// How the program ended as its init wrote it; none written (the init was killed): SIGKILL.
+fn read_exit_file(path: &Path) -> ContainerExit {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(ContainerExit::Signal(libc::SIGKILL))
 }
 
 /// The image directory: as given, unpacked from the tarball (cached), or the host's `/`.
@@ -782,11 +1023,32 @@ fn container_env(spec: &ContainerSpec) -> Vec<String> {
     env
 }
 
-fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
-    Ok(match o {
+/// The helper's stdout and stderr; with [`Output::Piped`] also the read ends of the FIFOs
+/// in `dir` (opened first: opening a write end needs a reader).
+fn output_stdio(o: &Output, dir: &Path) -> Result<(Stdio, Stdio, Option<OutputPipes>)> {
+    if *o == Output::Piped {
+        let pipes = open_output(dir)?;
+        let writer = |name: &str| {
+            let path = dir.join(name);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| SandboxError::io("open", &path, e))?;
+            // Best effort: a smaller buffer only blocks a chatty worker sooner while poold
+            // is away.
+            let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES));
+            Ok::<_, SandboxError>(Stdio::from(file))
+        };
+        return Ok((
+            writer(OUTPUT_FIFOS[0])?,
+            writer(OUTPUT_FIFOS[1])?,
+            Some(pipes),
+        ));
+    }
+    let (out, err) = match o {
         Output::Inherit => (Stdio::inherit(), Stdio::inherit()),
         Output::Null => (Stdio::null(), Stdio::null()),
-        Output::Piped => (Stdio::piped(), Stdio::piped()),
+        Output::Piped => unreachable!("handled above"),
         Output::File(p) => {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -798,7 +1060,8 @@ fn output_stdio(o: &Output) -> Result<(Stdio, Stdio)> {
                 .map_err(|e| SandboxError::io("dup output", p, e))?;
             (Stdio::from(f), Stdio::from(g))
         }
-    })
+    };
+    Ok((out, err, None))
 }
 
 type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
@@ -813,7 +1076,11 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
     };
     let io = |action| move |source| ctl_err(ControlError::Io { action, source });
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
-    let (out, err) = output_stdio(&spec.output)?;
+    let run_dir = res
+        .dir
+        .clone()
+        .unwrap_or_else(|| run_dir(&res.inner.config, &id));
+    let (out, err, output) = output_stdio(&spec.output, &run_dir)?;
     let exe = &res.inner.config.helper_exe;
     let child = tokio::process::Command::new(exe)
         .arg(HELPER_ARG)
@@ -832,10 +1099,14 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
         name: spec.name.clone(),
         address: res.address,
         pid,
+        start_time: process_start_time(pid).unwrap_or(0),
         root_switch: RootSwitch::PivotRoot,
         reader: res.cgroup.as_ref().map(|c| c.reader()),
         child: Some(child),
         lines: None,
+        pidfd: None,
+        output,
+        exit_file: run_dir.join(EXIT_FILE),
         exit: None,
         res,
     };
@@ -911,12 +1182,35 @@ pub struct Container {
     name: String,
     address: Option<Ipv4Addr>,
     pid: u32,
+    /// The helper's start time, which with `pid` tells it from a later process on that pid.
+    start_time: u64,
     root_switch: RootSwitch,
     reader: Option<CgroupReader>,
+    /// The helper, when this poold started it (else `pidfd`).
     child: Option<tokio::process::Child>,
     lines: Option<CtlLines>,
+    /// The helper of an adopted container (not our child): readable once it exited.
+    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    output: Option<OutputPipes>,
+    exit_file: PathBuf,
     exit: Option<ContainerExit>,
     res: Resources,
+}
+
+/// What a restarted poold needs to find a container again ([`Sandbox::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerRecord {
+    pub id: ContainerId,
+    pub name: String,
+    /// The helper's host pid and start time (clock ticks after boot).
+    pub pid: u32,
+    pub start_time: u64,
+    pub cgroup: Option<String>,
+    pub netns: Option<PathBuf>,
+    pub veth: Option<String>,
+    pub address: Option<Ipv4Addr>,
+    /// Whether its output goes to FIFOs poold reads.
+    pub piped: bool,
 }
 
 impl Container {
@@ -927,11 +1221,27 @@ impl Container {
 
     /// The read ends of the program's stdout and stderr with [`Output::Piped`] (once). Read
     /// them steadily: a full pipe blocks the program.
-    pub fn take_output(
-        &mut self,
-    ) -> Option<(tokio::process::ChildStdout, tokio::process::ChildStderr)> {
-        let child = self.child.as_mut()?;
-        Some((child.stdout.take()?, child.stderr.take()?))
+    pub fn take_output(&mut self) -> Option<OutputPipes> {
+        self.output.take()
+    }
+
+    /// What [`Sandbox::adopt`] needs to take this container over after a restart.
+    pub fn record(&self) -> ContainerRecord {
+        ContainerRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            pid: self.pid,
+            start_time: self.start_time,
+            cgroup: self.cgroup().map(str::to_owned),
+            netns: self.res.net.as_ref().map(|n| n.netns.clone()),
+            veth: self.res.net.as_ref().map(|n| n.host_link.clone()),
+            address: self.address,
+            piped: self
+                .res
+                .dir
+                .as_ref()
+                .is_some_and(|d| d.join(OUTPUT_FIFOS[0]).exists()),
+        }
     }
 
     /// The spec's name.
@@ -1006,6 +1316,11 @@ impl Container {
             }
         }
         self.lines = None;
+        if let Some(pidfd) = &self.pidfd {
+            // Not our child: the pidfd says when it ended, the init's file how.
+            let _ = pidfd.readable().await;
+            status = Some(read_exit_file(&self.exit_file));
+        }
         let helper = match &mut self.child {
             Some(c) => c.wait().await.ok(),
             None => None,
@@ -1106,25 +1421,35 @@ fn remove_cgroup_parent(parent: &str) -> Result<()> {
     Ok(())
 }
 
-fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
+fn cleanup_orphans_blocking(
+    cfg: &SandboxConfig,
+    keep: &HashSet<ContainerId>,
+) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
+    let kept = |id: &str| keep.iter().any(|k| k.as_str() == id);
     for child in cgroup::list_children(&cfg.cgroup_parent) {
+        if kept(&child) {
+            continue;
+        }
         let cg = ContainerCgroup::open(&cfg.cgroup_parent, &child);
         match cg.destroy() {
             Ok(()) => report.cgroups.push(cg.name().to_string()),
             Err(e) => failures.push(e),
         }
     }
-    if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
-        failures.push(e);
+    if keep.is_empty() {
+        if let Err(e) = remove_cgroup_parent(&cfg.cgroup_parent) {
+            failures.push(e);
+        }
     }
     match net::links_with_prefix(&cfg.link_prefix) {
         Ok(links) => {
             // Only `<prefix><8 hex>`: a shorter prefix never matches a longer one's links.
             let ours = |l: &String| {
-                l.strip_prefix(&cfg.link_prefix)
-                    .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                l.strip_prefix(&cfg.link_prefix).is_some_and(|id| {
+                    id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !kept(id)
+                })
             };
             for l in links.into_iter().filter(ours) {
                 match net::delete_link(&l) {
@@ -1135,7 +1460,7 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         }
         Err(e) => failures.push(e),
     }
-    if let Some(b) = &cfg.bridge {
+    if let Some(b) = cfg.bridge.as_ref().filter(|_| keep.is_empty()) {
         match net::delete_marked_bridges(&bridge_marker(&cfg.state_dir)) {
             Ok(bridges) => report.bridges = bridges,
             Err(e) => failures.push(e),
@@ -1153,10 +1478,11 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
             .unwrap_or_default()
     };
     for ns in list(&cfg.state_dir.join("netns")) {
-        if ns
+        let name = ns
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("poold-"))
-        {
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("poold-") && !kept(&name["poold-".len()..]) {
             match net::delete_netns(&ns) {
                 Ok(()) => report.netns.push(ns),
                 Err(e) => failures.push(e),
@@ -1164,6 +1490,9 @@ fn cleanup_orphans_blocking(cfg: &SandboxConfig) -> Result<CleanupReport> {
         }
     }
     for d in list(&cfg.state_dir.join("workers")) {
+        if d.file_name().is_some_and(|n| kept(&n.to_string_lossy())) {
+            continue;
+        }
         let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
         match std::fs::remove_dir_all(&d) {
             Ok(()) => report.container_dirs.push(d),

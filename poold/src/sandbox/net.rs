@@ -125,6 +125,31 @@ impl AddressAllocator {
         self.in_use.insert(addr);
     }
 
+    /// The quarantined addresses, each with the rest of its quarantine.
+    pub fn quarantined(&self) -> Vec<(Ipv4Addr, Duration)> {
+        let now = self.clock.now();
+        self.released
+            .iter()
+            .map(|(a, at)| (*a, self.quarantine.saturating_sub(now.duration_since(*at))))
+            .filter(|(_, left)| !left.is_zero())
+            .collect()
+    }
+
+    /// Quarantines `addr` (not in use) for `left` more (at most the quarantine), as if
+    /// released earlier: what a restart restores.
+    pub fn quarantine_for(&mut self, addr: Ipv4Addr, left: Duration) {
+        if self.in_use.contains(&addr) || !self.subnet.contains(&addr) {
+            return;
+        }
+        let now = self.clock.now();
+        let served = self.quarantine.saturating_sub(left);
+        let at = now.checked_sub(served).unwrap_or(now);
+        self.released.retain(|(a, _)| *a != addr);
+        // Oldest first, as allocate() expects.
+        let index = self.released.partition_point(|(_, t)| *t <= at);
+        self.released.insert(index, (addr, at));
+    }
+
     /// Returns `addr`; it is quarantined before it can be handed out again.
     pub fn release(&mut self, addr: Ipv4Addr) {
         if self.in_use.remove(&addr) {
@@ -945,6 +970,26 @@ mod tests {
             a.allocate(),
             Err(SandboxError::AddressesExhausted { quarantined: 0, .. })
         ));
+    }
+
+    #[test]
+    fn a_restored_quarantine_keeps_what_was_left_of_it() {
+        let (mut before, clock) = alloc(30, 150); // only .2 is a container address
+        let addr = before.allocate().unwrap();
+        before.release(addr);
+        clock.advance(Duration::from_secs(50));
+        let saved = before.quarantined();
+        assert_eq!(saved, vec![(addr, Duration::from_secs(100))]);
+        // The next run (after a restart) restores it: 100 s more, not 150 nor none.
+        let (mut after, clock) = alloc(30, 150);
+        for (a, left) in &saved {
+            after.quarantine_for(*a, *left);
+        }
+        assert!(after.allocate().is_err(), "quarantined after the restart");
+        clock.advance(Duration::from_secs(99));
+        assert!(after.allocate().is_err());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(after.allocate().unwrap(), addr);
     }
 
     #[test]

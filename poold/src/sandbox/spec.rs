@@ -549,6 +549,13 @@ pub(crate) struct HelperPlan {
     /// rename of the file cannot leave the container with a stale view).
     pub resolv_conf: Option<Vec<u8>>,
     pub hosts: Vec<u8>,
+    /// FIFOs (the program's stdout and stderr) the monitor holds open for reading as long
+    /// as it lives, so the program never writes to a pipe without a reader (EPIPE,
+    /// SIGPIPE) while poold is away; poold reads them, again after a restart.
+    pub keep_open: Vec<PathBuf>,
+    /// Where the init writes how the program ended (a [`super::ContainerExit`] as JSON),
+    /// for a poold that is not the monitor's parent (one restarted since the spawn).
+    pub exit_file: PathBuf,
 }
 
 #[cfg(test)]

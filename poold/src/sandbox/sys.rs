@@ -1,6 +1,6 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
 //! All of these run only in the single-threaded container helper process (see `helper`), never in
-//! poold's multithreaded runtime.
+//! poold's multithreaded runtime, except [`pidfd_open`] (thread-safe, poold uses it).
 #![allow(unsafe_code)]
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -159,4 +159,27 @@ pub(crate) fn attach_mount(
         }
     })?;
     nix::errno::Errno::result(rc).map(drop)
+}
+
+/// pidfd_open(pid, 0): a descriptor for process `pid` (any process, not only a child) that
+/// becomes readable when it exits and never refers to another process after a pid reuse.
+pub(crate) fn pidfd_open(pid: u32) -> nix::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and returns a new fd or -1; no memory is shared.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = nix::errno::Errno::result(fd)?;
+    // SAFETY: pidfd_open just returned this new fd (O_CLOEXEC by default); nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Registers `pidfd` with the tokio reactor (readable once the process exited).
+pub(crate) fn watch_pidfd(
+    pidfd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the OwnedFd owns a valid descriptor, which the AsyncFd owns from here on and
+    // closes only when it is dropped (deregistered first); nothing else closes or replaces it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    };
+    registered.map_err(std::io::Error::from)
 }

@@ -13,8 +13,8 @@ use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, Virtu
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
-    ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId, WorkerRuntime,
-    WorkerSpec,
+    AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId,
+    WorkerRuntime, WorkerSpec,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -582,6 +582,13 @@ impl ServicePool {
             clients: client_policy(&config),
         };
         balancer.ensure_service(&service).await?;
+        // Before any pool spawns: no new worker may get an adopted worker's id.
+        if let Some(highest) = runtime.highest_adopted() {
+            NEXT_WORKER_ID.fetch_max(highest.0 + 1, Ordering::Relaxed);
+        }
+        let mut adopted = runtime.take_adopted(&config);
+        adopted.sort_by_key(|a| a.id);
+        reconcile_backends(&*balancer, &service, &config, &adopted).await;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(16);
         let initial = ServiceStatus {
@@ -600,7 +607,7 @@ impl ServicePool {
             workers: Vec::new(),
         };
         let (status, status_rx) = watch::channel(initial);
-        let pool = ServicePool {
+        let mut pool = ServicePool {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             rng: fastrand::Rng::with_seed(options.seed),
             desired: config.workers,
@@ -622,6 +629,9 @@ impl ServicePool {
             deploy: None,
             deployed_rootfs: None,
         };
+        for displaced in pool.adopt(&adopted) {
+            pool.retire(displaced, RecycleReason::Manual).await;
+        }
         let name = pool.config.name.clone();
         tokio::spawn(pool.run());
         Ok(PoolHandle {
@@ -629,6 +639,68 @@ impl ServicePool {
             commands: commands_tx,
             status: status_rx,
         })
+    }
+
+    /// Takes over the workers an earlier run left (sorted by id): each is Ready at once
+    /// (it served until the restart; probes go on as for any ready worker) and waited for.
+    /// The newest of a slot serves it; returns the others and those of slots beyond the
+    /// count, to be drained and stopped. One that does not match the config is of
+    /// generation 0, so the next advance rolls it.
+    fn adopt(&mut self, adopted: &[AdoptedWorker]) -> Vec<WorkerId> {
+        let mut displaced = Vec::new();
+        let now = Instant::now();
+        for worker in adopted {
+            NEXT_WORKER_ID.fetch_max(worker.id.0 + 1, Ordering::Relaxed);
+            let addr = SocketAddr::new(worker.addr, self.config.port);
+            let retire_at = self.lifetime().map(|lifetime| now + lifetime);
+            self.workers.insert(
+                worker.id,
+                Worker {
+                    id: worker.id,
+                    slot: worker.slot,
+                    phase: Phase::Ready {
+                        spawned: Spawned {
+                            addr,
+                            pid: worker.pid,
+                            chroot: false,
+                        },
+                        probe: Probe {
+                            in_flight: false,
+                            next_at: now,
+                            out_bytes: None,
+                        },
+                        fail_streak: 0,
+                        ready_at: now,
+                        retire_at,
+                        oom_baseline: None,
+                        replacing: None,
+                        drained: false,
+                    },
+                    spawned_at: now,
+                    stats: None,
+                    usage: ResourceUsage::default(),
+                    recycle_started: None,
+                    generation: if worker.matches_config {
+                        self.generation
+                    } else {
+                        0
+                    },
+                },
+            );
+            info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %worker.id,
+                worker.addr = %addr, worker.pid = worker.pid, matches_config = worker.matches_config,
+                "worker adopted");
+            match self.slots.get_mut(worker.slot as usize) {
+                Some(slot) => displaced.extend(slot.current.replace(worker.id)),
+                None => displaced.push(worker.id),
+            }
+            let (id, runtime, events) = (worker.id, self.runtime.clone(), self.events_tx.clone());
+            tokio::spawn(async move {
+                let status = runtime.wait(id).await;
+                let _ = events.send(Event::Exited { id, status });
+            });
+        }
+        displaced
     }
 
     async fn run(mut self) {
@@ -1640,6 +1712,7 @@ impl ServicePool {
             id,
             slot,
             service: self.config.clone(),
+            generation: self.generation,
         };
         let runtime = self.runtime.clone();
         let events = self.events_tx.clone();
@@ -1936,6 +2009,41 @@ impl ServicePool {
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
+/// At start: the adopted workers' backends at the service's weight (an interrupted drain
+/// or stop may have left one at 0, or a fresh proxy has none), every other backend removed
+/// (workers of an earlier run that are gone).
+async fn reconcile_backends(
+    balancer: &dyn Balancer,
+    service: &VirtualService,
+    config: &ServiceConfig,
+    adopted: &[AdoptedWorker],
+) {
+    let present = balancer.backend_stats(service).await.unwrap_or_default();
+    let wanted: Vec<SocketAddr> = adopted
+        .iter()
+        .map(|a| SocketAddr::new(a.addr, config.port))
+        .collect();
+    for (backend, stats) in &present {
+        if !wanted.contains(backend) {
+            info!(service = %service.name, %backend, "removing a backend of an earlier run whose worker is gone");
+            if let Err(error) = balancer.remove_backend(service, *backend).await {
+                warn!(service = %service.name, %backend, %error, "removing a stale backend failed");
+            }
+        } else if stats.weight != config.weight {
+            info!(service = %service.name, %backend, weight = stats.weight, to = config.weight,
+                "putting an adopted worker's backend back at its weight");
+            if let Err(error) = balancer.set_weight(service, *backend, config.weight).await {
+                warn!(service = %service.name, %backend, %error, "setting the weight failed");
+            }
+        }
+    }
+    for backend in wanted.iter().filter(|b| !present.contains_key(b)) {
+        if let Err(error) = balancer.add_backend(service, *backend, config.weight).await {
+            warn!(service = %service.name, %backend, %error, "adding an adopted worker failed");
+        }
+    }
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

@@ -40,6 +40,8 @@ pub struct HarnessBuilder {
     config: ServiceConfig,
     options: PoolOptions,
     observer: Arc<dyn PoolObserver>,
+    runtime: Option<FakeRuntime>,
+    balancer: Option<FakeBalancer>,
 }
 
 impl HarnessBuilder {
@@ -58,9 +60,23 @@ impl HarnessBuilder {
         self
     }
 
+    /// Runs on this runtime (e.g. [`FakeRuntime::restarted`]) instead of a fresh one.
+    pub fn runtime(mut self, runtime: FakeRuntime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Runs on this balancer (e.g. a kernel table an earlier run left) instead of a fresh one.
+    pub fn balancer(mut self, balancer: FakeBalancer) -> Self {
+        self.balancer = Some(balancer);
+        self
+    }
+
     pub async fn start(self) -> Harness {
-        let runtime = FakeRuntime::default();
-        let balancer = FakeBalancer::new(self.config.workers as usize);
+        let runtime = self.runtime.unwrap_or_default();
+        let balancer = self
+            .balancer
+            .unwrap_or_else(|| FakeBalancer::new(self.config.workers as usize));
         let health = FakeHealth::default();
         let pool = ServicePool::start(
             Arc::new(self.config),
@@ -92,6 +108,8 @@ impl Harness {
                 worker_capacity: u64::MAX,
             },
             observer: Arc::new(NoObserver),
+            runtime: None,
+            balancer: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::testing::{wait, web_service, Harness};
 use super::*;
+use crate::balancer::fake::FakeBalancer;
 use crate::config::{ByteSize, HumanDuration, OnOom, ServiceConfig};
 use crate::runtime::{ExitStatus, ResourceUsage, StopSignal, WorkerId};
 use std::sync::Arc;
@@ -1076,4 +1077,207 @@ async fn a_rollout_replaces_a_drained_worker() {
     h.pool.reconfigure(Arc::new(changed), true).await.unwrap();
     let after = until(&h, 60, all_ready_at(2)).await;
     assert!(after.workers.iter().all(|w| w.id != drained), "{after:#?}");
+}
+
+// ----- adoption after a restart (issue 9, section 3) ------------------------------------
+
+/// A balancer as an earlier run left it: `backends` at their weights.
+fn left_balancer(desired: usize, backends: &[(std::net::SocketAddr, u32)]) -> FakeBalancer {
+    let balancer = FakeBalancer::new(desired);
+    {
+        let mut state = balancer.state();
+        state.service = true;
+        for (addr, weight) in backends {
+            state.backends.insert(
+                *addr,
+                crate::balancer::BackendStats {
+                    weight: *weight,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    balancer
+}
+
+fn pids_by_id(status: &ServiceStatus) -> std::collections::BTreeMap<WorkerId, Option<u32>> {
+    status
+        .workers
+        .iter()
+        .filter(|w| w.state != WorkerState::Gone)
+        .map(|w| (w.id, w.pid))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_pool_adopts_its_live_workers_and_starts_only_what_died() {
+    let first = Harness::start(service(3)).await;
+    wait(2).await;
+    let before = first.status();
+    assert_eq!(before.ready, 3);
+    // Worker of slot 2 dies while poold is down; slot 0's was being drained (weight 0).
+    let dead = first.ready_worker(2);
+    first.runtime.exit(dead.id, ExitStatus::Signal(9));
+    let drained = first.ready_worker(0);
+    let runtime = first.runtime.restarted();
+    let stale: std::net::SocketAddr = "10.99.0.9:8080".parse().unwrap();
+    let balancer = left_balancer(
+        3,
+        &before
+            .workers
+            .iter()
+            .map(|w| (w.addr.unwrap(), if w.id == drained.id { 0 } else { 1 }))
+            .chain([(stale, 1)])
+            .collect::<Vec<_>>(),
+    );
+
+    let second = Harness::builder(service(3))
+        .runtime(runtime.clone())
+        .balancer(balancer.clone())
+        .start()
+        .await;
+    wait(2).await;
+    let after = second.status();
+    assert_eq!(after.ready, 3, "{after:?}");
+    let adopted: Vec<_> = before.workers.iter().filter(|w| w.id != dead.id).collect();
+    for worker in &adopted {
+        let now = after.workers.iter().find(|w| w.id == worker.id);
+        assert_eq!(
+            now.map(|w| (w.state, w.pid, w.slot)),
+            Some((WorkerState::Ready, worker.pid, worker.slot)),
+            "{after:?}"
+        );
+        assert!(
+            runtime.signals_to(worker.id).is_empty(),
+            "adopted worker signalled"
+        );
+    }
+    // Only the dead worker's slot got a new one, with an id none of the earlier run had.
+    let spawned: Vec<u32> = runtime
+        .state()
+        .spawn_attempts
+        .iter()
+        .map(|(slot, _)| *slot)
+        .collect();
+    assert_eq!(spawned, vec![2]);
+    let new = second.ready_worker(2);
+    assert!(before.workers.iter().all(|w| w.id < new.id), "{new:?}");
+    // The balancer: every worker at its weight, the dead and stale backends gone.
+    let backends = balancer.state().backends.clone();
+    assert_eq!(backends.len(), 3, "{backends:?}");
+    assert!(backends.values().all(|b| b.weight == 1), "{backends:?}");
+    assert!(!backends.contains_key(&stale));
+    assert!(!backends.contains_key(&dead.addr.unwrap()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_worker_that_no_longer_matches_the_config_is_rolled_not_killed() {
+    let first = Harness::start(service(2)).await;
+    wait(2).await;
+    let before = first.status();
+    let runtime = first.runtime.restarted();
+    let mut changed = service(2);
+    changed.command = vec!["/bin/app2".into()];
+    let balancer = left_balancer(
+        2,
+        &before
+            .workers
+            .iter()
+            .map(|w| (w.addr.unwrap(), 1))
+            .collect::<Vec<_>>(),
+    );
+    let second = Harness::builder(changed)
+        .runtime(runtime.clone())
+        .balancer(balancer.clone())
+        .start()
+        .await;
+    wait(1).await;
+    // Adopted first, serving, before the rollout replaces them one by one (surge).
+    let adopted = second.status();
+    assert!(
+        before.workers.iter().all(|w| adopted
+            .workers
+            .iter()
+            .any(|a| a.id == w.id && a.generation == 0)),
+        "{adopted:?}"
+    );
+    assert_eq!(balancer.state().min_weighted_after_full, Some(2));
+    wait(60).await;
+    let after = second.status();
+    assert_eq!(after.ready, 2, "{after:?}");
+    assert!(
+        pids_by_id(&after)
+            .keys()
+            .all(|id| before.workers.iter().all(|w| w.id != *id)),
+        "{after:?}"
+    );
+    for worker in &before.workers {
+        assert_eq!(runtime.signals_to(worker.id), vec![StopSignal::Term]);
+    }
+    // Never fewer than 2 serving while they were replaced.
+    assert_eq!(balancer.state().min_weighted_after_full, Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn of_two_adopted_workers_of_one_slot_the_newest_serves_and_the_other_drains() {
+    let first = Harness::start(service(2)).await;
+    wait(2).await;
+    let before = first.status();
+    let (older, newer) = (first.ready_worker(0), first.ready_worker(1));
+    let runtime = first.runtime.restarted();
+    // As if poold died in a surge recycle of slot 0: both workers of that slot live.
+    runtime.state().workers.get_mut(&newer.id).unwrap().slot = 0;
+    let balancer = left_balancer(
+        2,
+        &before
+            .workers
+            .iter()
+            .map(|w| (w.addr.unwrap(), 1))
+            .collect::<Vec<_>>(),
+    );
+    let second = Harness::builder(service(2))
+        .runtime(runtime.clone())
+        .balancer(balancer.clone())
+        .start()
+        .await;
+    wait(10).await;
+    let after = second.status();
+    assert_eq!(after.ready, 2, "{after:?}");
+    assert_eq!(second.ready_worker(0).id, newer.id);
+    assert_eq!(runtime.signals_to(older.id), vec![StopSignal::Term]);
+    assert!(runtime.signals_to(newer.id).is_empty());
+    let spawned: Vec<u32> = runtime
+        .state()
+        .spawn_attempts
+        .iter()
+        .map(|(slot, _)| *slot)
+        .collect();
+    assert_eq!(spawned, vec![1], "only the emptied slot is filled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn adopted_workers_beyond_the_configured_count_drain_and_stop() {
+    let first = Harness::start(service(3)).await;
+    wait(2).await;
+    let before = first.status();
+    let extra = first.ready_worker(2);
+    let runtime = first.runtime.restarted();
+    let second = Harness::builder(service(2))
+        .runtime(runtime.clone())
+        .balancer(left_balancer(
+            2,
+            &before
+                .workers
+                .iter()
+                .map(|w| (w.addr.unwrap(), 1))
+                .collect::<Vec<_>>(),
+        ))
+        .start()
+        .await;
+    wait(10).await;
+    let after = second.status();
+    assert_eq!(after.ready, 2, "{after:?}");
+    assert_eq!(runtime.signals_to(extra.id), vec![StopSignal::Term]);
+    assert!(runtime.state().spawn_attempts.is_empty());
+    assert!(runtime.state().workers[&extra.id].torn_down);
 }

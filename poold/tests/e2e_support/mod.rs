@@ -24,6 +24,7 @@ pub mod control;
 pub mod hardening;
 pub mod images;
 pub mod reload;
+pub mod restart;
 
 use serde_json::Value;
 use std::collections::BTreeSet;

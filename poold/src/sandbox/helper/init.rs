@@ -26,6 +26,7 @@ pub(super) fn run(
     userns: Option<&UsernsSetup>,
     ctl: &mut UnixStream,
     monitor_alive: OwnedFd,
+    mut exit_file: fs::File,
 ) -> i32 {
     let started = tie_to_monitor(&monitor_alive).and_then(|alive| {
         if !alive {
@@ -46,6 +47,10 @@ pub(super) fn run(
     // The init keeps only CAP_KILL (to signal a program running as another user).
     drop_init_privileges();
     let status = reap_until_exit(program);
+    // First the file: the poold that reads it may not be the one listening on `ctl`.
+    if let Ok(json) = serde_json::to_vec(&status) {
+        let _ = exit_file.write_all(&json);
+    }
     send(ctl, &HelperMsg::Exited(status));
     status.as_code()
 }

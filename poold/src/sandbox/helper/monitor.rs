@@ -16,6 +16,8 @@ use crate::sandbox::sys;
 
 /// Namespaces, the init, then signal forwarding until the init exits; returns its exit code.
 pub(super) fn run(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, HelperError> {
+    // Host paths: opened before the namespaces (the init's pivot_root moves our root too).
+    let (keep_open, exit_file) = open_run_files(plan).map_err(HelperError::StartInit)?;
     enter_network_namespace(&plan.netns).map_err(HelperError::NetworkNamespace)?;
     let userns = match plan.userns {
         Some(map) => Some(userns::setup(plan, map).map_err(HelperError::UserNamespace)?),
@@ -41,12 +43,16 @@ pub(super) fn run(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, Helper
     let init = match forked {
         ForkResult::Child => {
             drop(alive_w);
-            std::process::exit(init::run(plan, userns.as_ref(), ctl, alive_r))
+            drop(keep_open);
+            std::process::exit(init::run(plan, userns.as_ref(), ctl, alive_r, exit_file))
         }
         ForkResult::Parent { child } => child,
     };
     drop(alive_r);
     drop(userns);
+    drop(exit_file);
+    // Held until the monitor exits: the program's output never loses its last reader.
+    let _keep_open = keep_open;
     // Held until the monitor exits: the init sees a hang-up if the monitor died early.
     let _alive_w = alive_w;
     loop {
@@ -61,6 +67,32 @@ pub(super) fn run(plan: &HelperPlan, ctl: &mut UnixStream) -> Result<i32, Helper
             let _ = kill(init, sig);
         }
     }
+}
+
+/// The output FIFOs (read ends, never read: they only keep the pipes open) and the exit
+/// file the init writes.
+fn open_run_files(plan: &HelperPlan) -> Result<(Vec<fs::File>, fs::File), OpError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let keep_open = plan
+        .keep_open
+        .iter()
+        .map(|path| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| OpError::io(Call::Open, path, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let exit_file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&plan.exit_file)
+        .map_err(|e| OpError::io(Call::Open, &plan.exit_file, e))?;
+    Ok((keep_open, exit_file))
 }
 
 fn enter_network_namespace(netns: &NetnsPlan) -> Result<(), OpError> {

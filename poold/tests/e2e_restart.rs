@@ -1,0 +1,17 @@
+//! poold killed with SIGKILL and started again adopts its live workers instead of starting
+//! new ones: with the proxy on the host (serving again within a second), with IPVS in the
+//! VM under wrk load through the kill and a restart 2 s later (zero failed requests).
+
+mod e2e_support;
+
+#[test]
+fn e2e_kill9_and_restart_adopts_the_workers_through_the_proxy() {
+    e2e_support::restart::kill9_and_restart_adopts_the_workers("proxy", "127.0.0.1");
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_under_wrk_load_through_ipvs_loses_no_request_and_adopts_the_workers() {
+    // Outside the workers' subnet (10.215.x.0/24) and not loopback.
+    e2e_support::restart::kill9_and_restart_adopts_the_workers("ipvs", "10.212.9.1");
+}
