@@ -32,8 +32,16 @@ bench_setup footprint
 make_rootfs
 port=$((18300 + TAG))
 [ "$MODE" = ipvs ] && port=80
-# 64 workers need 1 + 4 * 64 = 257 addresses (surge + quarantine room): a /23.
-write_config "$MODE" "$LISTEN_IP:$port" "$COUNT" "10.218.$((TAG % 128 * 2)).0/23" "$INTERVAL"
+# WORKERS need 1 + 4 * WORKERS addresses (surge + quarantine room) plus network and
+# broadcast: the smallest prefix that holds them (64 workers: a /23; 1,024: a /19).
+bits=1
+while [ $((1 << bits)) -lt $((4 * COUNT + 3)) ]; do bits=$((bits + 1)); done
+if [ "$bits" -le 9 ]; then
+    subnet="10.218.$((TAG % 128 * 2)).0/$((32 - bits))"
+else
+    subnet="10.$((160 + TAG % 64)).0.0/$((32 - bits))"
+fi
+write_config "$MODE" "$LISTEN_IP:$port" "$COUNT" "$subnet" "$INTERVAL"
 start_poold 300
 http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 

@@ -40,6 +40,7 @@ pub struct HarnessBuilder {
     config: ServiceConfig,
     options: PoolOptions,
     observer: Arc<dyn PoolObserver>,
+    spawn_delay: Option<Duration>,
 }
 
 impl HarnessBuilder {
@@ -58,8 +59,15 @@ impl HarnessBuilder {
         self
     }
 
+    /// Every spawn takes this long (default: none).
+    pub fn spawn_delay(mut self, delay: Duration) -> Self {
+        self.spawn_delay = Some(delay);
+        self
+    }
+
     pub async fn start(self) -> Harness {
         let runtime = FakeRuntime::default();
+        runtime.state().spawn_delay = self.spawn_delay;
         let balancer = FakeBalancer::new(self.config.workers as usize);
         let health = FakeHealth::default();
         let pool = ServicePool::start(
@@ -90,8 +98,10 @@ impl Harness {
                 drain_settle: Duration::from_secs(1),
                 seed: 7,
                 worker_capacity: u64::MAX,
+                ..PoolOptions::default()
             },
             observer: Arc::new(NoObserver),
+            spawn_delay: None,
         }
     }
 
