@@ -30,7 +30,10 @@ pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, Sa
 pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch, HELPER_ARG,
 };
-pub use net::{AddressAllocator, Clock, SystemClock};
+pub use net::{
+    neighbour_shortfall, raise_neighbour_limits, AddressAllocator, Clock, NeighbourLimit,
+    SystemClock,
+};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
