@@ -27,7 +27,9 @@ fi
 if [ -n "${SERIES:-}" ]; then
     rows=$(mktemp)
     for n in $SERIES; do
-        SERIES= WORKERS=$n sh "$0" "${1:-proxy}" | tee /dev/stderr | sed -n 's/^footprint-row: //p' >>"$rows"
+        out=$(SERIES= WORKERS=$n sh "$0" "${1:-proxy}" 2>&1) || { echo "$out"; exit 1; }
+        echo "$out"
+        echo "$out" | sed -n 's/^footprint-row: //p' >>"$rows"
     done
     echo "| workers | ready after | poold CPU (30 s idle) | VmRSS | VmHWM | threads | status (median) | scrape (median) | /metrics size | recycle --wait (all slots) | load avg at end |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|"
@@ -77,7 +79,15 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 sleep 5
 c0=$(cpu_ticks)
 t0=$(now_ns)
-sleep "$WINDOW"
+if [ -n "${PERF:-}" ]; then
+    # A profile of poold over the idle window (apt-get install linux-perf), kept in DIR.
+    perf record -q -F 999 -g -p "$POOLD_PID" -o "$DIR/perf.data" -- sleep "$WINDOW" 2>/dev/null
+    perf report -i "$DIR/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null |
+        grep -v '^$' >"$DIR/perf.txt" || true
+    echo "$BENCH: profile of the idle window: $DIR/perf.txt"
+else
+    sleep "$WINDOW"
+fi
 c1=$(cpu_ticks)
 t1=$(now_ns)
 ready=$(ready_count)

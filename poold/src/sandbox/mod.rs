@@ -25,6 +25,8 @@ mod seccomp;
 mod spec;
 mod sys;
 
+pub use sys::limit_malloc_arenas;
+
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
 pub use error::{CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError};
 pub use helper::{
