@@ -86,6 +86,9 @@ control_socket = "$SOCK"
 metrics_listen = "${METRICS_LISTEN:-127.0.0.1:0}"
 balancer = "$BALANCER"
 log_level = "info"
+# Its own cgroup parent: a poold starting elsewhere on the machine kills every worker
+# under its parent (the default "poold") as its own leftovers.
+cgroup_parent = "poold-bench$TAG"
 
 [network]
 bridge = "$BRIDGE"
