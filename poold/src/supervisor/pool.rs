@@ -567,6 +567,9 @@ pub struct ServicePool {
     /// Spreads the probes of ready workers over the interval (apart from `rng`, so the
     /// lifetime jitter does not depend on probing).
     probe_rng: fastrand::Rng,
+    /// The earliest drain settle to act on at once rather than at the next tick (a
+    /// recycle's old worker stops as soon as it may).
+    wake_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -638,6 +641,7 @@ impl ServicePool {
             probe_queue: BTreeSet::new(),
             usage_cursor: WorkerId(0),
             probe_rng: fastrand::Rng::with_seed(probe_seed),
+            wake_at: None,
         };
         let name = pool.config.name.clone();
         tokio::spawn(pool.run());
@@ -669,6 +673,10 @@ impl ServicePool {
                     changed
                 }
                 () = sleep_until_some(next_probe) => false,
+                () = sleep_until_some(self.wake_at) => {
+                    self.wake_at = None;
+                    true
+                }
                 command = self.commands.recv(), if handles_alive => {
                     match command {
                         Some(command) => self.on_command(command).await,
@@ -1802,11 +1810,13 @@ impl ServicePool {
             error!(service = %self.service.name, worker.id = %id, %error, "setting weight 0 failed");
         }
         let now = Instant::now();
+        let settled_at = now + self.options.drain_settle;
+        self.wake_at = Some(self.wake_at.map_or(settled_at, |at| at.min(settled_at)));
         let worker = self.workers.get_mut(&id).expect("checked above");
         worker.phase = Phase::Draining {
             spawned,
             reason,
-            settled_at: now + self.options.drain_settle,
+            settled_at,
             deadline: now + self.config.recycle.drain_timeout.get(),
         };
         info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");

@@ -1132,3 +1132,35 @@ async fn probes_of_workers_started_together_are_spread_over_the_interval() {
         instants.len()
     );
 }
+
+/// A probe that passes no longer runs a pass over the pool; the drain settle wakes the pool
+/// itself, so a recycled worker with no connections stops at the settle, not at the next
+/// tick (the recycle latency of tests/bench/recycle.sh).
+#[tokio::test(start_paused = true)]
+async fn a_drained_worker_stops_at_the_settle_not_at_the_next_tick() {
+    let h = Harness::builder(service(1));
+    let options = PoolOptions {
+        tick: std::time::Duration::from_secs(2),
+        ..h.options_default()
+    };
+    let h = h.options(options).start().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let old = h.ready_worker(0).id;
+    let asked = tokio::time::Instant::now();
+    let (_, done) = h.pool.recycle(Some(0)).await.unwrap();
+    done.await.unwrap();
+    let term = h
+        .runtime
+        .state()
+        .signals
+        .iter()
+        .find(|(w, s, _)| *w == old && *s == StopSignal::Term)
+        .map(|(_, _, at)| *at)
+        .expect("the old worker got SIGTERM");
+    // Replacement ready at once, weight 0, settle 1 s: SIGTERM then, not at the 4 s tick.
+    assert!(
+        term - asked < std::time::Duration::from_millis(1500),
+        "SIGTERM {:?} after the recycle",
+        term - asked
+    );
+}
