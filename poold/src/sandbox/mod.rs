@@ -25,6 +25,8 @@ mod seccomp;
 mod spec;
 mod sys;
 
+pub use sys::limit_malloc_arenas;
+
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
 pub use error::{
     AdoptRefusal, CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError,
@@ -33,7 +35,10 @@ pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch,
     FORWARDED as FORWARDED_SIGNALS, HELPER_ARG,
 };
-pub use net::{AddressAllocator, Clock, SystemClock};
+pub use net::{
+    neighbour_shortfall, raise_neighbour_limits, AddressAllocator, Clock, NeighbourLimit,
+    SystemClock,
+};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
