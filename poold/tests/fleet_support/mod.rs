@@ -585,6 +585,8 @@ pub fn snapshot(namespaces: &[String], capture: bool) -> String {
                 .args(["netns", "exec", ns, "/bin/busybox", "timeout", "3"])
                 .args([
                     TCPDUMP,
+                    "-Z",
+                    "root",
                     "-i",
                     "any",
                     "-nn",
@@ -594,7 +596,7 @@ pub fn snapshot(namespaces: &[String], capture: bool) -> String {
                     "tcp port 80 or icmp",
                 ])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn();
             captures.push((ns.clone(), child));
         }
@@ -619,7 +621,13 @@ pub fn snapshot(namespaces: &[String], capture: bool) -> String {
     for (ns, child) in captures {
         let packets = child
             .and_then(|c| c.wait_with_output())
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
             .unwrap_or_else(|e| e.to_string());
         text += &format!("=== {ns}: 3 s of TCP port 80 and ICMP\n{packets}");
     }
@@ -661,9 +669,10 @@ pub fn capture(ns: &Netns, filter: &str, file: &Path) -> Process {
     let out = std::fs::File::create(file).unwrap();
     let child = ns
         .command(TCPDUMP)
-        .args(["-i", "any", "-e", "-nn", "-l", "-tt", filter])
-        .stdout(out)
-        .stderr(Stdio::null())
+        // -Z root: the VM has no `tcpdump` user to drop privileges to.
+        .args(["-Z", "root", "-i", "any", "-e", "-nn", "-l", "-tt", filter])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .unwrap();
     Process {
