@@ -26,7 +26,7 @@ use super::{
     BackendConnect, BackendStats, Balancer, BalancerError, BalancerKind, ClientPolicy,
     VirtualService,
 };
-use crate::conn_limit::{accept_failed, Admission, ConnLimiter};
+use crate::conn_limit::{accept_failed, Admission, ConnLimiter, FdLease};
 use async_trait::async_trait;
 use nix::sys::socket::{setsockopt, sockopt};
 use std::collections::HashMap;
@@ -353,15 +353,18 @@ struct Relayed {
 /// and one write each, as few syscalls as a message can take. Once a read fills the buffer
 /// (a large body) the rest of the direction goes through a pipe with splice(2), so the
 /// pages move from one socket to the other without being copied into poold and out again;
-/// if no pipe can be had (descriptor limit), copying continues.
+/// if no pipe can be had (descriptor budget or limit), copying continues.
 async fn relay(
     from: &mut tokio::net::tcp::ReadHalf<'_>,
     to: &mut tokio::net::tcp::WriteHalf<'_>,
     mut on_read: impl FnMut(usize),
 ) -> std::io::Result<Relayed> {
+    use nix::fcntl::OFlag;
     use tokio::io::AsyncReadExt;
     let mut buffer = vec![0u8; RELAY_BUFFER];
     let mut bytes = 0u64;
+    // One attempt: without a pipe the first time, the connection copies to its end.
+    let mut may_splice = true;
     loop {
         // Through `AsyncRead`: a short read clears the readiness, so no read ends in EAGAIN.
         let read = from.read(&mut buffer).await?;
@@ -371,18 +374,26 @@ async fn relay(
         on_read(read);
         to.write_all(&buffer[..read]).await?;
         bytes += read as u64;
-        if read == buffer.len() {
-            match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
-                Ok(pipe) => {
-                    drop(buffer);
-                    let spliced = splice_through(from.as_ref(), to.as_ref(), pipe, on_read).await?;
-                    return Ok(Relayed {
-                        bytes: bytes + spliced,
-                        spliced,
-                    });
-                }
-                Err(errno) => debug!(%errno, "no pipe for a large transfer; copying it"),
+        if !(may_splice && read == buffer.len()) {
+            continue;
+        }
+        may_splice = false;
+        // The pipe's two descriptors count against the connections' budget.
+        let Some(lease) = FdLease::take(2) else {
+            debug!("descriptor budget full; copying a large transfer");
+            continue;
+        };
+        match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
+            Ok(pipe) => {
+                drop(buffer);
+                let spliced = splice_through(from.as_ref(), to.as_ref(), pipe, on_read).await?;
+                drop(lease);
+                return Ok(Relayed {
+                    bytes: bytes + spliced,
+                    spliced,
+                });
             }
+            Err(errno) => debug!(%errno, "no pipe for a large transfer; copying it"),
         }
     }
 }
