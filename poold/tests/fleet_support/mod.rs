@@ -578,19 +578,23 @@ impl Director {
         );
         process.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = process.child.wait();
-        wait_for(
-            &format!(
-                "{}: keepalived's children exit after their parent",
-                self.name
-            ),
-            Duration::from_secs(60),
-            || {
-                children
-                    .iter()
-                    .all(|pid| !process_alive(*pid))
-                    .then_some(())
-            },
-        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while children.iter().any(|pid| process_alive(*pid)) {
+            if Instant::now() >= deadline {
+                // Nothing else would stop them: the Director no longer holds keepalived.
+                for pid in &children {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                panic!(
+                    "{}: keepalived's children still ran 60 s after their parent died",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL to keepalived and its children: no goodbye advert, no cleanup.
