@@ -73,6 +73,30 @@ pub fn host_config(dir: &Path, tag: &str) -> String {
     text
 }
 
+/// The keepalived options of config/keepalived/keepalived.default (Debian's
+/// /etc/default/keepalived: `DAEMON_ARGS="..."`, which its systemd unit appends to the command
+/// line), split at spaces.
+pub fn keepalived_daemon_args() -> Vec<String> {
+    let file = Path::new(CONFIG_DIR).join("keepalived.default");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let values: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("DAEMON_ARGS="))
+        .collect();
+    assert_eq!(
+        values.len(),
+        1,
+        "{}: expected one DAEMON_ARGS=\"...\" line",
+        file.display()
+    );
+    values[0]
+        .trim_matches('"')
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The `key = value` lines of config/keepalived/director-sysctl.conf (`sysctl -p` format).
 pub fn director_sysctls() -> Vec<(String, String)> {
     let file = Path::new(CONFIG_DIR).join("director-sysctl.conf");
@@ -509,6 +533,7 @@ impl Director {
                 "--log-detail",
                 "--no-syslog",
             ])
+            .args(keepalived_daemon_args())
             .args(["--no_bfd", "--use-file"])
             .arg(Path::new(CONFIG_DIR).join(self.conf))
             .arg("--pid")
@@ -534,6 +559,42 @@ impl Director {
             .filter_map(|which| std::fs::read_to_string(self.pid_file(which)).ok())
             .filter_map(|text| text.trim().parse().ok())
             .collect()
+    }
+
+    /// keepalived dies as a crash or the OOM killer would end it: SIGKILL to its main
+    /// process only. Its VRRP and checker children then get SIGTERM from the kernel (they
+    /// ask for it with PR_SET_PDEATHSIG) and shut down as on `systemctl stop`, each on its
+    /// own: the VRRP child sends a priority 0 advert and removes the VIP, the checker
+    /// removes the IPVS service unless keepalived runs with `--dont-release-ipvs`. Returns
+    /// once both have exited.
+    pub fn kill_main_process(&mut self) {
+        let mut process = self.keepalived.take().expect("keepalived running");
+        let children = self.child_pids();
+        assert_eq!(
+            children.len(),
+            2,
+            "{}: no pid files of its children",
+            self.name
+        );
+        process.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = process.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while children.iter().any(|pid| process_alive(*pid)) {
+            if Instant::now() >= deadline {
+                // Nothing else would stop them: the Director no longer holds keepalived.
+                for pid in &children {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                panic!(
+                    "{}: keepalived's children still ran 60 s after their parent died",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL to keepalived and its children: no goodbye advert, no cleanup.
@@ -679,6 +740,18 @@ pub fn capture(ns: &Netns, filter: &str, file: &Path) -> Process {
         child,
         what: format!("tcpdump in {}", ns.name),
     }
+}
+
+/// Whether `pid` runs (a zombie does not: nothing may reap an orphan in the VM).
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 /// Every running process whose executable is keepalived.
