@@ -87,14 +87,20 @@ impl StateDir {
         };
         std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
         let lock_path = path.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io("open the lock file", e))?;
+        // At an upgrade the previous poold hands over its locked descriptor: locking it
+        // again succeeds (same open file description), so the lock is never let go.
+        let inherited = crate::upgrade::take("lock").map(File::from);
+        let file = match inherited {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(|e| io("open the lock file", e))?,
+        };
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -133,6 +139,11 @@ impl StateDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The locked descriptor, handed to a new poold at an upgrade.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
     }
 
     /// At shutdown, after every worker is gone: removes the lock file, the empty

@@ -60,6 +60,8 @@ struct ProxyService {
     backends: Arc<Mutex<Vec<Arc<Backend>>>>,
     limiter: ConnLimiter,
     wait_for_data: Arc<AtomicBool>,
+    /// Kept for an upgrade: handed to the new poold.
+    listener: std::net::TcpListener,
     /// One accept loop per proxy thread, each on its own descriptor of the listening socket:
     /// the socket closes when the last one ends.
     acceptors: Vec<JoinHandle<()>>,
@@ -398,6 +400,27 @@ impl Balancer for ProxyBalancer {
         BalancerKind::Proxy
     }
 
+    fn handoff_listeners(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        let services = self.services.lock().expect("proxy services lock");
+        services
+            .iter()
+            .map(|(name, s)| (format!("proxy:{name}"), s.listener.as_raw_fd()))
+            .collect()
+    }
+
+    fn stop_accepting_all(&self) {
+        for service in self.services.lock().expect("proxy services lock").values() {
+            service.stop_accepting();
+        }
+    }
+
+    fn open_connections(&self) -> u64 {
+        let services = self.services.lock().expect("proxy services lock");
+        // Every admitted client, spliced or still waiting for its first bytes.
+        services.values().map(|s| s.limiter.open() as u64).sum()
+    }
+
     async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         if let Some(existing) = self
             .services
@@ -416,11 +439,18 @@ impl Balancer for ProxyBalancer {
             source,
         };
         let shards = self.shards().map_err(listen_error)?;
-        // Bound here (tokio's backlog of 1024), then one descriptor per proxy thread.
-        let listener = TcpListener::bind(service.listen)
-            .await
-            .and_then(TcpListener::into_std)
-            .map_err(listen_error)?;
+        // Bound here (tokio's backlog of 1024), then one descriptor per proxy thread; after
+        // an upgrade the previous poold's socket, never closed.
+        let inherited =
+            crate::upgrade::take_listener(&format!("proxy:{}", service.name), service.listen);
+        let listener = match inherited {
+            Some(listener) => listener,
+            None => TcpListener::bind(service.listen)
+                .await
+                .and_then(TcpListener::into_std)
+                .map_err(listen_error)?,
+        };
+        listener.set_nonblocking(true).map_err(listen_error)?;
         // Accepted sockets inherit it: one setsockopt per service, not per client.
         setsockopt(&listener, sockopt::TcpNoDelay, &true)
             .map_err(|errno| listen_error(errno.into()))?;
@@ -449,6 +479,7 @@ impl Balancer for ProxyBalancer {
                 backends,
                 limiter,
                 wait_for_data,
+                listener,
                 acceptors,
             },
         );

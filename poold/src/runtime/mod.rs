@@ -144,6 +144,8 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn take_adopted(&self, _service: &ServiceConfig) -> Vec<AdoptedWorker> {
         Vec::new()
     }
+    /// An upgrade handed the workers to a new poold: stop reading their output.
+    fn detach_output(&self) {}
     /// The highest id of any worker adopted at start (of any service): new workers get
     /// higher ones.
     fn highest_adopted(&self) -> Option<WorkerId> {

@@ -35,6 +35,8 @@ pub const ADDRESS_QUARANTINE: Duration = Duration::from_secs(150);
 enum Request {
     Signal(Signal),
     Destroy(oneshot::Sender<Result<(), sandbox::SandboxError>>),
+    /// An upgrade handed the worker to a new poold, which reads its output from now on.
+    DetachOutput,
 }
 
 struct Entry {
@@ -445,6 +447,11 @@ async fn own_worker(
                     error!(worker.id = %id, %error, "signal failed");
                 }
             }
+            Some(Request::DetachOutput) => {
+                if let Some(output) = output.take() {
+                    output.abort();
+                }
+            }
             Some(Request::Destroy(reply)) => break Some(reply),
             // The runtime forgot the worker: tear it down anyway.
             None => break None,
@@ -548,6 +555,12 @@ impl WorkerRuntime for SandboxRuntime {
         self.records_lock().remove(&worker);
         self.write_record();
         result
+    }
+
+    fn detach_output(&self) {
+        for entry in self.workers.lock().expect("workers lock").values() {
+            let _ = entry.requests.send(Request::DetachOutput);
+        }
     }
 
     fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {

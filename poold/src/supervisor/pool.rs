@@ -73,6 +73,12 @@ pub enum PoolCommand {
     /// A shutdown under way stops waiting for connections: every draining worker is
     /// stopped now, as at its drain timeout (the operator's second SIGTERM or Ctrl-C).
     HurryShutdown,
+    /// An upgrade hands the workers to a new poold: the pool does nothing at all (no probe,
+    /// no recycle, no teardown) until `thaw` fires or is dropped; `frozen` says it stopped.
+    Freeze {
+        frozen: oneshot::Sender<()>,
+        thaw: oneshot::Receiver<()>,
+    },
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
     /// says changes; the workers keep serving.
     SetDrained { drained: bool },
@@ -291,6 +297,19 @@ impl PoolHandle {
     /// a pool that is not shutting down.
     pub async fn hurry_shutdown(&self) {
         let _ = self.commands.send(PoolCommand::HurryShutdown).await;
+    }
+
+    /// Freezes the pool (see [`PoolCommand::Freeze`]) and waits until it is frozen; it thaws
+    /// when the returned sender fires or is dropped.
+    pub async fn freeze(&self) -> Option<oneshot::Sender<()>> {
+        let (frozen, stopped) = oneshot::channel();
+        let (thaw_tx, thaw) = oneshot::channel();
+        self.commands
+            .send(PoolCommand::Freeze { frozen, thaw })
+            .await
+            .ok()?;
+        stopped.await.ok()?;
+        Some(thaw_tx)
     }
 
     /// Stops the pool gracefully and waits until every worker is gone (at most about
@@ -922,6 +941,11 @@ impl ServicePool {
                 let _ = reply.send(result);
             }
             PoolCommand::Shutdown { done } => self.begin_shutdown(Some(done)).await,
+            PoolCommand::Freeze { frozen, thaw } => {
+                let _ = frozen.send(());
+                let _ = thaw.await;
+                info!(service = %self.service.name, "pool thawed: supervising again");
+            }
             PoolCommand::HurryShutdown => self.hurry_shutdown(),
             PoolCommand::SetDrained { drained } => {
                 info!(service = %self.service.name, drained, "readiness drain changed");

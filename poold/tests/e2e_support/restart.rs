@@ -41,7 +41,7 @@ impl Daemon {
 }
 
 /// Worker id -> pid, from a status.
-fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
+pub(super) fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
     status["workers"]
         .as_array()
         .unwrap()
@@ -51,7 +51,7 @@ fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
 }
 
 /// Running (a zombie no longer counts: who reaps an orphan depends on the host's pid 1).
-fn alive(pid: u64) -> bool {
+pub(super) fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -65,7 +65,7 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Polls `GET /index.html` on `addr` until a worker answers; how long that took.
-fn time_until_serving(addr: &str, since: Instant, deadline: Duration) -> Duration {
+pub(super) fn time_until_serving(addr: &str, since: Instant, deadline: Duration) -> Duration {
     use std::io::{Read, Write};
     loop {
         let answered = std::net::TcpStream::connect(addr).ok().and_then(|mut s| {
