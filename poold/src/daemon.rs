@@ -70,7 +70,13 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         .transpose()?;
     // Members of control_group must be able to reach a socket kept in the state directory.
     let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
-    let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
+    // After an upgrade: the previous poold's locked descriptor (never unlocked in between).
+    let inherited_lock = crate::upgrade::take("lock").map(std::fs::File::from);
+    let state = crate::state_dir::StateDir::open_inherited(
+        &daemon.state_dir,
+        socket_group,
+        inherited_lock,
+    )?;
     match crate::conn_limit::raise_nofile_limit() {
         Ok(limits) => crate::runtime::sandbox::set_worker_nofile(limits),
         Err(error) => warn!(%error, "raising RLIMIT_NOFILE failed"),

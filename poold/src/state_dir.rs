@@ -62,6 +62,17 @@ impl StateDir {
     /// group may use it, so the directory is 0710 and owned by the group (members can reach
     /// the socket, list nothing, and every subdirectory stays 0700).
     pub fn open(path: &Path, socket_group: Option<Gid>) -> Result<Self, StateDirError> {
+        Self::open_inherited(path, socket_group, None)
+    }
+
+    /// As [`StateDir::open`]; `inherited`: the locked lock file a previous poold handed
+    /// over at an upgrade. Locking it again succeeds (the same open file description holds
+    /// the lock), so the directory is never unlocked between the two processes.
+    pub fn open_inherited(
+        path: &Path,
+        socket_group: Option<Gid>,
+        inherited: Option<File>,
+    ) -> Result<Self, StateDirError> {
         let io = |operation, source| StateDirError::Io {
             path: path.to_owned(),
             operation,
@@ -87,9 +98,6 @@ impl StateDir {
         };
         std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
         let lock_path = path.join(LOCK_FILE);
-        // At an upgrade the previous poold hands over its locked descriptor: locking it
-        // again succeeds (same open file description), so the lock is never let go.
-        let inherited = crate::upgrade::take("lock").map(File::from);
         let file = match inherited {
             Some(file) => file,
             None => OpenOptions::new()
