@@ -91,6 +91,34 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
         started.elapsed()
     );
     // Serving on through the new one while wrk still runs.
+    daemon.wait_ready("e2e", UPGRADE_WORKERS);
+    time_until_serving(&addr, Instant::now(), Duration::from_secs(10));
+    // The upgraded poold can itself be upgraded, by SIGUSR2 this time (same binary path
+    // and arguments; the sockets pass on again), still under load.
+    let log_before = daemon.log().len();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new_pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alive(u64::from(new_pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "SIGUSR2 did not hand over; log:\n{}",
+            &daemon.log()[log_before..]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second_run = daemon.log()[log_before..].to_owned();
+    let third_pid: u32 = second_run
+        .split("new_pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no hand-over logged after SIGUSR2:\n{second_run}"));
+    let upgraded = Upgraded(third_pid);
+    assert!(alive(u64::from(third_pid)), "{second_run}");
     let after = daemon.wait_ready("e2e", UPGRADE_WORKERS);
     time_until_serving(&addr, Instant::now(), Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
@@ -117,7 +145,7 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
     );
     assert_eq!(
         log.matches("worker adopted").count() as u64,
-        UPGRADE_WORKERS,
+        2 * UPGRADE_WORKERS,
         "log:\n{log}"
     );
     assert!(
