@@ -68,7 +68,7 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
     );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
-    let upgraded = Upgraded(new_pid);
+    let _first = Upgraded(new_pid);
     assert_eq!(reply["old_pid"].as_u64(), Some(u64::from(old_pid)));
     assert_ne!(new_pid, old_pid);
     assert_eq!(exe_of(new_pid), PathBuf::from(env!("CARGO_BIN_EXE_poold")));
