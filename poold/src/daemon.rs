@@ -90,6 +90,12 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         state.lock_fd(),
     )
     .await;
+    if let (Err(error), true) = (&result, crate::upgrade::handover_pending()) {
+        // Started by an upgrade that failed: the previous poold still owns the workers,
+        // the bridge and the record; remove nothing.
+        tracing::error!(%error, "upgrade: the new poold failed to start; the old one keeps running");
+        std::process::exit(1);
+    }
     if let Ok(Ended::HandedOver) = result {
         // The new poold owns the workers, the bridge, the record and the lock now: exit
         // without a destructor (they would tear down what it adopted, and unlocking the
@@ -236,8 +242,11 @@ async fn run(
         match parts.start_pool(Arc::new(service.clone())).await {
             Ok(pool) => pools.push(pool),
             Err(error) => {
-                for pool in &pools {
-                    pool.shutdown().await;
+                // At an upgrade the workers are the previous poold's: stop none of them.
+                if !crate::upgrade::handover_pending() {
+                    for pool in &pools {
+                        pool.shutdown().await;
+                    }
                 }
                 return Err(error.into());
             }

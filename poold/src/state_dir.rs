@@ -52,7 +52,20 @@ pub enum StateDirError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: Flock<File>,
+    /// `None` only while dropping.
+    lock: Option<Flock<File>>,
+    /// Handed over by a previous poold: the lock description is shared with it, so a drop
+    /// must not unlock it (a new poold failing at an upgrade would unlock the old one's).
+    inherited: bool,
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.inherited {
+            // Closed (and the lock let go) only when every holder has exited.
+            std::mem::forget(self.lock.take());
+        }
+    }
 }
 
 impl StateDir {
@@ -98,6 +111,7 @@ impl StateDir {
         };
         std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
         let lock_path = path.join(LOCK_FILE);
+        let was_inherited = inherited.is_some();
         let file = match inherited {
             Some(file) => file,
             None => OpenOptions::new()
@@ -141,7 +155,8 @@ impl StateDir {
         info!(state_dir = %path.display(), pid, "state directory locked");
         Ok(Self {
             path: path.to_owned(),
-            _lock: lock,
+            lock: Some(lock),
+            inherited: was_inherited,
         })
     }
 
@@ -151,7 +166,8 @@ impl StateDir {
 
     /// The locked descriptor, handed to a new poold at an upgrade.
     pub fn lock_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+        let lock = self.lock.as_ref().expect("locked until dropped");
+        std::os::fd::AsRawFd::as_raw_fd(&**lock)
     }
 
     /// At shutdown, after every worker is gone: removes the lock file, the empty

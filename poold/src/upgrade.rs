@@ -137,6 +137,15 @@ pub fn take_listener(name: &str, listen: std::net::SocketAddr) -> Option<std::ne
     }
 }
 
+/// True from the start of a poold exec'd by an upgrade until it reported ready: until
+/// then the previous poold owns everything, so a failure must tear nothing down.
+pub fn handover_pending() -> bool {
+    inherited()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key("ready")
+}
+
 /// Tells the previous poold (if it started this one) that this one serves.
 pub fn report_ready() {
     let Some(fd) = take("ready") else { return };

@@ -49,14 +49,15 @@ fn the_inherited_lock_is_taken_over_and_stays_exclusive() {
     let state = dir.path().join("state");
     let old = StateDir::open(&state, None).unwrap();
     let handed = File::from(
-        std::os::fd::AsFd::as_fd(&*old._lock)
+        std::os::fd::AsFd::as_fd(&**old.lock.as_ref().unwrap())
             .try_clone_to_owned()
             .unwrap(),
     );
     let new = StateDir::open_inherited(&state, None, Some(handed)).unwrap();
-    // The old process exits without unlocking (no destructor runs).
-    std::mem::forget(old);
+    // A new poold that fails drops its StateDir: the old one's lock must hold.
+    drop(new);
     let other = StateDir::open(&state, None).unwrap_err().to_string();
     assert!(other.contains("in use by another poold"), "{other}");
-    new.release();
+    old.release();
+    StateDir::open(&state, None).unwrap().release();
 }
