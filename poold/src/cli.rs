@@ -52,6 +52,9 @@ pub fn check(file: &std::path::Path) -> ExitCode {
             for warning in config.warnings() {
                 eprintln!("{}: warning: {warning}", file.display());
             }
+            for note in crate::daemon::host_notes(&config) {
+                eprintln!("{}: note: {note}", file.display());
+            }
             println!(
                 "{}: ok ({} services)",
                 file.display(),

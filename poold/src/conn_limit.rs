@@ -82,6 +82,24 @@ fn give_back_fds(fds: usize) {
     FDS_IN_USE.fetch_sub(fds, Ordering::SeqCst);
 }
 
+/// Descriptors an admitted connection opens besides its sockets (the proxy's splice pipe),
+/// taken from the same budget so that they cannot eat into the reserve; given back on drop.
+#[derive(Debug)]
+pub struct FdLease(usize);
+
+impl FdLease {
+    /// `None` when the budget has no room for `fds` more: do without them.
+    pub fn take(fds: usize) -> Option<Self> {
+        take_fds(fds).then_some(Self(fds))
+    }
+}
+
+impl Drop for FdLease {
+    fn drop(&mut self) {
+        give_back_fds(self.0);
+    }
+}
+
 /// Connections of one limiter told to close that have not closed yet. Their descriptors
 /// already count for the connections that replaced them, so this bounds how far the
 /// process can go past the budget (into the reserve) while a flood of new connections

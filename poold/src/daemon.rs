@@ -142,6 +142,11 @@ pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
     crate::runtime::sandbox::host_problems(config)
 }
 
+/// Host settings poold changes at start for `config` (`poold check` prints them).
+pub fn host_notes(config: &Config) -> Vec<String> {
+    crate::runtime::sandbox::host_notes(config)
+}
+
 /// The gid of `daemon.control_group` (a group name or a number).
 pub fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
     if let Ok(gid) = group.parse::<u32>() {

@@ -163,8 +163,10 @@ impl Capture {
 }
 
 async fn read_lines(mut reader: impl AsyncRead + Unpin, stream: &'static str, sink: Arc<Sink>) {
-    let mut pending: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
+    // Small: every worker has two of these waiting (a 4 KiB chunk and 1 KiB of pending
+    // line cost 10 MiB resident at 1,000 workers); lines longer than a chunk still join up.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 512];
     loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,

@@ -82,11 +82,11 @@ fn e2e_fleet_host_config_loads_after_substitution() {
     );
 }
 
-/// The fleet scenario of issue 10 (prints its figures). Not a test yet: in 2 of 4 VM runs
-/// host A, back from maintenance with weight 1 at the director, got no connection for 180 s
-/// (wrk's connections hung; cause not found), and a flaky test does not go into CI. Run it
-/// by making it a `#[test] #[ignore = "vm: ..."]` again and
-/// `cargo xtask vm-test --filter e2e_fleet_drain -- --nocapture`.
+/// The fleet scenario of issue 10 (prints its figures). Not in the suite: after six
+/// passing VM runs it failed in a fresh-clone CI run, 43 requests lost (42 write errors)
+/// at the MASTER director's failover against a bound of 4, cause not found yet. To run it,
+/// put back `#[test]` and `#[ignore = "vm: needs IPVS, keepalived and network namespaces"]`
+/// and run `cargo xtask vm-test --filter e2e_fleet_drain -- --nocapture`.
 #[allow(dead_code)]
 fn e2e_fleet_drain_recycle_and_director_failover() {
     let keepalived_before = keepalived_processes();
@@ -225,6 +225,7 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     };
     dir1.start(&d1);
     dir2.start(&d2);
+    let resets_file = dir.path().join("resets.txt");
     // Declared after every process guard: on a panic it reports before they are stopped.
     let _report = PanicReport {
         namespaces: ns_names.clone(),
@@ -233,6 +234,7 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
             b.dir.join("poold.log"),
             dir.path().join("dir1-keepalived.log"),
             dir.path().join("dir2-keepalived.log"),
+            resets_file.clone(),
         ],
     };
     let setup = Duration::from_secs(120);
@@ -269,6 +271,7 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
 
     let mut reports = Vec::new();
     let poll = Duration::from_secs(180);
+    let resets = capture(&lan, "tcp[tcpflags] & tcp-rst != 0 or icmp", &resets_file);
 
     // Step 1: both hosts serve.
     let load = Load::start(&client, "both hosts serve");
@@ -282,6 +285,7 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     reports.push(load.stop());
     let load = next;
     let drained_at = Instant::now();
+    mark("drain A");
     a.poolctl_ok(&["drain", "--all"]);
     let mut weight_zero = Vec::new();
     for (name, ns) in [("dir1", &d1), ("dir2", &d2)] {
@@ -297,7 +301,9 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     let out = a.poolctl_ok(&["drain", "--all", "--wait", "--timeout", "120s"]);
     let drain_wait = waited.elapsed();
     assert!(out.contains("no active connections"), "{out}");
+    mark("stop A");
     a.stop_and_check_clean(&ha, &arp_before);
+    mark("A stopped");
 
     // Step 3: a rolling recycle of host B while A is away.
     let next = Load::start(&client, "recycle B (A drained)");
@@ -310,8 +316,10 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     let next = Load::start(&client, "start A, undrain");
     reports.push(load.stop());
     let load = next;
+    mark("start A");
     a.start(&ha);
     a.wait_ready();
+    mark("undrain A");
     a.poolctl_ok(&["undrain", "--all"]);
     let undrained_at = Instant::now();
     wait_for("dir1: host A back at weight 1", poll, || {
@@ -319,9 +327,14 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     });
     let back_in = undrained_at.elapsed();
     let a_again = a.served();
-    wait_for("host A receives connections again", poll, || {
-        (a.served() > a_again + 20).then_some(())
-    });
+    wait_under_load(
+        "host A receives connections again",
+        Duration::from_secs(60),
+        &ns_names,
+        || (a.served() > a_again + 20).then_some(()),
+    );
+    let out_of_rotation = drained_at.elapsed();
+    let serving_again = undrained_at.elapsed();
 
     // Step 5: the MASTER director dies: its keepalived is SIGKILLed (no goodbye advert) and
     // its link cut (a keepalived death alone leaves the kernel's VIP and IPVS table working).
@@ -334,6 +347,7 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
         .filter(|l| l.starts_with("TCP"))
         .count();
     let failed_at = Instant::now();
+    mark("kill dir1");
     dir1.kill_keepalived();
     d1.ip(&["link", "set", "eth0", "down"]);
     wait_for("director 2 takes the VIP", poll, || {
@@ -399,6 +413,11 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
         .collect();
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
 
+    drop(resets);
+    eprintln!(
+        "RSTs and ICMP seen by the router:\n{}",
+        std::fs::read_to_string(&resets_file).unwrap()
+    );
     // The figures.
     eprintln!("fleet figures (qemu TCG):");
     for (name, elapsed) in &weight_zero {
@@ -414,6 +433,12 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
     eprintln!(
         "  poolctl undrain --all on A -> dir1 weight 1 for A: {:.2} s",
         back_in.as_secs_f64()
+    );
+    eprintln!(
+        "  host A out of rotation: {:.1} s from poolctl drain to 20 connections served again \
+         ({:.1} s of it after poolctl undrain)",
+        out_of_rotation.as_secs_f64(),
+        serving_again.as_secs_f64()
     );
     eprintln!(
         "  SIGTERM to poold B (shutdown_delay 5s) -> exited after {:.2} s",
@@ -440,11 +465,12 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
                 .join("; ")
         );
     }
-    // Not asserted yet, only reported: a host rejoining ("start A, undrain": 5 failed of 495
-    // in the first complete run, wrk read and write errors = resets and refusals; cause not
-    // pinned down) and a failing director (connections not yet synced when it died). Both
-    // are goals, not yet met.
-    const REPORTED_ONLY: &[&str] = &["start A, undrain", "MASTER director fails"];
+    // A dead MASTER costs at most the requests in flight when it died: the BACKUP takes
+    // the VIP after three missed adverts, new connections wait in SYN retransmits meanwhile
+    // (delayed, not failed), and an established connection survives only if IPVS had
+    // synced it (from its 3rd packet, in batches sent up to 2 s later: wrk's connections,
+    // one request each, are younger). The new MASTER resets the unsynced ones: one request
+    // per wrk connection.
     for report in &reports {
         assert!(
             report.requests > 0,
@@ -452,13 +478,18 @@ fn e2e_fleet_drain_recycle_and_director_failover() {
             report.step,
             report.report
         );
-        if !REPORTED_ONLY.contains(&report.step) {
-            assert_eq!(
-                report.failed, 0,
-                "step {}: failed requests\n{}",
-                report.step, report.report
-            );
-        }
+        let allowed = if report.step == "MASTER director fails" {
+            WRK_CONNECTIONS
+        } else {
+            0
+        };
+        assert!(
+            report.failed <= allowed,
+            "step {}: {} failed requests (at most {allowed})\n{}",
+            report.step,
+            report.failed,
+            report.report
+        );
     }
     assert!(
         synced > 0,

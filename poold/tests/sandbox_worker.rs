@@ -746,6 +746,35 @@ mod sandbox {
         assert_eq!(cgroup_dirs_named(parent), Vec::<std::path::PathBuf>::new());
     }
 
+    /// Two instances (each its own state directory) that share a cgroup parent by mistake:
+    /// a start's orphan cleanup removes only cgroups its own state directory marks as its,
+    /// never the other instance's live worker.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cleanup_orphans_leaves_another_instances_cgroups_alone() {
+        let t = TestSandbox::new(43);
+        let mut spec = sh(&t, "other", "sleep 600");
+        spec.output = Output::Null;
+        let w = t.sandbox.spawn(spec).await.unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = poold::sandbox::Sandbox::new(poold::sandbox::SandboxConfig {
+            state_dir: other_dir.path().join("state"),
+            link_prefix: "pdu2b".into(),
+            bridge: None,
+            ..t.config().clone()
+        })
+        .unwrap();
+        let report = other.cleanup_orphans().await.unwrap();
+        assert!(report.cgroups.is_empty(), "{report:?}");
+        let pid = nix::unistd::Pid::from_raw(w.pid() as i32);
+        assert!(
+            nix::sys::signal::kill(pid, None).is_ok(),
+            "the other instance's worker was killed"
+        );
+        assert!(!cgroup_dirs_named(w.cgroup().unwrap()).is_empty());
+        w.destroy().await.unwrap();
+        t.assert_nothing_left();
+    }
+
     /// At shutdown the parent cgroup goes, but only once empty: never while a worker (or
     /// another poold's nested parent) is in it.
     #[tokio::test(flavor = "multi_thread")]

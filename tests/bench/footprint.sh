@@ -1,19 +1,40 @@
 #!/bin/sh
-# Benchmark: poold's own idle footprint with 64 workers.
+# Benchmark: poold's own cost with an idle pool, and as the pool grows.
 #
 #   sh tests/bench/footprint.sh [proxy|ipvs ...]                 (host: proxy; needs root)
+#   SERIES="16 64 256 1000" sh tests/bench/footprint.sh proxy     (one run per size, a table)
 #   cargo xtask vm-run --release tests/bench/footprint.sh ipvs   (VM: IPVS kernel)
 #
 # poold runs WORKERS (64) busybox-httpd workers with the example config's health check
-# (HTTP every 2 s) and no traffic. After a 5 s settle, poold's utime+stime from
-# /proc/PID/stat is read at the start and end of a WINDOW (30 s) idle window and reported
-# as % of one core; memory is VmRSS and VmHWM from /proc/PID/status at the end. Only the
-# poold process itself is counted: each worker (helper init + httpd, in its own cgroup) is
-# separate; their cgroup memory, as poolctl status reports it, is printed for context.
+# (HTTP every 2 s) and no traffic, on the smallest subnet that holds them. Figures:
+# - ready: from poold's start until every worker is ready;
+# - CPU: after a 5 s settle, poold's utime+stime from /proc/PID/stat at the start and end of
+#   a WINDOW (30 s) idle window, as % of one core; VmRSS, VmHWM and threads at its end;
+# - status: `poolctl status --json` wall time, median of SAMPLES (7) calls;
+# - scrape: GET /metrics with curl, median time of SAMPLES, and the body's size;
+# - recycle: one `poolctl recycle SERVICE --wait` of every slot (surge; RECYCLE_PARALLEL,
+#   16 by default, at once), wall time; the pool must be all ready again after it.
+# Only the poold process itself is counted: each worker (helper init + httpd, in its own
+# cgroup) is separate; their cgroup memory, as poolctl status reports it, is printed for
+# context. The load average at the end is printed: the machine may be shared.
 set -eu
 # Several balancers: one run each, one after the other (e.g. both in one VM boot).
 if [ $# -gt 1 ]; then
     for mode in "$@"; do sh "$0" "$mode"; done
+    exit 0
+fi
+# A series of pool sizes: one run each, then the table of their result lines.
+if [ -n "${SERIES:-}" ]; then
+    rows=$(mktemp)
+    for n in $SERIES; do
+        out=$(SERIES= WORKERS=$n sh "$0" "${1:-proxy}" 2>&1) || { echo "$out"; exit 1; }
+        echo "$out"
+        echo "$out" | sed -n 's/^footprint-row: //p' >>"$rows"
+    done
+    echo "| workers | ready after | poold CPU (30 s idle) | VmRSS | VmHWM | threads | status (median) | scrape (median) | /metrics size | recycle --wait (all slots) | load avg at end |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    cat "$rows"
+    rm -f "$rows"
     exit 0
 fi
 . "$(dirname "$0")/lib.sh"
@@ -22,6 +43,9 @@ MODE=${1:-proxy}
 COUNT=${WORKERS:-64}
 WINDOW=${WINDOW:-30}
 INTERVAL=${INTERVAL:-2s}
+SAMPLES=${SAMPLES:-7}
+RECYCLE_PARALLEL=${RECYCLE_PARALLEL:-16}
+export RECYCLE_PARALLEL
 case "$MODE" in
 proxy) LISTEN_IP=127.0.0.1 ;;
 ipvs) LISTEN_IP=10.212.78.1 ;;
@@ -32,19 +56,38 @@ bench_setup footprint
 make_rootfs
 port=$((18300 + TAG))
 [ "$MODE" = ipvs ] && port=80
-# 64 workers need 1 + 4 * 64 = 257 addresses (surge + quarantine room): a /23.
-write_config "$MODE" "$LISTEN_IP:$port" "$COUNT" "10.218.$((TAG % 128 * 2)).0/23" "$INTERVAL"
-start_poold 300
+METRICS_LISTEN="127.0.0.1:$((19300 + TAG))"
+export METRICS_LISTEN
+# WORKERS need 1 + 4 * WORKERS addresses (surge + quarantine room) plus network and
+# broadcast: the smallest prefix that holds them (64 workers: a /23; 1,000: a /20).
+bits=1
+while [ $((1 << bits)) -lt $((4 * COUNT + 3)) ]; do bits=$((bits + 1)); done
+if [ "$bits" -le 9 ]; then
+    subnet="10.218.$((TAG % 128 * 2)).0/$((32 - bits))"
+else
+    subnet="10.$((160 + TAG % 64)).0.0/$((32 - bits))"
+fi
+write_config "$MODE" "$LISTEN_IP:$port" "$COUNT" "$subnet" "$INTERVAL"
+start_poold "${START_LIMIT:-600}"
 http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$POOLD_PID/stat"; }
 field_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$POOLD_PID/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 sleep 5
 c0=$(cpu_ticks)
 t0=$(now_ns)
-sleep "$WINDOW"
+if [ -n "${PERF:-}" ]; then
+    # A profile of poold over the idle window (apt-get install linux-perf), kept in DIR.
+    perf record -q -F 999 -g -p "$POOLD_PID" -o "$DIR/perf.data" -- sleep "$WINDOW" 2>/dev/null
+    perf report -i "$DIR/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null |
+        grep -v '^$' >"$DIR/perf.txt" || true
+    echo "$BENCH: profile of the idle window: $DIR/perf.txt"
+else
+    sleep "$WINDOW"
+fi
 c1=$(cpu_ticks)
 t1=$(now_ns)
 ready=$(ready_count)
@@ -54,12 +97,39 @@ hwm=$(field_kb VmHWM)
 threads=$(field_kb Threads)
 workers_mem=$("$POOLCTL" --socket "$SOCK" status --json |
     awk -F': ' '/"memory_bytes"/ { gsub(/,/, "", $2); n += $2 } END { printf "%.1f", n / 1048576 }')
-
 cpu=$(awk -v c="$((c1 - c0))" -v hz="$hz" -v ns="$((t1 - t0))" \
     'BEGIN { printf "%.2f", c / hz / (ns / 1e9) * 100 }')
-echo "$BENCH: balancer $MODE, $COUNT workers idle, health HTTP every $INTERVAL, window $(ms $((t1 - t0))) ms"
+
+# poolctl status, as an operator (or a script polling it) calls it.
+status_ms=$(i=0; while [ "$i" -lt "$SAMPLES" ]; do
+    s=$(now_ns)
+    "$POOLCTL" --socket "$SOCK" status --json >/dev/null
+    echo $(($(now_ns) - s))
+    i=$((i + 1))
+done | stats | awk '{ printf "%.1f", $1 / 1e6 }')
+
+# A Prometheus scrape.
+scrape=$(i=0; while [ "$i" -lt "$SAMPLES" ]; do
+    curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$METRICS_LISTEN/metrics"
+    i=$((i + 1))
+done | sort -n | awk '{ t[NR] = $1; b = $2 } END { printf "%.1f %d", t[int((NR + 1) / 2)] * 1000, b }')
+scrape_ms=${scrape% *}
+scrape_bytes=${scrape#* }
+
+# One recycle wave over every slot.
+r0=$(now_ns)
+"$POOLCTL" --socket "$SOCK" recycle "$SVC" --wait >/dev/null
+recycle_ms=$(ms $(($(now_ns) - r0)))
+after=$(ready_count)
+[ "$after" -ge "$COUNT" ] || die "only $after of $COUNT workers ready after the recycle wave"
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "$BENCH: balancer $MODE, $COUNT workers idle on $subnet, health HTTP every $INTERVAL, window $(ms $((t1 - t0))) ms"
 echo "$BENCH: poold CPU $((c1 - c0)) ticks (1/$hz s) = $cpu % of one core"
-echo "$BENCH: poold VmRSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB," \
-    "VmHWM $(awk -v k="$hwm" 'BEGIN { printf "%.1f", k / 1024 }') MiB, $threads threads"
+echo "$BENCH: poold VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, $threads threads"
 echo "$BENCH: workers' own memory (sum of cgroup memory in poolctl status): $workers_mem MiB, not counted above"
 echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms"
+echo "$BENCH: poolctl status --json: median $status_ms ms of $SAMPLES; GET /metrics: median $scrape_ms ms, $scrape_bytes bytes"
+echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
+echo "$BENCH: load average at the end: $load"
+echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { printf "%.1f s", m / 1000 }') | $load |"

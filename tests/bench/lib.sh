@@ -83,9 +83,12 @@ write_config() {
 [daemon]
 state_dir = "$DIR/state"
 control_socket = "$SOCK"
-metrics_listen = "127.0.0.1:0"
+metrics_listen = "${METRICS_LISTEN:-127.0.0.1:0}"
 balancer = "$BALANCER"
 log_level = "info"
+# Its own cgroup parent: a poold starting elsewhere on the machine kills every worker
+# under its parent (the default "poold") as its own leftovers.
+cgroup_parent = "poold-bench$TAG"
 
 [network]
 bridge = "$BRIDGE"
@@ -108,6 +111,7 @@ timeout = "$interval"
 [service.recycle]
 drain_timeout = "10s"
 stop_timeout = "3s"
+max_concurrent_recycles = ${RECYCLE_PARALLEL:-1}
 EOF
 }
 

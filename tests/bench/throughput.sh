@@ -22,6 +22,10 @@
 # (THREADS threads, CONNS connections, DURATION, --latency). Prints each load, then per mode
 # the medians of requests/s and of p99 latency and the ratios poold/haproxy.
 #
+# BODY_KIB=N (nginx workers only): every request fetches a static file of N KiB instead of
+# the 26-byte answer (large bodies: poold's proxy moves what does not fit its 8 KiB buffer
+# through a pipe with splice(2); haproxy's default tcp mode copies through its buffers).
+#
 # PERF=1 records each proxy with `perf record -g` (apt-get install linux-perf) during its
 # first-round load of every mode (that load then runs under the profiler: compare it with
 # the other rounds) and writes a flat report per proxy and mode into the work directory
@@ -35,6 +39,7 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
 WORKER=${WORKER:-nginx}
 MODES=${MODES:-close keepalive}
+BODY_KIB=${BODY_KIB:-}
 NGINX_IMAGE=${NGINX_IMAGE:-/var/cache/poold-test-images/nginx.tar.gz}
 WRK=${WRK_BIN:-/usr/bin/wrk}
 HAPROXY=${HAPROXY_BIN:-/usr/sbin/haproxy}
@@ -42,7 +47,7 @@ HAPROXY=${HAPROXY_BIN:-/usr/sbin/haproxy}
 [ -x "$HAPROXY" ] || { echo "throughput.sh: $HAPROXY missing (apt-get install haproxy)" >&2; exit 2; }
 case "$WORKER" in
 nginx) [ -f "$NGINX_IMAGE" ] || { echo "throughput.sh: $NGINX_IMAGE missing (cargo xtask images)" >&2; exit 2; } ;;
-busybox) ;;
+busybox) [ -z "$BODY_KIB" ] || { echo "throughput.sh: BODY_KIB needs WORKER=nginx" >&2; exit 2; } ;;
 *) echo "throughput.sh: WORKER must be nginx or busybox, not $WORKER" >&2; exit 2 ;;
 esac
 for mode in $MODES; do
@@ -69,9 +74,14 @@ http {
     server {
         listen 8080;
         location / { return 200 "hello from a poold worker\n"; }
+        location = /body { root /srv; }
     }
 }
 NGINX
+    if [ -n "$BODY_KIB" ]; then
+        mkdir -p "$DIR/nginx-root/srv"
+        head -c "$((BODY_KIB * 1024))" /dev/urandom >"$DIR/nginx-root/srv/body"
+    fi
     awk -v root="$DIR/nginx-root" '
         /^rootfs = / { print "rootfs = \"" root "\""; next }
         /^command = / {
@@ -114,6 +124,8 @@ to_ms() {
            printf "%.3f\n", v * f }'
 }
 
+URL_PATH=/index.html
+[ -n "$BODY_KIB" ] && URL_PATH=/body
 for mode in $MODES; do
     for name in poold haproxy; do : >"$DIR/rps.$mode.$name"; : >"$DIR/p99.$mode.$name"; done
 done
@@ -131,7 +143,7 @@ load() {
             >"$DIR/perf.$mode.$name.log" 2>&1 &
         perf_pid=$!
     fi
-    "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port/index.html" >"$out" 2>&1 ||
+    "$WRK" -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk against $name failed"; }
     if [ -n "$perf_pid" ]; then
         wait "$perf_pid" || true
@@ -168,7 +180,7 @@ while [ "$round" -le "$ROUNDS" ]; do
 done
 
 "$POOLCTL" --socket "$SOCK" status | sed "s/^/$BENCH: /"
-echo "$BENCH: wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS alternating rounds, 4 $WORKER workers, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$BENCH: wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS alternating rounds, 4 $WORKER workers${BODY_KIB:+ ($BODY_KIB KiB bodies)}, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for mode in $MODES; do
     set -- $(stats <"$DIR/rps.$mode.poold")
     p_med=$1 p_min=$2 p_max=$3

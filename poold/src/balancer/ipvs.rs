@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use ipvs::{Client, Destination, ForwardMethod, Service, ServiceKey};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -140,7 +140,10 @@ struct VipDevice {
 
 /// The IPVS balancer.
 pub struct IpvsBalancer {
-    client: Arc<Mutex<Client>>,
+    /// Jobs for the thread that owns the IPVS client: every call runs there, one at a
+    /// time, so poold's thread count does not grow with the calls a large pool makes at
+    /// once (tokio's blocking pool grew to 22 threads). The thread ends when this is dropped.
+    ipvs_jobs: std::sync::mpsc::Sender<IpvsJob>,
     netlink: rtnetlink::Handle,
     connection: JoinHandle<()>,
     device: VipDevice,
@@ -163,6 +166,25 @@ impl Drop for IpvsBalancer {
         self.connection.abort();
         self.arp.lock().expect("arp lock").restore();
     }
+}
+
+/// One call on the IPVS client, run on its thread.
+type IpvsJob = Box<dyn FnOnce(&mut Client) + Send>;
+
+/// The thread that owns `client` and runs the calls sent to it until every sender is gone.
+fn start_ipvs_thread(
+    mut client: Client,
+) -> Result<std::sync::mpsc::Sender<IpvsJob>, BalancerError> {
+    let (jobs, queue) = std::sync::mpsc::channel::<IpvsJob>();
+    std::thread::Builder::new()
+        .name("poold-ipvs".into())
+        .spawn(move || {
+            for job in queue {
+                job(&mut client);
+            }
+        })
+        .map_err(|e| kernel("*", "start the IPVS thread", e))?;
+    Ok(jobs)
 }
 
 fn kernel(service: &str, operation: &'static str, error: impl std::fmt::Display) -> BalancerError {
@@ -233,7 +255,7 @@ impl IpvsBalancer {
         };
         info!(device = %device.name, %upstream, "IPVS balancer ready");
         Ok(Self {
-            client: Arc::new(Mutex::new(client)),
+            ipvs_jobs: start_ipvs_thread(client)?,
             netlink,
             connection,
             device,
@@ -372,15 +394,20 @@ impl IpvsBalancer {
         Ok(())
     }
 
-    /// Runs a blocking IPVS call off the async threads.
+    /// Runs a blocking IPVS call on the IPVS thread, off the async threads.
     async fn ipvs<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, ipvs::Error> + Send + 'static,
     ) -> Result<Result<T, ipvs::Error>, BalancerError> {
-        let client = self.client.clone();
-        tokio::task::spawn_blocking(move || f(&mut client.lock().expect("IPVS client lock")))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.ipvs_jobs
+            .send(Box::new(move |client| {
+                let _ = reply.send(f(client));
+            }))
+            .map_err(|_| kernel("*", "IPVS call", "the IPVS thread is gone"))?;
+        answer
             .await
-            .map_err(|e| kernel("*", "IPVS call", e))
+            .map_err(|_| kernel("*", "IPVS call", "the IPVS thread ended during the call"))
     }
 }
 

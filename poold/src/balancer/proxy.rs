@@ -26,7 +26,7 @@ use super::{
     BackendConnect, BackendStats, Balancer, BalancerError, BalancerKind, ClientPolicy,
     VirtualService,
 };
-use crate::conn_limit::{accept_failed, Admission, ConnLimiter, Tracked};
+use crate::conn_limit::{accept_failed, Admission, ConnLimiter, FdLease};
 use async_trait::async_trait;
 use nix::sys::socket::{setsockopt, sockopt};
 use std::collections::HashMap;
@@ -299,18 +299,15 @@ async fn splice(
     mut removed: watch::Receiver<bool>,
 ) -> SpliceEnd {
     let ended = {
-        let (client_read, mut client_write) = client.split();
-        let (upstream_read, mut upstream_write) = upstream.split();
-        let mut client_read = Tracked::new(client_read, admission.activity());
-        let mut upstream_read = Tracked::new(
-            CountedRead {
-                inner: upstream_read,
-                backend: backend.clone(),
-            },
-            admission.activity(),
-        );
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let client_activity = admission.activity();
+        let upstream_activity = admission.activity();
         let to_backend = async {
-            match tokio::io::copy(&mut client_read, &mut upstream_write).await {
+            let sent = relay(&mut client_read, &mut upstream_write, |_| {
+                client_activity.touch()
+            });
+            match sent.await {
                 Ok(_) => {
                     let _ = upstream_write.shutdown().await;
                     std::future::pending().await
@@ -318,8 +315,12 @@ async fn splice(
                 Err(error) => error,
             }
         };
+        let to_client = relay(&mut upstream_read, &mut client_write, |bytes| {
+            backend.out_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            upstream_activity.touch();
+        });
         tokio::select! {
-            copied = tokio::io::copy(&mut upstream_read, &mut client_write) => SpliceEnd::BackendDone(copied),
+            copied = to_client => SpliceEnd::BackendDone(copied.map(|relayed| relayed.bytes)),
             error = to_backend => SpliceEnd::ClientFailed(error),
             _ = removed.wait_for(|removed| *removed) => SpliceEnd::BackendRemoved,
             () = admission.evicted() => SpliceEnd::Evicted,
@@ -333,6 +334,114 @@ async fn splice(
         let _ = upstream.set_zero_linger();
     }
     ended
+}
+
+/// The buffer a direction is copied through (tokio's `io::copy` uses the same size): one
+/// read that fills it means more is waiting than one buffer holds.
+const RELAY_BUFFER: usize = 8 * 1024;
+/// At most this much per splice(2) into the pipe: the default pipe capacity (16 pages).
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// What one direction relayed until the sender's EOF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Relayed {
+    bytes: u64,
+    /// Of `bytes`, how many went through the pipe (kernel to kernel, never copied to poold).
+    spliced: u64,
+}
+
+/// Relays `from` to `to` until `from`'s EOF, calling `on_read` with each amount read.
+/// Small messages (HTTP requests and short answers) go through a userspace buffer: one read
+/// and one write each, as few syscalls as a message can take. Once a read fills the buffer
+/// (a large body) the rest of the direction goes through a pipe with splice(2), so the
+/// pages move from one socket to the other without being copied into poold and out again;
+/// if no pipe can be had (descriptor budget or limit), copying continues.
+async fn relay(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    mut on_read: impl FnMut(usize),
+) -> std::io::Result<Relayed> {
+    use nix::fcntl::OFlag;
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; RELAY_BUFFER];
+    let mut bytes = 0u64;
+    // One attempt: without a pipe the first time, the connection copies to its end.
+    let mut may_splice = true;
+    loop {
+        // Through `AsyncRead`: a short read clears the readiness, so no read ends in EAGAIN.
+        let read = from.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(Relayed { bytes, spliced: 0 });
+        }
+        on_read(read);
+        to.write_all(&buffer[..read]).await?;
+        bytes += read as u64;
+        if !(may_splice && read == buffer.len()) {
+            continue;
+        }
+        may_splice = false;
+        // The pipe's two descriptors count against the connections' budget.
+        let Some(lease) = FdLease::take(2) else {
+            debug!("descriptor budget full; copying a large transfer");
+            continue;
+        };
+        match nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
+            Ok(pipe) => {
+                drop(buffer);
+                let spliced = splice_through(from.as_ref(), to.as_ref(), pipe, on_read).await?;
+                drop(lease);
+                return Ok(Relayed {
+                    bytes: bytes + spliced,
+                    spliced,
+                });
+            }
+            Err(errno) => debug!(%errno, "no pipe for a large transfer; copying it"),
+        }
+    }
+}
+
+/// Moves everything `from` sends into `to` through `pipe` (read end, write end) with
+/// splice(2), until `from`'s EOF; returns the bytes moved. The pipe is emptied into `to`
+/// before the next splice from `from`, so a slow receiver holds back the sender (TCP flow
+/// control), as with a buffer.
+async fn splice_through(
+    from: &TcpStream,
+    to: &TcpStream,
+    (pipe_out, pipe_in): (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    mut on_read: impl FnMut(usize),
+) -> std::io::Result<u64> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use tokio::io::Interest;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut moved = 0u64;
+    loop {
+        let filled = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from, None, &pipe_in, None, PIPE_CHUNK, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(filled) => break filled,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error),
+            }
+        };
+        if filled == 0 {
+            return Ok(moved);
+        }
+        on_read(filled);
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pipe_out, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(drained) => left -= drained,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        moved += filled as u64;
+    }
 }
 
 /// Accepts on one proxy thread; each client is served by a task on the same thread.
@@ -369,28 +478,6 @@ async fn accept_loop(
             }
             Err(error) => accept_failed("proxy", &error).await,
         }
-    }
-}
-
-/// Adds what is read from a backend to its `out_bytes`.
-struct CountedRead<R> {
-    inner: R,
-    backend: Arc<Backend>,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedRead<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        if read > 0 {
-            self.backend.out_bytes.fetch_add(read, Ordering::Relaxed);
-        }
-        polled
     }
 }
 

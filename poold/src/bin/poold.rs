@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<ExitCode> {
         PooldArgs::command().print_help()?;
         return Ok(ExitCode::from(2));
     };
+    // Before any thread: one malloc arena per CPU, not eight (memory held by idle arenas).
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    poold::sandbox::limit_malloc_arenas(cpus);
     let config = poold::config::Config::load(&path)?;
     poold::cli::init_logging(&config.daemon.log_level);
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

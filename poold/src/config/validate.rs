@@ -180,10 +180,29 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     let usable = subnet_hosts(subnet);
     if usable < needed {
         problems.push(problem(
-            network.key("subnet"),
+            network.clone().key("subnet"),
             format!(
                 "{subnet} has {usable} host addresses; {total_workers} workers need at least {needed} \
                  (bridge + 2 per worker for surge + 2 per worker of quarantine for freed addresses)"
+            ),
+        ));
+    }
+    // Every worker's host veth is a port of the one bridge, and a surge recycle adds its
+    // replacements' ports for a while: the kernel refuses port 1,024 (BR_MAX_PORTS), and
+    // the slots whose spawns it refuses crash-loop.
+    let surge_ports: u64 = config
+        .services
+        .iter()
+        .filter(|s| s.recycle.surge)
+        .map(|s| u64::from(s.recycle.max_concurrent_recycles))
+        .sum();
+    if total_workers + surge_ports > MAX_BRIDGE_PORTS {
+        problems.push(problem(
+            network.clone().key("bridge"),
+            format!(
+                "{total_workers} workers and {surge_ports} surge replacements (max_concurrent_recycles) \
+                 need {} ports on the bridge; a Linux bridge holds at most {MAX_BRIDGE_PORTS}",
+                total_workers + surge_ports
             ),
         ));
     }
@@ -824,7 +843,11 @@ fn subnet_hosts(subnet: ipnet::Ipv4Net) -> u64 {
 }
 
 /// Workers `subnet` holds across every service, by the rule [`validate`] checks: the
-/// bridge's address, then 4 per worker (surge and quarantine). `poolctl scale` stays below.
+/// bridge's address, then 4 per worker (surge and quarantine); and no more than the bridge
+/// has ports. `poolctl scale` stays below.
 pub fn worker_capacity(subnet: ipnet::Ipv4Net) -> u64 {
-    subnet_hosts(subnet).saturating_sub(1) / 4
+    (subnet_hosts(subnet).saturating_sub(1) / 4).min(MAX_BRIDGE_PORTS)
 }
+
+/// Ports a Linux bridge takes (BR_MAX_PORTS is 1,024 and port 0 is never used).
+pub const MAX_BRIDGE_PORTS: u64 = 1023;

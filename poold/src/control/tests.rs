@@ -17,6 +17,7 @@ async fn fake_pool(service: ServiceConfig) -> PoolHandle {
         drain_settle: Duration::from_millis(50),
         seed: 1,
         worker_capacity: u64::MAX,
+        ..PoolOptions::default()
     };
     Harness::builder(service)
         .options(options)

@@ -6,10 +6,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 /// Healthy unless told otherwise, per address: refused (field 0) or timing out (field 1).
+/// Field 2 records every check: whom, and when.
 #[derive(Debug, Default, Clone)]
 pub struct FakeHealth(
     pub Arc<Mutex<HashSet<IpAddr>>>,
     pub Arc<Mutex<HashSet<IpAddr>>>,
+    pub Arc<Mutex<Vec<(SocketAddr, tokio::time::Instant)>>>,
 );
 
 impl FakeHealth {
@@ -51,6 +53,10 @@ impl FakeHealth {
 #[async_trait]
 impl HealthChecker for FakeHealth {
     async fn check(&self, target: SocketAddr, spec: &HealthConfig) -> Result<(), HealthFailure> {
+        self.2
+            .lock()
+            .unwrap()
+            .push((target, tokio::time::Instant::now()));
         if self.1.lock().unwrap().contains(&target.ip()) {
             return Err(HealthFailure::Worker(ProbeError::Timeout {
                 timeout: spec.timeout,

@@ -35,6 +35,11 @@ pub struct RuntimeState {
     pub fail_rootfs: Option<String>,
     /// How long a spawn takes (none: at once).
     pub spawn_delay: Option<std::time::Duration>,
+    /// Spawns in progress now, and the most there ever were at once.
+    pub spawning: usize,
+    pub spawning_max: usize,
+    /// Whose usage was read, in order.
+    pub usage_reads: Vec<WorkerId>,
     pub ignore_term: bool,
     pub signals: Vec<(WorkerId, StopSignal, Instant)>,
     pub addresses_handed_out: Vec<IpAddr>,
@@ -108,11 +113,17 @@ impl FakeRuntime {
 #[async_trait]
 impl WorkerRuntime for FakeRuntime {
     async fn spawn(&self, spec: &WorkerSpec) -> Result<SpawnedWorker, RuntimeError> {
-        let delay = self.state().spawn_delay;
+        let delay = {
+            let mut state = self.state();
+            state.spawning += 1;
+            state.spawning_max = state.spawning_max.max(state.spawning);
+            state.spawn_delay
+        };
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         let mut state = self.state();
+        state.spawning -= 1;
         state.spawn_attempts.push((spec.slot, Instant::now()));
         if state.fail_spawns || state.fail_rootfs.as_ref() == Some(&spec.service.rootfs) {
             return Err(RuntimeError {
@@ -177,7 +188,9 @@ impl WorkerRuntime for FakeRuntime {
     }
 
     fn usage(&self, worker: WorkerId) -> Result<ResourceUsage, RuntimeError> {
-        Ok(self.state().workers[&worker].usage)
+        let mut state = self.state();
+        state.usage_reads.push(worker);
+        Ok(state.workers[&worker].usage)
     }
 
     fn last_output(&self, worker: WorkerId) -> Option<String> {

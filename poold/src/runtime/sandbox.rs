@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::worker_output::{self, Capture, Tail};
 
@@ -165,6 +165,46 @@ pub fn host_problems(config: &Config) -> Vec<(crate::config::KeyPath, String)> {
     }
 }
 
+/// Every worker is bridged: the host's neighbour table must hold two entries per worker
+/// (issue 12: at 1,000 workers the default limit of 1,024 made probes fail).
+fn bridged_containers(config: &Config) -> u64 {
+    config.services.iter().map(|s| u64::from(s.workers)).sum()
+}
+
+/// What `poold check` tells about the host beside the file: the neighbour-table limits
+/// poold will raise at start for this many workers.
+pub fn host_notes(config: &Config) -> Vec<String> {
+    sandbox::neighbour_shortfall(bridged_containers(config))
+        .into_iter()
+        .map(|limit| {
+            format!(
+                "net.ipv4.neigh.default.{} is {}; {} bridged workers need {} \
+                 (two neighbour entries each, room for surge): poold raises it at start",
+                limit.sysctl,
+                limit.current,
+                bridged_containers(config),
+                limit.wanted
+            )
+        })
+        .collect()
+}
+
+/// Raises the host's neighbour-table limits for the configured workers (never lowers
+/// them; they stay raised after poold stops, as kube-proxy's and Calico's do).
+fn raise_neighbour_limits(config: &Config) {
+    let containers = bridged_containers(config);
+    match sandbox::raise_neighbour_limits(containers) {
+        Ok(raised) => {
+            for limit in raised {
+                info!(sysctl = %format!("net.ipv4.neigh.default.{}", limit.sysctl), from = limit.current, to = limit.wanted, workers = containers, "raised the neighbour table limit for the pool");
+            }
+        }
+        Err(error) => {
+            warn!(%error, workers = containers, "cannot raise the neighbour table limits: a large pool may fail its probes (No route to host)")
+        }
+    }
+}
+
 /// The RLIMIT_NOFILE poold was started with, before it raised its own: workers keep that.
 static WORKER_NOFILE: std::sync::OnceLock<crate::conn_limit::NofileLimits> =
     std::sync::OnceLock::new();
@@ -287,6 +327,7 @@ impl SandboxRuntime {
         let highest = runtime.records_lock().keys().next_back().copied();
         runtime.highest_adopted = highest;
         runtime.sandbox.cleanup_orphans_except(kept).await?;
+        raise_neighbour_limits(config);
         // Before any worker: a foreign link under the bridge's name fails the start here.
         runtime.sandbox.ensure_bridge().await?;
         // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).

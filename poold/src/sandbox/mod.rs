@@ -25,6 +25,8 @@ mod seccomp;
 mod spec;
 pub(crate) mod sys;
 
+pub use sys::limit_malloc_arenas;
+
 pub use cgroup::{CgroupReader, ContainerUsage, UsageReader};
 pub use error::{
     AdoptRefusal, CgroupFailure, ControlError, ForeignLink, NetFailure, Result, SandboxError,
@@ -33,7 +35,10 @@ pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch,
     FORWARDED as FORWARDED_SIGNALS, HELPER_ARG,
 };
-pub use net::{AddressAllocator, Clock, SystemClock};
+pub use net::{
+    neighbour_shortfall, raise_neighbour_limits, AddressAllocator, Clock, NeighbourLimit,
+    SystemClock,
+};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
 pub use spec::{
@@ -685,6 +690,9 @@ impl Resources {
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
                 failures.push(e);
+                // The run directory is what marks the cgroup as this instance's: kept, the
+                // next start's orphan cleanup tries the cgroup again.
+                self.dir = None;
             }
         }
         if let Some(n) = self.net.take() {
@@ -1428,8 +1436,17 @@ fn cleanup_orphans_blocking(
     let mut report = CleanupReport::default();
     let mut failures = Vec::new();
     let kept = |id: &str| keep.iter().any(|k| k.as_str() == id);
+    let workers_dir = cfg.state_dir.join("workers");
     for child in cgroup::list_children(&cfg.cgroup_parent) {
         if kept(&child) {
+            continue;
+        }
+        // A container's run directory is made before its cgroup and removed after it: a
+        // cgroup without one in this state directory is another instance's (two poolds
+        // may share a cgroup parent by mistake), never removed with its live workers.
+        if !workers_dir.join(&child).is_dir() {
+            tracing::warn!(cgroup_parent = %cfg.cgroup_parent, cgroup = %child,
+                "a cgroup under the parent is not this instance's: left alone (give each poold its own daemon.cgroup_parent)");
             continue;
         }
         let cg = ContainerCgroup::open(&cfg.cgroup_parent, &child);

@@ -158,6 +158,64 @@ impl AddressAllocator {
     }
 }
 
+/// Where the host's IPv4 neighbour (ARP) table limits are. The table is one for the whole
+/// host: every network namespace's entries count, so each bridged container costs two (the
+/// host's entry for it, and its own for the gateway). Past `gc_thresh3` (1,024 by default)
+/// no new entry can be made and connections fail; past `gc_thresh2` the kernel evicts
+/// entries in use, which costs ARP round trips and timeouts.
+const NEIGH_DEFAULTS: &str = "/proc/sys/net/ipv4/neigh/default";
+
+/// One neighbour-table limit: its sysctl, its value now, the value a pool needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighbourLimit {
+    pub sysctl: &'static str,
+    pub current: u64,
+    pub wanted: u64,
+}
+
+/// The neighbour-table limits below what `containers` bridged containers need (two
+/// entries each, twice over for surge and scaling), with what they need: `gc_thresh3` (the
+/// hard limit) at twice the entries, `gc_thresh2` (the soft one) at one and a half times.
+/// Empty when the limits suffice, or where the host has none to read (the files exist
+/// only in the host's first network namespace).
+pub fn neighbour_shortfall(containers: u64) -> Vec<NeighbourLimit> {
+    neighbour_shortfall_in(Path::new(NEIGH_DEFAULTS), containers)
+}
+
+fn neighbour_shortfall_in(dir: &Path, containers: u64) -> Vec<NeighbourLimit> {
+    let entries = 4 * containers;
+    [
+        ("gc_thresh2", entries + entries / 2),
+        ("gc_thresh3", 2 * entries),
+    ]
+    .into_iter()
+    .filter_map(|(name, wanted)| {
+        let current = std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (current < wanted).then_some(NeighbourLimit {
+            sysctl: name,
+            current,
+            wanted,
+        })
+    })
+    .collect()
+}
+
+/// Raises the neighbour-table limits that are too low for `containers` bridged containers
+/// (never lowers one); returns what it changed.
+pub fn raise_neighbour_limits(containers: u64) -> Result<Vec<NeighbourLimit>> {
+    let short = neighbour_shortfall(containers);
+    for limit in &short {
+        let path = format!("{NEIGH_DEFAULTS}/{}", limit.sysctl);
+        std::fs::write(&path, limit.wanted.to_string())
+            .map_err(|e| SandboxError::io("write", path, e))?;
+    }
+    Ok(short)
+}
+
 pub(crate) fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
@@ -948,6 +1006,30 @@ mod tests {
         fn advance(&self, d: Duration) {
             *self.0.lock().unwrap() += d;
         }
+    }
+
+    /// Issue 12: 1,000 bridged workers need ~2,000 neighbour entries; the kernel's
+    /// defaults (512 soft, 1,024 hard) are short, 64 workers fit.
+    #[test]
+    fn neighbour_limits_are_sized_for_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gc_thresh2"), "512\n").unwrap();
+        std::fs::write(dir.path().join("gc_thresh3"), "1024\n").unwrap();
+        assert_eq!(neighbour_shortfall_in(dir.path(), 64), vec![]);
+        let short = neighbour_shortfall_in(dir.path(), 1000);
+        let wanted: Vec<(&str, u64, u64)> = short
+            .iter()
+            .map(|l| (l.sysctl, l.current, l.wanted))
+            .collect();
+        assert_eq!(
+            wanted,
+            vec![("gc_thresh2", 512, 6000), ("gc_thresh3", 1024, 8000)]
+        );
+        // Where the files are missing (a non-initial network namespace): nothing to say.
+        assert_eq!(
+            neighbour_shortfall_in(&dir.path().join("none"), 1000),
+            vec![]
+        );
     }
 
     fn alloc(prefix: u8, q: u64) -> (AddressAllocator, Arc<FakeClock>) {

@@ -1,6 +1,7 @@
 //! Every `unsafe` block of the sandbox lives here, each a thin wrapper of one syscall.
 //! All of these run only in the single-threaded container helper process (see `helper`), never in
-//! poold's multithreaded runtime, except [`pidfd_open`] (thread-safe, poold uses it).
+//! poold's multithreaded runtime, except [`pidfd_open`] (thread-safe, poold uses it) and
+//! [`limit_malloc_arenas`], which poold's `main` calls before it starts a thread.
 #![allow(unsafe_code)]
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -217,5 +218,24 @@ pub(crate) fn keep_fds_across_exec(
             }
             Ok(())
         });
+    }
+}
+
+/// Caps glibc's malloc arenas at `arenas` (default: 8 per CPU). poold's short-lived blocking
+/// threads (spawns, teardowns) each got an arena of their own, and what they freed stayed
+/// resident there: with 1,000 workers poold held 145 MiB, 83 MiB with two arenas.
+/// False where the allocator refused (or is not glibc's).
+pub fn limit_malloc_arenas(arenas: usize) -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        let arenas = libc::c_int::try_from(arenas.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets an allocator parameter (no pointers); glibc takes its
+        // own lock for it, and M_ARENA_MAX only limits arenas made from now on.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        let _ = arenas;
+        false
     }
 }

@@ -16,8 +16,9 @@ use crate::runtime::{
     AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId,
     WorkerRuntime, WorkerSpec,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ use tracing::{debug, error, info, warn};
 
 /// Failures in a row after which a backing-off slot shows as crash-loop.
 pub const CRASH_LOOP_FAILURES: u32 = 3;
+
+/// Events handled together before one pass over the pool.
+const EVENT_BATCH: usize = 256;
 
 /// Worker ids are unique across every pool of the daemon.
 static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(1);
@@ -44,6 +48,12 @@ pub struct PoolOptions {
     pub seed: u64,
     /// Workers the host's subnet holds across every service (`poolctl scale` stays below).
     pub worker_capacity: u64,
+    /// Spawns of empty slots in flight at once. A thousand slots spawned together make
+    /// every spawn wait on the others (veth creation, rtnl) until start_timeout passes.
+    pub max_spawning: usize,
+    /// Ready workers whose resource usage (cgroup files) is read per tick, in turn: the
+    /// tick's work stays bounded however large the pool is.
+    pub usage_reads_per_tick: usize,
 }
 
 impl Default for PoolOptions {
@@ -53,6 +63,8 @@ impl Default for PoolOptions {
             drain_settle: Duration::from_secs(1),
             seed: fastrand::u64(..),
             worker_capacity: u64::MAX,
+            max_spawning: 16,
+            usage_reads_per_tick: 64,
         }
     }
 }
@@ -352,6 +364,8 @@ struct Worker {
     id: WorkerId,
     slot: u32,
     phase: Phase,
+    /// When it was asked for; once spawned, when the spawn finished (start_timeout runs
+    /// from there: a spawn queued behind others is not the worker's fault).
     spawned_at: Instant,
     /// Balancer counters from the last tick (None: missing from the dump, never "drained").
     stats: Option<BackendStats>,
@@ -572,6 +586,18 @@ pub struct ServicePool {
     deploy: Option<Deploy>,
     /// The root a deploy put in place of the config's, until the next reload.
     deployed_rootfs: Option<String>,
+    /// Due probes by time. An entry whose worker no longer waits for a probe at that time
+    /// is stale and skipped when it comes up; each probe costs O(log n), not a pass over
+    /// the pool.
+    probe_queue: BTreeSet<(Instant, WorkerId)>,
+    /// The last worker whose usage was read; the next tick goes on after it.
+    usage_cursor: WorkerId,
+    /// Spreads the probes of ready workers over the interval (apart from `rng`, so the
+    /// lifetime jitter does not depend on probing).
+    probe_rng: fastrand::Rng,
+    /// The earliest drain settle to act on at once rather than at the next tick (a
+    /// recycle's old worker stops as soon as it may).
+    wake_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -626,6 +652,7 @@ impl ServicePool {
             workers: Vec::new(),
         };
         let (status, status_rx) = watch::channel(initial);
+        let probe_seed = options.seed.wrapping_add(1);
         let mut pool = ServicePool {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             rng: fastrand::Rng::with_seed(options.seed),
@@ -647,6 +674,10 @@ impl ServicePool {
             generation: 1,
             deploy: None,
             deployed_rootfs: None,
+            probe_queue: BTreeSet::new(),
+            usage_cursor: WorkerId(0),
+            probe_rng: fastrand::Rng::with_seed(probe_seed),
+            wake_at: None,
         };
         for displaced in pool.adopt(&adopted) {
             pool.retire(displaced, RecycleReason::Manual).await;
@@ -728,24 +759,48 @@ impl ServicePool {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut handles_alive = true;
         loop {
-            // Probes are started from advance(); wake up when the next one is due, so a
-            // health interval shorter than the tick is kept (a new worker whose first probe
-            // failed would otherwise wait for the next tick).
-            let next_probe = self.next_probe_at();
-            tokio::select! {
-                Some(event) = self.events_rx.recv() => self.on_event(event).await,
-                () = sleep_until_some(next_probe) => {}
-                command = self.commands.recv(), if handles_alive => match command {
-                    Some(command) => self.on_command(command).await,
-                    // Every handle dropped: nobody can stop us gracefully any more; do it now.
-                    None => {
-                        handles_alive = false;
-                        self.begin_shutdown(None).await;
+            // Wake up when the next probe is due, so a health interval shorter than the
+            // tick is kept (a new worker whose first probe failed would otherwise wait for
+            // the next tick).
+            let next_probe = self.probe_queue.first().map(|(at, _)| *at);
+            let changed = tokio::select! {
+                Some(event) = self.events_rx.recv() => {
+                    let mut changed = self.on_event(event).await;
+                    // A burst (many probes ending together) makes one pass, not one each.
+                    for _ in 0..EVENT_BATCH {
+                        let Ok(event) = self.events_rx.try_recv() else { break };
+                        changed |= self.on_event(event).await;
                     }
-                },
-                _ = tick.tick() => self.on_tick().await,
+                    changed
+                }
+                () = sleep_until_some(next_probe) => false,
+                () = sleep_until_some(self.wake_at) => {
+                    self.wake_at = None;
+                    true
+                }
+                command = self.commands.recv(), if handles_alive => {
+                    match command {
+                        Some(command) => self.on_command(command).await,
+                        // Every handle dropped: nobody can stop us gracefully any more; do
+                        // it now.
+                        None => {
+                            handles_alive = false;
+                            self.begin_shutdown(None).await;
+                        }
+                    }
+                    true
+                }
+                _ = tick.tick() => {
+                    self.on_tick().await;
+                    true
+                }
+            };
+            self.start_due_probes(Instant::now());
+            // A probe that passed (the common case) changes nothing a pass over the pool
+            // would act on: the pool's work per health interval stays linear in its size.
+            if changed {
+                self.advance().await;
             }
-            self.advance().await;
             if self.shutdown.is_some() && self.workers.is_empty() {
                 break;
             }
@@ -762,17 +817,19 @@ impl ServicePool {
 
     // ----- events ------------------------------------------------------------------------
 
-    async fn on_event(&mut self, event: Event) {
+    /// Handles one event; false when it changed nothing that [`Self::advance`] acts on.
+    async fn on_event(&mut self, event: Event) -> bool {
         match event {
             Event::Spawned { id, result } => self.on_spawned(id, result).await,
             Event::Exited { id, status } => self.on_exited(id, status).await,
-            Event::Health { id, result } => self.on_health(id, result).await,
+            Event::Health { id, result } => return self.on_health(id, result).await,
             Event::TornDown { id } => {
                 if let Some(worker) = self.workers.remove(&id) {
                     debug!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, "worker torn down");
                 }
             }
         }
+        true
     }
 
     async fn on_spawned(&mut self, id: WorkerId, result: Result<SpawnedWorker, RuntimeError>) {
@@ -783,6 +840,9 @@ impl ServicePool {
         match result {
             Ok(spawned) => {
                 let addr = SocketAddr::new(spawned.addr, self.config.port);
+                let now = Instant::now();
+                worker.spawned_at = now;
+                self.probe_queue.insert((now, id));
                 worker.phase = Phase::Starting {
                     spawned: Spawned {
                         addr,
@@ -791,7 +851,7 @@ impl ServicePool {
                     },
                     probe: Probe {
                         in_flight: false,
-                        next_at: Instant::now(),
+                        next_at: now,
                         out_bytes: None,
                     },
                     ok_streak: 0,
@@ -868,9 +928,10 @@ impl ServicePool {
         }
     }
 
-    async fn on_health(&mut self, id: WorkerId, result: Result<(), HealthFailure>) {
+    /// A probe's result; true when the worker changed state.
+    async fn on_health(&mut self, id: WorkerId, result: Result<(), HealthFailure>) -> bool {
         let Some(worker) = self.workers.get_mut(&id) else {
-            return;
+            return false;
         };
         let out_bytes = worker.stats.map(|stats| stats.out_bytes);
         let mut previous_out_bytes = None;
@@ -878,6 +939,7 @@ impl ServicePool {
             probe.in_flight = false;
             probe.next_at = Instant::now() + self.config.health.interval.get();
             previous_out_bytes = std::mem::replace(&mut probe.out_bytes, out_bytes);
+            self.probe_queue.insert((probe.next_at, id));
         }
         let answering_clients = matches!(worker.phase, Phase::Ready { .. })
             && out_bytes
@@ -887,7 +949,7 @@ impl ServicePool {
             // poold's own shortage (EMFILE...): no verdict on the worker either way.
             Err(HealthFailure::Local(reason)) => {
                 warn!(service = %self.service.name, worker.id = %id, %reason, "health check could not run; not counted against the worker");
-                return;
+                return false;
             }
             // A ready worker that answered its clients since the previous probe is slow (a
             // host starved of CPU), not dead: killing it would only add a replacement's start
@@ -896,7 +958,7 @@ impl ServicePool {
             Err(HealthFailure::Worker(ProbeError::Timeout { timeout })) if answering_clients => {
                 self.observer.health_check_failed(id);
                 warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
-                return;
+                return false;
             }
             Err(HealthFailure::Worker(reason)) => Err(reason),
             Ok(()) => Ok(()),
@@ -907,6 +969,7 @@ impl ServicePool {
                 *ok_streak += 1;
                 if *ok_streak >= self.config.health.healthy_threshold {
                     self.become_ready(id).await;
+                    return true;
                 }
             }
             (Phase::Starting { ok_streak, .. }, Err(_)) => *ok_streak = 0,
@@ -928,10 +991,12 @@ impl ServicePool {
                 // show in the log and the metrics, but only a recycle or undrain ends it.
                 if !drained && streak >= self.config.health.unhealthy_threshold {
                     self.unhealthy(id, reason).await;
+                    return true;
                 }
             }
             _ => {}
         }
+        false
     }
 
     async fn on_command(&mut self, command: PoolCommand) {
@@ -1386,12 +1451,19 @@ impl ServicePool {
                 }
             }
         }
+        // The next usage_reads_per_tick ready workers after the last one read, in turn.
+        let after = self.usage_cursor;
         let ready: Vec<WorkerId> = self
             .workers
-            .values()
-            .filter(|w| matches!(w.phase, Phase::Ready { .. }))
-            .map(|w| w.id)
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .chain(self.workers.range(..=after))
+            .filter(|(_, w)| matches!(w.phase, Phase::Ready { .. }))
+            .map(|(id, _)| *id)
+            .take(self.options.usage_reads_per_tick)
             .collect();
+        if let Some(last) = ready.last() {
+            self.usage_cursor = *last;
+        }
         for id in ready {
             match self.runtime.usage(id) {
                 Ok(usage) => {
@@ -1433,12 +1505,9 @@ impl ServicePool {
                         warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
                         self.begin_stop(id, RecycleReason::Unhealthy);
                         self.slot_failed(slot, id, failure);
-                    } else {
-                        self.maybe_probe(id, now);
                     }
                 }
                 Phase::Ready { .. } => {
-                    self.maybe_probe(id, now);
                     if let Some(reason) = self.planned_recycle_reason(id, now) {
                         let slot = self.workers[&id].slot as usize;
                         let Some(entry) = self.slots.get_mut(slot) else {
@@ -1537,20 +1606,19 @@ impl ServicePool {
         None
     }
 
-    /// When the earliest probe of a starting or ready worker is due (None: none to wait for).
-    fn next_probe_at(&self) -> Option<Instant> {
-        self.workers
-            .values()
-            .filter_map(|w| match w.phase {
-                Phase::Starting { probe, .. } | Phase::Ready { probe, .. } if !probe.in_flight => {
-                    Some(probe.next_at)
-                }
-                _ => None,
-            })
-            .min()
+    /// Starts every probe due by `now` (a starting or ready worker waiting for one).
+    fn start_due_probes(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.probe_queue.first() {
+            if at > now {
+                break;
+            }
+            self.probe_queue.pop_first();
+            self.start_probe(id, at);
+        }
     }
 
-    fn maybe_probe(&mut self, id: WorkerId, now: Instant) {
+    /// Starts the probe of `id` queued for `at`, unless that entry is stale.
+    fn start_probe(&mut self, id: WorkerId, at: Instant) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -1560,7 +1628,7 @@ impl ServicePool {
         let Some(probe) = worker.phase.probe_mut() else {
             return;
         };
-        if probe.in_flight || now < probe.next_at {
+        if probe.in_flight || probe.next_at != at {
             return;
         }
         probe.in_flight = true;
@@ -1608,8 +1676,9 @@ impl ServicePool {
 
     async fn start_planned_recycles(&mut self, now: Instant) {
         let cap = self.config.recycle.max_concurrent_recycles as usize;
+        let mut in_flight = self.recycles_in_flight();
         for index in 0..self.desired as usize {
-            if self.recycles_in_flight() >= cap {
+            if in_flight >= cap {
                 return;
             }
             let slot = &self.slots[index];
@@ -1642,6 +1711,7 @@ impl ServicePool {
             let slot = &mut self.slots[index];
             slot.pending = None;
             slot.recycling = true;
+            in_flight += 1;
             let index = index as u32;
             self.recycle_started(current, reason);
             info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
@@ -1664,21 +1734,32 @@ impl ServicePool {
     }
 
     fn fill_slots(&mut self, now: Instant) {
+        let mut spawning = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.phase, Phase::Spawning))
+            .count();
         for index in 0..self.desired as usize {
+            if spawning >= self.options.max_spawning {
+                return;
+            }
             let slot = &self.slots[index];
             if slot.current.is_some() || slot.restart_at.is_some_and(|at| now < at) {
                 continue;
             }
             // Without surge a slot holds one worker at a time: wait until the old one is gone.
-            let retiring = self
-                .workers
-                .values()
-                .any(|w| w.slot as usize == index && w.state() != WorkerState::Starting);
-            if !self.config.recycle.surge && slot.recycling && retiring {
+            if !self.config.recycle.surge
+                && slot.recycling
+                && self
+                    .workers
+                    .values()
+                    .any(|w| w.slot as usize == index && w.state() != WorkerState::Starting)
+            {
                 continue;
             }
             let id = self.spawn_worker(index as u32);
             self.slots[index].current = Some(id);
+            spawning += 1;
         }
     }
 
@@ -1766,7 +1847,10 @@ impl ServicePool {
         let Some(worker) = self.workers.get(&id) else {
             return;
         };
-        let Phase::Starting { spawned, probe, .. } = worker.phase else {
+        let Phase::Starting {
+            spawned, mut probe, ..
+        } = worker.phase
+        else {
             return;
         };
         let (slot, addr) = (worker.slot, spawned.addr);
@@ -1786,6 +1870,13 @@ impl ServicePool {
         }
         let now = Instant::now();
         let lifetime = self.lifetime();
+        // Workers started together would be probed together for ever: spread the next
+        // probe over the interval, so probes come in a steady trickle, not in bursts.
+        if !probe.in_flight {
+            let interval = self.config.health.interval.get();
+            probe.next_at = now + interval.mul_f64(self.probe_rng.f64());
+            self.probe_queue.insert((probe.next_at, id));
+        }
         let worker = self.workers.get_mut(&id).expect("checked above");
         worker.phase = Phase::Ready {
             spawned,
@@ -1844,11 +1935,13 @@ impl ServicePool {
             error!(service = %self.service.name, worker.id = %id, %error, "setting weight 0 failed");
         }
         let now = Instant::now();
+        let settled_at = now + self.options.drain_settle;
+        self.wake_at = Some(self.wake_at.map_or(settled_at, |at| at.min(settled_at)));
         let worker = self.workers.get_mut(&id).expect("checked above");
         worker.phase = Phase::Draining {
             spawned,
             reason,
-            settled_at: now + self.options.drain_settle,
+            settled_at,
             deadline: now + self.config.recycle.drain_timeout.get(),
         };
         info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");

@@ -42,6 +42,7 @@ pub struct HarnessBuilder {
     observer: Arc<dyn PoolObserver>,
     runtime: Option<FakeRuntime>,
     balancer: Option<FakeBalancer>,
+    spawn_delay: Option<Duration>,
 }
 
 impl HarnessBuilder {
@@ -72,8 +73,15 @@ impl HarnessBuilder {
         self
     }
 
+    /// Every spawn takes this long (default: none).
+    pub fn spawn_delay(mut self, delay: Duration) -> Self {
+        self.spawn_delay = Some(delay);
+        self
+    }
+
     pub async fn start(self) -> Harness {
         let runtime = self.runtime.unwrap_or_default();
+        runtime.state().spawn_delay = self.spawn_delay;
         let balancer = self
             .balancer
             .unwrap_or_else(|| FakeBalancer::new(self.config.workers as usize));
@@ -106,10 +114,12 @@ impl Harness {
                 drain_settle: Duration::from_secs(1),
                 seed: 7,
                 worker_capacity: u64::MAX,
+                ..PoolOptions::default()
             },
             observer: Arc::new(NoObserver),
             runtime: None,
             balancer: None,
+            spawn_delay: None,
         }
     }
 

@@ -1281,3 +1281,120 @@ async fn adopted_workers_beyond_the_configured_count_drain_and_stop() {
     assert!(runtime.state().spawn_attempts.is_empty());
     assert!(runtime.state().workers[&extra.id].torn_down);
 }
+
+// ----- cost as the pool grows (issue 12) ---------------------------------------------------
+
+/// A thousand slots spawned at once made every spawn wait on the others (veth creation
+/// under rtnl) until start_timeout passed: spawns of empty slots are bounded.
+#[tokio::test(start_paused = true)]
+async fn a_large_pool_spawns_a_few_workers_at_a_time() {
+    let h = Harness::builder(service(64))
+        .spawn_delay(std::time::Duration::from_millis(100))
+        .start()
+        .await;
+    wait(10).await;
+    assert_eq!(h.status().ready, 64);
+    let max = h.runtime.state().spawning_max;
+    let bound = PoolOptions::default().max_spawning;
+    assert!(max <= bound, "{max} spawns at once, more than {bound}");
+}
+
+/// A spawn that had to wait (for the others, for the kernel) does not eat the worker's
+/// start_timeout: it runs from the end of the spawn.
+#[tokio::test(start_paused = true)]
+async fn start_timeout_runs_from_the_end_of_the_spawn() {
+    let config = web_service(
+        2,
+        "[service.health]\ninterval = \"1s\"\nstart_timeout = \"2s\"\n",
+    );
+    let h = Harness::builder(config)
+        .spawn_delay(std::time::Duration::from_secs(3))
+        .start()
+        .await;
+    wait(6).await;
+    let status = h.status();
+    assert_eq!(status.ready, 2, "{:?}", status.slots);
+    assert!(
+        status.slots.iter().all(|s| s.failures == 0),
+        "{:?}",
+        status.slots
+    );
+}
+
+/// Usage is read from cgroup files: a bounded number of workers per tick, in turn, so a
+/// large pool's tick does not grow with it, and every worker is still read.
+#[tokio::test(start_paused = true)]
+async fn usage_is_read_for_a_bounded_number_of_workers_per_tick_in_turn() {
+    let h = Harness::start(service(200)).await;
+    wait(10).await;
+    assert_eq!(h.status().ready, 200);
+    h.runtime.state().usage_reads.clear();
+    // Four ticks of 500 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let reads = h.runtime.state().usage_reads.clone();
+    let per_tick = PoolOptions::default().usage_reads_per_tick;
+    assert!(
+        reads.len() <= 4 * per_tick,
+        "{} usage reads in 4 ticks, more than 4 x {per_tick}",
+        reads.len()
+    );
+    let read: std::collections::HashSet<WorkerId> = reads.into_iter().collect();
+    assert_eq!(read.len(), 200, "every ready worker is read in turn");
+}
+
+/// Workers that became ready together are not probed together for ever: their probes are
+/// spread over the interval.
+#[tokio::test(start_paused = true)]
+async fn probes_of_workers_started_together_are_spread_over_the_interval() {
+    let config = web_service(32, "[service.health]\ninterval = \"2s\"\n");
+    let h = Harness::start(config).await;
+    wait(10).await;
+    assert_eq!(h.status().ready, 32);
+    h.health.2.lock().unwrap().clear();
+    wait(4).await;
+    let instants: std::collections::BTreeSet<tokio::time::Instant> = h
+        .health
+        .2
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, at)| *at)
+        .collect();
+    assert!(
+        instants.len() >= 16,
+        "32 workers' probes over two intervals came at only {} instants",
+        instants.len()
+    );
+}
+
+/// A probe that passes no longer runs a pass over the pool; the drain settle wakes the pool
+/// itself, so a recycled worker with no connections stops at the settle, not at the next
+/// tick (the recycle latency of tests/bench/recycle.sh).
+#[tokio::test(start_paused = true)]
+async fn a_drained_worker_stops_at_the_settle_not_at_the_next_tick() {
+    let h = Harness::builder(service(1));
+    let options = PoolOptions {
+        tick: std::time::Duration::from_secs(2),
+        ..h.options_default()
+    };
+    let h = h.options(options).start().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let old = h.ready_worker(0).id;
+    let asked = tokio::time::Instant::now();
+    let (_, done) = h.pool.recycle(Some(0)).await.unwrap();
+    done.await.unwrap();
+    let term = h
+        .runtime
+        .state()
+        .signals
+        .iter()
+        .find(|(w, s, _)| *w == old && *s == StopSignal::Term)
+        .map(|(_, _, at)| *at)
+        .expect("the old worker got SIGTERM");
+    // Replacement ready at once, weight 0, settle 1 s: SIGTERM then, not at the 4 s tick.
+    assert!(
+        term - asked < std::time::Duration::from_millis(1500),
+        "SIGTERM {:?} after the recycle",
+        term - asked
+    );
+}

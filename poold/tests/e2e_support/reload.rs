@@ -80,15 +80,6 @@ fn all_at(status: &Value, generation: u64, workers: usize) -> bool {
             .all(|w| w["state"] == "ready" && w["generation"] == generation)
 }
 
-fn ids(status: &Value) -> Vec<u64> {
-    status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["id"].as_u64().unwrap())
-        .collect()
-}
-
 /// One page through the service's listener.
 fn page(listen: &str) -> String {
     let mut stream = TcpStream::connect(listen).unwrap();
@@ -136,9 +127,11 @@ pub fn reload_adds_removes_and_rolls() {
         "{out}"
     );
     let after = wait_for(&daemon, "web", "all at generation 2", |s| all_at(s, 2, 2));
-    let old_ids = ids(&before);
+    let old_ids = super::worker_ids(&before);
     assert!(
-        ids(&after).iter().all(|id| !old_ids.contains(id)),
+        super::worker_ids(&after)
+            .iter()
+            .all(|id| !old_ids.contains(id)),
         "every web worker replaced: {before} -> {after}"
     );
     wait_for(&daemon, "new", "ready", |s| s["ready"] == 1);
@@ -191,7 +184,11 @@ pub fn reload_adds_removes_and_rolls() {
     );
     let unchanged = try_status(&daemon.socket(), "web").unwrap();
     assert!(all_at(&unchanged, 2, 2), "{unchanged}");
-    assert_eq!(ids(&unchanged), ids(&after), "nothing changed");
+    assert_eq!(
+        super::worker_ids(&unchanged),
+        super::worker_ids(&after),
+        "nothing changed"
+    );
 
     finish_wrk(wrk, "web through the reload", &daemon);
     daemon.stop();
@@ -259,8 +256,8 @@ pub fn deploy_and_roll_back() {
     );
     let rolled_back = wait_for(&daemon, "web", "back at generation 2", |s| all_at(s, 2, 2));
     assert_eq!(
-        ids(&rolled_back),
-        ids(&deployed),
+        super::worker_ids(&rolled_back),
+        super::worker_ids(&deployed),
         "the old workers kept serving"
     );
     assert_eq!(rolled_back["deployed_rootfs"], v2.display().to_string());

@@ -32,6 +32,9 @@ const IP: &str = "/usr/bin/ip";
 const IPVSADM: &str = "/usr/sbin/ipvsadm";
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
 const WRK: &str = "/usr/bin/wrk";
+const TCPDUMP: &str = "/usr/bin/tcpdump";
+/// wrk's concurrent connections: at most this many requests are in flight at any moment.
+pub const WRK_CONNECTIONS: u64 = 4;
 
 /// What the test replaces in config/keepalived/poold-host.toml (both hosts share one file
 /// system and cgroup tree here): (text in the file, what it becomes, with `{dir}` the host's
@@ -255,6 +258,30 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
             return value;
         }
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`wait_for`] while wrk runs: on a timeout, prints a [`snapshot`] of `namespaces` with
+/// packet captures first (the load is still on, so they show where connections hang).
+pub fn wait_under_load<T>(
+    what: &str,
+    timeout: Duration,
+    namespaces: &[String],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "{what}: not within {timeout:?}\n{}",
+                snapshot(namespaces, true)
+            );
+            panic!("{what}: not within {timeout:?}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -532,8 +559,83 @@ impl Drop for Director {
     }
 }
 
-/// When the test panics, prints each namespace's addresses, neighbours and IPVS table and
-/// the tails of the daemons' logs (the temporary directory goes with the test).
+/// Each namespace's addresses, neighbours, IPVS table and connections, and conntrack
+/// table; with `capture`, also 3 s of packets on every interface of each namespace (taken
+/// while the load still runs, so a black hole shows where packets stop).
+pub fn snapshot(namespaces: &[String], capture: bool) -> String {
+    let shell = |ns: &str, script: &str| {
+        let output = Command::new(IP)
+            .args(["netns", "exec", ns, "/bin/sh", "-c", script])
+            .output();
+        output
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let mut text = String::new();
+    let mut captures = Vec::new();
+    if capture {
+        for ns in namespaces {
+            let child = Command::new(IP)
+                .args(["netns", "exec", ns, "/bin/busybox", "timeout", "3"])
+                .args([
+                    TCPDUMP,
+                    "-Z",
+                    "root",
+                    "-i",
+                    "any",
+                    "-nn",
+                    "-c",
+                    "60",
+                    "-l",
+                    "tcp port 80 or icmp",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn();
+            captures.push((ns.clone(), child));
+        }
+    }
+    for ns in namespaces {
+        text += &format!(
+            "=== {ns}\n{}",
+            shell(
+                ns,
+                "/usr/bin/ip -o addr show; /usr/bin/ip neigh; /usr/sbin/ipvsadm -Ln --stats; \
+                 echo 'IPVS connections by state and destination:'; \
+                 /usr/sbin/ipvsadm -Lnc | awk 'NR > 2 { print $3, $6 }' | sort | uniq -c; \
+                 /usr/sbin/ipvsadm -Lnc | grep -v -e TIME_WAIT -e FIN_WAIT | head -20; \
+                 echo -n 'conntrack entries: '; /usr/sbin/conntrack -C 2>&1; \
+                 /usr/sbin/conntrack -L 2>/dev/null | grep -v TIME_WAIT | head -20; \
+                 echo 'TCP sockets by state (hex, /proc/net/tcp):'; \
+                 awk 'NR > 1 { print $4 }' /proc/net/tcp | sort | uniq -c; \
+                 awk 'NR > 1 && $4 != \"0A\" && $4 != \"06\"' /proc/net/tcp | head -8"
+            )
+        );
+    }
+    for (ns, child) in captures {
+        let packets = child
+            .and_then(|c| c.wait_with_output())
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| e.to_string());
+        text += &format!("=== {ns}: 3 s of TCP port 80 and ICMP\n{packets}");
+    }
+    text
+}
+
+/// When the test panics, prints [`snapshot`] and the tails of the daemons' logs (the
+/// temporary directory goes with the test).
 pub struct PanicReport {
     pub namespaces: Vec<String>,
     pub logs: Vec<PathBuf>,
@@ -544,36 +646,38 @@ impl Drop for PanicReport {
         if !std::thread::panicking() {
             return;
         }
-        let shell = |ns: &str, script: &str| {
-            let output = Command::new(IP)
-                .args(["netns", "exec", ns, "/bin/sh", "-c", script])
-                .output();
-            output
-                .map(|o| {
-                    format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )
-                })
-                .unwrap_or_else(|e| e.to_string())
-        };
-        for ns in &self.namespaces {
-            eprintln!(
-                "=== {ns}\n{}",
-                shell(
-                    ns,
-                    "/usr/bin/ip -o addr show; /usr/bin/ip neigh; /usr/sbin/ipvsadm -Ln --stats; \
-                     /usr/sbin/ipvsadm -Lnc | /bin/head -15"
-                )
-            );
-        }
+        eprintln!("{}", snapshot(&self.namespaces, false));
         for log in &self.logs {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             eprintln!("=== {} (last 40 lines)\n{tail}", log.display());
         }
+    }
+}
+
+/// Seconds since the epoch, to line events up with tcpdump's `-tt` time stamps.
+pub fn mark(event: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    eprintln!("{:.6} {event}", now.as_secs_f64());
+}
+
+/// tcpdump in `ns` writing `filter`'s packets (with link addresses) to `file`.
+pub fn capture(ns: &Netns, filter: &str, file: &Path) -> Process {
+    let out = std::fs::File::create(file).unwrap();
+    let child = ns
+        .command(TCPDUMP)
+        // -Z root: the VM has no `tcpdump` user to drop privileges to.
+        .args(["-Z", "root", "-i", "any", "-e", "-nn", "-l", "-tt", filter])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    Process {
+        child,
+        what: format!("tcpdump in {}", ns.name),
     }
 }
 
@@ -611,6 +715,7 @@ pub struct StepReport {
 
 impl Load {
     pub fn start(client: &Netns, step: &'static str) -> Self {
+        mark(&format!("step: {step}"));
         assert!(
             Path::new(WRK).exists(),
             "wrk is required (apt-get install wrk)"
@@ -620,7 +725,8 @@ impl Load {
         // seconds without failing.
         let child = client
             .command(WRK)
-            .args(["-t1", "-c4", "-d30m", "--timeout", "10s"])
+            .args(["-t1", "-d30m", "--timeout", "10s"])
+            .arg(format!("-c{WRK_CONNECTIONS}"))
             .arg(format!("http://{VIP}:{VIP_PORT}/index.html"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -663,11 +769,30 @@ impl Load {
 }
 
 impl Drop for Load {
+    /// Kills wrk; when the test fails, prints its report first (SIGINT: wrk reports).
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
-            let _ = child.wait();
+            if let Ok(output) = child.wait_with_output() {
+                eprintln!(
+                    "=== wrk of step {}\n{}",
+                    self.step,
+                    String::from_utf8_lossy(&output.stdout)
+                );
+            }
+            return;
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

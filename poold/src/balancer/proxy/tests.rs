@@ -494,3 +494,128 @@ async fn bytes_from_a_backend_are_counted_as_they_flow() {
     assert_eq!(client.echo("hello").await, "hello");
     stats_until(&proxy, &service, |s| s[&backend].out_bytes == 10).await;
 }
+
+/// `len` bytes of a pattern that a shifted or dropped page would break.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ seed ^ (i / 4096) as u8)
+        .collect()
+}
+
+/// A connected pair of loopback sockets: (the end that writes, the end that reads).
+async fn socket_pair(ip: &str) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let writer = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (reader, _) = listener.accept().await.unwrap();
+    (writer, reader)
+}
+
+/// Relays `sent` from one socket pair into another and returns what `relay` reports and what
+/// arrived. With `queued_first` the relay starts only once a whole buffer is waiting.
+async fn relay_between(ip: &str, sent: Vec<u8>, queued_first: bool) -> (Relayed, Vec<u8>, u64) {
+    let (mut source, mut from) = socket_pair(ip).await;
+    let (mut to, mut sink) = socket_pair(ip).await;
+    let len = sent.len();
+    let writer = tokio::spawn(async move {
+        source.write_all(&sent).await.unwrap();
+        // EOF: the relay ends.
+        drop(source);
+    });
+    if queued_first {
+        let mut peeked = vec![0u8; RELAY_BUFFER];
+        while from.peek(&mut peeked).await.unwrap() < RELAY_BUFFER {
+            tokio::task::yield_now().await;
+        }
+    }
+    let reader = tokio::spawn(async move {
+        let mut received = Vec::with_capacity(len);
+        tokio::io::AsyncReadExt::read_to_end(&mut sink, &mut received)
+            .await
+            .unwrap();
+        received
+    });
+    let mut counted = 0u64;
+    let relayed = {
+        let (mut from_read, _) = from.split();
+        let (_, mut to_write) = to.split();
+        relay(&mut from_read, &mut to_write, |bytes| {
+            counted += bytes as u64
+        })
+        .await
+        .unwrap()
+    };
+    drop(to);
+    writer.await.unwrap();
+    (relayed, reader.await.unwrap(), counted)
+}
+
+/// Small messages are copied (one read, one write: no pipe set up for them); what does not
+/// fit one buffer goes through a pipe with splice(2), arrives intact and is counted.
+#[tokio::test]
+async fn relay_splices_what_does_not_fit_one_buffer_and_copies_small_messages() {
+    let small = pattern(100, 1);
+    let (relayed, received, counted) = relay_between("127.0.0.94", small.clone(), false).await;
+    assert_eq!(
+        relayed,
+        Relayed {
+            bytes: 100,
+            spliced: 0
+        }
+    );
+    assert_eq!((received, counted), (small, 100));
+
+    let large = pattern(3 << 20, 2);
+    let (relayed, received, counted) = relay_between("127.0.0.94", large.clone(), true).await;
+    assert_eq!(relayed.bytes, 3 << 20);
+    assert!(
+        relayed.spliced >= (3 << 20) - RELAY_BUFFER as u64,
+        "after one full buffer the rest goes through the pipe: {relayed:?}"
+    );
+    assert_eq!(counted, 3 << 20, "every byte is reported to on_read");
+    assert!(
+        received == large,
+        "the spliced bytes arrive intact and in order"
+    );
+}
+
+/// Through the proxy, a large upload (client to worker) and a large answer (worker to
+/// client, after the client's half-close) both arrive intact, and the answer is counted in
+/// the backend's out_bytes.
+#[tokio::test]
+async fn large_transfers_both_ways_arrive_intact_and_counted() {
+    let (proxy, service) = proxy_on("127.0.0.95").await;
+    let listener = TcpListener::bind("127.0.0.96:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    proxy.add_backend(&service, backend, 1).await.unwrap();
+    let upload = pattern(4 << 20, 3);
+    let answer = pattern(5 << 20, 4);
+    let worker = {
+        let (upload, answer) = (upload.clone(), answer.clone());
+        tokio::spawn(async move {
+            let (mut upstream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut received)
+                .await
+                .unwrap();
+            assert!(received == upload, "the upload arrived intact");
+            upstream.write_all(&answer).await.unwrap();
+        })
+    };
+    let client = TcpStream::connect(service.listen).await.unwrap();
+    let (mut read, mut write) = client.into_split();
+    write.write_all(&upload).await.unwrap();
+    write.shutdown().await.unwrap();
+    let mut received = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut read, &mut received)
+        .await
+        .unwrap();
+    worker.await.unwrap();
+    assert_eq!(received.len(), answer.len());
+    assert!(received == answer, "the answer arrived intact");
+    stats_until(&proxy, &service, |s| {
+        s[&backend].active == 0 && s[&backend].out_bytes == 5 << 20
+    })
+    .await;
+}
