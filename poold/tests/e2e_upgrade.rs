@@ -13,3 +13,8 @@ fn e2e_upgrade_under_wrk_load_through_the_proxy_loses_nothing() {
 fn e2e_failed_upgrade_leaves_the_old_poold_serving() {
     e2e_support::upgrade::failed_upgrade_leaves_the_old_poold_serving();
 }
+
+#[test]
+fn e2e_a_failing_test_after_an_upgrade_leaves_nothing() {
+    e2e_support::upgrade::a_failing_test_after_an_upgrade_leaves_nothing();
+}

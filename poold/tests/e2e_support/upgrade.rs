@@ -8,33 +8,35 @@ use super::*;
 
 const UPGRADE_WORKERS: u64 = 3;
 
-/// SIGTERMs the poold an upgrade started (not the test's child) when dropped, so a failed
-/// assertion does not leave it running; the Daemon's own Drop then checks nothing else.
-struct Upgraded(u32);
+/// wrk, killed when the test ends however it ends (it runs for 30 minutes otherwise).
+struct Wrk(Option<std::process::Child>);
 
-impl Upgraded {
-    /// Stops it as an operator would and waits until it is gone (it is not our child).
-    fn stop(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while alive(u64::from(self.0)) {
-            assert!(
-                Instant::now() < deadline,
-                "upgraded poold {} did not stop",
-                self.0
-            );
-            std::thread::sleep(Duration::from_millis(50));
+impl Wrk {
+    /// Stops wrk with SIGINT (it prints its report then) and returns the report.
+    fn finish(mut self) -> String {
+        let wrk = self.0.take().expect("wrk runs");
+        let pid = nix::unistd::Pid::from_raw(wrk.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let out = wrk.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Wrk {
+    fn drop(&mut self) {
+        if let Some(mut wrk) = self.0.take() {
+            let _ = wrk.kill();
+            let _ = wrk.wait();
         }
     }
 }
 
-impl Drop for Upgraded {
-    fn drop(&mut self) {
-        if alive(u64::from(self.0)) {
-            self.stop();
-        }
-    }
+/// The pid of the poold a SIGUSR2 hand-over logged in `log`.
+fn handed_over_to(log: &str) -> Option<u32> {
+    log.split("new_pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
 }
 
 fn exe_of(pid: u32) -> PathBuf {
@@ -48,13 +50,15 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
     let before = daemon.wait_ready("e2e", UPGRADE_WORKERS);
     let pids = worker_pids(&before);
     let old_pid = daemon.pid();
-    let wrk = Command::new("/usr/bin/wrk")
-        .args(["-t2", "-c8", "-d30m", "--timeout", "10s"])
-        .arg(format!("http://{addr}/index.html"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wrk (apt-get install wrk)");
+    let wrk = Wrk(Some(
+        Command::new("/usr/bin/wrk")
+            .args(["-t2", "-c8", "-d30m", "--timeout", "10s"])
+            .arg(format!("http://{addr}/index.html"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wrk (apt-get install wrk)"),
+    ));
     // Load before the upgrade, so connections are open when the sockets change hands.
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
@@ -68,7 +72,7 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
     );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
-    let _first = Upgraded(new_pid);
+    daemon.follow_upgrade(new_pid);
     assert_eq!(reply["old_pid"].as_u64(), Some(u64::from(old_pid)));
     assert_ne!(new_pid, old_pid);
     assert_eq!(exe_of(new_pid), PathBuf::from(env!("CARGO_BIN_EXE_poold")));
@@ -111,21 +115,14 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let second_run = daemon.log()[log_before..].to_owned();
-    let third_pid: u32 = second_run
-        .split("new_pid=")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|pid| pid.parse().ok())
+    let third_pid = handed_over_to(&second_run)
         .unwrap_or_else(|| panic!("no hand-over logged after SIGUSR2:\n{second_run}"));
-    let upgraded = Upgraded(third_pid);
+    daemon.follow_upgrade(third_pid);
     assert!(alive(u64::from(third_pid)), "{second_run}");
     let after = daemon.wait_ready("e2e", UPGRADE_WORKERS);
     time_until_serving(&addr, Instant::now(), Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
-    let pid = nix::unistd::Pid::from_raw(wrk.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let wrk_out = wrk.wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&wrk_out.stdout);
+    let report = wrk.finish();
     let log = daemon.log();
     assert!(wrk_requests(&report) > 0, "{report}");
     assert!(
@@ -152,8 +149,7 @@ pub fn upgrade_under_wrk_load_loses_nothing() {
         log.contains("listening socket inherited from the previous poold"),
         "the proxy listener was bound anew, not inherited; log:\n{log}"
     );
-    // A clean stop of the new poold removes everything.
-    upgraded.stop();
+    // A clean stop of the newest poold removes everything.
     daemon.stop_and_check_clean("127.0.0.1");
     for (id, pid) in &pids {
         assert!(!alive(*pid), "worker w{id} (pid {pid}) outlived the stop");
@@ -204,4 +200,128 @@ pub fn failed_upgrade_leaves_the_old_poold_serving() {
         .collect();
     assert_eq!(kept.len() as u64, UPGRADE_WORKERS - 1, "{after}");
     daemon.stop_and_check_clean("127.0.0.1");
+}
+
+/// What a daemon could leave behind, named so that it can be checked after the Daemon is
+/// gone (its Drop ran).
+struct Footprint {
+    bridge: String,
+    tag: u32,
+    link_prefix: String,
+    links_before: BTreeSet<String>,
+    cgroups_before: BTreeSet<PathBuf>,
+    dir: String,
+}
+
+impl Footprint {
+    fn of(daemon: &Daemon) -> Self {
+        Self {
+            bridge: daemon.bridge.clone(),
+            tag: daemon.tag,
+            link_prefix: daemon.link_prefix.clone(),
+            links_before: daemon.links_before.clone(),
+            cgroups_before: daemon.cgroups_before.clone(),
+            dir: daemon.dir().display().to_string(),
+        }
+    }
+
+    /// Everything of this daemon still there: links, cgroups, mounts, route, nft table.
+    fn left(&self) -> Vec<String> {
+        let mut left: Vec<String> = links_with_prefix(&self.link_prefix)
+            .difference(&self.links_before)
+            .map(|l| format!("link {l}"))
+            .collect();
+        if link_exists(&self.bridge) {
+            left.push(format!("bridge {}", self.bridge));
+        }
+        left.extend(
+            poold_cgroups()
+                .difference(&self.cgroups_before)
+                .map(|c| format!("cgroup {}", c.display())),
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        left.extend(
+            mounts
+                .lines()
+                .filter(|l| l.contains(&self.dir))
+                .map(|l| format!("mount {l}")),
+        );
+        let routes = ip(&["route", "show", &format!("10.215.{}.0/24", self.tag)]);
+        left.extend(routes.lines().map(|r| format!("route {r}")));
+        let table = poold::sandbox::firewall_table(&self.link_prefix);
+        let tables = Command::new("/usr/sbin/nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        let tables = String::from_utf8_lossy(&tables.stdout);
+        if tables.lines().any(|l| l.ends_with(&format!(" {table}"))) {
+            left.push(format!("nft table {table}"));
+        }
+        left
+    }
+}
+
+/// Runs `scenario` on a fresh daemon that is upgraded once, expects it to panic, and
+/// returns what the daemon's Drop left behind, with the pids it must have ended.
+fn after_a_failing_test(
+    scenario: impl FnOnce(&mut Daemon, u32),
+) -> (Vec<String>, u32, std::collections::BTreeMap<u64, u64>) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let service = http_service("e2e", &addr, UPGRADE_WORKERS, "");
+    let mut footprint = None;
+    let mut pids = None;
+    let mut new_pid = None;
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut daemon = Daemon::start("proxy", &service);
+        footprint = Some(Footprint::of(&daemon));
+        pids = Some(worker_pids(&daemon.wait_ready("e2e", UPGRADE_WORKERS)));
+        let out = daemon.poolctl(&["--json", "upgrade"]);
+        assert!(out.status.success(), "{}", daemon.log());
+        let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pid = reply["new_pid"].as_u64().unwrap() as u32;
+        new_pid = Some(pid);
+        scenario(&mut daemon, pid);
+    }));
+    assert!(failed.is_err(), "the scenario was meant to fail");
+    let footprint = footprint.expect("the daemon started");
+    (
+        footprint.left(),
+        new_pid.expect("the upgrade happened"),
+        pids.expect("the workers were ready"),
+    )
+}
+
+pub fn a_failing_test_after_an_upgrade_leaves_nothing() {
+    // The test panics before it learnt the new poold's pid: Drop finds it by the state lock.
+    let (left, new_pid, workers) = after_a_failing_test(|_, _| panic!("failing on purpose"));
+    assert!(
+        !alive(u64::from(new_pid)),
+        "the upgraded poold {new_pid} runs on"
+    );
+    for (id, pid) in &workers {
+        assert!(!alive(*pid), "worker w{id} (pid {pid}) outlived the test");
+    }
+    assert!(left.is_empty(), "left behind: {left:#?}");
+
+    // The upgraded poold dies by kill -9 (no teardown of its own), then the test panics:
+    // Drop kills the workers and removes their kernel objects itself.
+    let (left, new_pid, workers) = after_a_failing_test(|daemon, new_pid| {
+        daemon.follow_upgrade(new_pid);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while daemon.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the old poold did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(new_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        panic!("failing on purpose after a kill -9");
+    });
+    assert!(!alive(u64::from(new_pid)));
+    for (id, pid) in &workers {
+        assert!(!alive(*pid), "worker w{id} (pid {pid}) outlived the test");
+    }
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }
