@@ -13,8 +13,8 @@ use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, Virtu
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
-    AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId,
-    WorkerRuntime, WorkerSpec,
+    AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, SpawnedWorker,
+    StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -598,6 +598,8 @@ pub struct ServicePool {
     /// The earliest drain settle to act on at once rather than at the next tick (a
     /// recycle's old worker stops as soon as it may).
     wake_at: Option<Instant>,
+    /// The operator state last kept in the runtime's record (saved again when it changes).
+    operator_saved: std::sync::Mutex<OperatorState>,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -633,7 +635,17 @@ impl ServicePool {
         }
         let mut adopted = runtime.take_adopted(&config);
         adopted.sort_by_key(|a| a.id);
-        reconcile_backends(&*balancer, &service, &config, &adopted).await;
+        // What operators changed before a restart or an upgrade holds on.
+        let restored = runtime.take_operator_state(&config.name);
+        let operator = restored.clone().unwrap_or_default();
+        reconcile_backends(
+            &*balancer,
+            &service,
+            &config,
+            &adopted,
+            &operator.drained_workers,
+        )
+        .await;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(16);
         let initial = ServiceStatus {
@@ -678,8 +690,19 @@ impl ServicePool {
             usage_cursor: WorkerId(0),
             probe_rng: fastrand::Rng::with_seed(probe_seed),
             wake_at: None,
+            operator_saved: std::sync::Mutex::default(),
         };
-        for displaced in pool.adopt(&adopted) {
+        if let Some(restored) = &restored {
+            info!(service = %pool.service.name, drained = restored.drained, scaled_to = ?restored.scaled_to,
+                drained_workers = ?restored.drained_workers, "operator state restored");
+            // Before adopting: the workers of slots a scale-up added are kept, not displaced.
+            if let Some(workers) = restored.scaled_to {
+                pool.set_desired(workers).await;
+            }
+            pool.status
+                .send_modify(|status| status.drained = restored.drained);
+        }
+        for displaced in pool.adopt(&adopted, &operator.drained_workers) {
             pool.retire(displaced, RecycleReason::Manual).await;
         }
         let name = pool.config.name.clone();
@@ -696,7 +719,8 @@ impl ServicePool {
     /// The newest of a slot serves it; returns the others and those of slots beyond the
     /// count, to be drained and stopped. One that does not match the config is of
     /// generation 0, so the next advance rolls it.
-    fn adopt(&mut self, adopted: &[AdoptedWorker]) -> Vec<WorkerId> {
+    /// Those in `drained` stay drained (weight 0) as `poolctl drain SERVICE/SLOT` left them.
+    fn adopt(&mut self, adopted: &[AdoptedWorker], drained: &BTreeSet<WorkerId>) -> Vec<WorkerId> {
         let mut displaced = Vec::new();
         let now = Instant::now();
         for worker in adopted {
@@ -724,7 +748,7 @@ impl ServicePool {
                         retire_at,
                         oom_baseline: None,
                         replacing: None,
-                        drained: false,
+                        drained: drained.contains(&worker.id),
                     },
                     spawned_at: now,
                     stats: None,
@@ -1015,6 +1039,7 @@ impl ServicePool {
             PoolCommand::SetDrained { drained } => {
                 info!(service = %self.service.name, drained, "readiness drain changed");
                 self.status.send_modify(|status| status.drained = drained);
+                self.save_operator_state();
             }
             PoolCommand::Reconfigure {
                 config,
@@ -2122,6 +2147,38 @@ impl ServicePool {
             status.workers = workers;
             status.slots = slots;
         });
+        self.save_operator_state();
+    }
+
+    /// What operators changed on this service: the service drain, a scale, drained slots.
+    fn operator_state(&self) -> OperatorState {
+        OperatorState {
+            drained: self.status.borrow().drained,
+            scaled_to: (self.desired != self.config.workers).then_some(self.desired),
+            drained_workers: self
+                .workers
+                .values()
+                .filter(|w| matches!(w.phase, Phase::Ready { drained: true, .. }))
+                .map(|w| w.id)
+                .collect(),
+        }
+    }
+
+    /// Keeps the operator state in the runtime's record when it changed, so that a restart
+    /// or an upgrade restores it. Not while shutting down: a stop ends it (the record goes).
+    fn save_operator_state(&self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let state = self.operator_state();
+        let mut saved = self
+            .operator_saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *saved != state {
+            self.runtime.save_operator_state(&self.service.name, &state);
+            *saved = state;
+        }
     }
 }
 
@@ -2134,28 +2191,44 @@ async fn reconcile_backends(
     service: &VirtualService,
     config: &ServiceConfig,
     adopted: &[AdoptedWorker],
+    drained: &BTreeSet<WorkerId>,
 ) {
     let present = balancer.backend_stats(service).await.unwrap_or_default();
     let wanted: Vec<SocketAddr> = adopted
         .iter()
         .map(|a| SocketAddr::new(a.addr, config.port))
         .collect();
+    // An operator's slot drain holds across the restart: that backend stays at 0.
+    let weight_of = |backend: &SocketAddr| {
+        let drained = adopted
+            .iter()
+            .any(|a| drained.contains(&a.id) && SocketAddr::new(a.addr, config.port) == *backend);
+        if drained {
+            0
+        } else {
+            config.weight
+        }
+    };
     for (backend, stats) in &present {
         if !wanted.contains(backend) {
             info!(service = %service.name, %backend, "removing a backend of an earlier run whose worker is gone");
             if let Err(error) = balancer.remove_backend(service, *backend).await {
                 warn!(service = %service.name, %backend, %error, "removing a stale backend failed");
             }
-        } else if stats.weight != config.weight {
-            info!(service = %service.name, %backend, weight = stats.weight, to = config.weight,
+        } else if stats.weight != weight_of(backend) {
+            let weight = weight_of(backend);
+            info!(service = %service.name, %backend, weight = stats.weight, to = weight,
                 "putting an adopted worker's backend back at its weight");
-            if let Err(error) = balancer.set_weight(service, *backend, config.weight).await {
+            if let Err(error) = balancer.set_weight(service, *backend, weight).await {
                 warn!(service = %service.name, %backend, %error, "setting the weight failed");
             }
         }
     }
     for backend in wanted.iter().filter(|b| !present.contains_key(b)) {
-        if let Err(error) = balancer.add_backend(service, *backend, config.weight).await {
+        if let Err(error) = balancer
+            .add_backend(service, *backend, weight_of(backend))
+            .await
+        {
             warn!(service = %service.name, %backend, %error, "adding an adopted worker failed");
         }
     }
