@@ -381,8 +381,11 @@ subnet = "10.215.{tag}.0/24"
             "worker links ({}*) left behind: {new_links:?}",
             self.link_prefix
         );
+        // Under this daemon's own cgroup parent (and the parent itself): other poold
+        // instances on the host (benchmarks, which take no e2e turn) come and go meanwhile.
         let new_cgroups: Vec<_> = poold_cgroups()
             .difference(&self.cgroups_before)
+            .filter(|p| self.owns_cgroup(p))
             .cloned()
             .collect();
         assert!(
@@ -454,6 +457,14 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Whether `cgroup` is this daemon's cgroup parent (`daemon.cgroup_parent`) or under it.
+    fn owns_cgroup(&self, cgroup: &Path) -> bool {
+        let parent = format!("poold-e2e-{}", self.tag);
+        cgroup
+            .components()
+            .any(|c| c.as_os_str() == parent.as_str())
+    }
+
     /// Kills the workers left in this daemon's cgroups, unmounts what is mounted under its
     /// directory (netns bind mounts), deletes its new links, its bridge, the worker
     /// subnet's route and its firewall table. Quiet, and a no-op after a clean stop.
@@ -466,10 +477,9 @@ impl Daemon {
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        let parent = format!("poold-e2e-{}", self.tag);
         let mut cgroups: Vec<PathBuf> = poold_cgroups()
             .difference(&self.cgroups_before)
-            .filter(|p| p.components().any(|c| c.as_os_str() == parent.as_str()))
+            .filter(|p| self.owns_cgroup(p))
             .cloned()
             .collect();
         for cgroup in &cgroups {

@@ -210,6 +210,8 @@ struct Footprint {
     link_prefix: String,
     links_before: BTreeSet<String>,
     cgroups_before: BTreeSet<PathBuf>,
+    /// The daemon's cgroup parent: other poold instances' cgroups are not its own.
+    cgroup_parent: String,
     dir: String,
 }
 
@@ -221,6 +223,7 @@ impl Footprint {
             link_prefix: daemon.link_prefix.clone(),
             links_before: daemon.links_before.clone(),
             cgroups_before: daemon.cgroups_before.clone(),
+            cgroup_parent: format!("poold-e2e-{}", daemon.tag),
             dir: daemon.dir().display().to_string(),
         }
     }
@@ -237,6 +240,10 @@ impl Footprint {
         left.extend(
             poold_cgroups()
                 .difference(&self.cgroups_before)
+                .filter(|c| {
+                    c.components()
+                        .any(|part| part.as_os_str() == self.cgroup_parent.as_str())
+                })
                 .map(|c| format!("cgroup {}", c.display())),
         );
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
