@@ -328,7 +328,7 @@ async fn run(
     };
     // Upstream balancers see 503 on /ready before any worker loses its weight.
     for pool in &pools {
-        let _ = pool.set_drained(true).await;
+        let _ = pool.drain_for_shutdown().await;
     }
     let delay = config.daemon.shutdown_delay.get();
     if !delay.is_zero() {

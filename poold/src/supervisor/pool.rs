@@ -92,8 +92,9 @@ pub enum PoolCommand {
         thaw: oneshot::Receiver<()>,
     },
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
-    /// says changes; the workers keep serving.
-    SetDrained { drained: bool },
+    /// says changes; the workers keep serving. `operator`: asked by an operator (kept in
+    /// the state record), not by poold's own shutdown.
+    SetDrained { drained: bool, operator: bool },
     /// A reloaded config for this service: in-place keys apply at once, the pool resizes
     /// to its `workers`; with `roll` (a key that changes what a worker is) the generation
     /// goes up and every worker is replaced by a surge recycle. Replies the generation.
@@ -226,7 +227,22 @@ impl PoolHandle {
     /// Marks the service drained (or not) for the readiness endpoint.
     pub async fn set_drained(&self, drained: bool) -> Result<(), String> {
         self.commands
-            .send(PoolCommand::SetDrained { drained })
+            .send(PoolCommand::SetDrained {
+                drained,
+                operator: true,
+            })
+            .await
+            .map_err(|_| format!("service {} is not running", self.name))
+    }
+
+    /// Readiness 503 before a stop: not an operator's drain, so a poold killed during its
+    /// stop does not come back drained.
+    pub async fn drain_for_shutdown(&self) -> Result<(), String> {
+        self.commands
+            .send(PoolCommand::SetDrained {
+                drained: true,
+                operator: false,
+            })
             .await
             .map_err(|_| format!("service {} is not running", self.name))
     }
@@ -600,6 +616,8 @@ pub struct ServicePool {
     wake_at: Option<Instant>,
     /// The operator state last kept in the runtime's record (saved again when it changes).
     operator_saved: std::sync::Mutex<OperatorState>,
+    /// `poolctl drain SERVICE` (the readiness drain before a stop is not the operator's).
+    operator_drained: bool,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -691,6 +709,7 @@ impl ServicePool {
             probe_rng: fastrand::Rng::with_seed(probe_seed),
             wake_at: None,
             operator_saved: std::sync::Mutex::default(),
+            operator_drained: false,
         };
         if let Some(restored) = &restored {
             info!(service = %pool.service.name, drained = restored.drained, scaled_to = ?restored.scaled_to,
@@ -699,6 +718,7 @@ impl ServicePool {
             if let Some(workers) = restored.scaled_to {
                 pool.set_desired(workers).await;
             }
+            pool.operator_drained = restored.drained;
             pool.status
                 .send_modify(|status| status.drained = restored.drained);
         }
@@ -1036,10 +1056,13 @@ impl ServicePool {
                 info!(service = %self.service.name, "pool thawed: supervising again");
             }
             PoolCommand::HurryShutdown => self.hurry_shutdown(),
-            PoolCommand::SetDrained { drained } => {
-                info!(service = %self.service.name, drained, "readiness drain changed");
+            PoolCommand::SetDrained { drained, operator } => {
+                info!(service = %self.service.name, drained, operator, "readiness drain changed");
                 self.status.send_modify(|status| status.drained = drained);
-                self.save_operator_state();
+                if operator {
+                    self.operator_drained = drained;
+                    self.save_operator_state();
+                }
             }
             PoolCommand::Reconfigure {
                 config,
@@ -2153,7 +2176,7 @@ impl ServicePool {
     /// What operators changed on this service: the service drain, a scale, drained slots.
     fn operator_state(&self) -> OperatorState {
         OperatorState {
-            drained: self.status.borrow().drained,
+            drained: self.operator_drained,
             scaled_to: (self.desired != self.config.workers).then_some(self.desired),
             drained_workers: self
                 .workers

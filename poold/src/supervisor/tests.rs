@@ -1229,6 +1229,20 @@ async fn a_restarted_pool_keeps_the_operators_drains_and_scale() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_readiness_drain_before_a_stop_is_not_kept_as_the_operators() {
+    let pool = Harness::start(service(2)).await;
+    wait(2).await;
+    pool.pool.drain_for_shutdown().await.unwrap();
+    wait(1).await;
+    assert!(pool.status().drained);
+    // A poold killed during its stop comes back undrained.
+    assert!(pool.runtime.state().operator.is_empty());
+    pool.pool.set_drained(true).await.unwrap();
+    wait(1).await;
+    assert!(pool.runtime.state().operator["web"].drained);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_adopted_worker_that_no_longer_matches_the_config_is_rolled_not_killed() {
     let first = Harness::start(service(2)).await;
     wait(2).await;
