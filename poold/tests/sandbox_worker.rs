@@ -55,6 +55,28 @@ mod sandbox {
         t.assert_nothing_left();
     }
 
+    /// poold itself ignores SIGPIPE (Rust's runtime does) and exec keeps ignored signals:
+    /// without a reset every worker would start with SIGPIPE ignored, and `cmd | head` in its
+    /// shell scripts would spin on EPIPE instead of ending.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_worker_starts_with_no_signal_ignored_or_blocked() {
+        let t = TestSandbox::new(19);
+        let out = t.dir.path().join("out.txt");
+        let mut spec = sh(
+            &t,
+            "signals",
+            "exec grep -E '^Sig(Ign|Blk)' /proc/self/status",
+        );
+        output_to(&mut spec, &out);
+        let mut w = t.sandbox.spawn(spec).await.unwrap();
+        assert_eq!(w.wait().await.unwrap(), ContainerExit::Code(0));
+        w.destroy().await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("SigIgn:\t0000000000000000"), "{text}");
+        assert!(text.contains("SigBlk:\t0000000000000000"), "{text}");
+        t.assert_nothing_left();
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn the_inside_of_a_worker_is_isolated_and_unprivileged() {
         let t = TestSandbox::new(1);

@@ -54,13 +54,30 @@ pub(crate) fn install_noop_handlers(signals: &[Signal]) -> nix::Result<()> {
     Ok(())
 }
 
-/// Resets `signals` to SIG_DFL (in the program's child before exec; exec would also reset
-/// handlers, this keeps the window before exec clean).
-pub(crate) fn default_handlers(signals: &[Signal]) -> nix::Result<()> {
-    let action = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for &s in signals {
-        // SAFETY: installing SIG_DFL involves no Rust code running in signal context.
-        unsafe { nix::sys::signal::sigaction(s, &action) }?;
+/// Resets every signal's disposition to SIG_DFL (in the program's child before exec). exec
+/// resets handlers but keeps SIG_IGN: workers started with SIGPIPE ignored (Rust's runtime
+/// ignores it in poold) and glibc's internal signals 32 and 33 too. glibc's sigaction
+/// refuses 32 and 33, hence the raw syscall.
+pub(crate) fn default_signal_dispositions() -> nix::Result<()> {
+    // The kernel's struct sigaction on x86-64 and arm64: handler, flags, restorer, mask.
+    // All zero is SIG_DFL with no flags and an empty mask.
+    let dfl = [0u64; 4];
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `dfl` outlives the call and has the kernel's sigaction size; the old action
+        // is not asked for (null); sigsetsize 8 is the kernel's sigset_t.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        nix::errno::Errno::result(rc)?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{Gid, Uid};
 
 use super::error::{Call, HelperError, OpError};
-use super::{HelperPlan, FORWARDED};
+use super::HelperPlan;
 use crate::sandbox::spec::{ResolvedUser, Rlimit, RlimitResource};
 use crate::sandbox::{seccomp, sys};
 
@@ -45,7 +45,7 @@ fn prepare(plan: &HelperPlan, userns: Option<BorrowedFd<'_>>) -> Result<(), Help
 }
 
 fn reset_signals() -> Result<(), OpError> {
-    sys::default_handlers(&FORWARDED).map_err(|e| OpError::call(Call::Sigaction, e))?;
+    sys::default_signal_dispositions().map_err(|e| OpError::call(Call::Sigaction, e))?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| OpError::call(Call::Sigprocmask, e))
 }
