@@ -158,6 +158,10 @@ pub enum PoolctlCommand {
     /// Re-read poold's config file and apply the difference (as SIGHUP does): a bad file
     /// or a change that needs a restart changes nothing.
     Reload,
+    /// Exec a fresh poold from the same path (as SIGUSR2 does): it takes over the listening
+    /// sockets and the workers; this one finishes its connections and exits. A new binary
+    /// that fails to start changes nothing.
+    Upgrade,
     /// Replace every worker of a service with one on another root file system, one at a
     /// time, surge first; the first failure rolls the replaced workers back. Lasts until
     /// the next reload.
@@ -343,6 +347,13 @@ pub async fn poolctl(args: PoolctlArgs) -> ExitCode {
                 output(json, text, &reply)
             })
         }
+        PoolctlCommand::Upgrade => client.upgrade().await.map(|reply| {
+            let text = format!(
+                "upgraded: poold pid {} handed over to pid {}",
+                reply.old_pid, reply.new_pid
+            );
+            output(json, text, &reply)
+        }),
         PoolctlCommand::Reload => client
             .reload()
             .await

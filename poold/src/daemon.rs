@@ -13,6 +13,7 @@ use crate::metrics::{Metrics, MetricsError};
 use crate::runtime::sandbox::SandboxRuntime;
 use crate::runtime::WorkerRuntime;
 use crate::supervisor::PoolHandle;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -69,18 +70,53 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         .transpose()?;
     // Members of control_group must be able to reach a socket kept in the state directory.
     let socket_group = group.filter(|_| daemon.control_socket.starts_with(&daemon.state_dir));
-    let state = crate::state_dir::StateDir::open(&daemon.state_dir, socket_group)?;
+    // After an upgrade: the previous poold's locked descriptor (never unlocked in between).
+    let inherited_lock = crate::upgrade::take("lock").map(std::fs::File::from);
+    let state = crate::state_dir::StateDir::open_inherited(
+        &daemon.state_dir,
+        socket_group,
+        inherited_lock,
+    )?;
     match crate::conn_limit::raise_nofile_limit() {
         Ok(limits) => crate::runtime::sandbox::set_worker_nofile(limits),
         Err(error) => warn!(%error, "raising RLIMIT_NOFILE failed"),
     }
     let runtime = Arc::new(SandboxRuntime::start(&config).await?);
-    let result = run(config, path, runtime.clone(), stop_signals()).await;
+    let result = run(
+        config,
+        path,
+        runtime.clone(),
+        stop_signals(),
+        state.lock_fd(),
+    )
+    .await;
+    if let (Err(error), true) = (&result, crate::upgrade::handover_pending()) {
+        // Started by an upgrade that failed: the previous poold still owns the workers,
+        // the bridge and the record; remove nothing.
+        tracing::error!(%error, "upgrade: the new poold failed to start; the old one keeps running");
+        std::process::exit(1);
+    }
+    if let Ok(Ended::HandedOver) = result {
+        // The new poold owns the workers, the bridge, the record and the lock now: exit
+        // without a destructor (they would tear down what it adopted, and unlocking the
+        // shared lock description would unlock it for the new poold too).
+        info!("upgrade: handed over; exiting");
+        std::process::exit(0);
+    }
     if let Err(error) = runtime.shutdown().await {
         warn!(%error, "removing the bridge or the cgroup parent failed");
     }
     state.release();
-    result
+    result.map(drop)
+}
+
+/// How [`run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// A stop signal: every worker is stopped; remove the rest.
+    Stopped,
+    /// An upgrade: a new poold runs everything; leave it all.
+    HandedOver,
 }
 
 /// Counts SIGINT and SIGTERM: the first stops poold gracefully, the second hurries it.
@@ -172,11 +208,19 @@ async fn run(
     path: PathBuf,
     runtime: Arc<dyn WorkerRuntime>,
     signals: watch::Receiver<u32>,
-) -> Result<(), DaemonError> {
+    lock_fd: std::os::fd::RawFd,
+) -> Result<Ended, DaemonError> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
+    let control_connections = crate::conn_limit::ConnLimiter::new(
+        "control",
+        server::CONTROL_MAX_CONNECTIONS,
+        server::CONTROL_MIN_IDLE,
+        0,
+    );
     let control_options = server::ServeOptions {
+        limiter: Some(control_connections.clone()),
         group: config
             .daemon
             .control_group
@@ -189,7 +233,7 @@ async fn run(
     let health = Arc::new(NetworkHealthChecker);
     let metrics = Metrics::new(balancer.kind());
     // Bound before any worker starts, so a taken port fails fast; dropped (stopped) on return.
-    let _metrics_server =
+    let metrics_server =
         crate::metrics::serve(config.daemon.metrics_listen, metrics.clone()).await?;
     let parts = DaemonParts {
         runtime,
@@ -203,8 +247,11 @@ async fn run(
         match parts.start_pool(Arc::new(service.clone())).await {
             Ok(pool) => pools.push(pool),
             Err(error) => {
-                for pool in &pools {
-                    pool.shutdown().await;
+                // At an upgrade the workers are the previous poold's: stop none of them.
+                if !crate::upgrade::handover_pending() {
+                    for pool in &pools {
+                        pool.shutdown().await;
+                    }
                 }
                 return Err(error.into());
             }
@@ -218,10 +265,14 @@ async fn run(
         path,
         config.clone(),
         pools.clone(),
-        parts,
+        parts.clone(),
     ));
-    let pools = pools.with_reloader(reloader.clone());
+    let (upgrader, mut upgrades) = tokio::sync::mpsc::channel(1);
+    let pools = pools
+        .with_reloader(reloader.clone())
+        .with_upgrader(upgrader.clone());
     let hangup = tokio::spawn(reload_on_sighup(reloader.clone()));
+    let user2 = tokio::spawn(upgrade_on_sigusr2(upgrader));
     let nth_signal = |n: u32| {
         let mut signals = signals.clone();
         async move {
@@ -229,13 +280,38 @@ async fn run(
             let _ = signals.wait_for(|count| *count >= n).await;
         }
     };
-    let served = server::serve(
-        &config.daemon.control_socket,
-        pools.clone(),
-        control_options,
-        nth_signal(1),
-    )
-    .await;
+    let mut control = {
+        let socket = config.daemon.control_socket.clone();
+        let pools = pools.clone();
+        let stop = nth_signal(1);
+        tokio::spawn(async move { server::serve(&socket, pools, control_options, stop).await })
+    };
+    let served = loop {
+        tokio::select! {
+            served = &mut control => break served.unwrap_or(Ok(())),
+            Some(reply) = upgrades.recv() => {
+                let mut fds = parts.balancer.handoff_listeners();
+                fds.push(("metrics".to_owned(), metrics_server.listener().as_raw_fd()));
+                fds.push(("lock".to_owned(), lock_fd));
+                match hand_over(&pools.snapshot(), fds).await {
+                    Ok(new_pid) => {
+                        let _ = reply.send(Ok(crate::control::UpgradeReply {
+                            old_pid: std::process::id(),
+                            new_pid,
+                        }));
+                        let drain = config.services.iter().map(|s| s.recycle.drain_timeout.get()).max();
+                        finish_hand_over(&parts, &control_connections, drain.unwrap_or_default()).await;
+                        return Ok(Ended::HandedOver);
+                    }
+                    Err(error) => {
+                        warn!(%error, "upgrade failed");
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+            }
+        }
+    };
+    user2.abort();
     hangup.abort();
     info!("shutting down: draining every service (a second SIGTERM or Ctrl-C hurries it)");
     let pools = pools.snapshot();
@@ -252,7 +328,7 @@ async fn run(
     };
     // Upstream balancers see 503 on /ready before any worker loses its weight.
     for pool in &pools {
-        let _ = pool.set_drained(true).await;
+        let _ = pool.drain_for_shutdown().await;
     }
     let delay = config.daemon.shutdown_delay.get();
     if !delay.is_zero() {
@@ -266,7 +342,75 @@ async fn run(
     futures::future::join_all(pools.iter().map(PoolHandle::shutdown)).await;
     hurry.abort();
     reloader.finish_retiring().await;
-    served.map_err(Into::into)
+    served.map(|()| Ended::Stopped).map_err(Into::into)
+}
+
+/// The old side of an upgrade: freezes every pool, execs the new poold with `fds` and
+/// waits until it is ready. On failure the pools thaw and nothing has changed.
+async fn hand_over(
+    pools: &[PoolHandle],
+    fds: Vec<(String, std::os::fd::RawFd)>,
+) -> Result<u32, crate::upgrade::UpgradeError> {
+    info!("upgrade: freezing every pool and starting the new poold");
+    let mut thaw = Vec::new();
+    for pool in pools {
+        thaw.extend(pool.freeze().await);
+    }
+    let started = crate::upgrade::exec_new(fds).await;
+    match &started {
+        Ok(pid) => {
+            info!(
+                new_pid = pid,
+                "upgrade: the new poold is ready; handing over"
+            );
+            // Never thawed: this process only finishes its connections now.
+            std::mem::forget(thaw);
+        }
+        Err(_) => drop(thaw),
+    }
+    started
+}
+
+/// After the new poold reported ready: stop accepting (the sockets stay open in the new
+/// one), stop reading worker output, let the clients this process holds finish (at most
+/// `drain`, the longest drain timeout), including the poolctl that asked.
+async fn finish_hand_over(
+    parts: &DaemonParts,
+    control: &crate::conn_limit::ConnLimiter,
+    drain: std::time::Duration,
+) {
+    parts.balancer.stop_accepting_all();
+    parts.runtime.detach_output();
+    let deadline = tokio::time::Instant::now() + drain;
+    loop {
+        let open = parts.balancer.open_connections() + control.open() as u64;
+        if open == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(open, "upgrade: drain timeout; closing the connections left");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGUSR2 means `poolctl upgrade`; the outcome is logged.
+async fn upgrade_on_sigusr2(upgrader: crate::control::Upgrader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut user2) = signal(SignalKind::user_defined2()) else {
+        warn!("no SIGUSR2 handler: upgrade only through poolctl");
+        return;
+    };
+    while user2.recv().await.is_some() {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if upgrader.send(reply).await.is_err() {
+            return;
+        }
+        if let Ok(Err(error)) = answer.await {
+            warn!(%error, "SIGUSR2 upgrade failed; still running");
+        }
+    }
 }
 
 /// SIGHUP means `poolctl reload`; the outcome is logged (by the reloader).

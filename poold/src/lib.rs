@@ -16,4 +16,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod state_dir;
 pub mod supervisor;
+pub mod upgrade;
 pub mod worker_output;

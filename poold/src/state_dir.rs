@@ -52,7 +52,20 @@ pub enum StateDirError {
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: Flock<File>,
+    /// `None` only while dropping.
+    lock: Option<Flock<File>>,
+    /// Handed over by a previous poold: the lock description is shared with it, so a drop
+    /// must not unlock it (a new poold failing at an upgrade would unlock the old one's).
+    inherited: bool,
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if self.inherited {
+            // Closed (and the lock let go) only when every holder has exited.
+            std::mem::forget(self.lock.take());
+        }
+    }
 }
 
 impl StateDir {
@@ -62,6 +75,17 @@ impl StateDir {
     /// group may use it, so the directory is 0710 and owned by the group (members can reach
     /// the socket, list nothing, and every subdirectory stays 0700).
     pub fn open(path: &Path, socket_group: Option<Gid>) -> Result<Self, StateDirError> {
+        Self::open_inherited(path, socket_group, None)
+    }
+
+    /// As [`StateDir::open`]; `inherited`: the locked lock file a previous poold handed
+    /// over at an upgrade. Locking it again succeeds (the same open file description holds
+    /// the lock), so the directory is never unlocked between the two processes.
+    pub fn open_inherited(
+        path: &Path,
+        socket_group: Option<Gid>,
+        inherited: Option<File>,
+    ) -> Result<Self, StateDirError> {
         let io = |operation, source| StateDirError::Io {
             path: path.to_owned(),
             operation,
@@ -87,14 +111,18 @@ impl StateDir {
         };
         std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
         let lock_path = path.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| io("open the lock file", e))?;
+        let was_inherited = inherited.is_some();
+        let file = match inherited {
+            Some(file) => file,
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(|e| io("open the lock file", e))?,
+        };
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -127,12 +155,19 @@ impl StateDir {
         info!(state_dir = %path.display(), pid, "state directory locked");
         Ok(Self {
             path: path.to_owned(),
-            _lock: lock,
+            lock: Some(lock),
+            inherited: was_inherited,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The locked descriptor, handed to a new poold at an upgrade.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        let lock = self.lock.as_ref().expect("locked until dropped");
+        std::os::fd::AsRawFd::as_raw_fd(&**lock)
     }
 
     /// At shutdown, after every worker is gone: removes the lock file, the empty

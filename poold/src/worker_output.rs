@@ -147,6 +147,13 @@ impl Capture {
         Self { tail, readers }
     }
 
+    /// Stops reading (another process reads the streams now).
+    pub fn abort(self) {
+        for reader in self.readers {
+            reader.abort();
+        }
+    }
+
     /// Waits until both streams have ended (every process of the worker closed them),
     /// at most `limit`: a process that escaped the worker's end must not hold up its exit.
     pub async fn finish(self, limit: Duration) {

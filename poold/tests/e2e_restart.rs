@@ -15,3 +15,8 @@ fn e2e_kill9_under_wrk_load_through_ipvs_loses_no_request_and_adopts_the_workers
     // Outside the workers' subnet (10.215.x.0/24) and not loopback.
     e2e_support::restart::kill9_and_restart_adopts_the_workers("ipvs", "10.212.9.1");
 }
+
+#[test]
+fn e2e_kill9_keeps_a_drained_slot_drained() {
+    e2e_support::restart::kill9_keeps_a_drained_slot_drained();
+}

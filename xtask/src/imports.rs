@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 /// meets the sandbox; `daemon` is the only place that wires rooms together.
 pub const LAYERS: &[&[&str]] = &[
     &["sandbox", "conn_limit", "state_dir", "worker_output"],
-    &["config"],
+    &["config", "upgrade"],
     &["balancer", "health"],
     &["runtime"],
     &["supervisor"],

@@ -117,6 +117,18 @@ impl BalancerError {
 #[async_trait]
 pub trait Balancer: Send + Sync + 'static {
     fn kind(&self) -> BalancerKind;
+    /// The listening sockets a new poold takes over at an upgrade, by name
+    /// (`proxy:SERVICE`); none when the kernel listens (IPVS).
+    fn handoff_listeners(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        Vec::new()
+    }
+    /// After an upgrade handed the listeners over: accept nothing more (the sockets stay
+    /// open in the new poold); open connections continue.
+    fn stop_accepting_all(&self) {}
+    /// Client connections this process relays (the proxy); 0 when the kernel forwards.
+    fn open_connections(&self) -> u64 {
+        0
+    }
     /// Creates the virtual service, or leaves an identical existing one alone.
     async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
     /// No new connections for the service (shutdown); open ones continue and stats keep

@@ -15,6 +15,10 @@
 //! (a flood of them, or a browser's speculative preconnects) never reach the workers.
 //! Both apply at once when changed (a reload calls `ensure_service` again).
 //!
+//! A client that finds no backend at all (after a restart or an upgrade the listener accepts
+//! before the pool has added its adopted workers) waits up to [`FIRST_BACKEND_WAIT`] for a
+//! first one, woken when a backend is added or weighted, and is closed only after that.
+//!
 //! Connections run on the proxy's own threads, one per CPU, each with a current-thread tokio
 //! runtime and its own epoll instance ([`Shards`]), as haproxy's threads do: every thread
 //! accepts from every listening socket and keeps the connections it accepted, so a
@@ -42,6 +46,10 @@ use tracing::{debug, info, warn};
 
 /// How long to wait for a backend to accept before trying another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client that finds no backend at all waits for a first one before it is
+/// closed: after a restart or an upgrade the listener accepts before the pool has added the
+/// workers it adopted (milliseconds on a host, ~0.4 s in the VM).
+const FIRST_BACKEND_WAIT: Duration = CONNECT_TIMEOUT;
 
 #[derive(Debug)]
 struct Backend {
@@ -54,12 +62,67 @@ struct Backend {
     removed: watch::Sender<bool>,
 }
 
+/// A service's backends, and a signal for the clients waiting for a first one.
+#[derive(Debug, Default)]
+struct Backends {
+    list: Mutex<Vec<Arc<Backend>>>,
+    /// Sent when a backend is added or given a weight: a client that found none tries again.
+    schedulable: watch::Sender<()>,
+}
+
+impl Backends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Backend>>> {
+        self.list.lock().expect("proxy backends lock")
+    }
+
+    /// Weighted least-connection: the lowest active/weight among weighted backends not yet
+    /// tried; counts the connection as active before releasing the lock so that concurrent
+    /// accepts spread out.
+    fn choose(&self, tried: &[SocketAddr]) -> Option<ActiveGuard> {
+        let backends = self.lock();
+        let best = backends
+            .iter()
+            .filter(|b| b.weight.load(Ordering::SeqCst) > 0 && !tried.contains(&b.addr))
+            .min_by(|a, b| {
+                // a.active / a.weight < b.active / b.weight, without division.
+                let left = u128::from(a.active.load(Ordering::SeqCst))
+                    * u128::from(b.weight.load(Ordering::SeqCst));
+                let right = u128::from(b.active.load(Ordering::SeqCst))
+                    * u128::from(a.weight.load(Ordering::SeqCst));
+                left.cmp(&right)
+            })?;
+        best.active.fetch_add(1, Ordering::SeqCst);
+        Some(ActiveGuard(best.clone()))
+    }
+
+    /// The first choice for a new client: when no backend can take it yet, waits up to
+    /// [`FIRST_BACKEND_WAIT`] for one to be added or weighted (no polling) instead of
+    /// closing the client at once.
+    async fn choose_first(&self) -> Option<ActiveGuard> {
+        let deadline = tokio::time::Instant::now() + FIRST_BACKEND_WAIT;
+        // Subscribed before looking: a backend added from now on wakes this client.
+        let mut changed = self.schedulable.subscribe();
+        loop {
+            if let Some(guard) = self.choose(&[]) {
+                return Some(guard);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline passed (or the service is gone with its sender).
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ProxyService {
     listen: SocketAddr,
-    backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    backends: Arc<Backends>,
     limiter: ConnLimiter,
     wait_for_data: Arc<AtomicBool>,
+    /// Kept for an upgrade: handed to the new poold.
+    listener: std::net::TcpListener,
     /// One accept loop per proxy thread, each on its own descriptor of the listening socket:
     /// the socket closes when the last one ends.
     acceptors: Vec<JoinHandle<()>>,
@@ -148,6 +211,18 @@ impl ProxyBalancer {
         Self::default()
     }
 
+    /// Clients waiting for a first backend look again (nothing to do without them).
+    fn wake_waiting_clients(&self, service: &VirtualService) {
+        if let Some(entry) = self
+            .services
+            .lock()
+            .expect("proxy services lock")
+            .get(&service.name)
+        {
+            entry.backends.schedulable.send_replace(());
+        }
+    }
+
     fn with_backends<T>(
         &self,
         service: &VirtualService,
@@ -159,7 +234,7 @@ impl ProxyBalancer {
             .ok_or_else(|| BalancerError::NoSuchService {
                 service: service.name.clone(),
             })?;
-        let mut backends = entry.backends.lock().expect("proxy backends lock");
+        let mut backends = entry.backends.lock();
         f(&mut backends)
     }
 
@@ -173,31 +248,11 @@ impl ProxyBalancer {
     }
 }
 
-/// Weighted least-connection: the lowest active/weight among weighted backends not yet
-/// tried; counts the connection as active before releasing the lock so that concurrent
-/// accepts spread out.
-fn choose(backends: &Mutex<Vec<Arc<Backend>>>, tried: &[SocketAddr]) -> Option<ActiveGuard> {
-    let backends = backends.lock().expect("proxy backends lock");
-    let best = backends
-        .iter()
-        .filter(|b| b.weight.load(Ordering::SeqCst) > 0 && !tried.contains(&b.addr))
-        .min_by(|a, b| {
-            // a.active / a.weight < b.active / b.weight, without division.
-            let left = u128::from(a.active.load(Ordering::SeqCst))
-                * u128::from(b.weight.load(Ordering::SeqCst));
-            let right = u128::from(b.active.load(Ordering::SeqCst))
-                * u128::from(a.weight.load(Ordering::SeqCst));
-            left.cmp(&right)
-        })?;
-    best.active.fetch_add(1, Ordering::SeqCst);
-    Some(ActiveGuard(best.clone()))
-}
-
 async fn serve_client(
     service: String,
     client: TcpStream,
     peer: SocketAddr,
-    backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    backends: Arc<Backends>,
     admission: Admission,
     wait_for_data: bool,
 ) {
@@ -224,7 +279,18 @@ async fn serve_client(
     }
     let mut tried = Vec::new();
     loop {
-        let Some(guard) = choose(&backends, &tried) else {
+        let chosen = if tried.is_empty() {
+            tokio::select! {
+                chosen = backends.choose_first() => chosen,
+                () = admission.evicted() => {
+                    debug!(service = %service, client = %peer, "closed while waiting for a backend, to make room for a new client");
+                    return;
+                }
+            }
+        } else {
+            backends.choose(&tried)
+        };
+        let Some(guard) = chosen else {
             warn!(service = %service, client = %peer, tried = tried.len(), "no backend available; closing the connection");
             return;
         };
@@ -446,7 +512,7 @@ async fn splice_through(
 async fn accept_loop(
     name: String,
     listener: std::net::TcpListener,
-    backends: Arc<Mutex<Vec<Arc<Backend>>>>,
+    backends: Arc<Backends>,
     limiter: ConnLimiter,
     wait_for_data: Arc<AtomicBool>,
 ) {
@@ -485,6 +551,27 @@ impl Balancer for ProxyBalancer {
         BalancerKind::Proxy
     }
 
+    fn handoff_listeners(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        let services = self.services.lock().expect("proxy services lock");
+        services
+            .iter()
+            .map(|(name, s)| (format!("proxy:{name}"), s.listener.as_raw_fd()))
+            .collect()
+    }
+
+    fn stop_accepting_all(&self) {
+        for service in self.services.lock().expect("proxy services lock").values() {
+            service.stop_accepting();
+        }
+    }
+
+    fn open_connections(&self) -> u64 {
+        let services = self.services.lock().expect("proxy services lock");
+        // Every admitted client, spliced or still waiting for its first bytes.
+        services.values().map(|s| s.limiter.open() as u64).sum()
+    }
+
     async fn ensure_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         if let Some(existing) = self
             .services
@@ -503,15 +590,22 @@ impl Balancer for ProxyBalancer {
             source,
         };
         let shards = self.shards().map_err(listen_error)?;
-        // Bound here (tokio's backlog of 1024), then one descriptor per proxy thread.
-        let listener = TcpListener::bind(service.listen)
-            .await
-            .and_then(TcpListener::into_std)
-            .map_err(listen_error)?;
+        // Bound here (tokio's backlog of 1024), then one descriptor per proxy thread; after
+        // an upgrade the previous poold's socket, never closed.
+        let inherited =
+            crate::upgrade::take_listener(&format!("proxy:{}", service.name), service.listen);
+        let listener = match inherited {
+            Some(listener) => listener,
+            None => TcpListener::bind(service.listen)
+                .await
+                .and_then(TcpListener::into_std)
+                .map_err(listen_error)?,
+        };
+        listener.set_nonblocking(true).map_err(listen_error)?;
         // Accepted sockets inherit it: one setsockopt per service, not per client.
         setsockopt(&listener, sockopt::TcpNoDelay, &true)
             .map_err(|errno| listen_error(errno.into()))?;
-        let backends: Arc<Mutex<Vec<Arc<Backend>>>> = Arc::default();
+        let backends: Arc<Backends> = Arc::default();
         // Two descriptors per client: its own socket and the one to the worker.
         let limiter = ConnLimiter::new("proxy", service.clients.max, CLIENT_MIN_IDLE, 2);
         let wait_for_data = Arc::new(AtomicBool::new(
@@ -536,6 +630,7 @@ impl Balancer for ProxyBalancer {
                 backends,
                 limiter,
                 wait_for_data,
+                listener,
                 acceptors,
             },
         );
@@ -589,7 +684,9 @@ impl Balancer for ProxyBalancer {
                 removed: watch::Sender::new(false),
             }));
             Ok(())
-        })
+        })?;
+        self.wake_waiting_clients(service);
+        Ok(())
     }
 
     async fn set_weight(
@@ -605,7 +702,11 @@ impl Balancer for ProxyBalancer {
                 .ok_or_else(|| BalancerError::no_such_backend(service, backend))?;
             entry.weight.store(weight, Ordering::SeqCst);
             Ok(())
-        })
+        })?;
+        if weight > 0 {
+            self.wake_waiting_clients(service);
+        }
+        Ok(())
     }
 
     async fn remove_backend(

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 fn main() -> anyhow::Result<ExitCode> {
     // Must come first: the sandbox re-executes this binary as the worker helper.
     poold::sandbox::maybe_run_helper();
+    // Before any thread: the descriptors an upgrading poold handed over.
+    poold::upgrade::take_inherited_from_env()?;
     let args = PooldArgs::parse();
     if let Some(PooldCommand::Check { file }) = &args.command {
         return Ok(poold::cli::check(file));

@@ -72,6 +72,10 @@ impl ControlClient {
         self.call("POST", &path, None).await
     }
 
+    pub async fn upgrade(&self) -> Result<super::UpgradeReply, ControlError> {
+        self.call("POST", "/v1/upgrade", None).await
+    }
+
     pub async fn reload(&self) -> Result<ReloadReply, ControlError> {
         self.call("POST", "/v1/reload", None).await
     }

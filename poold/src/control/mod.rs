@@ -6,6 +6,7 @@
 //!   `{"wait": bool, "timeout_secs": S|null}` -> `DrainReply`
 //! - `POST /v1/services/{name}/undrain`, `POST /v1/undrain` -> `DrainReply`
 //! - `POST /v1/reload` -> `ReloadReply` (re-reads the config file, applies the difference)
+//! - `POST /v1/upgrade` -> `UpgradeReply` (execs a new poold and hands everything over)
 //! - `POST /v1/services/{name}/deploy` with `{"rootfs": "...", "wait": bool}` -> `DeployReply`
 //! - `POST /v1/services/{name}/slots/{slot}/drain` and `.../undrain` -> `SlotDrainReply`
 //! - `POST /v1/services/{name}/scale` with `{"workers": N}` -> `ScaleReply`
@@ -52,6 +53,17 @@ pub struct DrainReply {
     /// With `wait`: the services had no active connection for the settle period.
     pub settled: bool,
 }
+
+/// The old and the new poold's pids after a successful upgrade.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    pub old_pid: u32,
+    pub new_pid: u32,
+}
+
+/// Asks the daemon for an upgrade; the answer is the reply or the reason it failed.
+pub type Upgrader =
+    tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<UpgradeReply, String>>>;
 
 /// What a reload applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ use tracing::info;
 pub struct Pools {
     list: Arc<RwLock<Vec<PoolHandle>>>,
     reloader: Option<Arc<dyn Reloader>>,
+    upgrader: Option<super::Upgrader>,
 }
 
 impl Pools {
@@ -31,7 +32,14 @@ impl Pools {
         Self {
             list: Arc::new(RwLock::new(pools)),
             reloader: None,
+            upgrader: None,
         }
+    }
+
+    /// What `POST /v1/upgrade` asks.
+    pub fn with_upgrader(mut self, upgrader: super::Upgrader) -> Self {
+        self.upgrader = Some(upgrader);
+        self
     }
 
     /// What `POST /v1/reload` calls.
@@ -81,6 +89,7 @@ pub fn router(pools: Pools) -> Router {
         .route("/v1/drain", post(drain_all))
         .route("/v1/undrain", post(undrain_all))
         .route("/v1/reload", post(reload))
+        .route("/v1/upgrade", post(upgrade))
         .route("/v1/services/{name}/deploy", post(deploy))
         .route("/v1/services/{name}/slots/{slot}/drain", post(drain_slot))
         .route(
@@ -321,6 +330,22 @@ async fn recycle(
     }))
 }
 
+async fn upgrade(State(pools): State<Pools>) -> ApiResult<super::UpgradeReply> {
+    let unavailable = || {
+        api_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "upgrade is not available here".to_owned(),
+        )
+    };
+    let upgrader = pools.upgrader.clone().ok_or_else(unavailable)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    upgrader.send(reply).await.map_err(|_| unavailable())?;
+    match answer.await.map_err(|_| unavailable())? {
+        Ok(reply) => Ok(Json(reply)),
+        Err(error) => Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, error)),
+    }
+}
+
 async fn reload(State(pools): State<Pools>) -> ApiResult<ReloadReply> {
     let reloader = pools.reloader.clone().ok_or_else(|| {
         api_error(
@@ -406,6 +431,9 @@ pub struct ServeOptions {
     /// Members of this group may connect too (socket 0660, directories poold makes for it
     /// 0710, owned by the group); `None`: root only (0600 and 0700).
     pub group: Option<Gid>,
+    /// The connection limiter to use (the daemon counts open control connections with it
+    /// at an upgrade); `None`: a new one.
+    pub limiter: Option<ConnLimiter>,
 }
 
 /// Serves the API on a Unix socket until `shutdown` resolves. Replaces a stale socket file;
@@ -433,9 +461,13 @@ pub async fn serve(
         }
         let listener = bind_private(path, options.group).map_err(socket_error)?;
         info!(socket = %path.display(), group = ?options.group.map(Gid::as_raw), "control socket listening");
+        // Last step of a start: a previous poold waiting on an upgrade may hand over now.
+        crate::upgrade::report_ready();
         // 0 descriptors against the shared budget: the control socket's few connections
         // come out of the reserve, so clients of the proxy or /metrics can never starve it.
-        let limiter = ConnLimiter::new("control", CONTROL_MAX_CONNECTIONS, CONTROL_MIN_IDLE, 0);
+        let limiter = options.limiter.clone().unwrap_or_else(|| {
+            ConnLimiter::new("control", CONTROL_MAX_CONNECTIONS, CONTROL_MIN_IDLE, 0)
+        });
         let router = router(pools);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {

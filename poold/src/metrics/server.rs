@@ -24,12 +24,19 @@ pub const METRICS_MIN_IDLE: Duration = Duration::from_secs(1);
 pub struct MetricsServer {
     local_addr: SocketAddr,
     task: JoinHandle<()>,
+    /// The listening socket, for handing over at an upgrade.
+    listener: std::net::TcpListener,
 }
 
 impl MetricsServer {
     /// The bound address (tells the port when `metrics_listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The listening socket (a new poold takes it over at an upgrade).
+    pub fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
     }
 }
 
@@ -113,9 +120,17 @@ async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response 
 /// Binds `listen` (an error now, before any worker starts, if it is taken) and serves
 /// `/metrics` in the background until the returned server is dropped.
 pub async fn serve(listen: SocketAddr, metrics: Metrics) -> Result<MetricsServer, MetricsError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| MetricsError::Bind { listen, source })?;
+    let bind_error = |source| MetricsError::Bind { listen, source };
+    let std_listener = match crate::upgrade::take_listener("metrics", listen) {
+        Some(inherited) => inherited,
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .and_then(tokio::net::TcpListener::into_std)
+            .map_err(bind_error)?,
+    };
+    std_listener.set_nonblocking(true).map_err(bind_error)?;
+    let handoff = std_listener.try_clone().map_err(bind_error)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| MetricsError::Bind { listen, source })?;
@@ -136,5 +151,9 @@ pub async fn serve(listen: SocketAddr, metrics: Metrics) -> Result<MetricsServer
             }
         }
     });
-    Ok(MetricsServer { local_addr, task })
+    Ok(MetricsServer {
+        local_addr,
+        task,
+        listener: handoff,
+    })
 }

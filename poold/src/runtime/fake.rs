@@ -46,6 +46,10 @@ pub struct RuntimeState {
     /// Workers of an earlier run offered for adoption ([`FakeRuntime::restarted`]).
     pub adoptable: Vec<WorkerId>,
     pub highest_adopted: Option<WorkerId>,
+    /// Operator state by service, as the pools saved it.
+    pub operator: HashMap<String, OperatorState>,
+    /// What an earlier run saved, offered once per service ([`FakeRuntime::restarted`]).
+    pub operator_restored: HashMap<String, OperatorState>,
 }
 
 /// A runtime whose workers are entries in a map. Addresses are never reused, as the real
@@ -72,6 +76,8 @@ impl FakeRuntime {
         let old = self.state();
         let mut state = RuntimeState {
             next_host: old.next_host,
+            operator: old.operator.clone(),
+            operator_restored: old.operator.clone(),
             ..RuntimeState::default()
         };
         for (id, worker) in &old.workers {
@@ -195,6 +201,19 @@ impl WorkerRuntime for FakeRuntime {
 
     fn last_output(&self, worker: WorkerId) -> Option<String> {
         self.state().workers.get(&worker)?.last_output.clone()
+    }
+
+    fn save_operator_state(&self, service: &str, state: &OperatorState) {
+        let mut runtime = self.state();
+        if *state == OperatorState::default() {
+            runtime.operator.remove(service);
+        } else {
+            runtime.operator.insert(service.to_owned(), state.clone());
+        }
+    }
+
+    fn take_operator_state(&self, service: &str) -> Option<OperatorState> {
+        self.state().operator_restored.remove(service)
     }
 
     fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {

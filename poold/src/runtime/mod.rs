@@ -23,6 +23,19 @@ use std::sync::Arc;
 #[serde(transparent)]
 pub struct WorkerId(pub u64);
 
+/// What an operator changed on a service at run time, kept in the state record so that a
+/// restart or an upgrade keeps it (the default: nothing changed, nothing recorded).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OperatorState {
+    /// `poolctl drain SERVICE` (or `--all`): readiness answers 503.
+    pub drained: bool,
+    /// `poolctl scale`: the worker count in force, when it is not the config's.
+    pub scaled_to: Option<u32>,
+    /// The workers `poolctl drain SERVICE/SLOT` put at weight 0.
+    pub drained_workers: std::collections::BTreeSet<WorkerId>,
+}
+
 impl fmt::Display for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "w{}", self.0)
@@ -144,6 +157,8 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn take_adopted(&self, _service: &ServiceConfig) -> Vec<AdoptedWorker> {
         Vec::new()
     }
+    /// An upgrade handed the workers to a new poold: stop reading their output.
+    fn detach_output(&self) {}
     /// The highest id of any worker adopted at start (of any service): new workers get
     /// higher ones.
     fn highest_adopted(&self) -> Option<WorkerId> {
@@ -152,4 +167,11 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// Stops and tears down the adopted workers no pool took (their service is gone from
     /// the config), once every pool has started.
     async fn stop_unclaimed(&self) {}
+    /// Keeps `state` as `service`'s operator state in the state record (written at once).
+    fn save_operator_state(&self, _service: &str, _state: &OperatorState) {}
+    /// The operator state an earlier run recorded for `service` (once: a second call
+    /// returns none).
+    fn take_operator_state(&self, _service: &str) -> Option<OperatorState> {
+        None
+    }
 }

@@ -5,8 +5,8 @@
 //! wait, is carried out, and the wait resumes).
 
 use super::{
-    AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, RuntimeFailure, SpawnedWorker,
-    StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
+    AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, RuntimeFailure,
+    SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
 use crate::config::{Config, RootfsSource, ServiceConfig, SignalName};
 use crate::sandbox::{
@@ -35,6 +35,8 @@ pub const ADDRESS_QUARANTINE: Duration = Duration::from_secs(150);
 enum Request {
     Signal(Signal),
     Destroy(oneshot::Sender<Result<(), sandbox::SandboxError>>),
+    /// An upgrade handed the worker to a new poold, which reads its output from now on.
+    DetachOutput,
 }
 
 struct Entry {
@@ -59,6 +61,9 @@ struct StateRecord {
     version: u32,
     workers: Vec<WorkerRecord>,
     quarantine: Vec<QuarantinedAddress>,
+    /// What operators changed at run time, by service (absent in older records).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    operator: BTreeMap<String, OperatorState>,
 }
 
 /// One live worker: the supervisor's names for it and the sandbox's objects.
@@ -96,6 +101,10 @@ pub struct SandboxRuntime {
     /// Workers adopted at start that no pool has taken yet.
     adopted: Mutex<Vec<WorkerRecord>>,
     highest_adopted: Option<WorkerId>,
+    /// Operator state by service, as the pools saved it (written with the record).
+    operator: Mutex<BTreeMap<String, OperatorState>>,
+    /// What the record held at start, offered once to each service's pool.
+    operator_restored: Mutex<BTreeMap<String, OperatorState>>,
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -294,6 +303,8 @@ impl SandboxRuntime {
             records: Mutex::default(),
             adopted: Mutex::default(),
             highest_adopted: None,
+            operator: Mutex::new(record.operator.clone()),
+            operator_restored: Mutex::new(record.operator),
         };
         let mut kept = HashSet::new();
         for worker in record.workers {
@@ -347,6 +358,11 @@ impl SandboxRuntime {
     /// not the running pool.
     fn write_record(&self) {
         let records = self.records_lock();
+        let operator = self
+            .operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let now = std::time::SystemTime::now();
         let record = StateRecord {
             version: RECORD_VERSION,
@@ -360,6 +376,7 @@ impl SandboxRuntime {
                     until_unix_ms: unix_ms(now + left),
                 })
                 .collect(),
+            operator,
         };
         let written = serde_json::to_vec_pretty(&record)
             .map_err(std::io::Error::other)
@@ -486,6 +503,11 @@ async fn own_worker(
                     error!(worker.id = %id, %error, "signal failed");
                 }
             }
+            Some(Request::DetachOutput) => {
+                if let Some(output) = output.take() {
+                    output.abort();
+                }
+            }
             Some(Request::Destroy(reply)) => break Some(reply),
             // The runtime forgot the worker: tear it down anyway.
             None => break None,
@@ -591,6 +613,12 @@ impl WorkerRuntime for SandboxRuntime {
         result
     }
 
+    fn detach_output(&self) {
+        for entry in self.workers.lock().expect("workers lock").values() {
+            let _ = entry.requests.send(Request::DetachOutput);
+        }
+    }
+
     fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {
         let mut adopted = self.adopted_lock();
         let (mine, others) = std::mem::take(&mut *adopted)
@@ -617,6 +645,25 @@ impl WorkerRuntime for SandboxRuntime {
 
     fn highest_adopted(&self) -> Option<WorkerId> {
         self.highest_adopted
+    }
+
+    fn save_operator_state(&self, service: &str, state: &OperatorState) {
+        {
+            let mut operator = self.operator.lock().unwrap_or_else(|e| e.into_inner());
+            if *state == OperatorState::default() {
+                operator.remove(service);
+            } else {
+                operator.insert(service.to_owned(), state.clone());
+            }
+        }
+        self.write_record();
+    }
+
+    fn take_operator_state(&self, service: &str) -> Option<OperatorState> {
+        self.operator_restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(service)
     }
 
     async fn stop_unclaimed(&self) {

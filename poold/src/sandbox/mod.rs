@@ -23,7 +23,7 @@ mod net;
 mod rootfs;
 mod seccomp;
 mod spec;
-mod sys;
+pub(crate) mod sys;
 
 pub use sys::limit_malloc_arenas;
 

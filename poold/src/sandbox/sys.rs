@@ -202,6 +202,42 @@ pub(crate) fn watch_pidfd(
     registered.map_err(std::io::Error::from)
 }
 
+/// Takes ownership of descriptor `fd` handed over by the previous poold at an upgrade and
+/// marks it close-on-exec again (it was inherited without).
+pub(crate) fn own_inherited_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: called once per name at start, before any thread or other owner exists; the
+    // previous poold passed this descriptor to this process for exactly this use (its
+    // number comes from POOLD_INHERITED_FDS or POOLD_READY_FD, parsed once).
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    owned
+}
+
+/// Makes `fds` survive the exec of `command` (clears close-on-exec in the child only, so
+/// no other process poold starts meanwhile inherits them).
+pub(crate) fn keep_fds_across_exec(
+    command: &mut std::process::Command,
+    fds: Vec<std::os::fd::RawFd>,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl(2),
+    // which is async-signal-safe; it allocates nothing (the Vec was built before fork).
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Caps glibc's malloc arenas at `arenas` (default: 8 per CPU). poold's short-lived blocking
 /// threads (spawns, teardowns) each got an arena of their own, and what they freed stayed
 /// resident there: with 1,000 workers poold held 145 MiB, 83 MiB with two arenas.

@@ -40,3 +40,24 @@ fn a_control_group_may_traverse_to_the_socket_only() {
     }
     held.release();
 }
+
+/// An upgrade hands the locked descriptor over: the new holder takes it without the
+/// directory ever being unlocked, while any other open is still refused.
+#[test]
+fn the_inherited_lock_is_taken_over_and_stays_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let old = StateDir::open(&state, None).unwrap();
+    let handed = File::from(
+        std::os::fd::AsFd::as_fd(&**old.lock.as_ref().unwrap())
+            .try_clone_to_owned()
+            .unwrap(),
+    );
+    let new = StateDir::open_inherited(&state, None, Some(handed)).unwrap();
+    // A new poold that fails drops its StateDir: the old one's lock must hold.
+    drop(new);
+    let other = StateDir::open(&state, None).unwrap_err().to_string();
+    assert!(other.contains("in use by another poold"), "{other}");
+    old.release();
+    StateDir::open(&state, None).unwrap().release();
+}

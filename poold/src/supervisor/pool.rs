@@ -13,8 +13,8 @@ use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, Virtu
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
-    AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId,
-    WorkerRuntime, WorkerSpec,
+    AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, SpawnedWorker,
+    StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -85,9 +85,16 @@ pub enum PoolCommand {
     /// A shutdown under way stops waiting for connections: every draining worker is
     /// stopped now, as at its drain timeout (the operator's second SIGTERM or Ctrl-C).
     HurryShutdown,
+    /// An upgrade hands the workers to a new poold: the pool does nothing at all (no probe,
+    /// no recycle, no teardown) until `thaw` fires or is dropped; `frozen` says it stopped.
+    Freeze {
+        frozen: oneshot::Sender<()>,
+        thaw: oneshot::Receiver<()>,
+    },
     /// Take the service out of (or back into) the fleet: only what the readiness endpoint
-    /// says changes; the workers keep serving.
-    SetDrained { drained: bool },
+    /// says changes; the workers keep serving. `operator`: asked by an operator (kept in
+    /// the state record), not by poold's own shutdown.
+    SetDrained { drained: bool, operator: bool },
     /// A reloaded config for this service: in-place keys apply at once, the pool resizes
     /// to its `workers`; with `roll` (a key that changes what a worker is) the generation
     /// goes up and every worker is replaced by a surge recycle. Replies the generation.
@@ -220,7 +227,22 @@ impl PoolHandle {
     /// Marks the service drained (or not) for the readiness endpoint.
     pub async fn set_drained(&self, drained: bool) -> Result<(), String> {
         self.commands
-            .send(PoolCommand::SetDrained { drained })
+            .send(PoolCommand::SetDrained {
+                drained,
+                operator: true,
+            })
+            .await
+            .map_err(|_| format!("service {} is not running", self.name))
+    }
+
+    /// Readiness 503 before a stop: not an operator's drain, so a poold killed during its
+    /// stop does not come back drained.
+    pub async fn drain_for_shutdown(&self) -> Result<(), String> {
+        self.commands
+            .send(PoolCommand::SetDrained {
+                drained: true,
+                operator: false,
+            })
             .await
             .map_err(|_| format!("service {} is not running", self.name))
     }
@@ -303,6 +325,19 @@ impl PoolHandle {
     /// a pool that is not shutting down.
     pub async fn hurry_shutdown(&self) {
         let _ = self.commands.send(PoolCommand::HurryShutdown).await;
+    }
+
+    /// Freezes the pool (see [`PoolCommand::Freeze`]) and waits until it is frozen; it thaws
+    /// when the returned sender fires or is dropped.
+    pub async fn freeze(&self) -> Option<oneshot::Sender<()>> {
+        let (frozen, stopped) = oneshot::channel();
+        let (thaw_tx, thaw) = oneshot::channel();
+        self.commands
+            .send(PoolCommand::Freeze { frozen, thaw })
+            .await
+            .ok()?;
+        stopped.await.ok()?;
+        Some(thaw_tx)
     }
 
     /// Stops the pool gracefully and waits until every worker is gone (at most about
@@ -579,6 +614,10 @@ pub struct ServicePool {
     /// The earliest drain settle to act on at once rather than at the next tick (a
     /// recycle's old worker stops as soon as it may).
     wake_at: Option<Instant>,
+    /// The operator state last kept in the runtime's record (saved again when it changes).
+    operator_saved: std::sync::Mutex<OperatorState>,
+    /// `poolctl drain SERVICE` (the readiness drain before a stop is not the operator's).
+    operator_drained: bool,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -614,7 +653,17 @@ impl ServicePool {
         }
         let mut adopted = runtime.take_adopted(&config);
         adopted.sort_by_key(|a| a.id);
-        reconcile_backends(&*balancer, &service, &config, &adopted).await;
+        // What operators changed before a restart or an upgrade holds on.
+        let restored = runtime.take_operator_state(&config.name);
+        let operator = restored.clone().unwrap_or_default();
+        reconcile_backends(
+            &*balancer,
+            &service,
+            &config,
+            &adopted,
+            &operator.drained_workers,
+        )
+        .await;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands) = mpsc::channel(16);
         let initial = ServiceStatus {
@@ -659,8 +708,21 @@ impl ServicePool {
             usage_cursor: WorkerId(0),
             probe_rng: fastrand::Rng::with_seed(probe_seed),
             wake_at: None,
+            operator_saved: std::sync::Mutex::default(),
+            operator_drained: false,
         };
-        for displaced in pool.adopt(&adopted) {
+        if let Some(restored) = &restored {
+            info!(service = %pool.service.name, drained = restored.drained, scaled_to = ?restored.scaled_to,
+                drained_workers = ?restored.drained_workers, "operator state restored");
+            // Before adopting: the workers of slots a scale-up added are kept, not displaced.
+            if let Some(workers) = restored.scaled_to {
+                pool.set_desired(workers).await;
+            }
+            pool.operator_drained = restored.drained;
+            pool.status
+                .send_modify(|status| status.drained = restored.drained);
+        }
+        for displaced in pool.adopt(&adopted, &operator.drained_workers) {
             pool.retire(displaced, RecycleReason::Manual).await;
         }
         let name = pool.config.name.clone();
@@ -677,7 +739,8 @@ impl ServicePool {
     /// The newest of a slot serves it; returns the others and those of slots beyond the
     /// count, to be drained and stopped. One that does not match the config is of
     /// generation 0, so the next advance rolls it.
-    fn adopt(&mut self, adopted: &[AdoptedWorker]) -> Vec<WorkerId> {
+    /// Those in `drained` stay drained (weight 0) as `poolctl drain SERVICE/SLOT` left them.
+    fn adopt(&mut self, adopted: &[AdoptedWorker], drained: &BTreeSet<WorkerId>) -> Vec<WorkerId> {
         let mut displaced = Vec::new();
         let now = Instant::now();
         for worker in adopted {
@@ -705,7 +768,7 @@ impl ServicePool {
                         retire_at,
                         oom_baseline: None,
                         replacing: None,
-                        drained: false,
+                        drained: drained.contains(&worker.id),
                     },
                     spawned_at: now,
                     stats: None,
@@ -987,10 +1050,19 @@ impl ServicePool {
                 let _ = reply.send(result);
             }
             PoolCommand::Shutdown { done } => self.begin_shutdown(Some(done)).await,
+            PoolCommand::Freeze { frozen, thaw } => {
+                let _ = frozen.send(());
+                let _ = thaw.await;
+                info!(service = %self.service.name, "pool thawed: supervising again");
+            }
             PoolCommand::HurryShutdown => self.hurry_shutdown(),
-            PoolCommand::SetDrained { drained } => {
-                info!(service = %self.service.name, drained, "readiness drain changed");
+            PoolCommand::SetDrained { drained, operator } => {
+                info!(service = %self.service.name, drained, operator, "readiness drain changed");
                 self.status.send_modify(|status| status.drained = drained);
+                if operator {
+                    self.operator_drained = drained;
+                    self.save_operator_state();
+                }
             }
             PoolCommand::Reconfigure {
                 config,
@@ -2098,6 +2170,38 @@ impl ServicePool {
             status.workers = workers;
             status.slots = slots;
         });
+        self.save_operator_state();
+    }
+
+    /// What operators changed on this service: the service drain, a scale, drained slots.
+    fn operator_state(&self) -> OperatorState {
+        OperatorState {
+            drained: self.operator_drained,
+            scaled_to: (self.desired != self.config.workers).then_some(self.desired),
+            drained_workers: self
+                .workers
+                .values()
+                .filter(|w| matches!(w.phase, Phase::Ready { drained: true, .. }))
+                .map(|w| w.id)
+                .collect(),
+        }
+    }
+
+    /// Keeps the operator state in the runtime's record when it changed, so that a restart
+    /// or an upgrade restores it. Not while shutting down: a stop ends it (the record goes).
+    fn save_operator_state(&self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let state = self.operator_state();
+        let mut saved = self
+            .operator_saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *saved != state {
+            self.runtime.save_operator_state(&self.service.name, &state);
+            *saved = state;
+        }
     }
 }
 
@@ -2110,28 +2214,44 @@ async fn reconcile_backends(
     service: &VirtualService,
     config: &ServiceConfig,
     adopted: &[AdoptedWorker],
+    drained: &BTreeSet<WorkerId>,
 ) {
     let present = balancer.backend_stats(service).await.unwrap_or_default();
     let wanted: Vec<SocketAddr> = adopted
         .iter()
         .map(|a| SocketAddr::new(a.addr, config.port))
         .collect();
+    // An operator's slot drain holds across the restart: that backend stays at 0.
+    let weight_of = |backend: &SocketAddr| {
+        let drained = adopted
+            .iter()
+            .any(|a| drained.contains(&a.id) && SocketAddr::new(a.addr, config.port) == *backend);
+        if drained {
+            0
+        } else {
+            config.weight
+        }
+    };
     for (backend, stats) in &present {
         if !wanted.contains(backend) {
             info!(service = %service.name, %backend, "removing a backend of an earlier run whose worker is gone");
             if let Err(error) = balancer.remove_backend(service, *backend).await {
                 warn!(service = %service.name, %backend, %error, "removing a stale backend failed");
             }
-        } else if stats.weight != config.weight {
-            info!(service = %service.name, %backend, weight = stats.weight, to = config.weight,
+        } else if stats.weight != weight_of(backend) {
+            let weight = weight_of(backend);
+            info!(service = %service.name, %backend, weight = stats.weight, to = weight,
                 "putting an adopted worker's backend back at its weight");
-            if let Err(error) = balancer.set_weight(service, *backend, config.weight).await {
+            if let Err(error) = balancer.set_weight(service, *backend, weight).await {
                 warn!(service = %service.name, %backend, %error, "setting the weight failed");
             }
         }
     }
     for backend in wanted.iter().filter(|b| !present.contains_key(b)) {
-        if let Err(error) = balancer.add_backend(service, *backend, config.weight).await {
+        if let Err(error) = balancer
+            .add_backend(service, *backend, weight_of(backend))
+            .await
+        {
             warn!(service = %service.name, %backend, %error, "adding an adopted worker failed");
         }
     }

@@ -1171,6 +1171,78 @@ async fn a_restarted_pool_adopts_its_live_workers_and_starts_only_what_died() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restarted_pool_keeps_the_operators_drains_and_scale() {
+    let first = Harness::start(service(3)).await;
+    wait(2).await;
+    first.pool.scale(4, 0).await.unwrap();
+    wait(2).await;
+    let drained = first.pool.drain_slot(1, true).await.unwrap();
+    first.pool.set_drained(true).await.unwrap();
+    wait(1).await;
+    let before = first.status();
+    assert_eq!(before.workers.len(), 4, "{before:?}");
+    let runtime = first.runtime.restarted();
+    // A fresh proxy after a kill -9: no backend at all until the pool adds them.
+    let balancer = FakeBalancer::new(4);
+
+    let second = Harness::builder(service(3))
+        .runtime(runtime.clone())
+        .balancer(balancer.clone())
+        .start()
+        .await;
+    wait(2).await;
+    let after = second.status();
+    assert_eq!(
+        (after.desired, after.scaled_from),
+        (4, Some(3)),
+        "{after:?}"
+    );
+    assert!(after.drained, "the service drain was forgotten: {after:?}");
+    let slot1 = after.workers.iter().find(|w| w.id == drained).unwrap();
+    assert_eq!(slot1.state, WorkerState::Drained, "{after:?}");
+    // Every worker adopted (slot 3 too: no scale-down to the config's 3), none started.
+    assert!(runtime.state().spawn_attempts.is_empty(), "{after:?}");
+    for worker in &before.workers {
+        assert!(
+            runtime.signals_to(worker.id).is_empty(),
+            "{worker:?} signalled"
+        );
+    }
+    // The drained worker added at weight 0, the others at 1.
+    let backends = balancer.state().backends.clone();
+    assert_eq!(backends.len(), 4, "{backends:?}");
+    for (addr, backend) in &backends {
+        let expected = if Some(*addr) == slot1.addr { 0 } else { 1 };
+        assert_eq!(backend.weight, expected, "{addr}: {backends:?}");
+    }
+
+    // Undone by the operator, it is gone from the record: the next restart restores nothing.
+    second.pool.drain_slot(1, false).await.unwrap();
+    second.pool.set_drained(false).await.unwrap();
+    second.pool.scale(3, 0).await.unwrap();
+    wait(1).await;
+    assert!(
+        runtime.state().operator.is_empty(),
+        "{:?}",
+        runtime.state().operator
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readiness_drain_before_a_stop_is_not_kept_as_the_operators() {
+    let pool = Harness::start(service(2)).await;
+    wait(2).await;
+    pool.pool.drain_for_shutdown().await.unwrap();
+    wait(1).await;
+    assert!(pool.status().drained);
+    // A poold killed during its stop comes back undrained.
+    assert!(pool.runtime.state().operator.is_empty());
+    pool.pool.set_drained(true).await.unwrap();
+    wait(1).await;
+    assert!(pool.runtime.state().operator["web"].drained);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_adopted_worker_that_no_longer_matches_the_config_is_rolled_not_killed() {
     let first = Harness::start(service(2)).await;
     wait(2).await;

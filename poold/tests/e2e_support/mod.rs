@@ -25,6 +25,7 @@ pub mod hardening;
 pub mod images;
 pub mod reload;
 pub mod restart;
+pub mod upgrade;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -49,6 +50,9 @@ static DAEMONS_STARTED: AtomicU32 = AtomicU32::new(0);
 /// Stops poold (SIGTERM, then SIGKILL) and checks nothing is left, even if the test failed.
 struct Daemon {
     child: Child,
+    /// The poolds that took over by upgrade, oldest first (not children of the test: each is
+    /// its predecessor's child); the last one is the poold serving now.
+    successors: Vec<u32>,
     dir: tempfile::TempDir,
     bridge: String,
     /// Unique per daemon: the bridge name and the worker subnet's third octet.
@@ -125,6 +129,7 @@ subnet = "10.215.{tag}.0/24"
             .unwrap();
         Daemon {
             child,
+            successors: Vec::new(),
             dir,
             bridge,
             tag,
@@ -148,8 +153,29 @@ subnet = "10.215.{tag}.0/24"
         self.dir.path().join("poold.toml")
     }
 
+    /// The poold serving now: the newest successor, else the test's child.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.successors.last().copied().unwrap_or(self.child.id())
+    }
+
+    /// From now on `new_pid`, started by an upgrade, is the poold this test stops and
+    /// cleans up after (whatever way the test ends).
+    pub fn follow_upgrade(&mut self, new_pid: u32) {
+        self.successors.push(new_pid);
+    }
+
+    /// The poold that holds the state directory's lock (it writes its pid there), if it is
+    /// alive and this binary: a successor the test had not learnt of yet, say.
+    fn lock_holder(&self) -> Option<u32> {
+        let lock = self
+            .dir
+            .path()
+            .join("state")
+            .join(poold::state_dir::LOCK_FILE);
+        let pid: u32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        (restart::alive(u64::from(pid)) && exe == Path::new(env!("CARGO_BIN_EXE_poold")))
+            .then_some(pid)
     }
 
     /// The worker subnet's first three octets with a trailing dot ("10.215.42.").
@@ -287,7 +313,19 @@ subnet = "10.215.{tag}.0/24"
         (code, body.to_owned())
     }
 
-    fn stop(&mut self) -> std::process::ExitStatus {
+    /// Stops the poold serving now (SIGTERM, SIGKILL after 60 s): its exit status when it
+    /// is the test's child, None for a successor (whose parent, not the test, reaps it).
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        match self.successors.last() {
+            Some(&pid) => {
+                stop_foreign(pid);
+                None
+            }
+            None => Some(self.stop_child()),
+        }
+    }
+
+    fn stop_child(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -306,7 +344,11 @@ subnet = "10.215.{tag}.0/24"
     /// with IPVS the virtual service, its real servers and the VIP.
     fn stop_and_check_clean(&mut self, listen_ip: &str) {
         let exit = self.stop();
-        assert!(exit.success(), "poold exit {exit:?}; log:\n{}", self.log());
+        assert!(
+            exit.is_none_or(|exit| exit.success()),
+            "poold exit {exit:?}; log:\n{}",
+            self.log()
+        );
         assert!(!self.socket().exists(), "control socket left behind");
         assert!(
             !link_exists(&self.bridge),
@@ -339,8 +381,11 @@ subnet = "10.215.{tag}.0/24"
             "worker links ({}*) left behind: {new_links:?}",
             self.link_prefix
         );
+        // Under this daemon's own cgroup parent (and the parent itself): other poold
+        // instances on the host (benchmarks, which take no e2e turn) come and go meanwhile.
         let new_cgroups: Vec<_> = poold_cgroups()
             .difference(&self.cgroups_before)
+            .filter(|p| self.owns_cgroup(p))
             .cloned()
             .collect();
         assert!(
@@ -390,14 +435,141 @@ subnet = "10.215.{tag}.0/24"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
+        // Newest first: a successor the test had not learnt of (it holds the lock), the
+        // successors it follows, then its own child (an old poold still finishing its
+        // clients ends on its own, or by SIGKILL after the deadline).
+        let mut foreign: Vec<u32> = self.successors.clone();
+        if let Some(holder) = self.lock_holder() {
+            if holder != self.child.id() && !foreign.contains(&holder) {
+                foreign.push(holder);
+            }
         }
-        // Last resort if poold died without cleaning up.
-        let _ = Command::new("/usr/bin/ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        for &pid in foreign.iter().rev() {
+            stop_foreign(pid);
+        }
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop_child();
+        }
+        // Last resort when poold died without cleaning up (a kill -9 the test did not
+        // follow with a restart, a SIGKILL above): this daemon's objects only.
+        self.remove_leftovers();
+    }
+}
+
+impl Daemon {
+    /// Whether `cgroup` is this daemon's cgroup parent (`daemon.cgroup_parent`) or under it.
+    fn owns_cgroup(&self, cgroup: &Path) -> bool {
+        let parent = format!("poold-e2e-{}", self.tag);
+        cgroup
+            .components()
+            .any(|c| c.as_os_str() == parent.as_str())
+    }
+
+    /// Kills the workers left in this daemon's cgroups, unmounts what is mounted under its
+    /// directory (netns bind mounts), deletes its new links, its bridge, the worker
+    /// subnet's route and its firewall table. Quiet, and a no-op after a clean stop.
+    fn remove_leftovers(&self) {
+        let quiet = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let mut cgroups: Vec<PathBuf> = poold_cgroups()
+            .difference(&self.cgroups_before)
+            .filter(|p| self.owns_cgroup(p))
+            .cloned()
+            .collect();
+        for cgroup in &cgroups {
+            kill_cgroup_tree(cgroup);
+        }
+        // Children before parents.
+        cgroups.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for cgroup in &cgroups {
+            remove_cgroup_tree(cgroup);
+        }
+        let ours = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|point| point.starts_with(&ours))
+            .collect();
+        for point in points.iter().rev() {
+            quiet("/usr/bin/umount", &["--lazy", point]);
+        }
+        let new_links: Vec<String> = links_with_prefix(&self.link_prefix)
+            .difference(&self.links_before)
+            .cloned()
+            .collect();
+        for link in new_links.iter().chain(std::iter::once(&self.bridge)) {
+            quiet("/usr/bin/ip", &["link", "del", link]);
+        }
+        let subnet = format!("10.215.{}.0/24", self.tag);
+        while quiet("/usr/bin/ip", &["route", "del", &subnet]) {}
+        let table = poold::sandbox::firewall_table(&self.link_prefix);
+        quiet("/usr/sbin/nft", &["delete", "table", "inet", &table]);
+    }
+}
+
+/// SIGTERMs a poold that is not the test's child and waits until it is gone (SIGKILL after
+/// 60 s). Never panics: it runs in Drop.
+fn stop_foreign(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if !restart::alive(u64::from(pid)) {
+        return;
+    }
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restart::alive(u64::from(pid)) {
+        if Instant::now() >= deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            eprintln!("poold {pid} did not stop within 60 s of SIGTERM: killed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while restart::alive(u64::from(pid)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGKILLs every process in `cgroup` and the cgroups below it.
+fn kill_cgroup_tree(cgroup: &Path) {
+    let Ok(entries) = std::fs::read_dir(cgroup) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_cgroup_tree(&entry.path());
+        }
+    }
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Removes `cgroup` and the cgroups below it, children first, once their killed processes
+/// are gone (bounded: a cgroup that stays busy is left for the leftover check to report).
+fn remove_cgroup_tree(cgroup: &Path) {
+    if let Ok(entries) = std::fs::read_dir(cgroup) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cgroup.exists() && std::fs::remove_dir(cgroup).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -41,7 +41,7 @@ impl Daemon {
 }
 
 /// Worker id -> pid, from a status.
-fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
+pub(super) fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
     status["workers"]
         .as_array()
         .unwrap()
@@ -51,7 +51,7 @@ fn worker_pids(status: &Value) -> std::collections::BTreeMap<u64, u64> {
 }
 
 /// Running (a zombie no longer counts: who reaps an orphan depends on the host's pid 1).
-fn alive(pid: u64) -> bool {
+pub(super) fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -65,7 +65,7 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Polls `GET /index.html` on `addr` until a worker answers; how long that took.
-fn time_until_serving(addr: &str, since: Instant, deadline: Duration) -> Duration {
+pub(super) fn time_until_serving(addr: &str, since: Instant, deadline: Duration) -> Duration {
     use std::io::{Read, Write};
     loop {
         let answered = std::net::TcpStream::connect(addr).ok().and_then(|mut s| {
@@ -217,4 +217,93 @@ pub fn kill9_and_restart_adopts_the_workers(balancer: &str, listen_ip: &str) {
     for (id, pid) in &pids {
         assert!(!alive(*pid), "worker w{id} (pid {pid}) outlived the stop");
     }
+}
+
+/// `poolctl drain SERVICE/SLOT`, then `kill -9` of poold and a start again: the adopted
+/// worker of that slot is still drained and the proxy sends it no new connection.
+pub fn kill9_keeps_a_drained_slot_drained() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let service = http_service("e2e", &addr, RESTART_WORKERS, "");
+    let mut daemon = Daemon::start("proxy", &service);
+    daemon.wait_ready("e2e", RESTART_WORKERS);
+    let out = daemon.poolctl(&["drain", "e2e/1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = daemon.wait_ready("e2e", RESTART_WORKERS - 1);
+    let drained = before["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["slot"] == 1)
+        .unwrap()["id"]
+        .clone();
+
+    daemon.kill9();
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    // Every worker adopted (the drained one is not counted ready).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        if let Some(status) = daemon.status("e2e") {
+            let workers = status["workers"].as_array().unwrap();
+            if workers.len() as u64 == RESTART_WORKERS
+                && workers.iter().all(|w| w["state"] != "starting")
+            {
+                break status;
+            }
+        }
+        assert!(Instant::now() < deadline, "log:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let second_run = daemon.log()[log_before_restart..].to_owned();
+    let slot1 = after["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["slot"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(slot1["id"], drained, "{after}");
+    assert_eq!(
+        slot1["state"], "drained",
+        "the slot drain was forgotten: {after}\nlog:\n{second_run}"
+    );
+    // Weight 0: new connections go to the two other workers only.
+    const REQUESTS: u64 = 20;
+    for _ in 0..REQUESTS {
+        time_until_serving(&addr, Instant::now(), Duration::from_secs(10));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = daemon.status("e2e").unwrap();
+        let workers = status["workers"].as_array().unwrap();
+        let total = |drained_one: bool| -> u64 {
+            workers
+                .iter()
+                .filter(|w| (w["id"] == drained) == drained_one)
+                .map(|w| w["total_conns"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(
+            total(true),
+            0,
+            "the drained worker got connections: {status}"
+        );
+        if total(false) >= REQUESTS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = daemon.poolctl(&["undrain", "e2e/1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.wait_ready("e2e", RESTART_WORKERS);
+    daemon.stop_and_check_clean("127.0.0.1");
 }

@@ -334,11 +334,35 @@ async fn refused_backend_is_skipped() {
 }
 
 #[tokio::test]
-async fn no_backend_closes_the_client_and_missing_service_is_an_error() {
+async fn a_client_that_comes_before_the_first_backend_waits_for_it() {
+    // After a restart or an upgrade the listener accepts before the pool has added the
+    // workers it adopted: such a client must be served, not closed.
+    let (proxy, service) = proxy_on("127.0.0.51").await;
+    let listen = service.listen;
+    let client = tokio::spawn(async move {
+        let mut client = Client::connect(listen).await;
+        let echoed = client.echo("early").await;
+        (client.name, echoed)
+    });
+    // The proxy accepts the client at once; the backend comes ~200 ms later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = echo_backend("127.0.0.52", "late").await;
+    proxy.add_backend(&service, late, 1).await.unwrap();
+    let (name, echoed) = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .expect("the waiting client was not served")
+        .expect("the client was closed instead of waiting for the backend");
+    assert_eq!((name.as_str(), echoed.as_str()), ("late", "early"));
+}
+
+#[tokio::test]
+async fn no_backend_closes_the_client_after_the_wait_and_missing_service_is_an_error() {
     let (proxy, service) = proxy_on("127.0.0.50").await;
+    let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(service.listen).await.unwrap();
     let mut buf = [0u8; 1];
-    // The proxy closes a client it has no backend for (a FIN: end of stream), at once.
+    // The proxy closes a client no backend came for (a FIN: end of stream), once the wait
+    // for a first backend is over, not before.
     let read = tokio::time::timeout(
         Duration::from_secs(10),
         tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
@@ -346,6 +370,11 @@ async fn no_backend_closes_the_client_and_missing_service_is_an_error() {
     .await
     .expect("the proxy left the client open");
     assert_eq!(read.unwrap(), 0, "end of stream");
+    assert!(
+        started.elapsed() >= FIRST_BACKEND_WAIT,
+        "closed after {:?}, before the wait for a first backend ({FIRST_BACKEND_WAIT:?})",
+        started.elapsed()
+    );
     assert!(proxy.backend_stats(&service).await.unwrap().is_empty());
 
     proxy.remove_service(&service).await.unwrap();
