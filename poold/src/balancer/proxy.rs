@@ -121,8 +121,10 @@ struct ProxyService {
     backends: Arc<Backends>,
     limiter: ConnLimiter,
     wait_for_data: Arc<AtomicBool>,
-    /// Kept for an upgrade: handed to the new poold.
-    listener: std::net::TcpListener,
+    /// Kept for an upgrade (handed to the new poold) until this poold stops accepting: then
+    /// it closes with the acceptors' descriptors, and a client that comes is refused rather
+    /// than left in a backlog nobody accepts from (the new poold holds its own descriptor).
+    listener: Mutex<Option<std::net::TcpListener>>,
     /// One accept loop per proxy thread, each on its own descriptor of the listening socket:
     /// the socket closes when the last one ends.
     acceptors: Vec<JoinHandle<()>>,
@@ -142,6 +144,7 @@ impl ProxyService {
         for acceptor in &self.acceptors {
             acceptor.abort();
         }
+        drop(self.listener.lock().expect("proxy listener lock").take());
     }
 }
 
@@ -556,7 +559,10 @@ impl Balancer for ProxyBalancer {
         let services = self.services.lock().expect("proxy services lock");
         services
             .iter()
-            .map(|(name, s)| (format!("proxy:{name}"), s.listener.as_raw_fd()))
+            .filter_map(|(name, s)| {
+                let listener = s.listener.lock().expect("proxy listener lock");
+                Some((format!("proxy:{name}"), listener.as_ref()?.as_raw_fd()))
+            })
             .collect()
     }
 
@@ -630,7 +636,7 @@ impl Balancer for ProxyBalancer {
                 backends,
                 limiter,
                 wait_for_data,
-                listener,
+                listener: Mutex::new(Some(listener)),
                 acceptors,
             },
         );
