@@ -14,7 +14,7 @@ use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
     AdoptedWorker, ExitStatus, ResourceUsage, RuntimeError, SpawnedWorker, StopSignal, WorkerId,
-    WorkerRuntime, WorkerSpec,
+    WorkerRuntime, WorkerSpec, SPARE_SLOT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -476,7 +476,15 @@ impl Phase {
 
 impl Worker {
     fn state(&self) -> WorkerState {
-        self.phase.state()
+        match self.phase {
+            Phase::Ready { .. } if self.is_spare() => WorkerState::Spare,
+            _ => self.phase.state(),
+        }
+    }
+
+    /// A warm spare: no slot yet (see `spares.rs`).
+    fn is_spare(&self) -> bool {
+        self.slot == SPARE_SLOT
     }
 }
 
@@ -579,6 +587,8 @@ pub struct ServicePool {
     /// The earliest drain settle to act on at once rather than at the next tick (a
     /// recycle's old worker stops as soon as it may).
     wake_at: Option<Instant>,
+    /// Failures of warm spares and when the next may start (`spares.rs`).
+    spares: spares::SpareBackoff,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -624,6 +634,7 @@ impl ServicePool {
             desired: config.workers,
             scaled_from: None,
             ready: 0,
+            spares: 0,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
             generation: 1,
@@ -659,6 +670,7 @@ impl ServicePool {
             usage_cursor: WorkerId(0),
             probe_rng: fastrand::Rng::with_seed(probe_seed),
             wake_at: None,
+            spares: spares::SpareBackoff::default(),
         };
         for displaced in pool.adopt(&adopted) {
             pool.retire(displaced, RecycleReason::Manual).await;
@@ -723,6 +735,8 @@ impl ServicePool {
                 "worker adopted");
             match self.slots.get_mut(worker.slot as usize) {
                 Some(slot) => displaced.extend(slot.current.replace(worker.id)),
+                // A spare stays a spare (tend_spares stops those beyond the count).
+                None if worker.slot == SPARE_SLOT => {}
                 None => displaced.push(worker.id),
             }
             let (id, runtime, events) = (worker.id, self.runtime.clone(), self.events_tx.clone());
@@ -846,7 +860,7 @@ impl ServicePool {
                 });
                 if self.shutdown.is_some() {
                     self.begin_stop(id, RecycleReason::Shutdown);
-                } else if self.slot_removed(slot) {
+                } else if slot != SPARE_SLOT && self.slot_removed(slot) {
                     // Spawned for a slot that was scaled away meanwhile.
                     self.begin_stop(id, RecycleReason::Manual);
                 }
@@ -887,6 +901,24 @@ impl ServicePool {
         }
         // Before teardown, which forgets the worker.
         let last_words = self.runtime.last_output(id);
+        if !expected
+            && matches!(
+                previous,
+                WorkerState::Starting | WorkerState::Ready | WorkerState::Spare
+            )
+        {
+            self.observer.worker_crashed(id, status);
+            let failure = SlotFailure::Exited {
+                worker: id,
+                status,
+                state: previous,
+                last_words,
+            };
+            self.slot_failed(slot, id, failure);
+            // Capacity first: a ready spare takes the slot before the dead worker's
+            // backend is removed and its container torn down.
+            self.promote_spares().await;
+        }
         if in_balancer {
             if let Err(error) = self
                 .balancer
@@ -897,16 +929,6 @@ impl ServicePool {
             }
         }
         self.teardown(id);
-        if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
-            self.observer.worker_crashed(id, status);
-            let failure = SlotFailure::Exited {
-                worker: id,
-                status,
-                state: previous,
-                last_words,
-            };
-            self.slot_failed(slot, id, failure);
-        }
     }
 
     /// A probe's result; true when the worker changed state.
@@ -1092,12 +1114,13 @@ impl ServicePool {
                 .workers
                 .values()
                 .filter_map(|w| match w.phase {
-                    // A drained slot stays at weight 0 until `undrain`.
+                    // A drained slot stays at weight 0 until `undrain`; a spare until it
+                    // is promoted.
                     Phase::Ready {
                         spawned,
                         drained: false,
                         ..
-                    } => Some(spawned.addr),
+                    } if !w.is_spare() => Some(spawned.addr),
                     _ => None,
                 })
                 .collect();
@@ -1383,7 +1406,10 @@ impl ServicePool {
                 WorkerState::Ready | WorkerState::Drained => {
                     self.retire(id, RecycleReason::Shutdown).await
                 }
-                WorkerState::Starting => self.begin_stop(id, RecycleReason::Shutdown),
+                // A spare serves nobody: it stops at once.
+                WorkerState::Starting | WorkerState::Spare => {
+                    self.begin_stop(id, RecycleReason::Shutdown)
+                }
                 WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone => {}
             }
         }
@@ -1532,9 +1558,11 @@ impl ServicePool {
         }
         if self.shutdown.is_none() {
             self.reset_failures(now);
+            self.promote_spares().await;
             self.start_planned_recycles(now).await;
             self.fill_slots(now);
         }
+        self.tend_spares(now);
         self.finish_recycles();
         self.finish_deploy();
         self.drop_scaled_away_slots();
@@ -1552,6 +1580,10 @@ impl ServicePool {
         else {
             return None;
         };
+        // A spare is replaced by tend_spares, never recycled.
+        if worker.is_spare() {
+            return None;
+        }
         // A rollout replaces a drained worker too (as `recycle` does; the new one serves).
         if worker.generation != self.generation {
             return Some(RecycleReason::Rollout);
@@ -1691,6 +1723,11 @@ impl ServicePool {
             let index = index as u32;
             self.recycle_started(current, reason);
             info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
+            // A ready spare serves the slot at once; the old worker drains.
+            if self.promote_spare(index).await.is_some() {
+                self.retire(current, reason).await;
+                continue;
+            }
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
                 self.slots[index as usize].replacement = Some(replacement);
@@ -1830,6 +1867,10 @@ impl ServicePool {
             return;
         };
         let (slot, addr) = (worker.slot, spawned.addr);
+        if slot == SPARE_SLOT {
+            self.become_spare(id).await;
+            return;
+        }
         if self.slot_removed(slot) {
             self.begin_stop(id, RecycleReason::Shutdown);
             return;
@@ -1979,6 +2020,10 @@ impl ServicePool {
 
     /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
     fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
+        if slot == SPARE_SLOT {
+            self.spare_failed(id, &failure);
+            return;
+        }
         if self.slot_removed(slot) {
             return;
         }
@@ -2088,6 +2133,10 @@ impl ServicePool {
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count() as u32;
+        let spares = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Spare)
+            .count() as u32;
         let (generation, deployed_rootfs) = (self.generation, self.deployed_rootfs.clone());
         let rolling_out = self.rolling_out();
         self.status.send_modify(|status| {
@@ -2095,6 +2144,7 @@ impl ServicePool {
             status.deployed_rootfs = deployed_rootfs;
             status.rolling_out = rolling_out;
             status.ready = ready;
+            status.spares = spares;
             status.workers = workers;
             status.slots = slots;
         });
@@ -2112,6 +2162,19 @@ async fn reconcile_backends(
     adopted: &[AdoptedWorker],
 ) {
     let present = balancer.backend_stats(service).await.unwrap_or_default();
+    // A spare's backend takes no traffic: weight 0.
+    let weight_of = |backend: &SocketAddr| {
+        adopted
+            .iter()
+            .find(|a| SocketAddr::new(a.addr, config.port) == *backend)
+            .map_or(config.weight, |a| {
+                if a.slot == SPARE_SLOT {
+                    0
+                } else {
+                    config.weight
+                }
+            })
+    };
     let wanted: Vec<SocketAddr> = adopted
         .iter()
         .map(|a| SocketAddr::new(a.addr, config.port))
@@ -2122,16 +2185,20 @@ async fn reconcile_backends(
             if let Err(error) = balancer.remove_backend(service, *backend).await {
                 warn!(service = %service.name, %backend, %error, "removing a stale backend failed");
             }
-        } else if stats.weight != config.weight {
-            info!(service = %service.name, %backend, weight = stats.weight, to = config.weight,
+        } else if stats.weight != weight_of(backend) {
+            let weight = weight_of(backend);
+            info!(service = %service.name, %backend, weight = stats.weight, to = weight,
                 "putting an adopted worker's backend back at its weight");
-            if let Err(error) = balancer.set_weight(service, *backend, config.weight).await {
+            if let Err(error) = balancer.set_weight(service, *backend, weight).await {
                 warn!(service = %service.name, %backend, %error, "setting the weight failed");
             }
         }
     }
     for backend in wanted.iter().filter(|b| !present.contains_key(b)) {
-        if let Err(error) = balancer.add_backend(service, *backend, config.weight).await {
+        if let Err(error) = balancer
+            .add_backend(service, *backend, weight_of(backend))
+            .await
+        {
             warn!(service = %service.name, %backend, %error, "adding an adopted worker failed");
         }
     }
@@ -2151,3 +2218,5 @@ fn client_policy(config: &ServiceConfig) -> ClientPolicy {
         connect: config.backend_connect,
     }
 }
+
+mod spares;
