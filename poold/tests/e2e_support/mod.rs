@@ -25,6 +25,7 @@ pub mod hardening;
 pub mod images;
 pub mod reload;
 pub mod restart;
+pub mod spares;
 
 use serde_json::Value;
 use std::collections::BTreeSet;
