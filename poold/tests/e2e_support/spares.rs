@@ -1,4 +1,4 @@
-//! Warm spares against the real poold with the in-process proxy (issue 12, part 3): an idle
+//! Warm spares against the real poold (issue 12, part 3), with the proxy or IPVS: an idle
 //! spare takes no request, `poolctl recycle web --slot 0` makes the former spare's process
 //! serve the slot, and a worker killed with SIGKILL is replaced by the next spare.
 
@@ -112,10 +112,20 @@ fn program_pid(helper: u64) -> u64 {
     }
 }
 
-pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers() {
-    let web = format!("127.0.0.1:{}", super::free_port());
+/// With `balancer` ("proxy" or "ipvs") and the service on `listen_ip` (loopback for the
+/// proxy; with IPVS a VIP outside the workers' subnet, port 80).
+pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers(
+    balancer: &str,
+    listen_ip: &str,
+) {
+    let port = if listen_ip == "127.0.0.1" {
+        super::free_port()
+    } else {
+        80
+    };
+    let web = format!("{listen_ip}:{port}");
     let services = http_service("web", &web, 1, "[service.recycle]\nspares = 1\n");
-    let mut daemon = Daemon::start("proxy", &services);
+    let mut daemon = Daemon::start(balancer, &services);
     daemon.wait_ready("web", 1);
     let status = wait_for(&daemon, "one ready spare", settled(1));
     let first_spare = spare(&status);
@@ -148,6 +158,22 @@ pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers() {
             && metrics.contains("poold_service_workers_ready{service=\"web\"} 1"),
         "{metrics}"
     );
+    if balancer == "ipvs" {
+        // The spare is a real server of the virtual service at weight 0.
+        let table = std::process::Command::new("/usr/sbin/ipvsadm")
+            .args(["-Ln", "-t", &web])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout);
+        let spare_addr = first_spare["addr"].as_str().unwrap();
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.contains(spare_addr))
+            .unwrap_or_else(|| panic!("no real server {spare_addr}:\n{table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(row.get(3), Some(&"0"), "spare's weight:\n{table}");
+    }
     let (code, body) = daemon.http_get("/ready/web");
     assert!(
         code == 200 && body.contains("\"ready_workers\":1"),
@@ -200,5 +226,5 @@ pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers() {
     });
     wait_for(&daemon, "a third spare", settled(1));
 
-    daemon.stop_and_check_clean("127.0.0.1");
+    daemon.stop_and_check_clean(listen_ip);
 }
