@@ -5,20 +5,18 @@
 #   sh tests/bench/spares.sh [proxy|ipvs]                    (host: proxy; needs root)
 #   cargo xtask vm-run --release tests/bench/spares.sh ipvs    (VM: IPVS kernel)
 #
-# Each pool: 2 busybox-httpd workers (health check HTTP every 100 ms, backoff.initial at its
-# default of 1 s). RUNS rounds (9 by default) of each, the pool settled before every round
-# (2 ready, SPARES spares, no other worker):
-# - recycle: t0 just before `poolctl recycle SVC --slot 0` (no --wait); "ready" when status
-#   shows another worker ready in slot 0 (ready = in the balancer at the service's weight),
-#   "serving" when that worker also answered a GET at its own address;
-# - crash: t0 just before `kill -9` of slot 0's program (the httpd inside the container);
-#   "back" when status shows 2 ready workers again with another one in slot 0, "serving"
-#   when that one answered a GET.
-# Status is polled with one `poolctl status --json` per sample; the time of one poll (the
-# resolution) is printed. "in poold" is the same span from poold's own log (microsecond
-# timestamps): from "manual recycle queued" (the command arrived) or "worker exited
-# unexpectedly" (the crash was seen) to "spare promoted" or the new "worker ready"; it leaves
-# out poolctl's start, the kill's delivery and the polling.
+# Each pool: 2 busybox-httpd workers (health check HTTP every 100 ms; backoff 1 ms, so that
+# without spares a crash costs the spawn and start, not the default 1 s backoff that doubles
+# per crash). RUNS rounds (9 by default) of each, the pool settled before every round (2
+# ready, SPARES spares, no other worker):
+# - recycle: t0 (date +%s%N) just before `poolctl recycle SVC --slot 0` (no --wait);
+# - crash: t0 just before `kill -9` of slot 0's program (the httpd inside the container).
+# "in rotation": from t0 to poold's log line that puts another worker in slot 0 at the
+# service's weight ("spare promoted", or the surge/refill "worker ready"), read from its
+# microsecond timestamp (the same wall clock): no polling in it. "in status": from t0 until
+# `poolctl status --json`, polled back to back, shows another worker ready in slot 0 and 2
+# ready (at most one poll late; one poll's time is printed). Each round also checks that the
+# new worker answers a GET at its own address.
 set -eu
 if [ "${1:-}" != one ]; then
     MODE=${1:-proxy}
@@ -28,9 +26,9 @@ if [ "${1:-}" != one ]; then
     done
     echo
     echo "spares: balancer $MODE, ${RUNS:-9} rounds each, medians (min-max) in ms:"
-    printf '| %-6s | %-22s | %-22s | %-22s | %-22s | %-22s | %-22s | %-22s |\n' spares \
-        "recycle: ready" "recycle: answers" "recycle: in poold" "crash: capacity back" \
-        "crash: answers" "crash: in poold" "one poll"
+    printf '| %-6s | %-22s | %-22s | %-22s | %-22s | %-22s |\n' spares \
+        "recycle: in rotation" "recycle: in status" "crash: in rotation" "crash: in status" \
+        "one status poll"
     for spares in 0 1; do
         row=$(awk -v s="$spares" '$1 == "RESULT" && $2 == s { printf "| %-22s ", $4 " (" $5 "-" $6 ")" }' "$results")
         printf '| %-6s %s|\n' "$spares" "$row"
@@ -55,7 +53,13 @@ port=$((18500 + TAG))
 [ "$MODE" = ipvs ] && port=80
 write_config "$MODE" "$LISTEN_IP:$port" 2 "10.217.$TAG.0/24" 100ms
 # [service.recycle] is the config's last table.
-echo "spares = $SPARES" >>"$DIR/poold.toml"
+cat >>"$DIR/poold.toml" <<EOF
+spares = $SPARES
+
+[service.backoff]
+initial = "1ms"
+max = "1ms"
+EOF
 start_poold 120
 
 ms1() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
@@ -75,11 +79,13 @@ settle() {
     die "pool not settled (2 ready, $SPARES spares) within 60 s"
 }
 
-# The deepest descendant of a worker's helper pid: helper, init, then the program.
+# The program under a worker's helper pid (helper, init, then httpd): the first descendant
+# running httpd (its own children are short-lived request handlers).
 program_of() {
     p=$1
-    while c=$(awk '{ print $1 }' "/proc/$p/task/$p/children" 2>/dev/null) && [ -n "$c" ]; do
-        p=$c
+    while ! tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q httpd; do
+        p=$(awk '{ print $1 }' "/proc/$p/task/$p/children" 2>/dev/null)
+        [ -n "$p" ] || return 0
     done
     echo "$p"
 }
@@ -100,13 +106,14 @@ wait_new_in_slot0() {
     die "no new ready worker in slot 0 after $polls polls"
 }
 
-# log_span FIRST_LINE START: ns in poold's log from the first START line at or after line
-# FIRST_LINE to the next promotion or new ready worker.
-log_span() {
-    tail -n +"$1" "$DIR/poold.log" | tr -d '\033' | sed 's/\[[0-9;]*m//g' | awk -v start="$2" '
-        function secs(stamp,    hms) { split(substr(stamp, 12, 15), hms, ":"); return hms[1] * 3600 + hms[2] * 60 + hms[3] }
-        !t0 && index($0, start) { t0 = secs($1); next }
-        t0 && (index($0, "spare promoted") || index($0, "worker ready")) { printf "%d\n", (secs($1) - t0) * 1e9; found = 1; exit }
+# in_rotation FIRST_LINE T0_NS: ns from T0 to the first line at or after FIRST_LINE of
+# poold's log that puts a worker in rotation (UTC timestamps, time of day: not across
+# midnight).
+in_rotation() {
+    tail -n +"$1" "$DIR/poold.log" | tr -d '\033' | sed 's/\[[0-9;]*m//g' |
+        awk -v t0="$(($2 % 86400000000000))" '
+        function ns(stamp,    hms) { split(substr(stamp, 12, 15), hms, ":"); return (hms[1] * 3600 + hms[2] * 60 + hms[3]) * 1e9 }
+        index($0, "spare promoted") || index($0, "worker ready") { printf "%.0f\n", ns($1) - t0; found = 1; exit }
         END { if (!found) print "" }'
 }
 
@@ -125,7 +132,7 @@ wait_serving() {
 for kind in recycle crash; do
     : >"$DIR/t.$kind.ready"
     : >"$DIR/t.$kind.serving"
-    : >"$DIR/t.$kind.poold"
+    : >"$DIR/t.$kind.rotation"
 done
 : >"$DIR/t.poll"
 run=1
@@ -141,7 +148,7 @@ while [ "$run" -le "$RUNS" ]; do
             "$POOLCTL" --socket "$SOCK" recycle "$SVC" --slot 0 >/dev/null
         else
             program=$(program_of "$helper")
-            [ "$program" != "$helper" ] || die "run $run: no program under helper $helper"
+            [ -n "$program" ] || die "run $run: no httpd under helper $helper"
             t0=$(now_ns)
             kill -9 "$program"
         fi
@@ -150,21 +157,21 @@ while [ "$run" -le "$RUNS" ]; do
         addr=$2
         polls=$3
         t_serving=$(wait_serving "$addr")
-        if [ "$kind" = recycle ]; then start="manual recycle queued"; else start="worker exited unexpectedly"; fi
-        in_poold=$(log_span "$from" "$start")
-        [ -n "$in_poold" ] || die "run $run: no '$start' then promotion/ready in poold.log"
-        echo "$in_poold" >>"$DIR/t.$kind.poold"
+        rotation=$(in_rotation "$from" "$t0")
+        [ -n "$rotation" ] || die "run $run: no promotion or new ready worker in poold.log"
+        echo "$rotation" >>"$DIR/t.$kind.rotation"
         echo $((t_ready - t0)) >>"$DIR/t.$kind.ready"
         echo $((t_serving - t0)) >>"$DIR/t.$kind.serving"
         echo $(((t_ready - t0) / polls)) >>"$DIR/t.poll"
-        echo "$BENCH: spares $SPARES, run $run, $kind: slot 0 ready again after $(ms1 $((t_ready - t0))) ms," \
-            "answers after $(ms1 $((t_serving - t0))) ms, in poold $(ms1 "$in_poold") ms ($polls polls, worker $addr)"
+        echo "$BENCH: spares $SPARES, run $run, $kind: in rotation after $(ms1 "$rotation") ms," \
+            "in status after $(ms1 $((t_ready - t0))) ms ($polls polls), answers a GET after" \
+            "$(ms1 $((t_serving - t0))) ms (worker $addr)"
     done
     run=$((run + 1))
 done
 http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 
-for what in recycle.ready recycle.serving recycle.poold crash.ready crash.serving crash.poold poll; do
+for what in recycle.rotation recycle.ready crash.rotation crash.ready poll; do
     set -- $(stats <"$DIR/t.$what")
     echo "RESULT $SPARES $what $(ms1 "$1") $(ms1 "$2") $(ms1 "$3")"
 done

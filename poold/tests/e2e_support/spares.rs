@@ -99,16 +99,23 @@ fn served_by(status: &Value, id: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// The program a worker runs: the deepest descendant of its helper (helper, init, program).
+/// The program a worker runs (busybox httpd) under its helper (helper, init, program): the
+/// first descendant running httpd (its own children are short-lived request handlers).
 fn program_pid(helper: u64) -> u64 {
     let mut pid = helper;
     loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("httpd") {
+            return pid;
+        }
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        match children.split_whitespace().next() {
-            Some(child) => pid = child.parse().unwrap(),
-            None => return pid,
-        }
+        pid = children
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no httpd under worker helper {helper}"))
+            .parse()
+            .unwrap();
     }
 }
 
