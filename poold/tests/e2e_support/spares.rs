@@ -20,24 +20,18 @@ fn text(output: &Output) -> (bool, String, String) {
     )
 }
 
-fn service_status(daemon: &Daemon, service: &str) -> Value {
-    let (ok, out, err) = text(&daemon.poolctl(&["--json", "status", service]));
-    assert!(ok, "{err}");
-    let mut services: Vec<Value> = serde_json::from_str(&out).unwrap();
-    services.remove(0)
-}
-
-/// Polls `service`'s status until `done` holds (two minutes at most).
+/// Polls web's status until `done` holds (two minutes at most).
 fn wait_for(daemon: &Daemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let status = service_status(daemon, "web");
-        if done(&status) {
-            return status;
+        // None while poold (started again) does not answer yet.
+        let status = daemon.status("web");
+        if let Some(status) = status.as_ref().filter(|s| done(s)) {
+            return status.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "never {what}: {status}; log:\n{}",
+            "never {what}: {status:?}; log:\n{}",
             daemon.log()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -231,7 +225,31 @@ pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers(
     wait_for(&daemon, "the second spare serving", |s| {
         served_by(s, &second_spare["id"]) >= 10
     });
-    wait_for(&daemon, "a third spare", settled(1));
+    let before = wait_for(&daemon, "a third spare", settled(1));
+
+    // poold killed and started again: the record marks the spare, which is adopted as a
+    // spare (weight 0, no traffic), and the promoted one as slot 0's worker; none started.
+    let record = std::fs::read_to_string(daemon.record_path()).unwrap();
+    assert_eq!(record.matches("\"spare\": true").count(), 1, "{record}");
+    let third_spare = spare(&before);
+    daemon.kill9();
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    let after = wait_for(&daemon, "the pool adopted", settled(1));
+    assert_eq!(spare(&after)["id"], third_spare["id"], "{after}");
+    assert_eq!(slot_worker(&after, 0)["id"], second_spare["id"], "{after}");
+    let second_run = daemon.log()[log_before_restart..].to_owned();
+    assert!(
+        !second_run.contains("worker spawned") && second_run.matches("worker adopted").count() == 2,
+        "{second_run}"
+    );
+    for _ in 0..10 {
+        assert!(served(&web), "web must serve after the restart");
+    }
+    let status = wait_for(&daemon, "10 requests counted after the restart", |s| {
+        served_by(s, &second_spare["id"]) >= 10
+    });
+    assert_eq!(served_by(&status, &third_spare["id"]), 0, "{status}");
 
     daemon.stop_and_check_clean(listen_ip);
 }
