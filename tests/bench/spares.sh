@@ -25,6 +25,7 @@ if [ "${1:-}" != one ]; then
         sh "$0" one "$MODE" "$spares" | tee -a "$results"
     done
     echo
+    grep -h "no wall clock" "$results" | head -1 || true
     echo "spares: balancer $MODE, ${RUNS:-9} rounds each, medians (min-max) in ms:"
     printf '| %-6s | %-22s | %-22s | %-22s | %-22s | %-22s |\n' spares \
         "recycle: in rotation" "recycle: in status" "crash: in rotation" "crash: in status" \
@@ -106,14 +107,22 @@ wait_new_in_slot0() {
     die "no new ready worker in slot 0 after $polls polls"
 }
 
-# in_rotation FIRST_LINE T0_NS: ns from T0 to the first line at or after FIRST_LINE of
+# Whether now_ns is the wall clock poold's log is stamped with (busybox date, as in the VM,
+# has no %N: now_ns falls back to a monotonic clock there).
+if date +%s%N 2>/dev/null | grep -q '^[0-9]*$'; then WALL=1; else WALL=; fi
+
+# in_rotation FIRST_LINE T0_NS START: ns from T0 to the first line at or after FIRST_LINE of
 # poold's log that puts a worker in rotation (UTC timestamps, time of day: not across
-# midnight).
+# midnight). Without a wall clock, from the log's first START line instead (poold's own
+# part only: the command's arrival, or the exit's detection).
 in_rotation() {
+    t0=$(($2 % 86400000000000))
+    [ -n "$WALL" ] || t0=
     tail -n +"$1" "$DIR/poold.log" | tr -d '\033' | sed 's/\[[0-9;]*m//g' |
-        awk -v t0="$(($2 % 86400000000000))" '
+        awk -v t0="$t0" -v start="$3" '
         function ns(stamp,    hms) { split(substr(stamp, 12, 15), hms, ":"); return (hms[1] * 3600 + hms[2] * 60 + hms[3]) * 1e9 }
-        index($0, "spare promoted") || index($0, "worker ready") { printf "%.0f\n", ns($1) - t0; found = 1; exit }
+        t0 == "" && index($0, start) { t0 = ns($1); next }
+        t0 != "" && (index($0, "spare promoted") || index($0, "worker ready")) { printf "%.0f\n", ns($1) - t0; found = 1; exit }
         END { if (!found) print "" }'
 }
 
@@ -157,7 +166,8 @@ while [ "$run" -le "$RUNS" ]; do
         addr=$2
         polls=$3
         t_serving=$(wait_serving "$addr")
-        rotation=$(in_rotation "$from" "$t0")
+        if [ "$kind" = recycle ]; then start="manual recycle queued"; else start="worker exited unexpectedly"; fi
+        rotation=$(in_rotation "$from" "$t0" "$start")
         [ -n "$rotation" ] || die "run $run: no promotion or new ready worker in poold.log"
         echo "$rotation" >>"$DIR/t.$kind.rotation"
         echo $((t_ready - t0)) >>"$DIR/t.$kind.ready"
@@ -171,6 +181,7 @@ while [ "$run" -le "$RUNS" ]; do
 done
 http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 
+[ -n "$WALL" ] || echo "$BENCH: no wall clock in ns here: 'in rotation' is poold's own part (from '$start' in its log)"
 for what in recycle.rotation recycle.ready crash.rotation crash.ready poll; do
     set -- $(stats <"$DIR/t.$what")
     echo "RESULT $SPARES $what $(ms1 "$1") $(ms1 "$2") $(ms1 "$3")"
