@@ -80,6 +80,7 @@ fn metrics_after_events() -> Metrics {
         desired: 2,
         scaled_from: None,
         ready: 1,
+        spares: 0,
         min_ready: 2,
         drained: false,
         generation: 1,

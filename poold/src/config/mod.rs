@@ -421,6 +421,9 @@ pub struct RecycleConfig {
     pub surge: bool,
     /// Planned recycles (lifetime, connections, memory, OOM, manual) in flight at once.
     pub max_concurrent_recycles: u32,
+    /// Warm spares: workers kept started, healthy and at weight 0 (no traffic); a recycle
+    /// or a crash puts one in the slot at once instead of waiting for a new worker.
+    pub spares: u32,
 }
 
 impl Default for RecycleConfig {
@@ -436,6 +439,7 @@ impl Default for RecycleConfig {
             stop_timeout: HumanDuration::from_secs(10),
             surge: true,
             max_concurrent_recycles: 1,
+            spares: 0,
         }
     }
 }

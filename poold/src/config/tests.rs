@@ -150,6 +150,7 @@ fn fully_populated() -> Config {
                 stop_timeout: recycle.stop_timeout,
                 surge: recycle.surge,
                 max_concurrent_recycles: recycle.max_concurrent_recycles,
+                spares: recycle.spares,
             },
             backoff: BackoffConfig {
                 initial,
@@ -355,6 +356,36 @@ fn workers_and_surge_must_fit_the_bridge_ports() {
     assert_eq!(
         crate::config::worker_capacity("10.9.0.0/16".parse().unwrap()),
         1023
+    );
+}
+
+/// Issue 12 part 3: warm spares are workers (an address, a bridge port) and at most one
+/// per slot is ever used.
+#[test]
+fn spares_are_checked_and_counted_as_workers() {
+    let with = |workers: u32, spares: u32| {
+        format!(
+            "[network]\nbridge = \"pdbig0\"\nsubnet = \"10.9.0.0/16\"\n{MINIMAL}\n[service.recycle]\nspares = {spares}\n"
+        )
+        .replace("workers = 2", &format!("workers = {workers}"))
+    };
+    let web = parse(&with(2, 1)).expect("one spare for two workers");
+    assert_eq!(web.services[0].recycle.spares, 1);
+    assert_eq!(parse(MINIMAL).unwrap().services[0].recycle.spares, 0);
+    let message = error_text(&with(2, 3));
+    assert!(
+        message.contains(
+            "/etc/poold.toml:14:1: service[0].recycle.spares: 3 is more than workers (2)"
+        ),
+        "{message}"
+    );
+    let message = error_text(&with(1000, 30));
+    assert!(
+        message.contains(
+            "network.bridge: 1030 workers (of which 30 warm spares) and 1 surge replacements \
+             (max_concurrent_recycles) need 1031 ports on the bridge"
+        ),
+        "{message}"
     );
 }
 

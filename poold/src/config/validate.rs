@@ -174,7 +174,18 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     }
     // The bridge takes one address; every worker needs one, twice over during surge
     // recycles, plus room for the allocator to quarantine freed addresses.
-    let total_workers: u64 = config.services.iter().map(|s| u64::from(s.workers)).sum();
+    // Warm spares are workers too: each has an address and a bridge port.
+    let spares: u64 = config
+        .services
+        .iter()
+        .map(|s| u64::from(s.recycle.spares))
+        .sum();
+    let total_workers: u64 = config
+        .services
+        .iter()
+        .map(|s| u64::from(s.workers))
+        .sum::<u64>()
+        + spares;
     let needed = 1 + 4 * total_workers;
     let subnet = config.network.subnet;
     let usable = subnet_hosts(subnet);
@@ -182,8 +193,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         problems.push(problem(
             network.clone().key("subnet"),
             format!(
-                "{subnet} has {usable} host addresses; {total_workers} workers need at least {needed} \
-                 (bridge + 2 per worker for surge + 2 per worker of quarantine for freed addresses)"
+                "{subnet} has {usable} host addresses; {total_workers} workers{} need at least {needed} \
+                 (bridge + 2 per worker for surge + 2 per worker of quarantine for freed addresses)",
+                spares_note(spares)
             ),
         ));
     }
@@ -200,8 +212,9 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         problems.push(problem(
             network.clone().key("bridge"),
             format!(
-                "{total_workers} workers and {surge_ports} surge replacements (max_concurrent_recycles) \
+                "{total_workers} workers{} and {surge_ports} surge replacements (max_concurrent_recycles) \
                  need {} ports on the bridge; a Linux bridge holds at most {MAX_BRIDGE_PORTS}",
+                spares_note(spares),
                 total_workers + surge_ports
             ),
         ));
@@ -763,6 +776,25 @@ fn check_recycle(out: &mut ServiceProblems<'_>, service: &ServiceConfig) {
             out.sub("recycle", "max_concurrent_recycles"),
             "must be at least 1".into(),
         );
+    }
+    // More spares than slots would never all be taken, yet each costs a whole worker.
+    if recycle.spares > service.workers {
+        out.push(
+            out.sub("recycle", "spares"),
+            format!(
+                "{} is more than workers ({}): a spare only ever replaces one of the service's workers",
+                recycle.spares, service.workers
+            ),
+        );
+    }
+}
+
+/// How many of the workers counted in the sizing checks are warm spares.
+fn spares_note(spares: u64) -> String {
+    if spares == 0 {
+        String::new()
+    } else {
+        format!(" (of which {spares} warm spares)")
     }
 }
 

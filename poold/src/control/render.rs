@@ -1,5 +1,6 @@
 //! Human output of `poolctl status`, in the spirit of supervisorctl/systemctl.
 
+use crate::runtime::SPARE_SLOT;
 use crate::supervisor::{ServiceStatus, SlotState, WorkerState, WorkerStatus};
 use std::fmt::Write;
 
@@ -32,6 +33,15 @@ fn memory(worker: &WorkerStatus) -> String {
     }
 }
 
+/// A worker's slot as status shows it: the number, or `spare`.
+fn slot_name(slot: u32) -> String {
+    if slot == SPARE_SLOT {
+        "spare".to_owned()
+    } else {
+        slot.to_string()
+    }
+}
+
 pub fn status_table(services: &[ServiceStatus]) -> String {
     let mut out = String::new();
     for (index, service) in services.iter().enumerate() {
@@ -41,7 +51,7 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
         let healthy = service.ready >= service.desired;
         let _ = writeln!(
             out,
-            "{} {}  listen {}  balancer {}  ready {}/{}{}  generation {}{}{}{}",
+            "{} {}  listen {}  balancer {}  ready {}/{}{}{}  generation {}{}{}{}",
             if healthy { "●" } else { "×" },
             service.name,
             service.listen,
@@ -53,6 +63,11 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                 .map_or_else(String::new, |configured| format!(
                     " (scaled from {configured} until the next reload)"
                 )),
+            if service.workers.iter().any(|w| w.slot == SPARE_SLOT) {
+                format!("  spares {}", service.spares)
+            } else {
+                String::new()
+            },
             service.generation,
             if service.rolling_out {
                 " (rolling out)"
@@ -101,6 +116,9 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                 (WorkerState::Drained, _, _) => {
                     "drained by the operator (out of rotation, kept alive)".to_owned()
                 }
+                (WorkerState::Spare, _, _) => {
+                    "warm spare (weight 0, takes a slot at its next recycle or crash)".to_owned()
+                }
                 _ if worker.chroot => "root by chroot (initramfs host), not pivot_root".to_owned(),
                 (WorkerState::Starting, _, Some(slot)) => format!(
                     "after {} failure{}: {}",
@@ -118,9 +136,10 @@ pub fn status_table(services: &[ServiceStatus]) -> String {
                     Some(reason) if s.recycles > 0 => format!("{} {reason}", s.recycles),
                     _ => s.recycles.to_string(),
                 });
+            let slot = slot_name(worker.slot);
             let row = format!(
                 "  {:<5} {:<9} {:<21} {:>8} {:>9} {:>7} {:>9} {:>15} {:>7.1}s {:>9} {:>4}  {note}",
-                worker.slot,
+                slot,
                 worker.state.to_string(),
                 worker
                     .addr
@@ -164,7 +183,10 @@ pub fn recycle_steps(services: &[ServiceStatus]) -> Vec<String> {
             service.workers.iter().map(move |worker| {
                 let mut step = format!(
                     "{}/{} worker {} {}",
-                    service.name, worker.slot, worker.id, worker.state
+                    service.name,
+                    slot_name(worker.slot),
+                    worker.id,
+                    worker.state
                 );
                 match (worker.state, worker.reason) {
                     (WorkerState::Draining, Some(reason)) => {

@@ -8,7 +8,7 @@
 //! connection counter accumulates what every worker of the slot has served.
 
 use crate::config::ServiceConfig;
-use crate::runtime::WorkerId;
+use crate::runtime::{WorkerId, SPARE_SLOT};
 use crate::supervisor::{ServiceStatus, SlotState, WorkerState};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -71,7 +71,8 @@ impl TrackedService {
     /// Adds what each worker served since the last scrape to its slot's counter.
     fn account_connections(&mut self, status: &ServiceStatus) {
         let mut seen = HashMap::new();
-        for worker in &status.workers {
+        // A spare takes no connections; once promoted it counts for its slot.
+        for worker in status.workers.iter().filter(|w| w.slot != SPARE_SLOT) {
             let last = self
                 .last_total_by_worker
                 .get(&worker.id)
@@ -171,6 +172,10 @@ impl Collector for StatusCollector {
             "poold_service_workers_ready",
             "Ready workers in the balancer with the service's weight",
         );
+        let mut spares = Series::gauge(
+            "poold_spare_workers",
+            "Warm spares ready to take a slot (recycle.spares; weight 0, not counted ready)",
+        );
         let mut memory_limit = Series::gauge(
             "poold_service_memory_limit_bytes",
             "Cgroup memory limit of each worker (limits.memory)",
@@ -219,6 +224,7 @@ impl Collector for StatusCollector {
             let name = status.name.as_str();
             desired.push(service_labels(name), f64::from(status.desired));
             ready.push(service_labels(name), f64::from(status.ready));
+            spares.push(service_labels(name), f64::from(status.spares));
             if let Some(limit) = tracked.config.limits.memory {
                 memory_limit.push(service_labels(name), limit.bytes() as f64);
             }
@@ -243,7 +249,7 @@ impl Collector for StatusCollector {
             for slot in 0..status.desired {
                 slots.entry(slot).or_default();
             }
-            for worker in &status.workers {
+            for worker in status.workers.iter().filter(|w| w.slot != SPARE_SLOT) {
                 slots.entry(worker.slot).or_default().push(worker);
             }
             for (slot, workers) in slots {
@@ -274,6 +280,7 @@ impl Collector for StatusCollector {
         for series in [
             &desired,
             &ready,
+            &spares,
             &memory_limit,
             &recycle_memory,
             &drain_timeout,

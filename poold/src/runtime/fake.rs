@@ -242,6 +242,12 @@ impl WorkerRuntime for FakeRuntime {
         self.state().highest_adopted
     }
 
+    async fn promoted(&self, worker: WorkerId, slot: u32) {
+        if let Some(entry) = self.state().workers.get_mut(&worker) {
+            entry.slot = slot;
+        }
+    }
+
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError> {
         let mut state = self.state();
         let entry = state.workers.get_mut(&worker).unwrap();

@@ -42,10 +42,15 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// The slot of a warm spare (`recycle.spares`): none yet. A spare is started, probed and
+/// kept at weight 0 until a recycle or a crash gives it a slot ([`WorkerRuntime::promoted`]).
+pub const SPARE_SLOT: u32 = u32::MAX;
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {
     pub id: WorkerId,
+    /// The slot it fills, or [`SPARE_SLOT`].
     pub slot: u32,
     pub service: Arc<ServiceConfig>,
     /// The pool's generation (config or deploy) the worker is started for.
@@ -57,6 +62,7 @@ pub struct WorkerSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdoptedWorker {
     pub id: WorkerId,
+    /// Its slot, or [`SPARE_SLOT`] for a spare.
     pub slot: u32,
     pub addr: IpAddr,
     pub pid: u32,
@@ -152,6 +158,9 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     }
     /// Destroys everything the worker had (processes, mounts, cgroup, netns, address).
     async fn teardown(&self, worker: WorkerId) -> Result<(), RuntimeError>;
+    /// A spare now serves `slot`: recorded so that a restart adopts it as that slot's
+    /// worker, not as a spare.
+    async fn promoted(&self, _worker: WorkerId, _slot: u32) {}
     /// The live workers of `service` an earlier run left (once: a second call returns
     /// none). Adopted workers are waited for, signalled and torn down like spawned ones.
     fn take_adopted(&self, _service: &ServiceConfig) -> Vec<AdoptedWorker> {

@@ -71,7 +71,10 @@ struct StateRecord {
 struct WorkerRecord {
     worker: WorkerId,
     service: String,
+    /// [`super::SPARE_SLOT`] for a warm spare (then `spare` says so too, for the reader).
     slot: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spare: bool,
     generation: u64,
     #[serde(flatten)]
     container: sandbox::ContainerRecord,
@@ -232,6 +235,11 @@ pub fn worker_spec(service: &ServiceConfig, slot: u32, id: WorkerId) -> sandbox:
         .command
         .split_first()
         .map_or((String::new(), &[][..]), |(p, a)| (p.clone(), a));
+    let slot = if slot == super::SPARE_SLOT {
+        "spare".to_owned()
+    } else {
+        slot.to_string()
+    };
     let mut spec =
         sandbox::ContainerSpec::new(format!("{}-{slot}-{}", service.name, id.0), rootfs, program);
     spec.args = args.to_vec();
@@ -548,6 +556,7 @@ impl WorkerRuntime for SandboxRuntime {
             worker: spec.id,
             service: spec.service.name.clone(),
             slot: spec.slot,
+            spare: spec.slot == super::SPARE_SLOT,
             generation: spec.generation,
             container: worker.record(),
             config: serde_json::to_value(&*spec.service).unwrap_or_default(),
@@ -619,6 +628,20 @@ impl WorkerRuntime for SandboxRuntime {
         }
     }
 
+    async fn promoted(&self, worker: WorkerId, slot: u32) {
+        let changed = match self.records_lock().get_mut(&worker) {
+            Some(record) => {
+                record.slot = slot;
+                record.spare = false;
+                true
+            }
+            None => false,
+        };
+        if changed {
+            self.write_record();
+        }
+    }
+
     fn take_adopted(&self, service: &ServiceConfig) -> Vec<AdoptedWorker> {
         let mut adopted = self.adopted_lock();
         let (mine, others) = std::mem::take(&mut *adopted)
@@ -634,7 +657,7 @@ impl WorkerRuntime for SandboxRuntime {
                 }
                 Some(AdoptedWorker {
                     id: w.worker,
-                    slot: w.slot,
+                    slot: if w.spare { super::SPARE_SLOT } else { w.slot },
                     addr: IpAddr::V4(w.container.address?),
                     pid: w.container.pid,
                     matches_config: stale.is_empty(),

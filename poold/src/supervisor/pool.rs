@@ -14,7 +14,7 @@ use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
     AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, SpawnedWorker,
-    StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
+    StopSignal, WorkerId, WorkerRuntime, WorkerSpec, SPARE_SLOT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -511,7 +511,15 @@ impl Phase {
 
 impl Worker {
     fn state(&self) -> WorkerState {
-        self.phase.state()
+        match self.phase {
+            Phase::Ready { .. } if self.is_spare() => WorkerState::Spare,
+            _ => self.phase.state(),
+        }
+    }
+
+    /// A warm spare: no slot yet (see `spares.rs`).
+    fn is_spare(&self) -> bool {
+        self.slot == SPARE_SLOT
     }
 }
 
@@ -618,6 +626,8 @@ pub struct ServicePool {
     operator_saved: std::sync::Mutex<OperatorState>,
     /// `poolctl drain SERVICE` (the readiness drain before a stop is not the operator's).
     operator_drained: bool,
+    /// Failures of warm spares and when the next may start (`spares.rs`).
+    spares: spares::SpareBackoff,
 }
 
 impl std::fmt::Debug for ServicePool {
@@ -673,6 +683,7 @@ impl ServicePool {
             desired: config.workers,
             scaled_from: None,
             ready: 0,
+            spares: 0,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
             generation: 1,
@@ -710,6 +721,7 @@ impl ServicePool {
             wake_at: None,
             operator_saved: std::sync::Mutex::default(),
             operator_drained: false,
+            spares: spares::SpareBackoff::default(),
         };
         if let Some(restored) = &restored {
             info!(service = %pool.service.name, drained = restored.drained, scaled_to = ?restored.scaled_to,
@@ -786,6 +798,8 @@ impl ServicePool {
                 "worker adopted");
             match self.slots.get_mut(worker.slot as usize) {
                 Some(slot) => displaced.extend(slot.current.replace(worker.id)),
+                // A spare stays a spare (tend_spares stops those beyond the count).
+                None if worker.slot == SPARE_SLOT => {}
                 None => displaced.push(worker.id),
             }
             let (id, runtime, events) = (worker.id, self.runtime.clone(), self.events_tx.clone());
@@ -909,7 +923,7 @@ impl ServicePool {
                 });
                 if self.shutdown.is_some() {
                     self.begin_stop(id, RecycleReason::Shutdown);
-                } else if self.slot_removed(slot) {
+                } else if slot != SPARE_SLOT && self.slot_removed(slot) {
                     // Spawned for a slot that was scaled away meanwhile.
                     self.begin_stop(id, RecycleReason::Manual);
                 }
@@ -950,6 +964,24 @@ impl ServicePool {
         }
         // Before teardown, which forgets the worker.
         let last_words = self.runtime.last_output(id);
+        if !expected
+            && matches!(
+                previous,
+                WorkerState::Starting | WorkerState::Ready | WorkerState::Spare
+            )
+        {
+            self.observer.worker_crashed(id, status);
+            let failure = SlotFailure::Exited {
+                worker: id,
+                status,
+                state: previous,
+                last_words,
+            };
+            self.slot_failed(slot, id, failure);
+            // Capacity first: a ready spare takes the slot before the dead worker's
+            // backend is removed and its container torn down.
+            self.promote_spares().await;
+        }
         if in_balancer {
             if let Err(error) = self
                 .balancer
@@ -960,16 +992,6 @@ impl ServicePool {
             }
         }
         self.teardown(id);
-        if !expected && matches!(previous, WorkerState::Starting | WorkerState::Ready) {
-            self.observer.worker_crashed(id, status);
-            let failure = SlotFailure::Exited {
-                worker: id,
-                status,
-                state: previous,
-                last_words,
-            };
-            self.slot_failed(slot, id, failure);
-        }
     }
 
     /// A probe's result; true when the worker changed state.
@@ -1164,12 +1186,13 @@ impl ServicePool {
                 .workers
                 .values()
                 .filter_map(|w| match w.phase {
-                    // A drained slot stays at weight 0 until `undrain`.
+                    // A drained slot stays at weight 0 until `undrain`; a spare until it
+                    // is promoted.
                     Phase::Ready {
                         spawned,
                         drained: false,
                         ..
-                    } => Some(spawned.addr),
+                    } if !w.is_spare() => Some(spawned.addr),
                     _ => None,
                 })
                 .collect();
@@ -1455,7 +1478,10 @@ impl ServicePool {
                 WorkerState::Ready | WorkerState::Drained => {
                     self.retire(id, RecycleReason::Shutdown).await
                 }
-                WorkerState::Starting => self.begin_stop(id, RecycleReason::Shutdown),
+                // A spare serves nobody: it stops at once.
+                WorkerState::Starting | WorkerState::Spare => {
+                    self.begin_stop(id, RecycleReason::Shutdown)
+                }
                 WorkerState::Draining | WorkerState::Stopping | WorkerState::Gone => {}
             }
         }
@@ -1604,9 +1630,11 @@ impl ServicePool {
         }
         if self.shutdown.is_none() {
             self.reset_failures(now);
+            self.promote_spares().await;
             self.start_planned_recycles(now).await;
             self.fill_slots(now);
         }
+        self.tend_spares(now);
         self.finish_recycles();
         self.finish_deploy();
         self.drop_scaled_away_slots();
@@ -1624,6 +1652,10 @@ impl ServicePool {
         else {
             return None;
         };
+        // A spare is replaced by tend_spares, never recycled.
+        if worker.is_spare() {
+            return None;
+        }
         // A rollout replaces a drained worker too (as `recycle` does; the new one serves).
         if worker.generation != self.generation {
             return Some(RecycleReason::Rollout);
@@ -1763,6 +1795,11 @@ impl ServicePool {
             let index = index as u32;
             self.recycle_started(current, reason);
             info!(service = %self.service.name, worker.slot = index, worker.id = %current, %reason, surge = self.config.recycle.surge, "recycling worker");
+            // A ready spare serves the slot at once; the old worker drains.
+            if self.promote_spare(index).await.is_some() {
+                self.retire(current, reason).await;
+                continue;
+            }
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
                 self.slots[index as usize].replacement = Some(replacement);
@@ -1902,6 +1939,10 @@ impl ServicePool {
             return;
         };
         let (slot, addr) = (worker.slot, spawned.addr);
+        if slot == SPARE_SLOT {
+            self.become_spare(id).await;
+            return;
+        }
         if self.slot_removed(slot) {
             self.begin_stop(id, RecycleReason::Shutdown);
             return;
@@ -2051,6 +2092,10 @@ impl ServicePool {
 
     /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
     fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
+        if slot == SPARE_SLOT {
+            self.spare_failed(id, &failure);
+            return;
+        }
         if self.slot_removed(slot) {
             return;
         }
@@ -2160,6 +2205,10 @@ impl ServicePool {
             .iter()
             .filter(|w| w.state == WorkerState::Ready)
             .count() as u32;
+        let spares = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Spare)
+            .count() as u32;
         let (generation, deployed_rootfs) = (self.generation, self.deployed_rootfs.clone());
         let rolling_out = self.rolling_out();
         self.status.send_modify(|status| {
@@ -2167,6 +2216,7 @@ impl ServicePool {
             status.deployed_rootfs = deployed_rootfs;
             status.rolling_out = rolling_out;
             status.ready = ready;
+            status.spares = spares;
             status.workers = workers;
             status.slots = slots;
         });
@@ -2221,12 +2271,14 @@ async fn reconcile_backends(
         .iter()
         .map(|a| SocketAddr::new(a.addr, config.port))
         .collect();
-    // An operator's slot drain holds across the restart: that backend stays at 0.
+    // A spare takes no traffic, and an operator's slot drain holds across the restart: their
+    // backends stay at 0.
     let weight_of = |backend: &SocketAddr| {
-        let drained = adopted
-            .iter()
-            .any(|a| drained.contains(&a.id) && SocketAddr::new(a.addr, config.port) == *backend);
-        if drained {
+        let out_of_rotation = adopted.iter().any(|a| {
+            SocketAddr::new(a.addr, config.port) == *backend
+                && (a.slot == SPARE_SLOT || drained.contains(&a.id))
+        });
+        if out_of_rotation {
             0
         } else {
             config.weight
@@ -2271,3 +2323,5 @@ fn client_policy(config: &ServiceConfig) -> ClientPolicy {
         connect: config.backend_connect,
     }
 }
+
+mod spares;

@@ -17,6 +17,9 @@ pub enum WorkerState {
     /// Taken out of rotation by `poolctl drain SERVICE/SLOT`: weight 0, alive and probed
     /// for inspection, not replaced, until `undrain` or a recycle.
     Drained,
+    /// A warm spare (`recycle.spares`): healthy, probed, in the balancer at weight 0 (no
+    /// traffic), not counted ready; a recycle or a crash gives it a slot.
+    Spare,
     /// Weight 0: no new connections; waiting for active connections to end.
     Draining,
     /// SIGTERM sent (SIGKILL after stop_timeout); waiting for the exit.
@@ -31,6 +34,7 @@ impl fmt::Display for WorkerState {
             Self::Starting => "starting",
             Self::Ready => "ready",
             Self::Drained => "drained",
+            Self::Spare => "spare",
             Self::Draining => "draining",
             Self::Stopping => "stopping",
             Self::Gone => "gone",
@@ -102,6 +106,7 @@ impl fmt::Display for SlotState {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
+    /// Its slot; [`crate::runtime::SPARE_SLOT`] for a spare (starting or ready).
     pub slot: u32,
     pub id: WorkerId,
     pub state: WorkerState,
@@ -153,6 +158,9 @@ pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaled_from: Option<u32>,
     pub ready: u32,
+    /// Warm spares ready to take a slot (never counted in `ready`).
+    #[serde(default)]
+    pub spares: u32,
     /// Ready workers the service needs to count as ready upstream (`min_ready`, default
     /// `workers`).
     pub min_ready: u32,

@@ -26,6 +26,7 @@ pub mod images;
 pub mod reload;
 pub mod restart;
 pub mod upgrade;
+pub mod spares;
 
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -10,7 +10,7 @@ const RESTART_WORKERS: u64 = 3;
 
 impl Daemon {
     /// SIGKILLs poold and reaps it: nothing of poold's own shutdown runs.
-    fn kill9(&mut self) {
+    pub(super) fn kill9(&mut self) {
         self.child.kill().unwrap();
         let status = self.child.wait().unwrap();
         assert_eq!(
@@ -21,7 +21,7 @@ impl Daemon {
     }
 
     /// Starts poold again on the same config and state directory (its log appended).
-    fn start_again(&mut self) {
+    pub(super) fn start_again(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.path().join("poold.log"))
@@ -35,7 +35,7 @@ impl Daemon {
             .unwrap();
     }
 
-    fn record_path(&self) -> PathBuf {
+    pub(super) fn record_path(&self) -> PathBuf {
         self.dir.path().join("state/workers.json")
     }
 }

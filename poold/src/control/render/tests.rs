@@ -9,6 +9,7 @@ fn service(failures: u32, state: WorkerState) -> ServiceStatus {
         desired: 1,
         scaled_from: None,
         ready: 0,
+        spares: 0,
         min_ready: 1,
         drained: false,
         generation: 1,

@@ -8,6 +8,7 @@ fn service(ready: u32, min_ready: u32, drained: bool) -> ServiceStatus {
         desired: 4,
         scaled_from: None,
         ready,
+        spares: 0,
         min_ready,
         drained,
         generation: 1,
