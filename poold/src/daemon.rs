@@ -295,6 +295,7 @@ async fn run(
                 fds.push(("lock".to_owned(), lock_fd));
                 match hand_over(&pools.snapshot(), fds).await {
                     Ok(new_pid) => {
+                        crate::service_manager::main_pid(new_pid);
                         let _ = reply.send(Ok(crate::control::UpgradeReply {
                             old_pid: std::process::id(),
                             new_pid,
@@ -314,6 +315,7 @@ async fn run(
     user2.abort();
     hangup.abort();
     info!("shutting down: draining every service (a second SIGTERM or Ctrl-C hurries it)");
+    crate::service_manager::stopping();
     let pools = pools.snapshot();
     let hurry = {
         let pools = pools.clone();

@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
+pub mod service_manager;
 pub mod state_dir;
 pub mod supervisor;
 pub mod upgrade;

@@ -26,3 +26,8 @@ fn e2e_failed_upgrade_leaves_the_old_poold_serving() {
 fn e2e_a_failing_test_after_an_upgrade_leaves_nothing() {
     e2e_support::upgrade::a_failing_test_after_an_upgrade_leaves_nothing();
 }
+
+#[test]
+fn e2e_systemd_is_told_ready_the_new_main_pid_and_stopping() {
+    e2e_support::upgrade::service_manager_follows_the_upgrade();
+}

@@ -12,7 +12,13 @@ use anyhow::{bail, Context, Result};
 /// syscall table); leaf utilities sit at the bottom with it. `runtime` is where config
 /// meets the sandbox; `daemon` is the only place that wires rooms together.
 pub const LAYERS: &[&[&str]] = &[
-    &["sandbox", "conn_limit", "state_dir", "worker_output"],
+    &[
+        "sandbox",
+        "conn_limit",
+        "state_dir",
+        "worker_output",
+        "service_manager",
+    ],
     &["config", "upgrade"],
     &["balancer", "health"],
     &["runtime"],

@@ -461,8 +461,13 @@ pub async fn serve(
         }
         let listener = bind_private(path, options.group).map_err(socket_error)?;
         info!(socket = %path.display(), group = ?options.group.map(Gid::as_raw), "control socket listening");
-        // Last step of a start: a previous poold waiting on an upgrade may hand over now.
-        crate::upgrade::report_ready();
+        // Last step of a start: a previous poold waiting on an upgrade may hand over now (and
+        // tells systemd the new main pid); a poold started by systemd tells it it serves.
+        if crate::upgrade::handover_pending() {
+            crate::upgrade::report_ready();
+        } else {
+            crate::service_manager::ready();
+        }
         // 0 descriptors against the shared budget: the control socket's few connections
         // come out of the reserve, so clients of the proxy or /metrics can never starve it.
         let limiter = options.limiter.clone().unwrap_or_else(|| {

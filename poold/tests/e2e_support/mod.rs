@@ -25,8 +25,8 @@ pub mod hardening;
 pub mod images;
 pub mod reload;
 pub mod restart;
-pub mod upgrade;
 pub mod spares;
+pub mod upgrade;
 
 use serde_json::Value;
 use std::collections::BTreeSet;

@@ -337,3 +337,53 @@ pub fn a_failing_test_after_an_upgrade_leaves_nothing() {
     }
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// systemd's side of an upgrade (`Type=notify`), with a datagram socket standing in for
+/// systemd's NOTIFY_SOCKET: poold says READY=1 once it serves; at `poolctl upgrade` the old
+/// poold names the new one as MAINPID (without it systemd would take the old one's exit for
+/// the service's end and stop the new one with it); the new one says STOPPING=1 at its stop.
+pub fn service_manager_follows_the_upgrade() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let service = http_service("e2e", &addr, 1, "");
+    let manager_dir = tempfile::Builder::new()
+        .prefix("poold-notify")
+        .tempdir()
+        .unwrap();
+    let socket = manager_dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = manager
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification within 60 s: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut daemon = Daemon::start_wrapped(
+        "proxy",
+        &service,
+        &format!("export NOTIFY_SOCKET={}", socket.display()),
+    );
+    let started = next();
+    assert!(started.lines().any(|l| l == "READY=1"), "{started}");
+    daemon.wait_ready("e2e", 1);
+    let out = daemon.poolctl(&["--json", "upgrade"]);
+    assert!(
+        out.status.success(),
+        "poolctl upgrade failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
+    daemon.follow_upgrade(new_pid);
+    // The new poold reports ready to the old one, not to systemd: the next message is the
+    // old one's hand-over.
+    let handed = next();
+    assert_eq!(handed.trim(), format!("MAINPID={new_pid}"));
+    daemon.stop_and_check_clean("127.0.0.1");
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+}
