@@ -205,7 +205,7 @@ impl Inner {
         if !self.watching.load(Ordering::SeqCst) {
             return; // removed meanwhile
         }
-        let problem = match net::check_bridge(spec) {
+        let problem = match net::check_bridge(spec, net::PortScan::UnlessOurs) {
             Ok(BridgeFound::Missing) => Some("missing"),
             Ok(BridgeFound::Usable { up: false, .. }) => Some("down"),
             Ok(BridgeFound::Usable {
@@ -234,7 +234,7 @@ impl Inner {
             }
         }
         drop(state);
-        let reattached = match net::reattach_ports(spec) {
+        let reattached = match net::reattach_ports(spec, problem.is_some()) {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(bridge = %spec.name, %error, "reattaching container veths failed");
@@ -262,7 +262,7 @@ pub fn firewall_table(link_prefix: &str) -> String {
 /// (refusing a foreign one before touching anything), installs the firewall (before the
 /// bridge exists, so no container ever runs without it), then makes or takes over the bridge.
 fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
-    net::check_bridge(spec)?;
+    net::check_bridge(spec, net::PortScan::Always)?;
     firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
     net::ensure_bridge(spec)
 }
@@ -627,7 +627,7 @@ impl Sandbox {
     /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
     pub fn check_bridge_blocking(&self) -> Result<()> {
         match &self.inner.bridge {
-            Some(spec) => net::check_bridge(spec).map(|_| ()),
+            Some(spec) => net::check_bridge(spec, net::PortScan::Always).map(|_| ()),
             None => Ok(()),
         }
     }
