@@ -1073,6 +1073,8 @@ fn output_stdio(o: &Output, dir: &Path) -> Result<(Stdio, Stdio, Option<OutputPi
 }
 
 type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+/// The read buffer of a container's control socket (longer lines still arrive whole).
+const CTL_BUFFER: usize = 256;
 
 /// The async half of spawn: start the helper, put it in the cgroup, send the plan, wait for
 /// Ready.
@@ -1131,7 +1133,9 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
         .await
         .map_err(io("sending the plan"))?;
     drop(wr);
-    let mut lines = BufReader::new(rd).lines();
+    // Kept for the container's life and read only for a few short lines: a small buffer
+    // (the default 8 KiB was 8 MiB of poold's memory at 1,000 workers).
+    let mut lines = BufReader::with_capacity(CTL_BUFFER, rd).lines();
     let reply = lines.next_line().await;
     let msg = match &reply {
         Ok(Some(line)) => serde_json::from_str::<HelperMsg>(line).ok(),
