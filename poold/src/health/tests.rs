@@ -164,3 +164,22 @@ async fn probe_sockets_linger_zero_and_defer_the_handshake_ack() {
     assert_eq!(socket.linger().unwrap(), Some(std::time::Duration::ZERO));
     assert!(socket.tcp_quickack().unwrap());
 }
+
+#[tokio::test]
+async fn a_status_line_arriving_in_pieces_is_read_whole() {
+    // The probe peeks at the answer; a status line not complete at the first look is read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(b"HTTP/1.1 20").await.unwrap();
+        stream.flush().await.unwrap();
+        // Not a timing assertion: whichever way the pieces arrive, the answer is a 200.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = stream.write_all(b"0 OK\r\nContent-Length: 0\r\n\r\n").await;
+    });
+    let result = NetworkHealthChecker.check(addr, &http("/")).await;
+    assert!(result.is_ok(), "{result:?}");
+}
