@@ -277,9 +277,9 @@ mod worker_network {
     }
 
     /// A worker's host veth taken off the bridge (`ip link set VETH nomaster`) is put back
-    /// by the watcher's periodic check, which asks the kernel only for veths on no bridge
+    /// by the watcher's periodic check, which asks the kernel only for links on no bridge
     /// (a filtered dump: the unfiltered one cost a tenth of poold's idle CPU at 1,000
-    /// workers); this also checks that the kernel honours the filter.
+    /// workers; a kernel without that filter gets the full dump).
     #[tokio::test(flavor = "multi_thread")]
     async fn a_detached_worker_veth_is_put_back_on_the_bridge() {
         let t = TestSandbox::new(77);

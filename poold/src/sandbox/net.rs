@@ -375,25 +375,16 @@ async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
 const NO_CONTROLLER: u32 = u32::MAX;
 
 /// Links the kernel's dump filter keeps (IFLA_MASTER: on this bridge, or on none with
-/// [`NO_CONTROLLER`]; IFLA_LINKINFO: of this kind). The kernel fills a message only for the
-/// links kept, and filling is what costs: a veth's message looks its peer's namespace up
-/// among every namespace id (O(links × namespaces) per dump). With 1,000 workers the
-/// watcher's unfiltered dumps every 5 s were a tenth of poold's idle CPU.
-async fn filtered_links(
-    h: &Handle,
-    controller: u32,
-    kind: Option<InfoKind>,
-) -> Result<Vec<LinkMessage>> {
+/// [`NO_CONTROLLER`]). The kernel fills a message only for the links kept, and filling is
+/// what costs: a veth's message looks its peer's namespace up among every namespace id
+/// (O(links × namespaces) per dump). With 1,000 workers the watcher's unfiltered dumps
+/// every 5 s were a tenth of poold's idle CPU.
+async fn filtered_links(h: &Handle, controller: u32) -> Result<Vec<LinkMessage>> {
     let mut request = h.link().get();
-    let message = request.message_mut();
-    message
+    request
+        .message_mut()
         .attributes
         .push(LinkAttribute::Controller(controller));
-    if let Some(kind) = kind {
-        message
-            .attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]));
-    }
     request
         .execute()
         .try_collect()
@@ -401,9 +392,16 @@ async fn filtered_links(
         .map_err(|e| SandboxError::net("list links", "*", e))
 }
 
-/// Veths on no bridge (the kernel filters; callers still check each link's controller).
-async fn detached_veths(h: &Handle) -> Result<Vec<LinkMessage>> {
-    filtered_links(h, NO_CONTROLLER, Some(InfoKind::Veth)).await
+/// Links on no bridge, filtered by the kernel where it can (callers still check each
+/// link's controller). A kernel without the "no master" filter takes [`NO_CONTROLLER`] for
+/// an index and answers nothing, while `lo` is always on no bridge: an empty answer means
+/// every link has to be looked at.
+async fn detached_links(h: &Handle) -> Result<Vec<LinkMessage>> {
+    let links = filtered_links(h, NO_CONTROLLER).await?;
+    if links.is_empty() {
+        return all_links(h).await;
+    }
+    Ok(links)
 }
 
 async fn all_links(h: &Handle) -> Result<Vec<LinkMessage>> {
@@ -449,7 +447,7 @@ async fn inspect_bridge(h: &Handle, spec: &BridgeSpec, ports: PortScan) -> Resul
         PortScan::UnlessOurs => !ours,
     };
     let ports = if scan {
-        filtered_links(h, index, None).await?
+        filtered_links(h, index).await?
     } else {
         Vec::new()
     };
@@ -749,7 +747,7 @@ pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
 ///
 /// `every_link`: look at every link of the host (after the bridge was made again, when all
 /// its ports were detached at once); otherwise only at veths on no bridge, filtered by the
-/// kernel (the periodic check: see [`detached_veths`]).
+/// kernel (the periodic check: see [`detached_links`]).
 pub(crate) fn reattach_ports(spec: &BridgeSpec, every_link: bool) -> Result<Vec<String>> {
     let spec = spec.clone();
     with_netlink(None, move |h| async move {
@@ -759,7 +757,7 @@ pub(crate) fn reattach_ports(spec: &BridgeSpec, every_link: bool) -> Result<Vec<
         let candidates = if every_link {
             all_links(&h).await?
         } else {
-            detached_veths(&h).await?
+            detached_links(&h).await?
         };
         let mut attached = Vec::new();
         for link in candidates {
