@@ -187,14 +187,28 @@ impl StateDir {
 /// or the new file, never a mix: a temporary file in `dir`, fsync, rename over the old one,
 /// fsync of the directory (which makes the rename itself durable). The file is 0600.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(dir, name, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] with the content written by `write` into a buffered writer, so a large
+/// file (the state record of 1,000 workers) is never built in memory first.
+pub fn write_atomic_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(bytes)?;
+    let mut out = std::io::BufWriter::new(file);
+    write(&mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, dir.join(name))?;

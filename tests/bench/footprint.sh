@@ -9,11 +9,13 @@
 # (HTTP every 2 s) and no traffic, on the smallest subnet that holds them. Figures:
 # - ready: from poold's start until every worker is ready;
 # - CPU: after a 5 s settle, poold's utime+stime from /proc/PID/stat at the start and end of
-#   a WINDOW (30 s) idle window, as % of one core; VmRSS, VmHWM and threads at its end;
+#   a WINDOW (30 s) idle window, as % of one core; with WINDOWS=N (1), N windows in a row
+#   and their median (the machine may be shared); VmRSS, VmHWM and threads at the end;
 # - status: `poolctl status --json` wall time, median of SAMPLES (7) calls;
 # - scrape: GET /metrics with curl, median time of SAMPLES, and the body's size;
 # - recycle: one `poolctl recycle SERVICE --wait` of every slot (surge; RECYCLE_PARALLEL,
 #   16 by default, at once), wall time; the pool must be all ready again after it.
+#   RECYCLE=0 leaves it out (profiling runs).
 # Only the poold process itself is counted: each worker (helper init + httpd, in its own
 # cgroup) is separate; their cgroup memory, as poolctl status reports it, is printed for
 # context. The load average at the end is printed: the machine may be shared.
@@ -77,19 +79,49 @@ field_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$POOLD_PID/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 sleep 5
-c0=$(cpu_ticks)
-t0=$(now_ns)
-if [ -n "${PERF:-}" ]; then
-    # A profile of poold over the idle window (apt-get install linux-perf), kept in DIR.
-    perf record -q -F 999 -g -p "$POOLD_PID" -o "$DIR/perf.data" -- sleep "$WINDOW" 2>/dev/null
-    perf report -i "$DIR/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null |
-        grep -v '^$' >"$DIR/perf.txt" || true
-    echo "$BENCH: profile of the idle window: $DIR/perf.txt"
-else
-    sleep "$WINDOW"
-fi
-c1=$(cpu_ticks)
-t1=$(now_ns)
+WINDOWS=${WINDOWS:-1}
+cpus=$(mktemp)
+w=0
+while [ "$w" -lt "$WINDOWS" ]; do
+    c0=$(cpu_ticks)
+    t0=$(now_ns)
+    if [ -n "${PERF:-}" ] && [ "$w" = 0 ]; then
+        # A profile of poold over the first idle window (apt-get install linux-perf), in DIR.
+        # perf attaches to each thread it lists; a thread of tokio's blocking pool that
+        # exits meanwhile fails the attach: try again. Its own failure (e.g. no perf_event
+        # access) leaves a note, not a failed run.
+        tries=0
+        until perf record -q -F 999 -g -p "$POOLD_PID" -o "$DIR/perf.data" -- sleep "$WINDOW" 2>"$DIR/perf.err"; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 3 ] || break
+            c0=$(cpu_ticks)
+            t0=$(now_ns)
+        done
+        if [ "$tries" -lt 3 ]; then
+            perf report -i "$DIR/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null |
+                grep -v '^$' >"$DIR/perf.txt" || true
+            perf report -i "$DIR/perf.data" --no-children --sort dso --stdio 2>/dev/null |
+                grep -v '^$' >"$DIR/perf-dso.txt" || true
+            echo "$BENCH: profile of the idle window: $DIR/perf.txt, by object: $DIR/perf-dso.txt"
+        else
+            echo "$BENCH: perf record failed ($(tail -1 "$DIR/perf.err")); no profile" >&2
+            c0=$(cpu_ticks)
+            t0=$(now_ns)
+            sleep "$WINDOW"
+        fi
+    else
+        sleep "$WINDOW"
+    fi
+    c1=$(cpu_ticks)
+    t1=$(now_ns)
+    awk -v c="$((c1 - c0))" -v hz="$hz" -v ns="$((t1 - t0))" \
+        'BEGIN { printf "%.2f\n", c / hz / (ns / 1e9) * 100 }' >>"$cpus"
+    echo "$BENCH: idle window $((w + 1)) of $WINDOWS: $(tail -1 "$cpus") % of one core ($((c1 - c0)) ticks)"
+    w=$((w + 1))
+done
+cpu=$(stats <"$cpus" | cut -d' ' -f1)
+cpu_all=$(tr '\n' ' ' <"$cpus")
+rm -f "$cpus"
 ready=$(ready_count)
 [ "$ready" -ge "$COUNT" ] || die "only $ready of $COUNT workers ready at the end of the window"
 rss=$(field_kb VmRSS)
@@ -97,8 +129,6 @@ hwm=$(field_kb VmHWM)
 threads=$(field_kb Threads)
 workers_mem=$("$POOLCTL" --socket "$SOCK" status --json |
     awk -F': ' '/"memory_bytes"/ { gsub(/,/, "", $2); n += $2 } END { printf "%.1f", n / 1048576 }')
-cpu=$(awk -v c="$((c1 - c0))" -v hz="$hz" -v ns="$((t1 - t0))" \
-    'BEGIN { printf "%.2f", c / hz / (ns / 1e9) * 100 }')
 
 # poolctl status, as an operator (or a script polling it) calls it.
 status_ms=$(i=0; while [ "$i" -lt "$SAMPLES" ]; do
@@ -117,19 +147,22 @@ scrape_ms=${scrape% *}
 scrape_bytes=${scrape#* }
 
 # One recycle wave over every slot.
-r0=$(now_ns)
-"$POOLCTL" --socket "$SOCK" recycle "$SVC" --wait >/dev/null
-recycle_ms=$(ms $(($(now_ns) - r0)))
-after=$(ready_count)
-[ "$after" -ge "$COUNT" ] || die "only $after of $COUNT workers ready after the recycle wave"
+recycle_ms=
+if [ "${RECYCLE:-1}" != 0 ]; then
+    r0=$(now_ns)
+    "$POOLCTL" --socket "$SOCK" recycle "$SVC" --wait >/dev/null
+    recycle_ms=$(ms $(($(now_ns) - r0)))
+    after=$(ready_count)
+    [ "$after" -ge "$COUNT" ] || die "only $after of $COUNT workers ready after the recycle wave"
+fi
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo "$BENCH: balancer $MODE, $COUNT workers idle on $subnet, health HTTP every $INTERVAL, window $(ms $((t1 - t0))) ms"
-echo "$BENCH: poold CPU $((c1 - c0)) ticks (1/$hz s) = $cpu % of one core"
+echo "$BENCH: poold CPU $cpu % of one core (median of $WINDOWS windows: $cpu_all)"
 echo "$BENCH: poold VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, $threads threads"
 echo "$BENCH: workers' own memory (sum of cgroup memory in poolctl status): $workers_mem MiB, not counted above"
 echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms"
 echo "$BENCH: poolctl status --json: median $status_ms ms of $SAMPLES; GET /metrics: median $scrape_ms ms, $scrape_bytes bytes"
-echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
+[ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
 echo "$BENCH: load average at the end: $load"
-echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { printf "%.1f s", m / 1000 }') | $load |"
+echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { if (m == "") print "-"; else printf "%.1f s", m / 1000 }') | $load |"

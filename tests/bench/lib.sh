@@ -163,18 +163,22 @@ http_ok() {
 stop_poold() {
     [ -n "$POOLD_PID" ] || return 0
     kill -TERM "$POOLD_PID" 2>/dev/null || true
+    # Tearing 1,000 workers down takes longer than 30 s on a loaded machine.
+    stop_limit=$((${WORKERS:-0} / 5))
+    [ "$stop_limit" -ge 30 ] || stop_limit=30
     i=0
-    while kill -0 "$POOLD_PID" 2>/dev/null && [ "$i" -lt 300 ]; do
+    while kill -0 "$POOLD_PID" 2>/dev/null && [ "$i" -lt $((stop_limit * 10)) ]; do
         sleep 0.1
         i=$((i + 1))
     done
     if kill -0 "$POOLD_PID" 2>/dev/null; then
-        echo "$BENCH: poold did not stop within 30 s of SIGTERM; SIGKILL" >&2
+        echo "$BENCH: poold did not stop within $stop_limit s of SIGTERM; SIGKILL" >&2
         kill -KILL "$POOLD_PID" 2>/dev/null || true
         LEFTOVER=1
     fi
-    wait "$POOLD_PID" 2>/dev/null
-    POOLD_EXIT=$?
+    # Not a bare `wait`: under `set -e` its status would end the cleanup here.
+    POOLD_EXIT=0
+    wait "$POOLD_PID" 2>/dev/null || POOLD_EXIT=$?
     [ "$POOLD_EXIT" = 0 ] || { echo "$BENCH: poold exit $POOLD_EXIT" >&2; LEFTOVER=1; }
     POOLD_PID=
 }
@@ -200,6 +204,13 @@ bench_cleanup() {
             LEFTOVER=1
         fi
     done
+    # The firewall table is named after the veths' prefix (pd + the instance's tag).
+    table=$(echo "$SEEN_LINKS" | awk 'NF { print "poold_" substr($1, 1, 6); exit }')
+    if [ -n "$table" ] && command -v nft >/dev/null && nft list table inet "$table" >/dev/null 2>&1; then
+        echo "$BENCH: LEFT BEHIND: nft table inet $table" >&2
+        nft delete table inet "$table" 2>/dev/null || true
+        LEFTOVER=1
+    fi
     cgroups=$(ls -d /sys/fs/cgroup/*/poold*/"$SVC"-* /sys/fs/cgroup/poold*/"$SVC"-* 2>/dev/null || true)
     if [ -n "$cgroups" ]; then
         echo "$BENCH: LEFT BEHIND: cgroups $cgroups" >&2

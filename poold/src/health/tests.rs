@@ -97,3 +97,89 @@ async fn silent_server_times_out() {
     assert_eq!(error.to_string(), "no answer within 200ms");
     drop(listener);
 }
+
+/// Accepts one connection; for HTTP reads the request and answers `response`; then reports
+/// how the probe left: a read's result after the answer (Ok(0): a FIN; an error: a reset).
+async fn one_connection(
+    response: Option<&'static str>,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<std::io::Result<usize>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        if let Some(response) = response {
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the probe closed before its request was complete");
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(response.as_bytes()).await.unwrap();
+        }
+        let _ = tx.send(stream.read(&mut buf).await);
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn probes_reset_their_connection_once_answered() {
+    // A reset, not a FIN: no TIME_WAIT or LAST_ACK socket on either side per probe.
+    let (ok, left) = one_connection(Some("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).await;
+    assert!(NetworkHealthChecker.check(ok, &http("/")).await.is_ok());
+    let after = left.await.unwrap();
+    assert!(
+        matches!(&after, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "HTTP probe: {after:?}"
+    );
+    let (tcp, left) = one_connection(None).await;
+    assert!(NetworkHealthChecker
+        .check(tcp, &HealthConfig::default())
+        .await
+        .is_ok());
+    let after = left.await.unwrap();
+    assert!(
+        matches!(&after, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "TCP probe: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn probe_sockets_linger_zero_and_defer_the_handshake_ack() {
+    let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let http_socket = probe_socket(target, HealthKind::Http).unwrap();
+    let socket = socket2::SockRef::from(&http_socket);
+    assert_eq!(socket.linger().unwrap(), Some(std::time::Duration::ZERO));
+    assert!(
+        !socket.tcp_quickack().unwrap(),
+        "the request carries the ACK"
+    );
+    // A TCP check sends nothing after the handshake: its ACK goes at once.
+    let tcp_socket = probe_socket(target, HealthKind::Tcp).unwrap();
+    let socket = socket2::SockRef::from(&tcp_socket);
+    assert_eq!(socket.linger().unwrap(), Some(std::time::Duration::ZERO));
+    assert!(socket.tcp_quickack().unwrap());
+}
+
+#[tokio::test]
+async fn a_status_line_arriving_in_pieces_is_read_whole() {
+    // The probe peeks at the answer; a status line not complete at the first look is read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(b"HTTP/1.1 20").await.unwrap();
+        stream.flush().await.unwrap();
+        // Not a timing assertion: whichever way the pieces arrive, the answer is a 200.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = stream.write_all(b"0 OK\r\nContent-Length: 0\r\n\r\n").await;
+    });
+    let result = NetworkHealthChecker.check(addr, &http("/")).await;
+    assert!(result.is_ok(), "{result:?}");
+}

@@ -78,8 +78,9 @@ struct WorkerRecord {
     generation: u64,
     #[serde(flatten)]
     container: sandbox::ContainerRecord,
-    /// The service's config the worker was started with (to tell whether it still matches).
-    config: serde_json::Value,
+    /// The service's config the worker was started with (to tell whether it still matches);
+    /// one value shared by the workers started on the same config ([`ConfigValues`]).
+    config: Arc<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -94,6 +95,26 @@ fn unix_ms(at: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The service configs live workers were started with, each kept once: a config as a JSON
+/// value is ~5 KB, and a copy per worker was 5 MB of poold's memory at 1,000 workers.
+#[derive(Debug, Default)]
+struct ConfigValues(Vec<Arc<serde_json::Value>>);
+
+impl ConfigValues {
+    /// The shared copy of `value` (a new one if no live worker has it).
+    fn intern(&mut self, value: serde_json::Value) -> Arc<serde_json::Value> {
+        // Only the configs some record still holds are kept; there are a few at most
+        // (services × generations in flight), so a linear search is fine.
+        self.0.retain(|v| Arc::strong_count(v) > 1);
+        if let Some(known) = self.0.iter().find(|v| ***v == value) {
+            return known.clone();
+        }
+        let value = Arc::new(value);
+        self.0.push(value.clone());
+        value
+    }
+}
+
 /// Real workers: namespaces, overlay root, cgroup, veth on the bridge, own address.
 pub struct SandboxRuntime {
     sandbox: Sandbox,
@@ -101,6 +122,7 @@ pub struct SandboxRuntime {
     /// The state directory the record lives in; the record of every live worker.
     state_dir: PathBuf,
     records: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+    configs: Mutex<ConfigValues>,
     /// Workers adopted at start that no pool has taken yet.
     adopted: Mutex<Vec<WorkerRecord>>,
     highest_adopted: Option<WorkerId>,
@@ -309,13 +331,17 @@ impl SandboxRuntime {
             workers: Mutex::default(),
             state_dir,
             records: Mutex::default(),
+            configs: Mutex::default(),
             adopted: Mutex::default(),
             highest_adopted: None,
             operator: Mutex::new(record.operator.clone()),
             operator_restored: Mutex::new(record.operator),
         };
         let mut kept = HashSet::new();
-        for worker in record.workers {
+        for mut worker in record.workers {
+            worker.config = runtime
+                .configs_lock()
+                .intern(Arc::unwrap_or_clone(worker.config));
             match runtime.sandbox.adopt(&worker.container) {
                 Ok(container) => {
                     kept.insert(worker.container.id.clone());
@@ -357,6 +383,10 @@ impl SandboxRuntime {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn configs_lock(&self) -> std::sync::MutexGuard<'_, ConfigValues> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn adopted_lock(&self) -> std::sync::MutexGuard<'_, Vec<WorkerRecord>> {
         self.adopted.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -372,24 +402,16 @@ impl SandboxRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let now = std::time::SystemTime::now();
-        let record = StateRecord {
-            version: RECORD_VERSION,
-            workers: records.values().cloned().collect(),
-            quarantine: self
-                .sandbox
-                .quarantine()
-                .into_iter()
-                .map(|(address, left)| QuarantinedAddress {
-                    address,
-                    until_unix_ms: unix_ms(now + left),
-                })
-                .collect(),
-            operator,
-        };
-        let written = serde_json::to_vec_pretty(&record)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::state_dir::write_atomic(&self.state_dir, RECORD_FILE, &bytes));
-        if let Err(error) = written {
+        let quarantine = self
+            .sandbox
+            .quarantine()
+            .into_iter()
+            .map(|(address, left)| QuarantinedAddress {
+                address,
+                until_unix_ms: unix_ms(now + left),
+            })
+            .collect();
+        if let Err(error) = write_record_file(&self.state_dir, &records, quarantine, &operator) {
             error!(path = %self.state_dir.join(RECORD_FILE).display(), %error,
                 "writing the state record failed: a restart cannot adopt the workers");
         }
@@ -559,7 +581,9 @@ impl WorkerRuntime for SandboxRuntime {
             spare: spec.slot == super::SPARE_SLOT,
             generation: spec.generation,
             container: worker.record(),
-            config: serde_json::to_value(&*spec.service).unwrap_or_default(),
+            config: self
+                .configs_lock()
+                .intern(serde_json::to_value(&*spec.service).unwrap_or_default()),
         };
         let stop_signal = spec.service.stop_signal.0;
         self.own(spec.id, &spec.service.name, spec.slot, stop_signal, worker);
@@ -709,6 +733,35 @@ impl WorkerRuntime for SandboxRuntime {
 
 /// How long an adopted worker of a removed service has to end after SIGTERM.
 const UNCLAIMED_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Writes the state record: streamed to the file, nothing of the records copied (it is
+/// rewritten on every spawn and teardown; a copy of 1,000 records each time left poold's
+/// heap fragmented).
+fn write_record_file(
+    state_dir: &std::path::Path,
+    workers: &BTreeMap<WorkerId, WorkerRecord>,
+    quarantine: Vec<QuarantinedAddress>,
+    operator: &BTreeMap<String, OperatorState>,
+) -> std::io::Result<()> {
+    /// [`StateRecord`] by reference.
+    #[derive(serde::Serialize)]
+    struct Borrowed<'a> {
+        version: u32,
+        workers: Vec<&'a WorkerRecord>,
+        quarantine: Vec<QuarantinedAddress>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        operator: &'a BTreeMap<String, OperatorState>,
+    }
+    let record = Borrowed {
+        version: RECORD_VERSION,
+        workers: workers.values().collect(),
+        quarantine,
+        operator,
+    };
+    crate::state_dir::write_atomic_with(state_dir, RECORD_FILE, |out| {
+        serde_json::to_writer(out, &record).map_err(std::io::Error::other)
+    })
+}
 
 /// The record an earlier run left; none (or an unreadable one, logged) is an empty record.
 fn read_record(state_dir: &std::path::Path) -> StateRecord {

@@ -205,7 +205,7 @@ impl Inner {
         if !self.watching.load(Ordering::SeqCst) {
             return; // removed meanwhile
         }
-        let problem = match net::check_bridge(spec) {
+        let problem = match net::check_bridge(spec, net::PortScan::UnlessOurs) {
             Ok(BridgeFound::Missing) => Some("missing"),
             Ok(BridgeFound::Usable { up: false, .. }) => Some("down"),
             Ok(BridgeFound::Usable {
@@ -234,7 +234,7 @@ impl Inner {
             }
         }
         drop(state);
-        let reattached = match net::reattach_ports(spec) {
+        let reattached = match net::reattach_ports(spec, problem.is_some()) {
             Ok(r) => r,
             Err(error) => {
                 tracing::error!(bridge = %spec.name, %error, "reattaching container veths failed");
@@ -262,7 +262,7 @@ pub fn firewall_table(link_prefix: &str) -> String {
 /// (refusing a foreign one before touching anything), installs the firewall (before the
 /// bridge exists, so no container ever runs without it), then makes or takes over the bridge.
 fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
-    net::check_bridge(spec)?;
+    net::check_bridge(spec, net::PortScan::Always)?;
     firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
     net::ensure_bridge(spec)
 }
@@ -627,7 +627,7 @@ impl Sandbox {
     /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
     pub fn check_bridge_blocking(&self) -> Result<()> {
         match &self.inner.bridge {
-            Some(spec) => net::check_bridge(spec).map(|_| ()),
+            Some(spec) => net::check_bridge(spec, net::PortScan::Always).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -1073,6 +1073,8 @@ fn output_stdio(o: &Output, dir: &Path) -> Result<(Stdio, Stdio, Option<OutputPi
 }
 
 type CtlLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+/// The read buffer of a container's control socket (longer lines still arrive whole).
+const CTL_BUFFER: usize = 256;
 
 /// The async half of spawn: start the helper, put it in the cgroup, send the plan, wait for
 /// Ready.
@@ -1131,7 +1133,9 @@ async fn start(res: Resources, plan: HelperPlan, spec: &ContainerSpec) -> Result
         .await
         .map_err(io("sending the plan"))?;
     drop(wr);
-    let mut lines = BufReader::new(rd).lines();
+    // Kept for the container's life and read only for a few short lines: a small buffer
+    // (the default 8 KiB was 8 MiB of poold's memory at 1,000 workers).
+    let mut lines = BufReader::with_capacity(CTL_BUFFER, rd).lines();
     let reply = lines.next_line().await;
     let msg = match &reply {
         Ok(Some(line)) => serde_json::from_str::<HelperMsg>(line).ok(),

@@ -23,3 +23,63 @@ fn instances_with_other_state_dirs_never_share_a_link_prefix() {
     // pd + tag + 8 hex worker id fits IFNAMSIZ - 1.
     assert!(a.link_prefix.len() + 8 <= 15, "{}", a.link_prefix);
 }
+
+#[test]
+fn workers_on_one_config_share_one_recorded_value() {
+    let config = config_with_state_dir("/run/poold-a");
+    let value = || serde_json::to_value(&config.services[0]).unwrap();
+    let mut configs = ConfigValues::default();
+    let first = configs.intern(value());
+    let second = configs.intern(value());
+    assert!(Arc::ptr_eq(&first, &second), "one copy per config");
+    let mut changed = value();
+    changed["workers"] = serde_json::json!(2);
+    let other = configs.intern(changed);
+    assert!(!Arc::ptr_eq(&first, &other));
+    // A config no worker holds any more is forgotten.
+    drop(other);
+    let _ = configs.intern(value());
+    assert_eq!(configs.0.len(), 1);
+}
+
+#[test]
+fn the_state_record_reads_back_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_state_dir("/run/poold-a");
+    let mut configs = ConfigValues::default();
+    let mut record = |worker: u64| WorkerRecord {
+        worker: WorkerId(worker),
+        service: "web".into(),
+        slot: if worker == 2 {
+            crate::runtime::SPARE_SLOT
+        } else {
+            0
+        },
+        spare: worker == 2,
+        generation: 1,
+        container: serde_json::from_value(serde_json::json!({
+            "id": format!("{worker:08x}"), "name": format!("web-{worker}"), "pid": 42,
+            "start_time": 7, "cgroup": null, "netns": null, "veth": null,
+            "address": "10.0.0.2", "piped": false
+        }))
+        .unwrap(),
+        config: configs.intern(serde_json::to_value(&config.services[0]).unwrap()),
+    };
+    let runtime_records = BTreeMap::from([(WorkerId(1), record(1)), (WorkerId(2), record(2))]);
+    let operator = BTreeMap::from([(
+        "web".to_owned(),
+        OperatorState {
+            drained: true,
+            scaled_to: Some(4),
+            drained_workers: [WorkerId(1)].into(),
+        },
+    )]);
+    write_record_file(dir.path(), &runtime_records, Vec::new(), &operator).unwrap();
+    let back = read_record(dir.path());
+    assert_eq!(back.version, RECORD_VERSION);
+    assert_eq!(back.workers.len(), 2);
+    assert_eq!(back.workers[1].worker, WorkerId(2));
+    assert!(back.workers[1].spare && !back.workers[0].spare);
+    assert_eq!(back.workers[1].config, runtime_records[&WorkerId(2)].config);
+    assert_eq!(back.operator, operator);
+}
