@@ -182,13 +182,14 @@ pub enum PoolError {
     },
     #[error("{service}/{slot} is being recycled; try again when it is done")]
     SlotBusy { service: String, slot: u32 },
-    #[error("{service}: {workers} workers is out of range: from 1 to {max} (the subnet holds {capacity} workers, other services want {others})")]
+    #[error("{service}: {workers} workers is out of range: from 1 to {max} (the subnet holds {capacity} workers, other services want {others}, this one's warm spares {spares})")]
     ScaleOutOfRange {
         service: String,
         workers: u32,
         max: u64,
         capacity: u64,
         others: u64,
+        spares: u64,
     },
 }
 
@@ -1347,7 +1348,9 @@ impl ServicePool {
             return Err(PoolError::ShuttingDown { service });
         }
         let capacity = self.options.worker_capacity;
-        let max = capacity.saturating_sub(others);
+        // The service's warm spares take addresses (and bridge ports) too.
+        let spares = u64::from(self.config.recycle.spares);
+        let max = capacity.saturating_sub(others).saturating_sub(spares);
         if workers == 0 || u64::from(workers) > max {
             return Err(PoolError::ScaleOutOfRange {
                 service,
@@ -1355,6 +1358,7 @@ impl ServicePool {
                 max,
                 capacity,
                 others,
+                spares,
             });
         }
         let from = self.desired;
@@ -1928,6 +1932,17 @@ impl ServicePool {
         }
     }
 
+    /// Workers started together would be probed together for ever: a worker that became
+    /// ready (or a spare) has its next probe at a random point of the interval, so probes
+    /// come in a steady trickle, not in bursts.
+    fn spread_next_probe(&mut self, id: WorkerId, probe: &mut Probe, now: Instant) {
+        if !probe.in_flight {
+            let interval = self.config.health.interval.get();
+            probe.next_at = now + interval.mul_f64(self.probe_rng.f64());
+            self.probe_queue.insert((probe.next_at, id));
+        }
+    }
+
     async fn become_ready(&mut self, id: WorkerId) {
         let Some(worker) = self.workers.get(&id) else {
             return;
@@ -1959,13 +1974,7 @@ impl ServicePool {
         }
         let now = Instant::now();
         let lifetime = self.lifetime();
-        // Workers started together would be probed together for ever: spread the next
-        // probe over the interval, so probes come in a steady trickle, not in bursts.
-        if !probe.in_flight {
-            let interval = self.config.health.interval.get();
-            probe.next_at = now + interval.mul_f64(self.probe_rng.f64());
-            self.probe_queue.insert((probe.next_at, id));
-        }
+        self.spread_next_probe(id, &mut probe, now);
         let worker = self.workers.get_mut(&id).expect("checked above");
         worker.phase = Phase::Ready {
             spawned,

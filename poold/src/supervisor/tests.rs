@@ -1022,11 +1022,25 @@ async fn scale_refuses_out_of_range_counts() {
     let h = Harness::builder(service(1)).options(options).start().await;
     assert_eq!(
         h.pool.scale(0, 3).await.unwrap_err().to_string(),
-        "web: 0 workers is out of range: from 1 to 7 (the subnet holds 10 workers, other services want 3)"
+        "web: 0 workers is out of range: from 1 to 7 (the subnet holds 10 workers, other services want 3, this one's warm spares 0)"
     );
     assert!(h.pool.scale(8, 3).await.is_err());
     assert!(h.pool.scale(7, 3).await.is_ok());
     assert_eq!(h.status().min_ready, 7);
+}
+
+/// A service's warm spares take addresses too: scale leaves room for them.
+#[tokio::test(start_paused = true)]
+async fn scale_leaves_room_for_the_warm_spares() {
+    let config = web_service(2, "[service.recycle]\nspares = 2\n");
+    let mut options = Harness::builder(config.clone()).options_default();
+    options.worker_capacity = 10;
+    let h = Harness::builder(config).options(options).start().await;
+    assert_eq!(
+        h.pool.scale(6, 3).await.unwrap_err().to_string(),
+        "web: 6 workers is out of range: from 1 to 5 (the subnet holds 10 workers, other services want 3, this one's warm spares 2)"
+    );
+    assert!(h.pool.scale(5, 3).await.is_ok());
 }
 
 /// A worker still being spawned when its slot is scaled away stops once spawned, rather

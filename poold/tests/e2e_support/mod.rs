@@ -498,8 +498,10 @@ impl Daemon {
             .filter_map(|l| l.split(' ').nth(4))
             .filter(|point| point.starts_with(&ours))
             .collect();
+        // umount2 itself: the VM has no umount binary (the helper found none there and the
+        // netns mounts of a killed poold stayed).
         for point in points.iter().rev() {
-            quiet("/usr/bin/umount", &["--lazy", point]);
+            let _ = nix::mount::umount2(*point, nix::mount::MntFlags::MNT_DETACH);
         }
         let new_links: Vec<String> = links_with_prefix(&self.link_prefix)
             .difference(&self.links_before)

@@ -39,6 +39,21 @@ fn handed_over_to(log: &str) -> Option<u32> {
         .and_then(|pid| pid.parse().ok())
 }
 
+/// `poolctl --json upgrade`, which must succeed; the harness follows the new poold. Returns
+/// poolctl's reply (`old_pid`, `new_pid`).
+fn upgrade_by_poolctl(daemon: &mut Daemon) -> Value {
+    let out = daemon.poolctl(&["--json", "upgrade"]);
+    assert!(
+        out.status.success(),
+        "poolctl upgrade failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    daemon.follow_upgrade(reply["new_pid"].as_u64().unwrap() as u32);
+    reply
+}
+
 fn exe_of(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
 }
@@ -65,17 +80,9 @@ pub fn upgrade_under_wrk_load_loses_nothing(balancer: &str, listen_ip: &str) {
     // Load before the upgrade, so connections are open when the sockets change hands.
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
-    let out = daemon.poolctl(&["--json", "upgrade"]);
+    let reply = upgrade_by_poolctl(&mut daemon);
     let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "poolctl upgrade failed: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
-    daemon.follow_upgrade(new_pid);
     assert_eq!(reply["old_pid"].as_u64(), Some(u64::from(old_pid)));
     assert_ne!(new_pid, old_pid);
     assert_eq!(exe_of(new_pid), PathBuf::from(env!("CARGO_BIN_EXE_poold")));
@@ -369,16 +376,7 @@ pub fn service_manager_follows_the_upgrade() {
     let started = next();
     assert!(started.lines().any(|l| l == "READY=1"), "{started}");
     daemon.wait_ready("e2e", 1);
-    let out = daemon.poolctl(&["--json", "upgrade"]);
-    assert!(
-        out.status.success(),
-        "poolctl upgrade failed: {}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let new_pid = reply["new_pid"].as_u64().unwrap() as u32;
-    daemon.follow_upgrade(new_pid);
+    let new_pid = upgrade_by_poolctl(&mut daemon)["new_pid"].as_u64().unwrap() as u32;
     // The new poold reports ready to the old one, not to systemd: the next message is the
     // old one's hand-over.
     let handed = next();

@@ -60,11 +60,7 @@ impl ServicePool {
             return;
         }
         let now = Instant::now();
-        if !probe.in_flight {
-            let interval = self.config.health.interval.get();
-            probe.next_at = now + interval.mul_f64(self.probe_rng.f64());
-            self.probe_queue.insert((probe.next_at, id));
-        }
+        self.spread_next_probe(id, &mut probe, now);
         let worker = self.workers.get_mut(&id).expect("checked above");
         worker.phase = Phase::Ready {
             spawned,
