@@ -476,12 +476,19 @@ impl Balancer for IpvsBalancer {
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         let key = key_of(service);
         let deleted = self.ipvs(move |client| client.delete_service(&key)).await?;
-        self.unbind_vip(service).await?;
-        let none_left = {
+        let (vip_still_used, none_left) = {
             let mut services = self.services.lock().expect("services lock");
             services.remove(&service.name);
-            services.is_empty()
+            let vip = service.listen.ip();
+            let used = services
+                .values()
+                .any(|key| matches!(key, ServiceKey::Inet { addr, .. } if *addr == vip));
+            (used, services.is_empty())
         };
+        // Another service on the same VIP (another port) still needs the address bound.
+        if !vip_still_used {
+            self.unbind_vip(service).await?;
+        }
         if none_left {
             self.arp.lock().expect("arp lock").restore();
         }

@@ -215,3 +215,37 @@ fn service_of_an_earlier_run_is_taken_over_with_its_real_servers() {
         second.remove_service(&service).await.unwrap();
     });
 }
+
+/// Two services on one VIP (different ports): removing one (a reload) must leave the VIP
+/// bound for the other, whose clients would otherwise reach no local address.
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn a_vip_shared_by_two_services_stays_bound_until_the_last_goes() {
+    in_fresh_netns(|| async {
+        let balancer = IpvsBalancer::new().await.expect("IPVS available in the VM");
+        let service = |name: &str, port: u16| VirtualService {
+            name: name.into(),
+            listen: SocketAddr::new("10.212.0.7".parse().unwrap(), port),
+            scheduler: "wlc".into(),
+            clients: ClientPolicy::default(),
+        };
+        let (web, api) = (service("web", 80), service("api", 81));
+        balancer.ensure_service(&web).await.unwrap();
+        balancer.ensure_service(&api).await.unwrap();
+        balancer.remove_service(&web).await.unwrap();
+        let device = balancer.vip_device().to_owned();
+        assert!(
+            addresses_of(&device).contains("10.212.0.7/32"),
+            "the VIP left with the first service: {}",
+            addresses_of(&device)
+        );
+        let listing = ipvsadm_listing();
+        assert!(listing.contains("TCP  10.212.0.7:81 wlc"), "{listing}");
+        assert!(!listing.contains("10.212.0.7:80"), "{listing}");
+        balancer.remove_service(&api).await.unwrap();
+        assert!(
+            !link_exists(&device) || !addresses_of(&device).contains("10.212.0.7/32"),
+            "the VIP stayed after the last service"
+        );
+    });
+}
