@@ -1955,7 +1955,8 @@ impl ServicePool {
         };
         let (slot, addr) = (worker.slot, spawned.addr);
         if slot == SPARE_SLOT {
-            self.become_spare(id).await;
+            let generation = worker.generation;
+            self.become_spare(id, generation, spawned, probe).await;
             return;
         }
         if self.slot_removed(slot) {

@@ -1,7 +1,7 @@
 //! The operator's verbs against the real poold: `poolctl drain`/`undrain` of a service and
 //! of the whole host, and the readiness endpoint upstream balancers check.
 
-use super::{http_service, Daemon};
+use super::{http_service, served, Daemon};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,20 +21,6 @@ fn ready(daemon: &Daemon, path: &str) -> (u16, Value) {
     let (code, body) = daemon.http_get(path);
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
     (code, json)
-}
-
-/// One request through the service's listener, answered by a worker.
-fn served(listen: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(listen) else {
-        return false;
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.") && response.contains("hello from a poold worker")
 }
 
 /// Service drain and host drain: /ready goes 503 at once with the reason while the workers

@@ -1599,3 +1599,17 @@ pub fn wrk_requests(report: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no request count in wrk output:\n{report}"))
 }
+
+/// One request through the service's listener, answered by a worker.
+pub fn served(listen: &str) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(listen) else {
+        return false;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = std::io::Write::write_all(&mut stream, b"GET / HTTP/1.0\r\n\r\n");
+    let mut response = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut response);
+    response.starts_with("HTTP/1.") && response.contains("hello from a poold worker")
+}

@@ -2,10 +2,8 @@
 //! spare takes no request, `poolctl recycle web --slot 0` makes the former spare's process
 //! serve the slot, and a worker killed with SIGKILL is replaced by the next spare.
 
-use super::{http_service, Daemon};
+use super::{http_service, served, Daemon};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -68,20 +66,6 @@ fn slot_worker(status: &Value, slot: u64) -> Value {
         .into_iter()
         .find(|w| w["slot"] == slot && w["state"] == "ready")
         .unwrap_or_else(|| panic!("slot {slot} has no ready worker: {status}"))
-}
-
-/// One request through the service's listener; true when a worker answered it.
-fn served(listen: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(listen) else {
-        return false;
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.contains("hello from a poold worker")
 }
 
 /// Connections the balancer gave worker `id` (status `total_conns`, read at each tick).

@@ -9,8 +9,8 @@
 //! generation (reload, deploy, rollback) is stopped and replaced, never promoted.
 
 use super::{
-    error, info, warn, Instant, Phase, RecycleReason, ServicePool, SlotFailure, WorkerId,
-    SPARE_SLOT,
+    error, info, warn, Instant, Phase, Probe, RecycleReason, ServicePool, SlotFailure, Spawned,
+    WorkerId, SPARE_SLOT,
 };
 
 /// Failures of spares in a row and when the next one may start: a spare that cannot start
@@ -34,18 +34,16 @@ impl ServicePool {
             .map(|w| w.id)
     }
 
-    /// A starting spare passed its health checks: into the balancer at weight 0.
-    pub(super) async fn become_spare(&mut self, id: WorkerId) {
-        let Some(worker) = self.workers.get(&id) else {
-            return;
-        };
-        let Phase::Starting {
-            spawned, mut probe, ..
-        } = worker.phase
-        else {
-            return;
-        };
-        if worker.generation != self.generation || self.shutdown.is_some() {
+    /// A starting spare (`become_ready` found it `Starting`, with `spawned` and `probe`)
+    /// passed its health checks: into the balancer at weight 0.
+    pub(super) async fn become_spare(
+        &mut self,
+        id: WorkerId,
+        generation: u64,
+        spawned: Spawned,
+        mut probe: Probe,
+    ) {
+        if generation != self.generation || self.shutdown.is_some() {
             self.begin_stop(id, RecycleReason::Rollout);
             return;
         }
