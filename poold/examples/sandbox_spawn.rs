@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         bridge: Some(BridgeConfig {
             name: bridge,
             subnet: subnet.parse().context("--subnet")?,
+            slice_prefix: poold::sandbox::DEFAULT_SLICE_PREFIX,
             quarantine: Duration::ZERO,
             allow_host_ports: Vec::new(),
         }),

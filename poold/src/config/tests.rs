@@ -333,29 +333,58 @@ fn loopback_vip_refused_for_ipvs_with_reason() {
 fn subnet_must_hold_the_workers() {
     let text = format!("[network]\nsubnet = \"10.9.0.0/29\"\n{MINIMAL}");
     let message = error_text(&text);
-    assert!(message.starts_with("/etc/poold.toml:2:1: network.subnet: 10.9.0.0/29 has 6 host addresses; 2 workers need at least 9"), "{message}");
-}
-
-/// Issue 12: 1,024 workers cannot all be ports of one bridge (the kernel refuses port
-/// 1,024) and the refused slots crash-loop; `poold check` says so up front.
-#[test]
-fn workers_and_surge_must_fit_the_bridge_ports() {
-    let big = |workers: u32| {
-        format!("[network]\nbridge = \"pdbig0\"\nsubnet = \"10.9.0.0/16\"\n{MINIMAL}")
-            .replace("workers = 2", &format!("workers = {workers}"))
-    };
-    let message = error_text(&big(1024));
     assert!(
-        message.contains(
-            "network.bridge: 1024 workers and 1 surge replacements (max_concurrent_recycles) \
-             need 1025 ports on the bridge; a Linux bridge holds at most 1023"
+        message.starts_with(
+            "/etc/poold.toml:2:1: network.subnet: 10.9.0.0/29 has 5 worker addresses \
+        (one bridge, less its network, gateway and broadcast addresses); 2 workers need at least 8"
         ),
         "{message}"
     );
-    assert!(parse(&big(1000)).is_ok());
+}
+
+/// Issue 12: one Linux bridge takes 1,023 ports, so a pool of 1,024 workers is spread over
+/// several bridges, one per /22 slice of the subnet (1,021 workers each). `poold check`
+/// refuses what now limits: the subnet's worker addresses, and a bridge name that leaves no
+/// room for `<bridge>-<i>`.
+#[test]
+fn a_pool_beyond_one_bridge_spans_several_and_the_limits_are_checked() {
+    let config = |bridge: &str, subnet: &str, workers: u32| {
+        format!("[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\n{MINIMAL}")
+            .replace("workers = 2", &format!("workers = {workers}"))
+    };
+    // 1,024 workers: 4,096 addresses, on a /19 (8 bridges) or the default /16 (64).
+    assert!(parse(&config("pdbig0", "10.9.0.0/19", 1024)).is_ok());
+    assert!(parse(&config("pdbig0", "10.9.0.0/16", 4000)).is_ok());
+    // A /20 holds 4 × 1,021 = 4,084 worker addresses: short of 4,096.
+    let message = error_text(&config("pdbig0", "10.9.0.0/20", 1024));
+    assert!(
+        message.contains(
+            "network.subnet: 10.9.0.0/20 has 4084 worker addresses (4 bridges, one per /22 slice, \
+             each less its network, gateway and broadcast addresses); 1024 workers need at least 4096"
+        ),
+        "{message}"
+    );
+    // 64 slices need names up to "<bridge>-63": 12 bytes of name at most.
+    assert!(parse(&config("pdbr-twelve", "10.9.0.0/16", 2)).is_ok());
+    let message = error_text(&config("pdbr-thirteen", "10.9.0.0/16", 2));
+    assert!(
+        message.contains(
+            "/etc/poold.toml:2:1: network.bridge: bridge name \"pdbr-thirteen\" is too long for \
+             10.9.0.0/16: its 64 slices need bridges up to \"pdbr-thirteen-63\" (16 bytes; a link name \
+             has at most 15); shorten the name or the subnet"
+        ),
+        "{message}"
+    );
+    // One slice: the whole name is the bridge's, as before.
+    assert!(parse(&config("pdbr-fifteen-ch", "10.9.0.0/23", 2)).is_ok());
+    // `poolctl scale` stays within the same bound.
     assert_eq!(
         crate::config::worker_capacity("10.9.0.0/16".parse().unwrap()),
-        1023
+        64 * 1021 / 4
+    );
+    assert_eq!(
+        crate::config::worker_capacity("10.9.0.0/24".parse().unwrap()),
+        253 / 4
     );
 }
 
@@ -379,12 +408,10 @@ fn spares_are_checked_and_counted_as_workers() {
         ),
         "{message}"
     );
-    let message = error_text(&with(1000, 30));
+    // Spares take addresses: 1,000 workers fit a /20 (4,084 worker addresses), 1,030 not.
+    let message = error_text(&with(1000, 30).replace("10.9.0.0/16", "10.9.0.0/20"));
     assert!(
-        message.contains(
-            "network.bridge: 1030 workers (of which 30 warm spares) and 1 surge replacements \
-             (max_concurrent_recycles) need 1031 ports on the bridge"
-        ),
+        message.contains("1030 workers (of which 30 warm spares) need at least 4120"),
         "{message}"
     );
 }

@@ -172,9 +172,10 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ));
         }
     }
-    // The bridge takes one address; every worker needs one, twice over during surge
-    // recycles, plus room for the allocator to quarantine freed addresses.
-    // Warm spares are workers too: each has an address and a bridge port.
+    // Every worker needs an address, twice over during surge recycles, plus room for the
+    // allocator to quarantine freed addresses. Warm spares are workers too. The subnet is
+    // cut into bridge slices (a bridge takes at most 1,023 ports, a /22 slice 1,021
+    // workers), each less its network, gateway and broadcast addresses.
     let spares: u64 = config
         .services
         .iter()
@@ -186,38 +187,26 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         .map(|s| u64::from(s.workers))
         .sum::<u64>()
         + spares;
-    let needed = 1 + 4 * total_workers;
+    let needed = 4 * total_workers;
     let subnet = config.network.subnet;
-    let usable = subnet_hosts(subnet);
+    let slices = bridge_slices(subnet);
+    let usable = slices.worker_addresses();
     if usable < needed {
         problems.push(problem(
             network.clone().key("subnet"),
             format!(
-                "{subnet} has {usable} host addresses; {total_workers} workers{} need at least {needed} \
-                 (bridge + 2 per worker for surge + 2 per worker of quarantine for freed addresses)",
+                "{subnet} has {usable} worker addresses ({}); {total_workers} workers{} need at least {needed} \
+                 (2 per worker for surge + 2 per worker of quarantine for freed addresses)",
+                slices_note(&slices),
                 spares_note(spares)
             ),
         ));
     }
-    // Every worker's host veth is a port of the one bridge, and a surge recycle adds its
-    // replacements' ports for a while: the kernel refuses port 1,024 (BR_MAX_PORTS), and
-    // the slots whose spawns it refuses crash-loop.
-    let surge_ports: u64 = config
-        .services
-        .iter()
-        .filter(|s| s.recycle.surge)
-        .map(|s| u64::from(s.recycle.max_concurrent_recycles))
-        .sum();
-    if total_workers + surge_ports > MAX_BRIDGE_PORTS {
-        problems.push(problem(
-            network.clone().key("bridge"),
-            format!(
-                "{total_workers} workers{} and {surge_ports} surge replacements (max_concurrent_recycles) \
-                 need {} ports on the bridge; a Linux bridge holds at most {MAX_BRIDGE_PORTS}",
-                spares_note(spares),
-                total_workers + surge_ports
-            ),
-        ));
+    // Slice i > 0's bridge is `<bridge>-<i>`: the name must leave room for the last one.
+    if bridge.len() <= MAX_IFNAME_LEN {
+        if let Err(error) = crate::sandbox::check_bridge_names(bridge, &slices) {
+            problems.push(problem(network.clone().key("bridge"), error.to_string()));
+        }
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -870,16 +859,26 @@ pub fn warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-fn subnet_hosts(subnet: ipnet::Ipv4Net) -> u64 {
-    (1u64 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(2)
+/// How the daemon cuts `subnet` into bridge slices.
+fn bridge_slices(subnet: ipnet::Ipv4Net) -> crate::sandbox::Slices {
+    crate::sandbox::Slices::new(subnet, crate::sandbox::DEFAULT_SLICE_PREFIX)
 }
 
-/// Workers `subnet` holds across every service, by the rule [`validate`] checks: the
-/// bridge's address, then 4 per worker (surge and quarantine); and no more than the bridge
-/// has ports. `poolctl scale` stays below.
+/// "one bridge, less its network, gateway and broadcast addresses", or the slices.
+fn slices_note(slices: &crate::sandbox::Slices) -> String {
+    let less = "less its network, gateway and broadcast addresses";
+    match slices.count() {
+        1 => format!("one bridge, {less}"),
+        n => format!(
+            "{n} bridges, one per /{} slice, each {less}",
+            crate::sandbox::DEFAULT_SLICE_PREFIX
+        ),
+    }
+}
+
+/// Workers `subnet` holds across every service, by the rule [`validate`] checks: 4 addresses
+/// per worker (surge and quarantine) of the subnet's bridge slices. `poolctl scale` stays
+/// below.
 pub fn worker_capacity(subnet: ipnet::Ipv4Net) -> u64 {
-    (subnet_hosts(subnet).saturating_sub(1) / 4).min(MAX_BRIDGE_PORTS)
+    bridge_slices(subnet).worker_addresses() / 4
 }
-
-/// Ports a Linux bridge takes (BR_MAX_PORTS is 1,024 and port 0 is never used).
-pub const MAX_BRIDGE_PORTS: u64 = 1023;

@@ -156,6 +156,7 @@ pub fn sandbox_config(config: &Config) -> SandboxConfig {
         bridge: Some(BridgeConfig {
             name: config.network.bridge.clone(),
             subnet: config.network.subnet,
+            slice_prefix: sandbox::DEFAULT_SLICE_PREFIX,
             quarantine: ADDRESS_QUARANTINE,
             allow_host_ports: config.network.allow_host_ports.clone(),
         }),

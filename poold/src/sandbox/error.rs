@@ -63,6 +63,21 @@ pub enum SandboxError {
         problem: ForeignLink,
     },
 
+    /// The subnet has more slices than the bridge's name leaves room for: slice `i > 0`'s
+    /// bridge is `<bridge>-<i>`, and a link name has at most 15 bytes.
+    #[error(
+        "bridge name {bridge:?} is too long for {subnet}: its {slices} slices need bridges up to \
+         {last:?} ({} bytes; a link name has at most {}); shorten the name or the subnet",
+        last.len(),
+        super::slices::MAX_LINK_NAME
+    )]
+    SliceBridgeName {
+        bridge: String,
+        subnet: ipnet::Ipv4Net,
+        slices: u64,
+        last: String,
+    },
+
     /// Installing or removing the containers' nftables table failed.
     #[error("firewall: {action} nftables table inet {table}: {source}")]
     Firewall {

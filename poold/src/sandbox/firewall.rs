@@ -1,13 +1,13 @@
 //! The containers' firewall: an nftables table per poold instance (`inet poold_<link prefix>`)
 //! that keeps containers off the host's own services. Its input chain, for packets from the
-//! bridge: listed host ports (TCP and UDP) pass; a TCP connection request (SYN without ACK)
-//! is dropped; the rest of TCP (the host's health checks, proxy and IPVS connections), ICMP
+//! instance's bridges (one per slice of the subnet, each by its exact name): listed host
+//! ports (TCP and UDP) pass; a TCP connection request (SYN without ACK) is dropped; the rest of TCP (the host's health checks, proxy and IPVS connections), ICMP
 //! and ICMPv6 (errors, echo, neighbour discovery) pass; everything else (UDP and other
 //! protocols, to any host address: the gateway, the host's other addresses, a VIP, the
 //! bridge's IPv6 link-local address) is dropped. No conntrack: see [`ruleset`].
 //! Forwarded traffic (containers answering remote clients, containers reaching other machines) is
-//! not touched. The table is replaced atomically (one `nft` transaction) and made and removed
-//! with the bridge.
+//! not touched. The table is replaced atomically (one `nft` transaction), again with the
+//! longer list before each new bridge is made, and removed with the bridges.
 //!
 //! The rules are built with the `nftables` crate's typed JSON schema and fed to `nft -j`,
 //! the reference parser: no rule text is pasted together and no netlink encoding of
@@ -102,13 +102,22 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
-fn from_bridge(bridge: &str) -> Statement<'static> {
+/// A packet that came in on one of `bridges` (exact names: a wildcard such as `pdbr0*`
+/// would also match another instance's `pdbr01`).
+fn from_bridge(bridges: &[String]) -> Statement<'static> {
+    let name = |b: &String| Expression::String(Cow::Owned(b.clone()));
+    let right = match bridges {
+        [one] => name(one),
+        many => Expression::Named(NamedExpression::Set(
+            many.iter().map(|b| SetItem::Element(name(b))).collect(),
+        )),
+    };
     matches(
         Expression::Named(NamedExpression::Meta(Meta {
             key: MetaKey::Iifname,
         })),
         Operator::EQ,
-        Expression::String(Cow::Owned(bridge.to_string())),
+        right,
     )
 }
 
@@ -132,7 +141,9 @@ fn rule(table: &str, statements: Vec<Statement<'static>>, comment: &str) -> NfLi
     })
 }
 
-/// The whole table for `bridge`, replacing an older copy in the same transaction.
+/// The whole table for `bridges` (every bridge of the instance), replacing an older copy in
+/// the same transaction: a bridge made later is covered by installing the table again with
+/// it, before the bridge exists.
 ///
 /// Stateless on purpose: a `ct state` match makes the kernel track every connection of the
 /// host's network namespace (loopback and the proxy's clients too); under a busy proxy that
@@ -140,7 +151,7 @@ fn rule(table: &str, statements: Vec<Statement<'static>>, comment: &str) -> NfLi
 /// connections to every container. Without a SYN, no TCP connection to the host can open.
 pub(crate) fn ruleset(
     table_name: &str,
-    bridge: &str,
+    bridges: &[String],
     allow_host_ports: &[u16],
 ) -> Nftables<'static> {
     let mut batch = Batch::new();
@@ -167,7 +178,7 @@ pub(crate) fn ruleset(
             batch.add(rule(
                 table_name,
                 vec![
-                    from_bridge(bridge),
+                    from_bridge(bridges),
                     matches(
                         field(protocol, "dport"),
                         Operator::EQ,
@@ -182,7 +193,7 @@ pub(crate) fn ruleset(
     batch.add(rule(
         table_name,
         vec![
-            from_bridge(bridge),
+            from_bridge(bridges),
             matches(
                 Expression::BinaryOperation(Box::new(BinaryOperation::AND(
                     field("tcp", "flags"),
@@ -211,7 +222,7 @@ pub(crate) fn ruleset(
         batch.add(rule(
             table_name,
             vec![
-                from_bridge(bridge),
+                from_bridge(bridges),
                 matches(
                     Expression::Named(NamedExpression::Meta(Meta {
                         key: MetaKey::L4proto,
@@ -226,18 +237,22 @@ pub(crate) fn ruleset(
     }
     batch.add(rule(
         table_name,
-        vec![from_bridge(bridge), Statement::Drop(None)],
+        vec![from_bridge(bridges), Statement::Drop(None)],
         "workers reach no other host service (UDP, other protocols)",
     ));
     batch.to_nftables()
 }
 
-/// Installs (or replaces) the table.
-pub(crate) fn install(table_name: &str, bridge: &str, allow_host_ports: &[u16]) -> Result<()> {
+/// Installs (or replaces) the table, covering `bridges`.
+pub(crate) fn install(
+    table_name: &str,
+    bridges: &[String],
+    allow_host_ports: &[u16],
+) -> Result<()> {
     apply(
         table_name,
         "install",
-        &ruleset(table_name, bridge, allow_host_ports),
+        &ruleset(table_name, bridges, allow_host_ports),
     )
 }
 
@@ -265,7 +280,8 @@ mod tests {
 
     #[test]
     fn the_ruleset_is_what_nft_expects() {
-        let json = serde_json::to_value(ruleset("poold_pdx", "pdbr0", &[53, 8125])).unwrap();
+        let json =
+            serde_json::to_value(ruleset("poold_pdx", &["pdbr0".into()], &[53, 8125])).unwrap();
         let text = json.to_string();
         for want in [
             r#"{"add":{"table":{"family":"inet","name":"poold_pdx"}}}"#,
@@ -282,7 +298,7 @@ mod tests {
 
     #[test]
     fn no_listed_ports_means_no_port_rules() {
-        let text = serde_json::to_string(&ruleset("poold_pdx", "pdbr0", &[])).unwrap();
+        let text = serde_json::to_string(&ruleset("poold_pdx", &["pdbr0".into()], &[])).unwrap();
         assert!(!text.contains("dport"), "{text}");
         assert!(text.contains("ICMPv6"), "{text}");
         assert!(
@@ -290,5 +306,17 @@ mod tests {
             "protocol numbers, not names (no /etc/protocols needed): {text}"
         );
         assert!(!text.contains("\"ct\""), "stateless: {text}");
+    }
+
+    /// Several bridges (one per slice of the subnet): every rule matches each by its exact
+    /// name, none by a prefix that could take in another instance's bridges.
+    #[test]
+    fn every_bridge_of_the_instance_is_covered_by_name() {
+        let bridges = ["pdbr0".to_string(), "pdbr0-1".into(), "pdbr0-2".into()];
+        let text = serde_json::to_string(&ruleset("poold_pdx", &bridges, &[53])).unwrap();
+        let set = r#"{"left":{"meta":{"key":"iifname"}},"right":{"set":["pdbr0","pdbr0-1","pdbr0-2"]},"op":"=="}"#;
+        // The two port rules, the SYN drop, three protocol accepts and the final drop.
+        assert_eq!(text.matches(set).count(), 7, "{text}");
+        assert!(!text.contains('*'), "no wildcard: {text}");
     }
 }

@@ -22,6 +22,7 @@ mod helper;
 mod net;
 mod rootfs;
 mod seccomp;
+mod slices;
 mod spec;
 pub(crate) mod sys;
 
@@ -35,18 +36,19 @@ pub use helper::{
     maybe_run_helper, Call, ContainerExit, HelperError, OpError, RootFacts, RootSwitch,
     FORWARDED as FORWARDED_SIGNALS, HELPER_ARG,
 };
-pub use net::{
-    neighbour_shortfall, raise_neighbour_limits, AddressAllocator, Clock, NeighbourLimit,
-    SystemClock,
-};
+pub use net::{neighbour_shortfall, raise_neighbour_limits, NeighbourLimit};
 pub use rootfs::{ImageError, DEFAULT_IMAGE_MAX_BYTES};
 pub use seccomp::{is_known_syscall, SeccompMode};
+pub use slices::{
+    bridge_name, check_bridge_names, AddressAllocator, Clock, Slices, SystemClock,
+    DEFAULT_SLICE_PREFIX, MAX_LINK_NAME,
+};
 pub use spec::{
     BindMount, ContainerSpec, IdMap, Limits, NetworkMode, Output, Rlimit, RlimitResource, RootFs,
     Tmpfs,
 };
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -63,16 +65,21 @@ use tracing::Instrument;
 
 use cgroup::ContainerCgroup;
 use helper::HelperMsg;
-use net::{BridgeFound, BridgeOwnership, BridgeSpec, BridgeWatcher, ContainerNet};
+use net::{BridgeFound, BridgeOwnership, BridgeWatcher, Bridges, ContainerNet};
 use spec::{HelperPlan, NetnsPlan, RootPlan};
 
-/// The bridge containers attach to.
+/// The bridges containers attach to: one per slice of the subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeConfig {
-    /// Bridge link name (≤ 15 chars), created when missing, e.g. `pdbr0`.
+    /// Slice 0's bridge link name (≤ 15 chars), created when missing, e.g. `pdbr0`; slice
+    /// `i > 0`'s is `<name>-<i>`, created when the first container needs it.
     pub name: String,
-    /// Service subnet; the first host address goes to the bridge (the containers' gateway).
+    /// Service subnet, cut into slices of `/slice_prefix`; each slice's first host address
+    /// goes to its bridge (the gateway of the slice's containers).
     pub subnet: Ipv4Net,
+    /// The slices' prefix ([`DEFAULT_SLICE_PREFIX`]: 1,021 containers per bridge, below a
+    /// bridge's 1,023 ports); a subnet smaller than a slice is one slice.
+    pub slice_prefix: u8,
     /// How long a freed container address rests before reuse (≥ 150 s in production).
     pub quarantine: Duration,
     /// Host ports (TCP and UDP) containers may connect to; every other service of the host is
@@ -144,9 +151,13 @@ struct Inner {
     config: SandboxConfig,
     addresses: Option<Mutex<AddressAllocator>>,
     images: rootfs::ImageCache,
-    bridge: Option<BridgeSpec>,
-    /// `Some` once the bridge was made or taken over in this run (None: check it again).
-    bridge_state: Mutex<Option<BridgeOwnership>>,
+    bridges: Option<Bridges>,
+    /// The slices whose bridges this run needs (a container was placed on it, or adopted on
+    /// it), each `Some` once its bridge was made or taken over in this run (None: check it
+    /// again). Grows until the bridges are removed: the firewall covers every one listed.
+    bridge_state: Mutex<BTreeMap<u32, Option<BridgeOwnership>>>,
+    /// The slice of each live container's host veth, to put a detached one back on its bridge.
+    ports: Mutex<HashMap<String, u32>>,
     /// Repairs the bridge on link events while set ([`Sandbox::watch_bridge`]).
     watcher: Mutex<Option<BridgeWatcher>>,
     /// Whether repairs are wanted (set before the watcher starts, cleared before removal).
@@ -154,24 +165,29 @@ struct Inner {
 }
 
 impl Inner {
-    fn bridge_state(&self) -> std::sync::MutexGuard<'_, Option<BridgeOwnership>> {
+    fn bridge_state(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Option<BridgeOwnership>>> {
         self.bridge_state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes or takes over the bridge unless done already in this run.
-    fn ensure_bridge(&self) -> Result<()> {
-        let Some(spec) = &self.bridge else {
+    fn ports(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes or takes over the bridge of `slice` unless done already in this run.
+    fn ensure_bridge(&self, slice: u32) -> Result<()> {
+        let Some(bridges) = &self.bridges else {
             return Ok(());
         };
         let mut state = self.bridge_state();
-        if state.is_none() {
-            *state = Some(setup_bridge(spec)?);
+        if state.get(&slice).is_none_or(Option::is_none) {
+            let ownership = setup_bridge(bridges, slice, &mut state)?;
+            state.insert(slice, Some(ownership));
         }
         Ok(())
     }
 
     fn remove_bridge(&self) -> Result<()> {
-        let Some(spec) = &self.bridge else {
+        let Some(bridges) = &self.bridges else {
             return Ok(());
         };
         // Stop repairs first; taking the state lock waits out one in progress, and a repair
@@ -185,19 +201,24 @@ impl Inner {
         );
         self.watching.store(false, Ordering::SeqCst);
         let mut state = self.bridge_state();
-        let bridge = net::remove_bridge(spec, state.take());
-        let route = net::delete_unreachable_route(spec.subnet);
-        let firewall = firewall::remove(&spec.firewall_table);
-        bridge.and(route).and(firewall)
+        let mut removed = Ok(());
+        for (slice, ownership) in std::mem::take(&mut *state) {
+            removed = removed.and(net::remove_bridge(&bridges.spec(slice), ownership));
+        }
+        // A slice bridge an earlier run made and this one never needed (nothing adopted on it).
+        let leftovers = net::delete_marked_bridges(&bridges.marker).map(|_| ());
+        let route = net::delete_unreachable_route(bridges.slices.subnet());
+        let firewall = firewall::remove(&bridges.firewall_table);
+        removed.and(leftovers).and(route).and(firewall)
     }
 
-    /// The watcher's check: makes the bridge again when it is missing, down or without its
+    /// The watcher's check: makes a bridge again when it is missing, down or without its
     /// address, restores the unreachable route and the firewall table when they are gone,
-    /// and puts live containers' host veths back on the bridge. Containers keep running: their
-    /// namespaces, addresses and routes are untouched by the loss of the bridge, and the
+    /// and puts live containers' host veths back on their bridges. Containers keep running:
+    /// their namespaces, addresses and routes are untouched by the loss of a bridge, and the
     /// bridge comes back with the same MAC, so their neighbour caches stay valid.
     fn repair_bridge(&self) {
-        let Some(spec) = &self.bridge else {
+        let Some(bridges) = &self.bridges else {
             return;
         };
         let started = std::time::Instant::now();
@@ -205,46 +226,71 @@ impl Inner {
         if !self.watching.load(Ordering::SeqCst) {
             return; // removed meanwhile
         }
-        let problem = match net::check_bridge(spec, net::PortScan::UnlessOurs) {
-            Ok(BridgeFound::Missing) => Some("missing"),
-            Ok(BridgeFound::Usable { up: false, .. }) => Some("down"),
-            Ok(BridgeFound::Usable {
-                has_gateway: false, ..
-            }) => Some("gateway address missing"),
-            // Someone may have removed the route, or flushed the ruleset (a host firewall
-            // reload does that): either would open the host or let traffic leave it.
-            Ok(BridgeFound::Usable { .. }) => match net::has_unreachable_route(spec.subnet) {
-                Ok(false) => Some("unreachable route missing"),
-                _ if !firewall::exists(&spec.firewall_table) => Some("firewall table missing"),
-                _ => None,
-            },
-            Err(error) => {
-                tracing::error!(bridge = %spec.name, %error, "the bridge cannot be repaired");
-                return;
-            }
-        };
-        if problem.is_some() {
-            *state = None;
-            match setup_bridge(spec) {
-                Ok(ownership) => *state = Some(ownership),
+        // Slice 0's bridge is always there while watched; the others once a container needed one.
+        let mut slices: Vec<u32> = state.keys().copied().collect();
+        if !slices.contains(&0) {
+            slices.insert(0, 0);
+        }
+        let mut problems: Vec<(u32, &'static str)> = Vec::new();
+        for &slice in &slices {
+            let spec = bridges.spec(slice);
+            match net::check_bridge(&spec, net::PortScan::UnlessOurs) {
+                Ok(BridgeFound::Missing) => problems.push((slice, "missing")),
+                Ok(BridgeFound::Usable { up: false, .. }) => problems.push((slice, "down")),
+                Ok(BridgeFound::Usable {
+                    has_gateway: false, ..
+                }) => problems.push((slice, "gateway address missing")),
+                Ok(BridgeFound::Usable { .. }) => {}
                 Err(error) => {
-                    tracing::error!(bridge = %spec.name, %error, "repairing the bridge failed");
-                    return;
+                    tracing::error!(bridge = %spec.name, %error, "the bridge cannot be repaired");
+                }
+            }
+        }
+        // Someone may have removed the route, or flushed the ruleset (a host firewall reload
+        // does that): either would open the host or let traffic leave it. Setting up slice 0's
+        // bridge again restores both.
+        if problems.is_empty() {
+            match net::has_unreachable_route(bridges.slices.subnet()) {
+                Ok(false) => problems.push((0, "unreachable route missing")),
+                _ if !firewall::exists(&bridges.firewall_table) => {
+                    problems.push((0, "firewall table missing"))
+                }
+                _ => {}
+            }
+        }
+        for &(slice, problem) in &problems {
+            state.insert(slice, None);
+            match setup_bridge(bridges, slice, &mut state) {
+                Ok(ownership) => {
+                    state.insert(slice, Some(ownership));
+                }
+                Err(error) => {
+                    tracing::error!(bridge = %bridges.name(slice), problem, %error, "repairing the bridge failed");
                 }
             }
         }
         drop(state);
-        let reattached = match net::reattach_ports(spec, problem.is_some()) {
+        let ports = self.ports().clone();
+        let reattached = match net::reattach_ports(bridges, ports, !problems.is_empty()) {
             Ok(r) => r,
             Err(error) => {
-                tracing::error!(bridge = %spec.name, %error, "reattaching container veths failed");
+                tracing::error!(bridge = %bridges.bridge, %error, "reattaching container veths failed");
                 return;
             }
         };
-        if problem.is_some() || !reattached.is_empty() {
+        for &(slice, problem) in &problems {
             tracing::warn!(
-                bridge = %spec.name,
-                problem = problem.unwrap_or("container veths detached"),
+                bridge = %bridges.name(slice),
+                problem,
+                reattached = reattached.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "bridge repaired"
+            );
+        }
+        if problems.is_empty() && !reattached.is_empty() {
+            tracing::warn!(
+                bridge = %bridges.bridge,
+                problem = "container veths detached",
                 reattached = reattached.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "bridge repaired"
@@ -258,13 +304,21 @@ pub fn firewall_table(link_prefix: &str) -> String {
     format!("poold_{link_prefix}")
 }
 
-/// Sets up the containers' network on the host: checks the link under the bridge's name
-/// (refusing a foreign one before touching anything), installs the firewall (before the
-/// bridge exists, so no container ever runs without it), then makes or takes over the bridge.
-fn setup_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
-    net::check_bridge(spec, net::PortScan::Always)?;
-    firewall::install(&spec.firewall_table, &spec.name, &spec.allow_host_ports)?;
-    net::ensure_bridge(spec)
+/// Sets up the bridge of `slice` on the host: checks the link under its name (refusing a
+/// foreign one before touching anything), installs the firewall for it and every bridge
+/// already in `state` (before the bridge exists, so no container ever runs without it; the
+/// slice joins `state`), then makes or takes over the bridge.
+fn setup_bridge(
+    bridges: &Bridges,
+    slice: u32,
+    state: &mut BTreeMap<u32, Option<BridgeOwnership>>,
+) -> Result<BridgeOwnership> {
+    let spec = bridges.spec(slice);
+    net::check_bridge(&spec, net::PortScan::Always)?;
+    state.entry(slice).or_insert(None);
+    let names: Vec<String> = state.keys().map(|i| bridges.name(*i)).collect();
+    firewall::install(&bridges.firewall_table, &names, &bridges.allow_host_ports)?;
+    net::ensure_bridge(&spec)
 }
 
 /// The `ifalias` poold puts on a bridge it makes: `poold:<state dir>` (hashed when the
@@ -353,17 +407,22 @@ impl Sandbox {
                 if b.subnet.prefix_len() > 29 {
                     return Err(bad("bridge.subnet", "needs a prefix of /29 or shorter"));
                 }
+                if !(1..=29).contains(&b.slice_prefix) {
+                    return Err(bad("bridge.slice_prefix", "must be 1 to 29"));
+                }
+                let slices = Slices::new(b.subnet, b.slice_prefix);
+                check_bridge_names(&b.name, &slices)?;
                 Some(Mutex::new(AddressAllocator::new(
-                    b.subnet,
+                    slices,
                     b.quarantine,
                     Arc::new(SystemClock),
                 )))
             }
             None => None,
         };
-        let bridge = config.bridge.as_ref().map(|b| BridgeSpec {
-            name: b.name.clone(),
-            subnet: b.subnet,
+        let bridges = config.bridge.as_ref().map(|b| Bridges {
+            bridge: b.name.clone(),
+            slices: Slices::new(b.subnet, b.slice_prefix),
             marker: bridge_marker(&config.state_dir),
             port_prefix: config.link_prefix.clone(),
             firewall_table: firewall_table(&config.link_prefix),
@@ -374,8 +433,9 @@ impl Sandbox {
                 images: rootfs::ImageCache::new(config.image_cache.clone(), config.image_max_bytes),
                 config,
                 addresses,
-                bridge,
-                bridge_state: Mutex::new(None),
+                bridges,
+                bridge_state: Mutex::new(BTreeMap::new()),
+                ports: Mutex::new(HashMap::new()),
                 watcher: Mutex::new(None),
                 watching: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -491,6 +551,16 @@ impl Sandbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .reserve(address);
         }
+        // Its bridge is its address's slice's: needed again (made, watched, in the firewall)
+        // and the one its veth goes back to when detached.
+        let slice = match (&self.inner.bridges, record.address) {
+            (Some(bridges), Some(address)) => bridges.slices.index_of(address),
+            _ => None,
+        };
+        if let (Some(slice), Some(veth)) = (slice, &record.veth) {
+            self.inner.bridge_state().entry(slice).or_insert(None);
+            self.inner.ports().insert(veth.clone(), slice);
+        }
         let cgroup = Arc::new(cgroup);
         let res = Resources {
             id: record.id.clone(),
@@ -586,21 +656,35 @@ impl Sandbox {
 
     /// The `ifalias` that marks a bridge as made by this instance (same state dir).
     pub fn bridge_marker(&self) -> Option<&str> {
-        self.inner.bridge.as_ref().map(|b| b.marker.as_str())
+        self.inner.bridges.as_ref().map(|b| b.marker.as_str())
     }
 
-    /// Makes the bridge or takes over an existing one poold may use (poold's own from an
-    /// earlier run, or an empty bridge); a foreign link is refused with
-    /// [`SandboxError::ForeignBridge`] and left as it was. Spawning does this too; call it at
-    /// start so a bad bridge fails the start rather than every spawn.
+    /// The name of the bridge that carries `address` (its slice's).
+    pub fn bridge_of(&self, address: Ipv4Addr) -> Option<String> {
+        let bridges = self.inner.bridges.as_ref()?;
+        Some(bridges.name(bridges.slices.index_of(address)?))
+    }
+
+    /// Makes the bridge of slice 0 and of every slice an adopted container is on, or takes
+    /// over an existing one poold may use (poold's own from an earlier run, or an empty
+    /// bridge); a foreign link is refused with [`SandboxError::ForeignBridge`] and left as it
+    /// was. Spawning does this too (the bridges of further slices are made when a container
+    /// first needs one); call it at start so a bad bridge fails the start rather than every
+    /// spawn.
     pub async fn ensure_bridge(&self) -> Result<()> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.ensure_bridge())
-            .await
-            .map_err(|source| SandboxError::Task {
-                action: "ensuring the bridge",
-                source,
-            })?
+        tokio::task::spawn_blocking(move || {
+            let needed: Vec<u32> = inner.bridge_state().keys().copied().collect();
+            inner.ensure_bridge(0)?;
+            needed
+                .into_iter()
+                .try_for_each(|slice| inner.ensure_bridge(slice))
+        })
+        .await
+        .map_err(|source| SandboxError::Task {
+            action: "ensuring the bridge",
+            source,
+        })?
     }
 
     /// Watches the bridge from now on (rtnetlink link events, in a task of the current
@@ -608,7 +692,7 @@ impl Sandbox {
     /// containers' host veths are put back on it, within moments, with a warning in the log.
     /// Stops at [`Sandbox::remove_bridge`]. Needs a tokio runtime.
     pub fn watch_bridge(&self) -> Result<()> {
-        let Some(spec) = &self.inner.bridge else {
+        let Some(bridges) = &self.inner.bridges else {
             return Ok(());
         };
         let weak = Arc::downgrade(&self.inner);
@@ -618,7 +702,7 @@ impl Sandbox {
             }
         });
         self.inner.watching.store(true, Ordering::SeqCst);
-        let watcher = BridgeWatcher::start(spec.name.clone(), Duration::from_secs(5), check)?;
+        let watcher = BridgeWatcher::start(bridges.bridge.clone(), Duration::from_secs(5), check)?;
         *self.inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
         Ok(())
     }
@@ -626,8 +710,8 @@ impl Sandbox {
     /// Whether the configured bridge name is free or a bridge poold may use, changing
     /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
     pub fn check_bridge_blocking(&self) -> Result<()> {
-        match &self.inner.bridge {
-            Some(spec) => net::check_bridge(spec, net::PortScan::Always).map(|_| ()),
+        match &self.inner.bridges {
+            Some(bridges) => net::check_bridge(&bridges.spec(0), net::PortScan::Always).map(|_| ()),
             None => Ok(()),
         }
     }
@@ -696,6 +780,7 @@ impl Resources {
             }
         }
         if let Some(n) = self.net.take() {
+            self.inner.ports().remove(&n.host_link);
             if let Err(e) = net::teardown_container_net(&n) {
                 failures.push(e);
             }
@@ -994,28 +1079,36 @@ fn network(
     id: &ContainerId,
     res: &mut Resources,
 ) -> Result<NetnsPlan> {
-    let (bridge, addresses) = match mode {
+    let (bridges, addresses) = match mode {
         NetworkMode::Host => return Ok(NetnsPlan::Host),
         NetworkMode::Isolated => return Ok(NetnsPlan::New),
-        NetworkMode::Bridged => match (inner.config.bridge.as_ref(), inner.addresses.as_ref()) {
+        NetworkMode::Bridged => match (inner.bridges.as_ref(), inner.addresses.as_ref()) {
             (Some(b), Some(a)) => (b, a),
             _ => unreachable!("checked by prepare"),
         },
     };
-    inner.ensure_bridge()?;
     let addr = addresses
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .allocate()?;
+    // From here the teardown releases (quarantines) the address.
     res.address = Some(addr);
+    let slice = bridges
+        .slices
+        .index_of(addr)
+        .expect("the allocator hands out addresses of the subnet");
+    inner.ensure_bridge(slice)?;
     let cfg = &inner.config;
     let path = cfg.state_dir.join("netns").join(format!("poold-{id}"));
     let link = format!("{}{id}", cfg.link_prefix);
-    match net::setup_container_net(&path, &link, &bridge.name, bridge.subnet, addr) {
+    // Known before the veth exists: the watcher never finds it detached without its bridge.
+    inner.ports().insert(link.clone(), slice);
+    match net::setup_container_net(&path, &link, &bridges.spec(slice), addr) {
         Ok(n) => res.net = Some(n),
         Err(e) => {
+            inner.ports().remove(&link);
             // The bridge may have been removed behind our back: check it next time.
-            *inner.bridge_state() = None;
+            inner.bridge_state().insert(slice, None);
             return Err(e);
         }
     }
@@ -1486,7 +1579,7 @@ fn cleanup_orphans_blocking(
             Ok(bridges) => report.bridges = bridges,
             Err(e) => failures.push(e),
         }
-        if let Err(e) = net::delete_unreachable_route(b.subnet) {
+        if let Err(e) = net::delete_unreachable_route(b.subnet.trunc()) {
             failures.push(e);
         }
         if let Err(e) = firewall::remove(&firewall_table(&cfg.link_prefix)) {

@@ -9,12 +9,11 @@
 //! rtnetlink socket on a current-thread runtime, so sockets land in the right namespace.
 //! All functions here are blocking; the async API calls them via spawn_blocking.
 
-use std::collections::{HashSet, VecDeque};
-use std::fmt;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -34,129 +33,7 @@ use rtnetlink::{
 const CONTAINER_IF: &str = "eth0";
 
 use super::error::{ForeignLink, NetFailure, Result, SandboxError};
-
-/// Time source of the address allocator (injectable for tests).
-pub trait Clock: Send + Sync + fmt::Debug {
-    fn now(&self) -> Instant;
-}
-
-/// The real clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// Hands out container addresses from a subnet. The first host address is the gateway (the
-/// bridge). Never-used addresses go first; a released address is reused only after
-/// `quarantine`, because IPVS revives a deleted destination's old connection entries when
-/// the same address:port comes back soon (DESIGN 4).
-#[derive(Debug)]
-pub struct AddressAllocator {
-    subnet: Ipv4Net,
-    quarantine: Duration,
-    clock: std::sync::Arc<dyn Clock>,
-    in_use: HashSet<Ipv4Addr>,
-    released: VecDeque<(Ipv4Addr, Instant)>,
-    /// Offset of the next never-used host address.
-    next_fresh: u32,
-}
-
-impl AddressAllocator {
-    pub fn new(subnet: Ipv4Net, quarantine: Duration, clock: std::sync::Arc<dyn Clock>) -> Self {
-        AddressAllocator {
-            subnet: subnet.trunc(),
-            quarantine,
-            clock,
-            in_use: HashSet::new(),
-            released: VecDeque::new(),
-            next_fresh: 2,
-        }
-    }
-
-    /// The bridge's address: the subnet's first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        gateway_of(self.subnet)
-    }
-
-    pub fn subnet(&self) -> Ipv4Net {
-        self.subnet
-    }
-
-    fn host_count(&self) -> u32 {
-        // Offsets 1..=last usable; the broadcast address is excluded.
-        (1u64 << (32 - self.subnet.prefix_len()))
-            .saturating_sub(1)
-            .min(u32::MAX as u64) as u32
-    }
-
-    /// Takes an address: a never-used one if any, else the longest-released one whose
-    /// quarantine is over.
-    pub fn allocate(&mut self) -> Result<Ipv4Addr> {
-        let base = u32::from(self.subnet.network());
-        while self.next_fresh < self.host_count() {
-            let addr = Ipv4Addr::from(base + self.next_fresh);
-            self.next_fresh += 1;
-            if !self.in_use.contains(&addr) && !self.released.iter().any(|(a, _)| *a == addr) {
-                self.in_use.insert(addr);
-                return Ok(addr);
-            }
-        }
-        let now = self.clock.now();
-        if let Some(&(addr, at)) = self.released.front() {
-            if now.duration_since(at) >= self.quarantine {
-                self.released.pop_front();
-                self.in_use.insert(addr);
-                return Ok(addr);
-            }
-        }
-        Err(SandboxError::AddressesExhausted {
-            subnet: self.subnet.to_string(),
-            quarantined: self.released.len(),
-        })
-    }
-
-    /// Marks `addr` as in use (e.g. a live container adopted after a restart).
-    pub fn reserve(&mut self, addr: Ipv4Addr) {
-        self.released.retain(|(a, _)| *a != addr);
-        self.in_use.insert(addr);
-    }
-
-    /// The quarantined addresses, each with the rest of its quarantine.
-    pub fn quarantined(&self) -> Vec<(Ipv4Addr, Duration)> {
-        let now = self.clock.now();
-        self.released
-            .iter()
-            .map(|(a, at)| (*a, self.quarantine.saturating_sub(now.duration_since(*at))))
-            .filter(|(_, left)| !left.is_zero())
-            .collect()
-    }
-
-    /// Quarantines `addr` (not in use) for `left` more (at most the quarantine), as if
-    /// released earlier: what a restart restores.
-    pub fn quarantine_for(&mut self, addr: Ipv4Addr, left: Duration) {
-        if self.in_use.contains(&addr) || !self.subnet.contains(&addr) {
-            return;
-        }
-        let now = self.clock.now();
-        let served = self.quarantine.saturating_sub(left);
-        let at = now.checked_sub(served).unwrap_or(now);
-        self.released.retain(|(a, _)| *a != addr);
-        // Oldest first, as allocate() expects.
-        let index = self.released.partition_point(|(_, t)| *t <= at);
-        self.released.insert(index, (addr, at));
-    }
-
-    /// Returns `addr`; it is quarantined before it can be handed out again.
-    pub fn release(&mut self, addr: Ipv4Addr) {
-        if self.in_use.remove(&addr) {
-            self.released.push_back((addr, self.clock.now()));
-        }
-    }
-}
+use super::slices::{self, Slices};
 
 /// Where the host's IPv4 neighbour (ARP) table limits are. The table is one for the whole
 /// host: every network namespace's entries count, so each bridged container costs two (the
@@ -216,10 +93,6 @@ pub fn raise_neighbour_limits(containers: u64) -> Result<Vec<NeighbourLimit>> {
     Ok(short)
 }
 
-pub(crate) fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
-
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
@@ -270,11 +143,12 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>> {
     Ok(get_link(h, name).await?.map(|m| m.header.index))
 }
 
-/// What poold needs to know to make, check, share or remove its bridge.
+/// The instance's bridges: one per slice of the worker subnet (see [`super::slices`]).
 #[derive(Debug, Clone)]
-pub(crate) struct BridgeSpec {
-    pub name: String,
-    pub subnet: Ipv4Net,
+pub(crate) struct Bridges {
+    /// `network.bridge`: slice 0's bridge, and the stem of the others' names.
+    pub bridge: String,
+    pub slices: Slices,
     /// The link alias (`ifalias`) poold puts on a bridge it makes: the kernel-side record
     /// that the bridge is this instance's, which survives a crash of poold.
     pub marker: String,
@@ -286,19 +160,66 @@ pub(crate) struct BridgeSpec {
     pub allow_host_ports: Vec<u16>,
 }
 
+impl Bridges {
+    /// The bridge of slice `index`.
+    pub fn name(&self, index: u32) -> String {
+        slices::bridge_name(&self.bridge, index)
+    }
+
+    /// What it takes to make, check, share or remove the bridge of slice `index`.
+    pub fn spec(&self, index: u32) -> BridgeSpec {
+        BridgeSpec {
+            name: self.name(index),
+            index,
+            slice: self.slices.slice(index),
+            subnet: self.slices.subnet(),
+            marker: self.marker.clone(),
+            port_prefix: self.port_prefix.clone(),
+        }
+    }
+}
+
+/// What poold needs to know to make, check, share or remove one bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct BridgeSpec {
+    pub name: String,
+    /// The slice of the subnet it carries.
+    pub index: u32,
+    pub slice: Ipv4Net,
+    /// The whole worker subnet (its unreachable route).
+    pub subnet: Ipv4Net,
+    /// See [`Bridges::marker`].
+    pub marker: String,
+    /// See [`Bridges::port_prefix`].
+    pub port_prefix: String,
+}
+
 impl BridgeSpec {
     /// A stable, locally administered MAC address: a bridge made again after it vanished
     /// keeps the MAC its containers have in their neighbour caches, so they reach it at once.
+    /// Slice 0's is the one poold gave its only bridge before there were slices.
     fn mac(&self) -> Vec<u8> {
         use sha2::{Digest, Sha256};
-        let h = Sha256::digest(self.marker.as_bytes());
+        let h = match self.index {
+            0 => Sha256::digest(self.marker.as_bytes()),
+            i => Sha256::digest(format!("{}/{i}", self.marker).as_bytes()),
+        };
         vec![0x02, h[0], h[1], h[2], h[3], h[4]]
     }
 
-    fn is_our_port(&self, name: &str) -> bool {
-        name.strip_prefix(&self.port_prefix)
-            .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    /// The slice's gateway: its first host address, on this bridge.
+    fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.slice.network()) + 1)
     }
+
+    fn is_our_port(&self, name: &str) -> bool {
+        is_our_port(&self.port_prefix, name)
+    }
+}
+
+fn is_our_port(port_prefix: &str, name: &str) -> bool {
+    name.strip_prefix(port_prefix)
+        .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Whose bridge poold runs on.
@@ -459,7 +380,7 @@ async fn inspect_bridge(h: &Handle, spec: &BridgeSpec, ports: PortScan) -> Resul
             }
         }
     }
-    let gateway = IpAddr::V4(gateway_of(spec.subnet));
+    let gateway = IpAddr::V4(spec.gateway());
     let mut has_gateway = false;
     let mut addresses = h.address().get().set_link_index_filter(index).execute();
     while let Some(a) = addresses
@@ -474,7 +395,7 @@ async fn inspect_bridge(h: &Handle, spec: &BridgeSpec, ports: PortScan) -> Resul
             };
             // The kernel gives every up link an IPv6 link-local address of its own.
             let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-            if *ip == gateway && prefix == spec.subnet.prefix_len() {
+            if *ip == gateway && prefix == spec.slice.prefix_len() {
                 has_gateway = true;
             } else if !link_local {
                 return Err(foreign(ForeignLink::ForeignAddress {
@@ -558,10 +479,10 @@ pub(crate) fn ensure_bridge(spec: &BridgeSpec) -> Result<BridgeOwnership> {
                 }
             };
         if !has_gateway {
-            let gw = gateway_of(spec.subnet);
+            let gw = spec.gateway();
             match h
                 .address()
-                .add(index, IpAddr::V4(gw), spec.subnet.prefix_len())
+                .add(index, IpAddr::V4(gw), spec.slice.prefix_len())
                 .execute()
                 .await
             {
@@ -624,7 +545,7 @@ pub(crate) fn remove_bridge(spec: &BridgeSpec, ownership: Option<BridgeOwnership
                     added_address: true,
                 })
         {
-            let gw = IpAddr::V4(gateway_of(spec.subnet));
+            let gw = IpAddr::V4(spec.gateway());
             let mut addresses = h
                 .address()
                 .get()
@@ -636,7 +557,7 @@ pub(crate) fn remove_bridge(spec: &BridgeSpec, ownership: Option<BridgeOwnership
                 .await
                 .map_err(|e| SandboxError::net("list addresses", &spec.name, e))?
             {
-                if a.header.prefix_len == spec.subnet.prefix_len() {
+                if a.header.prefix_len == spec.slice.prefix_len() {
                     h.address().del(a).execute().await.map_err(|e| {
                         SandboxError::net("remove bridge address", format!("{} {gw}", spec.name), e)
                     })?;
@@ -743,28 +664,49 @@ pub(crate) fn delete_unreachable_route(subnet: Ipv4Net) -> Result<()> {
 }
 
 /// Puts the host veths of this instance's containers that hang off no bridge (their bridge was
-/// deleted under them) back on the bridge; returns their names.
+/// deleted under them) back on their bridge, the one of their address's slice (`ports`: host
+/// veth name → slice); returns their names. A veth `ports` does not know is left alone.
 ///
-/// `every_link`: look at every link of the host (after the bridge was made again, when all
+/// `every_link`: look at every link of the host (after a bridge was made again, when all
 /// its ports were detached at once); otherwise only at veths on no bridge, filtered by the
 /// kernel (the periodic check: see [`detached_links`]).
-pub(crate) fn reattach_ports(spec: &BridgeSpec, every_link: bool) -> Result<Vec<String>> {
-    let spec = spec.clone();
+pub(crate) fn reattach_ports(
+    bridges: &Bridges,
+    ports: HashMap<String, u32>,
+    every_link: bool,
+) -> Result<Vec<String>> {
+    let bridges = bridges.clone();
     with_netlink(None, move |h| async move {
-        let Some(bridge) = link_index(&h, &spec.name).await? else {
-            return Ok(Vec::new());
-        };
         let candidates = if every_link {
             all_links(&h).await?
         } else {
             detached_links(&h).await?
         };
+        // Bridge link index per slice, looked up once per call.
+        let mut bridge_index: HashMap<u32, Option<u32>> = HashMap::new();
         let mut attached = Vec::new();
         for link in candidates {
             let Some(name) = link_name(&link) else {
                 continue;
             };
-            if spec.is_our_port(name) && link_controller(&link) != Some(bridge) {
+            if !is_our_port(&bridges.port_prefix, name) {
+                continue;
+            }
+            let Some(&slice) = ports.get(name) else {
+                continue;
+            };
+            let bridge = match bridge_index.get(&slice) {
+                Some(index) => *index,
+                None => {
+                    let index = link_index(&h, &bridges.name(slice)).await?;
+                    bridge_index.insert(slice, index);
+                    index
+                }
+            };
+            let Some(bridge) = bridge else {
+                continue;
+            };
+            if link_controller(&link) != Some(bridge) {
                 let name = name.to_string();
                 match h
                     .link()
@@ -788,12 +730,13 @@ pub(crate) fn reattach_ports(spec: &BridgeSpec, every_link: bool) -> Result<Vec<
     })
 }
 
-/// Whether an event may concern the bridge: a change or removal of a link named so, any
-/// removed address (address events carry only an index), any removed route.
+/// Whether an event may concern the bridges: a change or removal of a link named as one of
+/// `bridge`'s slice bridges, any removed address (address events carry only an index), any
+/// removed route.
 pub(crate) fn concerns_bridge(message: &RouteNetlinkMessage, bridge: &str) -> bool {
     match message {
         RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
-            link_name(m) == Some(bridge)
+            link_name(m).is_some_and(|name| slices::slice_of_bridge(bridge, name).is_some())
         }
         RouteNetlinkMessage::DelAddress(_) | RouteNetlinkMessage::DelRoute(_) => true,
         _ => false,
@@ -802,7 +745,7 @@ pub(crate) fn concerns_bridge(message: &RouteNetlinkMessage, bridge: &str) -> bo
 
 /// Watches rtnetlink events (RTNLGRP_LINK; RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV4_ROUTE for
 /// removed addresses and routes) in a task and runs `check` (blocking, on the blocking pool) for each event that
-/// may concern the bridge: once at start, after every such event, and every `fallback` in
+/// may concern the bridges (`bridge`: slice 0's name, see [`concerns_bridge`]): once at start, after every such event, and every `fallback` in
 /// case the kernel dropped events (a full multicast socket buffer). Stops when dropped.
 #[derive(Debug)]
 pub(crate) struct BridgeWatcher {
@@ -958,15 +901,17 @@ pub(crate) struct ContainerNet {
     pub host_link: String,
 }
 
-/// Makes the namespace, the veth pair (host end on `bridge`), the container's address and
-/// default route. On error everything made so far is removed.
+/// Makes the namespace, the veth pair (host end on `bridge`, the bridge of `addr`'s slice),
+/// the container's address in the slice and its default route via the slice's gateway. On
+/// error everything made so far is removed.
 pub(crate) fn setup_container_net(
     netns: &Path,
     host_link: &str,
-    bridge: &str,
-    subnet: Ipv4Net,
+    bridge: &BridgeSpec,
     addr: Ipv4Addr,
 ) -> Result<ContainerNet> {
+    let (prefix, gateway) = (bridge.slice.prefix_len(), bridge.gateway());
+    let bridge = bridge.name.as_str();
     let net = ContainerNet {
         netns: netns.to_path_buf(),
         host_link: host_link.to_string(),
@@ -1019,7 +964,7 @@ pub(crate) fn setup_container_net(
                 )
             })?;
             h.address()
-                .add(idx, IpAddr::V4(addr), subnet.prefix_len())
+                .add(idx, IpAddr::V4(addr), prefix)
                 .execute()
                 .await
                 .map_err(|e| SandboxError::net("add address", addr.to_string(), e))?;
@@ -1031,14 +976,12 @@ pub(crate) fn setup_container_net(
             h.route()
                 .add(
                     RouteMessageBuilder::<Ipv4Addr>::new()
-                        .gateway(gateway_of(subnet))
+                        .gateway(gateway)
                         .build(),
                 )
                 .execute()
                 .await
-                .map_err(|e| {
-                    SandboxError::net("add default route", gateway_of(subnet).to_string(), e)
-                })
+                .map_err(|e| SandboxError::net("add default route", gateway.to_string(), e))
         })
     })();
     if let Err(e) = made {
@@ -1058,20 +1001,6 @@ pub(crate) fn teardown_container_net(net: &ContainerNet) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Debug)]
-    struct FakeClock(Mutex<Instant>);
-    impl Clock for FakeClock {
-        fn now(&self) -> Instant {
-            *self.0.lock().unwrap()
-        }
-    }
-    impl FakeClock {
-        fn advance(&self, d: Duration) {
-            *self.0.lock().unwrap() += d;
-        }
-    }
 
     /// Issue 12: 1,000 bridged workers need ~2,000 neighbour entries; the kernel's
     /// defaults (512 soft, 1,024 hard) are short, 64 workers fit.
@@ -1095,78 +1024,5 @@ mod tests {
             neighbour_shortfall_in(&dir.path().join("none"), 1000),
             vec![]
         );
-    }
-
-    fn alloc(prefix: u8, q: u64) -> (AddressAllocator, Arc<FakeClock>) {
-        let clock = Arc::new(FakeClock(Mutex::new(Instant::now())));
-        let net: Ipv4Net = format!("10.213.9.0/{prefix}").parse().unwrap();
-        (
-            AddressAllocator::new(net, Duration::from_secs(q), clock.clone()),
-            clock,
-        )
-    }
-
-    #[test]
-    fn skips_network_gateway_and_broadcast() {
-        let (mut a, _) = alloc(29, 150);
-        assert_eq!(a.gateway(), Ipv4Addr::new(10, 213, 9, 1));
-        let got: Vec<_> = (0..5).map(|_| a.allocate().unwrap()).collect();
-        let want: Vec<_> = (2..=6).map(|i| Ipv4Addr::new(10, 213, 9, i)).collect();
-        assert_eq!(got, want);
-        assert!(matches!(
-            a.allocate(),
-            Err(SandboxError::AddressesExhausted { quarantined: 0, .. })
-        ));
-    }
-
-    #[test]
-    fn a_restored_quarantine_keeps_what_was_left_of_it() {
-        let (mut before, clock) = alloc(30, 150); // only .2 is a container address
-        let addr = before.allocate().unwrap();
-        before.release(addr);
-        clock.advance(Duration::from_secs(50));
-        let saved = before.quarantined();
-        assert_eq!(saved, vec![(addr, Duration::from_secs(100))]);
-        // The next run (after a restart) restores it: 100 s more, not 150 nor none.
-        let (mut after, clock) = alloc(30, 150);
-        for (a, left) in &saved {
-            after.quarantine_for(*a, *left);
-        }
-        assert!(after.allocate().is_err(), "quarantined after the restart");
-        clock.advance(Duration::from_secs(99));
-        assert!(after.allocate().is_err());
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(after.allocate().unwrap(), addr);
-    }
-
-    #[test]
-    fn released_addresses_wait_out_the_quarantine() {
-        let (mut a, clock) = alloc(30, 150); // only .2 is a container address
-        let first = a.allocate().unwrap();
-        a.release(first);
-        let e = a.allocate().unwrap_err();
-        assert!(
-            matches!(e, SandboxError::AddressesExhausted { quarantined: 1, .. }),
-            "{e}"
-        );
-        clock.advance(Duration::from_secs(149));
-        assert!(a.allocate().is_err());
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(a.allocate().unwrap(), first);
-    }
-
-    #[test]
-    fn fresh_addresses_go_before_quarantined_ones() {
-        let (mut a, clock) = alloc(28, 150);
-        let x = a.allocate().unwrap();
-        a.release(x);
-        clock.advance(Duration::from_secs(1000));
-        let y = a.allocate().unwrap();
-        assert_ne!(
-            x, y,
-            "a never-used address comes first even after the quarantine"
-        );
-        a.reserve(x);
-        assert!((0..11).all(|_| a.allocate().map(|n| n != x).unwrap_or(true)));
     }
 }

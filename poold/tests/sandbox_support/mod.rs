@@ -73,6 +73,7 @@ impl TestSandbox {
             bridge: Some(BridgeConfig {
                 name: format!("pdbr{pid}x{tag}"),
                 subnet: format!("10.213.{tag}.0/24").parse().unwrap(),
+                slice_prefix: poold::sandbox::DEFAULT_SLICE_PREFIX,
                 quarantine: Duration::from_secs(150),
                 allow_host_ports: Vec::new(),
             }),
