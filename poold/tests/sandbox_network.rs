@@ -1,7 +1,7 @@
 //! The worker network against a hostile or careless host (root needed): foreign links named
 //! as the bridge, a bridge deleted under running workers, workers reaching the host's own
 //! services. Every link a test makes has a unique name and is removed by a Drop guard; the
-//! host's real interfaces are never touched. Tags 70-79 (subnet 10.213.<tag>.0/24).
+//! host's real interfaces are never touched. Tags 70-81 (subnet 10.213.<tag>.0/24).
 
 mod sandbox_support;
 
@@ -573,5 +573,141 @@ mod worker_network {
         assert!(!nft_table_exists(&table));
         let routes = ip(&["route", "show", "10.213.79.0/24"]);
         assert!(routes.trim().is_empty(), "{routes}");
+    }
+
+    /// The links of the host whose names start with `prefix`.
+    fn links_starting_with(prefix: &str) -> Vec<String> {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
+    /// The bridge a host veth hangs off (`master NAME` in `ip -o link show`).
+    fn master_of(veth: &str) -> Option<String> {
+        let line = ip(&["-o", "link", "show", veth]);
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == "master")?;
+        words.next().map(str::to_owned)
+    }
+
+    fn alias_of(link: &str) -> String {
+        std::fs::read_to_string(format!("/sys/class/net/{link}/ifalias"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Issue 12: a bridge takes at most 1,023 ports, so the subnet is cut into slices with a
+    /// bridge each (a /22 in production; a /30 here, one worker per slice, so three workers
+    /// span three bridges). Each worker sits on its slice's bridge with the slice's gateway,
+    /// answers the host, and reaches no host service from any bridge, also one made after
+    /// the firewall was first installed; everything goes at teardown.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn workers_on_several_bridges_answer_the_host_and_reach_no_host_service() {
+        let t = TestSandbox::with_slice_prefix(80, 30);
+        let base = bridge_name(&t);
+        let service = host_service();
+        let table = poold::sandbox::firewall_table(&t.config().link_prefix);
+        let mut workers = Vec::new();
+        for slice in 0..3u32 {
+            let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+            let addr = w.address().unwrap();
+            // One worker per /30 slice: .2, .6, .10 on bridges base, base-1, base-2.
+            assert_eq!(
+                addr,
+                std::net::Ipv4Addr::new(10, 213, 80, 4 * slice as u8 + 2)
+            );
+            let bridge = poold::sandbox::bridge_name(&base, slice);
+            assert_eq!(t.sandbox.bridge_of(addr).as_deref(), Some(bridge.as_str()));
+            let veth = w.record().veth.unwrap();
+            assert_eq!(master_of(&veth).as_deref(), Some(bridge.as_str()), "{veth}");
+            // The slice's gateway is on its bridge, and the host routes the slice there.
+            let gateway = format!("10.213.80.{}/30", 4 * slice + 1);
+            assert!(ip(&["-4", "addr", "show", "dev", &bridge]).contains(&gateway));
+            let route = route_get(addr);
+            assert!(route.contains(&format!("dev {bridge} ")), "{route}");
+            // Every bridge poold made carries its marker: orphan cleanup finds it by that.
+            assert_eq!(Some(alias_of(&bridge).as_str()), t.sandbox.bridge_marker());
+            workers.push((w, addr));
+        }
+        for (_, addr) in &workers {
+            eventually("each worker answers the host", || {
+                answers(*addr).then_some(())
+            })
+            .await;
+        }
+        // A probe on a fourth bridge, made after the firewall was first installed, tries its
+        // own gateway and those of two other slices.
+        let targets = ["10.213.80.13", "10.213.80.1", "10.213.80.5"].map(String::from);
+        let seen = try_host_ports(&t.sandbox, &t, &targets, service.port).await;
+        assert!(
+            !seen.contains("host-secret"),
+            "a worker reached the host: {seen}"
+        );
+        assert_eq!(seen.matches("=").count(), 3, "the probe ran: {seen}");
+        assert_eq!(
+            service.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{seen}"
+        );
+        for (w, _) in workers {
+            w.destroy().await.unwrap();
+        }
+        t.sandbox.remove_bridge().await.unwrap();
+        let left = links_starting_with(&base);
+        assert!(left.is_empty(), "bridges left: {left:?}");
+        let routes = ip(&["route", "show", "root", "10.213.80.0/24"]);
+        assert!(routes.trim().is_empty(), "routes left: {routes}");
+        assert!(!nft_table_exists(&table), "the table goes with the bridges");
+        t.assert_nothing_left();
+    }
+
+    /// After a restart, a worker adopted on slice 1 gets its bridge back: made again if
+    /// deleted (with the marker), its veth put back on it (not on slice 0's) when detached.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_adopted_worker_on_a_second_bridge_is_watched_and_put_back_there() {
+        let t = TestSandbox::with_slice_prefix(81, 30);
+        let base = bridge_name(&t);
+        let second = poold::sandbox::bridge_name(&base, 1);
+        let first = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+        let record = w.record();
+        let addr = w.address().unwrap();
+        assert_eq!(t.sandbox.bridge_of(addr).as_deref(), Some(second.as_str()));
+        // "poold dies" with the worker of slice 1 alive.
+        std::mem::forget(w);
+        first.destroy().await.unwrap();
+
+        let restarted = poold::sandbox::Sandbox::new(t.config().clone()).unwrap();
+        let adopted = restarted.adopt(&record).unwrap();
+        restarted.ensure_bridge().await.unwrap();
+        restarted.watch_bridge().unwrap();
+        eventually("the adopted worker answers", || answers(addr).then_some(())).await;
+        let veth = record.veth.clone().unwrap();
+        ip(&["link", "set", &veth, "nomaster"]);
+        eventually("the veth is back on its own slice's bridge", || {
+            (master_of(&veth).as_deref() == Some(second.as_str())).then_some(())
+        })
+        .await;
+        eventually("answers again", || answers(addr).then_some(())).await;
+        ip(&["link", "del", &second]);
+        eventually("the second bridge is made again", || {
+            (link_exists(&second)
+                && master_of(&veth).as_deref() == Some(second.as_str())
+                && answers(addr))
+            .then_some(())
+        })
+        .await;
+        assert_eq!(Some(alias_of(&second).as_str()), restarted.bridge_marker());
+        adopted.destroy().await.unwrap();
+        restarted.remove_bridge().await.unwrap();
+        let left = links_starting_with(&base);
+        assert!(left.is_empty(), "bridges left: {left:?}");
+        let routes = ip(&["route", "show", "root", "10.213.81.0/24"]);
+        assert!(routes.trim().is_empty(), "routes left: {routes}");
+        t.assert_nothing_left();
     }
 }

@@ -407,8 +407,9 @@ impl Sandbox {
                 if b.subnet.prefix_len() > 29 {
                     return Err(bad("bridge.subnet", "needs a prefix of /29 or shorter"));
                 }
-                if !(1..=29).contains(&b.slice_prefix) {
-                    return Err(bad("bridge.slice_prefix", "must be 1 to 29"));
+                // A /30 slice holds one container (tests use them to span many bridges).
+                if !(1..=30).contains(&b.slice_prefix) {
+                    return Err(bad("bridge.slice_prefix", "must be 1 to 30"));
                 }
                 let slices = Slices::new(b.subnet, b.slice_prefix);
                 check_bridge_names(&b.name, &slices)?;

@@ -55,6 +55,16 @@ impl TestSandbox {
         Self::with_layer(tag, Some(64))
     }
 
+    /// Its subnet cut into slices of `/slice_prefix`, one bridge each (a /30 slice holds
+    /// one container: each container gets a bridge of its own).
+    pub fn with_slice_prefix(tag: u8, slice_prefix: u8) -> Self {
+        let mut t = Self::new(tag);
+        let mut config = t.config().clone();
+        config.bridge.as_mut().unwrap().slice_prefix = slice_prefix;
+        t.sandbox = Sandbox::new(config).unwrap();
+        t
+    }
+
     /// `writable_tmpfs_mib` None puts the writable layers on disk.
     pub fn with_layer(tag: u8, writable_tmpfs_mib: Option<u64>) -> Self {
         let dir = tempfile::Builder::new()
