@@ -60,10 +60,14 @@ port=$((18300 + TAG))
 [ "$MODE" = ipvs ] && port=80
 METRICS_LISTEN="127.0.0.1:$((19300 + TAG))"
 export METRICS_LISTEN
-# WORKERS need 1 + 4 * WORKERS addresses (surge + quarantine room) plus network and
-# broadcast: the smallest prefix that holds them (64 workers: a /23; 1,000: a /20).
-bits=1
-while [ $((1 << bits)) -lt $((4 * COUNT + 3)) ]; do bits=$((bits + 1)); done
+# WORKERS need 4 * WORKERS worker addresses (surge + quarantine room); poold cuts the subnet
+# into /22 slices with a bridge each, each less its network, gateway and broadcast addresses:
+# the smallest prefix that holds them (64 workers: a /23; 1,000: a /20; 1,024: a /19).
+worker_addresses() {
+    if [ "$1" -le 10 ]; then echo $(((1 << $1) - 3)); else echo $(((1 << ($1 - 10)) * 1021)); fi
+}
+bits=2
+while [ "$(worker_addresses $bits)" -lt $((4 * COUNT)) ]; do bits=$((bits + 1)); done
 if [ "$bits" -le 9 ]; then
     subnet="10.218.$((TAG % 128 * 2)).0/$((32 - bits))"
 else

@@ -132,6 +132,13 @@ workers() {
 
 ready_count() { workers | awk '$3 == "ready" { n++ } END { print n + 0 }'; }
 
+# The bridges of this run: $BRIDGE (slice 0 of the subnet) and $BRIDGE-N (slice N, made when
+# the pool outgrows a /22 slice).
+run_bridges() {
+    "$IP" -o link show type bridge 2>/dev/null |
+        awk -F': ' -v b="$BRIDGE" '{ sub(/@.*/, "", $2) } $2 == b || $2 ~ ("^" b "-[1-9][0-9]*$") { print $2 }'
+}
+
 # start_poold [TIMEOUT_S]: runs poold in the background and waits until WORKERS are ready.
 start_poold() {
     limit=${1:-120}
@@ -143,8 +150,12 @@ start_poold() {
         kill -0 "$POOLD_PID" 2>/dev/null || { tail -20 "$DIR/poold.log" >&2; die "poold exited"; }
         if [ "$(ready_count)" -ge "$WORKERS" ]; then
             POOL_START_MS=$(ms $(($(now_ns) - t0)))
-            SEEN_LINKS=$("$IP" -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }')
+            SEEN_BRIDGES=$(run_bridges)
+            SEEN_LINKS=$(for b in $SEEN_BRIDGES; do
+                "$IP" -o link show master "$b" 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'
+            done)
             echo "$BENCH: $WORKERS workers ready after ${POOL_START_MS} ms (balancer $BALANCER)"
+            echo "$BENCH: bridges: $(echo $SEEN_BRIDGES | wc -w) ($(echo $SEEN_BRIDGES))"
             return 0
         fi
         sleep 0.1
@@ -193,11 +204,11 @@ bench_cleanup() {
     fi
     stop_poold
     # Check, then remove as a last resort, whatever of this run is left.
-    if "$IP" link show "$BRIDGE" >/dev/null 2>&1; then
-        echo "$BENCH: LEFT BEHIND: bridge $BRIDGE" >&2
-        "$IP" link del "$BRIDGE" 2>/dev/null || true
+    for bridge in $(run_bridges); do
+        echo "$BENCH: LEFT BEHIND: bridge $bridge" >&2
+        "$IP" link del "$bridge" 2>/dev/null || true
         LEFTOVER=1
-    fi
+    done
     for link in $SEEN_LINKS; do
         if "$IP" link show "$link" >/dev/null 2>&1; then
             echo "$BENCH: LEFT BEHIND: veth $link" >&2
