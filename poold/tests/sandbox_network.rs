@@ -1,7 +1,7 @@
 //! The worker network against a hostile or careless host (root needed): foreign links named
 //! as the bridge, a bridge deleted under running workers, workers reaching the host's own
 //! services. Every link a test makes has a unique name and is removed by a Drop guard; the
-//! host's real interfaces are never touched. Tags 70-81 (subnet 10.213.<tag>.0/24).
+//! host's real interfaces are never touched. Tags 70-82 (subnet 10.213.<tag>.0/24).
 
 mod sandbox_support;
 
@@ -81,9 +81,12 @@ mod worker_network {
     }
 
     fn answers(addr: std::net::Ipv4Addr) -> bool {
-        let Ok(mut s) =
-            std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_secs(1))
-        else {
+        answers_at((addr, 8080).into())
+    }
+
+    /// Whether an HTTP GET to `at` gets the worker's page.
+    fn answers_at(at: std::net::SocketAddr) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -708,6 +711,58 @@ mod worker_network {
         assert!(left.is_empty(), "bridges left: {left:?}");
         let routes = ip(&["route", "show", "root", "10.213.81.0/24"]);
         assert!(routes.trim().is_empty(), "routes left: {routes}");
+        t.assert_nothing_left();
+    }
+
+    /// IPVS MASQ (VM only) reaches workers on every bridge: one worker on slice 0's bridge,
+    /// one on slice 1's, both real servers of one virtual service, a host-local client.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "vm: needs IPVS"]
+    async fn ipvs_masq_reaches_workers_on_every_bridge() {
+        use poold::balancer::{Balancer, ClientPolicy, VirtualService};
+        let t = TestSandbox::with_slice_prefix(82, 30);
+        let base = bridge_name(&t);
+        let mut workers = Vec::new();
+        for slice in 0..2u32 {
+            let w = t.sandbox.spawn(httpd(&t)).await.unwrap();
+            let addr = w.address().unwrap();
+            let bridge = poold::sandbox::bridge_name(&base, slice);
+            assert_eq!(t.sandbox.bridge_of(addr).as_deref(), Some(bridge.as_str()));
+            eventually("the worker answers the host", || {
+                answers(addr).then_some(())
+            })
+            .await;
+            workers.push((w, std::net::SocketAddr::from((addr, 8080))));
+        }
+        let balancer = poold::balancer::ipvs::IpvsBalancer::new().await.unwrap();
+        let service = VirtualService {
+            name: "slices".into(),
+            listen: "10.212.82.1:80".parse().unwrap(),
+            scheduler: "rr".into(),
+            clients: ClientPolicy::default(),
+        };
+        balancer.ensure_service(&service).await.unwrap();
+        for (_, backend) in &workers {
+            balancer.add_backend(&service, *backend, 1).await.unwrap();
+        }
+        // Round robin: four connections, two to each worker.
+        for _ in 0..4 {
+            assert!(answers_at(service.listen), "through IPVS to {:?}", workers);
+        }
+        let stats = balancer.backend_stats(&service).await.unwrap();
+        for (_, backend) in &workers {
+            assert!(
+                stats[backend].total >= 1,
+                "{backend} served none: {stats:?}"
+            );
+        }
+        balancer.remove_service(&service).await.unwrap();
+        for (w, _) in workers {
+            w.destroy().await.unwrap();
+        }
+        t.sandbox.remove_bridge().await.unwrap();
+        let left = links_starting_with(&base);
+        assert!(left.is_empty(), "bridges left: {left:?}");
         t.assert_nothing_left();
     }
 }
