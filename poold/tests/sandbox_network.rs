@@ -213,6 +213,42 @@ mod worker_network {
         );
     }
 
+    /// A link already under the name of a later slice's bridge (`<bridge>-1`) that poold
+    /// could not use is named by `poold check` too, not only when a worker first needs it.
+    #[test]
+    fn poold_check_names_a_foreign_link_under_a_slice_bridge_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = test_link(74, "s");
+        let (peer, peer2) = (format!("{base}-1"), test_link(74, "t"));
+        let _links = TestLinks(vec![peer.clone()]);
+        ip(&["link", "add", &peer, "type", "veth", "peer", "name", &peer2]);
+        let path = dir.path().join("poold.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{base}\"\nsubnet = \"10.213.72.0/21\"\n\n\
+                 [[service]]\nname = \"web\"\nlisten = \"10.212.74.1:80\"\nworkers = 1\nport = 8080\n\
+                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
+                dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_poold"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "check passed: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}:5:1: network.bridge: {peer:?} is a veth, not a bridge",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+
     /// `ip route get ADDR`, stdout and stderr.
     fn route_get(addr: std::net::Ipv4Addr) -> String {
         let out = Command::new("ip")

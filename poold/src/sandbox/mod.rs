@@ -708,13 +708,23 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Whether the configured bridge name is free or a bridge poold may use, changing
-    /// nothing (for `poold check`): `Err(ForeignBridge)` names what is wrong with it.
+    /// Whether the configured bridge name, and each slice bridge name a link already has,
+    /// is free or a bridge poold may use, changing nothing (for `poold check`):
+    /// `Err(ForeignBridge)` names what is wrong with the first that is not.
     pub fn check_bridge_blocking(&self) -> Result<()> {
-        match &self.inner.bridges {
-            Some(bridges) => net::check_bridge(&bridges.spec(0), net::PortScan::Always).map(|_| ()),
-            None => Ok(()),
+        let Some(bridges) = &self.inner.bridges else {
+            return Ok(());
+        };
+        net::check_bridge(&bridges.spec(0), net::PortScan::Always)?;
+        let prefix = format!("{}-", bridges.bridge);
+        for name in net::links_with_prefix(&prefix)? {
+            let slice = slices::slice_of_bridge(&bridges.bridge, &name)
+                .filter(|i| u64::from(*i) < bridges.slices.count());
+            if let Some(slice) = slice {
+                net::check_bridge(&bridges.spec(slice), net::PortScan::Always)?;
+            }
         }
+        Ok(())
     }
 
     /// Removes the cgroup parent from every hierarchy where it is empty (at shutdown, after
