@@ -155,7 +155,9 @@ start_poold() {
                 "$IP" -o link show master "$b" 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'
             done)
             echo "$BENCH: $WORKERS workers ready after ${POOL_START_MS} ms (balancer $BALANCER)"
-            echo "$BENCH: bridges: $(echo $SEEN_BRIDGES | wc -w) ($(echo $SEEN_BRIDGES))"
+            echo "$BENCH: bridges: $(echo $SEEN_BRIDGES | wc -w) ($(for b in $SEEN_BRIDGES; do
+                printf '%s %s ports; ' "$b" "$("$IP" -o link show master "$b" 2>/dev/null | wc -l)"
+            done))"
             return 0
         fi
         sleep 0.1
