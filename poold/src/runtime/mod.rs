@@ -47,6 +47,17 @@ impl fmt::Display for WorkerId {
 /// kept at weight 0 until a recycle or a crash gives it a slot ([`WorkerRuntime::promoted`]).
 pub const SPARE_SLOT: u32 = u32::MAX;
 
+/// `worker.slot` in logs: the slot, none for a spare (which logs [`spare_field`] instead of
+/// the [`SPARE_SLOT`] sentinel).
+pub fn slot_field(slot: u32) -> Option<u32> {
+    (slot != SPARE_SLOT).then_some(slot)
+}
+
+/// `worker.spare` in logs: `true` for a spare, absent for a slot's worker.
+pub fn spare_field(slot: u32) -> Option<bool> {
+    (slot == SPARE_SLOT).then_some(true)
+}
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {

@@ -371,8 +371,8 @@ impl SandboxRuntime {
                     runtime.adopted_lock().push(worker);
                 }
                 Err(error) => {
-                    tracing::info!(service = %worker.service, worker.slot = worker.slot,
-                        worker.id = %worker.worker, %error, "recorded worker not adopted; its leftovers are removed");
+                    tracing::info!(service = %worker.service, worker.slot = super::slot_field(worker.slot),
+                        worker.spare = super::spare_field(worker.slot), worker.id = %worker.worker, %error, "recorded worker not adopted; its leftovers are removed");
                 }
             }
         }
@@ -438,7 +438,7 @@ impl SandboxRuntime {
         let capture = container.take_output().map(|(stdout, stderr)| {
             let labels = worker_output::Labels {
                 service: service.to_owned(),
-                slot,
+                slot: super::slot_field(slot),
                 worker: id.to_string(),
             };
             Capture::start(labels, stdout, stderr)
@@ -580,7 +580,8 @@ impl WorkerRuntime for SandboxRuntime {
         let pid = worker.pid();
         let chroot = worker.root_switch() == sandbox::RootSwitch::Chroot;
         if chroot {
-            warn!(service = %spec.service.name, worker.slot = spec.slot, worker.id = %spec.id,
+            warn!(service = %spec.service.name, worker.slot = super::slot_field(spec.slot),
+                worker.spare = super::spare_field(spec.slot), worker.id = %spec.id,
                 "worker root entered with chroot (the initramfs fallback), not pivot_root");
         }
         let record = WorkerRecord {

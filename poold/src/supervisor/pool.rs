@@ -13,8 +13,8 @@ use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, Virtu
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
-    AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, SpawnedWorker,
-    StopSignal, WorkerId, WorkerRuntime, WorkerSpec, SPARE_SLOT,
+    slot_field, spare_field, AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError,
+    SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec, SPARE_SLOT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -794,8 +794,8 @@ impl ServicePool {
                     },
                 },
             );
-            info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %worker.id,
-                worker.addr = %addr, worker.pid = worker.pid, matches_config = worker.matches_config,
+            info!(service = %self.service.name, worker.slot = slot_field(worker.slot),
+                worker.spare = spare_field(worker.slot), worker.id = %worker.id, worker.addr = %addr, worker.pid = worker.pid, matches_config = worker.matches_config,
                 "worker adopted");
             match self.slots.get_mut(worker.slot as usize) {
                 Some(slot) => displaced.extend(slot.current.replace(worker.id)),
@@ -884,7 +884,7 @@ impl ServicePool {
             Event::Health { id, result } => return self.on_health(id, result).await,
             Event::TornDown { id } => {
                 if let Some(worker) = self.workers.remove(&id) {
-                    debug!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, "worker torn down");
+                    debug!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, "worker torn down");
                 }
             }
         }
@@ -915,7 +915,7 @@ impl ServicePool {
                     },
                     ok_streak: 0,
                 };
-                info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
+                info!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
                 let runtime = self.runtime.clone();
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
@@ -959,9 +959,9 @@ impl ServicePool {
         self.observer.worker_exited(id, status);
         let expected = previous == WorkerState::Stopping;
         if expected {
-            info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, "worker stopped");
+            info!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %status, "worker stopped");
         } else {
-            warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
+            warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
         }
         // Before teardown, which forgets the worker.
         let last_words = self.runtime.last_output(id);
@@ -1024,7 +1024,7 @@ impl ServicePool {
             // wrong answer always counts; so does a timeout while nothing flows.
             Err(HealthFailure::Worker(ProbeError::Timeout { timeout })) if answering_clients => {
                 self.observer.health_check_failed(id);
-                warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
+                warn!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
                 return false;
             }
             Err(HealthFailure::Worker(reason)) => Err(reason),
@@ -1053,7 +1053,7 @@ impl ServicePool {
                 let streak = *fail_streak;
                 let drained = *drained;
                 self.observer.health_check_failed(id);
-                warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, drained, "health check failed");
+                warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %reason, streak, drained, "health check failed");
                 // A drained worker serves nobody and is kept for inspection: its failures
                 // show in the log and the metrics, but only a recycle or undrain ends it.
                 if !drained && streak >= self.config.health.unhealthy_threshold {
@@ -1580,7 +1580,7 @@ impl ServicePool {
                             worker: id,
                             timeout: self.config.health.start_timeout,
                         };
-                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
+                        warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "{failure}");
                         self.begin_stop(id, RecycleReason::Unhealthy);
                         self.slot_failed(slot, id, failure);
                     }
@@ -1900,7 +1900,7 @@ impl ServicePool {
                 generation: self.generation,
             },
         );
-        debug!(service = %self.service.name, worker.slot = slot, worker.id = %id, "spawning worker");
+        debug!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "spawning worker");
         self.observer.worker_spawned(slot, id);
         let spec = WorkerSpec {
             id,
@@ -2043,7 +2043,7 @@ impl ServicePool {
             settled_at,
             deadline: now + self.config.recycle.drain_timeout.get(),
         };
-        info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");
+        info!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, %reason, "draining worker");
     }
 
     /// SIGTERM now, SIGKILL after stop_timeout (-> Stopping). A worker already being

@@ -72,7 +72,7 @@ impl ServicePool {
             drained: false,
         };
         self.spares.failures = 0;
-        info!(service = %self.service.name, worker.id = %id, worker.addr = %spawned.addr, "spare ready (weight 0)");
+        info!(service = %self.service.name, worker.spare = true, worker.id = %id, worker.addr = %spawned.addr, "spare ready (weight 0)");
     }
 
     /// Puts a ready spare in `slot`: the service's weight at once, and it becomes the
@@ -192,7 +192,7 @@ impl ServicePool {
         let failures = self.spares.failures;
         let delay = self.config.backoff.delay(failures);
         self.spares.restart_at = Some(Instant::now() + delay);
-        warn!(service = %self.service.name, worker.id = %id, failures, retry_in = ?delay, "spare failed: {failure}");
+        warn!(service = %self.service.name, worker.spare = true, worker.id = %id, failures, retry_in = ?delay, "spare failed: {failure}");
     }
 }
 

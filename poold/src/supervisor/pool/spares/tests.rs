@@ -310,3 +310,61 @@ async fn scale_and_slot_drain_leave_the_spares_alone() {
     })
     .await;
 }
+
+/// What the pool logged, as text (a subscriber for this thread: paused-time tests run the
+/// pool's tasks on it).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spare_logs_as_a_spare_never_as_the_sentinel_slot() {
+    let logs = CapturedLogs::default();
+    let _capture = logs.capture();
+    let h = Harness::start(service(1, 1)).await;
+    until(&h, 10, settled(1, 1)).await;
+    let text = logs.text();
+    assert!(!text.contains(&SPARE_SLOT.to_string()), "{text}");
+    let spawned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("worker spawned"))
+        .collect();
+    assert_eq!(spawned.len(), 2, "{text}");
+    assert!(
+        spawned
+            .iter()
+            .any(|l| l.contains("worker.spare=true") && !l.contains("worker.slot")),
+        "{text}"
+    );
+    assert!(
+        spawned
+            .iter()
+            .any(|l| l.contains("worker.slot=0") && !l.contains("worker.spare")),
+        "{text}"
+    );
+}
