@@ -685,6 +685,7 @@ impl ServicePool {
             scaled_from: None,
             ready: 0,
             spares: 0,
+            wanted_spares: config.recycle.spares,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
             generation: 1,
@@ -2221,8 +2222,10 @@ impl ServicePool {
             .count() as u32;
         let (generation, deployed_rootfs) = (self.generation, self.deployed_rootfs.clone());
         let rolling_out = self.rolling_out();
+        let wanted_spares = self.config.recycle.spares;
         self.status.send_modify(|status| {
             status.generation = generation;
+            status.wanted_spares = wanted_spares;
             status.deployed_rootfs = deployed_rootfs;
             status.rolling_out = rolling_out;
             status.ready = ready;
