@@ -129,12 +129,14 @@ pub enum PoolCommand {
 /// Why a deploy stopped and was rolled back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "deploy of generation {generation} failed at slot {slot} (worker {worker}): {failure}; \
-     rolled back to generation {rolled_back_to}, the previous workers keep serving"
+    "deploy of generation {generation} failed {} (worker {worker}): {failure}; \
+     rolled back to generation {rolled_back_to}, the previous workers keep serving",
+    slot.map_or("in a warm spare".to_owned(), |slot| format!("at slot {slot}"))
 )]
 pub struct DeployFailure {
     pub generation: u64,
-    pub slot: u32,
+    /// The slot whose new worker failed; none for a warm spare.
+    pub slot: Option<u32>,
     pub worker: WorkerId,
     /// The slot's failure as status shows it.
     pub failure: String,
@@ -1251,12 +1253,12 @@ impl ServicePool {
         self.deployed_rootfs = deploy.previous_rootfs;
         let failure = DeployFailure {
             generation: deploy.generation,
-            slot,
+            slot: slot_field(slot),
             worker: id,
             failure: failure.to_string(),
             rolled_back_to: self.generation,
         };
-        error!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
+        error!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "{failure}");
         if let Some(done) = deploy.done {
             let _ = done.send(Err(failure));
         }
@@ -2075,16 +2077,19 @@ impl ServicePool {
         let Some(slot) = self.workers.get(&id).map(|w| w.slot) else {
             return;
         };
-        if self.slot_removed(slot) {
+        let spare = slot == SPARE_SLOT;
+        if !spare && self.slot_removed(slot) {
             self.retire(id, RecycleReason::Unhealthy).await;
             return;
         }
         // An unhealthy worker gets no new connections at once, without waiting for a
-        // replacement; the slot refills after the backoff.
-        if self.slots[slot as usize].current == Some(id) {
-            self.slots[slot as usize].current = None;
+        // replacement; the slot refills after the backoff (a spare: the next one).
+        if !spare {
+            if self.slots[slot as usize].current == Some(id) {
+                self.slots[slot as usize].current = None;
+            }
+            self.recycle_started(id, RecycleReason::Unhealthy);
         }
-        self.recycle_started(id, RecycleReason::Unhealthy);
         self.retire(id, RecycleReason::Unhealthy).await;
         self.slot_failed(slot, id, SlotFailure::Unhealthy { worker: id, reason });
     }
@@ -2101,13 +2106,12 @@ impl ServicePool {
         });
     }
 
-    /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
+    /// A worker of `slot` (or a spare) failed (crash, failed start, unhealthy): back off
+    /// before refilling. One of a deploy's generation rolls the deploy back, in a slot or
+    /// as a spare alike: either shows that the new workers cannot start.
     fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
-        if slot == SPARE_SLOT {
-            self.spare_failed(id, &failure);
-            return;
-        }
-        if self.slot_removed(slot) {
+        let spare = slot == SPARE_SLOT;
+        if !spare && self.slot_removed(slot) {
             return;
         }
         let deploy_failed = self.deploy.as_ref().is_some_and(|deploy| {
@@ -2117,6 +2121,10 @@ impl ServicePool {
         });
         if deploy_failed {
             self.roll_back(slot, id, &failure);
+        }
+        if spare {
+            self.spare_failed(id, &failure);
+            return;
         }
         let backoff = &self.config.backoff;
         let entry = &mut self.slots[slot as usize];

@@ -54,7 +54,7 @@ impl ServicePool {
         {
             error!(service = %self.service.name, worker.id = %id, %error, "adding a spare to the balancer failed");
             self.begin_stop(id, RecycleReason::Unhealthy);
-            self.spare_failed(id, &SlotFailure::Balancer(error));
+            self.slot_failed(SPARE_SLOT, id, SlotFailure::Balancer(error));
             return;
         }
         let now = Instant::now();
