@@ -530,18 +530,39 @@ impl Worker {
 struct Slot {
     /// The worker serving this slot (or starting to).
     current: Option<WorkerId>,
-    /// A surge replacement that is starting.
-    replacement: Option<WorkerId>,
-    /// A planned recycle waiting for a permit (or for a replacement after a failed one).
-    pending: Option<RecycleReason>,
-    /// A planned recycle is in flight (counts against max_concurrent_recycles).
-    recycling: bool,
+    recycle: Recycle,
     failures: u32,
     restart_at: Option<Instant>,
     last_error: Option<SlotFailure>,
     /// Workers of this slot replaced so far, and why the last one was.
     recycles: u32,
     last_recycle: Option<RecycleReason>,
+}
+
+/// Where a slot is in a planned recycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Recycle {
+    #[default]
+    Idle,
+    /// Queued: waiting for a permit (max_concurrent_recycles), for its worker to be up, or
+    /// for a retry after a failed surge replacement.
+    Pending(RecycleReason),
+    /// In flight (counts against max_concurrent_recycles); with surge, the replacement
+    /// while it starts.
+    Running { replacement: Option<WorkerId> },
+}
+
+impl Recycle {
+    fn replacement(self) -> Option<WorkerId> {
+        match self {
+            Self::Running { replacement } => replacement,
+            Self::Idle | Self::Pending(_) => None,
+        }
+    }
+
+    fn is_running(self) -> bool {
+        matches!(self, Self::Running { .. })
+    }
 }
 
 /// Why a slot lost its worker and backs off; kept typed until status prints it.
@@ -1292,7 +1313,7 @@ impl ServicePool {
         self.check_slot(slot)?;
         let service = self.service.name.clone();
         let entry = &self.slots[slot as usize];
-        if entry.recycling || entry.pending.is_some() || entry.replacement.is_some() {
+        if entry.recycle != Recycle::Idle {
             return Err(PoolError::SlotBusy { service, slot });
         }
         let state = self.slot_state(slot as usize, Instant::now());
@@ -1384,11 +1405,9 @@ impl ServicePool {
         }
         for index in workers as usize..self.slots.len() {
             let entry = &mut self.slots[index];
-            entry.pending = None;
             entry.restart_at = None;
-            entry.recycling = false;
+            let replacement = std::mem::take(&mut entry.recycle).replacement();
             let current = entry.current.take();
-            let replacement = entry.replacement.take();
             if let Some(id) = replacement {
                 self.begin_stop(id, RecycleReason::Manual);
             }
@@ -1452,8 +1471,8 @@ impl ServicePool {
             if let Some(current) = entry.current {
                 old_workers.push((slot, current));
             }
-            if entry.pending.is_none() && !entry.recycling {
-                entry.pending = Some(RecycleReason::Manual);
+            if entry.recycle == Recycle::Idle {
+                entry.recycle = Recycle::Pending(RecycleReason::Manual);
             }
         }
         info!(service = %self.service.name, ?slots, "manual recycle queued");
@@ -1594,10 +1613,9 @@ impl ServicePool {
                         let Some(entry) = self.slots.get_mut(slot) else {
                             continue;
                         };
-                        if entry.current == Some(id) && entry.pending.is_none() && !entry.recycling
-                        {
+                        if entry.current == Some(id) && entry.recycle == Recycle::Idle {
                             info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, "worker due for recycling");
-                            entry.pending = Some(reason);
+                            entry.recycle = Recycle::Pending(reason);
                         }
                     }
                 }
@@ -1746,7 +1764,10 @@ impl ServicePool {
     }
 
     fn recycles_in_flight(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.recycling).count()
+        self.slots
+            .iter()
+            .filter(|slot| slot.recycle.is_running())
+            .count()
     }
 
     fn is_ready(&self, id: Option<WorkerId>) -> bool {
@@ -1769,7 +1790,9 @@ impl ServicePool {
                 return;
             }
             let slot = &self.slots[index];
-            let Some(reason) = slot.pending else { continue };
+            let Recycle::Pending(reason) = slot.recycle else {
+                continue;
+            };
             let Some(current) = slot.current else {
                 continue;
             };
@@ -1780,7 +1803,7 @@ impl ServicePool {
                     .get(&current)
                     .is_some_and(|w| w.generation == self.generation)
             {
-                self.slots[index].pending = None;
+                self.slots[index].recycle = Recycle::Idle;
                 if let Some(worker) = self.workers.get_mut(&current) {
                     worker.recycle_started = None;
                     if let Phase::Ready { replacing, .. } = &mut worker.phase {
@@ -1789,15 +1812,10 @@ impl ServicePool {
                 }
                 continue;
             }
-            if !self.is_up(current)
-                || slot.replacement.is_some()
-                || slot.restart_at.is_some_and(|at| now < at)
-            {
+            if !self.is_up(current) || slot.restart_at.is_some_and(|at| now < at) {
                 continue;
             }
-            let slot = &mut self.slots[index];
-            slot.pending = None;
-            slot.recycling = true;
+            self.slots[index].recycle = Recycle::Running { replacement: None };
             in_flight += 1;
             let index = index as u32;
             self.recycle_started(current, reason);
@@ -1809,7 +1827,9 @@ impl ServicePool {
             }
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
-                self.slots[index as usize].replacement = Some(replacement);
+                self.slots[index as usize].recycle = Recycle::Running {
+                    replacement: Some(replacement),
+                };
                 // The old worker keeps its reason for when the replacement is ready.
                 if let Some(Worker {
                     phase: Phase::Ready { replacing, .. },
@@ -1841,7 +1861,7 @@ impl ServicePool {
             }
             // Without surge a slot holds one worker at a time: wait until the old one is gone.
             if !self.config.recycle.surge
-                && slot.recycling
+                && slot.recycle.is_running()
                 && self
                     .workers
                     .values()
@@ -1858,7 +1878,7 @@ impl ServicePool {
     fn finish_recycles(&mut self) {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if !slot.recycling || slot.replacement.is_some() {
+            if slot.recycle != (Recycle::Running { replacement: None }) {
                 continue;
             }
             let current_ready = self.is_ready(slot.current);
@@ -1867,7 +1887,7 @@ impl ServicePool {
                 .values()
                 .any(|w| w.slot as usize == index && Some(w.id) != slot.current);
             if current_ready && !old_left {
-                self.slots[index].recycling = false;
+                self.slots[index].recycle = Recycle::Idle;
             }
         }
         let mut waiters = std::mem::take(&mut self.waiters);
@@ -1993,9 +2013,9 @@ impl ServicePool {
         info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, lifetime = ?lifetime, "worker ready");
 
         let entry = &mut self.slots[slot as usize];
-        if entry.replacement == Some(id) {
+        if entry.recycle.replacement() == Some(id) {
             // Surge: the replacement serves; now retire the old worker.
-            entry.replacement = None;
+            entry.recycle = Recycle::Running { replacement: None };
             let old = entry.current.replace(id);
             if let Some(old) = old {
                 let reason = self
@@ -2131,15 +2151,13 @@ impl ServicePool {
         if entry.current == Some(id) {
             entry.current = None;
         }
-        if entry.replacement == Some(id) {
+        if entry.recycle.replacement() == Some(id) {
             // The surge replacement failed: the old worker keeps serving; retry the recycle.
-            entry.replacement = None;
-            entry.recycling = false;
             let old_reason = entry
                 .current
                 .and_then(|old| self.workers.get(&old))
                 .and_then(|w| w.phase.reason());
-            entry.pending = Some(old_reason.unwrap_or(RecycleReason::Manual));
+            entry.recycle = Recycle::Pending(old_reason.unwrap_or(RecycleReason::Manual));
         }
         entry.failures += 1;
         let delay = backoff.delay(entry.failures);
@@ -2165,7 +2183,7 @@ impl ServicePool {
             } else {
                 SlotState::Backoff
             }
-        } else if slot.recycling {
+        } else if slot.recycle.is_running() {
             SlotState::Recycling
         } else {
             match current.map(Worker::state) {
