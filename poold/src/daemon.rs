@@ -257,9 +257,11 @@ async fn run(
             }
         }
     }
-    // Adopted workers of services no longer configured: stopped once every pool took its own.
-    let unclaimed = parts.runtime.clone();
-    tokio::spawn(async move { unclaimed.stop_unclaimed().await });
+    // What an earlier run left of services no longer configured: once every pool took its own.
+    tokio::spawn(retire_removed_services(
+        parts.runtime.clone(),
+        parts.balancer.clone(),
+    ));
     let pools = Pools::new(pools);
     let reloader = Arc::new(reload::ConfigReloader::new(
         path,
@@ -345,6 +347,19 @@ async fn run(
     hurry.abort();
     reloader.finish_retiring().await;
     served.map(|()| Ended::Stopped).map_err(Into::into)
+}
+
+/// Stops the adopted workers of services the config no longer has, then removes those
+/// services' virtual services (and addresses no other service uses) an earlier run left.
+async fn retire_removed_services(runtime: Arc<dyn WorkerRuntime>, balancer: Arc<dyn Balancer>) {
+    let removed = runtime.take_removed_services();
+    runtime.stop_unclaimed().await;
+    for service in &removed {
+        if let Err(error) = balancer.remove_leftover_service(service).await {
+            warn!(service = %service.name, listen = %service.listen, %error,
+                "removing the virtual service of a service no longer configured failed");
+        }
+    }
 }
 
 /// The old side of an upgrade: freezes every pool, execs the new poold with `fds` and

@@ -22,7 +22,8 @@ const LINES_PER_SEC: f64 = 20.0;
 #[derive(Clone, Debug)]
 pub struct Labels {
     pub service: String,
-    pub slot: u32,
+    /// Its slot; none for a warm spare.
+    pub slot: Option<u32>,
     pub worker: String,
 }
 
@@ -110,11 +111,11 @@ impl Sink {
         match admitted {
             None => {}
             Some(0) => {
-                tracing::info!(service = %l.service, worker.slot = l.slot, worker.id = %l.worker, stream, "{text}");
+                tracing::info!(service = %l.service, worker.slot = l.slot, worker.spare = l.slot.is_none().then_some(true), worker.id = %l.worker, stream, "{text}");
             }
             Some(suppressed) => {
-                tracing::warn!(service = %l.service, worker.slot = l.slot, worker.id = %l.worker, suppressed, "worker output rate-limited: lines left out of the log");
-                tracing::info!(service = %l.service, worker.slot = l.slot, worker.id = %l.worker, stream, "{text}");
+                tracing::warn!(service = %l.service, worker.slot = l.slot, worker.spare = l.slot.is_none().then_some(true), worker.id = %l.worker, suppressed, "worker output rate-limited: lines left out of the log");
+                tracing::info!(service = %l.service, worker.slot = l.slot, worker.spare = l.slot.is_none().then_some(true), worker.id = %l.worker, stream, "{text}");
             }
         }
     }

@@ -1,6 +1,8 @@
 //! poold killed with SIGKILL and started again adopts its live workers instead of starting
 //! new ones: with the proxy on the host (serving again within a second), with IPVS in the
-//! VM under wrk load through the kill and a restart 2 s later (zero failed requests).
+//! VM under wrk load through the kill and a restart 2 s later (zero failed requests); on a
+//! config without some services, those services' workers, operator state and IPVS
+//! services go.
 
 mod e2e_support;
 
@@ -19,4 +21,15 @@ fn e2e_kill9_under_wrk_load_through_ipvs_loses_no_request_and_adopts_the_workers
 #[test]
 fn e2e_kill9_keeps_a_drained_slot_drained() {
     e2e_support::restart::kill9_keeps_a_drained_slot_drained();
+}
+
+#[test]
+fn e2e_kill9_and_restart_without_two_services_stops_them_and_forgets_their_state() {
+    e2e_support::restart::kill9_and_restart_without_two_services("proxy");
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_and_restart_without_two_services_removes_their_ipvs_services() {
+    e2e_support::restart::kill9_and_restart_without_two_services("ipvs");
 }

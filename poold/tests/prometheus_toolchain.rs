@@ -81,6 +81,7 @@ fn metrics_after_events() -> Metrics {
         scaled_from: None,
         ready: 1,
         spares: 0,
+        wanted_spares: 0,
         min_ready: 2,
         drained: false,
         generation: 1,

@@ -394,6 +394,35 @@ impl IpvsBalancer {
         Ok(())
     }
 
+    /// After `service` left the IPVS table: unbinds its address unless a service of this
+    /// run still uses it (another port on the same VIP); with no service left, restores
+    /// the ARP sysctls and deletes poold's VIP device if nothing else is bound to it.
+    async fn release_address(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let (vip_still_used, none_left) = {
+            let services = self.services.lock().expect("services lock");
+            let vip = service.listen.ip();
+            let used = services
+                .values()
+                .any(|key| matches!(key, ServiceKey::Inet { addr, .. } if *addr == vip));
+            (used, services.is_empty())
+        };
+        if !vip_still_used {
+            self.unbind_vip(service).await?;
+        }
+        if none_left {
+            self.arp.lock().expect("arp lock").restore();
+        }
+        if none_left && self.device.ours && !self.device_has_addresses().await {
+            match self.netlink.link().del(self.device.index).execute().await {
+                Err(error) if errno(&error) != Some(ENODEV) => {
+                    warn!(%error, "deleting {VIP_DEVICE} failed")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a blocking IPVS call on the IPVS thread, off the async threads.
     async fn ipvs<T: Send + 'static>(
         &self,
@@ -476,31 +505,32 @@ impl Balancer for IpvsBalancer {
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
         let key = key_of(service);
         let deleted = self.ipvs(move |client| client.delete_service(&key)).await?;
-        let (vip_still_used, none_left) = {
-            let mut services = self.services.lock().expect("services lock");
-            services.remove(&service.name);
-            let vip = service.listen.ip();
-            let used = services
-                .values()
-                .any(|key| matches!(key, ServiceKey::Inet { addr, .. } if *addr == vip));
-            (used, services.is_empty())
-        };
-        // Another service on the same VIP (another port) still needs the address bound.
-        if !vip_still_used {
-            self.unbind_vip(service).await?;
-        }
-        if none_left {
-            self.arp.lock().expect("arp lock").restore();
-        }
-        if none_left && self.device.ours && !self.device_has_addresses().await {
-            match self.netlink.link().del(self.device.index).execute().await {
-                Err(error) if errno(&error) != Some(ENODEV) => {
-                    warn!(%error, "deleting {VIP_DEVICE} failed")
-                }
-                _ => {}
-            }
-        }
+        self.services
+            .lock()
+            .expect("services lock")
+            .remove(&service.name);
+        self.release_address(service).await?;
         deleted.map_err(|e| map_ipvs(service, None, "delete service", e))
+    }
+
+    async fn remove_leftover_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
+        let key = key_of(service);
+        let taken_over = self
+            .services
+            .lock()
+            .expect("services lock")
+            .values()
+            .any(|ours| *ours == key);
+        if taken_over {
+            return Ok(());
+        }
+        match self.ipvs(move |client| client.delete_service(&key)).await? {
+            // Gone already (an operator's ipvsadm -D): its address may still be bound.
+            Ok(()) | Err(ipvs::Error::ServiceNotFound { .. }) => {}
+            Err(error) => return Err(map_ipvs(service, None, "delete service", error)),
+        }
+        info!(service = %service.name, listen = %service.listen, "removed the IPVS service of a service no longer configured");
+        self.release_address(service).await
     }
 
     async fn add_backend(

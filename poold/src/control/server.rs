@@ -273,16 +273,13 @@ async fn scale(
     let Json(request) =
         request.map_err(|rejection| api_error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pool = find_pool(&pools, &name)?;
-    // What the host's other services want (workers and their ready warm spares), against
-    // the subnet's capacity.
+    // What the host's other services claim (workers and warm spares), against the subnet's
+    // capacity.
     let others: u64 = pools
         .snapshot()
         .iter()
         .filter(|other| other.name != name)
-        .map(|other| {
-            let status = other.status.borrow();
-            u64::from(status.desired) + u64::from(status.spares)
-        })
+        .map(|other| other.status.borrow().claimed_workers())
         .sum();
     let change = pool
         .scale(request.workers, others)

@@ -249,3 +249,52 @@ async fn slot_drain_and_scale_refusals_carry_their_status() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// `poolctl scale` bounds the count by the subnet beside the other services, counting the
+/// warm spares they keep whether or not those are ready yet: the bound does not depend on
+/// timing.
+#[tokio::test]
+async fn scale_counts_the_spares_other_services_keep_ready_or_not() {
+    let mut api = web_service(2, "[service.recycle]\nspares = 2\n");
+    api.name = "api".into();
+    api.listen = "10.212.0.2:80".parse().unwrap();
+    // Its workers never finish spawning: none of its spares is ever ready.
+    let api = Harness::builder(api)
+        .spawn_delay(Duration::from_secs(3600))
+        .start()
+        .await
+        .pool;
+    let web = Harness::builder(fast_health_web_service());
+    let options = PoolOptions {
+        worker_capacity: 10,
+        ..web.options_default()
+    };
+    let web = web.options(options).start().await.pool;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("poold.sock");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let socket = socket.clone();
+        let pools = Pools::new(vec![web, api]);
+        async move {
+            serve(&socket, pools, ServeOptions::default(), async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let client = ControlClient::new(&socket);
+    for _ in 0..200 {
+        if client.status().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The subnet holds 10 workers; api claims 2 and its 2 spares.
+    assert_eq!(client.scale("web", 6).await.unwrap().to, 6);
+    let (code, message) = status_of(client.scale("web", 7).await);
+    assert_eq!(code, 400, "{message}");
+    assert!(message.contains("other services want 4"), "{message}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

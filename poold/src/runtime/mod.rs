@@ -10,6 +10,7 @@ pub mod sandbox;
 #[cfg(test)]
 pub(crate) mod fake;
 
+use crate::balancer::VirtualService;
 use crate::config::ServiceConfig;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,17 @@ impl fmt::Display for WorkerId {
 /// The slot of a warm spare (`recycle.spares`): none yet. A spare is started, probed and
 /// kept at weight 0 until a recycle or a crash gives it a slot ([`WorkerRuntime::promoted`]).
 pub const SPARE_SLOT: u32 = u32::MAX;
+
+/// `worker.slot` in logs: the slot, none for a spare (which logs [`spare_field`] instead of
+/// the [`SPARE_SLOT`] sentinel).
+pub fn slot_field(slot: u32) -> Option<u32> {
+    (slot != SPARE_SLOT).then_some(slot)
+}
+
+/// `worker.spare` in logs: `true` for a spare, absent for a slot's worker.
+pub fn spare_field(slot: u32) -> Option<bool> {
+    (slot == SPARE_SLOT).then_some(true)
+}
 
 /// What to start.
 #[derive(Clone, Debug)]
@@ -176,6 +188,12 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// Stops and tears down the adopted workers no pool took (their service is gone from
     /// the config), once every pool has started.
     async fn stop_unclaimed(&self) {}
+    /// The virtual services of the services an earlier run recorded workers of (their
+    /// `listen` and `protocol`, adopted or not) that the config no longer has (once: a
+    /// second call returns none).
+    fn take_removed_services(&self) -> Vec<VirtualService> {
+        Vec::new()
+    }
     /// Keeps `state` as `service`'s operator state in the state record (written at once).
     fn save_operator_state(&self, _service: &str, _state: &OperatorState) {}
     /// The operator state an earlier run recorded for `service` (once: a second call

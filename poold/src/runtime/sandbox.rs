@@ -8,15 +8,17 @@ use super::{
     AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, RuntimeFailure,
     SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
-use crate::config::{Config, RootfsSource, ServiceConfig, SignalName};
+use crate::balancer::{ClientPolicy, VirtualService};
+use crate::config::{Config, Protocol, RootfsSource, ServiceConfig, SignalName};
 use crate::sandbox::{
     self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
     UsageReader,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,6 +132,8 @@ pub struct SandboxRuntime {
     operator: Mutex<BTreeMap<String, OperatorState>>,
     /// What the record held at start, offered once to each service's pool.
     operator_restored: Mutex<BTreeMap<String, OperatorState>>,
+    /// Virtual services of recorded services the config no longer has.
+    removed_services: Mutex<Vec<VirtualService>>,
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -327,6 +331,10 @@ impl SandboxRuntime {
             })
             .collect();
         sandbox.restore_quarantine(&quarantine);
+        let removed_services = removed_services(&record.workers, config);
+        let mut operator = record.operator;
+        // A service gone from the config keeps nothing an operator changed on it.
+        operator.retain(|service, _| config.services.iter().any(|s| s.name == *service));
         let mut runtime = Self {
             sandbox,
             workers: Mutex::default(),
@@ -335,8 +343,9 @@ impl SandboxRuntime {
             configs: Mutex::default(),
             adopted: Mutex::default(),
             highest_adopted: None,
-            operator: Mutex::new(record.operator.clone()),
-            operator_restored: Mutex::new(record.operator),
+            operator: Mutex::new(operator.clone()),
+            operator_restored: Mutex::new(operator),
+            removed_services: Mutex::new(removed_services),
         };
         let mut kept = HashSet::new();
         for mut worker in record.workers {
@@ -363,8 +372,8 @@ impl SandboxRuntime {
                     runtime.adopted_lock().push(worker);
                 }
                 Err(error) => {
-                    tracing::info!(service = %worker.service, worker.slot = worker.slot,
-                        worker.id = %worker.worker, %error, "recorded worker not adopted; its leftovers are removed");
+                    tracing::info!(service = %worker.service, worker.slot = super::slot_field(worker.slot),
+                        worker.spare = super::spare_field(worker.slot), worker.id = %worker.worker, %error, "recorded worker not adopted; its leftovers are removed");
                 }
             }
         }
@@ -430,7 +439,7 @@ impl SandboxRuntime {
         let capture = container.take_output().map(|(stdout, stderr)| {
             let labels = worker_output::Labels {
                 service: service.to_owned(),
-                slot,
+                slot: super::slot_field(slot),
                 worker: id.to_string(),
             };
             Capture::start(labels, stdout, stderr)
@@ -572,7 +581,8 @@ impl WorkerRuntime for SandboxRuntime {
         let pid = worker.pid();
         let chroot = worker.root_switch() == sandbox::RootSwitch::Chroot;
         if chroot {
-            warn!(service = %spec.service.name, worker.slot = spec.slot, worker.id = %spec.id,
+            warn!(service = %spec.service.name, worker.slot = super::slot_field(spec.slot),
+                worker.spare = super::spare_field(spec.slot), worker.id = %spec.id,
                 "worker root entered with chroot (the initramfs fallback), not pivot_root");
         }
         let record = WorkerRecord {
@@ -714,6 +724,15 @@ impl WorkerRuntime for SandboxRuntime {
             .remove(service)
     }
 
+    fn take_removed_services(&self) -> Vec<VirtualService> {
+        std::mem::take(
+            &mut *self
+                .removed_services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
     async fn stop_unclaimed(&self) {
         let unclaimed = std::mem::take(&mut *self.adopted_lock());
         for worker in unclaimed {
@@ -730,6 +749,47 @@ impl WorkerRuntime for SandboxRuntime {
             }
         }
     }
+}
+
+/// The virtual services of `workers` (recorded by an earlier run; adopted or not: a dead
+/// worker's service is in the kernel too) whose address, port and protocol no service of
+/// `config` has, each once. A recorded config that does not say is left alone.
+fn removed_services(workers: &[WorkerRecord], config: &Config) -> Vec<VirtualService> {
+    /// What names a virtual service in a recorded service config.
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        name: String,
+        listen: SocketAddr,
+        #[serde(default)]
+        protocol: Protocol,
+        #[serde(default)]
+        scheduler: String,
+    }
+    let mut removed: Vec<VirtualService> = Vec::new();
+    for worker in workers {
+        let identity = match Identity::deserialize(&*worker.config) {
+            Ok(identity) => identity,
+            Err(error) => {
+                warn!(service = %worker.service, worker.id = %worker.worker, %error,
+                    "recorded config names no virtual service: left alone");
+                continue;
+            }
+        };
+        let configured = config
+            .services
+            .iter()
+            .any(|s| s.listen == identity.listen && s.protocol == identity.protocol);
+        if configured || removed.iter().any(|s| s.listen == identity.listen) {
+            continue;
+        }
+        removed.push(VirtualService {
+            name: identity.name,
+            listen: identity.listen,
+            scheduler: identity.scheduler,
+            clients: ClientPolicy::default(),
+        });
+    }
+    removed
 }
 
 /// How long an adopted worker of a removed service has to end after SIGTERM.

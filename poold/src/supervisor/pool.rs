@@ -13,8 +13,8 @@ use crate::balancer::{BackendStats, Balancer, BalancerError, ClientPolicy, Virtu
 use crate::config::{HumanDuration, OnOom, ServiceConfig};
 use crate::health::{HealthChecker, HealthFailure, ProbeError};
 use crate::runtime::{
-    AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, SpawnedWorker,
-    StopSignal, WorkerId, WorkerRuntime, WorkerSpec, SPARE_SLOT,
+    slot_field, spare_field, AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError,
+    SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec, SPARE_SLOT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -129,12 +129,14 @@ pub enum PoolCommand {
 /// Why a deploy stopped and was rolled back.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "deploy of generation {generation} failed at slot {slot} (worker {worker}): {failure}; \
-     rolled back to generation {rolled_back_to}, the previous workers keep serving"
+    "deploy of generation {generation} failed {} (worker {worker}): {failure}; \
+     rolled back to generation {rolled_back_to}, the previous workers keep serving",
+    slot.map_or("in a warm spare".to_owned(), |slot| format!("at slot {slot}"))
 )]
 pub struct DeployFailure {
     pub generation: u64,
-    pub slot: u32,
+    /// The slot whose new worker failed; none for a warm spare.
+    pub slot: Option<u32>,
     pub worker: WorkerId,
     /// The slot's failure as status shows it.
     pub failure: String,
@@ -528,18 +530,39 @@ impl Worker {
 struct Slot {
     /// The worker serving this slot (or starting to).
     current: Option<WorkerId>,
-    /// A surge replacement that is starting.
-    replacement: Option<WorkerId>,
-    /// A planned recycle waiting for a permit (or for a replacement after a failed one).
-    pending: Option<RecycleReason>,
-    /// A planned recycle is in flight (counts against max_concurrent_recycles).
-    recycling: bool,
+    recycle: Recycle,
     failures: u32,
     restart_at: Option<Instant>,
     last_error: Option<SlotFailure>,
     /// Workers of this slot replaced so far, and why the last one was.
     recycles: u32,
     last_recycle: Option<RecycleReason>,
+}
+
+/// Where a slot is in a planned recycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Recycle {
+    #[default]
+    Idle,
+    /// Queued: waiting for a permit (max_concurrent_recycles), for its worker to be up, or
+    /// for a retry after a failed surge replacement.
+    Pending(RecycleReason),
+    /// In flight (counts against max_concurrent_recycles); with surge, the replacement
+    /// while it starts.
+    Running { replacement: Option<WorkerId> },
+}
+
+impl Recycle {
+    fn replacement(self) -> Option<WorkerId> {
+        match self {
+            Self::Running { replacement } => replacement,
+            Self::Idle | Self::Pending(_) => None,
+        }
+    }
+
+    fn is_running(self) -> bool {
+        matches!(self, Self::Running { .. })
+    }
 }
 
 /// Why a slot lost its worker and backs off; kept typed until status prints it.
@@ -685,6 +708,7 @@ impl ServicePool {
             scaled_from: None,
             ready: 0,
             spares: 0,
+            wanted_spares: config.recycle.spares,
             min_ready: config.min_ready.unwrap_or(config.workers),
             drained: false,
             generation: 1,
@@ -794,8 +818,8 @@ impl ServicePool {
                     },
                 },
             );
-            info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %worker.id,
-                worker.addr = %addr, worker.pid = worker.pid, matches_config = worker.matches_config,
+            info!(service = %self.service.name, worker.slot = slot_field(worker.slot),
+                worker.spare = spare_field(worker.slot), worker.id = %worker.id, worker.addr = %addr, worker.pid = worker.pid, matches_config = worker.matches_config,
                 "worker adopted");
             match self.slots.get_mut(worker.slot as usize) {
                 Some(slot) => displaced.extend(slot.current.replace(worker.id)),
@@ -884,7 +908,7 @@ impl ServicePool {
             Event::Health { id, result } => return self.on_health(id, result).await,
             Event::TornDown { id } => {
                 if let Some(worker) = self.workers.remove(&id) {
-                    debug!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, "worker torn down");
+                    debug!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, "worker torn down");
                 }
             }
         }
@@ -915,7 +939,7 @@ impl ServicePool {
                     },
                     ok_streak: 0,
                 };
-                info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
+                info!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, worker.addr = %addr, worker.pid = spawned.pid, "worker spawned");
                 let runtime = self.runtime.clone();
                 let events = self.events_tx.clone();
                 tokio::spawn(async move {
@@ -959,9 +983,9 @@ impl ServicePool {
         self.observer.worker_exited(id, status);
         let expected = previous == WorkerState::Stopping;
         if expected {
-            info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, "worker stopped");
+            info!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %status, "worker stopped");
         } else {
-            warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
+            warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %status, state = %previous, "worker exited unexpectedly");
         }
         // Before teardown, which forgets the worker.
         let last_words = self.runtime.last_output(id);
@@ -1024,7 +1048,7 @@ impl ServicePool {
             // wrong answer always counts; so does a timeout while nothing flows.
             Err(HealthFailure::Worker(ProbeError::Timeout { timeout })) if answering_clients => {
                 self.observer.health_check_failed(id);
-                warn!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
+                warn!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, %timeout, "health check timed out, but the worker is answering its clients; not counted against it");
                 return false;
             }
             Err(HealthFailure::Worker(reason)) => Err(reason),
@@ -1053,7 +1077,7 @@ impl ServicePool {
                 let streak = *fail_streak;
                 let drained = *drained;
                 self.observer.health_check_failed(id);
-                warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, streak, drained, "health check failed");
+                warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, %reason, streak, drained, "health check failed");
                 // A drained worker serves nobody and is kept for inspection: its failures
                 // show in the log and the metrics, but only a recycle or undrain ends it.
                 if !drained && streak >= self.config.health.unhealthy_threshold {
@@ -1250,12 +1274,12 @@ impl ServicePool {
         self.deployed_rootfs = deploy.previous_rootfs;
         let failure = DeployFailure {
             generation: deploy.generation,
-            slot,
+            slot: slot_field(slot),
             worker: id,
             failure: failure.to_string(),
             rolled_back_to: self.generation,
         };
-        error!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
+        error!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "{failure}");
         if let Some(done) = deploy.done {
             let _ = done.send(Err(failure));
         }
@@ -1289,7 +1313,7 @@ impl ServicePool {
         self.check_slot(slot)?;
         let service = self.service.name.clone();
         let entry = &self.slots[slot as usize];
-        if entry.recycling || entry.pending.is_some() || entry.replacement.is_some() {
+        if entry.recycle != Recycle::Idle {
             return Err(PoolError::SlotBusy { service, slot });
         }
         let state = self.slot_state(slot as usize, Instant::now());
@@ -1381,11 +1405,9 @@ impl ServicePool {
         }
         for index in workers as usize..self.slots.len() {
             let entry = &mut self.slots[index];
-            entry.pending = None;
             entry.restart_at = None;
-            entry.recycling = false;
+            let replacement = std::mem::take(&mut entry.recycle).replacement();
             let current = entry.current.take();
-            let replacement = entry.replacement.take();
             if let Some(id) = replacement {
                 self.begin_stop(id, RecycleReason::Manual);
             }
@@ -1449,8 +1471,8 @@ impl ServicePool {
             if let Some(current) = entry.current {
                 old_workers.push((slot, current));
             }
-            if entry.pending.is_none() && !entry.recycling {
-                entry.pending = Some(RecycleReason::Manual);
+            if entry.recycle == Recycle::Idle {
+                entry.recycle = Recycle::Pending(RecycleReason::Manual);
             }
         }
         info!(service = %self.service.name, ?slots, "manual recycle queued");
@@ -1580,7 +1602,7 @@ impl ServicePool {
                             worker: id,
                             timeout: self.config.health.start_timeout,
                         };
-                        warn!(service = %self.service.name, worker.slot = slot, worker.id = %id, "{failure}");
+                        warn!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "{failure}");
                         self.begin_stop(id, RecycleReason::Unhealthy);
                         self.slot_failed(slot, id, failure);
                     }
@@ -1591,10 +1613,9 @@ impl ServicePool {
                         let Some(entry) = self.slots.get_mut(slot) else {
                             continue;
                         };
-                        if entry.current == Some(id) && entry.pending.is_none() && !entry.recycling
-                        {
+                        if entry.current == Some(id) && entry.recycle == Recycle::Idle {
                             info!(service = %self.service.name, worker.slot = slot, worker.id = %id, %reason, "worker due for recycling");
-                            entry.pending = Some(reason);
+                            entry.recycle = Recycle::Pending(reason);
                         }
                     }
                 }
@@ -1743,7 +1764,10 @@ impl ServicePool {
     }
 
     fn recycles_in_flight(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.recycling).count()
+        self.slots
+            .iter()
+            .filter(|slot| slot.recycle.is_running())
+            .count()
     }
 
     fn is_ready(&self, id: Option<WorkerId>) -> bool {
@@ -1766,7 +1790,9 @@ impl ServicePool {
                 return;
             }
             let slot = &self.slots[index];
-            let Some(reason) = slot.pending else { continue };
+            let Recycle::Pending(reason) = slot.recycle else {
+                continue;
+            };
             let Some(current) = slot.current else {
                 continue;
             };
@@ -1777,7 +1803,7 @@ impl ServicePool {
                     .get(&current)
                     .is_some_and(|w| w.generation == self.generation)
             {
-                self.slots[index].pending = None;
+                self.slots[index].recycle = Recycle::Idle;
                 if let Some(worker) = self.workers.get_mut(&current) {
                     worker.recycle_started = None;
                     if let Phase::Ready { replacing, .. } = &mut worker.phase {
@@ -1786,15 +1812,10 @@ impl ServicePool {
                 }
                 continue;
             }
-            if !self.is_up(current)
-                || slot.replacement.is_some()
-                || slot.restart_at.is_some_and(|at| now < at)
-            {
+            if !self.is_up(current) || slot.restart_at.is_some_and(|at| now < at) {
                 continue;
             }
-            let slot = &mut self.slots[index];
-            slot.pending = None;
-            slot.recycling = true;
+            self.slots[index].recycle = Recycle::Running { replacement: None };
             in_flight += 1;
             let index = index as u32;
             self.recycle_started(current, reason);
@@ -1806,7 +1827,9 @@ impl ServicePool {
             }
             if self.config.recycle.surge {
                 let replacement = self.spawn_worker(index);
-                self.slots[index as usize].replacement = Some(replacement);
+                self.slots[index as usize].recycle = Recycle::Running {
+                    replacement: Some(replacement),
+                };
                 // The old worker keeps its reason for when the replacement is ready.
                 if let Some(Worker {
                     phase: Phase::Ready { replacing, .. },
@@ -1838,7 +1861,7 @@ impl ServicePool {
             }
             // Without surge a slot holds one worker at a time: wait until the old one is gone.
             if !self.config.recycle.surge
-                && slot.recycling
+                && slot.recycle.is_running()
                 && self
                     .workers
                     .values()
@@ -1855,7 +1878,7 @@ impl ServicePool {
     fn finish_recycles(&mut self) {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
-            if !slot.recycling || slot.replacement.is_some() {
+            if slot.recycle != (Recycle::Running { replacement: None }) {
                 continue;
             }
             let current_ready = self.is_ready(slot.current);
@@ -1864,7 +1887,7 @@ impl ServicePool {
                 .values()
                 .any(|w| w.slot as usize == index && Some(w.id) != slot.current);
             if current_ready && !old_left {
-                self.slots[index].recycling = false;
+                self.slots[index].recycle = Recycle::Idle;
             }
         }
         let mut waiters = std::mem::take(&mut self.waiters);
@@ -1900,7 +1923,7 @@ impl ServicePool {
                 generation: self.generation,
             },
         );
-        debug!(service = %self.service.name, worker.slot = slot, worker.id = %id, "spawning worker");
+        debug!(service = %self.service.name, worker.slot = slot_field(slot), worker.spare = spare_field(slot), worker.id = %id, "spawning worker");
         self.observer.worker_spawned(slot, id);
         let spec = WorkerSpec {
             id,
@@ -1990,9 +2013,9 @@ impl ServicePool {
         info!(service = %self.service.name, worker.slot = slot, worker.id = %id, worker.addr = %addr, lifetime = ?lifetime, "worker ready");
 
         let entry = &mut self.slots[slot as usize];
-        if entry.replacement == Some(id) {
+        if entry.recycle.replacement() == Some(id) {
             // Surge: the replacement serves; now retire the old worker.
-            entry.replacement = None;
+            entry.recycle = Recycle::Running { replacement: None };
             let old = entry.current.replace(id);
             if let Some(old) = old {
                 let reason = self
@@ -2043,7 +2066,7 @@ impl ServicePool {
             settled_at,
             deadline: now + self.config.recycle.drain_timeout.get(),
         };
-        info!(service = %self.service.name, worker.slot = worker.slot, worker.id = %id, %reason, "draining worker");
+        info!(service = %self.service.name, worker.slot = slot_field(worker.slot), worker.spare = spare_field(worker.slot), worker.id = %id, %reason, "draining worker");
     }
 
     /// SIGTERM now, SIGKILL after stop_timeout (-> Stopping). A worker already being
@@ -2074,16 +2097,19 @@ impl ServicePool {
         let Some(slot) = self.workers.get(&id).map(|w| w.slot) else {
             return;
         };
-        if self.slot_removed(slot) {
+        let spare = slot == SPARE_SLOT;
+        if !spare && self.slot_removed(slot) {
             self.retire(id, RecycleReason::Unhealthy).await;
             return;
         }
         // An unhealthy worker gets no new connections at once, without waiting for a
-        // replacement; the slot refills after the backoff.
-        if self.slots[slot as usize].current == Some(id) {
-            self.slots[slot as usize].current = None;
+        // replacement; the slot refills after the backoff (a spare: the next one).
+        if !spare {
+            if self.slots[slot as usize].current == Some(id) {
+                self.slots[slot as usize].current = None;
+            }
+            self.recycle_started(id, RecycleReason::Unhealthy);
         }
-        self.recycle_started(id, RecycleReason::Unhealthy);
         self.retire(id, RecycleReason::Unhealthy).await;
         self.slot_failed(slot, id, SlotFailure::Unhealthy { worker: id, reason });
     }
@@ -2100,13 +2126,12 @@ impl ServicePool {
         });
     }
 
-    /// A worker of `slot` failed (crash, failed start, unhealthy): back off before refilling.
+    /// A worker of `slot` (or a spare) failed (crash, failed start, unhealthy): back off
+    /// before refilling. One of a deploy's generation rolls the deploy back, in a slot or
+    /// as a spare alike: either shows that the new workers cannot start.
     fn slot_failed(&mut self, slot: u32, id: WorkerId, failure: SlotFailure) {
-        if slot == SPARE_SLOT {
-            self.spare_failed(id, &failure);
-            return;
-        }
-        if self.slot_removed(slot) {
+        let spare = slot == SPARE_SLOT;
+        if !spare && self.slot_removed(slot) {
             return;
         }
         let deploy_failed = self.deploy.as_ref().is_some_and(|deploy| {
@@ -2117,20 +2142,22 @@ impl ServicePool {
         if deploy_failed {
             self.roll_back(slot, id, &failure);
         }
+        if spare {
+            self.spare_failed(id, &failure);
+            return;
+        }
         let backoff = &self.config.backoff;
         let entry = &mut self.slots[slot as usize];
         if entry.current == Some(id) {
             entry.current = None;
         }
-        if entry.replacement == Some(id) {
+        if entry.recycle.replacement() == Some(id) {
             // The surge replacement failed: the old worker keeps serving; retry the recycle.
-            entry.replacement = None;
-            entry.recycling = false;
             let old_reason = entry
                 .current
                 .and_then(|old| self.workers.get(&old))
                 .and_then(|w| w.phase.reason());
-            entry.pending = Some(old_reason.unwrap_or(RecycleReason::Manual));
+            entry.recycle = Recycle::Pending(old_reason.unwrap_or(RecycleReason::Manual));
         }
         entry.failures += 1;
         let delay = backoff.delay(entry.failures);
@@ -2156,7 +2183,7 @@ impl ServicePool {
             } else {
                 SlotState::Backoff
             }
-        } else if slot.recycling {
+        } else if slot.recycle.is_running() {
             SlotState::Recycling
         } else {
             match current.map(Worker::state) {
@@ -2221,8 +2248,10 @@ impl ServicePool {
             .count() as u32;
         let (generation, deployed_rootfs) = (self.generation, self.deployed_rootfs.clone());
         let rolling_out = self.rolling_out();
+        let wanted_spares = self.config.recycle.spares;
         self.status.send_modify(|status| {
             status.generation = generation;
+            status.wanted_spares = wanted_spares;
             status.deployed_rootfs = deployed_rootfs;
             status.rolling_out = rolling_out;
             status.ready = ready;

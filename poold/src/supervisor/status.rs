@@ -161,6 +161,9 @@ pub struct ServiceStatus {
     /// Warm spares ready to take a slot (never counted in `ready`).
     #[serde(default)]
     pub spares: u32,
+    /// Warm spares the service keeps (`recycle.spares`), ready or not.
+    #[serde(default)]
+    pub wanted_spares: u32,
     /// Ready workers the service needs to count as ready upstream (`min_ready`, default
     /// `workers`).
     pub min_ready: u32,
@@ -217,6 +220,12 @@ impl ServiceStatus {
             drained: self.drained,
             reason,
         }
+    }
+
+    /// Workers the service claims of the subnet's capacity: its slots and the warm spares
+    /// it keeps, whether they are up yet or not (a bound must not depend on timing).
+    pub fn claimed_workers(&self) -> u64 {
+        u64::from(self.desired) + u64::from(self.wanted_spares)
     }
 
     /// Connections the service's workers hold now (ready and draining alike).

@@ -6,7 +6,7 @@ async fn keeps_the_last_lines_of_both_streams_and_cuts_long_ones() {
     let (err_w, err_r) = tokio::io::duplex(64);
     let labels = Labels {
         service: "web".into(),
-        slot: 0,
+        slot: Some(0),
         worker: "w1".into(),
     };
     let capture = Capture::start(labels, out_r, err_r);

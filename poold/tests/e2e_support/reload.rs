@@ -40,7 +40,7 @@ fn config_head(daemon: &Daemon) -> String {
 
 /// Writes a new config file: the same daemon, these `services` (`{rootfs}` as in
 /// [`Daemon::start`]).
-fn rewrite_services(daemon: &Daemon, services: &str) {
+pub(super) fn rewrite_services(daemon: &Daemon, services: &str) {
     let rootfs = daemon.dir().join("rootfs");
     let text = format!(
         "{}\n{}",

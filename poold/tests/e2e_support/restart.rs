@@ -2,7 +2,9 @@
 //! adopted (same ids and pids, none started twice, none killed, no orphan), the service
 //! serves again, and a clean stop afterwards leaves nothing, the state record included.
 //! With IPVS the kernel keeps forwarding while poold is away: wrk runs through the kill
-//! and a restart 2 s later with zero failed requests.
+//! and a restart 2 s later with zero failed requests. A start on a config without some of
+//! the services stops their workers and removes what poold kept for them (operator state,
+//! IPVS services, virtual addresses no other service uses).
 
 use super::*;
 
@@ -306,4 +308,146 @@ pub fn kill9_keeps_a_drained_slot_drained() {
     );
     daemon.wait_ready("e2e", RESTART_WORKERS);
     daemon.stop_and_check_clean("127.0.0.1");
+}
+
+/// The services the restart in [`kill9_and_restart_without_two_services`] drops, and what
+/// a failed run of it may leave in the kernel: their IPVS services and `c`'s own address.
+struct RemovedServices {
+    listens: Vec<std::net::SocketAddr>,
+    own_address: Option<std::net::IpAddr>,
+}
+
+impl Drop for RemovedServices {
+    fn drop(&mut self) {
+        if let Ok(mut client) = ipvs::Client::new() {
+            for listen in &self.listens {
+                let _ = client.delete_service(&ipvs::ServiceKey::tcp(listen.ip(), listen.port()));
+            }
+        }
+        if let Some(ip) = self.own_address {
+            let _ = Command::new("/usr/bin/ip")
+                .args(["addr", "del", &format!("{ip}/32"), "dev"])
+                .arg(poold::balancer::ipvs::VIP_DEVICE)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The TCP virtual services in the kernel's IPVS table whose address starts with `prefix`.
+fn ipvs_services(prefix: &str) -> BTreeSet<std::net::SocketAddr> {
+    let mut client = ipvs::Client::new().expect("IPVS netlink client");
+    client
+        .services()
+        .unwrap()
+        .into_iter()
+        .filter_map(|service| match service.key {
+            ipvs::ServiceKey::Inet { addr, port, .. } => {
+                Some(std::net::SocketAddr::new(addr, port))
+            }
+            _ => None,
+        })
+        .filter(|listen| listen.ip().to_string().starts_with(prefix))
+        .collect()
+}
+
+/// `kill -9` of poold and a start again on a config without two of its three services: `b`
+/// (on `a`'s address, another port, scaled by the operator) and `c` (on an address of its
+/// own). Their adopted workers stop, `b`'s operator state leaves the state record, and with
+/// IPVS their virtual services go while `a`'s stays, with `a`'s address still bound and
+/// `c`'s unbound.
+pub fn kill9_and_restart_without_two_services(balancer: &str) {
+    let ipvs = balancer == "ipvs";
+    let (a, b, c) = if ipvs {
+        // Outside the workers' subnet (10.215.x.0/24) and not loopback.
+        (
+            "10.212.9.1:80".to_owned(),
+            "10.212.9.1:81".to_owned(),
+            "10.212.9.2:80".to_owned(),
+        )
+    } else {
+        let local = || format!("127.0.0.1:{}", free_port());
+        (local(), local(), local())
+    };
+    let services = format!(
+        "{}{}{}",
+        http_service("a", &a, 1, ""),
+        http_service("b", &b, 1, ""),
+        http_service("c", &c, 1, "")
+    );
+    let mut daemon = Daemon::start(balancer, &services);
+    let _removed = RemovedServices {
+        listens: [&b, &c].iter().map(|l| l.parse().unwrap()).collect(),
+        own_address: ipvs.then(|| c.parse::<std::net::SocketAddr>().unwrap().ip()),
+    };
+    daemon.wait_ready("a", 1);
+    daemon.wait_ready("c", 1);
+    let scaled = daemon.poolctl(&["scale", "b", "2"]);
+    assert!(
+        scaled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scaled.stderr)
+    );
+    let mut removed_pids = worker_pids(&daemon.wait_ready("b", 2));
+    removed_pids.extend(worker_pids(&daemon.status("c").unwrap()));
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(daemon.record_path()).unwrap()).unwrap();
+    assert_eq!(record["operator"]["b"]["scaled_to"], 2, "{record}");
+
+    daemon.kill9();
+    super::reload::rewrite_services(&daemon, &http_service("a", &a, 1, ""));
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    daemon.wait_ready("a", 1);
+    let second_run = || daemon.log()[log_before_restart..].to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while removed_pids.values().any(|pid| alive(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers of the removed services still run: {removed_pids:?}; log:\n{}",
+            second_run()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if ipvs {
+        // Removed once their workers are gone.
+        let only_a = BTreeSet::from([a.parse().unwrap()]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let table = ipvs_services("10.212.9.");
+            if table == only_a {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "IPVS services of the removed services left: {table:?}; log:\n{}",
+                second_run()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let bound = ip(&[
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            poold::balancer::ipvs::VIP_DEVICE,
+        ]);
+        assert!(
+            bound.contains("10.212.9.1/32"),
+            "a's address, which b shared, was unbound:\n{bound}"
+        );
+        assert!(
+            !bound.contains("10.212.9.2/32"),
+            "c's address left bound:\n{bound}"
+        );
+    }
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(daemon.record_path()).unwrap()).unwrap();
+    assert!(
+        record["operator"]["b"].is_null(),
+        "the operator state of the removed service b is still recorded: {record}"
+    );
+    assert!(served(&a), "a does not serve; log:\n{}", second_run());
+    let listen_ip = a.rsplit_once(':').unwrap().0.to_owned();
+    daemon.stop_and_check_clean(&listen_ip);
 }

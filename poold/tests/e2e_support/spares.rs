@@ -241,6 +241,11 @@ pub fn spare_takes_no_traffic_and_replaces_recycled_and_killed_workers(
         served_by(s, &second_spare["id"]) >= 10
     });
     assert_eq!(served_by(&status, &third_spare["id"]), 0, "{status}");
+    let log = daemon.log();
+    assert!(
+        !log.contains(&format!("worker.slot={SPARE_SLOT}")) && log.contains("worker.spare=true"),
+        "a spare logged with its sentinel as a slot:\n{log}"
+    );
 
     daemon.stop_and_check_clean(listen_ip);
 }

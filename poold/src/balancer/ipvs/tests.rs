@@ -249,3 +249,49 @@ fn a_vip_shared_by_two_services_stays_bound_until_the_last_goes() {
         );
     });
 }
+
+/// After a crash, the virtual services of services the new config lacks go (with an
+/// address no service of the new run uses); one the new run took over stays.
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn leftover_services_go_unless_taken_over() {
+    in_fresh_netns(|| async {
+        let service = |name: &str, listen: &str| VirtualService {
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+            scheduler: "wlc".into(),
+            clients: ClientPolicy::default(),
+        };
+        let web = service("web", "10.212.0.7:80");
+        let (shared, own) = (
+            service("api", "10.212.0.7:81"),
+            service("old", "10.212.0.8:80"),
+        );
+        let crashed = IpvsBalancer::new().await.expect("IPVS available in the VM");
+        for s in [&web, &shared, &own] {
+            crashed.ensure_service(s).await.unwrap();
+        }
+        // A crash: nothing of poold's own stop runs (dropping the balancer removes nothing).
+        drop(crashed);
+        let balancer = IpvsBalancer::new().await.unwrap();
+        balancer.ensure_service(&web).await.unwrap();
+        for s in [&web, &shared, &own] {
+            balancer.remove_leftover_service(s).await.unwrap();
+        }
+        let listing = ipvsadm_listing();
+        assert!(listing.contains("TCP  10.212.0.7:80 wlc"), "{listing}");
+        assert!(
+            !listing.contains("10.212.0.7:81") && !listing.contains("10.212.0.8:80"),
+            "{listing}"
+        );
+        let device = balancer.vip_device().to_owned();
+        let bound = addresses_of(&device);
+        assert!(bound.contains("10.212.0.7/32"), "{bound}");
+        assert!(!bound.contains("10.212.0.8/32"), "{bound}");
+        balancer.remove_service(&web).await.unwrap();
+        assert!(
+            device != VIP_DEVICE || !link_exists(&device),
+            "{device} left behind"
+        );
+    });
+}

@@ -10,6 +10,7 @@ fn service(failures: u32, state: WorkerState) -> ServiceStatus {
         scaled_from: None,
         ready: 0,
         spares: 0,
+        wanted_spares: 0,
         min_ready: 1,
         drained: false,
         generation: 1,

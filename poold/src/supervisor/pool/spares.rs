@@ -54,7 +54,7 @@ impl ServicePool {
         {
             error!(service = %self.service.name, worker.id = %id, %error, "adding a spare to the balancer failed");
             self.begin_stop(id, RecycleReason::Unhealthy);
-            self.spare_failed(id, &SlotFailure::Balancer(error));
+            self.slot_failed(SPARE_SLOT, id, SlotFailure::Balancer(error));
             return;
         }
         let now = Instant::now();
@@ -72,7 +72,7 @@ impl ServicePool {
             drained: false,
         };
         self.spares.failures = 0;
-        info!(service = %self.service.name, worker.id = %id, worker.addr = %spawned.addr, "spare ready (weight 0)");
+        info!(service = %self.service.name, worker.spare = true, worker.id = %id, worker.addr = %spawned.addr, "spare ready (weight 0)");
     }
 
     /// Puts a ready spare in `slot`: the service's weight at once, and it becomes the
@@ -192,7 +192,7 @@ impl ServicePool {
         let failures = self.spares.failures;
         let delay = self.config.backoff.delay(failures);
         self.spares.restart_at = Some(Instant::now() + delay);
-        warn!(service = %self.service.name, worker.id = %id, failures, retry_in = ?delay, "spare failed: {failure}");
+        warn!(service = %self.service.name, worker.spare = true, worker.id = %id, failures, retry_in = ?delay, "spare failed: {failure}");
     }
 }
 

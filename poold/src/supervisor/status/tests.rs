@@ -9,6 +9,7 @@ fn service(ready: u32, min_ready: u32, drained: bool) -> ServiceStatus {
         scaled_from: None,
         ready,
         spares: 0,
+        wanted_spares: 0,
         min_ready,
         drained,
         generation: 1,

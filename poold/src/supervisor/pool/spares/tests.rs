@@ -310,3 +310,132 @@ async fn scale_and_slot_drain_leave_the_spares_alone() {
     })
     .await;
 }
+
+/// What the pool logged, as text (a subscriber for this thread: paused-time tests run the
+/// pool's tasks on it).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spare_logs_as_a_spare_never_as_the_sentinel_slot() {
+    let logs = CapturedLogs::default();
+    let _capture = logs.capture();
+    let h = Harness::start(service(1, 1)).await;
+    until(&h, 10, settled(1, 1)).await;
+    let text = logs.text();
+    assert!(!text.contains(&SPARE_SLOT.to_string()), "{text}");
+    let spawned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("worker spawned"))
+        .collect();
+    assert_eq!(spawned.len(), 2, "{text}");
+    assert!(
+        spawned
+            .iter()
+            .any(|l| l.contains("worker.spare=true") && !l.contains("worker.slot")),
+        "{text}"
+    );
+    assert!(
+        spawned
+            .iter()
+            .any(|l| l.contains("worker.slot=0") && !l.contains("worker.spare")),
+        "{text}"
+    );
+}
+
+/// A deploy whose new generation fails in a spare rolls back, as one failing in a slot's
+/// replacement does.
+#[tokio::test(start_paused = true)]
+async fn a_deploy_rolls_back_when_a_spare_of_its_generation_fails() {
+    let h = Harness::start(service(1, 1)).await;
+    until(&h, 10, settled(1, 1)).await;
+    let (generation, done) = h.pool.deploy("/srv/v2".into()).await.unwrap();
+    assert_eq!(generation, 2);
+    let spare = until(&h, 5, |s| {
+        s.workers
+            .iter()
+            .any(|w| w.slot == SPARE_SLOT && w.generation == 2)
+    })
+    .await
+    .workers
+    .into_iter()
+    .find(|w| w.slot == SPARE_SLOT && w.generation == 2)
+    .unwrap();
+    // Spawned (the fake knows it), then it dies while starting or as a spare.
+    for _ in 0..100 {
+        if h.runtime.state().workers.contains_key(&spare.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.runtime.exit(spare.id, ExitStatus::Code(1));
+    let failure = tokio::time::timeout(Duration::from_secs(60), done)
+        .await
+        .expect("the deploy ended")
+        .unwrap()
+        .expect_err("the deploy rolled back");
+    assert_eq!((failure.generation, failure.rolled_back_to), (2, 1));
+    assert_eq!(failure.worker, spare.id);
+    assert!(failure.to_string().contains("spare"), "{failure}");
+    let after = until(&h, 60, |s| {
+        settled(1, 1)(s) && !s.rolling_out && s.workers.iter().all(|w| w.generation == 1)
+    })
+    .await;
+    assert_eq!(after.deployed_rootfs, None);
+}
+
+/// A spare of a deploy's generation that turns unhealthy rolls the deploy back too (and
+/// the next spare waits its backoff).
+#[tokio::test(start_paused = true)]
+async fn a_deploy_rolls_back_when_a_spare_of_its_generation_turns_unhealthy() {
+    let h = Harness::start(service(1, 1)).await;
+    until(&h, 10, settled(1, 1)).await;
+    // Slot 0's old worker keeps a client: the deploy waits for its drain (30 s).
+    h.balancer.set_active(h.ready_worker(0).addr.unwrap(), 1);
+    let (_, done) = h.pool.deploy("/srv/v2".into()).await.unwrap();
+    let new_spare = |s: &ServiceStatus| {
+        s.workers
+            .iter()
+            .find(|w| w.state == WorkerState::Spare && w.generation == 2)
+            .cloned()
+    };
+    let spare = new_spare(&until(&h, 10, |s| new_spare(s).is_some()).await).unwrap();
+    h.health.set_unhealthy(spare.addr.unwrap().ip(), true);
+    let failure = tokio::time::timeout(Duration::from_secs(25), done)
+        .await
+        .expect("the deploy ended before the old worker's drain timeout")
+        .unwrap()
+        .expect_err("the deploy rolled back");
+    assert_eq!((failure.worker, failure.slot), (spare.id, None));
+    assert!(failure.failure.contains("unhealthy"), "{failure}");
+    until(&h, 60, |s| {
+        settled(1, 1)(s) && !s.rolling_out && s.workers.iter().all(|w| w.generation == 1)
+    })
+    .await;
+}
