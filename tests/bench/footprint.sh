@@ -4,6 +4,7 @@
 #   sh tests/bench/footprint.sh [proxy|ipvs ...]                 (host: proxy; needs root)
 #   SERIES="16 64 256 1000" sh tests/bench/footprint.sh proxy     (one run per size, a table)
 #   cargo xtask vm-run --release tests/bench/footprint.sh ipvs   (VM: IPVS kernel)
+#   cargo xtask vm-run --release tests/bench/footprint.sh "SERIES=16 64 256" RECYCLE=0 ipvs
 #
 # poold runs WORKERS (64) busybox-httpd workers with the example config's health check
 # (HTTP every 2 s) and no traffic, on the smallest subnet that holds them. Figures:
@@ -20,6 +21,14 @@
 # cgroup) is separate; their cgroup memory, as poolctl status reports it, is printed for
 # context. The load average at the end is printed: the machine may be shared.
 set -eu
+# VAR=VALUE arguments before the balancer set variables (vm-run passes arguments, not the
+# environment): `cargo xtask vm-run --release tests/bench/footprint.sh "SERIES=16 64" ipvs`.
+while [ $# -gt 0 ]; do
+    case $1 in
+    *=*) export "$1"; shift ;;
+    *) break ;;
+    esac
+done
 # Several balancers: one run each, one after the other (e.g. both in one VM boot).
 if [ $# -gt 1 ]; then
     for mode in "$@"; do sh "$0" "$mode"; done
