@@ -20,3 +20,8 @@ fn e2e_kill9_under_wrk_load_through_ipvs_loses_no_request_and_adopts_the_workers
 fn e2e_kill9_keeps_a_drained_slot_drained() {
     e2e_support::restart::kill9_keeps_a_drained_slot_drained();
 }
+
+#[test]
+fn e2e_kill9_during_the_spawn_storm_adopts_or_removes_every_worker() {
+    e2e_support::restart::kill9_during_the_spawn_storm_adopts_or_removes_every_worker();
+}
