@@ -155,6 +155,58 @@ done | sort -n | awk '{ t[NR] = $1; b = $2 } END { printf "%.1f %d", t[int((NR +
 scrape_ms=${scrape% *}
 scrape_bytes=${scrape#* }
 
+# SPLIT=1: where the idle CPU goes, in the same run on the same workers: after the HTTP
+# windows above, one window each with the health check reloaded (in place, the workers stay)
+# to TCP connects, then to probes an hour apart (no probes: poold's cost without them), then
+# HTTP again; with NF=1 also HTTP with the bridge's own nf_call_iptables 0 and with the
+# host's net.bridge.bridge-nf-call-iptables 0 (restored at once: it is the whole host's).
+split_rows=
+window_pct() {
+    sleep 5
+    c0=$(cpu_ticks)
+    t0=$(now_ns)
+    sleep "$WINDOW"
+    c1=$(cpu_ticks)
+    t1=$(now_ns)
+    awk -v c="$((c1 - c0))" -v hz="$hz" -v ns="$((t1 - t0))" \
+        'BEGIN { printf "%.2f", c / hz / (ns / 1e9) * 100 }'
+}
+health_reload() { # TYPE INTERVAL
+    # start_timeout may not be shorter than the interval.
+    sed -i -e '/^start_timeout = /d' -e "s/^type = .*/type = \"$1\"/" \
+        -e "s/^interval = .*/interval = \"$2\"/" \
+        -e "s/^timeout = .*/timeout = \"$2\"\nstart_timeout = \"2h\"/" "$DIR/poold.toml"
+    "$POOLCTL" --socket "$SOCK" reload >/dev/null || die "reload to $1 every $2 failed"
+}
+split_row() { # LABEL
+    pct=$(window_pct)
+    [ "$(ready_count)" -ge "$COUNT" ] || die "only $(ready_count) of $COUNT ready after the window ($1)"
+    echo "$BENCH: split: $1: $pct % of one core"
+    split_rows="$split_rows| $1 | $pct % | $(cut -d' ' -f1-3 /proc/loadavg) |
+"
+}
+if [ "${SPLIT:-0}" != 0 ]; then
+    split_rows="| health HTTP every $INTERVAL (the windows above) | $cpu % | $(cut -d' ' -f1-3 /proc/loadavg) |
+"
+    health_reload tcp "$INTERVAL"
+    split_row "health TCP connect every $INTERVAL"
+    health_reload tcp 1h
+    split_row "no probes (interval 1h)"
+    health_reload http "$INTERVAL"
+    split_row "health HTTP every $INTERVAL again"
+    if [ "${NF:-0}" != 0 ]; then
+        "$IP" link set dev "$BRIDGE" type bridge nf_call_iptables 0
+        split_row "HTTP, bridge nf_call_iptables 0 (host sysctl $(cat /proc/sys/net/bridge/bridge-nf-call-iptables))"
+        "$IP" link set dev "$BRIDGE" type bridge nf_call_iptables 1
+        host_nf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables)
+        trap 'echo "$host_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables; bench_cleanup' EXIT
+        echo 0 >/proc/sys/net/bridge/bridge-nf-call-iptables
+        split_row "HTTP, host bridge-nf-call-iptables 0"
+        echo "$host_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables
+        trap bench_cleanup EXIT
+    fi
+fi
+
 # One recycle wave over every slot.
 recycle_ms=
 if [ "${RECYCLE:-1}" != 0 ]; then
@@ -174,4 +226,5 @@ echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms"
 echo "$BENCH: poolctl status --json: median $status_ms ms of $SAMPLES; GET /metrics: median $scrape_ms ms, $scrape_bytes bytes"
 [ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
 echo "$BENCH: load average at the end: $load"
+[ -z "$split_rows" ] || printf '%s\n%s\n%s' "| variant (same run, same workers) | poold CPU (30 s idle) | load avg at end |" "|---|---|---|" "$split_rows"
 echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { if (m == "") print "-"; else printf "%.1f s", m / 1000 }') | $load |"
