@@ -84,6 +84,9 @@ http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$POOLD_PID/stat"; }
+cpu_secs() { awk -v t="$1" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz }'; }
+# poold's own CPU time from its start until every worker was ready (the spawn storm).
+start_ticks=$(cpu_ticks)
 field_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$POOLD_PID/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -211,8 +214,10 @@ fi
 recycle_ms=
 if [ "${RECYCLE:-1}" != 0 ]; then
     r0=$(now_ns)
+    rc0=$(cpu_ticks)
     "$POOLCTL" --socket "$SOCK" recycle "$SVC" --wait >/dev/null
     recycle_ms=$(ms $(($(now_ns) - r0)))
+    recycle_ticks=$(($(cpu_ticks) - rc0))
     after=$(ready_count)
     [ "$after" -ge "$COUNT" ] || die "only $after of $COUNT workers ready after the recycle wave"
 fi
@@ -222,9 +227,9 @@ echo "$BENCH: balancer $MODE, $COUNT workers idle on $subnet, health HTTP every 
 echo "$BENCH: poold CPU $cpu % of one core (median of $WINDOWS windows: $cpu_all)"
 echo "$BENCH: poold VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, $threads threads"
 echo "$BENCH: workers' own memory (sum of cgroup memory in poolctl status): $workers_mem MiB, not counted above"
-echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms"
+echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms; poold's CPU until then $(cpu_secs "$start_ticks") s"
 echo "$BENCH: poolctl status --json: median $status_ms ms of $SAMPLES; GET /metrics: median $scrape_ms ms, $scrape_bytes bytes"
-[ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
+[ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms; poold's CPU meanwhile $(cpu_secs "$recycle_ticks") s"
 echo "$BENCH: load average at the end: $load"
 [ -z "$split_rows" ] || printf '%s\n%s\n%s' "| variant (same run, same workers) | poold CPU (30 s idle) | load avg at end |" "|---|---|---|" "$split_rows"
 echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { if (m == "") print "-"; else printf "%.1f s", m / 1000 }') | $load |"
