@@ -159,10 +159,12 @@ scrape_ms=${scrape% *}
 scrape_bytes=${scrape#* }
 
 # SPLIT=1: where the idle CPU goes, in the same run on the same workers: after the HTTP
-# windows above, one window each with the health check reloaded (in place, the workers stay)
-# to TCP connects, then to probes an hour apart (no probes: poold's cost without them), then
-# HTTP again; with NF=1 also HTTP with the bridge's own nf_call_iptables 0 and with the
-# host's net.bridge.bridge-nf-call-iptables 0 (restored at once: it is the whole host's).
+# windows above (with NF=1: one window with the bridge's own nf_call_iptables 0, one with
+# the host's net.bridge.bridge-nf-call-iptables 0, restored at once: it is the whole
+# host's; then HTTP again), one window with the health check reloaded (in place, the
+# workers stay) to TCP connects, and last one with probes an hour apart (no probes: poold's
+# cost without them; last because the workers' next probes are then an hour away). The
+# HTTP check is reloaded back before the recycle wave.
 split_rows=
 window_pct() {
     sleep 5
@@ -191,12 +193,6 @@ split_row() { # LABEL
 if [ "${SPLIT:-0}" != 0 ]; then
     split_rows="| health HTTP every $INTERVAL (the windows above) | $cpu % | $(cut -d' ' -f1-3 /proc/loadavg) |
 "
-    health_reload tcp "$INTERVAL"
-    split_row "health TCP connect every $INTERVAL"
-    health_reload tcp 1h
-    split_row "no probes (interval 1h)"
-    health_reload http "$INTERVAL"
-    split_row "health HTTP every $INTERVAL again"
     if [ "${NF:-0}" != 0 ]; then
         "$IP" link set dev "$BRIDGE" type bridge nf_call_iptables 0
         split_row "HTTP, bridge nf_call_iptables 0 (host sysctl $(cat /proc/sys/net/bridge/bridge-nf-call-iptables))"
@@ -207,7 +203,13 @@ if [ "${SPLIT:-0}" != 0 ]; then
         split_row "HTTP, host bridge-nf-call-iptables 0"
         echo "$host_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables
         trap bench_cleanup EXIT
+        split_row "HTTP again, bridge-nf-call-iptables $host_nf"
     fi
+    health_reload tcp "$INTERVAL"
+    split_row "health TCP connect every $INTERVAL"
+    health_reload tcp 1h
+    split_row "no probes (interval 1h)"
+    health_reload http "$INTERVAL"
 fi
 
 # One recycle wave over every slot.
