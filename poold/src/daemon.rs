@@ -295,7 +295,7 @@ async fn run(
                 let mut fds = parts.balancer.handoff_listeners();
                 fds.push(("metrics".to_owned(), metrics_server.listener().as_raw_fd()));
                 fds.push(("lock".to_owned(), lock_fd));
-                match hand_over(&pools.snapshot(), fds).await {
+                match hand_over(&pools.snapshot(), &*parts.runtime, fds).await {
                     Ok(new_pid) => {
                         crate::service_manager::main_pid(new_pid);
                         let _ = reply.send(Ok(crate::control::UpgradeReply {
@@ -366,6 +366,7 @@ async fn retire_removed_services(runtime: Arc<dyn WorkerRuntime>, balancer: Arc<
 /// waits until it is ready. On failure the pools thaw and nothing has changed.
 async fn hand_over(
     pools: &[PoolHandle],
+    runtime: &dyn WorkerRuntime,
     fds: Vec<(String, std::os::fd::RawFd)>,
 ) -> Result<u32, crate::upgrade::UpgradeError> {
     info!("upgrade: freezing every pool and starting the new poold");
@@ -373,6 +374,8 @@ async fn hand_over(
     for pool in pools {
         thaw.extend(pool.freeze().await);
     }
+    // The new poold adopts what the record names: no write of ours may be pending.
+    runtime.flush_record().await;
     let started = crate::upgrade::exec_new(fds).await;
     match &started {
         Ok(pid) => {

@@ -33,3 +33,8 @@ fn e2e_kill9_and_restart_without_two_services_stops_them_and_forgets_their_state
 fn e2e_kill9_and_restart_without_two_services_removes_their_ipvs_services() {
     e2e_support::restart::kill9_and_restart_without_two_services("ipvs");
 }
+
+#[test]
+fn e2e_kill9_during_the_spawn_storm_adopts_or_removes_every_worker() {
+    e2e_support::restart::kill9_during_the_spawn_storm_adopts_or_removes_every_worker();
+}

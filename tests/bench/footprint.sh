@@ -4,6 +4,7 @@
 #   sh tests/bench/footprint.sh [proxy|ipvs ...]                 (host: proxy; needs root)
 #   SERIES="16 64 256 1000" sh tests/bench/footprint.sh proxy     (one run per size, a table)
 #   cargo xtask vm-run --release tests/bench/footprint.sh ipvs   (VM: IPVS kernel)
+#   cargo xtask vm-run --release tests/bench/footprint.sh "SERIES=16 64 256" RECYCLE=0 ipvs
 #
 # poold runs WORKERS (64) busybox-httpd workers with the example config's health check
 # (HTTP every 2 s) and no traffic, on the smallest subnet that holds them. Figures:
@@ -20,6 +21,14 @@
 # cgroup) is separate; their cgroup memory, as poolctl status reports it, is printed for
 # context. The load average at the end is printed: the machine may be shared.
 set -eu
+# VAR=VALUE arguments before the balancer set variables (vm-run passes arguments, not the
+# environment): `cargo xtask vm-run --release tests/bench/footprint.sh "SERIES=16 64" ipvs`.
+while [ $# -gt 0 ]; do
+    case $1 in
+    *=*) export "$1"; shift ;;
+    *) break ;;
+    esac
+done
 # Several balancers: one run each, one after the other (e.g. both in one VM boot).
 if [ $# -gt 1 ]; then
     for mode in "$@"; do sh "$0" "$mode"; done
@@ -79,6 +88,9 @@ http_ok "$LISTEN_IP:$port" || die "service $LISTEN_IP:$port does not answer"
 
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$POOLD_PID/stat"; }
+cpu_secs() { awk -v t="$1" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz }'; }
+# poold's own CPU time from its start until every worker was ready (the spawn storm).
+start_ticks=$(cpu_ticks)
 field_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$POOLD_PID/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -150,12 +162,68 @@ done | sort -n | awk '{ t[NR] = $1; b = $2 } END { printf "%.1f %d", t[int((NR +
 scrape_ms=${scrape% *}
 scrape_bytes=${scrape#* }
 
+# SPLIT=1: where the idle CPU goes, in the same run on the same workers: after the HTTP
+# windows above (with NF=1: one window with the bridge's own nf_call_iptables 0, one with
+# the host's net.bridge.bridge-nf-call-iptables 0, restored at once: it is the whole
+# host's; then HTTP again), one window with the health check reloaded (in place, the
+# workers stay) to TCP connects, and last one with probes an hour apart (no probes: poold's
+# cost without them; last because the workers' next probes are then an hour away). The
+# HTTP check is reloaded back before the recycle wave.
+split_rows=
+window_pct() {
+    sleep 5
+    c0=$(cpu_ticks)
+    t0=$(now_ns)
+    sleep "$WINDOW"
+    c1=$(cpu_ticks)
+    t1=$(now_ns)
+    awk -v c="$((c1 - c0))" -v hz="$hz" -v ns="$((t1 - t0))" \
+        'BEGIN { printf "%.2f", c / hz / (ns / 1e9) * 100 }'
+}
+health_reload() { # TYPE INTERVAL
+    # start_timeout may not be shorter than the interval.
+    sed -i -e '/^start_timeout = /d' -e "s/^type = .*/type = \"$1\"/" \
+        -e "s/^interval = .*/interval = \"$2\"/" \
+        -e "s/^timeout = .*/timeout = \"$2\"\nstart_timeout = \"2h\"/" "$DIR/poold.toml"
+    "$POOLCTL" --socket "$SOCK" reload >/dev/null || die "reload to $1 every $2 failed"
+}
+split_row() { # LABEL
+    pct=$(window_pct)
+    [ "$(ready_count)" -ge "$COUNT" ] || die "only $(ready_count) of $COUNT ready after the window ($1)"
+    echo "$BENCH: split: $1: $pct % of one core"
+    split_rows="$split_rows| $1 | $pct % | $(cut -d' ' -f1-3 /proc/loadavg) |
+"
+}
+if [ "${SPLIT:-0}" != 0 ]; then
+    split_rows="| health HTTP every $INTERVAL (the windows above) | $cpu % | $(cut -d' ' -f1-3 /proc/loadavg) |
+"
+    if [ "${NF:-0}" != 0 ]; then
+        "$IP" link set dev "$BRIDGE" type bridge nf_call_iptables 0
+        split_row "HTTP, bridge nf_call_iptables 0 (host sysctl $(cat /proc/sys/net/bridge/bridge-nf-call-iptables))"
+        "$IP" link set dev "$BRIDGE" type bridge nf_call_iptables 1
+        host_nf=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables)
+        trap 'echo "$host_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables; bench_cleanup' EXIT
+        echo 0 >/proc/sys/net/bridge/bridge-nf-call-iptables
+        split_row "HTTP, host bridge-nf-call-iptables 0"
+        echo "$host_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables
+        trap bench_cleanup EXIT
+        split_row "HTTP again, bridge-nf-call-iptables $host_nf"
+    fi
+    health_reload tcp "$INTERVAL"
+    split_row "health TCP connect every $INTERVAL"
+    health_reload tcp 1h
+    split_row "no probes (interval 1h)"
+    health_reload http "$INTERVAL"
+fi
+
 # One recycle wave over every slot.
 recycle_ms=
 if [ "${RECYCLE:-1}" != 0 ]; then
     r0=$(now_ns)
+    rc0=$(cpu_ticks)
     "$POOLCTL" --socket "$SOCK" recycle "$SVC" --wait >/dev/null
     recycle_ms=$(ms $(($(now_ns) - r0)))
+    recycle_ticks=$(($(cpu_ticks) - rc0))
     after=$(ready_count)
     [ "$after" -ge "$COUNT" ] || die "only $after of $COUNT workers ready after the recycle wave"
 fi
@@ -165,8 +233,9 @@ echo "$BENCH: balancer $MODE, $COUNT workers idle on $subnet, health HTTP every 
 echo "$BENCH: poold CPU $cpu % of one core (median of $WINDOWS windows: $cpu_all)"
 echo "$BENCH: poold VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, $threads threads"
 echo "$BENCH: workers' own memory (sum of cgroup memory in poolctl status): $workers_mem MiB, not counted above"
-echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms"
+echo "$BENCH: pool start: $COUNT workers ready after $POOL_START_MS ms; poold's CPU until then $(cpu_secs "$start_ticks") s"
 echo "$BENCH: poolctl status --json: median $status_ms ms of $SAMPLES; GET /metrics: median $scrape_ms ms, $scrape_bytes bytes"
-[ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms"
+[ -z "$recycle_ms" ] || echo "$BENCH: recycle --wait of all $COUNT slots ($RECYCLE_PARALLEL at once): $recycle_ms ms; poold's CPU meanwhile $(cpu_secs "$recycle_ticks") s"
 echo "$BENCH: load average at the end: $load"
+[ -z "$split_rows" ] || printf '%s\n%s\n%s' "| variant (same run, same workers) | poold CPU (30 s idle) | load avg at end |" "|---|---|---|" "$split_rows"
 echo "footprint-row: | $COUNT | $(awk -v m="$POOL_START_MS" 'BEGIN { printf "%.1f s", m / 1000 }') | $cpu % | $(mib "$rss") MiB | $(mib "$hwm") MiB | $threads | $status_ms ms | $scrape_ms ms | $scrape_bytes B | $(awk -v m="$recycle_ms" 'BEGIN { if (m == "") print "-"; else printf "%.1f s", m / 1000 }') | $load |"

@@ -1,7 +1,7 @@
 //! A recording fake of [`Balancer`] for unit tests of what drives it.
 
 use super::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
@@ -148,7 +148,7 @@ impl Balancer for FakeBalancer {
     async fn backend_stats(
         &self,
         service: &VirtualService,
-    ) -> Result<HashMap<SocketAddr, BackendStats>, BalancerError> {
+    ) -> Result<BackendStatsTable, BalancerError> {
         let state = self.state();
         if state.fail_stats || !state.service {
             return Err(BalancerError::NoSuchService {

@@ -7,7 +7,9 @@
 //! Everything acts on the network namespace of the thread that called [`IpvsBalancer::new`]
 //! (the netlink sockets and the /proc/sys/net files are bound to it there).
 
-use super::{BackendStats, Balancer, BalancerError, BalancerKind, VirtualService};
+use super::{
+    BackendStats, BackendStatsTable, Balancer, BalancerError, BalancerKind, VirtualService,
+};
 use crate::config::Upstream;
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -571,7 +573,7 @@ impl Balancer for IpvsBalancer {
     async fn backend_stats(
         &self,
         service: &VirtualService,
-    ) -> Result<HashMap<SocketAddr, BackendStats>, BalancerError> {
+    ) -> Result<BackendStatsTable, BalancerError> {
         let key = key_of(service);
         // The library answers a missing service with ServiceNotFound, never an empty list.
         let destinations = self

@@ -27,8 +27,8 @@
 //! tests/bench/README.md). The daemon's runtime only changes backends and reads counters.
 
 use super::{
-    BackendConnect, BackendStats, Balancer, BalancerError, BalancerKind, ClientPolicy,
-    VirtualService,
+    BackendConnect, BackendStats, BackendStatsTable, Balancer, BalancerError, BalancerKind,
+    ClientPolicy, VirtualService,
 };
 use crate::conn_limit::{accept_failed, Admission, ConnLimiter, FdLease};
 use async_trait::async_trait;
@@ -736,7 +736,7 @@ impl Balancer for ProxyBalancer {
     async fn backend_stats(
         &self,
         service: &VirtualService,
-    ) -> Result<HashMap<SocketAddr, BackendStats>, BalancerError> {
+    ) -> Result<BackendStatsTable, BalancerError> {
         self.with_backends(service, |backends| {
             Ok(backends
                 .iter()

@@ -180,6 +180,9 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     }
     /// An upgrade handed the workers to a new poold: stop reading their output.
     fn detach_output(&self) {}
+    /// Waits until the state record on disk holds every change made so far (before an
+    /// upgrade's new poold reads it).
+    async fn flush_record(&self) {}
     /// The highest id of any worker adopted at start (of any service): new workers get
     /// higher ones.
     fn highest_adopted(&self) -> Option<WorkerId> {

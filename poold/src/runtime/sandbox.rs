@@ -27,6 +27,9 @@ use tracing::{error, info, warn};
 
 use crate::worker_output::{self, Capture, Tail};
 
+mod record_writer;
+use record_writer::RecordWriter;
+
 /// Longest wait, after a worker's exit, for the rest of its output (its last words).
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
@@ -55,9 +58,9 @@ pub const RECORD_FILE: &str = "workers.json";
 /// The record's format; a record of another version is not read (nothing adopted).
 const RECORD_VERSION: u32 = 1;
 
-/// What poold keeps in `STATE/workers.json`, rewritten (atomically) on every spawn and
-/// teardown, so that a poold started after a crash finds its live workers and the address
-/// quarantine.
+/// What poold keeps in `STATE/workers.json`, rewritten (atomically) after spawns and
+/// teardowns (by [`RecordWriter`], changes under way together in one write), so that a
+/// poold started after a crash finds its live workers and the address quarantine.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct StateRecord {
     version: u32,
@@ -123,13 +126,15 @@ pub struct SandboxRuntime {
     workers: Mutex<HashMap<WorkerId, Entry>>,
     /// The state directory the record lives in; the record of every live worker.
     state_dir: PathBuf,
-    records: Mutex<BTreeMap<WorkerId, WorkerRecord>>,
+    records: Arc<Mutex<BTreeMap<WorkerId, WorkerRecord>>>,
     configs: Mutex<ConfigValues>,
     /// Workers adopted at start that no pool has taken yet.
     adopted: Mutex<Vec<WorkerRecord>>,
     highest_adopted: Option<WorkerId>,
     /// Operator state by service, as the pools saved it (written with the record).
-    operator: Mutex<BTreeMap<String, OperatorState>>,
+    operator: Arc<Mutex<BTreeMap<String, OperatorState>>>,
+    /// Writes the record off the runtime's threads; set once the runtime is built.
+    writer: Option<RecordWriter>,
     /// What the record held at start, offered once to each service's pool.
     operator_restored: Mutex<BTreeMap<String, OperatorState>>,
     /// Virtual services of recorded services the config no longer has.
@@ -339,14 +344,18 @@ impl SandboxRuntime {
             sandbox,
             workers: Mutex::default(),
             state_dir,
-            records: Mutex::default(),
+            records: Arc::default(),
             configs: Mutex::default(),
             adopted: Mutex::default(),
             highest_adopted: None,
-            operator: Mutex::new(operator.clone()),
+            operator: Arc::new(Mutex::new(operator.clone())),
             operator_restored: Mutex::new(operator),
             removed_services: Mutex::new(removed_services),
+            writer: None,
         };
+        runtime.writer = Some(runtime.start_writer().map_err(|e| {
+            sandbox::SandboxError::io("start the state record writer", &runtime.state_dir, e)
+        })?);
         let mut kept = HashSet::new();
         for mut worker in record.workers {
             worker.config = runtime
@@ -385,7 +394,7 @@ impl SandboxRuntime {
         runtime.sandbox.ensure_bridge().await?;
         // Repairs the bridge if it vanishes or goes down (stopped by `shutdown`).
         runtime.sandbox.watch_bridge()?;
-        runtime.write_record();
+        runtime.writer().flush().await;
         Ok(runtime)
     }
 
@@ -401,30 +410,43 @@ impl SandboxRuntime {
         self.adopted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the record of every live worker and the quarantine (under the records lock,
-    /// so writes never interleave). A failure is logged: it costs adoption after a crash,
-    /// not the running pool.
-    fn write_record(&self) {
-        let records = self.records_lock();
-        let operator = self
-            .operator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let now = std::time::SystemTime::now();
-        let quarantine = self
-            .sandbox
-            .quarantine()
-            .into_iter()
-            .map(|(address, left)| QuarantinedAddress {
-                address,
-                until_unix_ms: unix_ms(now + left),
-            })
-            .collect();
-        if let Err(error) = write_record_file(&self.state_dir, &records, quarantine, &operator) {
-            error!(path = %self.state_dir.join(RECORD_FILE).display(), %error,
-                "writing the state record failed: a restart cannot adopt the workers");
-        }
+    fn writer(&self) -> &RecordWriter {
+        self.writer
+            .as_ref()
+            .expect("the writer starts with the runtime")
+    }
+
+    /// The record writer's thread: each write saves every live worker, the quarantine and
+    /// the operator state as they are when it starts. A failure is logged: it costs
+    /// adoption after a crash, not the running pool.
+    fn start_writer(&self) -> std::io::Result<RecordWriter> {
+        let (state_dir, records, operator, sandbox) = (
+            self.state_dir.clone(),
+            self.records.clone(),
+            self.operator.clone(),
+            self.sandbox.clone(),
+        );
+        RecordWriter::start(move || {
+            let operator = operator.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let now = std::time::SystemTime::now();
+            let quarantine = sandbox
+                .quarantine()
+                .into_iter()
+                .map(|(address, left)| QuarantinedAddress {
+                    address,
+                    until_unix_ms: unix_ms(now + left),
+                })
+                .collect();
+            if let Err(error) = write_record_file(&state_dir, &records, quarantine, &operator) {
+                error!(path = %state_dir.join(RECORD_FILE).display(), %error,
+                    "writing the state record failed: a restart cannot adopt the workers");
+            }
+        })
+    }
+
+    /// Asks for the record to be written again (a change not worth waiting for).
+    fn record_changed(&self) -> u64 {
+        self.writer().request()
     }
 
     /// Starts the task that owns `container` and registers the worker.
@@ -465,6 +487,8 @@ impl SandboxRuntime {
     /// directories, at shutdown after every worker is gone; all are tried, the first error
     /// is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
+        // Nothing pending may write the file again after it is removed.
+        self.writer().flush().await;
         if self.records_lock().is_empty() {
             let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
         } else {
@@ -599,7 +623,10 @@ impl WorkerRuntime for SandboxRuntime {
         let stop_signal = spec.service.stop_signal.0;
         self.own(spec.id, &spec.service.name, spec.slot, stop_signal, worker);
         self.records_lock().insert(spec.id, record);
-        self.write_record();
+        // The pool serves the worker once this returns: on disk first, so that a poold
+        // killed from then on adopts it (a worker not on disk is removed as an orphan).
+        let ticket = self.record_changed();
+        self.writer().written(ticket).await;
         Ok(SpawnedWorker {
             addr: IpAddr::V4(addr),
             pid,
@@ -653,8 +680,14 @@ impl WorkerRuntime for SandboxRuntime {
         // Gone (or its teardown failed, and orphan cleanup at the next start finishes it):
         // either way nothing to adopt; its address is in quarantine now.
         self.records_lock().remove(&worker);
-        self.write_record();
+        // Not waited for: a restart refuses a recorded worker that is gone (its pid and
+        // start time no longer match) and removes what is left of it.
+        self.record_changed();
         result
+    }
+
+    async fn flush_record(&self) {
+        self.writer().flush().await;
     }
 
     fn detach_output(&self) {
@@ -673,7 +706,8 @@ impl WorkerRuntime for SandboxRuntime {
             None => false,
         };
         if changed {
-            self.write_record();
+            let ticket = self.record_changed();
+            self.writer().written(ticket).await;
         }
     }
 
@@ -714,7 +748,9 @@ impl WorkerRuntime for SandboxRuntime {
                 operator.insert(service.to_owned(), state.clone());
             }
         }
-        self.write_record();
+        // Waited for, as before (rare: an operator's command): on disk when poolctl returns.
+        let ticket = self.record_changed();
+        self.writer().wait_blocking(ticket);
     }
 
     fn take_operator_state(&self, service: &str) -> Option<OperatorState> {
@@ -795,12 +831,12 @@ fn removed_services(workers: &[WorkerRecord], config: &Config) -> Vec<VirtualSer
 /// How long an adopted worker of a removed service has to end after SIGTERM.
 const UNCLAIMED_STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Writes the state record: streamed to the file, nothing of the records copied (it is
-/// rewritten on every spawn and teardown; a copy of 1,000 records each time left poold's
-/// heap fragmented).
+/// Writes the state record: streamed to the file, nothing of the records copied (a copy of
+/// 1,000 records each time left poold's heap fragmented). The records stay locked while
+/// they are serialised, not during the fsyncs.
 fn write_record_file(
     state_dir: &std::path::Path,
-    workers: &BTreeMap<WorkerId, WorkerRecord>,
+    workers: &Mutex<BTreeMap<WorkerId, WorkerRecord>>,
     quarantine: Vec<QuarantinedAddress>,
     operator: &BTreeMap<String, OperatorState>,
 ) -> std::io::Result<()> {
@@ -813,13 +849,14 @@ fn write_record_file(
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         operator: &'a BTreeMap<String, OperatorState>,
     }
-    let record = Borrowed {
-        version: RECORD_VERSION,
-        workers: workers.values().collect(),
-        quarantine,
-        operator,
-    };
     crate::state_dir::write_atomic_with(state_dir, RECORD_FILE, |out| {
+        let workers = workers.lock().unwrap_or_else(|e| e.into_inner());
+        let record = Borrowed {
+            version: RECORD_VERSION,
+            workers: workers.values().collect(),
+            quarantine,
+            operator,
+        };
         serde_json::to_writer(out, &record).map_err(std::io::Error::other)
     })
 }

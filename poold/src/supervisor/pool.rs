@@ -1738,10 +1738,12 @@ impl ServicePool {
         }
         probe.in_flight = true;
         let health = self.health.clone();
-        let spec = self.config.health.clone();
+        // The config's Arc, not a copy of its health section (500 probes a second at 1,000
+        // workers, each copy an allocation).
+        let config = self.config.clone();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
-            let result = health.check(addr, &spec).await;
+            let result = health.check(addr, &config.health).await;
             let _ = events.send(Event::Health { id, result });
         });
     }

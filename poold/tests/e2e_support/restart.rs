@@ -451,3 +451,64 @@ pub fn kill9_and_restart_without_two_services(balancer: &str) {
     let listen_ip = a.rsplit_once(':').unwrap().0.to_owned();
     daemon.stop_and_check_clean(&listen_ip);
 }
+
+/// `kill -9` in the middle of the start's spawn storm (more slots than spawn at once), then
+/// a start again: every worker the pool knew of before the kill (a pid in its status: its
+/// spawn had returned, so the state record named it) is adopted with the same pid; those
+/// whose spawn was under way are removed as orphans; the pool fills up and nothing is left
+/// over (one veth, one netns and one run directory per worker).
+pub fn kill9_during_the_spawn_storm_adopts_or_removes_every_worker() {
+    const STORM: u64 = 24;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let service = http_service("e2e", &addr, STORM, "");
+    let mut daemon = Daemon::start("proxy", &service);
+    let spawned = |status: &Value| -> std::collections::BTreeMap<u64, u64> {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| Some((w["id"].as_u64()?, w["pid"].as_u64()?)))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let before = loop {
+        if let Some(status) = daemon.status("e2e") {
+            let known = spawned(&status);
+            if known.len() >= 4 {
+                break known;
+            }
+        }
+        assert!(Instant::now() < deadline, "log:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    daemon.kill9();
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    let after = worker_pids(&daemon.wait_ready("e2e", STORM));
+    let second_run = daemon.log()[log_before_restart..].to_owned();
+    for (id, pid) in &before {
+        assert_eq!(
+            after.get(id),
+            Some(pid),
+            "worker w{id} (pid {pid}) was spawned before the kill but not adopted: {after:?}\n\
+             before the kill: {before:?}\nlog:\n{second_run}"
+        );
+    }
+    eprintln!(
+        "spawn storm: {} workers known before the kill, {} adopted after it",
+        before.len(),
+        second_run.matches("worker adopted").count()
+    );
+    let links: Vec<_> = links_with_prefix(&daemon.link_prefix)
+        .difference(&daemon.links_before)
+        .cloned()
+        .collect();
+    assert_eq!(links.len() as u64, STORM, "{links:?}\nlog:\n{second_run}");
+    for dir in ["state/workers", "state/netns"] {
+        let entries = std::fs::read_dir(daemon.dir.path().join(dir))
+            .unwrap()
+            .count() as u64;
+        assert_eq!(entries, STORM, "{dir}\nlog:\n{second_run}");
+    }
+    daemon.stop_and_check_clean("127.0.0.1");
+}

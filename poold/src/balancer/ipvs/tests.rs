@@ -207,7 +207,7 @@ fn service_of_an_earlier_run_is_taken_over_with_its_real_servers() {
         // Kept: they may be live workers the restarted pool adopts (it removes the rest).
         let kept = second.backend_stats(&service).await.unwrap();
         assert_eq!(
-            kept.keys().copied().collect::<Vec<_>>(),
+            kept.iter().map(|(addr, _)| *addr).collect::<Vec<_>>(),
             vec!["10.215.0.9:80".parse().unwrap()],
             "the earlier run's real servers are kept"
         );

@@ -75,8 +75,8 @@ async fn proxy_on(ip: &str) -> (ProxyBalancer, VirtualService) {
 async fn stats_until(
     proxy: &ProxyBalancer,
     service: &VirtualService,
-    condition: impl Fn(&HashMap<SocketAddr, BackendStats>) -> bool,
-) -> HashMap<SocketAddr, BackendStats> {
+    condition: impl Fn(&BackendStatsTable) -> bool,
+) -> BackendStatsTable {
     for _ in 0..500 {
         let stats = proxy.backend_stats(service).await.unwrap();
         if condition(&stats) {

@@ -74,7 +74,13 @@ fn the_state_record_reads_back_what_was_written() {
             drained_workers: [WorkerId(1)].into(),
         },
     )]);
-    write_record_file(dir.path(), &runtime_records, Vec::new(), &operator).unwrap();
+    write_record_file(
+        dir.path(),
+        &Mutex::new(runtime_records.clone()),
+        Vec::new(),
+        &operator,
+    )
+    .unwrap();
     let back = read_record(dir.path());
     assert_eq!(back.version, RECORD_VERSION);
     assert_eq!(back.workers.len(), 2);
