@@ -40,6 +40,31 @@ const CFS_PERIOD_US: u64 = 100_000;
 /// How long [`ContainerCgroup::kill_all`] waits for the killed processes to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`ContainerCgroup::destroy`] keeps trying to remove a cgroup it emptied.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` until it succeeds or `timeout` has passed, with growing pauses. Removing an
+/// emptied cgroup needs it: on cgroup v2 a killed process leaves `cgroup.procs` before it has
+/// finished exiting, and rmdir answers EBUSY until it has. cgroups-rs retries only on v1
+/// (runc retries on both); a pool of 256 workers stopping in the TCG VM left a cgroup.
+fn retry_until<T, E>(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match attempt() {
+            Ok(done) => return Ok(done),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// The cgroup of one container.
 #[derive(Debug)]
 pub(crate) struct ContainerCgroup {
@@ -192,8 +217,7 @@ impl ContainerCgroup {
     /// Kills everything in the cgroup and removes it.
     pub(crate) fn destroy(&self) -> Result<()> {
         self.kill_all()?;
-        self.cg
-            .delete()
+        retry_until(REMOVE_TIMEOUT, || self.cg.delete())
             .map_err(|e| SandboxError::cgroup(&self.name, "delete", e))
     }
 
@@ -328,7 +352,64 @@ impl UsageReader for CgroupReader {
 
 #[cfg(test)]
 mod tests {
-    use super::keyed;
+    use super::{keyed, retry_until};
+    use std::time::Duration;
+
+    /// Unmounts on drop, also when the test fails.
+    struct Unmount(std::path::PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// The kernel's EBUSY from rmdir goes away once what held the directory is gone, and the
+    /// retry waits for it (a mount point stands in for a cgroup whose last process is still
+    /// exiting). Needs root.
+    #[test]
+    fn a_removal_refused_as_busy_succeeds_once_the_directory_is_released() {
+        let d = tempfile::tempdir().unwrap();
+        let busy = d.path().join("busy");
+        std::fs::create_dir(&busy).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &busy,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .expect("mount tmpfs (run as root)");
+        let unmount = Unmount(busy.clone());
+        let first = std::fs::remove_dir(&busy).unwrap_err();
+        assert_eq!(first.raw_os_error(), Some(libc::EBUSY), "{first}");
+
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(unmount);
+        });
+        let mut attempts = 0;
+        retry_until(Duration::from_secs(30), || {
+            attempts += 1;
+            std::fs::remove_dir(&busy)
+        })
+        .expect("removed once released");
+        release.join().unwrap();
+        assert!(!busy.exists());
+        assert!(attempts > 1, "the first attempt was refused: {attempts}");
+    }
+
+    #[test]
+    fn a_removal_that_keeps_failing_returns_the_last_error() {
+        let mut attempts = 0;
+        let e = retry_until(Duration::from_millis(20), || {
+            attempts += 1;
+            Err::<(), _>(attempts)
+        })
+        .unwrap_err();
+        assert_eq!(e, attempts);
+        assert!(attempts > 1);
+    }
 
     #[test]
     fn oom_kill_counters_parse_from_both_formats() {
