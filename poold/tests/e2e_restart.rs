@@ -33,3 +33,15 @@ fn e2e_kill9_and_restart_without_two_services_stops_them_and_forgets_their_state
 fn e2e_kill9_and_restart_without_two_services_removes_their_ipvs_services() {
     e2e_support::restart::kill9_and_restart_without_two_services("ipvs");
 }
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_with_a_service_in_backoff_and_restart_without_it_removes_its_ipvs_service() {
+    e2e_support::restart::kill9_with_a_service_in_backoff_and_restart_without_it();
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_on_ipvs_and_restart_on_the_proxy_leaves_no_ipvs_entry() {
+    e2e_support::restart::kill9_on_ipvs_and_restart_on_the_proxy();
+}
