@@ -8,17 +8,16 @@ use super::{
     AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, RuntimeFailure,
     SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
-use crate::balancer::{ClientPolicy, VirtualService};
-use crate::config::{Config, Protocol, RootfsSource, ServiceConfig, SignalName};
+use crate::balancer::ipvs::{IpvsLedger, IpvsRecord};
+use crate::config::{Config, RootfsSource, ServiceConfig, SignalName};
 use crate::sandbox::{
     self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
     UsageReader,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,6 +65,9 @@ struct StateRecord {
     /// What operators changed at run time, by service (absent in older records).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     operator: BTreeMap<String, OperatorState>,
+    /// What the IPVS balancer made in the kernel (absent in older records and with none).
+    #[serde(default, skip_serializing_if = "IpvsRecord::is_empty")]
+    ipvs: IpvsRecord,
 }
 
 /// One live worker: the supervisor's names for it and the sandbox's objects.
@@ -132,8 +134,10 @@ pub struct SandboxRuntime {
     operator: Mutex<BTreeMap<String, OperatorState>>,
     /// What the record held at start, offered once to each service's pool.
     operator_restored: Mutex<BTreeMap<String, OperatorState>>,
-    /// Virtual services of recorded services the config no longer has.
-    removed_services: Mutex<Vec<VirtualService>>,
+    /// What this run's IPVS balancer made, as it last recorded.
+    ipvs_owned: Mutex<IpvsRecord>,
+    /// What earlier runs' balancers recorded that no cleanup has removed yet.
+    ipvs_left: Mutex<IpvsRecord>,
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -331,7 +335,6 @@ impl SandboxRuntime {
             })
             .collect();
         sandbox.restore_quarantine(&quarantine);
-        let removed_services = removed_services(&record.workers, config);
         let mut operator = record.operator;
         // A service gone from the config keeps nothing an operator changed on it.
         operator.retain(|service, _| config.services.iter().any(|s| s.name == *service));
@@ -345,7 +348,8 @@ impl SandboxRuntime {
             highest_adopted: None,
             operator: Mutex::new(operator.clone()),
             operator_restored: Mutex::new(operator),
-            removed_services: Mutex::new(removed_services),
+            ipvs_owned: Mutex::default(),
+            ipvs_left: Mutex::new(record.ipvs),
         };
         let mut kept = HashSet::new();
         for mut worker in record.workers {
@@ -421,7 +425,9 @@ impl SandboxRuntime {
                 until_unix_ms: unix_ms(now + left),
             })
             .collect();
-        if let Err(error) = write_record_file(&self.state_dir, &records, quarantine, &operator) {
+        let ipvs = lock(&self.ipvs_left).union(&lock(&self.ipvs_owned));
+        let written = write_record_file(&self.state_dir, &records, quarantine, &operator, &ipvs);
+        if let Err(error) = written {
             error!(path = %self.state_dir.join(RECORD_FILE).display(), %error,
                 "writing the state record failed: a restart cannot adopt the workers");
         }
@@ -465,10 +471,13 @@ impl SandboxRuntime {
     /// directories, at shutdown after every worker is gone; all are tried, the first error
     /// is returned.
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
-        if self.records_lock().is_empty() {
-            let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
-        } else {
+        let ipvs_left = !lock(&self.ipvs_left).is_empty() || !lock(&self.ipvs_owned).is_empty();
+        if !self.records_lock().is_empty() {
             warn!("workers left at shutdown: the state record stays for the next start");
+        } else if ipvs_left {
+            warn!("IPVS entries left at shutdown: the state record stays for the next start");
+        } else {
+            let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
         }
         let bridge = self.sandbox.remove_bridge().await;
         let parent = self.sandbox.remove_cgroup_parent().await;
@@ -724,15 +733,6 @@ impl WorkerRuntime for SandboxRuntime {
             .remove(service)
     }
 
-    fn take_removed_services(&self) -> Vec<VirtualService> {
-        std::mem::take(
-            &mut *self
-                .removed_services
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
     async fn stop_unclaimed(&self) {
         let unclaimed = std::mem::take(&mut *self.adopted_lock());
         for worker in unclaimed {
@@ -751,45 +751,25 @@ impl WorkerRuntime for SandboxRuntime {
     }
 }
 
-/// The virtual services of `workers` (recorded by an earlier run; adopted or not: a dead
-/// worker's service is in the kernel too) whose address, port and protocol no service of
-/// `config` has, each once. A recorded config that does not say is left alone.
-fn removed_services(workers: &[WorkerRecord], config: &Config) -> Vec<VirtualService> {
-    /// What names a virtual service in a recorded service config.
-    #[derive(serde::Deserialize)]
-    struct Identity {
-        name: String,
-        listen: SocketAddr,
-        #[serde(default)]
-        protocol: Protocol,
-        #[serde(default)]
-        scheduler: String,
+/// `mutex`'s value, poisoned or not (a panic elsewhere must not stop the record).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl IpvsLedger for SandboxRuntime {
+    fn record_owned(&self, owned: IpvsRecord) {
+        *lock(&self.ipvs_owned) = owned;
+        self.write_record();
     }
-    let mut removed: Vec<VirtualService> = Vec::new();
-    for worker in workers {
-        let identity = match Identity::deserialize(&*worker.config) {
-            Ok(identity) => identity,
-            Err(error) => {
-                warn!(service = %worker.service, worker.id = %worker.worker, %error,
-                    "recorded config names no virtual service: left alone");
-                continue;
-            }
-        };
-        let configured = config
-            .services
-            .iter()
-            .any(|s| s.listen == identity.listen && s.protocol == identity.protocol);
-        if configured || removed.iter().any(|s| s.listen == identity.listen) {
-            continue;
-        }
-        removed.push(VirtualService {
-            name: identity.name,
-            listen: identity.listen,
-            scheduler: identity.scheduler,
-            clients: ClientPolicy::default(),
-        });
+
+    fn left_by_earlier_runs(&self) -> IpvsRecord {
+        lock(&self.ipvs_left).clone()
     }
-    removed
+
+    fn set_left_by_earlier_runs(&self, left: IpvsRecord) {
+        *lock(&self.ipvs_left) = left;
+        self.write_record();
+    }
 }
 
 /// How long an adopted worker of a removed service has to end after SIGTERM.
@@ -803,6 +783,7 @@ fn write_record_file(
     workers: &BTreeMap<WorkerId, WorkerRecord>,
     quarantine: Vec<QuarantinedAddress>,
     operator: &BTreeMap<String, OperatorState>,
+    ipvs: &IpvsRecord,
 ) -> std::io::Result<()> {
     /// [`StateRecord`] by reference.
     #[derive(serde::Serialize)]
@@ -812,12 +793,15 @@ fn write_record_file(
         quarantine: Vec<QuarantinedAddress>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         operator: &'a BTreeMap<String, OperatorState>,
+        #[serde(skip_serializing_if = "IpvsRecord::is_empty")]
+        ipvs: &'a IpvsRecord,
     }
     let record = Borrowed {
         version: RECORD_VERSION,
         workers: workers.values().collect(),
         quarantine,
         operator,
+        ipvs,
     };
     crate::state_dir::write_atomic_with(state_dir, RECORD_FILE, |out| {
         serde_json::to_writer(out, &record).map_err(std::io::Error::other)

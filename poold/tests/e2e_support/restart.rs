@@ -4,7 +4,8 @@
 //! With IPVS the kernel keeps forwarding while poold is away: wrk runs through the kill
 //! and a restart 2 s later with zero failed requests. A start on a config without some of
 //! the services stops their workers and removes what poold kept for them (operator state,
-//! IPVS services, virtual addresses no other service uses).
+//! IPVS services, virtual addresses no other service uses), workers or not, and a start
+//! on the proxy balancer removes every IPVS entry of an IPVS run.
 
 use super::*;
 
@@ -619,5 +620,6 @@ pub fn kill9_on_ipvs_and_restart_on_the_proxy() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(served(&local), "p does not serve");
-    daemon.stop_and_check_clean("127.0.0.1");
+    // No IPVS entry or address of the first run, and no pdvip0 either.
+    daemon.stop_and_check_clean("10.212.11.1");
 }
