@@ -2,7 +2,8 @@
 //! directory lock, the sandbox runtime, the balancer choice, one pool per service with its
 //! metrics observer, the metrics endpoint and the control socket.
 
-use crate::balancer::ipvs::IpvsBalancer;
+use crate::balancer::ipvs::record::{remove_leftovers, ThisRun};
+use crate::balancer::ipvs::{IpvsBalancer, IpvsLedger};
 use crate::balancer::proxy::ProxyBalancer;
 use crate::balancer::{Balancer, BalancerError};
 use crate::config::{BalancerChoice, Config};
@@ -86,6 +87,7 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         config,
         path,
         runtime.clone(),
+        runtime.clone(),
         stop_signals(),
         state.lock_fd(),
     )
@@ -102,6 +104,12 @@ pub async fn run_until_signal(config: Config, path: PathBuf) -> Result<(), Daemo
         // shared lock description would unlock it for the new poold too).
         info!("upgrade: handed over; exiting");
         std::process::exit(0);
+    }
+    // What earlier runs left that this run kept (addresses its proxy listened on) or failed
+    // to remove: no service runs any more.
+    let left = runtime.left_by_earlier_runs();
+    if !left.is_empty() {
+        runtime.set_left_by_earlier_runs(remove_leftovers(&left, &ThisRun::default()).await);
     }
     if let Err(error) = runtime.shutdown().await {
         warn!(%error, "removing the bridge or the cgroup parent failed");
@@ -166,13 +174,17 @@ pub fn control_group(group: &str) -> Result<nix::unistd::Gid, DaemonError> {
 }
 
 /// Picks the balancer for `config`: "auto" means IPVS when the kernel has it and no
-/// service listens on loopback (which IPVS cannot serve), else the proxy, loudly.
-pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, DaemonError> {
+/// service listens on loopback (which IPVS cannot serve), else the proxy, loudly. IPVS
+/// records what it makes in the kernel to `ledger`.
+pub async fn choose_balancer(
+    config: &Config,
+    ledger: Arc<dyn IpvsLedger>,
+) -> Result<Arc<dyn Balancer>, DaemonError> {
     let proxy = || Arc::new(ProxyBalancer::new());
     match config.daemon.balancer {
         BalancerChoice::Proxy => Ok(proxy()),
         BalancerChoice::Ipvs => match IpvsBalancer::with_upstream(config.daemon.upstream).await {
-            Ok(ipvs) => Ok(Arc::new(ipvs)),
+            Ok(ipvs) => Ok(Arc::new(ipvs.recording_to(ledger))),
             Err(error) => Err(DaemonError::IpvsUnavailable {
                 reason: error.to_string(),
             }),
@@ -187,7 +199,7 @@ pub async fn choose_balancer(config: &Config) -> Result<Arc<dyn Balancer>, Daemo
                 return Ok(proxy());
             }
             match IpvsBalancer::new().await {
-                Ok(ipvs) => Ok(Arc::new(ipvs)),
+                Ok(ipvs) => Ok(Arc::new(ipvs.recording_to(ledger))),
                 Err(error) => {
                     warn!(
                         %error,
@@ -207,6 +219,7 @@ async fn run(
     config: Config,
     path: PathBuf,
     runtime: Arc<dyn WorkerRuntime>,
+    ledger: Arc<dyn IpvsLedger>,
     signals: watch::Receiver<u32>,
     lock_fd: std::os::fd::RawFd,
 ) -> Result<Ended, DaemonError> {
@@ -228,7 +241,8 @@ async fn run(
             .map(control_group)
             .transpose()?,
     };
-    let balancer = choose_balancer(&config).await?;
+    let balancer = choose_balancer(&config, ledger.clone()).await?;
+    let this_run = ThisRun::new(&config.services, balancer.kind());
     info!(balancer = %balancer.kind(), services = config.services.len(), "poold starting");
     let health = Arc::new(NetworkHealthChecker);
     let metrics = Metrics::new(balancer.kind());
@@ -260,7 +274,8 @@ async fn run(
     // What an earlier run left of services no longer configured: once every pool took its own.
     tokio::spawn(retire_removed_services(
         parts.runtime.clone(),
-        parts.balancer.clone(),
+        ledger,
+        this_run,
     ));
     let pools = Pools::new(pools);
     let reloader = Arc::new(reload::ConfigReloader::new(
@@ -349,16 +364,17 @@ async fn run(
     served.map(|()| Ended::Stopped).map_err(Into::into)
 }
 
-/// Stops the adopted workers of services the config no longer has, then removes those
-/// services' virtual services (and addresses no other service uses) an earlier run left.
-async fn retire_removed_services(runtime: Arc<dyn WorkerRuntime>, balancer: Arc<dyn Balancer>) {
-    let removed = runtime.take_removed_services();
+/// Stops the adopted workers of services the config no longer has, then removes the IPVS
+/// services and addresses earlier runs recorded that this run does not use.
+async fn retire_removed_services(
+    runtime: Arc<dyn WorkerRuntime>,
+    ledger: Arc<dyn IpvsLedger>,
+    this_run: ThisRun,
+) {
     runtime.stop_unclaimed().await;
-    for service in &removed {
-        if let Err(error) = balancer.remove_leftover_service(service).await {
-            warn!(service = %service.name, listen = %service.listen, %error,
-                "removing the virtual service of a service no longer configured failed");
-        }
+    let recorded = ledger.left_by_earlier_runs();
+    if !recorded.is_empty() {
+        ledger.set_left_by_earlier_runs(remove_leftovers(&recorded, &this_run).await);
     }
 }
 

@@ -38,3 +38,15 @@ fn e2e_kill9_and_restart_without_two_services_removes_their_ipvs_services() {
 fn e2e_kill9_during_the_spawn_storm_adopts_or_removes_every_worker() {
     e2e_support::restart::kill9_during_the_spawn_storm_adopts_or_removes_every_worker();
 }
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_with_a_service_in_backoff_and_restart_without_it_removes_its_ipvs_service() {
+    e2e_support::restart::kill9_with_a_service_in_backoff_and_restart_without_it();
+}
+
+#[test]
+#[ignore = "vm: needs IPVS"]
+fn e2e_kill9_on_ipvs_and_restart_on_the_proxy_leaves_no_ipvs_entry() {
+    e2e_support::restart::kill9_on_ipvs_and_restart_on_the_proxy();
+}

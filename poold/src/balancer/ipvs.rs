@@ -14,11 +14,15 @@ use crate::config::Upstream;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipvs::{Client, Destination, ForwardMethod, Service, ServiceKey};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+pub mod record;
+
+pub use record::{IpvsLedger, IpvsRecord};
 
 /// The device virtual addresses are bound to (like kube-proxy's kube-ipvs0).
 pub const VIP_DEVICE: &str = "pdvip0";
@@ -131,6 +135,66 @@ pub fn vip_problem(listen: SocketAddr) -> Option<String> {
     }
 }
 
+/// Whether a virtual address (not the kernel's own IPv6 link-local one) is still bound to
+/// the device `index`; when unsure, yes (the device stays).
+async fn has_addresses(netlink: &rtnetlink::Handle, index: u32) -> bool {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut addresses = netlink
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    loop {
+        match addresses.try_next().await {
+            Ok(Some(message)) => {
+                let bound = message.attributes.iter().any(|attr| match attr {
+                    AddressAttribute::Address(IpAddr::V6(v6)) => {
+                        v6.segments()[0] & 0xffc0 != 0xfe80
+                    }
+                    AddressAttribute::Address(IpAddr::V4(_)) => true,
+                    _ => false,
+                });
+                if bound {
+                    return true;
+                }
+            }
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Unbinds the /32 `address` from the device `index` (not bound: fine).
+async fn unbind_address(
+    netlink: &rtnetlink::Handle,
+    index: u32,
+    address: IpAddr,
+    service: &str,
+) -> Result<(), BalancerError> {
+    let mut addresses = netlink
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .set_address_filter(address)
+        .execute();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(|e| kernel(service, "list VIP", e))?
+    {
+        if message.header.prefix_len != 32 {
+            continue;
+        }
+        match netlink.address().del(message).execute().await {
+            Err(error) if errno(&error) != Some(EADDRNOTAVAIL) => {
+                return Err(kernel(service, "unbind VIP", error));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 struct VipDevice {
     name: String,
@@ -152,6 +216,10 @@ pub struct IpvsBalancer {
     services: Mutex<HashMap<String, ServiceKey>>,
     upstream: Upstream,
     arp: Mutex<ArpQuiet>,
+    /// Where the listen addresses of the virtual services this balancer may have made are
+    /// recorded (before one is made, after one is gone), so a later run can remove them.
+    ledger: Option<Arc<dyn IpvsLedger>>,
+    owned: Mutex<BTreeSet<SocketAddr>>,
 }
 
 impl std::fmt::Debug for IpvsBalancer {
@@ -264,7 +332,44 @@ impl IpvsBalancer {
             services: Mutex::default(),
             upstream,
             arp: Mutex::default(),
+            ledger: None,
+            owned: Mutex::default(),
         })
+    }
+
+    /// Records what this balancer makes in the kernel to `ledger` from now on.
+    pub fn recording_to(mut self, ledger: Arc<dyn IpvsLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Adds (`owned`) or forgets `listen` among the virtual services this balancer may
+    /// have made and records them if that changed (under the lock: writes never interleave).
+    fn set_owned(&self, listen: SocketAddr, owned: bool) {
+        let mut set = self.owned.lock().expect("owned lock");
+        let changed = if owned {
+            set.insert(listen)
+        } else {
+            set.remove(&listen)
+        };
+        if let (true, Some(ledger)) = (changed, &self.ledger) {
+            ledger.record_owned(IpvsRecord {
+                services: set
+                    .iter()
+                    .map(|&listen| record::RecordedService {
+                        listen,
+                        protocol: crate::config::Protocol::Tcp,
+                    })
+                    .collect(),
+                vips: set
+                    .iter()
+                    .map(|listen| record::RecordedVip {
+                        address: listen.ip(),
+                        device: self.device.name.clone(),
+                    })
+                    .collect(),
+            });
+        }
     }
 
     async fn link_index(
@@ -340,60 +445,18 @@ impl IpvsBalancer {
         }
     }
 
-    /// Whether a virtual address (not the kernel's own IPv6 link-local one) is still bound to
-    /// the VIP device; when unsure, yes (the device stays).
     async fn device_has_addresses(&self) -> bool {
-        use netlink_packet_route::address::AddressAttribute;
-        let mut addresses = self
-            .netlink
-            .address()
-            .get()
-            .set_link_index_filter(self.device.index)
-            .execute();
-        loop {
-            match addresses.try_next().await {
-                Ok(Some(message)) => {
-                    let bound = message.attributes.iter().any(|attr| match attr {
-                        AddressAttribute::Address(IpAddr::V6(v6)) => {
-                            v6.segments()[0] & 0xffc0 != 0xfe80
-                        }
-                        AddressAttribute::Address(IpAddr::V4(_)) => true,
-                        _ => false,
-                    });
-                    if bound {
-                        return true;
-                    }
-                }
-                Ok(None) => return false,
-                Err(_) => return true,
-            }
-        }
+        has_addresses(&self.netlink, self.device.index).await
     }
 
     async fn unbind_vip(&self, service: &VirtualService) -> Result<(), BalancerError> {
-        let mut addresses = self
-            .netlink
-            .address()
-            .get()
-            .set_link_index_filter(self.device.index)
-            .set_address_filter(service.listen.ip())
-            .execute();
-        while let Some(message) = addresses
-            .try_next()
-            .await
-            .map_err(|e| kernel(&service.name, "list VIP", e))?
-        {
-            if message.header.prefix_len != 32 {
-                continue;
-            }
-            match self.netlink.address().del(message).execute().await {
-                Err(error) if errno(&error) != Some(EADDRNOTAVAIL) => {
-                    return Err(kernel(&service.name, "unbind VIP", error));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        unbind_address(
+            &self.netlink,
+            self.device.index,
+            service.listen.ip(),
+            &service.name,
+        )
+        .await
     }
 
     /// After `service` left the IPVS table: unbinds its address unless a service of this
@@ -457,6 +520,8 @@ impl Balancer for IpvsBalancer {
             // traffic (peers cache the answer).
             self.arp.lock().expect("arp lock").raise()?;
         }
+        // Recorded before it exists: a crash from here on leaves nothing unrecorded.
+        self.set_owned(service.listen, true);
         self.bind_vip(service).await?;
         let key = key_of(service);
         let definition = Service::new(key, service.scheduler.clone());
@@ -512,27 +577,13 @@ impl Balancer for IpvsBalancer {
             .expect("services lock")
             .remove(&service.name);
         self.release_address(service).await?;
+        match deleted {
+            Ok(()) | Err(ipvs::Error::ServiceNotFound { .. }) => {
+                self.set_owned(service.listen, false)
+            }
+            Err(_) => {}
+        }
         deleted.map_err(|e| map_ipvs(service, None, "delete service", e))
-    }
-
-    async fn remove_leftover_service(&self, service: &VirtualService) -> Result<(), BalancerError> {
-        let key = key_of(service);
-        let taken_over = self
-            .services
-            .lock()
-            .expect("services lock")
-            .values()
-            .any(|ours| *ours == key);
-        if taken_over {
-            return Ok(());
-        }
-        match self.ipvs(move |client| client.delete_service(&key)).await? {
-            // Gone already (an operator's ipvsadm -D): its address may still be bound.
-            Ok(()) | Err(ipvs::Error::ServiceNotFound { .. }) => {}
-            Err(error) => return Err(map_ipvs(service, None, "delete service", error)),
-        }
-        info!(service = %service.name, listen = %service.listen, "removed the IPVS service of a service no longer configured");
-        self.release_address(service).await
     }
 
     async fn add_backend(

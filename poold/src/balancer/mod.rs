@@ -198,16 +198,6 @@ pub trait Balancer: Send + Sync + 'static {
     /// counting them, so the workers can drain before the service is removed.
     async fn stop_accepting(&self, service: &VirtualService) -> Result<(), BalancerError>;
     async fn remove_service(&self, service: &VirtualService) -> Result<(), BalancerError>;
-    /// Removes a virtual service an earlier run of poold left in the kernel for a service
-    /// the config no longer has (known from the state record), with its address unless a
-    /// service of this run uses it; leaves it alone if a service of this run took it over.
-    /// Nothing to do where poold's own process listens (the proxy's sockets died with it).
-    async fn remove_leftover_service(
-        &self,
-        _service: &VirtualService,
-    ) -> Result<(), BalancerError> {
-        Ok(())
-    }
     async fn add_backend(
         &self,
         service: &VirtualService,

@@ -10,7 +10,6 @@ pub mod sandbox;
 #[cfg(test)]
 pub(crate) mod fake;
 
-use crate::balancer::VirtualService;
 use crate::config::ServiceConfig;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -191,12 +190,6 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// Stops and tears down the adopted workers no pool took (their service is gone from
     /// the config), once every pool has started.
     async fn stop_unclaimed(&self) {}
-    /// The virtual services of the services an earlier run recorded workers of (their
-    /// `listen` and `protocol`, adopted or not) that the config no longer has (once: a
-    /// second call returns none).
-    fn take_removed_services(&self) -> Vec<VirtualService> {
-        Vec::new()
-    }
     /// Keeps `state` as `service`'s operator state in the state record (written at once).
     fn save_operator_state(&self, _service: &str, _state: &OperatorState) {}
     /// The operator state an earlier run recorded for `service` (once: a second call

@@ -8,17 +8,16 @@ use super::{
     AdoptedWorker, ExitStatus, OperatorState, ResourceUsage, RuntimeError, RuntimeFailure,
     SpawnedWorker, StopSignal, WorkerId, WorkerRuntime, WorkerSpec,
 };
-use crate::balancer::{ClientPolicy, VirtualService};
-use crate::config::{Config, Protocol, RootfsSource, ServiceConfig, SignalName};
+use crate::balancer::ipvs::{IpvsLedger, IpvsRecord};
+use crate::config::{Config, RootfsSource, ServiceConfig, SignalName};
 use crate::sandbox::{
     self, BridgeConfig, Limits, NetworkMode, Output, RootFs, Sandbox, SandboxConfig, Tmpfs,
     UsageReader,
 };
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +68,9 @@ struct StateRecord {
     /// What operators changed at run time, by service (absent in older records).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     operator: BTreeMap<String, OperatorState>,
+    /// What the IPVS balancer made in the kernel (absent in older records and with none).
+    #[serde(default, skip_serializing_if = "IpvsRecord::is_empty")]
+    ipvs: IpvsRecord,
 }
 
 /// One live worker: the supervisor's names for it and the sandbox's objects.
@@ -137,8 +139,10 @@ pub struct SandboxRuntime {
     writer: Option<RecordWriter>,
     /// What the record held at start, offered once to each service's pool.
     operator_restored: Mutex<BTreeMap<String, OperatorState>>,
-    /// Virtual services of recorded services the config no longer has.
-    removed_services: Mutex<Vec<VirtualService>>,
+    /// What this run's IPVS balancer made, as it last recorded.
+    ipvs_owned: Arc<Mutex<IpvsRecord>>,
+    /// What earlier runs' balancers recorded that no cleanup has removed yet.
+    ipvs_left: Arc<Mutex<IpvsRecord>>,
 }
 
 impl std::fmt::Debug for SandboxRuntime {
@@ -336,7 +340,6 @@ impl SandboxRuntime {
             })
             .collect();
         sandbox.restore_quarantine(&quarantine);
-        let removed_services = removed_services(&record.workers, config);
         let mut operator = record.operator;
         // A service gone from the config keeps nothing an operator changed on it.
         operator.retain(|service, _| config.services.iter().any(|s| s.name == *service));
@@ -350,7 +353,8 @@ impl SandboxRuntime {
             highest_adopted: None,
             operator: Arc::new(Mutex::new(operator.clone())),
             operator_restored: Mutex::new(operator),
-            removed_services: Mutex::new(removed_services),
+            ipvs_owned: Arc::default(),
+            ipvs_left: Arc::new(Mutex::new(record.ipvs)),
             writer: None,
         };
         runtime.writer = Some(runtime.start_writer().map_err(|e| {
@@ -416,8 +420,8 @@ impl SandboxRuntime {
             .expect("the writer starts with the runtime")
     }
 
-    /// The record writer's thread: each write saves every live worker, the quarantine and
-    /// the operator state as they are when it starts. A failure is logged: it costs
+    /// The record writer's thread: each write saves every live worker, the quarantine, the
+    /// operator state and what the IPVS balancers recorded, as they are when it starts. A failure is logged: it costs
     /// adoption after a crash, not the running pool.
     fn start_writer(&self) -> std::io::Result<RecordWriter> {
         let (state_dir, records, operator, sandbox) = (
@@ -426,6 +430,7 @@ impl SandboxRuntime {
             self.operator.clone(),
             self.sandbox.clone(),
         );
+        let (ipvs_left, ipvs_owned) = (self.ipvs_left.clone(), self.ipvs_owned.clone());
         RecordWriter::start(move || {
             let operator = operator.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let now = std::time::SystemTime::now();
@@ -437,7 +442,9 @@ impl SandboxRuntime {
                     until_unix_ms: unix_ms(now + left),
                 })
                 .collect();
-            if let Err(error) = write_record_file(&state_dir, &records, quarantine, &operator) {
+            let ipvs = lock(&ipvs_left).union(&lock(&ipvs_owned));
+            let written = write_record_file(&state_dir, &records, quarantine, &operator, &ipvs);
+            if let Err(error) = written {
                 error!(path = %state_dir.join(RECORD_FILE).display(), %error,
                     "writing the state record failed: a restart cannot adopt the workers");
             }
@@ -489,10 +496,13 @@ impl SandboxRuntime {
     pub async fn shutdown(&self) -> Result<(), sandbox::SandboxError> {
         // Nothing pending may write the file again after it is removed.
         self.writer().flush().await;
-        if self.records_lock().is_empty() {
-            let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
-        } else {
+        let ipvs_left = !lock(&self.ipvs_left).is_empty() || !lock(&self.ipvs_owned).is_empty();
+        if !self.records_lock().is_empty() {
             warn!("workers left at shutdown: the state record stays for the next start");
+        } else if ipvs_left {
+            warn!("IPVS entries left at shutdown: the state record stays for the next start");
+        } else {
+            let _ = std::fs::remove_file(self.state_dir.join(RECORD_FILE));
         }
         let bridge = self.sandbox.remove_bridge().await;
         let parent = self.sandbox.remove_cgroup_parent().await;
@@ -760,15 +770,6 @@ impl WorkerRuntime for SandboxRuntime {
             .remove(service)
     }
 
-    fn take_removed_services(&self) -> Vec<VirtualService> {
-        std::mem::take(
-            &mut *self
-                .removed_services
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
     async fn stop_unclaimed(&self) {
         let unclaimed = std::mem::take(&mut *self.adopted_lock());
         for worker in unclaimed {
@@ -787,45 +788,28 @@ impl WorkerRuntime for SandboxRuntime {
     }
 }
 
-/// The virtual services of `workers` (recorded by an earlier run; adopted or not: a dead
-/// worker's service is in the kernel too) whose address, port and protocol no service of
-/// `config` has, each once. A recorded config that does not say is left alone.
-fn removed_services(workers: &[WorkerRecord], config: &Config) -> Vec<VirtualService> {
-    /// What names a virtual service in a recorded service config.
-    #[derive(serde::Deserialize)]
-    struct Identity {
-        name: String,
-        listen: SocketAddr,
-        #[serde(default)]
-        protocol: Protocol,
-        #[serde(default)]
-        scheduler: String,
+/// `mutex`'s value, poisoned or not (a panic elsewhere must not stop the record).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl IpvsLedger for SandboxRuntime {
+    fn record_owned(&self, owned: IpvsRecord) {
+        *lock(&self.ipvs_owned) = owned;
+        // On disk before the balancer makes what it recorded.
+        let ticket = self.record_changed();
+        self.writer().wait_blocking(ticket);
     }
-    let mut removed: Vec<VirtualService> = Vec::new();
-    for worker in workers {
-        let identity = match Identity::deserialize(&*worker.config) {
-            Ok(identity) => identity,
-            Err(error) => {
-                warn!(service = %worker.service, worker.id = %worker.worker, %error,
-                    "recorded config names no virtual service: left alone");
-                continue;
-            }
-        };
-        let configured = config
-            .services
-            .iter()
-            .any(|s| s.listen == identity.listen && s.protocol == identity.protocol);
-        if configured || removed.iter().any(|s| s.listen == identity.listen) {
-            continue;
-        }
-        removed.push(VirtualService {
-            name: identity.name,
-            listen: identity.listen,
-            scheduler: identity.scheduler,
-            clients: ClientPolicy::default(),
-        });
+
+    fn left_by_earlier_runs(&self) -> IpvsRecord {
+        lock(&self.ipvs_left).clone()
     }
-    removed
+
+    fn set_left_by_earlier_runs(&self, left: IpvsRecord) {
+        *lock(&self.ipvs_left) = left;
+        let ticket = self.record_changed();
+        self.writer().wait_blocking(ticket);
+    }
 }
 
 /// How long an adopted worker of a removed service has to end after SIGTERM.
@@ -839,6 +823,7 @@ fn write_record_file(
     workers: &Mutex<BTreeMap<WorkerId, WorkerRecord>>,
     quarantine: Vec<QuarantinedAddress>,
     operator: &BTreeMap<String, OperatorState>,
+    ipvs: &IpvsRecord,
 ) -> std::io::Result<()> {
     /// [`StateRecord`] by reference.
     #[derive(serde::Serialize)]
@@ -848,6 +833,8 @@ fn write_record_file(
         quarantine: Vec<QuarantinedAddress>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         operator: &'a BTreeMap<String, OperatorState>,
+        #[serde(skip_serializing_if = "IpvsRecord::is_empty")]
+        ipvs: &'a IpvsRecord,
     }
     crate::state_dir::write_atomic_with(state_dir, RECORD_FILE, |out| {
         let workers = workers.lock().unwrap_or_else(|e| e.into_inner());
@@ -856,6 +843,7 @@ fn write_record_file(
             workers: workers.values().collect(),
             quarantine,
             operator,
+            ipvs,
         };
         serde_json::to_writer(out, &record).map_err(std::io::Error::other)
     })

@@ -4,7 +4,8 @@
 //! With IPVS the kernel keeps forwarding while poold is away: wrk runs through the kill
 //! and a restart 2 s later with zero failed requests. A start on a config without some of
 //! the services stops their workers and removes what poold kept for them (operator state,
-//! IPVS services, virtual addresses no other service uses).
+//! IPVS services, virtual addresses no other service uses), workers or not, and a start
+//! on the proxy balancer removes every IPVS entry of an IPVS run.
 
 use super::*;
 
@@ -511,4 +512,170 @@ pub fn kill9_during_the_spawn_storm_adopts_or_removes_every_worker() {
         assert_eq!(entries, STORM, "{dir}\nlog:\n{second_run}");
     }
     daemon.stop_and_check_clean("127.0.0.1");
+}
+
+/// A service whose program exits at once: its slot is always in backoff, so no worker of
+/// it is ever recorded for long.
+fn failing_service(name: &str, listen: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+listen = "{listen}"
+workers = 1
+port = 8080
+rootfs = "{{rootfs}}"
+command = ["/bin/busybox", "false"]
+"#
+    )
+}
+
+/// Polls until the kernel's IPVS services under `prefix` are `wanted`.
+fn wait_for_ipvs_services(
+    daemon: &Daemon,
+    prefix: &str,
+    wanted: &BTreeSet<std::net::SocketAddr>,
+    since_log: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let table = ipvs_services(prefix);
+        if table == *wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "IPVS services under {prefix}: {table:?}, wanted {wanted:?}; log:\n{}",
+            &daemon.log()[since_log..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn vip_bound(ip: &str) -> bool {
+    let bound = ip_or_empty(poold::balancer::ipvs::VIP_DEVICE);
+    bound.contains(&format!("{ip}/32"))
+}
+
+/// The IPv4 addresses on `device` (`ip -o addr` lines), empty if it does not exist.
+fn ip_or_empty(device: &str) -> String {
+    let out = Command::new("/usr/bin/ip")
+        .args(["-o", "-4", "addr", "show", "dev", device])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kill -9` of poold (IPVS) while service `dead`'s program exits at once, so its slot is
+/// in backoff and the state record names no worker of it, then a start on a config
+/// without `dead`: its virtual service and its address are gone; `a`'s stay.
+pub fn kill9_with_a_service_in_backoff_and_restart_without_it() {
+    let (a, dead) = ("10.212.10.1:80", "10.212.10.2:80");
+    let services = format!(
+        "{}{}",
+        http_service("a", a, 1, ""),
+        failing_service("dead", dead)
+    );
+    let mut daemon = Daemon::start("ipvs", &services);
+    let _removed = RemovedServices {
+        listens: vec![dead.parse().unwrap()],
+        own_address: Some("10.212.10.2".parse().unwrap()),
+    };
+    daemon.wait_ready("a", 1);
+    wait_for_ipvs_services(
+        &daemon,
+        "10.212.10.",
+        &BTreeSet::from([a.parse().unwrap(), dead.parse().unwrap()]),
+        0,
+    );
+    // Kill while the slot waits out a long backoff (after 3 failures: crash-loop).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = daemon.status("dead");
+        let slot = status.as_ref().map(|s| s["slots"][0].clone());
+        let waiting = slot.as_ref().is_some_and(|slot| {
+            slot["state"] == "crash-loop" && slot["retry_in_secs"].as_f64().unwrap_or(0.0) >= 2.0
+        });
+        if waiting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead never in a long backoff: {slot:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.kill9();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(daemon.record_path()).unwrap()).unwrap();
+    let dead_workers = record["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["service"] == "dead")
+        .count();
+    assert_eq!(
+        dead_workers, 0,
+        "the record names a worker of dead: {record}"
+    );
+    assert!(
+        vip_bound("10.212.10.2"),
+        "dead's address is not bound before the restart"
+    );
+
+    super::reload::rewrite_services(&daemon, &http_service("a", a, 1, ""));
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    daemon.wait_ready("a", 1);
+    wait_for_ipvs_services(
+        &daemon,
+        "10.212.10.",
+        &BTreeSet::from([a.parse().unwrap()]),
+        log_before_restart,
+    );
+    assert!(vip_bound("10.212.10.1"), "a's address was unbound");
+    assert!(!vip_bound("10.212.10.2"), "dead's address left bound");
+    assert!(served(a), "a does not serve");
+    daemon.stop_and_check_clean("10.212.10.1");
+}
+
+/// `kill -9` of poold on IPVS, then a start with `balancer = "proxy"` and only `a`: no
+/// IPVS service of the first run is left; `a`'s address stays bound while the proxy
+/// listens on it and goes at the clean stop, with poold's VIP device.
+pub fn kill9_on_ipvs_and_restart_on_the_proxy() {
+    let (a, b) = ("10.212.11.1:80", "10.212.11.1:81");
+    let services = format!("{}{}", http_service("a", a, 1, ""), failing_service("b", b));
+    let mut daemon = Daemon::start("ipvs", &services);
+    let _removed = RemovedServices {
+        listens: vec![a.parse().unwrap(), b.parse().unwrap()],
+        own_address: Some("10.212.11.1".parse().unwrap()),
+    };
+    daemon.wait_ready("a", 1);
+    wait_for_ipvs_services(
+        &daemon,
+        "10.212.11.",
+        &BTreeSet::from([a.parse().unwrap(), b.parse().unwrap()]),
+        0,
+    );
+    daemon.kill9();
+
+    super::reload::rewrite_services(&daemon, &http_service("a", a, 1, ""));
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    assert!(config.contains("balancer = \"ipvs\""), "{config}");
+    std::fs::write(
+        daemon.config_path(),
+        config.replace("balancer = \"ipvs\"", "balancer = \"proxy\""),
+    )
+    .unwrap();
+    let log_before_restart = daemon.log().len();
+    daemon.start_again();
+    daemon.wait_ready("a", 1);
+    wait_for_ipvs_services(&daemon, "10.212.11.", &BTreeSet::new(), log_before_restart);
+    assert!(
+        vip_bound("10.212.11.1"),
+        "the address the proxy listens on was unbound"
+    );
+    assert!(served(a), "a does not serve through the proxy");
+    // No IPVS entry or address of the first run, and no pdvip0 either.
+    daemon.stop_and_check_clean("10.212.11.1");
 }

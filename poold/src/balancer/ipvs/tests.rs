@@ -250,11 +250,26 @@ fn a_vip_shared_by_two_services_stays_bound_until_the_last_goes() {
     });
 }
 
-/// After a crash, the virtual services of services the new config lacks go (with an
-/// address no service of the new run uses); one the new run took over stays.
+/// Keeps what a balancer records, as the state record would.
+#[derive(Default)]
+struct Ledger(Mutex<IpvsRecord>);
+
+impl IpvsLedger for Ledger {
+    fn record_owned(&self, owned: IpvsRecord) {
+        *self.0.lock().unwrap() = owned;
+    }
+    fn left_by_earlier_runs(&self) -> IpvsRecord {
+        IpvsRecord::default()
+    }
+    fn set_left_by_earlier_runs(&self, _: IpvsRecord) {}
+}
+
+/// After a crash, the virtual services the crashed run recorded and the new run does not
+/// make go (with an address no service of the new run uses); one the new run took over
+/// stays, and an IPVS entry nobody recorded is never touched.
 #[test]
 #[ignore = "vm: needs IPVS"]
-fn leftover_services_go_unless_taken_over() {
+fn recorded_leftover_services_go_unless_taken_over() {
     in_fresh_netns(|| async {
         let service = |name: &str, listen: &str| VirtualService {
             name: name.into(),
@@ -267,19 +282,35 @@ fn leftover_services_go_unless_taken_over() {
             service("api", "10.212.0.7:81"),
             service("old", "10.212.0.8:80"),
         );
-        let crashed = IpvsBalancer::new().await.expect("IPVS available in the VM");
+        let ledger = Arc::new(Ledger::default());
+        let crashed = IpvsBalancer::new()
+            .await
+            .expect("IPVS available in the VM")
+            .recording_to(ledger.clone());
         for s in [&web, &shared, &own] {
             crashed.ensure_service(s).await.unwrap();
         }
+        // Not poold's: made by an operator.
+        run("/usr/sbin/ipvsadm", &["-A", "-t", "10.212.0.9:80"]);
         // A crash: nothing of poold's own stop runs (dropping the balancer removes nothing).
         drop(crashed);
+        let recorded = ledger.0.lock().unwrap().clone();
+        assert_eq!(recorded.services.len(), 3, "{recorded:?}");
         let balancer = IpvsBalancer::new().await.unwrap();
         balancer.ensure_service(&web).await.unwrap();
-        for s in [&web, &shared, &own] {
-            balancer.remove_leftover_service(s).await.unwrap();
-        }
+        let this_run = record::ThisRun {
+            ipvs_services: [record::RecordedService {
+                listen: web.listen,
+                protocol: crate::config::Protocol::Tcp,
+            }]
+            .into(),
+            addresses: [web.listen.ip()].into(),
+        };
+        let left = record::remove_leftovers(&recorded, &this_run).await;
+        assert!(left.is_empty(), "{left:?}");
         let listing = ipvsadm_listing();
         assert!(listing.contains("TCP  10.212.0.7:80 wlc"), "{listing}");
+        assert!(listing.contains("TCP  10.212.0.9:80"), "{listing}");
         assert!(
             !listing.contains("10.212.0.7:81") && !listing.contains("10.212.0.8:80"),
             "{listing}"

@@ -74,11 +74,17 @@ fn the_state_record_reads_back_what_was_written() {
             drained_workers: [WorkerId(1)].into(),
         },
     )]);
+    let ipvs: IpvsRecord = serde_json::from_value(serde_json::json!({
+        "services": [{"listen": "10.212.9.1:80", "protocol": "tcp"}],
+        "vips": [{"address": "10.212.9.1", "device": "pdvip0"}]
+    }))
+    .unwrap();
     write_record_file(
         dir.path(),
         &Mutex::new(runtime_records.clone()),
         Vec::new(),
         &operator,
+        &ipvs,
     )
     .unwrap();
     let back = read_record(dir.path());
@@ -88,51 +94,40 @@ fn the_state_record_reads_back_what_was_written() {
     assert!(back.workers[1].spare && !back.workers[0].spare);
     assert_eq!(back.workers[1].config, runtime_records[&WorkerId(2)].config);
     assert_eq!(back.operator, operator);
+    assert_eq!(back.ipvs, ipvs);
 }
 
+/// The balancer's entries are recorded with no worker at all (a service whose slots are all
+/// in backoff), and a record without them (an older one) reads as none.
 #[test]
-fn the_virtual_services_of_recorded_services_gone_from_the_config_are_found_once_each() {
-    let text = |services: &[(&str, &str)]| {
-        let mut text = "[daemon]\nstate_dir = \"/run/poold-a\"\n".to_owned();
-        for (name, listen) in services {
-            text += &format!(
-                "\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\nworkers = 1\n\
-                 port = 8080\nrootfs = \"host\"\ncommand = [\"/bin/true\"]\n"
-            );
-        }
-        Config::parse(&text, std::path::Path::new("test.toml")).expect("valid config")
-    };
-    let before = text(&[
-        ("a", "10.212.9.1:80"),
-        ("b", "10.212.9.1:81"),
-        ("c", "10.212.9.2:80"),
-    ]);
-    let mut configs = ConfigValues::default();
-    let mut workers = Vec::new();
-    for (n, service) in [0, 1, 1, 2].into_iter().enumerate() {
-        let config = &before.services[service];
-        workers.push(WorkerRecord {
-            worker: WorkerId(n as u64 + 1),
-            service: config.name.clone(),
-            slot: 0,
-            spare: false,
-            generation: 1,
-            container: serde_json::from_value(serde_json::json!({
-                "id": format!("{n:08x}"), "name": "x", "pid": 42, "start_time": 7,
-                "cgroup": null, "netns": null, "veth": null, "address": null, "piped": false
-            }))
-            .unwrap(),
-            config: configs.intern(serde_json::to_value(config).unwrap()),
-        });
-    }
-    // `a` stays; `c`'s address now serves a renamed service: only `b` is gone.
-    let after = text(&[("a", "10.212.9.1:80"), ("renamed", "10.212.9.2:80")]);
-    let removed = removed_services(&workers, &after);
-    let listens: Vec<String> = removed.iter().map(|s| s.listen.to_string()).collect();
-    assert_eq!(listens, ["10.212.9.1:81"]);
-    assert_eq!(removed[0].name, "b");
-    // A record without a listen address (another version's) names nothing to remove.
-    workers[1].config = Arc::new(serde_json::json!({"name": "b"}));
-    workers[2].config = workers[1].config.clone();
-    assert!(removed_services(&workers, &after).is_empty());
+fn the_ipvs_entries_are_recorded_without_any_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let ipvs: IpvsRecord = serde_json::from_value(serde_json::json!({
+        "services": [{"listen": "10.212.9.2:80", "protocol": "tcp"}],
+        "vips": [{"address": "10.212.9.2", "device": "pdvip0"}]
+    }))
+    .unwrap();
+    write_record_file(
+        dir.path(),
+        &Mutex::new(BTreeMap::new()),
+        Vec::new(),
+        &BTreeMap::new(),
+        &ipvs,
+    )
+    .unwrap();
+    assert_eq!(read_record(dir.path()).ipvs, ipvs);
+    write_record_file(
+        dir.path(),
+        &Mutex::new(BTreeMap::new()),
+        Vec::new(),
+        &BTreeMap::new(),
+        &IpvsRecord::default(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(RECORD_FILE)).unwrap();
+    assert!(
+        !text.contains("ipvs"),
+        "an empty IPVS record is left out: {text}"
+    );
+    assert!(read_record(dir.path()).ipvs.is_empty());
 }
