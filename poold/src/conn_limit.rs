@@ -5,7 +5,8 @@
 //! open connection that has been idle the longest (no bytes read either way, no request in
 //! flight), provided that one has been idle at least `min_idle`; otherwise the new
 //! connection is closed at once. Busy clients therefore keep working while thousands of idle
-//! connections come and go. All limiters also share one process-wide descriptor budget
+//! connections come and go. A new connection is never refused only because the connections
+//! evicted for it have not closed yet: it waits for them (see [`ConnLimiter::admit`]). All limiters also share one process-wide descriptor budget
 //! ([`set_fd_budget`]): the rest of the `RLIMIT_NOFILE` stays free for health checks,
 //! workers, netlink and the control socket.
 
@@ -103,8 +104,8 @@ impl Drop for FdLease {
 /// Connections of one limiter told to close that have not closed yet. Their descriptors
 /// already count for the connections that replaced them, so this bounds how far the
 /// process can go past the budget (into the reserve) while a flood of new connections
-/// evicts faster than the evicted tasks run.
-const MAX_PENDING_EVICTIONS: usize = 32;
+/// evicts faster than the evicted tasks run; beyond it, admissions wait.
+pub(crate) const MAX_PENDING_EVICTIONS: usize = 32;
 
 /// What one admitted connection shares with its limiter.
 #[derive(Debug)]
@@ -131,6 +132,8 @@ struct Inner {
     open: Mutex<HashMap<u64, Arc<Conn>>>,
     /// Evicted connections whose task has not dropped them yet.
     pending_evictions: AtomicUsize,
+    /// Told when an evicted connection has closed: admissions waiting for one try again.
+    eviction_closed: Notify,
 }
 
 impl Inner {
@@ -158,6 +161,7 @@ impl ConnLimiter {
                 next_id: AtomicU64::new(0),
                 open: Mutex::default(),
                 pending_evictions: AtomicUsize::new(0),
+                eviction_closed: Notify::new(),
             }),
         }
     }
@@ -175,18 +179,41 @@ impl ConnLimiter {
 
     /// Admits a new connection: at once below the limit, else in place of the connection
     /// idle the longest if it has been idle at least `min_idle`. `None`: close the new one.
-    pub fn admit(&self) -> Option<Admission> {
+    ///
+    /// While [`MAX_PENDING_EVICTIONS`] evicted connections have not closed yet, waits until
+    /// one has. Their tasks only need to run, but a burst of accepts at the limit evicts
+    /// faster than they do (they may share the accepting thread, or wait for a CPU on a
+    /// loaded host): refusing then would close a legitimate client while idle ones could
+    /// make room. The accept loop waits instead, and the burst waits in the kernel's
+    /// backlog.
+    pub async fn admit(&self) -> Option<Admission> {
+        loop {
+            let closed = self.inner.eviction_closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            // Registered before looking: an eviction that closes from now on wakes us.
+            closed.as_mut().enable();
+            match self.try_admit() {
+                Admit::Admitted(admission) => return Some(admission),
+                Admit::Refused => return None,
+                Admit::EvictionsPending => {
+                    debug!(
+                        listener = self.inner.what,
+                        "evicted connections have not closed yet; waiting for one"
+                    );
+                    closed.await;
+                }
+            }
+        }
+    }
+
+    fn try_admit(&self) -> Admit {
         let inner = &self.inner;
         let mut open = inner.open.lock().expect("conn limiter lock");
         let over_limit = open.len() >= inner.max.load(Ordering::SeqCst);
         let fds_taken = !over_limit && take_fds(inner.fds_per_conn);
         if !fds_taken {
             if inner.pending_evictions.load(Ordering::SeqCst) >= MAX_PENDING_EVICTIONS {
-                debug!(
-                    listener = inner.what,
-                    "evicted connections have not closed yet; closing the new connection"
-                );
-                return None;
+                return Admit::EvictionsPending;
             }
             let now = inner.now_ms();
             let min_idle = u64::try_from(inner.min_idle.as_millis()).unwrap_or(u64::MAX);
@@ -207,7 +234,7 @@ impl ConnLimiter {
                     open = open.len(),
                     "connection limit reached, nothing idle to evict; closing the new connection"
                 );
-                return None;
+                return Admit::Refused;
             };
             // The victim's descriptors pass to the new connection: its task closes them
             // as soon as it is woken.
@@ -228,12 +255,21 @@ impl ConnLimiter {
             evicted: Notify::new(),
         });
         open.insert(id, conn.clone());
-        Some(Admission {
+        Admit::Admitted(Admission {
             id,
             conn,
             inner: inner.clone(),
         })
     }
+}
+
+/// What [`ConnLimiter::try_admit`] decided.
+enum Admit {
+    Admitted(Admission),
+    /// At the limit with nothing idle long enough: close the new connection.
+    Refused,
+    /// At the limit, with [`MAX_PENDING_EVICTIONS`] evicted connections still open.
+    EvictionsPending,
 }
 
 /// One admitted connection; dropping it frees its place (keep it as long as the sockets).
@@ -267,6 +303,7 @@ impl Drop for Admission {
             give_back_fds(self.inner.fds_per_conn);
         } else if self.conn.was_evicted.load(Ordering::SeqCst) {
             self.inner.pending_evictions.fetch_sub(1, Ordering::SeqCst);
+            self.inner.eviction_closed.notify_waiters();
         }
     }
 }

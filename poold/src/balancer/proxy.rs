@@ -530,7 +530,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                let Some(admission) = limiter.admit() else {
+                let Some(admission) = limiter.admit().await else {
                     debug!(service = %name, client = %peer, "client limit reached, nothing idle to close; refusing");
                     continue;
                 };

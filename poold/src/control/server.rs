@@ -482,7 +482,7 @@ pub async fn serve(
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, _)) => match limiter.admit() {
+                Ok((stream, _)) => match limiter.admit().await {
                     Some(admission) => {
                         spawn_http_connection("control", stream, router.clone(), admission)
                     }

@@ -140,7 +140,7 @@ pub async fn serve(listen: SocketAddr, metrics: Metrics) -> Result<MetricsServer
         let router = router(metrics);
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => match limiter.admit() {
+                Ok((stream, _)) => match limiter.admit().await {
                     Some(admission) => {
                         spawn_http_connection("metrics", stream, router.clone(), admission)
                     }

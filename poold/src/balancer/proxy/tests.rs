@@ -648,3 +648,85 @@ async fn large_transfers_both_ways_arrive_intact_and_counted() {
     })
     .await;
 }
+
+/// Blocks the proxy thread behind `shard` (nothing runs on it) until the returned sender
+/// is dropped.
+fn pause(shard: &tokio::runtime::Handle) -> std::sync::mpsc::Sender<()> {
+    let (resume, paused) = std::sync::mpsc::channel::<()>();
+    let (blocked_tx, blocked) = std::sync::mpsc::channel();
+    shard.spawn(async move {
+        blocked_tx.send(()).unwrap();
+        let _ = paused.recv();
+    });
+    blocked.recv().unwrap();
+    resume
+}
+
+/// At the limit, a burst of new clients evicts idle ones faster than the evicted
+/// connections' tasks get to run (they share the accepting thread, or their thread waits
+/// for a CPU on a loaded host): a client in that burst is served once an evicted connection
+/// has closed, never refused while idle clients can make room. All but the first proxy
+/// thread stay paused (its clients are all on the first), and the first is paused while
+/// the burst queues up, so it accepts the burst in one go, as a starved thread does.
+#[test]
+fn a_burst_at_the_limit_waits_for_evicted_clients_instead_of_refusing() {
+    use std::io::{BufRead, Write};
+    // The backend runs on the runtime's own thread while this one makes blocking calls.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle_clients = 64;
+    let burst = 40;
+    assert!(burst > crate::conn_limit::MAX_PENDING_EVICTIONS && burst < idle_clients);
+    let (proxy, service) = runtime.block_on(async {
+        let (proxy, service) = proxy_on("127.0.0.90").await;
+        let service = VirtualService {
+            clients: ClientPolicy {
+                max: idle_clients,
+                ..service.clients
+            },
+            ..service
+        };
+        proxy.ensure_service(&service).await.unwrap();
+        let backend = echo_backend("127.0.0.91", "one").await;
+        proxy.add_backend(&service, backend, 1).await.unwrap();
+        (proxy, service)
+    });
+    let shards = &proxy.shards.get().expect("proxy threads").handles;
+    let _others_paused: Vec<_> = shards[1..].iter().map(pause).collect();
+    let mut idle = Vec::new();
+    for _ in 0..idle_clients {
+        let client = std::net::TcpStream::connect(service.listen).unwrap();
+        let mut greeting = String::new();
+        std::io::BufReader::new(&client)
+            .read_line(&mut greeting)
+            .unwrap();
+        assert_eq!(greeting, "one\n");
+        idle.push(client);
+    }
+    std::thread::sleep(CLIENT_MIN_IDLE + Duration::from_millis(100));
+
+    let first_paused = pause(&shards[0]);
+    // Queued in the listening socket's backlog (the kernel completes the handshakes).
+    let silent: Vec<_> = (0..burst)
+        .map(|_| std::net::TcpStream::connect(service.listen).unwrap())
+        .collect();
+    let client = std::net::TcpStream::connect(service.listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    drop(first_paused);
+    let mut write = client.try_clone().unwrap();
+    let mut lines = std::io::BufReader::new(client).lines();
+    let greeting = lines.next().map(|l| l.map_err(|e| e.kind()));
+    assert_eq!(
+        greeting,
+        Some(Ok("one".to_owned())),
+        "a client refused while idle clients could make room"
+    );
+    write.write_all(b"ping\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ping");
+    drop((silent, idle));
+}
