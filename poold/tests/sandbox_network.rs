@@ -785,12 +785,24 @@ mod worker_network {
         for _ in 0..4 {
             assert!(answers_at(service.listen), "through IPVS to {:?}", workers);
         }
-        let stats = balancer.backend_stats(&service).await.unwrap();
-        for (_, backend) in &workers {
+        // IPVS's cumulative counters are refreshed by its estimator every 2 s, not at each
+        // connection: read them until both show their connections (up to 10 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = balancer.backend_stats(&service).await.unwrap();
+            let idle: Vec<_> = workers
+                .iter()
+                .map(|(_, backend)| backend)
+                .filter(|backend| stats[backend].total == 0)
+                .collect();
+            if idle.is_empty() {
+                break;
+            }
             assert!(
-                stats[backend].total >= 1,
-                "{backend} served none: {stats:?}"
+                std::time::Instant::now() < deadline,
+                "{idle:?} served none: {stats:?}"
             );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         balancer.remove_service(&service).await.unwrap();
         for (w, _) in workers {
