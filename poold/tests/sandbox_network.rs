@@ -182,18 +182,21 @@ mod worker_network {
         t.assert_nothing_left();
     }
 
-    #[test]
-    fn poold_check_names_a_link_that_is_not_a_bridge() {
-        let dir = tempfile::tempdir().unwrap();
-        let (name, _links) = foreign_veth(74);
-        let path = dir.path().join("poold.toml");
+    /// Runs `poold check` on a one-service config in `dir` with `bridge` and `subnet`, which
+    /// must fail; returns the config's path and poold's stderr.
+    fn failed_check(
+        dir: &std::path::Path,
+        bridge: &str,
+        subnet: &str,
+    ) -> (std::path::PathBuf, String) {
+        let path = dir.join("poold.toml");
         std::fs::write(
             &path,
             format!(
-                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{name}\"\nsubnet = \"10.213.74.0/24\"\n\n\
+                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\n\n\
                  [[service]]\nname = \"web\"\nlisten = \"10.212.74.1:80\"\nworkers = 1\nport = 8080\n\
                  rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
-                dir.path().join("state").display()
+                dir.join("state").display()
             ),
         )
         .unwrap();
@@ -202,8 +205,16 @@ mod worker_network {
             .arg(&path)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "check passed: {stderr}");
+        (path, stderr)
+    }
+
+    #[test]
+    fn poold_check_names_a_link_that_is_not_a_bridge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, _links) = foreign_veth(74);
+        let (path, stderr) = failed_check(dir.path(), &name, "10.213.74.0/24");
         assert!(
             stderr.contains(&format!(
                 "{}:5:1: network.bridge: {name:?} is a veth, not a bridge",
@@ -222,24 +233,7 @@ mod worker_network {
         let (peer, peer2) = (format!("{base}-1"), test_link(74, "t"));
         let _links = TestLinks(vec![peer.clone()]);
         ip(&["link", "add", &peer, "type", "veth", "peer", "name", &peer2]);
-        let path = dir.path().join("poold.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[daemon]\nstate_dir = \"{}\"\n\n[network]\nbridge = \"{base}\"\nsubnet = \"10.213.72.0/21\"\n\n\
-                 [[service]]\nname = \"web\"\nlisten = \"10.212.74.1:80\"\nworkers = 1\nport = 8080\n\
-                 rootfs = \"host\"\ncommand = [\"/bin/true\"]\n",
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_poold"))
-            .arg("check")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "check passed: {stderr}");
+        let (path, stderr) = failed_check(dir.path(), &base, "10.213.72.0/21");
         assert!(
             stderr.contains(&format!(
                 "{}:5:1: network.bridge: {peer:?} is a veth, not a bridge",

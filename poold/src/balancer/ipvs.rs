@@ -257,6 +257,22 @@ fn start_ipvs_thread(
     Ok(jobs)
 }
 
+/// The index of the link called `name`, if there is one.
+async fn link_index(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, BalancerError> {
+    match netlink
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(message) => Ok(message.map(|m| m.header.index)),
+        Err(error) if errno(&error) == Some(ENODEV) => Ok(None),
+        Err(error) => Err(kernel("*", "get link", format!("{name}: {error}"))),
+    }
+}
+
 fn kernel(service: &str, operation: &'static str, error: impl std::fmt::Display) -> BalancerError {
     BalancerError::Kernel {
         service: service.to_owned(),
@@ -372,26 +388,8 @@ impl IpvsBalancer {
         }
     }
 
-    async fn link_index(
-        netlink: &rtnetlink::Handle,
-        name: &str,
-    ) -> Result<Option<u32>, BalancerError> {
-        match netlink
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute()
-            .try_next()
-            .await
-        {
-            Ok(message) => Ok(message.map(|m| m.header.index)),
-            Err(error) if errno(&error) == Some(ENODEV) => Ok(None),
-            Err(error) => Err(kernel("*", "get link", format!("{name}: {error}"))),
-        }
-    }
-
     async fn prepare_device(netlink: &rtnetlink::Handle) -> Result<VipDevice, BalancerError> {
-        let (name, ours) = match Self::link_index(netlink, VIP_DEVICE).await? {
+        let (name, ours) = match link_index(netlink, VIP_DEVICE).await? {
             // The name is poold's: left by an earlier run (a crash) or another instance.
             Some(_) => (VIP_DEVICE, true),
             None => match netlink
@@ -407,7 +405,7 @@ impl IpvsBalancer {
                 }
             },
         };
-        let index = Self::link_index(netlink, name)
+        let index = link_index(netlink, name)
             .await?
             .ok_or_else(|| kernel("*", "get link", format!("{name} vanished")))?;
         netlink

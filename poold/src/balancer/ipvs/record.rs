@@ -3,10 +3,9 @@
 //! an earlier run recorded and its own run does not configure, whichever balancer it uses;
 //! it never touches an IPVS entry or address that no run of poold recorded.
 
-use super::{errno, kernel, ENODEV, VIP_DEVICE};
+use super::{errno, link_index, ENODEV, VIP_DEVICE};
 use crate::balancer::BalancerError;
 use crate::config::Protocol;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -200,21 +199,6 @@ fn delete_services(services: &[RecordedService]) -> Vec<RecordedService> {
         }
     }
     failed
-}
-
-async fn link_index(netlink: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, BalancerError> {
-    match netlink
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(message) => Ok(message.map(|m| m.header.index)),
-        Err(error) if errno(&error) == Some(ENODEV) => Ok(None),
-        Err(error) => Err(kernel("*", "get link", format!("{name}: {error}"))),
-    }
 }
 
 /// Unbinds `vip`'s /32 from its device (gone already: fine).
