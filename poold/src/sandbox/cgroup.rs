@@ -355,15 +355,6 @@ mod tests {
     use super::{keyed, retry_until};
     use std::time::Duration;
 
-    /// Unmounts on drop, also when the test fails.
-    struct Unmount(std::path::PathBuf);
-
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-
     /// The kernel's EBUSY from rmdir goes away once what held the directory is gone, and the
     /// retry waits for it (a mount point stands in for a cgroup whose last process is still
     /// exiting). Needs root.
@@ -372,15 +363,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let busy = d.path().join("busy");
         std::fs::create_dir(&busy).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &busy,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=64k"),
-        )
-        .expect("mount tmpfs (run as root)");
-        let unmount = Unmount(busy.clone());
+        let unmount = crate::sandbox::test_mount::mount_tmpfs(&busy, "64k");
         let first = std::fs::remove_dir(&busy).unwrap_err();
         assert_eq!(first.raw_os_error(), Some(libc::EBUSY), "{first}");
 

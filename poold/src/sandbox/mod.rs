@@ -25,6 +25,8 @@ mod seccomp;
 mod slices;
 mod spec;
 pub(crate) mod sys;
+#[cfg(test)]
+mod test_mount;
 
 pub use sys::limit_malloc_arenas;
 

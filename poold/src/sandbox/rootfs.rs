@@ -768,15 +768,6 @@ mod image_cache_tests {
         assert_eq!(fs::read_dir(d.path().join("cache")).unwrap().count(), 0);
     }
 
-    /// Unmounts on drop, also when the test fails.
-    struct Unmount(PathBuf);
-
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-
     /// A full disk is the host's fault, not the image's: that failure is retried (here at
     /// once), while a corrupt image's is not. Needs root (a 1 MiB tmpfs as the cache).
     #[test]
@@ -784,15 +775,7 @@ mod image_cache_tests {
         let d = tempfile::tempdir().unwrap();
         let cache_dir = d.path().join("cache");
         fs::create_dir(&cache_dir).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &cache_dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1M"),
-        )
-        .expect("mount tmpfs (run as root)");
-        let _unmount = Unmount(cache_dir.clone());
+        let _unmount = crate::sandbox::test_mount::mount_tmpfs(&cache_dir, "1M");
         let mut cache = ImageCache::new(cache_dir.clone(), 4 << 30);
         cache.host_failure_retry = Duration::ZERO;
 
